@@ -1,0 +1,41 @@
+# The one gate: `make test` is what a newcomer runs and what CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test lint proto bench sim-soak clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install tidelog with its dev tools
+
+run: $(STAMP)  ## start a local 3-node cluster in the foreground (Ctrl-C stops it)
+	$(VENV)/bin/tidelog cluster up --nodes 3
+
+test: $(STAMP)  ## lint, then the whole test suite
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+
+proto: $(STAMP)  ## regenerate the Python code from proto/*.proto
+	$(PY) -m tidelog.proto.regenerate
+
+bench: $(STAMP)  ## run the benchmarks and print their figures
+	$(PY) -m pytest benchmarks --benchmark-only -q
+
+sim-soak: $(STAMP)  ## long Raft simulator soak (100,000 seeds)
+	$(VENV)/bin/tidelog sim --seeds 100000
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

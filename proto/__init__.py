@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC code for package tidelog.v1 (see regenerate.py; never edit by hand)."""
