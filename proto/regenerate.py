@@ -1,4 +1,4 @@
-"""Regenerate the Python code for proto/*.proto (`make proto`, or `python -m tidelog.proto.regenerate`).
+"""Regenerate the Python code for proto/*.proto (`make proto`).
 
 The .proto files are compiled with the virtual include path ``tidelog/proto=proto`` so that the
 generated modules import each other as ``tidelog.proto.X_pb2``. `--check` compares instead of
@@ -18,8 +18,8 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 def generate(out_dir: Path) -> list[Path]:
     """Compile every .proto into out_dir; returns the generated files."""
-    from grpc_tools import protoc  # dev dependency: only needed to regenerate
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
     protos = sorted(PROTO_DIR.glob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
