@@ -1,0 +1,835 @@
+"""PartitionLog: a partition's log as a directory of segments.
+
+Theory of operation (the long version is docs/storage.md).
+
+* Files. `<20-digit base offset>.log` segments, their `.index`/`.timeindex` once sealed, and
+  `log.meta` (checksummed, atomically replaced): log start offset, recovery point, and a
+  reset-pending flag. The last segment is the active one; all others are sealed and immutable.
+* Offsets are contiguous: every batch's base offset is the previous batch's last offset + 1, and
+  each segment's end offset is the next segment's base offset.
+* Recovery point: an offset below which everything was fsynced and verified. It is moved forward
+  when a segment is sealed (roll) and at close, moved back before truncate_after cuts below it.
+  On open the active segment is scanned and verified from its start: a bad batch at or after the
+  recovery point is a torn/unsynced tail and is cut off (logged, reported); a bad batch below it
+  is corruption of acknowledged data: open raises CorruptLogError and changes nothing.
+* Durability. append() writes to the page cache (visible to readers at once). sync() fdatasyncs
+  the active segment, group-committed, and publishes `durable_end_offset`; callers ack only
+  below it. Sealing, segment creation and deletion fsync the directory themselves.
+* Thread-safety. One `threading.RLock` guards all state; every public method takes it. sync()
+  holds it only to snapshot and to publish, never across the fsync, so appends (from the asyncio
+  thread) continue while executor threads wait for the disk. The fsync uses a dup()ed descriptor
+  so that a concurrent roll closing the writer cannot pull it away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tidelog.client.batch import (
+    BatchError,
+    BatchHeader,
+    stamp,
+    validate_batch,
+)
+from tidelog.node.storage import metafile
+from tidelog.node.storage.config import LogConfig
+from tidelog.node.storage.durability import DirtyTracker, GroupCommitter
+from tidelog.node.storage.errors import (
+    CorruptFileError,
+    CorruptLogError,
+    LogClosedError,
+    NotOnBatchBoundaryError,
+    OffsetOutOfOrderError,
+    OffsetOutOfRangeError,
+    StorageIOError,
+    TermOutOfOrderError,
+)
+from tidelog.node.storage.index import NO_TIMESTAMP, SegmentIndex
+from tidelog.node.storage.retention import SegmentStat, segments_to_delete
+from tidelog.node.storage.segment import LOG_SUFFIX, Segment, fdatasync
+
+__all__ = ["AppendInfo", "PartitionLog", "RecoveryReport"]
+
+log = logging.getLogger(__name__)
+
+META_FILE = "log.meta"
+_META = struct.Struct(">qqB")  # log_start_offset, recovery_point, reset_pending
+LOADED_INDEXES_MAX = 4  # sealed segments whose index stays in memory (LRU), per log
+HEADERS_PER_ITER_CHUNK_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendInfo:
+    base_offset: int
+    last_offset: int
+    term: int
+    max_timestamp_ms: int
+    size_bytes: int
+    log_end_offset: int  # after this append
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TruncatedTail:
+    segment: str
+    position: int
+    bytes_removed: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CorruptRegion:
+    segment: str
+    position: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RebuiltIndex:
+    segment: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryReport:
+    """What open() found and did. Empty tuples and None mean a clean open."""
+
+    truncated: tuple[TruncatedTail, ...] = ()
+    rebuilt_indexes: tuple[RebuiltIndex, ...] = ()
+    corrupt: tuple[CorruptRegion, ...] = ()  # sealed segments: reads of these regions raise
+    deleted_segments: tuple[str, ...] = ()  # below the log start (an interrupted deletion)
+    meta_problem: str | None = None
+    completed_reset: bool = False
+
+    @property
+    def clean(self) -> bool:
+        return self == RecoveryReport()
+
+
+@dataclass(slots=True)
+class _Meta:
+    log_start_offset: int
+    recovery_point: int
+    reset_pending: bool = False
+
+
+@dataclass(slots=True)
+class _RecoveryNotes:
+    truncated: list[TruncatedTail] = field(default_factory=list)
+    rebuilt: list[RebuiltIndex] = field(default_factory=list)
+    corrupt: list[CorruptRegion] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    meta_problem: str | None = None
+    completed_reset: bool = False
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PartitionLog:
+    """One partition's segmented log. Create with `PartitionLog.open`."""
+
+    def __init__(self, directory: Path, config: LogConfig, now_ms: Callable[[], int]) -> None:
+        self.directory = directory
+        self.config = config
+        self._now_ms = now_ms
+        self._lock = threading.RLock()
+        self._committer = GroupCommitter()
+        self._dirty = DirtyTracker(config.fsync)
+        # Invariant: segments sorted by base offset, contiguous, non-empty; the last is active.
+        self._segments: list[Segment] = []
+        self._loaded_indexes: OrderedDict[int, SegmentIndex] = OrderedDict()
+        self._log_start_offset = 0
+        self._recovery_point = 0
+        # Invariant: log_start <= durable_end <= log_end (or durable_end == log_end when empty).
+        self._durable_end_offset = 0
+        self._generation = 0  # bumped by every truncation; a sync racing it publishes nothing
+        self._closed = False
+        self.recovery = RecoveryReport()
+
+    # ===================================================================== opening and closing
+
+    @classmethod
+    def open(cls, directory: Path, config: LogConfig, *,
+             now_ms: Callable[[], int] | None = None) -> PartitionLog:
+        """Open (creating if needed) and recover the log in `directory`.
+
+        Raises CorruptLogError if verified data below the recovery point is damaged; the log
+        files are then left as they were for an operator (or a re-replication) to handle.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        plog = cls(directory, config, now_ms or _wall_clock_ms)
+        plog._recover()
+        return plog
+
+    def close(self) -> None:
+        """Fsync, seal the active segment's index to disk, record the recovery point."""
+        with self._lock:
+            if self._closed:
+                return
+            active = self._active
+            try:
+                active.sync()
+                self._write_meta(recovery_point=self.log_end_offset)
+            finally:
+                for segment in self._segments:
+                    segment.close()
+                self._closed = True
+
+    def __enter__(self) -> PartitionLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # =============================================================================== offsets
+
+    @property
+    def log_start_offset(self) -> int:
+        with self._lock:
+            return self._log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        """The next offset to assign."""
+        with self._lock:
+            return self._segments[-1].end_offset
+
+    @property
+    def durable_end_offset(self) -> int:
+        """Every offset below this is fsynced: never acknowledge beyond it."""
+        with self._lock:
+            return self._durable_end_offset
+
+    @property
+    def last_term(self) -> int:
+        """Term of the last batch, or 0 if the log holds no batch."""
+        with self._lock:
+            for segment in reversed(self._segments):
+                if segment.last_term >= 0:
+                    return segment.last_term
+            return 0
+
+    @property
+    def size_bytes(self) -> int:
+        with self._lock:
+            return sum(segment.size_bytes for segment in self._segments)
+
+    @property
+    def segment_base_offsets(self) -> list[int]:
+        with self._lock:
+            return [segment.base_offset for segment in self._segments]
+
+    # ================================================================================ appends
+
+    def append(self, batch: bytes, *, term: int | None = None,
+               base_offset: int | None = None) -> AppendInfo:
+        """Validate, stamp and write one batch to the page cache; readable at once.
+
+        base_offset None: the leader's case, the log end is assigned. Otherwise (a follower
+        appending stamped batches) it must equal the log end. term None keeps the batch's own.
+        Bad input raises before anything is written; a failed write is cut back.
+        """
+        header = validate_batch(batch, max_bytes=self.config.batch_bytes_max)
+        with self._lock:
+            self._check_open()
+            return self._append_validated(batch, header, term=term, base_offset=base_offset)
+
+    def append_many(self, batches: Sequence[bytes], *, term: int | None = None) -> list[AppendInfo]:
+        """Append batches in order. All are validated first, so one bad batch writes nothing;
+        a disk error midway leaves the earlier batches appended (and raises)."""
+        headers = [validate_batch(b, max_bytes=self.config.batch_bytes_max) for b in batches]
+        with self._lock:
+            self._check_open()
+            return [self._append_validated(b, h, term=term, base_offset=None)
+                    for b, h in zip(batches, headers, strict=True)]
+
+    def _append_validated(self, batch: bytes, header: BatchHeader, *, term: int | None,
+                          base_offset: int | None) -> AppendInfo:
+        end = self.log_end_offset
+        if base_offset is not None and base_offset != end:
+            raise OffsetOutOfOrderError(base_offset, log_end_offset=end)
+        new_term = header.term if term is None else term
+        last_term = self._last_term_locked()
+        if new_term < last_term:
+            raise TermOutOfOrderError(new_term, last_term=last_term)
+        if header.base_offset != end or header.term != new_term:
+            batch = stamp(batch, base_offset=end, term=new_term)
+            header = _restamped(header, base_offset=end, term=new_term)
+        self._maybe_roll(header)
+        self._active.append(batch, header)
+        self._dirty.on_append(header.size)
+        return AppendInfo(base_offset=end, last_offset=header.last_offset, term=new_term,
+                          max_timestamp_ms=header.max_timestamp, size_bytes=header.size,
+                          log_end_offset=header.last_offset + 1)
+
+    def _maybe_roll(self, header: BatchHeader) -> None:
+        active = self._active
+        if active.size_bytes == 0:
+            return
+        too_big = active.size_bytes + header.size > self.config.segment_bytes_max
+        first_ts = active.first_batch_max_timestamp_ms
+        too_old = first_ts is not None and self._now_ms() - first_ts >= self.config.segment_ms_max
+        # Index entries store offsets relative to the base as uint32.
+        too_many_offsets = header.last_offset - active.base_offset > 0xFFFF_FFFF
+        if too_big or too_old or too_many_offsets:
+            self._roll()
+
+    def _roll(self) -> None:
+        """Seal the active segment (fsync, index files) and start a new one at the log end."""
+        old = self._active
+        old.seal()
+        new = Segment.create(self.directory, old.end_offset,
+                             batch_bytes_max=self.config.batch_bytes_max,
+                             interval_bytes=self.config.index_interval_bytes)
+        self._segments.append(new)
+        metafile.fsync_directory(self.directory)
+        # The sealed segment is fsynced: everything below the new base is durable and verified.
+        self._write_meta(recovery_point=new.base_offset)
+        if self._durable_end_offset < new.base_offset:
+            self._durable_end_offset = new.base_offset
+        log.info("rolled %s: sealed %s (%d bytes), new segment at offset %d",
+                 self.directory.name, old.path.name, old.size_bytes, new.base_offset)
+
+    # ============================================================================= durability
+
+    def sync(self) -> int:
+        """Fsync everything appended so far; return the durable end offset. Thread-safe.
+
+        Concurrent callers share one fsync (group commit, see durability.py). If the fsync
+        fails the log fences itself (LogClosedError afterwards): after a failed fsync the kernel
+        may have dropped the dirty pages, so retrying could report data durable that is not.
+        """
+        with self._lock:
+            self._check_open()
+            target = self.log_end_offset
+
+        def is_done() -> bool:
+            with self._lock:
+                return self._closed or self._durable_end_offset >= target
+
+        self._committer.run(is_done=is_done, flush=self._flush)
+        with self._lock:
+            self._check_open()
+            return self._durable_end_offset
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._check_open()
+            end = self.log_end_offset
+            generation = self._generation
+            unsynced = self._dirty.unsynced_bytes
+            fd = self._active.dup_writer()
+        if fd is not None:
+            try:
+                fdatasync(fd)
+            except OSError as exc:
+                with self._lock:
+                    self._fence(f"fsync failed: {exc}")
+                raise StorageIOError(f"fsync of {self.directory} failed: {exc}") from exc
+            finally:
+                os.close(fd)
+        with self._lock:
+            if generation == self._generation and end > self._durable_end_offset:
+                self._durable_end_offset = end
+            self._dirty.on_sync(synced_bytes=unsynced, now_ms=self._now_ms())
+
+    def needs_sync(self, now_ms: int) -> bool:
+        """True when the fsync policy says sync() is due (always: whenever anything is dirty)."""
+        with self._lock:
+            return self._durable_end_offset < self.log_end_offset and \
+                self._dirty.needs_sync(now_ms)
+
+    # ================================================================================== reads
+
+    def read(self, from_offset: int, max_bytes: int) -> bytes:
+        """Whole batches starting with the one containing from_offset, from one segment.
+
+        At least one batch if any exists at from_offset (even if larger than max_bytes); b"" at
+        the log end. Every served batch's checksum is verified; a damaged first batch raises
+        CorruptLogError (segment and position), a damaged later one ends the answer early.
+        """
+        with self._lock:
+            self._check_open()
+            self._check_readable(from_offset)
+            if from_offset == self.log_end_offset:
+                return b""
+            segment = self._segment_for(from_offset)
+            position, header = self._locate(segment, from_offset)
+            want = min(max(max_bytes, header.size), segment.size_bytes - position)
+            data = segment.pread(position, want)
+            return self._verified_prefix(segment, position, data, header.base_offset)
+
+    def iter_headers(self, from_offset: int) -> Iterator[BatchHeader]:
+        """Headers of the batches from the one containing from_offset to the log end (as of
+        the call), unverified and without decompression: for Raft to rebuild its state."""
+        with self._lock:
+            self._check_open()
+            self._check_readable(from_offset)
+            stop = self.log_end_offset
+            bases = [s.base_offset for s in self._segments if s.end_offset > from_offset]
+        offset = from_offset
+        for base in bases:
+            while offset < stop:
+                with self._lock:
+                    self._check_open()
+                    chunk = self._headers_chunk(base, offset, stop)
+                if not chunk:
+                    break
+                yield from chunk
+                offset = chunk[-1].last_offset + 1
+
+    def batch_header_at(self, offset: int) -> BatchHeader | None:
+        """Header of the batch containing `offset`, or None outside [log start, log end)."""
+        with self._lock:
+            self._check_open()
+            if not self._log_start_offset <= offset < self.log_end_offset:
+                return None
+            segment = self._segment_for(offset)
+            return self._locate(segment, offset)[1]
+
+    def term_at(self, offset: int) -> int | None:
+        header = self.batch_header_at(offset)
+        return None if header is None else header.term
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """Base offset of the first batch whose max_timestamp >= timestamp_ms (not below the
+        log start), or None if there is none."""
+        with self._lock:
+            self._check_open()
+            for segment in self._segments:
+                if segment.end_offset <= self._log_start_offset or \
+                        segment.max_timestamp_ms < timestamp_ms:
+                    continue
+                index = self._index_of(segment)
+                _, position = index.floor_time(timestamp_ms)
+                for _, header in segment.iter_headers(position):
+                    if header.max_timestamp >= timestamp_ms and \
+                            header.last_offset >= self._log_start_offset:
+                        return max(header.base_offset, self._log_start_offset)
+            return None
+
+    # ============================================================================= truncation
+
+    def truncate_after(self, offset: int) -> None:
+        """Keep the batches whose last offset <= offset (Raft cutting a divergent suffix).
+
+        `offset` must be the last offset of a batch, or log_start - 1 (keep nothing).
+        """
+        with self._lock:
+            self._check_open()
+            end = self.log_end_offset
+            if offset >= end - 1:
+                if offset == end - 1:
+                    return
+                raise OffsetOutOfRangeError(offset, log_start_offset=self._log_start_offset,
+                                            log_end_offset=end)
+            if offset < self._log_start_offset - 1:
+                raise OffsetOutOfRangeError(offset, log_start_offset=self._log_start_offset,
+                                            log_end_offset=end)
+            if offset == self._log_start_offset - 1:
+                # Nothing visible is kept; the log start may sit inside a batch, so cutting at a
+                # batch boundary could leave the end below the start. An empty log at the start
+                # offset is exactly the result asked for.
+                self.reset(self._log_start_offset)
+                return
+            new_end = offset + 1
+            segment = self._segment_for(offset)
+            position, header = self._locate(segment, offset)
+            if header.last_offset != offset:
+                raise NotOnBatchBoundaryError(offset, batch_base_offset=header.base_offset,
+                                              batch_last_offset=header.last_offset)
+            self._generation += 1
+            if new_end < self._recovery_point:
+                # Lower the recovery point first, or a crash after the cut would make the new,
+                # unsynced tail look like damaged acknowledged data on the next open.
+                self._write_meta(recovery_point=new_end)
+            self._cut_from(segment, position + header.size)
+            self._durable_end_offset = min(self._durable_end_offset, new_end)
+            log.info("truncated %s after offset %d (log end was %d)", self.directory.name,
+                     offset, end)
+
+    def _cut_from(self, segment: Segment, position: int) -> None:
+        """Delete all segments after `segment`, cut it at `position`; it becomes active."""
+        later = [s for s in self._segments if s.base_offset > segment.base_offset]
+        for victim in reversed(later):
+            victim.delete()
+            self._loaded_indexes.pop(victim.base_offset, None)
+        self._segments = [s for s in self._segments if s.base_offset <= segment.base_offset]
+        self._loaded_indexes.pop(segment.base_offset, None)
+        segment.drop_index_files()
+        # The deletions must be durable before the cut: otherwise a crash could bring back
+        # later segments (or a stale index) next to a shortened segment.
+        metafile.fsync_directory(self.directory)
+        if segment.index is None:
+            segment.index = SegmentIndex(base_offset=segment.base_offset,
+                                         interval_bytes=self.config.index_interval_bytes)
+        segment.open_writer()
+        segment.truncate(position)
+
+    def truncate_prefix(self, new_start_offset: int) -> list[int]:
+        """Advance the log start to new_start_offset (persisted) and delete the sealed segments
+        that lie wholly below it. Returns their base offsets."""
+        with self._lock:
+            self._check_open()
+            end = self.log_end_offset
+            if new_start_offset > end:
+                raise OffsetOutOfRangeError(new_start_offset,
+                                            log_start_offset=self._log_start_offset,
+                                            log_end_offset=end)
+            if new_start_offset <= self._log_start_offset:
+                return []
+            count = sum(1 for s in self._segments[:-1] if s.end_offset <= new_start_offset)
+            return self._delete_prefix(count, new_start_offset)
+
+    def apply_retention(self, now_ms: int) -> list[int]:
+        """Delete whole sealed segments by age and total size; returns their base offsets."""
+        cfg = self.config
+        if cfg.retention_ms is None and cfg.retention_bytes is None:
+            return []
+        with self._lock:
+            self._check_open()
+            sealed = [SegmentStat(base_offset=s.base_offset, size_bytes=s.size_bytes,
+                                  max_timestamp_ms=s.max_timestamp_ms)
+                      for s in self._segments[:-1]]
+            count = segments_to_delete(sealed, total_bytes=self.size_bytes, now_ms=now_ms,
+                                       retention_ms=cfg.retention_ms,
+                                       retention_bytes=cfg.retention_bytes)
+            if count == 0:
+                return []
+            new_start = max(self._segments[count].base_offset, self._log_start_offset)
+            deleted = self._delete_prefix(count, new_start)
+            log.info("retention deleted %d segment(s) of %s; log start is now %d",
+                     len(deleted), self.directory.name, new_start)
+            return deleted
+
+    def _delete_prefix(self, count: int, new_start: int) -> list[int]:
+        # Persist the new start first: a crash before the unlinks leaves segments below the
+        # start, which open() deletes; the other order could resurrect deleted offsets.
+        self._log_start_offset = new_start
+        self._write_meta()
+        victims, self._segments = self._segments[:count], self._segments[count:]
+        for victim in victims:
+            victim.delete()
+            self._loaded_indexes.pop(victim.base_offset, None)
+        if victims:
+            metafile.fsync_directory(self.directory)
+        return [v.base_offset for v in victims]
+
+    def reset(self, start_offset: int) -> None:
+        """Delete everything; the log restarts empty at start_offset (Raft installs a snapshot).
+
+        Crash-safe: the reset is recorded as pending in log.meta first and finished by open().
+        """
+        if start_offset < 0:
+            raise ValueError(f"start offset {start_offset} < 0")
+        with self._lock:
+            self._check_open()
+            self._generation += 1
+            self._write_meta_values(_Meta(start_offset, start_offset, reset_pending=True))
+            for segment in self._segments:
+                segment.delete()
+            self._loaded_indexes.clear()
+            self._segments = []
+            self._finish_reset(start_offset)
+            self._durable_end_offset = start_offset
+            log.info("reset %s: empty, starting at offset %d", self.directory.name,
+                     start_offset)
+
+    def _finish_reset(self, start_offset: int) -> None:
+        for path in self.directory.glob("*" + LOG_SUFFIX):
+            Segment(self.directory, int(path.stem), batch_bytes_max=0).delete()
+        self._segments = [Segment.create(self.directory, start_offset,
+                                         batch_bytes_max=self.config.batch_bytes_max,
+                                         interval_bytes=self.config.index_interval_bytes)]
+        metafile.fsync_directory(self.directory)
+        self._log_start_offset = start_offset
+        self._write_meta_values(_Meta(start_offset, start_offset, reset_pending=False))
+        self._recovery_point = start_offset
+
+    # =============================================================================== recovery
+
+    def _recover(self) -> None:
+        notes = _RecoveryNotes()
+        for tmp in self.directory.glob("*.tmp"):
+            tmp.unlink()
+        meta = self._read_meta(notes)
+        if meta is not None and meta.reset_pending:
+            self._finish_reset(meta.log_start_offset)
+            notes.completed_reset = True
+            log.warning("finished an interrupted reset of %s at offset %d",
+                        self.directory.name, meta.log_start_offset)
+        else:
+            bases = sorted(int(p.stem) for p in self.directory.glob("*" + LOG_SUFFIX)
+                           if p.stem.isdigit() and len(p.stem) == 20)
+            start = meta.log_start_offset if meta is not None else (bases[0] if bases else 0)
+            recovery_point = meta.recovery_point if meta is not None else start
+            if not bases:
+                self._segments = [Segment.create(self.directory, start,
+                                                 batch_bytes_max=self.config.batch_bytes_max,
+                                                 interval_bytes=self.config.index_interval_bytes)]
+                metafile.fsync_directory(self.directory)
+            else:
+                bases = self._prune_below_start(bases, start, notes)
+                self._segments = [Segment(self.directory, b,
+                                          batch_bytes_max=self.config.batch_bytes_max)
+                                  for b in bases]
+                for segment, next_segment in zip(self._segments, self._segments[1:],
+                                                 strict=False):
+                    self._recover_sealed(segment, next_segment.base_offset, notes)
+                self._recover_active(recovery_point, notes)
+            self._log_start_offset = max(start, self._segments[0].base_offset)
+            self._recovery_point = recovery_point
+            if meta is None:
+                self._write_meta()
+        if self._log_start_offset > self.log_end_offset:
+            raise CorruptLogError(
+                f"log start {self._log_start_offset} is beyond the recovered log end "
+                f"{self.log_end_offset}: data below the end was lost",
+                segment=self._active.path)
+        # Whatever survived in the page cache (a process crash, not a machine crash) is made
+        # durable now, so durable_end_offset can start at the log end.
+        self._active.open_writer()
+        self._active.sync()
+        self._durable_end_offset = self.log_end_offset
+        self._dirty.on_sync(synced_bytes=0, now_ms=self._now_ms())
+        self.recovery = RecoveryReport(
+            truncated=tuple(notes.truncated), rebuilt_indexes=tuple(notes.rebuilt),
+            corrupt=tuple(notes.corrupt), deleted_segments=tuple(notes.deleted),
+            meta_problem=notes.meta_problem, completed_reset=notes.completed_reset)
+
+    def _prune_below_start(self, bases: list[int], start: int, notes: _RecoveryNotes) -> list[int]:
+        """Delete sealed segments wholly below the log start (an interrupted prefix deletion)."""
+        keep = list(bases)
+        while len(keep) > 1 and keep[1] <= start:
+            victim = Segment(self.directory, keep.pop(0), batch_bytes_max=0)
+            victim.delete()
+            notes.deleted.append(victim.path.name)
+            log.warning("deleted %s: wholly below the log start %d", victim.path.name, start)
+        if len(keep) != len(bases):
+            metafile.fsync_directory(self.directory)
+        return keep
+
+    def _recover_sealed(self, segment: Segment, next_base: int, notes: _RecoveryNotes) -> None:
+        loaded = segment.try_load_index(interval_bytes=self.config.index_interval_bytes)
+        if not isinstance(loaded, str):
+            _, summary = loaded
+            if summary.end_offset == next_base:
+                segment.apply_summary(summary)
+                return
+            loaded = f"index says the segment ends at {summary.end_offset}, next starts at " \
+                     f"{next_base}"
+        log.warning("rebuilding the index of %s: %s", segment.path.name, loaded)
+        notes.rebuilt.append(RebuiltIndex(segment=segment.path.name, reason=loaded))
+        segment.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
+        result = segment.scan()
+        if result.stopped_at is not None or result.end_offset != next_base:
+            reason = result.reason or f"segment ends at offset {result.end_offset}, the next " \
+                                      f"segment starts at {next_base}"
+            position = result.stopped_at if result.stopped_at is not None else \
+                result.end_position
+            notes.corrupt.append(CorruptRegion(segment=segment.path.name, position=position,
+                                               reason=reason))
+            log.error("corruption in sealed segment %s at position %d: %s; reads of it will "
+                      "fail", segment.path.name, position, reason)
+            # Keep the file's real size and the contiguity invariant; the index covers the
+            # verified prefix only, and no index files are written, so the next open checks again.
+            segment.size_bytes = os.stat(segment.path).st_size
+            segment.end_offset = next_base
+        else:
+            segment.write_index_files()
+        segment.index = None
+
+    def _recover_active(self, recovery_point: int, notes: _RecoveryNotes) -> None:
+        active = self._active
+        active.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
+        active.drop_index_files()
+        min_term = self._segments[-2].last_term if len(self._segments) > 1 else -1
+        result = active.scan(min_term=min_term)
+        file_size = os.stat(active.path).st_size
+        if result.stopped_at is None and result.end_offset >= recovery_point:
+            return
+        if result.stopped_at is None:
+            raise CorruptLogError(
+                f"active segment ends at offset {result.end_offset} but offsets below the "
+                f"recovery point {recovery_point} were fsynced: acknowledged data was lost",
+                segment=active.path, position=result.end_position)
+        if result.end_offset < recovery_point:
+            raise CorruptLogError(
+                f"damaged batch below the recovery point {recovery_point} (offset "
+                f"{result.end_offset}): {result.reason}",
+                segment=active.path, position=result.stopped_at)
+        removed = file_size - result.end_position
+        log.warning("truncated torn tail of %s at position %d (%d bytes): %s",
+                    active.path.name, result.end_position, removed, result.reason)
+        notes.truncated.append(TruncatedTail(segment=active.path.name,
+                                             position=result.end_position,
+                                             bytes_removed=removed, reason=result.reason or ""))
+        active.open_writer()
+        active.truncate(result.end_position)
+
+    # ================================================================================ helpers
+
+    @property
+    def _active(self) -> Segment:
+        return self._segments[-1]
+
+    def _last_term_locked(self) -> int:
+        for segment in reversed(self._segments):
+            if segment.last_term >= 0:
+                return segment.last_term
+        return -1
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.directory} is closed")
+
+    def _fence(self, reason: str) -> None:
+        log.error("fencing log %s: %s; reopen it to recover", self.directory, reason)
+        for segment in self._segments:
+            segment.close()
+        self._closed = True
+
+    def _check_readable(self, offset: int) -> None:
+        end = self.log_end_offset
+        if not self._log_start_offset <= offset <= end:
+            raise OffsetOutOfRangeError(offset, log_start_offset=self._log_start_offset,
+                                        log_end_offset=end)
+
+    def _segment_for(self, offset: int) -> Segment:
+        lo, hi = 0, len(self._segments) - 1
+        while lo < hi:  # last segment whose base <= offset
+            mid = (lo + hi + 1) // 2
+            if self._segments[mid].base_offset <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self._segments[lo]
+
+    def _index_of(self, segment: Segment) -> SegmentIndex:
+        if segment.index is not None:
+            return segment.index
+        index = self._loaded_indexes.get(segment.base_offset)
+        if index is not None:
+            self._loaded_indexes.move_to_end(segment.base_offset)
+            return index
+        loaded = segment.try_load_index(interval_bytes=self.config.index_interval_bytes)
+        if isinstance(loaded, str):
+            log.warning("index of %s unusable (%s): walking the segment without it",
+                        segment.path.name, loaded)
+            index = SegmentIndex(base_offset=segment.base_offset,
+                                 interval_bytes=self.config.index_interval_bytes)
+        else:
+            index = loaded[0]
+            self._loaded_indexes[segment.base_offset] = index
+            while len(self._loaded_indexes) > LOADED_INDEXES_MAX:
+                self._loaded_indexes.popitem(last=False)
+        return index
+
+    def _locate(self, segment: Segment, offset: int) -> tuple[int, BatchHeader]:
+        """(position, header) of the batch containing `offset` in `segment`."""
+        _, position = self._index_of(segment).floor(offset)
+        try:
+            for pos, header in segment.iter_headers(position):
+                if header.last_offset >= offset:
+                    if header.base_offset > offset:
+                        break
+                    return pos, header
+                position = pos
+        except BatchError as exc:
+            raise CorruptLogError(f"cannot walk batch headers to offset {offset}: {exc}",
+                                  segment=segment.path, position=position) from exc
+        raise CorruptLogError(f"offset {offset} not found where the index points",
+                              segment=segment.path, position=position)
+
+    def _verified_prefix(self, segment: Segment, position: int, data: bytes,
+                         first_base: int) -> bytes:
+        view = memoryview(data)
+        pos = 0
+        expected = first_base
+        while pos < len(view):
+            if len(view) - pos < 12:
+                break
+            header_size = 12 + int.from_bytes(view[pos + 8: pos + 12], "big", signed=True)
+            if header_size > len(view) - pos:
+                break
+            try:
+                # No size limit here: batch_bytes_max may have been lowered since the write.
+                header = validate_batch(view[pos: pos + header_size], max_bytes=header_size)
+                if header.base_offset != expected:
+                    raise BatchError(f"base offset {header.base_offset}, expected {expected}")
+            except BatchError as exc:
+                if pos == 0:
+                    raise CorruptLogError(f"refusing to serve a damaged batch: {exc}",
+                                          segment=segment.path, position=position) from exc
+                log.error("damaged batch in %s at position %d: %s", segment.path.name,
+                          position + pos, exc)
+                break
+            expected = header.last_offset + 1
+            pos += header_size
+        if pos == 0:
+            raise CorruptLogError("first batch is cut short", segment=segment.path,
+                                  position=position)
+        return data[:pos] if pos < len(data) else data
+
+    def _headers_chunk(self, base: int, offset: int, stop: int) -> list[BatchHeader]:
+        segment = next((s for s in self._segments if s.base_offset == base), None)
+        if segment is None or offset >= min(stop, segment.end_offset):
+            return []
+        position, _ = self._locate(segment, offset)
+        chunk: list[BatchHeader] = []
+        try:
+            for _, header in segment.iter_headers(position):
+                if header.base_offset >= stop or len(chunk) >= HEADERS_PER_ITER_CHUNK_MAX:
+                    break
+                chunk.append(header)
+        except BatchError as exc:
+            raise CorruptLogError(f"cannot walk batch headers: {exc}", segment=segment.path) \
+                from exc
+        return chunk
+
+    # ================================================================================== meta
+
+    def _read_meta(self, notes: _RecoveryNotes) -> _Meta | None:
+        path = self.directory / META_FILE
+        try:
+            payload = metafile.read_checksummed(path)
+        except CorruptFileError as exc:
+            notes.meta_problem = str(exc)
+            log.error("%s; falling back to the segment files (log start = first segment, "
+                      "whole active segment treated as recoverable tail)", exc)
+            return None
+        if payload is None:
+            return None
+        if len(payload) != _META.size:
+            notes.meta_problem = f"{path}: payload of {len(payload)} bytes, expected {_META.size}"
+            return None
+        start, recovery_point, reset_pending = _META.unpack(payload)
+        return _Meta(start, recovery_point, bool(reset_pending))
+
+    def _write_meta(self, *, recovery_point: int | None = None) -> None:
+        if recovery_point is not None:
+            self._recovery_point = recovery_point
+        self._write_meta_values(_Meta(self._log_start_offset, self._recovery_point))
+
+    def _write_meta_values(self, meta: _Meta) -> None:
+        metafile.write_checksummed(
+            self.directory / META_FILE,
+            _META.pack(meta.log_start_offset, meta.recovery_point, int(meta.reset_pending)))
+
+
+def _restamped(header: BatchHeader, *, base_offset: int, term: int) -> BatchHeader:
+    return replace(header, base_offset=base_offset, term=term)
+
+
+# Kept for callers that want to know the sentinel of an empty segment's max timestamp.
+EMPTY_TIMESTAMP_MS = NO_TIMESTAMP

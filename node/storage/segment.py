@@ -1,0 +1,375 @@
+"""One segment: a file of whole record batches named after its base offset, and its index.
+
+Theory of operation. A segment is append-only while it is the log's active segment, then sealed
+(fsynced, index files written, writer descriptor closed) and immutable until deleted, except that
+`truncate_after` may cut it and make it active again. Only the active segment holds a descriptor,
+opened lazily on first write; reads of sealed segments open the file for the call and close it, so
+a node with 1,000 partitions holds about 1,000 descriptors, not several per segment.
+
+Writes use pwrite at the position the segment believes is its end (`size_bytes`), never O_APPEND,
+so in-memory size and file size agree; a failed or partial write is cut back with ftruncate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NewType
+
+from tidelog.client.batch import (
+    HEADER_SIZE,
+    LENGTH_PREFIX_SIZE,
+    BatchError,
+    BatchHeader,
+    decode_header,
+    validate_batch,
+)
+from tidelog.node.storage import metafile
+from tidelog.node.storage.errors import (
+    CorruptFileError,
+    DiskFullError,
+    LogClosedError,
+    StorageIOError,
+)
+from tidelog.node.storage.index import (
+    NO_TIMESTAMP,
+    SegmentIndex,
+    SegmentSummary,
+    decode_index_files,
+    encode_index_files,
+)
+
+__all__ = ["Position", "ScanResult", "Segment", "fdatasync", "segment_file_name"]
+
+log = logging.getLogger(__name__)
+
+Position = NewType("Position", int)
+"""A byte position inside one segment file."""
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIMEINDEX_SUFFIX = ".timeindex"
+SCAN_WINDOW_BYTES = 1024 * 1024
+_MIN_BATCH_LENGTH = HEADER_SIZE - LENGTH_PREFIX_SIZE
+
+
+def segment_file_name(base_offset: int) -> str:
+    return f"{base_offset:020d}{LOG_SUFFIX}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanResult:
+    """How a verifying scan ended. `stopped_at` is None when it reached the end of the file."""
+
+    end_position: int  # byte after the last good batch
+    end_offset: int  # next offset after the last good batch
+    stopped_at: int | None
+    reason: str | None
+    batches: int
+
+
+class Segment:
+    """Mutable state of one segment file; owned and locked by its PartitionLog."""
+
+    __slots__ = ("base_offset", "path", "index_path", "timeindex_path", "size_bytes",
+                 "end_offset", "max_timestamp_ms", "first_batch_max_timestamp_ms", "last_term",
+                 "index", "_fd", "_batch_bytes_max")
+
+    def __init__(self, directory: Path, base_offset: int, *, batch_bytes_max: int) -> None:
+        self.base_offset = base_offset
+        self.path = directory / segment_file_name(base_offset)
+        stem = f"{base_offset:020d}"
+        self.index_path = directory / (stem + INDEX_SUFFIX)
+        self.timeindex_path = directory / (stem + TIMEINDEX_SUFFIX)
+        # Invariant: size_bytes is the file's length and the end of the last whole batch.
+        self.size_bytes = 0
+        # Invariant: end_offset == last batch's last_offset + 1, or base_offset when empty.
+        self.end_offset = base_offset
+        self.max_timestamp_ms = NO_TIMESTAMP
+        self.first_batch_max_timestamp_ms: int | None = None  # the clock for roll-by-age
+        self.last_term = -1  # -1: no batch in this segment
+        self.index: SegmentIndex | None = None  # always set on the active segment
+        self._fd: int | None = None
+        self._batch_bytes_max = batch_bytes_max
+
+    # -------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def create(cls, directory: Path, base_offset: int, *, batch_bytes_max: int,
+               interval_bytes: int) -> Segment:
+        segment = cls(directory, base_offset, batch_bytes_max=batch_bytes_max)
+        segment._fd = os.open(segment.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        segment.index = SegmentIndex(base_offset=base_offset, interval_bytes=interval_bytes)
+        for stale in (segment.index_path, segment.timeindex_path):
+            _unlink_quietly(stale)
+        return segment
+
+    def summary(self) -> SegmentSummary:
+        return SegmentSummary(base_offset=self.base_offset, end_offset=self.end_offset,
+                              size_bytes=self.size_bytes, max_timestamp_ms=self.max_timestamp_ms,
+                              last_term=self.last_term)
+
+    def seal(self) -> None:
+        """Make the segment durable and immutable: fsync, write index files, drop the writer."""
+        self.sync()
+        self.write_index_files()
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def delete(self) -> None:
+        self.close()
+        for path in (self.path, self.index_path, self.timeindex_path):
+            _unlink_quietly(path)
+
+    def drop_index_files(self) -> None:
+        """Called when a sealed segment becomes active again: its index files would go stale."""
+        for path in (self.index_path, self.timeindex_path):
+            _unlink_quietly(path)
+
+    # ------------------------------------------------------------------------------------ writes
+
+    def append(self, data: bytes, header: BatchHeader) -> int:
+        """Write one stamped, validated batch at the end; return its position.
+
+        On any OSError the file is cut back to its previous length, so it still ends on a batch
+        boundary. If even that fails the segment is broken and LogClosedError fences it.
+        """
+        position = self.size_bytes
+        fd = self._writer()
+        view = memoryview(data)
+        try:
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], position + written)
+        except OSError as exc:
+            self._cut_back(position, exc)
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(
+                    f"disk full appending {len(data)} bytes to {self.path}; nothing was written"
+                ) from exc
+            raise StorageIOError(f"write to {self.path} failed: {exc}; nothing was written") \
+                from exc
+        self._account(position, header)
+        return position
+
+    def truncate(self, position: int) -> None:
+        """Cut the file at a batch boundary and rebuild the in-memory state from what remains."""
+        fd = self._writer()
+        os.ftruncate(fd, position)
+        self.size_bytes = position
+        self._rebuild_memory_state_from_headers()
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            fdatasync(self._fd)
+
+    def dup_writer(self) -> int | None:
+        """A duplicate descriptor for fsync outside the log's lock (survives a concurrent seal)."""
+        return os.dup(self._fd) if self._fd is not None else None
+
+    # ------------------------------------------------------------------------------------- reads
+
+    def pread(self, position: int, length: int) -> bytes:
+        """Up to `length` bytes at `position` (fewer only at end of file)."""
+        if self._fd is not None:
+            return _pread_all(self._fd, position, length)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return _pread_all(fd, position, length)
+        finally:
+            os.close(fd)
+
+    def header_at(self, position: int, *, end: int | None = None) -> BatchHeader:
+        """Unverified header at `position`; raises BatchError if it cannot be a batch here."""
+        end = self.size_bytes if end is None else end
+        raw = self.pread(position, HEADER_SIZE)
+        header = decode_header(raw)
+        if header.batch_length < _MIN_BATCH_LENGTH or position + header.size > end:
+            raise BatchError(f"batch at position {position} declares {header.size} bytes, "
+                             f"{end - position} remain")
+        return header
+
+    def iter_headers(self, position: int) -> Iterator[tuple[int, BatchHeader]]:
+        """Walk unverified headers from `position` to the end of the segment."""
+        end = self.size_bytes
+        while position < end:
+            header = self.header_at(position, end=end)
+            yield position, header
+            position += header.size
+
+    def scan(self, *, position: int = 0, expected_offset: int | None = None,
+             min_term: int = -1, on_batch: bool = True) -> ScanResult:
+        """Verify every batch from `position` (checksums, contiguous offsets, monotonic terms).
+
+        Stops at the first problem and says where and why; never raises for damaged data. With
+        `on_batch`, rebuilds in-memory state (index, end offset, timestamps, terms) as it goes.
+        """
+        end = _file_size(self.path) if self._fd is None else os.fstat(self._fd).st_size
+        expected = self.base_offset if expected_offset is None else expected_offset
+        term = min_term
+        window_start, window = position, b""
+        batches = 0
+        while position < end:
+            if position + HEADER_SIZE > window_start + len(window):
+                window_start, window = position, self.pread(position, SCAN_WINDOW_BYTES)
+            rel = position - window_start
+            if len(window) - rel < HEADER_SIZE:
+                return self._stop(position, expected, batches,
+                                  f"torn batch header: {end - position} bytes at the end")
+            header = decode_header(window, rel)
+            size = header.size
+            if header.batch_length < _MIN_BATCH_LENGTH or position + size > end:
+                return self._stop(position, expected, batches,
+                                  f"batch declares {size} bytes, {end - position} remain")
+            if rel + size > len(window):
+                window_start = position
+                window = self.pread(position, max(SCAN_WINDOW_BYTES, size))
+                rel = 0
+            try:
+                validate_batch(memoryview(window)[rel: rel + size], max_bytes=size)
+            except BatchError as exc:
+                return self._stop(position, expected, batches, str(exc))
+            if header.base_offset != expected:
+                return self._stop(position, expected, batches,
+                                  f"base offset {header.base_offset}, expected {expected}")
+            if header.term < term:
+                return self._stop(position, expected, batches,
+                                  f"term {header.term} below the previous batch's {term}")
+            if on_batch:
+                self._account(position, header)
+            term = header.term
+            expected = header.last_offset + 1
+            position += size
+            batches += 1
+        return ScanResult(end_position=position, end_offset=expected, stopped_at=None,
+                          reason=None, batches=batches)
+
+    # ---------------------------------------------------------------------------- index files
+
+    def load_index_files(self, *, interval_bytes: int) -> tuple[SegmentIndex, SegmentSummary]:
+        """Read and check the sealed index files; ValueError/CorruptFileError when unusable."""
+        offset_payload = metafile.read_checksummed(self.index_path)
+        time_payload = metafile.read_checksummed(self.timeindex_path)
+        if offset_payload is None or time_payload is None:
+            raise FileNotFoundError(f"index files of {self.path.name} missing")
+        index, summary = decode_index_files(offset_payload, time_payload,
+                                            base_offset=self.base_offset,
+                                            interval_bytes=interval_bytes)
+        actual = _file_size(self.path)
+        if summary.size_bytes != actual:
+            raise ValueError(f"index says {summary.size_bytes} bytes, the segment has {actual}")
+        return index, summary
+
+    def try_load_index(self, *, interval_bytes: int) -> tuple[SegmentIndex, SegmentSummary] | str:
+        """Index and summary, or the reason they cannot be used (then the caller rebuilds)."""
+        try:
+            return self.load_index_files(interval_bytes=interval_bytes)
+        except (OSError, ValueError, CorruptFileError) as exc:
+            return str(exc)
+
+    def write_index_files(self) -> None:
+        # Indexes are checked on load and rebuilt when wrong, so they need no fsync of their own.
+        assert self.index is not None, "only a segment with its index in memory writes it"
+        offset_payload, time_payload = encode_index_files(self.index, self.summary())
+        metafile.write_checksummed(self.index_path, offset_payload, durable=False)
+        metafile.write_checksummed(self.timeindex_path, time_payload, durable=False)
+
+    def apply_summary(self, summary: SegmentSummary) -> None:
+        self.size_bytes = summary.size_bytes
+        self.end_offset = summary.end_offset
+        self.max_timestamp_ms = summary.max_timestamp_ms
+        self.last_term = summary.last_term
+
+    # ----------------------------------------------------------------------------------- helpers
+
+    def reset_memory_state(self, *, interval_bytes: int) -> None:
+        self.size_bytes = 0
+        self.end_offset = self.base_offset
+        self.max_timestamp_ms = NO_TIMESTAMP
+        self.first_batch_max_timestamp_ms = None
+        self.last_term = -1
+        self.index = SegmentIndex(base_offset=self.base_offset, interval_bytes=interval_bytes)
+
+    def open_writer(self) -> None:
+        self._writer()
+
+    def _writer(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fd
+
+    def _account(self, position: int, header: BatchHeader) -> None:
+        assert self.index is not None
+        self.index.on_batch(base_offset=header.base_offset, position=position,
+                            size_bytes=header.size, max_timestamp_ms=header.max_timestamp)
+        self.size_bytes = position + header.size
+        self.end_offset = header.last_offset + 1
+        if header.max_timestamp > self.max_timestamp_ms:
+            self.max_timestamp_ms = header.max_timestamp
+        if self.first_batch_max_timestamp_ms is None:
+            self.first_batch_max_timestamp_ms = header.max_timestamp
+        self.last_term = header.term
+
+    def _stop(self, position: int, expected: int, batches: int, reason: str) -> ScanResult:
+        return ScanResult(end_position=position, end_offset=expected, stopped_at=position,
+                          reason=reason, batches=batches)
+
+    def _rebuild_memory_state_from_headers(self) -> None:
+        assert self.index is not None
+        size = self.size_bytes
+        self.reset_memory_state(interval_bytes=self.index.interval_bytes)
+        position = 0
+        while position < size:
+            header = self.header_at(position, end=size)
+            self._account(position, header)
+            position += header.size
+
+    def _cut_back(self, position: int, cause: OSError) -> None:
+        try:
+            assert self._fd is not None
+            os.ftruncate(self._fd, position)
+        except OSError as exc:
+            log.error("could not cut %s back to %d after a failed write (%s): %s",
+                      self.path, position, cause, exc)
+            raise LogClosedError(
+                f"{self.path} may end in a partial batch: cutting it back to {position} failed "
+                f"({exc}); reopen the log to recover"
+            ) from cause
+
+
+def _pread_all(fd: int, position: int, length: int) -> bytes:
+    data = os.pread(fd, length, position)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, position + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _file_size(path: Path) -> int:
+    return os.stat(path).st_size
+
+
+def fdatasync(fd: int) -> None:
+    # fdatasync also flushes the file size, which reading the new data needs; skip mtime.
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
