@@ -1,0 +1,92 @@
+"""Node configuration: one frozen dataclass, from flags and `TIDELOG_*` variables.
+
+Relationships are validated at construction (STYLE habit 19): no half-configured node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tidelog.node.errors import ConfigError
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' → (host, port), with a message a person can act on."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """'1=host:port,2=host:port' → {1: 'host:port', 2: 'host:port'}."""
+    peers: dict[int, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node_id, sep, address = item.partition("=")
+        if not sep or not node_id.strip().isdigit():
+            raise ConfigError(f"expected ID=HOST:PORT in --peers, got {item!r}")
+        parse_address(address.strip())
+        if int(node_id) in peers:
+            raise ConfigError(f"node {node_id} appears twice in --peers")
+        peers[int(node_id)] = address.strip()
+    return peers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Everything a node needs to start. `peers` includes this node itself."""
+
+    node_id: int
+    listen: str
+    advertise: str
+    peers: dict[int, str]
+    data_dir: Path
+    tick_ms: int = 100
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    fsync: str = "always"
+    batch_bytes_max: int = 8 * 1024 * 1024
+    request_partitions_max: int = 1024
+    metadata_voters_max: int = 5
+    leader_balance_interval_ms: int = 3000
+    shutdown_transfer_ms_max: int = 3000
+    cluster_id: str = "tidelog"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.peers:
+            raise ConfigError(
+                f"--peers must include this node's own id {self.node_id} "
+                f"(got ids {sorted(self.peers)})"
+            )
+        parse_address(self.listen)
+        parse_address(self.advertise)
+        if not 0 < self.heartbeat_ticks < self.election_ticks:
+            raise ConfigError("heartbeat ticks must be >= 1 and below the election ticks")
+        if self.tick_ms < 10:
+            raise ConfigError("--tick-ms must be at least 10")
+        if self.batch_bytes_max < 1024:
+            raise ConfigError("batch bytes max must be at least 1 KiB")
+
+    @property
+    def metadata_voters(self) -> tuple[int, ...]:
+        """The first 3 or 5 node ids (an odd count) vote in the metadata group; others observe."""
+        ids = sorted(self.peers)
+        count = min(len(ids), self.metadata_voters_max)
+        if count % 2 == 0 and count > 1:
+            count -= 1
+        return tuple(ids[:count])
+
+    def replace(self, **changes: object) -> NodeConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+ENV_PREFIX = "TIDELOG_"
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    """The value of TIDELOG_<NAME>, for argparse defaults (flags win over the environment)."""
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)

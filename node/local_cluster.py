@@ -1,0 +1,188 @@
+"""A cluster of real node processes on this machine: used by `tidelog cluster up`, tests and demos.
+
+Each node is a separate OS process (`python -m tidelog.node.main`) with its own data directory and
+log file. Processes are only ever signalled by the PIDs this object started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """Ports the kernel says are free right now (held open together so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class LocalNode:
+    id: int
+    address: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalCluster:
+    """N nodes on 127.0.0.1. Use as a context manager; `stop()` ends every process it started."""
+
+    def __init__(
+        self,
+        nodes: int,
+        data_dir: Path,
+        *,
+        base_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("a cluster needs at least one node")
+        ports = (
+            [base_port + i for i in range(nodes)] if base_port else free_ports(nodes)
+        )
+        self.data_dir = Path(data_dir)
+        self.extra_args = extra_args
+        self.env = env or {}
+        self.nodes = [
+            LocalNode(
+                id=i + 1,
+                address=f"{HOST}:{port}",
+                data_dir=self.data_dir / f"node-{i + 1}",
+                log_path=self.data_dir / f"node-{i + 1}.log",
+            )
+            for i, port in enumerate(ports)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.address for n in self.nodes)
+
+    @property
+    def peers(self) -> str:
+        return ",".join(f"{n.id}={n.address}" for n in self.nodes)
+
+    def node(self, node_id: int) -> LocalNode:
+        return self.nodes[node_id - 1]
+
+    def command(self, node: LocalNode) -> list[str]:
+        return [
+            sys.executable, "-m", "tidelog.node.main",
+            "--id", str(node.id),
+            "--listen", node.address,
+            "--advertise", node.address,
+            "--peers", self.peers,
+            "--data-dir", str(node.data_dir),
+            *self.extra_args,
+        ]
+
+    def start(self, node_id: int | None = None) -> None:
+        """Start one node, or every node that is not running."""
+        targets = [self.node(node_id)] if node_id else self.nodes
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for node in targets:
+            if node.running:
+                continue
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            log_file = open(node.log_path, "ab")  # noqa: SIM115 - handed to the child
+            env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+            node.process = subprocess.Popen(
+                self.command(node), stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+            )
+            log_file.close()
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL: the node gets no chance to flush or hand over leadership."""
+        self._signal(node_id, signal.SIGKILL)
+        self._reap(self.node(node_id), 10.0)
+
+    def terminate(self, node_id: int, timeout_s: float = 15.0) -> None:
+        """SIGTERM: graceful shutdown (leadership handed over first)."""
+        self._signal(node_id, signal.SIGTERM)
+        node = self.node(node_id)
+        if not self._reap(node, timeout_s):
+            self.kill(node_id)
+
+    def pause(self, node_id: int) -> None:
+        self._signal(node_id, signal.SIGSTOP)
+
+    def resume(self, node_id: int) -> None:
+        self._signal(node_id, signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        for node in self.nodes:
+            if node.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+                    node.process.terminate()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            if not self._reap(node, max(0.1, deadline - time.monotonic())):
+                self._signal(node.id, signal.SIGKILL)
+                self._reap(node, 5.0)
+
+    def wait_healthy(self, timeout_s: float = 30.0, node_ids: list[int] | None = None) -> None:
+        """Block until every (given) running node answers the gRPC health check with SERVING."""
+        from tidelog.node.health import check_health
+
+        deadline = time.monotonic() + timeout_s
+        targets = [self.node(i) for i in node_ids] if node_ids else self.nodes
+        for node in targets:
+            while True:
+                if not node.running:
+                    raise RuntimeError(f"node {node.id} exited; see {node.log_path}")
+                if check_health(node.address, timeout_s=1.0):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {node.id} not healthy; see {node.log_path}")
+                time.sleep(0.1)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _signal(self, node_id: int, sig: signal.Signals) -> None:
+        node = self.node(node_id)
+        if node.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.process.pid, sig)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _reap(node: LocalNode, timeout_s: float) -> bool:
+        if node.process is None:
+            return True
+        try:
+            node.process.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False

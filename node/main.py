@@ -1,0 +1,83 @@
+"""`tidelog node`: run one node in the foreground. Every flag has a TIDELOG_* environment twin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tidelog.node.config import NodeConfig, env_default, parse_peers
+from tidelog.node.errors import ConfigError
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    def env(name: str, default: str | None = None) -> str | None:
+        return env_default(name, default)
+
+    parser.add_argument("--id", type=int, default=env("id"),
+                        help="this node's id, a positive integer (env TIDELOG_ID)")
+    parser.add_argument("--listen", default=env("listen", "127.0.0.1:9091"),
+                        help="HOST:PORT to serve gRPC on (env TIDELOG_LISTEN; default %(default)s)")
+    parser.add_argument("--advertise", default=env("advertise"),
+                        help="HOST:PORT clients are told to use (env TIDELOG_ADVERTISE; "
+                             "default: the --listen address)")
+    parser.add_argument("--peers", default=env("peers"),
+                        help="ID=HOST:PORT,... of every node including this one, as nodes reach "
+                             "each other (env TIDELOG_PEERS)")
+    parser.add_argument("--data-dir", default=env("data_dir", "./data"),
+                        help="where logs and Raft state live (env TIDELOG_DATA_DIR; "
+                             "default %(default)s)")
+    parser.add_argument("--fsync", default=env("fsync", "always"),
+                        help="default fsync policy: 'always' (fsync before acks=all answers) or "
+                             "'interval:100ms' / 'interval:1MiB' (env TIDELOG_FSYNC; "
+                             "default %(default)s)")
+    parser.add_argument("--tick-ms", type=int, default=int(env("tick_ms", "100") or 100),
+                        help="Raft tick (env TIDELOG_TICK_MS; default %(default)s)")
+    parser.add_argument("--election-ticks", type=int,
+                        default=int(env("election_ticks", "10") or 10),
+                        help="election timeout in ticks, randomised up to 2x "
+                             "(env TIDELOG_ELECTION_TICKS; default %(default)s)")
+    parser.add_argument("--log-level", default=env("log_level", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="(env TIDELOG_LOG_LEVEL; default %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    if args.id is None:
+        raise ConfigError("--id (or TIDELOG_ID) is required")
+    if not args.peers:
+        raise ConfigError("--peers (or TIDELOG_PEERS) is required, e.g. 1=127.0.0.1:9091")
+    return NodeConfig(
+        node_id=int(args.id), listen=args.listen, advertise=args.advertise or args.listen,
+        peers=parse_peers(args.peers), data_dir=Path(args.data_dir), fsync=args.fsync,
+        tick_ms=args.tick_ms, election_ticks=args.election_ticks,
+    )
+
+
+def run_node(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"tidelog node: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level,
+        format=f"%(asctime)s node-{config.node_id} %(levelname)s %(name)s: %(message)s",
+    )
+    from tidelog.node.server import Node
+
+    asyncio.run(Node(config).run_until_signal())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidelog node", description=__doc__)
+    add_node_arguments(parser)
+    return run_node(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

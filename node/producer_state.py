@@ -1,0 +1,106 @@
+"""Idempotent-producer state of one partition: drops retried batches, refuses gaps and old epochs.
+
+A producer stamps each batch with (producer id, epoch, base sequence). The leader remembers the last
+few batches of every producer; a retry of one of them is answered with the offsets it already has
+(and waits for their commit like any write), a gap in sequences is refused so that a lost batch is
+never silently skipped, and a batch from an older epoch is fenced. The state is rebuilt from the
+batch headers in the log when leadership moves, so a new leader dedups retries sent to the old one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from tidelog.client.batch import BatchHeader
+from tidelog.node.errors import OutOfOrderSequenceError, ProducerFencedError
+
+RECENT_BATCHES_MAX = 5  # like Kafka: a producer has at most 5 batches in flight per partition
+SEQUENCE_MODULUS = 2**31
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    first_sequence: int
+    last_sequence: int
+    base_offset: int
+    last_offset: int
+
+
+@dataclass(slots=True)
+class ProducerEntry:
+    epoch: int
+    recent: deque[BatchRecord] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES_MAX))
+
+    @property
+    def next_sequence(self) -> int | None:
+        return (self.recent[-1].last_sequence + 1) % SEQUENCE_MODULUS if self.recent else None
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    base_offset: int
+    last_offset: int
+
+
+class ProducerStateTable:
+    """Per-partition table, keyed by producer id. Not thread-safe: owned by the event loop."""
+
+    def __init__(self) -> None:
+        self._producers: dict[int, ProducerEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._producers)
+
+    def check(self, header: BatchHeader) -> Duplicate | None:
+        """Before appending: the earlier offsets if this batch is a retry, else None.
+
+        Raises ProducerFencedError / OutOfOrderSequenceError for batches that must be refused.
+        """
+        if header.producer_id < 0:
+            return None
+        entry = self._producers.get(header.producer_id)
+        if entry is None:
+            return None
+        if header.producer_epoch < entry.epoch:
+            raise ProducerFencedError(
+                f"producer {header.producer_id} epoch {header.producer_epoch} is older than "
+                f"the current epoch {entry.epoch}"
+            )
+        if header.producer_epoch > entry.epoch:
+            return None
+        last_sequence = _last_sequence(header)
+        for seen in entry.recent:
+            if seen.first_sequence == header.base_sequence and seen.last_sequence == last_sequence:
+                return Duplicate(seen.base_offset, seen.last_offset)
+        expected = entry.next_sequence
+        if expected is not None and header.base_sequence != expected:
+            raise OutOfOrderSequenceError(
+                f"producer {header.producer_id} sent sequence {header.base_sequence} but "
+                f"{expected} was expected next (a batch is missing or was reordered)"
+            )
+        return None
+
+    def record(self, header: BatchHeader, base_offset: int) -> None:
+        """After appending a batch at base_offset (also when replaying the log)."""
+        if header.producer_id < 0:
+            return
+        entry = self._producers.get(header.producer_id)
+        if entry is None or header.producer_epoch > entry.epoch:
+            entry = ProducerEntry(epoch=header.producer_epoch)
+            self._producers[header.producer_id] = entry
+        entry.recent.append(
+            BatchRecord(
+                first_sequence=header.base_sequence,
+                last_sequence=_last_sequence(header),
+                base_offset=base_offset,
+                last_offset=base_offset + header.last_offset_delta,
+            )
+        )
+
+    def clear(self) -> None:
+        self._producers.clear()
+
+
+def _last_sequence(header: BatchHeader) -> int:
+    return (header.base_sequence + header.record_count - 1) % SEQUENCE_MODULUS

@@ -1,0 +1,87 @@
+"""The Raft log of a replica IS its partition log: this adapter lets the core read it as entries.
+
+Raft positions are record offsets (see tidelog.node.raft.types): entry = one stored batch. DATA
+entries' data is the batch itself; NOOP and CONFIG entries are control batches whose single record
+holds the core's payload. `to_batch` is the inverse used when persisting what the core emits.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tidelog.client.batch import (
+    ControlType,
+    decode_header,
+    decode_records,
+    encode_control_batch,
+    iter_batches,
+    stamp,
+)
+from tidelog.node.raft.types import Entry, EntryKind, LogIndex, Term
+from tidelog.node.storage import PartitionLog
+
+_KIND_BY_CONTROL = {
+    ControlType.RAFT_NOOP: EntryKind.NOOP,
+    ControlType.RAFT_CONFIG: EntryKind.CONFIG,
+}
+_CONTROL_BY_KIND = {v: k for k, v in _KIND_BY_CONTROL.items()}
+
+
+def to_batch(entry: Entry) -> bytes:
+    """The bytes stored for an entry (base offset and term stamped in)."""
+    if entry.kind is EntryKind.DATA:
+        return stamp(entry.data, base_offset=entry.index, term=entry.term)
+    return encode_control_batch(
+        _CONTROL_BY_KIND[entry.kind], entry.data, timestamp_ms=int(time.time() * 1000),
+        base_offset=entry.index, term=entry.term,
+    )
+
+
+def to_entry(batch: bytes | memoryview) -> Entry:
+    header = decode_header(batch)
+    kind = _KIND_BY_CONTROL.get(header.control_type, EntryKind.DATA) if header.is_control \
+        else EntryKind.DATA
+    if kind is EntryKind.DATA:
+        data = bytes(batch)
+    elif kind is EntryKind.CONFIG:
+        data = decode_records(bytes(batch))[0].value or b""
+    else:
+        data = b""
+    return Entry(term=Term(header.term), index=LogIndex(header.base_offset),
+                 count=header.last_offset_delta + 1, kind=kind, data=data)
+
+
+class PartitionRaftLog:
+    """LogReader over a PartitionLog. `prefix_term`: the term of the entry just below log start."""
+
+    def __init__(self, log: PartitionLog, prefix_term: int = 0) -> None:
+        self.log = log
+        self.prefix_term = prefix_term
+
+    def log_start(self) -> LogIndex:
+        return LogIndex(self.log.log_start_offset)
+
+    def last_index(self) -> LogIndex:
+        return LogIndex(self.log.log_end_offset - 1)
+
+    def last_term(self) -> Term:
+        if self.log.log_end_offset == self.log.log_start_offset:
+            return Term(self.prefix_term)
+        return Term(self.log.last_term)
+
+    def term_at(self, index: int) -> Term | None:
+        if index == self.log.log_start_offset - 1:
+            return Term(self.prefix_term)
+        if not self.log.log_start_offset <= index < self.log.log_end_offset:
+            return None
+        header = self.log.batch_header_at(index)
+        if header is None or header.last_offset != index:
+            return None
+        return Term(header.term)
+
+    def entries(self, from_index: int, max_bytes: int) -> list[Entry]:
+        if from_index >= self.log.log_end_offset:
+            return []
+        raw = self.log.read(from_index, max_bytes)
+        view = memoryview(raw)
+        return [to_entry(view[pos:pos + header.size]) for pos, header in iter_batches(raw)]

@@ -1,0 +1,133 @@
+"""gRPC servicers: translate wire requests into calls on the Node, and BrokerErrors into statuses.
+
+A refused single-subject call becomes a gRPC status with a precise message plus an ErrorDetail in
+the trailing metadata ("tidelog-error-bin"), so clients follow a NOT_LEADER to the leader without
+parsing text. Multi-item calls (Fetch, ListOffsets, CreateTopics...) report per-item codes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from tidelog.node.errors import BrokerError, InvalidRequestError, NotLeaderError
+from tidelog.proto import broker_pb2 as pb
+from tidelog.proto import broker_pb2_grpc, cluster_pb2_grpc
+
+if TYPE_CHECKING:
+    from tidelog.node.server import Node
+
+log = logging.getLogger(__name__)
+
+ERROR_METADATA_KEY = "tidelog-error-bin"
+
+_STATUS_BY_CODE = {
+    pb.NOT_LEADER: grpc.StatusCode.UNAVAILABLE,
+    pb.LEADER_NOT_AVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    pb.DISK_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    pb.STORAGE_ERROR: grpc.StatusCode.UNAVAILABLE,
+    pb.UNKNOWN_TOPIC_OR_PARTITION: grpc.StatusCode.NOT_FOUND,
+    pb.TOPIC_ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    pb.OFFSET_OUT_OF_RANGE: grpc.StatusCode.OUT_OF_RANGE,
+    pb.OUT_OF_ORDER_SEQUENCE: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.PRODUCER_FENCED: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.REQUEST_TIMED_OUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    pb.UNAUTHORIZED: grpc.StatusCode.PERMISSION_DENIED,
+    pb.NOT_ENOUGH_REPLICAS: grpc.StatusCode.UNAVAILABLE,
+}
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def status_for(code: int) -> grpc.StatusCode:
+    return _STATUS_BY_CODE.get(code, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def error_detail(exc: BrokerError) -> pb.ErrorDetail:
+    detail = pb.ErrorDetail(code=exc.code, leader_id=-1, retriable=exc.retriable)
+    if isinstance(exc, NotLeaderError):
+        detail.leader_id = exc.leader_id if exc.leader_id is not None else -1
+        detail.leader_address = exc.leader_address
+    return detail
+
+
+def _unary(method: F) -> F:
+    """Turn BrokerError into a status + ErrorDetail; log and report anything unexpected."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except BrokerError as exc:
+            context.set_trailing_metadata(
+                ((ERROR_METADATA_KEY, error_detail(exc).SerializeToString()),)
+            )
+            await context.abort(status_for(exc.code), exc.message)
+        except (ValueError, KeyError) as exc:  # a malformed request that slipped past validation
+            detail = error_detail(InvalidRequestError(str(exc)))
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, detail.SerializeToString()),))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+class BrokerService(broker_pb2_grpc.BrokerServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @_unary
+    async def Metadata(self, request, context):  # noqa: N802 - gRPC method names
+        return self.node.metadata_response(list(request.topics), request.include_internal)
+
+    @_unary
+    async def CreateTopics(self, request, context):  # noqa: N802
+        return await self.node.create_topics(request)
+
+    @_unary
+    async def DeleteTopics(self, request, context):  # noqa: N802
+        return await self.node.delete_topics(request)
+
+    @_unary
+    async def DescribeConfigs(self, request, context):  # noqa: N802
+        return self.node.describe_configs(request)
+
+    @_unary
+    async def AlterConfigs(self, request, context):  # noqa: N802
+        return await self.node.alter_configs(request)
+
+    @_unary
+    async def Produce(self, request, context):  # noqa: N802
+        return await self.node.produce(request)
+
+    @_unary
+    async def Fetch(self, request, context):  # noqa: N802
+        return await self.node.fetch(request)
+
+    @_unary
+    async def ListOffsets(self, request, context):  # noqa: N802
+        return self.node.list_offsets(request)
+
+    @_unary
+    async def InitProducerId(self, request, context):  # noqa: N802
+        return await self.node.init_producer_id()
+
+
+class ClusterService(cluster_pb2_grpc.ClusterServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def Exchange(self, request_iterator, context):  # noqa: N802
+        from tidelog.proto import cluster_pb2 as cpb
+
+        batches = 0
+        async for batch in request_iterator:
+            batches += 1
+            self.node.receive_raft(batch)
+        return cpb.ExchangeSummary(batches=batches)
+
+    @_unary
+    async def ProposeMetadata(self, request, context):  # noqa: N802
+        return await self.node.propose_metadata_local(request)
