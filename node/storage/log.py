@@ -8,7 +8,8 @@ Theory of operation (the long version is docs/storage.md).
 * Offsets are contiguous: every batch's base offset is the previous batch's last offset + 1, and
   each segment's end offset is the next segment's base offset.
 * Recovery point: an offset below which everything was fsynced and verified. It is moved forward
-  when a segment is sealed (roll) and at close, moved back before truncate_after cuts below it.
+  when a segment is sealed (roll), at close, and by sync() at most once a second
+  (RECOVERY_POINT_INTERVAL_MS); it is moved back before truncate_after cuts below it.
   On open the active segment is scanned and verified from its start: a bad batch at or after the
   recovery point is a torn/unsynced tail and is cut off (logged, reported); a bad batch below it
   is corruption of acknowledged data: open raises CorruptLogError and changes nothing.
@@ -64,6 +65,9 @@ META_FILE = "log.meta"
 _META = struct.Struct(">qqB")  # log_start_offset, recovery_point, reset_pending
 LOADED_INDEXES_MAX = 4  # sealed segments whose index stays in memory (LRU), per log
 HEADERS_PER_ITER_CHUNK_MAX = 4096
+RECOVERY_POINT_INTERVAL_MS = 1000
+"""How often sync() also moves the recovery point to what it just made durable. Damage to data
+older than this is reported as corruption on open; damage after it is treated as a torn tail."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +155,7 @@ class PartitionLog:
         self._recovery_point = 0
         # Invariant: log_start <= durable_end <= log_end (or durable_end == log_end when empty).
         self._durable_end_offset = 0
+        self._recovery_point_written_ms = 0
         self._generation = 0  # bumped by every truncation; a sync racing it publishes nothing
         self._closed = False
         self.recovery = RecoveryReport()
@@ -339,9 +344,16 @@ class PartitionLog:
             finally:
                 os.close(fd)
         with self._lock:
+            now_ms = self._now_ms()
             if generation == self._generation and end > self._durable_end_offset:
                 self._durable_end_offset = end
-            self._dirty.on_sync(synced_bytes=unsynced, now_ms=self._now_ms())
+            self._dirty.on_sync(synced_bytes=unsynced, now_ms=now_ms)
+            if generation == self._generation and end > self._recovery_point and \
+                    now_ms - self._recovery_point_written_ms >= RECOVERY_POINT_INTERVAL_MS:
+                # Under the lock so a concurrent truncate_after cannot interleave; costs one
+                # metadata write (two fsyncs) at most once per interval.
+                self._write_meta(recovery_point=end)
+                self._recovery_point_written_ms = now_ms
 
     def needs_sync(self, now_ms: int) -> bool:
         """True when the fsync policy says sync() is due (always: whenever anything is dirty)."""
@@ -602,6 +614,7 @@ class PartitionLog:
         self._active.sync()
         self._durable_end_offset = self.log_end_offset
         self._dirty.on_sync(synced_bytes=0, now_ms=self._now_ms())
+        self._recovery_point_written_ms = self._now_ms()
         self.recovery = RecoveryReport(
             truncated=tuple(notes.truncated), rebuilt_indexes=tuple(notes.rebuilt),
             corrupt=tuple(notes.corrupt), deleted_segments=tuple(notes.deleted),

@@ -1,0 +1,39 @@
+"""Shared helpers for the storage tests (imported by file name: tests/ is not a package)."""
+
+from __future__ import annotations
+
+from tidelog.client.batch import Codec, encode_batch
+from tidelog.node.storage import LogConfig, PartitionLog
+
+
+def make_batch(records: int = 1, value_bytes: int = 20, *, timestamp_ms: int = 1_000,
+               term: int = 0, tag: int = 0, codec: Codec = Codec.LZ4) -> bytes:
+    value = (b"%d-" % tag) * (value_bytes // 3 + 1)
+    return encode_batch(
+        [(b"k%d" % i, value[:value_bytes], (), timestamp_ms) for i in range(records)],
+        codec=codec, term=term,
+    )
+
+
+def small_config(**overrides: object) -> LogConfig:
+    values: dict[str, object] = dict(segment_bytes_max=2048, batch_bytes_max=2048,
+                                     index_interval_bytes=256)
+    values.update(overrides)
+    return LogConfig(**values)  # type: ignore[arg-type]
+
+
+def crash(log: PartitionLog) -> None:
+    """Abandon the log like a killed process: close descriptors, write nothing more."""
+    for segment in log._segments:
+        segment.close()
+    log._closed = True
+
+
+class Clock:
+    def __init__(self, now_ms: int = 1_000_000) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+

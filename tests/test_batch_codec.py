@@ -1,0 +1,173 @@
+"""The record batch codec: round trips, stamping, and rejection of damaged or malformed batches."""
+
+from __future__ import annotations
+
+import struct
+
+import lz4.block
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tidelog.client.batch import (
+    CHECKSUM_START,
+    HEADER_SIZE,
+    MAGIC,
+    BatchTooLargeError,
+    Codec,
+    ControlType,
+    CorruptBatchError,
+    InvalidBatchError,
+    decode_header,
+    decode_records,
+    encode_batch,
+    encode_control_batch,
+    iter_batches,
+    stamp,
+    validate_batch,
+)
+
+MAX = 1 << 24
+_maybe_bytes = st.one_of(st.none(), st.binary(max_size=64))
+_headers = st.lists(st.tuples(st.text(max_size=8), _maybe_bytes), max_size=3)
+_records = st.lists(
+    st.tuples(_maybe_bytes, _maybe_bytes, _headers,
+              st.integers(min_value=1_600_000_000_000, max_value=1_600_000_100_000)),
+    min_size=1, max_size=20,
+)
+
+
+def _recompute_checksum(batch: bytearray) -> bytearray:
+    struct.pack_into(">Q", batch, 21, xxhash.xxh3_64_intdigest(bytes(batch[CHECKSUM_START:])))
+    return batch
+
+
+def test_header_layout_matches_the_documented_table() -> None:
+    batch = encode_batch([(b"k", b"v", (), 1234)], codec=Codec.NONE, base_offset=7, term=3,
+                         producer_id=9, producer_epoch=2, base_sequence=5)
+    assert HEADER_SIZE == 69
+    assert struct.unpack_from(">q", batch, 0)[0] == 7
+    assert struct.unpack_from(">i", batch, 8)[0] == len(batch) - 12
+    assert struct.unpack_from(">q", batch, 12)[0] == 3
+    assert batch[20] == MAGIC
+    assert struct.unpack_from(">Q", batch, 21)[0] == xxhash.xxh3_64_intdigest(batch[29:])
+    assert struct.unpack_from(">hii", batch, 29) == (0, 0, 1)
+    assert struct.unpack_from(">qqqhi", batch, 39) == (1234, 1234, 9, 2, 5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=_records, codec=st.sampled_from(Codec), base=st.integers(0, 2**40),
+       term=st.integers(0, 2**31))
+def test_round_trip_preserves_every_field(records, codec, base, term) -> None:
+    batch = encode_batch(records, codec=codec, base_offset=base, term=term)
+    header = validate_batch(batch, max_bytes=MAX)
+    assert (header.base_offset, header.term, header.codec) == (base, term, codec)
+    assert header.record_count == len(records)
+    assert header.last_offset == base + len(records) - 1
+    assert header.max_timestamp == max(r[3] for r in records)
+    decoded = decode_records(batch)
+    assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in decoded] == [
+        (base + i, k, v, list(h), ts) for i, (k, v, h, ts) in enumerate(records)
+    ]
+
+
+@settings(max_examples=30, deadline=None)
+@given(records=_records, base=st.integers(0, 2**50), term=st.integers(0, 2**40))
+def test_stamp_rewrites_offset_and_term_without_breaking_the_checksum(records, base,
+                                                                      term) -> None:
+    batch = stamp(encode_batch(records), base_offset=base, term=term)
+    header = validate_batch(batch, max_bytes=MAX)
+    assert (header.base_offset, header.term) == (base, term)
+    assert decode_records(batch)[0].offset == base
+
+
+def test_control_batch_carries_its_type_and_body() -> None:
+    batch = encode_control_batch(ControlType.RAFT_CONFIG, b"cfg", timestamp_ms=5, term=2)
+    header = validate_batch(batch, max_bytes=MAX)
+    assert header.is_control and header.control_type is ControlType.RAFT_CONFIG
+    assert decode_records(batch)[0].value == b"cfg"
+    plain = validate_batch(encode_batch([(None, b"x", (), 1)]), max_bytes=MAX)
+    assert not plain.is_control and plain.control_type is ControlType.NONE
+
+
+def test_iter_batches_walks_a_concatenation() -> None:
+    batches = [encode_batch([(None, b"x" * i, (), 1)] * i, base_offset=10 * i) for i in (1, 2, 3)]
+    found = list(iter_batches(b"".join(batches)))
+    assert [h.base_offset for _, h in found] == [10, 20, 30]
+    assert [p for p, _ in found] == [0, len(batches[0]), len(batches[0]) + len(batches[1])]
+    with pytest.raises(CorruptBatchError):
+        list(iter_batches(b"".join(batches)[:-1]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(records=_records, codec=st.sampled_from(Codec), data=st.data())
+def test_any_flipped_bit_in_the_checked_part_is_rejected(records, codec, data) -> None:
+    batch = bytearray(encode_batch(records, codec=codec))
+    position = data.draw(st.integers(20, len(batch) - 1), label="byte")
+    batch[position] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    expected = InvalidBatchError if position == 20 else CorruptBatchError
+    with pytest.raises(expected):
+        validate_batch(bytes(batch), max_bytes=MAX)
+
+
+def test_wrong_length_is_corruption() -> None:
+    batch = encode_batch([(None, b"value", (), 1)])
+    with pytest.raises(CorruptBatchError):
+        validate_batch(batch[:-1], max_bytes=MAX)
+    with pytest.raises(CorruptBatchError):
+        validate_batch(batch + b"\0", max_bytes=MAX)
+    with pytest.raises(CorruptBatchError):
+        validate_batch(batch[:40], max_bytes=MAX)
+
+
+def test_unknown_codec_and_bad_counts_are_the_senders_fault() -> None:
+    base = bytearray(encode_batch([(None, b"v", (), 1)], codec=Codec.NONE))
+    unknown = bytearray(base)
+    struct.pack_into(">h", unknown, 29, 5)
+    with pytest.raises(InvalidBatchError, match="codec"):
+        validate_batch(bytes(_recompute_checksum(unknown)), max_bytes=MAX)
+    zero = bytearray(base)
+    struct.pack_into(">ii", zero, 31, -1, 0)
+    with pytest.raises(InvalidBatchError, match="record_count"):
+        validate_batch(bytes(_recompute_checksum(zero)), max_bytes=MAX)
+    magic = bytearray(base)
+    magic[20] = 2
+    with pytest.raises(InvalidBatchError, match="magic"):
+        validate_batch(bytes(magic), max_bytes=MAX)
+    with pytest.raises(InvalidBatchError):
+        encode_batch([])
+
+
+def test_batch_over_the_limit_is_refused() -> None:
+    batch = encode_batch([(None, b"x" * 1000, (), 1)], codec=Codec.NONE)
+    with pytest.raises(BatchTooLargeError):
+        validate_batch(batch, max_bytes=len(batch) - 1)
+    assert validate_batch(batch, max_bytes=len(batch)).size == len(batch)
+
+
+def test_decompression_is_bounded_by_the_declared_size() -> None:
+    batch = encode_batch([(None, b"\0" * 100_000, (), 1)], codec=Codec.LZ4)
+    with pytest.raises(BatchTooLargeError):
+        decode_records(batch, decompressed_bytes_max=50_000)
+    assert decode_records(batch)[0].value == b"\0" * 100_000
+
+
+def test_lying_lz4_size_prefix_is_rejected_not_trusted() -> None:
+    batch = bytearray(encode_batch([(None, b"abc" * 50, (), 1)], codec=Codec.LZ4))
+    struct.pack_into("<I", batch, HEADER_SIZE, 3)  # claims 3 decompressed bytes
+    with pytest.raises(InvalidBatchError):
+        decode_records(bytes(_recompute_checksum(batch)))
+
+
+def test_malformed_records_are_invalid() -> None:
+    raw = lz4.block.compress(b"\x00\x00\x00\x50garbage", store_size=True)
+    good = bytearray(encode_batch([(None, b"v", (), 1)], codec=Codec.LZ4))
+    batch = good[:HEADER_SIZE] + raw
+    struct.pack_into(">i", batch, 8, len(batch) - 12)
+    with pytest.raises(InvalidBatchError):
+        decode_records(bytes(_recompute_checksum(batch)))
+
+
+def test_header_decodes_without_validation() -> None:
+    header = decode_header(encode_batch([(None, b"v", (), 1)], base_offset=4, term=1))
+    assert (header.base_offset, header.term, header.size > HEADER_SIZE) == (4, 1, True)
