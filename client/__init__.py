@@ -1,1 +1,59 @@
-"""Tidelog's Python client. The batch codec (`tidelog.client.batch`) is shared with the node."""
+"""Tidelog's Python client. The batch codec (`tidelog.client.batch`) is shared with the node.
+
+Public API (imported lazily, PEP 562, so that ``import tidelog.client.batch`` in the node does not
+pull in gRPC, threads or the producer)::
+
+    from tidelog.client import Producer, Consumer, Admin, TopicPartition
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "Admin",
+    "Consumer",
+    "ConsumerRecord",
+    "Producer",
+    "RecordFuture",
+    "RecordMetadata",
+    "TidelogError",
+    "TopicPartition",
+    "errors",
+]
+
+_LAZY = {
+    "Admin": "tidelog.client.admin",
+    "Consumer": "tidelog.client.consumer",
+    "ConsumerRecord": "tidelog.client.records",
+    "Producer": "tidelog.client.producer",
+    "RecordFuture": "tidelog.client.future",
+    "RecordMetadata": "tidelog.client.records",
+    "TidelogError": "tidelog.client.errors",
+    "TopicPartition": "tidelog.client.records",
+}
+
+if TYPE_CHECKING:
+    from tidelog.client import errors
+    from tidelog.client.admin import Admin
+    from tidelog.client.consumer import Consumer
+    from tidelog.client.errors import TidelogError
+    from tidelog.client.future import RecordFuture
+    from tidelog.client.producer import Producer
+    from tidelog.client.records import ConsumerRecord, RecordMetadata, TopicPartition
+
+
+def __getattr__(name: str) -> Any:
+    if name == "errors":
+        return importlib.import_module("tidelog.client.errors")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tidelog.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,198 @@
+"""Admin: topics, configs, nodes and offsets. Thread-safe (every call is a blocking RPC)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+
+from tidelog.client import errors, offsets
+from tidelog.client.config import AdminConfig, parse_bootstrap
+from tidelog.client.connection import Connections
+from tidelog.client.metadata import (
+    ClusterDescription,
+    Metadata,
+    NodeDescription,
+    TopicDescription,
+)
+from tidelog.client.records import TopicPartition
+
+__all__ = ["Admin"]
+
+_OFFSET_SPECS = {"earliest": offsets.EARLIEST, "latest": offsets.LATEST}
+
+
+class Admin:
+    """Manage a Tidelog cluster.
+
+    >>> with Admin("127.0.0.1:9091") as admin:
+    ...     admin.create_topic("events", partitions=12, replication_factor=3)
+    """
+
+    def __init__(
+        self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000,
+        retry_backoff_ms: int = 100,
+    ) -> None:
+        self.config = AdminConfig(bootstrap=parse_bootstrap(bootstrap),
+                                  request_timeout_ms=request_timeout_ms,
+                                  retry_backoff_ms=retry_backoff_ms)
+        self._connections = Connections()
+        self._metadata = Metadata(
+            self._connections, self.config.bootstrap, request_timeout_ms=request_timeout_ms,
+            max_age_ms=0, retry_backoff_ms=retry_backoff_ms)
+        self._timeout_s = request_timeout_ms / 1000
+
+    # --- topics ----------------------------------------------------------------------------------
+
+    def create_topic(
+        self, name: str, *, partitions: int, replication_factor: int,
+        configs: Mapping[str, str] | None = None, wait: bool = True,
+    ) -> None:
+        """Create one topic; raises TopicAlreadyExists, InvalidTopic, InvalidPartitions,
+        InvalidReplicationFactor, InvalidConfig... With `wait`, returns once every partition has
+        a leader, so a producer can use it at once."""
+        from tidelog.proto import broker_pb2
+
+        spec = broker_pb2.TopicSpec(name=name, partitions=partitions,
+                                    replication_factor=replication_factor,
+                                    configs=dict(configs or {}))
+        request = broker_pb2.CreateTopicsRequest(
+            topics=[spec], timeout_ms=int(self._timeout_s * 1000))
+        response = self._retrying("CreateTopics", request)
+        for result in response.results:
+            if result.error:
+                raise errors.from_code(result.error, result.error_message,
+                                       subject=f"topic {result.name!r}")
+        if wait:
+            self._wait_for_leaders(name)
+
+    def delete_topic(self, name: str) -> None:
+        from tidelog.proto import broker_pb2
+
+        request = broker_pb2.DeleteTopicsRequest(topics=[name],
+                                                 timeout_ms=int(self._timeout_s * 1000))
+        response = self._retrying("DeleteTopics", request)
+        for result in response.results:
+            if result.error:
+                raise errors.from_code(result.error, result.error_message,
+                                       subject=f"topic {result.name!r}")
+
+    def list_topics(self, *, include_internal: bool = False) -> list[str]:
+        description = self._metadata.describe(None, include_internal=include_internal)
+        return sorted(t.name for t in description.topics)
+
+    def describe_topics(self, names: Iterable[str] | None = None) -> list[TopicDescription]:
+        """Partitions, replicas, leaders and configs; raises TopicNotFound for a missing name."""
+        wanted = list(names) if names is not None else None
+        description = self._metadata.describe(wanted)
+        for name in wanted or ():
+            if name in description.topic_errors:
+                raise description.topic_errors[name]
+        return sorted(description.topics, key=lambda t: t.name)
+
+    def describe_cluster(self) -> ClusterDescription:
+        return self._metadata.describe([])
+
+    def list_nodes(self) -> list[NodeDescription]:
+        return sorted(self._metadata.describe([]).nodes, key=lambda n: n.id)
+
+    # --- configs ---------------------------------------------------------------------------------
+
+    def describe_configs(self, topic: str) -> dict[str, str]:
+        """The topic's effective configs, defaults included."""
+        from tidelog.proto import broker_pb2
+
+        response = self._retrying("DescribeConfigs",
+                                  broker_pb2.DescribeConfigsRequest(topics=[topic]))
+        for item in response.topics:
+            if item.error:
+                raise errors.from_code(item.error, item.error_message, subject=f"topic {topic!r}")
+            if item.name == topic:
+                return dict(item.configs)
+        raise errors.TopicNotFound(f"topic {topic!r}: not in the DescribeConfigs reply")
+
+    def alter_topic_configs(
+        self, topic: str, set: Mapping[str, str] | None = None,  # noqa: A002 - mirrors the proto
+        delete: Iterable[str] = (), *, validate_only: bool = False,
+    ) -> None:
+        """Set some configs and return others (`delete`) to their defaults."""
+        from tidelog.proto import broker_pb2
+
+        request = broker_pb2.AlterConfigsRequest(topic=topic, set=dict(set or {}),
+                                                 delete=list(delete), validate_only=validate_only)
+        response = self._retrying("AlterConfigs", request)
+        if response.result.error:
+            raise errors.from_code(response.result.error, response.result.error_message,
+                                   subject=f"topic {topic!r}")
+
+    # --- offsets ---------------------------------------------------------------------------------
+
+    def list_offsets(
+        self, specs: Mapping[TopicPartition, str | int]
+    ) -> dict[TopicPartition, int | None]:
+        """{tp: "earliest" | "latest" | timestamp_ms} -> {tp: offset}; None when no record has
+        a timestamp at or after the one asked."""
+        wire: dict[TopicPartition, tuple[int, int]] = {}
+        for tp, spec in specs.items():
+            if isinstance(spec, str):
+                if spec not in _OFFSET_SPECS:
+                    raise errors.ConfigError(
+                        f"{tp}: offset spec must be 'earliest', 'latest' or a timestamp in ms")
+                wire[tp] = (_OFFSET_SPECS[spec], 0)
+            else:
+                wire[tp] = (offsets.TIMESTAMP, int(spec))
+        found = offsets.list_offsets(self._metadata, self._connections, wire,
+                                     timeout_s=self._timeout_s,
+                                     backoff_s=self.config.retry_backoff_ms / 1000)
+        return {tp: (None if off < 0 else off) for tp, off in found.items()}
+
+    def close(self) -> None:
+        self._connections.close()
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _retrying(self, method: str, request: object) -> object:
+        """Call any node; follow a NOT_LEADER hint (a metadata change must reach the metadata
+        leader) and retry retriable failures until request_timeout_ms."""
+        deadline = time.monotonic() + self._timeout_s
+        hint: str | None = None
+        while True:
+            try:
+                if hint:
+                    return self._connections.call(
+                        hint, method, request, timeout_s=max(0.1, deadline - time.monotonic()))
+                return self._metadata.call_any(method, request)
+            except errors.NotLeader as exc:
+                hint = exc.leader_address or None
+                error: errors.TidelogError = exc
+            except errors.TidelogError as exc:
+                if not exc.retriable:
+                    raise
+                hint = None
+                error = exc
+            if time.monotonic() >= deadline:
+                raise errors.Timeout(f"{method} did not succeed within {self._timeout_s:.1f} s "
+                                     f"(last error: {error})")
+            time.sleep(self.config.retry_backoff_ms / 1000)
+
+    def _wait_for_leaders(self, name: str) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            description = self._metadata.describe([name])
+            topic = next((t for t in description.topics if t.name == name), None)
+            if topic is not None and topic.partitions and all(
+                    p.leader_id >= 0 for p in topic.partitions):
+                return
+            if time.monotonic() >= deadline:
+                raise errors.Timeout(f"topic {name!r} created, but not every partition had a "
+                                     f"leader within {self._timeout_s:.1f} s")
+            time.sleep(self.config.retry_backoff_ms / 1000)

@@ -1,0 +1,89 @@
+"""gRPC channels to nodes: one channel (one HTTP/2 connection) per node address, made lazily.
+
+Every call the client makes goes through :meth:`Connections.call`, which turns ``grpc.RpcError``
+into a typed :class:`~tidelog.client.errors.TidelogError` (errors.from_rpc_error) so no other
+module looks at gRPC statuses.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from tidelog.client import errors
+from tidelog.proto import broker_pb2_grpc
+
+__all__ = ["MESSAGE_BYTES_MAX", "Connections"]
+
+#: gRPC message size limit on both directions; a Produce request or Fetch reply must fit.
+MESSAGE_BYTES_MAX = 64 * 1024 * 1024
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    # Fail fast on a dead node instead of queueing the call until the deadline.
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class Connections:
+    """Thread-safe pool of channels and stubs, keyed by HOST:PORT."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, broker_pb2_grpc.BrokerStub] = {}
+        self._closed = False
+
+    def stub(self, address: str) -> broker_pb2_grpc.BrokerStub:
+        stub = self._stubs.get(address)
+        if stub is not None:
+            return stub
+        with self._lock:
+            if self._closed:
+                raise errors.ClientClosed("the client is closed")
+            stub = self._stubs.get(address)
+            if stub is None:
+                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                self._channels[address] = channel
+                stub = broker_pb2_grpc.BrokerStub(channel)
+                self._stubs[address] = stub
+            return stub
+
+    def call(
+        self, address: str, method: str, request: Any, *, timeout_s: float, subject: str = ""
+    ) -> Any:
+        """A blocking unary call; raises a TidelogError on any failure."""
+        rpc: Callable[..., Any] = getattr(self.stub(address), method)
+        try:
+            return rpc(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc, subject=subject, address=address) from None
+
+    def call_async(
+        self, address: str, method: str, request: Any, *, timeout_s: float
+    ) -> grpc.Future:
+        """Start a unary call; the returned grpc future's callbacks run on a gRPC thread."""
+        rpc = getattr(self.stub(address), method)
+        return rpc.future(request, timeout=timeout_s)
+
+    def forget(self, address: str) -> None:
+        """Drop a channel (after the node moved or died) so the next call reconnects afresh."""
+        with self._lock:
+            channel = self._channels.pop(address, None)
+            self._stubs.pop(address, None)
+        if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+        for channel in channels:
+            channel.close()

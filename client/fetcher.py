@@ -1,0 +1,340 @@
+"""The consumer's fetcher: long-poll Fetch requests per leader, a bounded prefetch buffer, and the
+decoding of fetched batches into records.
+
+Theory of operation
+-------------------
+Each assigned partition has a *position* (the next offset ``poll`` returns) and a *fetch offset*
+(the next offset to ask the broker for; ``fetch_offset >= position``, the records between them are
+buffered). ``send_fetches`` sends at most one Fetch per leader node, covering every partition of
+that leader that is not paused, has a known position, no request in flight, and room in the
+buffer. Requests are asynchronous (gRPC futures) so a long poll keeps running while the user
+handles the records already returned: that is the prefetch.
+
+Replies are buffered as the raw batch bytes, decoded one batch at a time when ``poll`` needs
+records, so the buffer bound (``prefetch_bytes_max``) counts wire bytes: the bytes buffered plus
+the ``max_bytes`` of every fetch in flight never exceed it.
+
+A fetched batch may start before the fetch offset (the broker returns whole batches): records
+below the fetch offset are skipped, and so are control batches. A trailing partial batch (cut by
+``max_bytes``) is dropped and fetched again whole next time.
+
+``seek`` bumps the partition's *epoch*; replies for an older epoch are discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from tidelog.client import errors
+from tidelog.client.config import ConsumerConfig
+from tidelog.client.connection import Connections
+from tidelog.client.metadata import Metadata
+from tidelog.client.records import ConsumerRecord, TopicPartition
+
+__all__ = ["Fetcher", "PartitionFetchState", "complete_batches", "decode_fetched"]
+
+_log = logging.getLogger(__name__)
+_DEADLINE_MARGIN_S = 5.0
+
+
+def complete_batches(
+    buf: bytes | memoryview, fetch_offset: int
+) -> tuple[list[tuple[int, int]], int]:
+    """Whole batches in a fetched buffer that hold records at or after `fetch_offset`.
+
+    Returns ([(position, size), ...], next_fetch_offset). Batches entirely below fetch_offset and
+    a trailing partial batch are left out; next_fetch_offset is one past the last whole batch
+    (fetch_offset itself when there is none)."""
+    from tidelog.client import batch as codec
+
+    view = memoryview(buf)
+    out: list[tuple[int, int]] = []
+    pos, end = 0, len(view)
+    next_offset = fetch_offset
+    while end - pos >= codec.HEADER_SIZE:
+        header = codec.decode_header(view, pos)
+        size = header.size
+        if size < codec.HEADER_SIZE:
+            raise errors.CorruptBatch(
+                f"batch at byte {pos} of a fetch reply declares an impossible size {size}")
+        if pos + size > end:
+            break  # partial: fetched again whole next time
+        last = header.last_offset
+        if last >= next_offset:
+            if not header.is_control:
+                out.append((pos, size))
+            next_offset = last + 1
+        pos += size
+    return out, next_offset
+
+
+def decode_fetched(
+    topic: str, partition: int, batch: bytes | memoryview, position: int
+) -> list[ConsumerRecord]:
+    """Decode one whole batch into records, skipping those below `position` (checksum-verified)."""
+    from tidelog.client import batch as codec
+
+    try:
+        records = codec.decode_records(batch)
+    except codec.CorruptBatchError as exc:
+        raise errors.CorruptBatch(f"{topic}/{partition}: fetched batch is damaged: {exc}") from None
+    except codec.BatchError as exc:
+        raise errors.InvalidBatch(
+            f"{topic}/{partition}: fetched batch is malformed: {exc}") from None
+    return [
+        ConsumerRecord(topic, partition, r.offset, r.timestamp, r.key, r.value, r.headers)
+        for r in records if r.offset >= position
+    ]
+
+
+@dataclass(slots=True)
+class PartitionFetchState:
+    #: next offset poll() returns; None until reset by seek / auto_offset_reset
+    position: int | None = None
+    fetch_offset: int | None = None
+    paused: bool = False
+    epoch: int = 0
+    inflight: bool = False
+    #: whole batches fetched but not yet decoded
+    raw: deque[memoryview] = field(default_factory=deque)
+    raw_bytes: int = 0
+    #: records decoded from the head batch, not yet returned
+    ready: deque[ConsumerRecord] = field(default_factory=deque)
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    retry_at_s: float = 0.0
+    #: an OFFSET_OUT_OF_RANGE to raise (auto_offset_reset="error") or resolve
+    out_of_range: errors.OffsetOutOfRange | None = None
+
+    def clear(self) -> None:
+        self.raw.clear()
+        self.raw_bytes = 0
+        self.ready.clear()
+        self.out_of_range = None
+        self.epoch += 1
+        self.inflight = False
+
+
+class Fetcher:
+    """Not thread-safe by itself: the Consumer serialises calls."""
+
+    def __init__(
+        self, config: ConsumerConfig, metadata: Metadata, connections: Connections,
+        *, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._metadata = metadata
+        self._connections = connections
+        self._clock = clock
+        self.states: dict[TopicPartition, PartitionFetchState] = {}
+        # One outstanding Fetch per leader address: the max_bytes it reserved, and its future.
+        self._inflight: dict[str, tuple[int, grpc.Future]] = {}
+        self._replies: queue.SimpleQueue[tuple[str, dict[TopicPartition, int], grpc.Future]] = (
+            queue.SimpleQueue())
+        self._wakeup = threading.Event()
+        self._rotation = 0
+
+    # --- assignment and positions ---------------------------------------------------------------
+
+    def assign(self, tps: Iterable[TopicPartition]) -> None:
+        wanted = list(dict.fromkeys(tps))
+        self.states = {tp: self.states.get(tp) or PartitionFetchState() for tp in wanted}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        st = self.states[tp]
+        st.clear()
+        st.position = st.fetch_offset = offset
+
+    def buffered_bytes(self) -> int:
+        return (sum(st.raw_bytes for st in self.states.values())
+                + sum(reserved for reserved, _ in self._inflight.values()))
+
+    # --- fetching ------------------------------------------------------------------------------
+
+    def send_fetches(self) -> None:
+        from tidelog.proto import broker_pb2
+
+        now = self._clock()
+        budget = self._config.prefetch_bytes_max - self.buffered_bytes()
+        per_partition = self._config.partition_fetch_bytes_max
+        by_leader: dict[str, list[TopicPartition]] = {}
+        for tp, st in self.states.items():
+            if (st.paused or st.inflight or st.fetch_offset is None or st.out_of_range
+                    or now < st.retry_at_s or st.raw_bytes >= per_partition):
+                continue
+            leader = self._metadata.leader_address(tp.topic, tp.partition)
+            if leader is None:
+                self._metadata.mark_stale(tp.topic)
+                st.retry_at_s = now + self._config.retry_backoff_ms / 1000
+                continue
+            if leader in self._inflight:
+                continue
+            by_leader.setdefault(leader, []).append(tp)
+        for leader, tps in by_leader.items():
+            if budget < per_partition:
+                return
+            request_bytes = min(self._config.fetch_max_bytes, budget)
+            parts = []
+            asked: dict[TopicPartition, int] = {}
+            for tp in tps[: max(1, request_bytes // per_partition)]:
+                st = self.states[tp]
+                parts.append(broker_pb2.FetchPartition(
+                    topic=tp.topic, partition=tp.partition, offset=st.fetch_offset,
+                    max_bytes=per_partition))
+                st.inflight = True
+                asked[tp] = st.epoch
+            reserved = min(request_bytes, per_partition * len(parts))
+            budget -= reserved
+            request = broker_pb2.FetchRequest(
+                partitions=parts, max_wait_ms=self._config.fetch_max_wait_ms,
+                min_bytes=self._config.fetch_min_bytes, max_bytes=reserved)
+            timeout_s = (self._config.request_timeout_ms + self._config.fetch_max_wait_ms) / 1000
+            try:
+                future = self._connections.call_async(
+                    leader, "Fetch", request, timeout_s=timeout_s + _DEADLINE_MARGIN_S)
+            except errors.TidelogError:
+                for tp in asked:
+                    self.states[tp].inflight = False
+                raise
+            self._inflight[leader] = (reserved, future)
+
+            def done(f: grpc.Future, leader: str = leader,
+                     asked: dict[TopicPartition, int] = asked) -> None:
+                self._replies.put((leader, asked, f))
+                self._wakeup.set()
+
+            future.add_done_callback(done)
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until a reply arrives or timeout_s passes."""
+        self._wakeup.wait(max(0.0, timeout_s))
+        self._wakeup.clear()
+
+    def handle_replies(self) -> None:
+        while True:
+            try:
+                leader, asked, future = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            self._inflight.pop(leader, None)
+            try:
+                response = future.result()
+            except (grpc.RpcError, grpc.FutureCancelledError) as exc:
+                self._request_failed(leader, asked, exc)
+                continue
+            for result in response.partitions:
+                tp = TopicPartition(result.topic, result.partition)
+                st = self.states.get(tp)
+                if st is None or asked.get(tp) != st.epoch:
+                    continue  # unassigned or sought since: stale
+                st.inflight = False
+                self._apply(tp, st, result)
+            for tp, epoch in asked.items():  # partitions the reply left out
+                st = self.states.get(tp)
+                if st is not None and st.epoch == epoch:
+                    st.inflight = False
+
+    def _request_failed(self, leader: str, asked: dict[TopicPartition, int],
+                        exc: BaseException) -> None:
+        error = (errors.from_rpc_error(exc, address=leader) if isinstance(exc, grpc.RpcError)
+                 else errors.ClientClosed("fetch cancelled"))
+        _log.info("fetch from %s failed: %s", leader, error)
+        retry_at = self._clock() + self._config.retry_backoff_ms / 1000
+        for tp, epoch in asked.items():
+            st = self.states.get(tp)
+            if st is not None and st.epoch == epoch:
+                st.inflight = False
+                st.retry_at_s = retry_at
+            self._metadata.mark_stale(tp.topic)
+
+    def _apply(self, tp: TopicPartition, st: PartitionFetchState, result: object) -> None:
+        code = result.error  # type: ignore[attr-defined]
+        st.high_watermark = result.high_watermark  # type: ignore[attr-defined]
+        st.log_start_offset = result.log_start_offset  # type: ignore[attr-defined]
+        if code:
+            error = errors.from_code(code, result.error_message,  # type: ignore[attr-defined]
+                                     subject=str(tp), leader_id=result.leader_id)  # type: ignore[attr-defined]
+            if isinstance(error, errors.OffsetOutOfRange):
+                st.out_of_range = errors.OffsetOutOfRange(
+                    f"{tp}: offset {st.fetch_offset} is out of range (log start "
+                    f"{st.log_start_offset}, high watermark {st.high_watermark}); seek to an "
+                    "offset in that range, or use auto_offset_reset='earliest' or 'latest'",
+                    topic=tp.topic, partition=tp.partition, offset=st.fetch_offset or -1,
+                    log_start_offset=st.log_start_offset, high_watermark=st.high_watermark)
+                return
+            if not error.retriable and not isinstance(error, errors.TopicNotFound):
+                raise error
+            leader_address = (self._metadata.node_address(result.leader_id)  # type: ignore[attr-defined]
+                              or "")
+            self._metadata.mark_stale(tp.topic, partition=tp.partition,
+                                      leader_id=result.leader_id,  # type: ignore[attr-defined]
+                                      leader_address=leader_address)
+            st.retry_at_s = self._clock() + self._config.retry_backoff_ms / 1000
+            return
+        data = result.batches  # type: ignore[attr-defined]
+        if not data:
+            return
+        assert st.fetch_offset is not None
+        spans, next_offset = complete_batches(data, st.fetch_offset)
+        if next_offset == st.fetch_offset and not spans and len(data) > 0:
+            from tidelog.client import batch as codec
+
+            header = codec.decode_header(data)
+            if header.size > len(data):
+                raise errors.MessageTooLarge(
+                    f"{tp}: the batch at offset {header.base_offset} is {header.size} bytes, "
+                    f"more than partition_fetch_bytes_max "
+                    f"({self._config.partition_fetch_bytes_max}); raise it to read on")
+        view = memoryview(data)
+        for pos, size in spans:
+            st.raw.append(view[pos: pos + size])
+            st.raw_bytes += size
+        st.fetch_offset = next_offset
+
+    # --- handing out records ----------------------------------------------------------------------
+
+    def take(self, max_records: int) -> list[ConsumerRecord]:
+        """Up to max_records buffered records, round-robin over unpaused partitions."""
+        out: list[ConsumerRecord] = []
+        tps = [tp for tp, st in self.states.items()
+               if not st.paused and (st.ready or st.raw)]
+        if not tps:
+            return out
+        self._rotation = (self._rotation + 1) % len(tps)
+        tps = tps[self._rotation:] + tps[: self._rotation]
+        for tp in tps:
+            st = self.states[tp]
+            while len(out) < max_records:
+                if not st.ready:
+                    if not st.raw:
+                        break
+                    raw = st.raw.popleft()
+                    st.raw_bytes -= len(raw)
+                    assert st.position is not None
+                    st.ready.extend(decode_fetched(tp.topic, tp.partition, raw, st.position))
+                    continue
+                want = max_records - len(out)
+                if len(st.ready) <= want:
+                    out.extend(st.ready)
+                    st.ready.clear()
+                else:
+                    out.extend(st.ready.popleft() for _ in range(want))
+                st.position = out[-1].offset + 1
+            if len(out) >= max_records:
+                break
+        return out
+
+    def out_of_range(self) -> list[tuple[TopicPartition, errors.OffsetOutOfRange]]:
+        return [(tp, st.out_of_range) for tp, st in self.states.items() if st.out_of_range]
+
+    def close(self) -> None:
+        for _, future in list(self._inflight.values()):
+            future.cancel()
+        self._inflight.clear()

@@ -1,0 +1,121 @@
+"""Futures for sent records.
+
+One :class:`BatchResult` per producer batch carries the outcome (base offset or error) and one
+``threading.Event``; each record gets a tiny :class:`RecordFuture` (batch, index) so ``send`` does
+not build a lock or an Event per record. Callbacks run on the producer's sender thread: keep them
+short and never call ``flush``/``close`` from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from tidelog.client import errors
+from tidelog.client.records import RecordMetadata
+
+__all__ = ["BatchResult", "DeliveryCallback", "RecordFuture"]
+
+_log = logging.getLogger(__name__)
+
+DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], object]
+"""callback(metadata, None) on success, callback(None, error) on failure."""
+
+
+class BatchResult:
+    """The outcome of one batch. Completed exactly once, by the sender thread."""
+
+    __slots__ = (
+        "_callbacks", "_done", "_lock", "_timestamps", "base_offset", "error", "partition",
+        "topic",
+    )
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.base_offset = -1
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[tuple[int, Callable[..., object], bool]] = []
+        self._timestamps: Sequence[int] = ()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float | None) -> bool:
+        return self._done.wait(timeout_s)
+
+    def complete(self, base_offset: int, timestamps: Sequence[int]) -> None:
+        self._finish(base_offset, None, timestamps)
+
+    def fail(self, error: BaseException, timestamps: Sequence[int]) -> None:
+        self._finish(-1, error, timestamps)
+
+    def metadata(self, index: int) -> RecordMetadata:
+        return RecordMetadata(
+            topic=self.topic, partition=self.partition, offset=self.base_offset + index,
+            timestamp=self._timestamps[index],
+        )
+
+    def add_callback(self, index: int, fn: Callable[..., object], *, record_style: bool) -> None:
+        """record_style: fn(metadata, error); else fn(RecordFuture)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append((index, fn, record_style))
+                return
+        self._run(index, fn, record_style)
+
+    def _finish(self, base_offset: int, error: BaseException | None,
+                timestamps: Sequence[int]) -> None:
+        with self._lock:
+            assert not self._done.is_set(), "a batch result completed twice"
+            self.base_offset = base_offset
+            self.error = error
+            self._timestamps = timestamps
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for index, fn, record_style in callbacks:
+            self._run(index, fn, record_style)
+
+    def _run(self, index: int, fn: Callable[..., object], record_style: bool) -> None:
+        try:
+            if not record_style:
+                fn(RecordFuture(self, index))
+            elif self.error is None:
+                fn(self.metadata(index), None)
+            else:
+                fn(None, self.error)
+        except Exception:  # a user's callback must not kill the sender thread
+            _log.exception("delivery callback %r raised", fn)
+
+
+class RecordFuture:
+    """The result of one ``Producer.send``: a RecordMetadata, or the error that stopped it."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: BatchResult, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def done(self) -> bool:
+        return self._batch.done()
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """Wait up to `timeout` seconds (None: forever); raise the delivery error if it failed."""
+        if not self._batch.wait(timeout):
+            raise errors.Timeout(f"record not acknowledged within {timeout} s (still pending)")
+        if self._batch.error is not None:
+            raise self._batch.error
+        return self._batch.metadata(self._index)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self._batch.wait(timeout):
+            raise errors.Timeout(f"record not acknowledged within {timeout} s (still pending)")
+        return self._batch.error
+
+    def add_done_callback(self, fn: Callable[[RecordFuture], object]) -> None:
+        """fn(self) once the outcome is known (at once if it already is)."""
+        self._batch.add_callback(self._index, fn, record_style=False)

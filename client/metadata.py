@@ -1,0 +1,285 @@
+"""The client's view of the cluster: nodes, topics, partitions and their leaders.
+
+The view is a cache refreshed by a Metadata call to any reachable node (the last one that answered
+first, then the other known nodes, then the bootstrap list). Producer and consumer refresh it when a
+request fails with NOT_LEADER / LEADER_NOT_AVAILABLE / an unreachable node, at most once per
+retry_backoff_ms, and in any case every metadata_max_age_ms.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from tidelog.client import errors
+from tidelog.client.connection import Connections
+
+__all__ = [
+    "ClusterDescription",
+    "Metadata",
+    "NodeDescription",
+    "PartitionDescription",
+    "TopicDescription",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeDescription:
+    id: int
+    address: str
+    alive: bool
+    voter: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionDescription:
+    partition: int
+    leader_id: int  # -1: no leader known
+    leader_term: int
+    replicas: tuple[int, ...]
+    in_sync: tuple[int, ...]
+    high_watermark: int  # -1 unless the answering node leads this partition
+    log_end_offset: int
+    log_start_offset: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicDescription:
+    name: str
+    partitions: tuple[PartitionDescription, ...]
+    configs: Mapping[str, str]
+    internal: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterDescription:
+    cluster_id: str
+    metadata_leader_id: int
+    nodes: tuple[NodeDescription, ...]
+    topics: tuple[TopicDescription, ...]
+    #: topics asked for by name that the cluster reported an error for
+    topic_errors: Mapping[str, errors.TidelogError]
+
+
+class Metadata:
+    """Thread-safe metadata cache. Every method that may do I/O says so."""
+
+    def __init__(
+        self, connections: Connections, bootstrap: tuple[str, ...], *, request_timeout_ms: int,
+        max_age_ms: int, retry_backoff_ms: int, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._connections = connections
+        self._bootstrap = bootstrap
+        self._timeout_s = request_timeout_ms / 1000
+        self._max_age_s = max_age_ms / 1000
+        self._backoff_s = retry_backoff_ms / 1000
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the caches; I/O happens outside it
+        self._refresh_lock = threading.Lock()  # one refresh at a time
+        self._topics: dict[str, TopicDescription] = {}
+        self._nodes: dict[int, NodeDescription] = {}
+        self._refreshed_at: dict[str, float] = {}
+        self._stale: set[str] = set()
+        self._last_good: str | None = None
+
+    # --- I/O ------------------------------------------------------------------------------------
+
+    def describe(
+        self, topics: Iterable[str] | None = None, *, include_internal: bool = False
+    ) -> ClusterDescription:
+        """One Metadata call (I/O); also updates the cache. topics=None: all topics."""
+        from tidelog.proto import broker_pb2
+
+        wanted = list(topics or ())
+        request = broker_pb2.MetadataRequest(topics=wanted, include_internal=include_internal)
+        response = self.call_any("Metadata", request)
+        description = _description_from(response)
+        now = self._clock()
+        with self._lock:
+            for node in description.nodes:
+                self._nodes[node.id] = node
+            for topic in description.topics:
+                self._topics[topic.name] = topic
+                self._refreshed_at[topic.name] = now
+                self._stale.discard(topic.name)
+            for name, error in description.topic_errors.items():
+                if isinstance(error, errors.TopicNotFound):
+                    self._topics.pop(name, None)
+                self._refreshed_at[name] = now
+        return description
+
+    def refresh(self, topics: Iterable[str]) -> None:
+        """Refresh these topics unless refreshed within retry_backoff_ms (I/O)."""
+        names = sorted(set(topics))
+        now = self._clock()
+        with self._lock:
+            due = [n for n in names if now - self._refreshed_at.get(n, -1e18) >= self._backoff_s]
+        if not due:
+            return
+        with self._refresh_lock:
+            self.describe(due)
+
+    def topic(self, name: str, *, timeout_s: float) -> TopicDescription:
+        """The topic's description, fetched if missing or old (may do I/O).
+
+        Raises TopicNotFound when the cluster says it does not exist, Timeout when the cluster
+        cannot be reached within timeout_s."""
+        cached = self._topics.get(name)
+        if cached is not None and not self._is_old(name):
+            return cached
+        deadline = self._clock() + timeout_s
+        last_error: errors.TidelogError | None = None
+        while True:
+            try:
+                description = self.describe([name])
+            except errors.TidelogError as exc:
+                if not exc.retriable:
+                    raise
+                last_error = exc
+            else:
+                if name in description.topic_errors:
+                    error = description.topic_errors[name]
+                    if not error.retriable:
+                        raise error
+                    last_error = error
+                else:
+                    found = self._topics.get(name)
+                    if found is not None:
+                        return found
+            if self._clock() >= deadline:
+                raise errors.Timeout(
+                    f"topic {name!r}: no usable metadata after {timeout_s:.1f} s "
+                    f"(last error: {last_error})"
+                )
+            time.sleep(self._backoff_s)
+
+    # --- cache reads (no I/O) ------------------------------------------------------------------
+
+    def cached_topic(self, name: str) -> TopicDescription | None:
+        return self._topics.get(name)
+
+    def leader_address(self, topic: str, partition: int) -> str | None:
+        """HOST:PORT of the partition's leader, None when unknown (then call refresh)."""
+        description = self._topics.get(topic)
+        if description is None or partition >= len(description.partitions):
+            return None
+        leader_id = description.partitions[partition].leader_id
+        node = self._nodes.get(leader_id)
+        return node.address if node is not None else None
+
+    def node_address(self, node_id: int) -> str | None:
+        node = self._nodes.get(node_id)
+        return node.address if node is not None else None
+
+    def nodes(self) -> list[NodeDescription]:
+        with self._lock:
+            return sorted(self._nodes.values(), key=lambda n: n.id)
+
+    def mark_stale(self, topic: str, *, leader_id: int = -1, leader_address: str = "",
+                   partition: int = -1) -> None:
+        """Note that a request found the cache wrong. A NOT_LEADER hint, when present, is applied
+        at once (the next request goes to the hinted leader); a refresh follows in any case."""
+        with self._lock:
+            self._stale.add(topic)
+            if leader_id < 0 or partition < 0:
+                return
+            description = self._topics.get(topic)
+            if description is None or partition >= len(description.partitions):
+                return
+            if leader_address:
+                old = self._nodes.get(leader_id)
+                self._nodes[leader_id] = NodeDescription(
+                    id=leader_id, address=leader_address, alive=True,
+                    voter=old.voter if old else False,
+                )
+            parts = list(description.partitions)
+            old_part = parts[partition]
+            parts[partition] = PartitionDescription(
+                partition=partition, leader_id=leader_id, leader_term=old_part.leader_term,
+                replicas=old_part.replicas, in_sync=old_part.in_sync,
+                high_watermark=-1, log_end_offset=-1, log_start_offset=old_part.log_start_offset,
+            )
+            self._topics[topic] = TopicDescription(
+                name=topic, partitions=tuple(parts), configs=description.configs,
+                internal=description.internal,
+            )
+
+    def stale_topics(self) -> set[str]:
+        with self._lock:
+            now = self._clock()
+            old = {n for n, t in self._refreshed_at.items()
+                   if n in self._topics and now - t >= self._max_age_s}
+            return set(self._stale) | old
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _is_old(self, name: str) -> bool:
+        refreshed = self._refreshed_at.get(name)
+        return refreshed is None or self._clock() - refreshed >= self._max_age_s
+
+    def _candidates(self) -> list[str]:
+        ordered: list[str] = []
+        if self._last_good:
+            ordered.append(self._last_good)
+        with self._lock:
+            ordered.extend(n.address for n in self._nodes.values() if n.alive)
+        ordered.extend(self._bootstrap)
+        seen: set[str] = set()
+        return [a for a in ordered if not (a in seen or seen.add(a))]
+
+    def call_any(self, method: str, request: object) -> object:
+        failures: list[str] = []
+        for address in self._candidates():
+            try:
+                response = self._connections.call(
+                    address, method, request, timeout_s=self._timeout_s
+                )
+            except errors.TidelogError as exc:
+                if not exc.retriable:
+                    raise
+                failures.append(f"{address}: {exc}")
+                continue
+            self._last_good = address
+            return response
+        raise errors.NoBrokersAvailable(
+            "no node answered a Metadata request; tried " + "; ".join(failures)
+            + " (check --bootstrap / TIDELOG_BOOTSTRAP and that the cluster is up)"
+        )
+
+
+def _description_from(response: object) -> ClusterDescription:
+    nodes = tuple(
+        NodeDescription(id=n.id, address=n.address, alive=n.alive, voter=n.voter)
+        for n in response.nodes  # type: ignore[attr-defined]
+    )
+    topics: list[TopicDescription] = []
+    topic_errors: dict[str, errors.TidelogError] = {}
+    for t in response.topics:  # type: ignore[attr-defined]
+        if t.error:
+            topic_errors[t.name] = errors.from_code(
+                t.error, t.error_message, subject=f"topic {t.name!r}"
+            )
+            continue
+        partitions = sorted(
+            (
+                PartitionDescription(
+                    partition=p.partition, leader_id=p.leader_id, leader_term=p.leader_term,
+                    replicas=tuple(p.replicas), in_sync=tuple(p.in_sync),
+                    high_watermark=p.high_watermark, log_end_offset=p.log_end_offset,
+                    log_start_offset=p.log_start_offset,
+                )
+                for p in t.partitions
+            ),
+            key=lambda p: p.partition,
+        )
+        topics.append(TopicDescription(
+            name=t.name, partitions=tuple(partitions), configs=dict(t.configs),
+            internal=t.internal,
+        ))
+    return ClusterDescription(
+        cluster_id=response.cluster_id,  # type: ignore[attr-defined]
+        metadata_leader_id=response.metadata_leader_id,  # type: ignore[attr-defined]
+        nodes=nodes, topics=tuple(topics), topic_errors=topic_errors,
+    )

@@ -1,0 +1,197 @@
+"""The Producer: ``send`` records, get futures of their offsets.
+
+Thread-safe: any number of threads may call ``send`` and ``flush``; one background thread
+(tidelog.client.sender) batches, sends and retries. See docs/client.md for every option.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+from tidelog.client import errors
+from tidelog.client.accumulator import RecordAccumulator, record_size
+from tidelog.client.config import ProducerConfig, parse_bootstrap
+from tidelog.client.connection import Connections
+from tidelog.client.future import DeliveryCallback, RecordFuture
+from tidelog.client.metadata import Metadata
+from tidelog.client.partitioner import PARTITIONERS, StickyPartitioner
+from tidelog.client.records import TopicPartition
+from tidelog.client.sender import Sender
+
+__all__ = ["Producer"]
+
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+class Producer:
+    """Send records to Tidelog topics.
+
+    >>> with Producer("127.0.0.1:9091") as producer:
+    ...     future = producer.send("events", b"hello", key=b"user-1")
+    ...     print(future.result().offset)
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        *,
+        acks: str = "all",
+        linger_ms: float = 5.0,
+        batch_size: int = 128 * 1024,
+        compression: str = "lz4",
+        idempotent: bool = True,
+        max_in_flight: int = 5,
+        buffer_memory: int = 32 * 1024 * 1024,
+        max_block_ms: int = 60_000,
+        retries: int = 2**31 - 1,
+        delivery_timeout_ms: int = 120_000,
+        request_timeout_ms: int = 30_000,
+        retry_backoff_ms: int = 100,
+        retry_backoff_ms_max: int = 1_000,
+        metadata_max_age_ms: int = 300_000,
+        partitioner: str = "xxh3",
+        request_bytes_max: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.config = ProducerConfig(
+            bootstrap=parse_bootstrap(bootstrap), acks=acks, linger_ms=linger_ms,
+            batch_size=batch_size, compression=compression, idempotent=idempotent,
+            max_in_flight=max_in_flight, buffer_memory=buffer_memory, max_block_ms=max_block_ms,
+            retries=retries, delivery_timeout_ms=delivery_timeout_ms,
+            request_timeout_ms=request_timeout_ms, retry_backoff_ms=retry_backoff_ms,
+            retry_backoff_ms_max=retry_backoff_ms_max, metadata_max_age_ms=metadata_max_age_ms,
+            partitioner=partitioner, request_bytes_max=request_bytes_max,
+        )
+        config = self.config
+        self._connections = Connections()
+        self._metadata = Metadata(
+            self._connections, config.bootstrap, request_timeout_ms=config.request_timeout_ms,
+            max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms,
+        )
+        self._hash = PARTITIONERS[config.partitioner]
+        self._sticky = StickyPartitioner()
+        self._tps: dict[str, list[TopicPartition]] = {}
+        self._closed = False
+        self._sender: Sender | None = None
+        self._accumulator = RecordAccumulator(
+            batch_size=config.batch_size, linger_ms=config.linger_ms,
+            buffer_memory=config.buffer_memory, max_block_ms=config.max_block_ms,
+            delivery_timeout_ms=config.delivery_timeout_ms,
+            on_new_batch=self._wake_sender, on_batch_closed=self._batch_closed,
+        )
+        self._sender = Sender(config, self._accumulator, self._metadata, self._connections)
+        self._sender.start()
+
+    # --- public API -----------------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+        callback: DeliveryCallback | None = None,
+    ) -> RecordFuture:
+        """Queue one record; returns a future of its RecordMetadata.
+
+        str keys and values are encoded as UTF-8. ``timestamp`` is ms since the epoch (default:
+        now). ``callback(metadata, error)`` runs on the sender thread when the outcome is known.
+        Blocks only to fetch a topic's metadata the first time, or when buffer_memory is full
+        (up to max_block_ms, then BufferFull). Raises TopicNotFound for an unknown topic.
+        """
+        if self._closed:
+            raise errors.ClientClosed("send() after the producer was closed")
+        if isinstance(value, str):
+            value = value.encode()
+        if isinstance(key, str):
+            key = key.encode()
+        tps = self._tps.get(topic)
+        if tps is None or self._metadata.cached_topic(topic) is None:
+            tps = self._load_topic(topic)
+        count = len(tps)
+        if partition is None:
+            partition = (self._hash(key, count) if key is not None
+                         else self._sticky.partition(topic, count))
+        elif not 0 <= partition < count:
+            raise errors.TopicNotFound(
+                f"topic {topic!r} has partitions 0..{count - 1}; there is no partition {partition}")
+        if timestamp is None:
+            timestamp = time.time_ns() // 1_000_000
+        headers = headers or ()
+        if record_size(key, value, headers) > self.config.request_bytes_max:
+            raise errors.MessageTooLarge(
+                f"record of {record_size(key, value, headers)} bytes exceeds request_bytes_max "
+                f"({self.config.request_bytes_max})")
+        return self._accumulator.append(tps[partition], key, value, headers, timestamp, callback)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued now (ignoring linger_ms) and wait until each record sent before
+        this call is acknowledged or failed. Raises Timeout if `timeout` seconds pass first."""
+        results = self._accumulator.begin_flush()
+        self._wake_sender()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for result in results:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not result.wait(remaining):
+                    raise errors.Timeout(f"flush did not finish within {timeout} s")
+        finally:
+            self._accumulator.end_flush()
+
+    def partitions_for(self, topic: str) -> list[TopicPartition]:
+        return list(self._load_topic(topic))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (up to `timeout` seconds, None = until delivery_timeout_ms
+        expires it), then stop. Records still pending after the timeout fail with ClientClosed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._accumulator.close()
+        sender = self._sender
+        assert sender is not None
+        sender.stop(force=False)
+        sender.join(timeout)
+        if sender.is_alive():
+            sender.stop(force=True)
+            sender.join(5.0)
+        self._connections.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        """Counters: requests sent, retries sent, bytes reserved in the buffer."""
+        assert self._sender is not None
+        return {
+            "requests_sent": self._sender.requests_sent,
+            "retries_sent": self._sender.retries_sent,
+            "buffer_used_bytes": self._accumulator.used_bytes,
+        }
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _load_topic(self, topic: str) -> list[TopicPartition]:
+        description = self._metadata.topic(topic, timeout_s=self.config.max_block_ms / 1000)
+        tps = self._tps.get(topic)
+        if tps is None or len(tps) != len(description.partitions):
+            tps = [TopicPartition(topic, p) for p in range(len(description.partitions))]
+            self._tps[topic] = tps
+        return tps
+
+    def _wake_sender(self) -> None:
+        if self._sender is not None:
+            self._sender.wake()
+
+    def _batch_closed(self, tp: TopicPartition) -> None:
+        self._sticky.batch_closed(tp.topic, tp.partition, len(self._tps.get(tp.topic, ())) or 1)

@@ -1,0 +1,282 @@
+"""The producer's sender thread: accumulator -> Produce requests -> futures.
+
+One thread owns all delivery state (tidelog.client.delivery); gRPC completion callbacks only put
+the reply on a queue and wake the thread, so no state is shared with gRPC's threads. Each loop:
+
+1. handle finished requests (complete futures, or schedule retries / fail batches);
+2. get a producer id if idempotent and there is none (or a partition retired the old one);
+3. refresh metadata for topics found stale (NOT_LEADER, unreachable node, age);
+4. for each partition with a retry or a ready batch whose leader is known: send what the delivery
+   rules allow (retries first, then new batches, up to max_in_flight per partition);
+5. expire batches past delivery_timeout_ms;
+6. sleep until the next linger deadline, backoff end, reply, or new batch (at most 100 ms).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+from tidelog.client import errors
+from tidelog.client.accumulator import ProducerBatch, RecordAccumulator
+from tidelog.client.config import ProducerConfig
+from tidelog.client.connection import Connections
+from tidelog.client.delivery import DeliveryState, Failure
+from tidelog.client.metadata import Metadata
+from tidelog.client.records import TopicPartition
+
+__all__ = ["Sender"]
+
+_log = logging.getLogger(__name__)
+_IDLE_WAIT_S = 0.1
+# The broker gets request_timeout_ms to answer; the gRPC deadline adds this much so that a broker
+# that times out answers REQUEST_TIMED_OUT before the client gives up on the call.
+_DEADLINE_MARGIN_S = 0.5
+_LEADERSHIP_ERRORS = (errors.NotLeader, errors.LeaderNotAvailable, errors.NodeUnavailable,
+                      errors.Timeout, errors.TopicNotFound)
+
+
+class Sender(threading.Thread):
+    def __init__(
+        self, config: ProducerConfig, accumulator: RecordAccumulator, metadata: Metadata,
+        connections: Connections, *, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(name="tidelog-producer-sender", daemon=True)
+        self._config = config
+        self._accumulator = accumulator
+        self._metadata = metadata
+        self._connections = connections
+        self._clock = clock
+        self.delivery = DeliveryState(
+            idempotent=config.idempotent, max_in_flight=config.max_in_flight,
+            retries=config.retries, retry_backoff_ms=config.retry_backoff_ms,
+            retry_backoff_ms_max=config.retry_backoff_ms_max,
+        )
+        self._replies: queue.SimpleQueue[tuple[ProducerBatch, str, grpc.Future]] = (
+            queue.SimpleQueue())
+        self._wakeup = threading.Event()
+        self._stopping = False  # finish what is queued, then exit
+        self._forced = False  # fail what is queued, then exit
+        self._pid_retry_at = 0.0
+        self._codec = None
+        self._acks = None
+        self._inflight_futures: set[grpc.Future] = set()
+        #: counters for benchmarks and tests
+        self.requests_sent = 0
+        self.retries_sent = 0
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self, *, force: bool) -> None:
+        self._stopping = True
+        self._forced = self._forced or force
+        self.wake()
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from tidelog.client import batch as codec_module
+        from tidelog.proto import broker_pb2
+
+        self._codec = codec_module.Codec.LZ4 if self._config.compression == "lz4" else (
+            codec_module.Codec.NONE)
+        self._acks = broker_pb2.ACKS_ALL if self._config.acks == "all" else broker_pb2.ACKS_LEADER
+        try:
+            while True:
+                timeout = self._run_once()
+                if self._stopping and self._finished():
+                    break
+                self._wakeup.wait(timeout)
+                self._wakeup.clear()
+        except Exception:  # pragma: no cover - a bug; make it loud and fail what is pending
+            _log.exception("producer sender thread crashed")
+            self._forced = True
+            self._fail_everything(errors.TidelogError("the producer's sender thread crashed; "
+                                                      "see the log"))
+            raise
+
+    def _finished(self) -> bool:
+        if self._forced:
+            self._fail_everything(errors.ClientClosed("producer closed before delivery"))
+            return not self._inflight_futures
+        return not self._accumulator.has_incomplete()
+
+    def _run_once(self) -> float:
+        self._handle_replies()
+        now = self._clock()
+        if self._config.idempotent and (
+            self.delivery.producer_id < 0 or self.delivery.needs_new_producer_id
+        ) and now >= self._pid_retry_at and not self._forced:
+            self._init_producer_id(now)
+        stale = self._metadata.stale_topics()
+        if stale and not self._forced:
+            try:
+                self._metadata.refresh(stale)
+            except errors.TidelogError as exc:
+                _log.info("metadata refresh failed: %s", exc)
+        now = self._clock()
+        ready, next_linger = self._accumulator.ready(now)
+        with_retries = [tp for tp, st in self.delivery.partitions.items() if st.retry]
+        next_wake = next_linger
+        if not self._forced:
+            for tp in dict.fromkeys([*with_retries, *ready]):
+                self._send_partition(tp, now)
+        for batch in self._accumulator.expire(now):
+            self._fail(batch, errors.Timeout(
+                f"{batch.tp}: batch of {batch.record_count} records expired after "
+                f"delivery_timeout_ms ({self._config.delivery_timeout_ms} ms) without being "
+                "sent (no leader reachable?)"))
+        self._fail_all(self.delivery.expire(now))
+        for st in self.delivery.partitions.values():
+            if st.retry and st.backoff_until_s > now:
+                next_wake = st.backoff_until_s if next_wake is None else min(
+                    next_wake, st.backoff_until_s)
+        if next_wake is None:
+            return _IDLE_WAIT_S
+        return max(0.0, min(_IDLE_WAIT_S, next_wake - self._clock()))
+
+    def _send_partition(self, tp: TopicPartition, now: float) -> None:
+        leader = self._metadata.leader_address(tp.topic, tp.partition)
+        if leader is None:
+            self._metadata.mark_stale(tp.topic)
+            return
+        batch = self.delivery.next_retry(tp, now)
+        if batch is not None:
+            self.retries_sent += 1
+            self._send(batch, leader)
+            return
+        while self.delivery.can_send_new(tp, now):
+            batch = self._accumulator.drain(tp, now)
+            if batch is None:
+                return
+            self.delivery.assign(batch)
+            if not self._encode(batch):
+                continue
+            self._send(batch, leader)
+
+    def _encode(self, batch: ProducerBatch) -> bool:
+        from tidelog.client import batch as codec_module
+
+        try:
+            encoded = codec_module.encode_batch(
+                batch.records, codec=self._codec, producer_id=batch.producer_id,
+                producer_epoch=batch.producer_epoch, base_sequence=batch.base_sequence,
+            )
+        except codec_module.BatchError as exc:
+            self._fail_all([(batch, errors.InvalidBatch(f"{batch.tp}: cannot encode: {exc}")),
+                            *self._abandon_unsent(batch)])
+            return False
+        if len(encoded) > self._config.request_bytes_max:
+            error = errors.MessageTooLarge(
+                f"{batch.tp}: encoded batch of {len(encoded)} bytes exceeds request_bytes_max "
+                f"({self._config.request_bytes_max}); lower batch_size or send smaller records")
+            self._fail_all([(batch, error), *self._abandon_unsent(batch)])
+            return False
+        batch.set_encoded(encoded)
+        return True
+
+    def _abandon_unsent(self, batch: ProducerBatch) -> list[Failure]:
+        # A sequenced batch that never left: treat like a failed send so sequences stay coherent.
+        self.delivery.sent(batch)
+        return [f for f in self.delivery.failed(batch, errors.InvalidBatch("not sent"),
+                                                float("inf")) if f[0] is not batch]
+
+    def _send(self, batch: ProducerBatch, leader: str) -> None:
+        from tidelog.proto import broker_pb2
+
+        remaining_s = batch.deadline_s - self._clock()
+        timeout_ms = max(1, int(min(self._config.request_timeout_ms, remaining_s * 1000)))
+        request = broker_pb2.ProduceRequest(
+            topic=batch.tp.topic, partition=batch.tp.partition, acks=self._acks,
+            timeout_ms=timeout_ms, batches=batch.encoded,
+        )
+        self.delivery.sent(batch)
+        self.requests_sent += 1
+        try:
+            future = self._connections.call_async(
+                leader, "Produce", request, timeout_s=timeout_ms / 1000 + _DEADLINE_MARGIN_S)
+        except errors.TidelogError as exc:  # closed pool
+            self._fail_all(self.delivery.failed(batch, exc, self._clock()))
+            return
+        self._inflight_futures.add(future)
+
+        def done(f: grpc.Future, batch: ProducerBatch = batch, leader: str = leader) -> None:
+            self._replies.put((batch, leader, f))
+            self._wakeup.set()
+
+        future.add_done_callback(done)
+
+    # --- replies --------------------------------------------------------------------------------
+
+    def _handle_replies(self) -> None:
+        while True:
+            try:
+                batch, leader, future = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            self._inflight_futures.discard(future)
+            try:
+                response = future.result()
+            except grpc.FutureCancelledError:
+                error: errors.TidelogError = errors.ClientClosed(
+                    f"{batch.tp}: request cancelled by close(); the batch may or may not "
+                    "have been written")
+                self._fail_all(self.delivery.failed(batch, error, float("inf")))
+                continue
+            except grpc.RpcError as exc:
+                error = errors.from_rpc_error(exc, subject=str(batch.tp), address=leader)
+                self._on_error(batch, error)
+                continue
+            self.delivery.succeeded(batch)
+            self._complete(batch, response.base_offset)
+
+    def _on_error(self, batch: ProducerBatch, error: errors.TidelogError) -> None:
+        if isinstance(error, _LEADERSHIP_ERRORS):
+            hint = error if isinstance(error, errors.NotLeader) else None
+            self._metadata.mark_stale(
+                batch.tp.topic, partition=batch.tp.partition,
+                leader_id=hint.leader_id if hint else -1,
+                leader_address=hint.leader_address if hint else "",
+            )
+        _log.debug("%s: attempt %d failed: %s", batch.tp, batch.attempts, error)
+        self._fail_all(self.delivery.failed(batch, error, self._clock()))
+
+    def _complete(self, batch: ProducerBatch, base_offset: int) -> None:
+        batch.result.complete(base_offset, batch.timestamps_ms)
+        self._accumulator.release(batch)
+
+    def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
+        timestamps = batch.timestamps_ms if batch.encoded is not None else [
+            r[3] for r in batch.records]
+        batch.result.fail(error, timestamps)
+        self._accumulator.release(batch)
+
+    def _fail_all(self, failures: list[Failure]) -> None:
+        for batch, error in failures:
+            self._fail(batch, error)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        for batch in self._accumulator.abort_all():
+            self._fail(batch, error)
+        self._fail_all(self.delivery.abort(error))
+        for future in list(self._inflight_futures):
+            future.cancel()
+
+    # --- producer id ----------------------------------------------------------------------------
+
+    def _init_producer_id(self, now: float) -> None:
+        from tidelog.proto import broker_pb2
+
+        try:
+            response = self._metadata.call_any("InitProducerId",
+                                               broker_pb2.InitProducerIdRequest())
+        except errors.TidelogError as exc:
+            _log.info("InitProducerId failed (will retry): %s", exc)
+            self._pid_retry_at = now + self._config.retry_backoff_ms / 1000
+            return
+        self.delivery.set_producer_id(response.producer_id, response.producer_epoch)
