@@ -167,12 +167,20 @@ SRC=$(mktemp -d /tmp/tidelog-src.XXXXXX)
 trap 'rm -rf "$SRC"' EXIT
 tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -c pyproject.toml README.md node client \
     chaos proto | tar -C "$SRC" -x
-rm -f "$WHEELHOUSE"/tidelog-*.whl
-"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELHOUSE" "$SRC"
+# SOURCE_DATE_EPOCH: fixed timestamps inside the wheel, so unchanged sources give identical bytes.
+SOURCE_DATE_EPOCH=315532800 "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$SRC/dist" "$SRC"
+built=$(ls "$SRC"/dist/tidelog-*.whl)
+project_wheel=$WHEELHOUSE/$(basename "$built")
+# Replace the wheelhouse's copy only when its bytes changed: the image build's COPY is then cached.
+if cmp -s "$built" "$project_wheel"; then
+    say "   $(basename "$built"): unchanged"
+else
+    rm -f "$WHEELHOUSE"/tidelog-*.whl
+    cp "$built" "$project_wheel"
+    say "   $(basename "$built"): built from the current sources"
+fi
 rm -rf "$SRC"
 trap - EXIT
-project_wheel=$(ls "$WHEELHOUSE"/tidelog-*.whl)
-say "   built $(basename "$project_wheel")"
 # The dependencies: from the wheelhouse alone when it has them all (no network), else from the index.
 if "$PYTHON" -m pip download --quiet --no-index --find-links "$WHEELHOUSE" --dest "$WHEELHOUSE" \
     "${TARGET[@]}" "$project_wheel" >/dev/null 2>&1; then
