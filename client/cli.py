@@ -17,6 +17,9 @@ from collections.abc import Sequence
 _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.node.sim.cli",
     "tidelog.client.health_cli",
+    "tidelog.client.cli_produce",
+    "tidelog.client.cli_consume",
+    "tidelog.client.cli_topic",
 )
 
 

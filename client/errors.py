@@ -279,7 +279,7 @@ def from_code(
     assert code != 0, "from_code(NONE): there is no error to map"
     cls = _BY_CODE.get(code, UnknownError)
     text = message or cls.__name__
-    if subject:
+    if subject and subject not in text:
         text = f"{subject}: {text}"
     advice = _ADVICE.get(code)
     if advice:
