@@ -33,6 +33,17 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
             sock.close()
 
 
+def metadata(address: str, topics: list[str] | None = None, timeout_s: float = 3.0):
+    """One node's Metadata answer (raises grpc.RpcError when it does not answer)."""
+    import grpc
+    from tidelog.proto import broker_pb2 as pb
+    from tidelog.proto import broker_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        return broker_pb2_grpc.BrokerStub(channel).Metadata(
+            pb.MetadataRequest(topics=topics or []), timeout=timeout_s)
+
+
 @dataclass
 class LocalNode:
     id: int
@@ -164,6 +175,32 @@ class LocalCluster:
                     raise TimeoutError(f"node {node.id} not healthy; see {node.log_path}")
                 time.sleep(0.1)
 
+    def leader_of(self, topic: str, partition: int, timeout_s: float = 15.0) -> int:
+        """The partition's leader as the running nodes see it (waits for one to be known)."""
+        import grpc
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                try:
+                    answer = metadata(node.address, [topic])
+                except grpc.RpcError:
+                    continue
+                leader = answer.topics[0].partitions[partition].leader_id if \
+                    answer.topics and answer.topics[0].partitions else -1
+                if leader > 0 and self.node(leader).running:
+                    # Confirm with the leader itself: it reports offsets only for what it leads.
+                    try:
+                        own = metadata(self.node(leader).address, [topic])
+                    except grpc.RpcError:
+                        continue
+                    if own.topics[0].partitions[partition].high_watermark >= 0:
+                        return leader
+            time.sleep(0.1)
+        raise TimeoutError(f"no leader of {topic}-{partition} within {timeout_s} s")
+
     def __enter__(self) -> LocalCluster:
         self.start()
         return self
@@ -186,3 +223,4 @@ class LocalCluster:
             return True
         except subprocess.TimeoutExpired:
             return False
+
