@@ -91,7 +91,6 @@ def cluster_up(args: argparse.Namespace) -> int:
 def gather_status(bootstrap: str, topics: list[str]) -> dict:
     """Every reachable node's Metadata, merged: leaders report offsets for what they lead."""
     import grpc
-
     from tidelog.proto import broker_pb2 as pb
     from tidelog.proto import broker_pb2_grpc
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from tidelog.node.local_cluster import LocalCluster
 
 

@@ -271,7 +271,10 @@ class PartitionLog:
             batch = stamp(batch, base_offset=end, term=new_term)
             header = _restamped(header, base_offset=end, term=new_term)
         self._maybe_roll(header)
-        self._active.append(batch, header)
+        active = self._active
+        active.append(batch, header)
+        if active.rolling_since_ms is None:
+            active.rolling_since_ms = self._now_ms()
         self._dirty.on_append(header.size)
         return AppendInfo(base_offset=end, last_offset=header.last_offset, term=new_term,
                           max_timestamp_ms=header.max_timestamp, size_bytes=header.size,
@@ -282,8 +285,8 @@ class PartitionLog:
         if active.size_bytes == 0:
             return
         too_big = active.size_bytes + header.size > self.config.segment_bytes_max
-        first_ts = active.first_batch_max_timestamp_ms
-        too_old = first_ts is not None and self._now_ms() - first_ts >= self.config.segment_ms_max
+        since = active.rolling_since_ms
+        too_old = since is not None and self._now_ms() - since >= self.config.segment_ms_max
         # Index entries store offsets relative to the base as uint32.
         too_many_offsets = header.last_offset - active.base_offset > 0xFFFF_FFFF
         if too_big or too_old or too_many_offsets:
@@ -612,6 +615,8 @@ class PartitionLog:
         # durable now, so durable_end_offset can start at the log end.
         self._active.open_writer()
         self._active.sync()
+        if self._active.size_bytes:
+            self._active.rolling_since_ms = self._now_ms()
         self._durable_end_offset = self.log_end_offset
         self._dirty.on_sync(synced_bytes=0, now_ms=self._now_ms())
         self._recovery_point_written_ms = self._now_ms()

@@ -77,7 +77,7 @@ class Segment:
     """Mutable state of one segment file; owned and locked by its PartitionLog."""
 
     __slots__ = ("base_offset", "path", "index_path", "timeindex_path", "size_bytes",
-                 "end_offset", "max_timestamp_ms", "first_batch_max_timestamp_ms", "last_term",
+                 "end_offset", "max_timestamp_ms", "rolling_since_ms", "last_term",
                  "index", "_fd", "_batch_bytes_max")
 
     def __init__(self, directory: Path, base_offset: int, *, batch_bytes_max: int) -> None:
@@ -91,7 +91,10 @@ class Segment:
         # Invariant: end_offset == last batch's last_offset + 1, or base_offset when empty.
         self.end_offset = base_offset
         self.max_timestamp_ms = NO_TIMESTAMP
-        self.first_batch_max_timestamp_ms: int | None = None  # the clock for roll-by-age
+        # Wall-clock ms of the first append in this process (or of the open that recovered a
+        # non-empty segment): roll-by-age counts from here. Not the batches' own timestamps,
+        # which producers set and which may lie far in the past (one roll per append) or future.
+        self.rolling_since_ms: int | None = None
         self.last_term = -1  # -1: no batch in this segment
         self.index: SegmentIndex | None = None  # always set on the active segment
         self._fd: int | None = None
@@ -295,7 +298,7 @@ class Segment:
         self.size_bytes = 0
         self.end_offset = self.base_offset
         self.max_timestamp_ms = NO_TIMESTAMP
-        self.first_batch_max_timestamp_ms = None
+        self.rolling_since_ms = None
         self.last_term = -1
         self.index = SegmentIndex(base_offset=self.base_offset, interval_bytes=interval_bytes)
 
@@ -315,8 +318,6 @@ class Segment:
         self.end_offset = header.last_offset + 1
         if header.max_timestamp > self.max_timestamp_ms:
             self.max_timestamp_ms = header.max_timestamp
-        if self.first_batch_max_timestamp_ms is None:
-            self.first_batch_max_timestamp_ms = header.max_timestamp
         self.last_term = header.term
 
     def _stop(self, position: int, expected: int, batches: int, reason: str) -> ScanResult:

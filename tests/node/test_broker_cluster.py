@@ -8,7 +8,6 @@ from collections import Counter
 
 import grpc
 import pytest
-
 from tidelog.client.batch import decode_records, iter_batches
 from tidelog.node.local_cluster import LocalCluster, metadata
 from tidelog.proto import broker_pb2 as pb

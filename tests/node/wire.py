@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import grpc
-
 from tidelog.client.batch import encode_batch
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
