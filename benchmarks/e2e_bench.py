@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import grpc
-
 from tidelog.client.batch import encode_batch, iter_batches
 from tidelog.node.local_cluster import LocalCluster, metadata
 from tidelog.node.tables import render_table
