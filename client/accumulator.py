@@ -51,7 +51,8 @@ class ProducerBatch:
 
     __slots__ = (
         "attempts", "base_sequence", "created_s", "deadline_s", "encoded", "producer_epoch",
-        "producer_id", "raw_bytes", "records", "reserved_bytes", "result", "timestamps_ms", "tp",
+        "producer_id", "raw_bytes", "records", "reserved_bytes", "result", "sent_behind",
+        "timestamps_ms", "tp",
     )
 
     def __init__(self, tp: TopicPartition, created_s: float, deadline_s: float) -> None:
@@ -69,6 +70,8 @@ class ProducerBatch:
         self.producer_epoch = -1
         self.base_sequence = -1
         self.encoded: bytes | None = None
+        #: whether the last attempt left while a lower sequence of the partition was unacked
+        self.sent_behind = False
         #: the records' timestamps, kept when `records` is dropped after encoding
         self.timestamps_ms: list[int] = []
 

@@ -38,6 +38,13 @@ class Connections:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, broker_pb2_grpc.BrokerStub] = {}
         self._closed = False
+        self._redirects: dict[str, str] = {}
+
+    def redirect(self, address: str, to: str) -> None:
+        """Dial `to` whenever `address` is asked for (a TCP proxy in tests, or NAT)."""
+        with self._lock:
+            self._redirects[address] = to
+            self._stubs.pop(address, None)
 
     def stub(self, address: str) -> broker_pb2_grpc.BrokerStub:
         stub = self._stubs.get(address)
@@ -48,7 +55,8 @@ class Connections:
                 raise errors.ClientClosed("the client is closed")
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                target = self._redirects.get(address, address)
+                channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
                 self._channels[address] = channel
                 stub = broker_pb2_grpc.BrokerStub(channel)
                 self._stubs[address] = stub

@@ -14,9 +14,11 @@ is where the idempotence guarantees live, so the rules are spelled out:
    resume only when the queue is empty. Hence a partition's batches are written in sequence order
    and a retry never overtakes an earlier batch.
 4. **Out-of-order replies.** gRPC does not keep concurrent calls in order, so the broker may see
-   sequence n+1 before n and answer OUT_OF_ORDER_SEQUENCE. That error is retriable exactly while a
-   lower-sequence batch of the same partition is still unacknowledged; otherwise it means a gap
-   the producer cannot fill, and the batch fails.
+   sequence n+1 before n and answer OUT_OF_ORDER_SEQUENCE. That error is retriable exactly when
+   the attempt was sent while a lower-sequence batch of the same partition was unacknowledged
+   (its success reply may well be handled before this error reply), or one still is; otherwise
+   every earlier batch was acknowledged before this one left, so the gap is real and the batch
+   fails.
 5. **Giving up.** A batch fails for good on a non-retriable error, after ``retries`` attempts, or
    past its delivery deadline. With idempotence the partition's later sequences are then unusable:
    the partition *abandons* its queued retries (failed with an error naming the cause), lets its
@@ -124,6 +126,8 @@ class DeliveryState:
     def sent(self, batch: ProducerBatch) -> None:
         st = self.state(batch.tp)
         batch.attempts += 1
+        batch.sent_behind = any(b.base_sequence < batch.base_sequence
+                                for b in (*st.inflight, *st.retry))
         if self.idempotent:
             bisect.insort(st.inflight, batch, key=_seq)
         else:
@@ -185,10 +189,10 @@ class DeliveryState:
         if batch.attempts > self.retries or now >= batch.deadline_s:
             return False
         if isinstance(error, errors.OutOfOrderSequence):
-            # rule 4: retriable only while an earlier batch is unacknowledged
-            return self.idempotent and any(
+            # rule 4: retriable only behind an earlier unacknowledged batch
+            return self.idempotent and (batch.sent_behind or any(
                 b.base_sequence < batch.base_sequence for b in (*st.inflight, *st.retry)
-            )
+            ))
         return bool(getattr(error, "retriable", False))
 
     def _abandon(

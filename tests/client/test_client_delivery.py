@@ -153,3 +153,13 @@ def test_queued_retry_expires_with_a_clear_timeout() -> None:
     failures = ds.expire(now=100.0)
     assert [f[0] for f in failures] == [a, b]
     assert "may or may not have been written" in str(failures[0][1])
+
+
+def test_out_of_order_is_retriable_when_the_earlier_ack_was_handled_first() -> None:
+    """The broker saw b before a; a's success reply is handled before b's OOO error reply."""
+    ds = state()
+    a = send_new(ds, batch())
+    b = send_new(ds, batch())
+    ds.succeeded(a)
+    assert ds.failed(b, errors.OutOfOrderSequence("gap"), now=1.0) == []
+    assert ds.next_retry(TP, 5.0) is b
