@@ -1,0 +1,50 @@
+"""RaftConfig: one frozen record, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidelog.node.raft.types import Membership, NodeId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaftConfig:
+    node_id: NodeId
+    voters: tuple[NodeId, ...]
+    """Bootstrap membership. After a restart pass the last membership the core reported in
+    ``Ready.membership`` (the runtime persists it with the hard state)."""
+    learners: tuple[NodeId, ...] = ()
+    election_ticks: int = 10
+    """A follower campaigns after a random timeout in [election_ticks, 2 * election_ticks)."""
+    heartbeat_ticks: int = 1
+    max_inflight_msgs: int = 256
+    """Per-follower window of unacknowledged appends (replicate state); sends pause when full."""
+    max_append_bytes: int = 1 << 20
+    """Upper bound on one append's entries (at least one entry is always sent)."""
+    max_committed_bytes: int = 4 << 20
+    """Upper bound on ``Ready.committed_entries``; the rest follow in later Readies."""
+    pre_vote: bool = True
+    check_quorum: bool = True
+    promote_lag_max: int = 0
+    """A learner may be promoted once its match is within this many offsets of the commit index."""
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_ticks < 1:
+            raise ValueError("heartbeat_ticks must be >= 1")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError(
+                f"election_ticks ({self.election_ticks}) must exceed heartbeat_ticks "
+                f"({self.heartbeat_ticks}), or followers time out between heartbeats"
+            )
+        if self.max_inflight_msgs < 1 or self.max_append_bytes < 1 or self.max_committed_bytes < 1:
+            raise ValueError("max_inflight_msgs, max_*_bytes must be >= 1")
+        if not self.voters:
+            raise ValueError("at least one voter is required")
+        if len(set(self.voters)) != len(self.voters) or set(self.voters) & set(self.learners):
+            raise ValueError("voters and learners must be distinct node ids")
+        if self.promote_lag_max < 0:
+            raise ValueError("promote_lag_max must be >= 0")
+
+    @property
+    def membership(self) -> Membership:
+        return Membership(voters=frozenset(self.voters), learners=frozenset(self.learners))

@@ -1,0 +1,114 @@
+"""The leader's view of one follower: probe / replicate / snapshot, and the in-flight window.
+
+As in etcd: PROBE sends one append per heartbeat round until the follower's match is known;
+REPLICATE pipelines appends optimistically (``next`` advances on send) up to ``max_inflight_msgs``
+unacknowledged messages; SNAPSHOT (here: a log-start reset, our InstallSnapshot) pauses appends
+until the follower acknowledges the new log start.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from tidelog.node.raft.types import NO_INDEX, LogIndex
+
+
+class ProgressState(Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+
+
+class Inflights:
+    """Bounded FIFO of the last offsets of unacknowledged appends. Overflow: sends pause."""
+
+    def __init__(self, size_max: int) -> None:
+        assert size_max >= 1
+        self.size_max = size_max
+        self._q: deque[LogIndex] = deque()
+
+    def add(self, last: LogIndex) -> None:
+        assert not self.full(), "caller must check full() before sending"
+        assert not self._q or last > self._q[-1]
+        self._q.append(last)
+
+    def free_le(self, index: LogIndex) -> None:
+        while self._q and self._q[0] <= index:
+            self._q.popleft()
+
+    def free_first_one(self) -> None:
+        if self._q:
+            self._q.popleft()
+
+    def full(self) -> bool:
+        return len(self._q) >= self.size_max
+
+    def reset(self) -> None:
+        self._q.clear()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+@dataclass(slots=True)
+class Progress:
+    # Invariant: match < next (next is the first offset the follower needs; next - 1 is a boundary)
+    next: LogIndex
+    inflights: Inflights
+    match: LogIndex = NO_INDEX
+    state: ProgressState = ProgressState.PROBE
+    probe_sent: bool = False
+    pending_log_start: LogIndex = NO_INDEX  # SNAPSHOT: the boundary the follower was reset to
+    recent_active: bool = field(default=False)
+
+    def become_probe(self) -> None:
+        if self.state == ProgressState.SNAPSHOT:
+            self.next = LogIndex(max(self.match + 1, self.pending_log_start + 1))
+        else:
+            self.next = LogIndex(self.match + 1)
+        self.state, self.probe_sent = ProgressState.PROBE, False
+        self.inflights.reset()
+
+    def become_replicate(self) -> None:
+        self.state, self.probe_sent = ProgressState.REPLICATE, False
+        self.next = LogIndex(self.match + 1)
+        self.inflights.reset()
+
+    def become_snapshot(self, log_start_prev: LogIndex) -> None:
+        self.state, self.probe_sent = ProgressState.SNAPSHOT, False
+        self.pending_log_start = log_start_prev
+        self.inflights.reset()
+
+    def maybe_update(self, index: LogIndex) -> bool:
+        """An append up to ``index`` was acknowledged. Returns whether ``match`` moved."""
+        updated = index > self.match
+        if updated:
+            self.match = index
+            self.probe_sent = False
+        self.next = LogIndex(max(self.next, index + 1))
+        return updated
+
+    def maybe_decr_to(self, rejected: LogIndex, hint: LogIndex) -> bool:
+        """The append with prev ``rejected`` was refused; ``hint`` is a boundary to retry from.
+        Returns False for a stale rejection."""
+        if self.state == ProgressState.REPLICATE:
+            if rejected <= self.match:
+                return False
+            self.next = LogIndex(self.match + 1)
+            return True
+        if self.next - 1 != rejected:
+            return False
+        self.next = LogIndex(max(min(rejected, hint) + 1, self.match + 1))
+        self.probe_sent = False
+        return True
+
+    def is_paused(self) -> bool:
+        match self.state:
+            case ProgressState.PROBE:
+                return self.probe_sent
+            case ProgressState.REPLICATE:
+                return self.inflights.full()
+            case ProgressState.SNAPSHOT:
+                return True

@@ -1,0 +1,127 @@
+"""Run one seed or many: the simulator's entry points for the CLI, the tests and the benchmark."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tidelog.node.raft import RaftCore
+from tidelog.node.sim.checker import SafetyViolation, Violation
+from tidelog.node.sim.cluster import Cluster, SimOptions
+
+DEFAULT_STEPS = 3000
+LIVENESS_DEADLINE_MS = 5000  # after healing: 25 maximal election timeouts (200 ms each)
+
+
+@dataclass(slots=True, kw_only=True)
+class SeedResult:
+    seed: int
+    nodes: int
+    steps: int
+    elections: int
+    commits: int
+    faults: dict[str, int]
+    sim_time_ms: int
+    violation: Violation | None
+    trace: list[str] = field(default_factory=list)
+
+    def replay_command(self, steps_default: int = DEFAULT_STEPS) -> str:
+        cmd = f"tidelog sim --seed {self.seed}"
+        if self.nodes != 3:
+            cmd += f" --nodes {self.nodes}"
+        if self.steps != steps_default:
+            cmd += f" --steps {self.steps}"
+        return cmd
+
+
+def run_seed(
+    seed: int,
+    *,
+    nodes: int = 3,
+    steps: int = DEFAULT_STEPS,
+    core_cls: type[RaftCore] = RaftCore,
+    options: SimOptions | None = None,
+) -> SeedResult:
+    opt = options or SimOptions()
+    opt.nodes, opt.core_cls = nodes, core_cls
+    cluster = Cluster(seed, opt)
+    violation: Violation | None = None
+    try:
+        cluster.run(steps)
+        cluster.heal()
+        if not cluster.run_until_stable(LIVENESS_DEADLINE_MS):
+            violation = Violation(
+                rule="Liveness",
+                detail=f"no new entry committed {LIVENESS_DEADLINE_MS} ms after healing",
+            )
+        else:
+            cluster.final_check()
+    except SafetyViolation as e:
+        violation = e.violation
+    except Exception as e:  # an assertion or a bug in the core: report it with the seed
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        violation = Violation(
+            rule=type(e).__name__, detail=f"{e} ({where.filename}:{where.lineno})"
+        )
+    return SeedResult(
+        seed=seed,
+        nodes=nodes,
+        steps=steps,
+        elections=cluster.stats.elections,
+        commits=cluster.stats.commits,
+        faults=dict(cluster.stats.faults),
+        sim_time_ms=cluster.now_ms,
+        violation=violation,
+        trace=list(cluster.trace),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class Summary:
+    seeds: int = 0
+    steps: int = 0
+    elections: int = 0
+    commits: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    failures: list[SeedResult] = field(default_factory=list)
+
+    def add(self, r: SeedResult) -> None:
+        self.seeds += 1
+        self.steps += r.steps
+        self.elections += r.elections
+        self.commits += r.commits
+        for k, v in r.faults.items():
+            self.faults[k] = self.faults.get(k, 0) + v
+        if r.violation is not None:
+            self.failures.append(r)
+
+
+def run_seeds(
+    seeds: range,
+    *,
+    nodes: int = 3,
+    steps: int = DEFAULT_STEPS,
+    core_cls: type[RaftCore] = RaftCore,
+    stop_on_failure: bool = False,
+    on_result: Callable[[SeedResult], None] | None = None,
+) -> Summary:
+    summary = Summary()
+    for seed in seeds:
+        r = run_seed(seed, nodes=nodes, steps=steps, core_cls=core_cls)
+        summary.add(r)
+        if on_result is not None:
+            on_result(r)
+        if r.violation is not None and stop_on_failure:
+            break
+    return summary
+
+
+def format_failure(r: SeedResult) -> str:
+    lines = [
+        f"VIOLATION seed={r.seed}: {r.violation}",
+        f"  replay: {r.replay_command()}",
+        f"  last {len(r.trace)} events (sim ms, event):",
+    ]
+    lines.extend(f"    {t}" for t in r.trace)
+    return "\n".join(lines)
