@@ -23,6 +23,7 @@ class GroupCommitter:
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._in_flight = False  # Invariant: at most one flush runs at a time.
+        self.flushes = 0  # completed or failed flush() calls, for metrics and benchmarks
 
     def run(self, *, is_done: Callable[[], bool], flush: Callable[[], None]) -> None:
         """Return once is_done(); call flush() ourselves only when nobody else is flushing."""
@@ -39,6 +40,7 @@ class GroupCommitter:
         finally:
             with self._cv:
                 self._in_flight = False
+                self.flushes += 1
                 self._cv.notify_all()
 
 

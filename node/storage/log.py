@@ -225,6 +225,11 @@ class PartitionLog:
             return 0
 
     @property
+    def sync_count(self) -> int:
+        """How many group-commit fsyncs sync() has run (a metric: appends / this = group size)."""
+        return self._committer.flushes
+
+    @property
     def size_bytes(self) -> int:
         with self._lock:
             return sum(segment.size_bytes for segment in self._segments)
