@@ -141,6 +141,7 @@ class Replica:
         self.commit_index = self.core.commit
         self._waiters: list[_CommitWaiter] = []
         self._data_changed = asyncio.Event()
+        self._appended = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -204,6 +205,16 @@ class Replica:
             if waiter in self._waiters and not waiter.future.done():
                 self._waiters.remove(waiter)
 
+    async def wait_appended(self, last_offset: int, term: int, timeout_s: float) -> None:
+        """Until the local log holds last_offset (acks=leader: appended, not yet replicated)."""
+        async with asyncio.timeout(timeout_s):
+            while self.log.log_end_offset <= last_offset:
+                if not self.is_leader:
+                    raise ReplicaLostLeadership(f"{self.group}: leadership moved")
+                self._appended.clear()
+                await self._appended.wait()
+        self._check_term(last_offset, term)
+
     async def wait_for_data(self, timeout_s: float) -> None:
         """Until the high watermark moves (or the timeout): the long-poll of Fetch."""
         self._data_changed.clear()
@@ -232,10 +243,10 @@ class Replica:
         """Replicas whose match is at the commit index (the leader's view)."""
         if not self.is_leader:
             return []
-        out = []
+        out = {int(self.core.id)}
         for node_id, progress in self.core.progress.items():
-            if node_id == self.core.id or progress.match >= self.commit_index:
-                out.append(int(node_id))
+            if progress.match >= self.commit_index:
+                out.add(int(node_id))
         return sorted(out)
 
     def read_committed(self, offset: int, max_bytes: int) -> bytes:
@@ -296,12 +307,14 @@ class Replica:
                 assert info.base_offset == entry.index
                 if entry.kind is EntryKind.DATA and entry.last > self._producers_upto:
                     self._record_producer(entry)
+            self._appended.set()
             if self._sync_always or self.log.needs_sync(int(time.time() * 1000)):
                 await self._committer.sync(self.log)
         for message in rd.messages:
             self._send(self.group, message)
         if rd.soft_state is not None:
             if rd.soft_state.role is not Role.LEADER:
+                self._appended.set()
                 self._fail_waiters(ReplicaLostLeadership(
                     f"{self.group}: leadership moved to node {rd.soft_state.leader}"))
             self._on_soft_state(self)

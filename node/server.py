@@ -93,6 +93,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._reconcile_pending = False
+        self._reported_dirs: set[str] = set()
 
     # ================================================================ lifecycle
 
@@ -245,6 +246,25 @@ class Node:
             if topic_id in self.state.deleted_topic_ids:
                 replica = self.replicas.pop(group)
                 asyncio.get_running_loop().create_task(self._delete_replica(replica))
+        self._sweep_partition_dirs()
+
+    def _sweep_partition_dirs(self) -> None:
+        """Directories no running replica owns: delete those of deleted topics (deleted while this
+        node was down); report the rest once and leave them alone (quarantine, never remove)."""
+        running = {r.directory.name for r in self.replicas.values()}
+        for entry in (self.data_dir / "partitions").iterdir():
+            if entry.name in running or not entry.is_dir():
+                continue
+            _, _, suffix = entry.name.rpartition(".")
+            topic_id = int(suffix) if suffix.isdigit() else None
+            if topic_id is not None and topic_id in self.state.deleted_topic_ids:
+                shutil.rmtree(entry, ignore_errors=True)
+                log.info("deleted %s: its topic was deleted while this node was away", entry.name)
+            elif topic_id is None or topic_id < self.state.next_topic_id:
+                if entry.name not in self._reported_dirs:
+                    self._reported_dirs.add(entry.name)
+                    log.warning("quarantined %s: no topic in the committed metadata accounts for "
+                                "it; left on disk untouched for an operator", entry.name)
 
     def _partition_dir(self, topic: TopicInfo, partition: int) -> Path:
         return self.data_dir / "partitions" / f"{topic.name}-{partition}.{topic.topic_id}"
@@ -669,10 +689,12 @@ class Node:
         last = offsets[-1][1]
         timeout_s = (request.timeout_ms or 30_000) / 1000
         try:
+            wait_term = replica.raft_log.term_at(last) if duplicate else term
+            wait_term = wait_term if wait_term is not None else term
             if request.acks == pb.ACKS_ALL:
-                wait_term = replica.raft_log.term_at(last) if duplicate else term
-                await replica.wait_committed(last, wait_term if wait_term is not None else term,
-                                             timeout_s)
+                await replica.wait_committed(last, wait_term, timeout_s)
+            else:
+                await replica.wait_appended(last, wait_term, timeout_s)
         except ReplicaLostLeadership:
             raise self._not_leader(request.topic, request.partition, replica) from None
         except TimeoutError:

@@ -178,3 +178,33 @@ def test_bad_requests_get_precise_errors_and_the_node_keeps_serving(
     # Nothing of the above reached the log, and the node still serves.
     reply = produce(leader, "good", 0, batch_of([b"still", b"serving"]))
     assert read_partition(leader, "good", 0)[reply.base_offset] == b"still"
+
+
+def test_acks_leader_answers_after_the_local_append(cluster: LocalCluster) -> None:
+    create_topic(cluster.nodes[0].address, "quick", partitions=1, rf=3)
+    leader = cluster.node(cluster.leader_of("quick", 0)).address
+    reply = stub(leader).Produce(pb.ProduceRequest(
+        topic="quick", partition=0, acks=pb.ACKS_LEADER, batches=batch_of([b"a", b"b"]),
+        timeout_ms=5000), timeout=10)
+    assert reply.last_offset == reply.base_offset + 1
+    wait_until(lambda: read_partition(leader, "quick", 0).get(reply.base_offset) == b"a", 10,
+               "the acks=leader write to commit")
+
+
+def test_graceful_shutdown_hands_leadership_over(cluster: LocalCluster) -> None:
+    create_topic(cluster.nodes[0].address, "handover", partitions=3, rf=3)
+    wait_until(lambda: -1 not in leader_counts(cluster, "handover"), 30, "leaders")
+    victim = cluster.leader_of("handover", 0)
+    started = time.monotonic()
+    cluster.terminate(victim)
+    survivor = next(n for n in cluster.nodes if n.id != victim)
+
+    def moved() -> bool:
+        answer = metadata(survivor.address, ["handover"]).topics[0]
+        return all(p.leader_id not in (-1, victim) for p in answer.partitions)
+
+    wait_until(moved, 10, "leadership to leave the stopped node")
+    # A handover is faster than an election after a crash (>= one election timeout of 1 s).
+    log_text = cluster.node(victim).log_path.read_text()
+    assert "handing over leadership first" in log_text
+    assert time.monotonic() - started < 15
