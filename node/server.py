@@ -260,11 +260,11 @@ class Node:
             if topic_id is not None and topic_id in self.state.deleted_topic_ids:
                 shutil.rmtree(entry, ignore_errors=True)
                 log.info("deleted %s: its topic was deleted while this node was away", entry.name)
-            elif topic_id is None or topic_id < self.state.next_topic_id:
-                if entry.name not in self._reported_dirs:
-                    self._reported_dirs.add(entry.name)
-                    log.warning("quarantined %s: no topic in the committed metadata accounts for "
-                                "it; left on disk untouched for an operator", entry.name)
+            elif ((topic_id is None or topic_id < self.state.next_topic_id)
+                  and entry.name not in self._reported_dirs):
+                self._reported_dirs.add(entry.name)
+                log.warning("quarantined %s: no topic in the committed metadata accounts for "
+                            "it; left on disk untouched for an operator", entry.name)
 
     def _partition_dir(self, topic: TopicInfo, partition: int) -> Path:
         return self.data_dir / "partitions" / f"{topic.name}-{partition}.{topic.topic_id}"

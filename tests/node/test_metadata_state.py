@@ -6,7 +6,6 @@ import math
 from collections import Counter
 
 import pytest
-
 from tidelog.client.batch import decode_header, encode_batch
 from tidelog.node.errors import OutOfOrderSequenceError, ProducerFencedError
 from tidelog.node.metadata import MetadataState
