@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import random
@@ -50,6 +52,7 @@ from tidelog.node.storage import (
 log = logging.getLogger(__name__)
 
 RAFT_STATE_FILE = "raft.state"
+COMMIT_PERSIST_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,7 @@ class Replica:
             recover_to=recover_to,
         )
         self._state = state
+        self._state_written_at = 0.0
         self._committer = committer
         self._send = send
         self._on_soft_state = on_soft_state
@@ -156,6 +160,10 @@ class Replica:
 
     async def close(self) -> None:
         self._closed = True
+        if self._state.commit != self.core.commit:  # leave the latest commit index behind
+            self._state = dataclasses.replace(self._state, commit=self.core.commit)
+            with contextlib.suppress(OSError):
+                write_checksummed(self._state_path, self._state.encode())
         self._fail_waiters(ReplicaLostLeadership(f"replica {self.group} is closing"))
         if self._task is not None:
             self._task.cancel()
@@ -283,6 +291,7 @@ class Replica:
     async def _handle(self, rd: Ready) -> None:
         loop = asyncio.get_running_loop()
         if rd.hard_state is not None or rd.membership is not None or rd.reset_log_to is not None:
+            previous = self._state
             hs = rd.hard_state or self.core_hard_state()
             membership = rd.membership or self.core.membership
             prefix_term = (rd.reset_log_to.term if rd.reset_log_to is not None
@@ -292,8 +301,19 @@ class Replica:
                 voters=tuple(sorted(membership.voters)),
                 learners=tuple(sorted(membership.learners)), prefix_term=prefix_term,
             )
-            data = self._state.encode()
-            await loop.run_in_executor(None, write_checksummed, self._state_path, data)
+            # Term, vote and membership must be durable before any message is sent; the commit
+            # index alone need not be (Raft re-learns it from the leader), so a commit-only change
+            # is written without fsync at most every COMMIT_PERSIST_INTERVAL_S: keeps fsyncs (and
+            # latency) off the per-write path.
+            durable = (rd.membership is not None or rd.reset_log_to is not None
+                       or (hs.term, hs.vote) != (previous.term, previous.vote))
+            now = time.monotonic()
+            if durable or now - self._state_written_at >= COMMIT_PERSIST_INTERVAL_S:
+                self._state_written_at = now
+                data = self._state.encode()
+                await loop.run_in_executor(
+                    None, functools.partial(write_checksummed, self._state_path, data,
+                                            durable=durable))
         if rd.reset_log_to is not None:
             await loop.run_in_executor(None, self.log.reset, rd.reset_log_to.start)
             self.raft_log.prefix_term = rd.reset_log_to.term
@@ -308,10 +328,17 @@ class Replica:
                 if entry.kind is EntryKind.DATA and entry.last > self._producers_upto:
                     self._record_producer(entry)
             self._appended.set()
-            if self._sync_always or self.log.needs_sync(int(time.time() * 1000)):
-                await self._committer.sync(self.log)
-        for message in rd.messages:
-            self._send(self.group, message)
+        # A leader may send AppendEntries before its own fsync (Raft thesis §10.2.1): the core
+        # counts the leader towards commit only after advance(), i.e. once its log is durable,
+        # so the disk write and the replication round trip overlap. Everything else a replica
+        # says (votes, append acknowledgements) promises durability and waits for the fsync.
+        send_early = self.core.role is Role.LEADER and rd.hard_state is None
+        if send_early:
+            self._send_all(rd.messages)
+        if rd.entries and (self._sync_always or self.log.needs_sync(int(time.time() * 1000))):
+            await self._committer.sync(self.log)
+        if not send_early:
+            self._send_all(rd.messages)
         if rd.soft_state is not None:
             if rd.soft_state.role is not Role.LEADER:
                 self._appended.set()
@@ -325,6 +352,10 @@ class Replica:
             self.commit_index = rd.commit_index
             self._resolve_waiters()
             self._data_changed.set()
+
+    def _send_all(self, messages: tuple[Message, ...]) -> None:
+        for message in messages:
+            self._send(self.group, message)
 
     def core_hard_state(self) -> HardState:
         return HardState(term=self.core.term, vote=self.core.vote, commit=self.core.commit)

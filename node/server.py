@@ -750,11 +750,13 @@ class Node:
                 result.leader_id = self.id
                 result.high_watermark = replica.high_watermark
                 result.log_start_offset = replica.log.log_start_offset
-                if not replica.log.log_start_offset <= want.offset <= replica.high_watermark:
+                # Above the high watermark but within the log is not out of range: a new leader's
+                # high watermark can briefly lag the old one's until it commits in its term.
+                if not replica.log.log_start_offset <= want.offset <= max(
+                        replica.high_watermark, replica.log.log_end_offset):
                     raise E.OffsetOutOfRangeRequestError(
                         f"offset {want.offset} is outside {want.topic}-{want.partition}'s "
-                        f"committed range [{replica.log.log_start_offset}, "
-                        f"{replica.high_watermark}]")
+                        f"range [{replica.log.log_start_offset}, {replica.high_watermark}]")
                 if budget > 0:
                     data = replica.read_committed(
                         want.offset, min(want.max_bytes or 1 << 20, budget))
