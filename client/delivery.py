@@ -7,7 +7,10 @@ is where the idempotence guarantees live, so the rules are spelled out:
    when it is first drained, under the producer id current at that moment; ``next_sequence``
    advances by the record count. A retry resends the same encoded bytes (same id, same sequence),
    so the broker can recognise a batch it already wrote and answer ``duplicate`` with its offsets.
-2. **Window.** Up to ``max_in_flight`` batches of a partition may be in flight at once.
+2. **Window.** Up to ``max_in_flight`` batches of a partition may be in flight at once, except
+   that the first batch under a producer id travels alone until acknowledged: the broker has no
+   expectation for an unknown producer and would accept sequence n+1 arriving first, writing it
+   before sequence 0 (node/producer_state.py accepts any first sequence).
 3. **Retries in order.** When a batch fails with a retriable error it goes to the partition's retry
    queue (kept sorted by sequence) and the partition stops sending new batches. Once nothing is in
    flight for it, the retry queue is resent one batch at a time, lowest sequence first; new batches
@@ -51,6 +54,8 @@ class PartitionDelivery:
     backoff_until_s: float = 0.0
     #: the producer id this partition must not use any more (set when it abandoned a batch)
     retired_producer_id: int | None = None
+    #: a batch under producer_id has been acknowledged (the broker now knows the sequence)
+    acked: bool = False
     abandon_cause: BaseException | None = None
 
     def outstanding(self) -> int:
@@ -104,7 +109,7 @@ class DeliveryState:
         if st.producer_id != self.producer_id:
             # switching ids: only with nothing outstanding under the old one (rule 5)
             return not st.inflight
-        return True
+        return st.acked or not st.inflight  # rule 2: the first batch goes alone
 
     def assign(self, batch: ProducerBatch) -> None:
         """Give a fresh batch its producer id and sequence (rule 1). Only after can_send_new."""
@@ -118,6 +123,7 @@ class DeliveryState:
                 self.producer_id, self.producer_epoch, 0)
             st.retired_producer_id = None
             st.abandon_cause = None
+            st.acked = False
         batch.producer_id = st.producer_id
         batch.producer_epoch = st.producer_epoch
         batch.base_sequence = st.next_sequence
@@ -136,7 +142,10 @@ class DeliveryState:
     # --- outcomes -------------------------------------------------------------------------------
 
     def succeeded(self, batch: ProducerBatch) -> None:
-        self.state(batch.tp).inflight.remove(batch)
+        st = self.state(batch.tp)
+        st.inflight.remove(batch)
+        if batch.producer_id == st.producer_id:
+            st.acked = True
 
     def failed(self, batch: ProducerBatch, error: BaseException, now: float) -> list[Failure]:
         """A send attempt failed. Returns the batches to fail now (maybe none: it will retry)."""

@@ -36,6 +36,7 @@ def send_new(ds: DeliveryState, b: ProducerBatch, now: float = 0.0) -> ProducerB
 def test_sequences_advance_by_record_count_per_partition() -> None:
     ds = state()
     a = send_new(ds, batch(records=3))
+    ds.succeeded(a)
     b = send_new(ds, batch(records=2))
     c = send_new(ds, batch(TP1, records=4))
     assert (a.base_sequence, b.base_sequence, c.base_sequence) == (0, 3, 0)
@@ -54,8 +55,23 @@ def test_no_new_batch_before_a_producer_id() -> None:
     assert not ds.can_send_new(TP, 0.0)
 
 
+def warm(ds: DeliveryState, tp: TopicPartition = TP) -> None:
+    """Send and ack a first batch: later ones may then be pipelined."""
+    ds.succeeded(send_new(ds, batch(tp)))
+
+
+def test_the_first_batch_under_a_producer_id_travels_alone() -> None:
+    ds = state()
+    first = send_new(ds, batch())
+    assert not ds.can_send_new(TP, 0.0)
+    ds.succeeded(first)
+    send_new(ds, batch())
+    assert ds.can_send_new(TP, 0.0)
+
+
 def test_window_caps_batches_in_flight_per_partition() -> None:
     ds = state(max_in_flight=2)
+    warm(ds)
     send_new(ds, batch())
     send_new(ds, batch())
     assert not ds.can_send_new(TP, 0.0)
@@ -64,6 +80,7 @@ def test_window_caps_batches_in_flight_per_partition() -> None:
 
 def test_retriable_failure_stops_new_sends_and_resends_in_sequence_order() -> None:
     ds = state()
+    warm(ds)
     a, b, c = (send_new(ds, batch()) for _ in range(3))
     # replies arrive out of order: c then a fail, b is still in flight
     assert ds.failed(c, errors.NotLeader("moved"), now=1.0) == []
@@ -80,14 +97,15 @@ def test_retriable_failure_stops_new_sends_and_resends_in_sequence_order() -> No
         assert ds.next_retry(TP, 5.0) is None  # one at a time
         resent.append(r.base_sequence)
         ds.succeeded(r)
-    assert resent == [0, 1, 2]
+    assert resent == [1, 2, 3]
     assert ds.can_send_new(TP, 5.0)
     d = send_new(ds, batch(), now=5.0)
-    assert d.base_sequence == 3  # retries never renumber
+    assert d.base_sequence == 4  # retries never renumber
 
 
 def test_out_of_order_sequence_is_retriable_only_behind_an_unacked_batch() -> None:
     ds = state()
+    warm(ds)
     a = send_new(ds, batch())
     b = send_new(ds, batch())
     # b overtook a on the wire: the broker saw a gap
@@ -104,13 +122,14 @@ def test_out_of_order_sequence_is_retriable_only_behind_an_unacked_batch() -> No
 
 def test_fatal_failure_abandons_queued_retries_and_waits_for_a_new_producer_id() -> None:
     ds = state()
+    warm(ds)
     a, b, c = (send_new(ds, batch()) for _ in range(3))
     assert ds.failed(b, errors.NotLeader("x"), now=1.0) == []
     failures = ds.failed(a, errors.MessageTooLarge("big"), now=1.0)
     failed = {f[0].base_sequence: f[1] for f in failures}
-    assert set(failed) == {0, 1}
-    assert isinstance(failed[0], errors.MessageTooLarge)
-    assert isinstance(failed[1], errors.OutOfOrderSequence) and "sequence 0" in str(failed[1])
+    assert set(failed) == {1, 2}
+    assert isinstance(failed[1], errors.MessageTooLarge)
+    assert isinstance(failed[2], errors.OutOfOrderSequence) and "sequence 1" in str(failed[2])
     # c is still in flight: it finishes, with no retry
     assert [f[0] for f in ds.failed(c, errors.NotLeader("x"), now=1.0)] == [c]
     assert not ds.can_send_new(TP, 9.0)  # same producer id is retired for TP
@@ -146,6 +165,7 @@ def test_retries_are_bounded_by_count_and_deadline() -> None:
 
 def test_queued_retry_expires_with_a_clear_timeout() -> None:
     ds = state()
+    warm(ds)
     a = send_new(ds, batch())
     b = send_new(ds, batch())
     ds.failed(a, errors.Timeout("slow"), now=1.0)
@@ -158,6 +178,7 @@ def test_queued_retry_expires_with_a_clear_timeout() -> None:
 def test_out_of_order_is_retriable_when_the_earlier_ack_was_handled_first() -> None:
     """The broker saw b before a; a's success reply is handled before b's OOO error reply."""
     ds = state()
+    warm(ds)
     a = send_new(ds, batch())
     b = send_new(ds, batch())
     ds.succeeded(a)
