@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # (subcommand module, one line of help). The module's register() adds the real parser.
 _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.node.cli",
+    "tidelog.client.cli_demo",
     "tidelog.node.sim.cli",
     "tidelog.client.health_cli",
     "tidelog.client.cli_produce",

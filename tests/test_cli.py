@@ -1,0 +1,46 @@
+"""The `tidelog` command as a person runs it: --help everywhere, and the demo end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tidelog.client.cli import build_parser
+
+
+def subcommand_paths() -> list[list[str]]:
+    import argparse
+
+    paths = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    paths.append([*prefix, name])
+                    walk(sub, [*prefix, name])
+
+    walk(build_parser(), [])
+    return paths
+
+
+@pytest.mark.parametrize("path", [[]] + subcommand_paths(), ids=lambda p: " ".join(p) or "top")
+def test_every_command_has_help(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*path, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: tidelog" in capsys.readouterr().out
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_demo_kills_a_leader_and_loses_nothing() -> None:
+    done = subprocess.run([sys.executable, "-m", "tidelog.client.cli", "demo", "--messages", "600"],
+                          capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "killing node" in done.stdout
+    header, rule, row = [line for line in done.stdout.splitlines() if line.strip()][-4:-1]
+    assert header.split()[:5] == ["sent", "acknowledged", "failed", "read", "back"]
+    assert row.split()[4] == "0", done.stdout  # lost
