@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from tidelog.client.cli import build_parser
 
 
