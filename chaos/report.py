@@ -36,13 +36,16 @@ class Timeline:
     indeterminate_ms: tuple[float, ...]
 
 
-def write_report(folder: Path, history: History, results: Results) -> Path:
-    """Write the four files into `folder` (created if needed); returns the HTML page's path."""
+def write_report(folder: Path, history: History, results: Results, *,
+                 preamble: str = "") -> Path:
+    """Write the four files into `folder` (created if needed); returns the HTML page's path.
+
+    `preamble` (the run's scenario, seed, replay command...) opens summary.txt and the page."""
     folder.mkdir(parents=True, exist_ok=True)
     history.dump(folder / "history.jsonl")
     (folder / "results.json").write_text(
         json.dumps(results_to_dict(results), indent=2, sort_keys=True) + "\n")
-    summary = render_summary(results)
+    summary = preamble + render_summary(results)
     (folder / "summary.txt").write_text(summary)
     page = folder / "report.html"
     page.write_text(_page(summary, results, timeline(history)))

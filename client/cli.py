@@ -22,6 +22,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.client.cli_produce",
     "tidelog.client.cli_consume",
     "tidelog.client.cli_topic",
+    "tidelog.chaos.cli",
 )
 
 

@@ -1,0 +1,319 @@
+"""Where the nodes under test run, and the real faults a backend can inject into them.
+
+Theory of operation. A backend starts N unmodified node processes (the same program users run,
+`python -m tidelog.node.main` or the release image) and offers fault *primitives* on them: kill,
+start, terminate, pause/resume, partitions (a `Grudge`), lossy/slow links, and filling a node's
+disk. Faults are applied from outside the node — signals, iptables, tc, a full filesystem — never
+through a switch in the node's code. Scenarios (`nemesis.py`) combine the primitives; a backend
+says which it supports through `capabilities`, so a scenario that needs one it lacks is refused
+with the reason rather than silently weakened.
+
+`LocalBackend`, as root with `ip`/`iptables` (see `netns.netns_unavailable_reason`): each node in
+its own network namespace (`netns.Topology`), listening on its namespace address (10.231.S.x:9091);
+the workload in the root namespace reaches every node across the bridge, and partitions are
+iptables DROP rules inside the namespaces, so the client keeps a path to both sides (as clients in
+another rack would). With `disk_bytes_max`, each node's data directory is a tmpfs of that size, so
+"disk full" is a real ENOSPC. Without root: nodes on 127.0.0.1 and only process faults.
+
+`DockerBackend` lives in `docker_backend.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from tidelog.chaos.grudge import Grudge
+from tidelog.chaos.process import ProcessSpec, ProcessState, Supervisor
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "Capability",
+    "LocalBackend",
+    "node_names",
+]
+
+NODE_PORT = 9091  # every node listens on this port inside its own namespace
+STOP_GRACE_S = 10.0
+FILLER_NAME = "chaos-disk-filler"
+_FILL_CHUNK_BYTES = 1 << 20
+_FILL_BYTES_MAX = 1 << 34  # bound: never write more than this into a filler, whatever df says
+
+
+class Capability(enum.Enum):
+    PROCESS = "process"  # kill -9, SIGTERM, pause/resume, restart
+    PARTITION = "partition"  # iptables partitions (any grudge)
+    LOSS = "loss"  # lossy links
+    DELAY = "delay"  # delayed links (tc netem)
+    DISK = "disk"  # a node's data directory can fill up
+
+
+class BackendError(RuntimeError):
+    """The backend could not do what was asked (message says what and why)."""
+
+
+class Backend(Protocol):
+    """What the nemesis and the workload need from a place that runs nodes."""
+
+    name: str
+    nodes: tuple[str, ...]  # "n1".."nN"; node id = index + 1
+    capabilities: frozenset[Capability]
+    description: str  # one line for the report: how nodes run and how faults are made
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def client_address(self, node: str) -> str: ...
+    def is_running(self, node: str) -> bool: ...
+    def kill(self, node: str) -> None: ...
+    def terminate(self, node: str) -> None: ...
+    def start_node(self, node: str) -> None: ...
+    def pause(self, node: str) -> None: ...
+    def resume(self, node: str) -> None: ...
+    def partition(self, grudge: Grudge) -> None: ...
+    def heal_partitions(self) -> None: ...
+    def degrade(self, node: str, *, loss_percent: float, delay_ms: int) -> None: ...
+    def heal_links(self) -> None: ...
+    def fill_disk(self, node: str) -> None: ...
+    def free_disk(self, node: str) -> None: ...
+    def log_paths(self) -> dict[str, Path]: ...
+
+
+def node_names(count: int) -> tuple[str, ...]:
+    return tuple(f"n{i + 1}" for i in range(count))
+
+
+def node_id(node: str) -> int:
+    return int(node[1:])
+
+
+class LocalBackend:
+    """Nodes as processes on this machine: in namespaces as root, else on 127.0.0.1."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        node_count: int,
+        work_dir: Path,
+        *,
+        use_netns: bool | None = None,
+        disk_bytes_max: int | None = None,
+        node_module: str = "tidelog.node.main",
+        node_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        from tidelog.chaos.netns import netns_unavailable_reason
+
+        if node_count < 1:
+            raise ValueError("need at least one node")
+        self.nodes = node_names(node_count)
+        self.work_dir = Path(work_dir)
+        self._node_module = node_module
+        self._node_args = tuple(node_args)
+        self._env = {"PYTHONUNBUFFERED": "1", **(env or {})}
+        self.netns_reason = netns_unavailable_reason() if use_netns is not False else "disabled"
+        self.use_netns = self.netns_reason is None
+        if use_netns and not self.use_netns:
+            raise BackendError(f"network namespaces unavailable: {self.netns_reason}")
+        self.disk_bytes_max = disk_bytes_max if os.geteuid() == 0 else None
+        self._topology = None
+        self._supervisor = Supervisor()
+        self._addresses: dict[str, str] = {}
+        self._mounts: list[Path] = []
+        caps = {Capability.PROCESS}
+        if self.use_netns:
+            caps |= {Capability.PARTITION, Capability.LOSS}
+        if self.disk_bytes_max:
+            caps.add(Capability.DISK)
+        self.capabilities = frozenset(caps)
+        self.description = ""
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build the network (if any), mount the data dirs (if asked) and start every node."""
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            if self.use_netns:
+                from tidelog.chaos.netns import Topology
+
+                self._topology = Topology(list(self.nodes))
+                self._topology.create()
+                for n in self.nodes:
+                    self._addresses[n] = f"{self._topology.address(n)}:{NODE_PORT}"
+                if self._topology.netem_available():
+                    self.capabilities = self.capabilities | {Capability.DELAY}
+                self.description = (
+                    f"local: {len(self.nodes)} node processes, one network namespace each "
+                    f"(topology {self._topology.id}, bridge {self._topology.bridge}); partitions "
+                    "and loss by iptables in the namespaces; delay "
+                    + ("by tc netem" if Capability.DELAY in self.capabilities
+                       else "unavailable (kernel without sch_netem)"))
+            else:
+                from tidelog.node.local_cluster import free_ports
+
+                for n, port in zip(self.nodes, free_ports(len(self.nodes)), strict=True):
+                    self._addresses[n] = f"127.0.0.1:{port}"
+                self.description = (
+                    f"local: {len(self.nodes)} node processes on 127.0.0.1; NETWORK FAULTS "
+                    f"UNAVAILABLE ({self.netns_reason}): process faults only")
+            for n in self.nodes:
+                data = self._data_dir(n)
+                data.mkdir(parents=True, exist_ok=True)
+                if self.disk_bytes_max:
+                    _run_checked(["mount", "-t", "tmpfs", "-o",
+                                  f"size={self.disk_bytes_max},mode=0755", "tmpfs", str(data)])
+                    self._mounts.append(data)
+            if self.disk_bytes_max:
+                self.description += f"; data dirs on {self.disk_bytes_max >> 20} MiB tmpfs each"
+            for n in self.nodes:
+                self.start_node(n)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every node we started (by PID), unmount, remove the network. Idempotent."""
+        self._supervisor.stop_all(STOP_GRACE_S)
+        for mount in reversed(self._mounts):
+            for _ in range(20):  # bounded: a just-killed process may still hold a file briefly
+                if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.25)
+        self._mounts.clear()
+        if self._topology is not None:
+            self._topology.destroy()
+            self._topology = None
+
+    def __enter__(self) -> LocalBackend:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- nodes ----------------------------------------------------------------------------------
+
+    def client_address(self, node: str) -> str:
+        return self._addresses[node]
+
+    def log_paths(self) -> dict[str, Path]:
+        return {n: self.work_dir / f"{n}.log" for n in self.nodes}
+
+    def is_running(self, node: str) -> bool:
+        try:
+            return self._supervisor.get(node).state is not ProcessState.EXITED
+        except KeyError:
+            return False
+
+    def start_node(self, node: str) -> None:
+        if self.is_running(node):
+            return
+        peers = ",".join(f"{node_id(n)}={self._addresses[n]}" for n in self.nodes)
+        argv = (sys.executable, "-m", self._node_module, "--id", str(node_id(node)),
+                "--listen", self._addresses[node], "--advertise", self._addresses[node],
+                "--peers", peers, "--data-dir", str(self._data_dir(node)), *self._node_args)
+        netns = self._topology.nodes[node].netns if self._topology is not None else None
+        self._supervisor.start(ProcessSpec(name=node, argv=argv, log_path=self.log_paths()[node],
+                                           env=self._env, netns=netns))
+
+    def kill(self, node: str) -> None:
+        p = self._supervisor.get(node)
+        p.kill()
+        p.wait(STOP_GRACE_S)
+
+    def terminate(self, node: str) -> None:
+        p = self._supervisor.get(node)
+        p.terminate()
+        if p.wait(STOP_GRACE_S * 2) is None:
+            p.kill()
+            p.wait(STOP_GRACE_S)
+
+    def pause(self, node: str) -> None:
+        self._supervisor.get(node).pause()
+
+    def resume(self, node: str) -> None:
+        with contextlib.suppress(KeyError):
+            self._supervisor.get(node).resume()
+
+    # --- network --------------------------------------------------------------------------------
+
+    def partition(self, grudge: Grudge) -> None:
+        self._need(Capability.PARTITION)
+        assert self._topology is not None
+        self._topology.partition(grudge)
+
+    def heal_partitions(self) -> None:
+        if self._topology is not None:
+            self._topology.heal_partitions()
+
+    def degrade(self, node: str, *, loss_percent: float, delay_ms: int) -> None:
+        self._need(Capability.LOSS)
+        assert self._topology is not None
+        if Capability.DELAY not in self.capabilities:
+            delay_ms = 0
+        self._topology.degrade(node, delay_ms=delay_ms, jitter_ms=delay_ms // 4,
+                               loss_percent=loss_percent)
+
+    def heal_links(self) -> None:
+        if self._topology is not None:
+            self._topology.heal_links()
+
+    # --- disk -----------------------------------------------------------------------------------
+
+    def fill_disk(self, node: str) -> None:
+        self._need(Capability.DISK)
+        fill_filesystem(self._data_dir(node) / FILLER_NAME)
+
+    def free_disk(self, node: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._data_dir(node) / FILLER_NAME).unlink()
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _data_dir(self, node: str) -> Path:
+        return self.work_dir / f"{node}-data"
+
+    def _need(self, capability: Capability) -> None:
+        if capability not in self.capabilities:
+            raise BackendError(f"the {self.name} backend here cannot inject {capability.value} "
+                               f"faults ({self.description})")
+
+
+def fill_filesystem(path: Path) -> int:
+    """Write `path` until its filesystem says ENOSPC; returns the bytes written (bounded)."""
+    written = 0
+    chunk = b"\0" * _FILL_CHUNK_BYTES
+    with path.open("wb", buffering=0) as f:
+        size = len(chunk)
+        while written < _FILL_BYTES_MAX and size >= 512:
+            try:
+                written += f.write(chunk[:size])
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                size //= 2
+    return written
+
+
+def _run_checked(argv: Sequence[str]) -> None:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=15)
+    if done.returncode != 0:
+        raise BackendError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
+
+
+def tool_missing(*tools: str) -> str | None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return tool
+    return None

@@ -1,0 +1,322 @@
+"""The nemesis: fault kinds, seeded schedules (pure data), and the thread that executes them.
+
+Theory of operation. A scenario's `schedule(...)` is a pure function of (scenario, duration,
+node count, seed): a tuple of `Episode`s — a fault kind, a start time, a duration and a seeded
+`pick` used to choose targets. Who the leader is can only be known when the episode starts, so
+targets are resolved then (from a Metadata snapshot), and what was hit is written to the history
+(`fault_start` / `fault_stop` with the targets). The same seed therefore replays the same kinds at
+the same times; the nodes hit by "the leader" follow the cluster.
+
+Each episode runs in its own thread: resolve targets, record `fault_start`, inject, wait until its
+end (or until the run is aborted), heal, record `fault_stop`. Healing is in a `finally`, and the
+runner additionally heals everything (`heal_all`) at the end, so no fault outlives the run.
+Concurrent episodes (scenario `mixed`) never hit one node with two process faults, keep at most a
+minority of nodes down at once, and never overlap two network faults (healing partitions clears
+all of them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tidelog.chaos import grudge
+from tidelog.chaos.backend import Backend, Capability
+from tidelog.chaos.history import FaultStart, FaultStop
+from tidelog.chaos.workload import ClusterView, Recorder
+
+__all__ = ["Episode", "FaultKind", "Nemesis", "NoTarget"]
+
+log = logging.getLogger(__name__)
+
+FLAKY_LOSS_PERCENT = 20.0
+FLAKY_DELAY_MS = 50
+ROLLING_STEP_TIMEOUT_S = 30.0
+KILL_ALL_DOWN_S = 1.0
+
+
+class FaultKind(enum.Enum):
+    KILL_RANDOM = "kill-random"
+    KILL_LEADER = "kill-leader"
+    KILL_METADATA_LEADER = "kill-metadata-leader"
+    KILL_ALL = "kill-all"
+    PAUSE_RANDOM = "pause-random"
+    PAUSE_LEADER = "pause-leader"
+    ISOLATE_RANDOM = "isolate-random"
+    ISOLATE_LEADER = "isolate-leader"
+    MAJORITY_MINORITY = "majority-minority"
+    BRIDGE = "bridge"
+    ONE_WAY = "one-way"
+    FLAKY = "flaky-network"
+    ROLLING_RESTART = "rolling-restart"
+    DISK_FULL = "disk-full"
+
+
+class _Class(enum.Enum):
+    PROCESS = "process"  # occupies its target nodes
+    NETWORK = "network"  # one at a time
+    EXCLUSIVE = "exclusive"  # nothing else at the same time
+
+
+_NEEDS: dict[FaultKind, Capability] = {
+    FaultKind.ISOLATE_RANDOM: Capability.PARTITION,
+    FaultKind.ISOLATE_LEADER: Capability.PARTITION,
+    FaultKind.MAJORITY_MINORITY: Capability.PARTITION,
+    FaultKind.BRIDGE: Capability.PARTITION,
+    FaultKind.ONE_WAY: Capability.PARTITION,
+    FaultKind.FLAKY: Capability.LOSS,
+    FaultKind.DISK_FULL: Capability.DISK,
+}
+
+_CLASS: dict[FaultKind, _Class] = {
+    FaultKind.KILL_ALL: _Class.EXCLUSIVE,
+    FaultKind.ROLLING_RESTART: _Class.EXCLUSIVE,
+    **{k: _Class.NETWORK for k in (FaultKind.ISOLATE_RANDOM, FaultKind.ISOLATE_LEADER,
+                                   FaultKind.MAJORITY_MINORITY, FaultKind.BRIDGE,
+                                   FaultKind.ONE_WAY, FaultKind.FLAKY)},
+}
+
+
+def needs(kind: FaultKind) -> Capability:
+    return _NEEDS.get(kind, Capability.PROCESS)
+
+
+def fault_class(kind: FaultKind) -> str:
+    return _CLASS.get(kind, _Class.PROCESS).value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Episode:
+    kind: FaultKind
+    start_s: float
+    duration_s: float
+    pick: int  # seeded; chooses targets among the candidates known at start time
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+
+class NoTarget(Exception):
+    """The episode has nothing to hit right now (no leader known, every node busy)."""
+
+
+@dataclass(slots=True)
+class _Active:
+    name: str
+    targets: tuple[str, ...]
+    heal: Callable[[], None]
+    # Runs after fault_start is recorded (faults that are a procedure: kill-all, rolling restart).
+    during: Callable[[], None] | None = None
+
+
+class Nemesis:
+    """Executes a schedule against a backend, recording fault edges in the history."""
+
+    def __init__(self, backend: Backend, view: ClusterView, recorder: Recorder,
+                 *, partitions: int, on_change: Callable[[], None] | None = None) -> None:
+        self._backend = backend
+        self._view = view
+        self._rec = recorder
+        self._partitions = partitions
+        self._abort = threading.Event()
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()  # nodes under a process fault
+        self._threads: list[threading.Thread] = []
+        self.active: dict[int, str] = {}  # episode number -> "name(targets)", for progress
+        self.executed: list[dict[str, object]] = []
+        self.skipped: list[str] = []
+        self._on_change = on_change or (lambda: None)
+
+    def run(self, schedule: tuple[Episode, ...], t0: float) -> None:
+        """Start each episode at t0 + start_s in its own thread (returns when all have started)."""
+        for number, episode in enumerate(schedule):
+            wait = t0 + episode.start_s - time.monotonic()
+            if wait > 0 and self._abort.wait(wait):
+                return
+            t = threading.Thread(target=self._episode, args=(number, episode, t0),
+                                 name=f"chaos-nemesis-{number}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+
+    def abort(self) -> None:
+        """Heal every running episode now (they record their fault_stop)."""
+        self._abort.set()
+
+    def heal_all(self) -> None:
+        """Belt and braces after the run: every node up and resumed, network and disks healed."""
+        b = self._backend
+        for step in (b.heal_partitions, b.heal_links):
+            with contextlib.suppress(Exception):
+                step()
+        for n in b.nodes:
+            with contextlib.suppress(Exception):
+                b.free_disk(n)
+            with contextlib.suppress(Exception):
+                b.resume(n)
+            with contextlib.suppress(Exception):
+                b.start_node(n)
+
+    # --- one episode ----------------------------------------------------------------------------
+
+    def _episode(self, number: int, ep: Episode, t0: float) -> None:
+        rng = random.Random(ep.pick)
+        try:
+            active = self._inject(ep.kind, rng)
+        except NoTarget as exc:
+            self.skipped.append(f"{ep.kind.value} at {ep.start_s:.1f}s: {exc}")
+            return
+        except Exception as exc:  # an injection that failed half-way: heal what we can
+            log.exception("injecting %s failed", ep.kind.value)
+            self.skipped.append(f"{ep.kind.value} at {ep.start_s:.1f}s failed: {exc}")
+            self.heal_all()
+            return
+        started = self._rec.now_ms()
+        self._rec.append(FaultStart(name=active.name, targets=active.targets, time_ms=started))
+        self.active[number] = f"{active.name}({','.join(active.targets)})"
+        self._on_change()
+        try:
+            if active.during is not None:
+                active.during()
+            remaining = t0 + ep.end_s - time.monotonic()
+            if remaining > 0:
+                self._abort.wait(remaining)
+        finally:
+            try:
+                active.heal()
+            finally:
+                with self._lock:
+                    self._busy.difference_update(active.targets)
+                self._rec.append(FaultStop(name=active.name, targets=active.targets,
+                                           time_ms=self._rec.now_ms()))
+                self.active.pop(number, None)
+                self.executed.append({"fault": active.name, "targets": list(active.targets),
+                                      "start_ms": round(started, 1),
+                                      "stop_ms": round(self._rec.now_ms(), 1)})
+                self._on_change()
+
+    def _inject(self, kind: FaultKind, rng: random.Random) -> _Active:
+        b = self._backend
+        nodes = list(b.nodes)
+        name = kind.value
+        match kind:
+            case FaultKind.KILL_RANDOM | FaultKind.KILL_LEADER | FaultKind.KILL_METADATA_LEADER:
+                node = self._claim(self._target(kind, rng))
+                b.kill(node)
+                return _Active(name=name, targets=(node,), heal=lambda: b.start_node(node))
+            case FaultKind.PAUSE_RANDOM | FaultKind.PAUSE_LEADER:
+                node = self._claim(self._target(kind, rng))
+                b.pause(node)
+                return _Active(name=name, targets=(node,), heal=lambda: b.resume(node))
+            case FaultKind.KILL_ALL:
+                return _Active(name=name, targets=tuple(nodes), heal=lambda: self._start(nodes),
+                               during=lambda: self._kill_all(nodes))
+            case FaultKind.ROLLING_RESTART:
+                return _Active(name=name, targets=tuple(nodes), heal=lambda: self._start(nodes),
+                               during=lambda: self._rolling_restart(nodes))
+            case FaultKind.DISK_FULL:
+                node = self._claim(self._target(kind, rng))
+                b.fill_disk(node)
+                return _Active(name=name, targets=(node,), heal=lambda: b.free_disk(node))
+            case FaultKind.FLAKY:
+                node = rng.choice(nodes)
+                b.degrade(node, loss_percent=FLAKY_LOSS_PERCENT, delay_ms=FLAKY_DELAY_MS)
+                return _Active(name=name, targets=(node,), heal=b.heal_links)
+            case _:
+                cut, targets = self._grudge(kind, rng, nodes)
+                b.partition(cut)
+                return _Active(name=name, targets=targets, heal=b.heal_partitions)
+
+    def _grudge(self, kind: FaultKind, rng: random.Random,
+                nodes: list[str]) -> tuple[grudge.Grudge, tuple[str, ...]]:
+        match kind:
+            case FaultKind.ISOLATE_RANDOM | FaultKind.ISOLATE_LEADER:
+                node = self._target(kind, rng)
+                return grudge.isolate(node, nodes), (node,)
+            case FaultKind.MAJORITY_MINORITY:
+                cut = grudge.majority_minority(nodes, rng)
+                return cut, _minority(cut, nodes)
+            case FaultKind.BRIDGE:
+                cut = grudge.bridge(nodes, rng)
+                # targets: the bridge node first, then one half
+                touched = {n for pair in cut for n in pair}
+                middle = [n for n in nodes if n not in touched]
+                return cut, (*middle, *sorted(_minority(cut, nodes)))
+            case FaultKind.ONE_WAY:
+                src, dst = rng.sample(nodes, 2)
+                return grudge.one_way(src, dst), (src, dst)
+        raise AssertionError(kind)
+
+    def _target(self, kind: FaultKind, rng: random.Random) -> str:
+        """The node to hit: the leader of a seeded partition, the metadata leader, or random."""
+        with self._lock:
+            free = [n for n in self._backend.nodes
+                    if n not in self._busy and self._backend.is_running(n)]
+        if kind in (FaultKind.KILL_LEADER, FaultKind.PAUSE_LEADER, FaultKind.ISOLATE_LEADER,
+                    FaultKind.KILL_METADATA_LEADER):
+            snap = self._view.snapshot()
+            if kind is FaultKind.KILL_METADATA_LEADER:
+                node = snap.metadata_leader
+                what = "metadata leader"
+            else:
+                partition = rng.randrange(self._partitions)
+                node = snap.leaders.get(partition, (None, 0))[0]
+                what = f"leader of partition {partition}"
+            if node is None:
+                raise NoTarget(f"no {what} known")
+            return node
+        if not free:
+            raise NoTarget("every node is busy or down")
+        return rng.choice(free)
+
+    def _claim(self, node: str) -> str:
+        """Mark `node` as under a process fault; keeps at most a minority down at once."""
+        with self._lock:
+            if node in self._busy:
+                raise NoTarget(f"{node} is already under a fault")
+            if len(self._busy) + 1 > (len(self._backend.nodes) - 1) // 2:
+                raise NoTarget("a minority of nodes is already down")
+            self._busy.add(node)
+        return node
+
+    def _start(self, nodes: list[str]) -> None:
+        for n in nodes:
+            self._backend.start_node(n)
+
+    def _kill_all(self, nodes: list[str]) -> None:
+        for n in nodes:
+            self._backend.kill(n)
+        self._abort.wait(KILL_ALL_DOWN_S)
+        self._start(nodes)
+
+    def _rolling_restart(self, nodes: list[str]) -> None:
+        """SIGTERM each node in turn, start it again, wait until it answers Metadata."""
+        b = self._backend
+        for n in nodes:
+            if self._abort.is_set():
+                return
+            b.terminate(n)
+            b.start_node(n)
+            deadline = time.monotonic() + ROLLING_STEP_TIMEOUT_S
+            while time.monotonic() < deadline and n not in self._view.snapshot().answered:
+                time.sleep(0.2)
+            time.sleep(1.0)  # let it rejoin its groups before the next one goes
+
+
+def _minority(cut: grudge.Grudge, nodes: list[str]) -> tuple[str, ...]:
+    """The smaller side of a symmetric split (the nodes cut from the first node's side)."""
+    first = nodes[0]
+    side = {first} | {n for n in nodes if n != first and (first, n) not in cut}
+    other = [n for n in nodes if n not in side]
+    return tuple(sorted(other if len(other) <= len(side) else side))

@@ -1,0 +1,314 @@
+"""One chaos run, start to verdict: cluster up, topic, workload + nemesis, heal, final read, check.
+
+    run = ChaosRun(RunConfig(scenario="kill-leader", seed=7, duration_s=30))
+    outcome = run.execute()          # always cleans up: processes, namespaces, mounts, rules
+    outcome.valid, outcome.report_dir
+
+Timeline (seconds since the workload started): warmup, the scenario's episodes, a fault-free
+cooldown; then producers stop and drain, the harness waits for the cluster to converge (every
+partition led, every replica in sync), reads every partition from offset 0 (the final read), lets
+the consumer catch up, and hands the history to the checker. Besides the checker's verdicts the
+run has two harness checks, also counted in the exit code: `converged` (the cluster healed
+within `converge_s_max`) and `final-read` (every partition could be read to its high watermark).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tidelog.chaos.backend import Backend, BackendError, LocalBackend
+from tidelog.chaos.checker import check_history
+from tidelog.chaos.nemesis import Nemesis
+from tidelog.chaos.report import write_report
+from tidelog.chaos.results import Results, Verdict, results_to_dict
+from tidelog.chaos.scenarios import SCENARIOS, missing_capability, schedule
+from tidelog.chaos.workload import (
+    ClusterView,
+    Recorder,
+    Workload,
+    WorkloadConfig,
+    read_all_partitions,
+)
+
+__all__ = ["ChaosRun", "RunConfig", "RunOutcome", "ScenarioUnavailable"]
+
+log = logging.getLogger(__name__)
+
+DISK_BYTES_MAX = 64 << 20  # tmpfs per node for disk faults
+CONVERGE_S_MAX = 60.0
+STARTUP_S_MAX = 60.0
+
+
+class ScenarioUnavailable(RuntimeError):
+    """The backend here cannot inject what the scenario needs (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    scenario: str
+    backend: str = "local"
+    nodes: int = 3
+    duration_s: float = 60.0
+    rate_per_s: float = 200.0
+    seed: int = 0
+    report_dir: Path | None = None
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    # Which program runs the nodes (local backend): the shipped one unless a test says otherwise.
+    node_module: str = "tidelog.node.main"
+    node_env: dict[str, str] = field(default_factory=dict)
+    converge_s_max: float = CONVERGE_S_MAX
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}; `tidelog chaos list` shows "
+                             "them")
+        if self.backend not in ("local", "docker"):
+            raise ValueError("backend must be 'local' or 'docker'")
+        if self.nodes not in (3, 5):
+            raise ValueError("nodes must be 3 or 5")
+        if not 5 <= self.duration_s <= 24 * 3600:
+            raise ValueError("duration must be 5 s .. 24 h")
+
+    def replay_command(self) -> str:
+        return (f"tidelog chaos run {self.scenario} --backend {self.backend} --nodes {self.nodes} "
+                f"--duration {self.duration_s:g} --rate {self.rate_per_s:g} --seed {self.seed}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HarnessCheck:
+    name: str
+    verdict: Verdict
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOutcome:
+    config: RunConfig
+    results: Results | None
+    harness: tuple[HarnessCheck, ...]
+    report_dir: Path
+    backend_description: str
+    executed: tuple[dict[str, object], ...]
+    skipped: tuple[str, ...]
+
+    @property
+    def valid(self) -> bool:
+        return (self.results is not None and self.results.valid
+                and all(h.verdict is not Verdict.FAIL for h in self.harness))
+
+
+class ChaosRun:
+    def __init__(self, config: RunConfig, *, out: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self._out = out or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def execute(self) -> RunOutcome:
+        cfg = self.config
+        scenario = SCENARIOS[cfg.scenario]
+        report_dir = cfg.report_dir or Path(tempfile.mkdtemp(
+            prefix=f"tidelog-chaos-{cfg.scenario}-{cfg.seed}-"))
+        report_dir.mkdir(parents=True, exist_ok=True)
+        backend = self._backend(scenario.name, report_dir / "cluster")
+        why = missing_capability(scenario, backend.capabilities)
+        if why:
+            raise ScenarioUnavailable(f"scenario {cfg.scenario} {why}, which the {cfg.backend} "
+                                      f"backend cannot do here: {backend.description or ''}"
+                                      .rstrip(": "))
+        wl = WorkloadConfig(**{**asdict(cfg.workload), "rate_per_s": cfg.rate_per_s,
+                               "replication_factor": min(cfg.workload.replication_factor,
+                                                         cfg.nodes)})
+        recorder = Recorder(report_dir / "history.jsonl")
+        harness: list[HarnessCheck] = []
+        view: ClusterView | None = None
+        nemesis: Nemesis | None = None
+        workload: Workload | None = None
+        try:
+            self._out(f"chaos: {cfg.scenario} seed={cfg.seed}; starting {cfg.nodes} nodes "
+                      f"({cfg.backend} backend); report in {report_dir}")
+            backend.start()
+            self._out(f"chaos: {backend.description}")
+            addresses = {n: backend.client_address(n) for n in backend.nodes}
+            view = ClusterView(addresses, wl.topic)
+            _create_topic(list(addresses.values()), wl)
+            episodes = schedule(scenario, duration_s=cfg.duration_s, seed=cfg.seed,
+                                capabilities=backend.capabilities)
+            (report_dir / "schedule.json").write_text(json.dumps(
+                [{"kind": e.kind.value, "start_s": e.start_s, "duration_s": e.duration_s,
+                  "pick": e.pick} for e in episodes], indent=1) + "\n")
+            nemesis = Nemesis(backend, view, recorder, partitions=wl.partitions)
+            workload = Workload(wl, list(addresses.values()), recorder, view, seed=cfg.seed,
+                                duration_s=cfg.duration_s)
+            t0 = time.monotonic()
+            workload.start()
+            nemesis_thread = threading.Thread(target=nemesis.run, args=(episodes, t0),
+                                              name="chaos-nemesis", daemon=True)
+            nemesis_thread.start()
+            self._progress(t0, recorder, nemesis, phase="running")
+            nemesis.abort()  # every episode ended by now, except one overrunning: heal it
+            nemesis_thread.join(10)
+            nemesis.join(60)
+            nemesis.heal_all()
+            self._out("chaos: faults healed; draining producers")
+            workload.stop_producers()
+            harness.append(_converge(view, wl.partitions, cfg.converge_s_max, self._out))
+            try:
+                hws = read_all_partitions(view, addresses, wl.topic, wl.partitions, recorder)
+                harness.append(HarnessCheck(name="final-read", verdict=Verdict.PASS,
+                                            detail=f"{len(hws)} partitions read to their high "
+                                                   "watermark"))
+            except TimeoutError as exc:
+                hws = {}
+                harness.append(HarnessCheck(name="final-read", verdict=Verdict.FAIL,
+                                            detail=str(exc)))
+            caught_up = workload.stop_consumer(hws, timeout_s=30)
+            if not caught_up:
+                self._out("chaos: the consumer did not catch up with the final read in 30 s")
+        finally:
+            if nemesis is not None:
+                nemesis.abort()
+            if workload is not None:
+                workload.stop_producers()
+                workload.stop_consumer({}, timeout_s=0)
+            if view is not None:
+                view.close()
+            backend.stop()
+            recorder.close()
+        history = recorder.history()
+        results = check_history(history)
+        outcome = RunOutcome(
+            config=cfg, results=results, harness=tuple(harness), report_dir=report_dir,
+            backend_description=backend.description,
+            executed=tuple(nemesis.executed if nemesis else ()),
+            skipped=tuple(nemesis.skipped if nemesis else ()))
+        preamble = render_preamble(outcome)
+        write_report(report_dir, history, results, preamble=preamble)
+        (report_dir / "run.json").write_text(json.dumps({
+            "scenario": cfg.scenario, "seed": cfg.seed, "backend": cfg.backend,
+            "nodes": cfg.nodes, "duration_s": cfg.duration_s, "rate_per_s": cfg.rate_per_s,
+            "replay": cfg.replay_command(), "backend_description": backend.description,
+            "valid": outcome.valid, "executed": list(outcome.executed),
+            "skipped": list(outcome.skipped),
+            "harness": [{"name": h.name, "verdict": h.verdict.value, "detail": h.detail}
+                        for h in outcome.harness],
+            "results": results_to_dict(results),
+        }, indent=2) + "\n")
+        return outcome
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _backend(self, scenario: str, work_dir: Path) -> Backend:
+        cfg = self.config
+        uses_disk = scenario in ("disk-full", "mixed")
+        if cfg.backend == "docker":
+            from tidelog.chaos.docker_backend import DockerBackend
+
+            return DockerBackend(cfg.nodes, work_dir)
+        try:
+            return LocalBackend(cfg.nodes, work_dir,
+                                disk_bytes_max=DISK_BYTES_MAX if uses_disk else None,
+                                node_module=cfg.node_module, env=cfg.node_env)
+        except BackendError as exc:
+            raise ScenarioUnavailable(str(exc)) from None
+
+    def _progress(self, t0: float, rec: Recorder, nemesis: Nemesis, *, phase: str) -> None:
+        """Print a progress line until the duration is over (every second on a terminal)."""
+        tty = self.config.progress and sys.stderr.isatty()
+        every_s = 1.0 if tty else 5.0
+        end = t0 + self.config.duration_s
+        last_print = 0.0
+        while (now := time.monotonic()) < end:
+            if self.config.progress and now - last_print >= every_s:
+                last_print = now
+                faults = " ".join(nemesis.active.values()) or "-"
+                line = (f"[{now - t0:6.1f}/{self.config.duration_s:g}s] sent={rec.invoked} "
+                        f"acked={rec.ok} errors={rec.failed + rec.indeterminate} "
+                        f"(indeterminate {rec.indeterminate}) read={rec.reads} fault={faults}")
+                if tty:
+                    sys.stderr.write("\r\033[K" + line)
+                    sys.stderr.flush()
+                else:
+                    self._out(line)
+            time.sleep(min(0.25, max(0.0, end - now)))
+        if tty:
+            sys.stderr.write("\n")
+
+
+def _create_topic(bootstrap: list[str], wl: WorkloadConfig) -> None:
+    from tidelog.client import Admin, errors
+
+    deadline = time.monotonic() + STARTUP_S_MAX
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with Admin(bootstrap, request_timeout_ms=10_000) as admin:
+                # TopicAlreadyExists: an earlier attempt that timed out made it
+                with contextlib.suppress(errors.TopicAlreadyExists):
+                    admin.create_topic(wl.topic, partitions=wl.partitions,
+                                       replication_factor=wl.replication_factor)
+                admin._wait_for_leaders(wl.topic)  # noqa: SLF001 - same wait create_topic does
+                return
+        except errors.TidelogError as exc:
+            last = exc
+            time.sleep(0.5)
+    raise BackendError(f"could not create topic {wl.topic!r} within {STARTUP_S_MAX:.0f} s: {last}")
+
+
+def _converge(view: ClusterView, partitions: int, timeout_s: float,
+              out: Callable[[str], None]) -> HarnessCheck:
+    start = time.monotonic()
+    snap = view.snapshot()
+    while not snap.converged(partitions):
+        if time.monotonic() - start > timeout_s:
+            stuck = [f"p{p}: leader={snap.leaders.get(p, (None, 0))[0]} "
+                     f"replicas={list(snap.replicas.get(p, ((), ()))[0])} "
+                     f"in-sync={list(snap.replicas.get(p, ((), ()))[1])}"
+                     for p in range(partitions)]
+            out(f"chaos: cluster did not converge in {timeout_s:.0f} s")
+            return HarnessCheck(name="converged", verdict=Verdict.FAIL,
+                                detail=f"not converged {timeout_s:.0f} s after healing: "
+                                       + "; ".join(stuck))
+        time.sleep(0.5)
+        snap = view.snapshot()
+    took = time.monotonic() - start
+    return HarnessCheck(name="converged", verdict=Verdict.PASS,
+                        detail=f"every partition led, every replica in sync {took:.1f} s after "
+                               "the producers drained")
+
+
+def render_preamble(outcome: RunOutcome) -> str:
+    cfg = outcome.config
+    r = outcome.results
+    lines = [
+        f"scenario: {cfg.scenario}    seed: {cfg.seed}    verdict: "
+        f"{'VALID' if outcome.valid else 'INVALID'}",
+        f"replay:   {cfg.replay_command()}",
+        f"backend:  {outcome.backend_description}",
+        f"workload: {cfg.workload.producers} idempotent acks=all producers, "
+        f"{cfg.rate_per_s:g} msgs/s total, {cfg.workload.partitions} partitions x RF "
+        f"{min(cfg.workload.replication_factor, cfg.nodes)}, 1 manual-assignment consumer "
+        "(no consumer groups yet), final read of every partition",
+        "",
+        "harness checks:",
+        *[f"  {h.name:<11} {h.verdict.value.upper():<5} {h.detail}" for h in outcome.harness],
+        "",
+        f"faults executed ({len(outcome.executed)}):",
+        *[f"  {e['start_ms']:>9.0f}-{e['stop_ms']:<9.0f} ms  {e['fault']} "
+          f"{','.join(e['targets'])}" for e in outcome.executed],  # type: ignore[arg-type]
+    ]
+    if outcome.skipped:
+        lines += ["faults skipped:", *[f"  {s}" for s in outcome.skipped]]
+    if r is not None:
+        lines += ["", f"acked {r.acked}, lost {r.lost}, duplicated {r.duplicated}, "
+                      f"inconsistent {r.inconsistent}, aborted {r.aborted}, recovered "
+                      f"{r.recovered}, unrecovered {r.unrecovered}"]
+    return "\n".join(lines) + "\n\n"

@@ -1,0 +1,132 @@
+"""The shipped scenarios, and their schedules as pure functions of (duration, seed, capabilities).
+
+A run's timeline: `warmup` with no fault, then episodes, all healed by `duration - cooldown`, then
+a fault-free `cooldown` in which the workload keeps going, so recovery after the last heal is
+measured. Single-fault scenarios alternate one fault of their kind with a healthy gap; `mixed`
+starts a random kind every few seconds, overlapping (see nemesis.py for what may overlap).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tidelog.chaos.backend import Capability
+from tidelog.chaos.nemesis import Episode, FaultKind, fault_class, needs
+
+__all__ = ["SCENARIOS", "Scenario", "missing_capability", "schedule"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    name: str
+    summary: str
+    kinds: tuple[FaultKind, ...]  # for `mixed`: those it draws from (the available ones)
+    fault_s_max: float = 15.0  # one episode lasts at most this long
+    fault_s_min: float = 3.0
+
+
+_K = FaultKind
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario(name="kill-leader", kinds=(_K.KILL_LEADER,),
+             summary="kill -9 the leader of a random partition; restart it at heal"),
+    Scenario(name="kill-random", kinds=(_K.KILL_RANDOM,),
+             summary="kill -9 a random node; restart it at heal"),
+    Scenario(name="kill-all", kinds=(_K.KILL_ALL,), fault_s_min=2.0, fault_s_max=4.0,
+             summary="kill -9 every node at once, restart them all a second later"),
+    Scenario(name="pause-leader", kinds=(_K.PAUSE_LEADER,),
+             summary="SIGSTOP the leader of a random partition; SIGCONT at heal"),
+    Scenario(name="isolate-leader", kinds=(_K.ISOLATE_LEADER,),
+             summary="cut a partition's leader off from every other node (clients still reach "
+                     "it)"),
+    Scenario(name="majority-minority", kinds=(_K.MAJORITY_MINORITY,),
+             summary="split the nodes into a random majority and minority"),
+    Scenario(name="bridge", kinds=(_K.BRIDGE,),
+             summary="two halves that cannot talk, joined through one node that reaches both"),
+    Scenario(name="one-way", kinds=(_K.ONE_WAY,),
+             summary="drop packets from one random node to another, one direction only"),
+    Scenario(name="flaky-network", kinds=(_K.FLAKY,),
+             summary="20% packet loss (and 50 ms delay where tc netem exists) on a random "
+                     "node's link"),
+    Scenario(name="rolling-restart", kinds=(_K.ROLLING_RESTART,), fault_s_min=5.0,
+             summary="SIGTERM and restart every node in turn, waiting for each to answer"),
+    Scenario(name="metadata-leader-kill", kinds=(_K.KILL_METADATA_LEADER,),
+             summary="kill -9 the metadata Raft group's leader; restart it at heal"),
+    Scenario(name="disk-full", kinds=(_K.DISK_FULL,),
+             summary="fill a random node's data filesystem (a small tmpfs) to ENOSPC; free it "
+                     "at heal"),
+    Scenario(name="mixed", kinds=tuple(k for k in FaultKind), fault_s_min=2.0, fault_s_max=8.0,
+             summary="random faults of every available kind at seeded times, overlapping"),
+)}
+
+
+def missing_capability(scenario: Scenario, capabilities: frozenset[Capability]) -> str | None:
+    """Why this scenario cannot run on a backend with these capabilities (None: it can)."""
+    if scenario.name == "mixed":
+        return None if available_kinds(scenario, capabilities) else "no fault kind available"
+    lacking = sorted({needs(k).value for k in scenario.kinds} - {c.value for c in capabilities})
+    return f"needs {', '.join(lacking)} faults" if lacking else None
+
+
+def available_kinds(scenario: Scenario,
+                    capabilities: frozenset[Capability]) -> tuple[FaultKind, ...]:
+    return tuple(k for k in scenario.kinds if needs(k) in capabilities)
+
+
+def phases(duration_s: float) -> tuple[float, float]:
+    """(warmup, cooldown) seconds for a run of this duration."""
+    warmup = min(10.0, max(2.0, 0.1 * duration_s))
+    cooldown = min(20.0, max(6.0, 0.2 * duration_s))
+    return warmup, cooldown
+
+
+def schedule(scenario: Scenario, *, duration_s: float, seed: int,
+             capabilities: frozenset[Capability]) -> tuple[Episode, ...]:
+    """The episodes of one run. Pure: the same arguments always give the same schedule."""
+    rng = random.Random(f"tidelog-chaos/{scenario.name}/{seed}")
+    warmup, cooldown = phases(duration_s)
+    last_end = duration_s - cooldown
+    kinds = available_kinds(scenario, capabilities)
+    assert kinds, f"{scenario.name}: no available fault kind"
+    lo, hi = scenario.fault_s_min, scenario.fault_s_max
+    base = min(hi, max(lo, 0.15 * duration_s))
+    episodes: list[Episode] = []
+    if scenario.name != "mixed":
+        gap = min(10.0, max(3.0, 0.1 * duration_s))
+        t = warmup
+        for _ in range(10_000):  # bounded
+            length = min(hi, max(lo, base * rng.uniform(0.75, 1.25)))
+            if t + length > last_end:
+                break
+            episodes.append(Episode(kind=kinds[0], start_s=round(t, 2),
+                                    duration_s=round(length, 2), pick=rng.getrandbits(32)))
+            t += length + gap * rng.uniform(0.75, 1.25)
+        if not episodes:  # a short run still gets one fault
+            length = max(1.0, last_end - warmup)
+            episodes.append(Episode(kind=kinds[0], start_s=warmup, duration_s=round(length, 2),
+                                    pick=rng.getrandbits(32)))
+        return tuple(episodes)
+    t = warmup
+    for _ in range(10_000):
+        kind = rng.choice(kinds)
+        length = rng.uniform(lo, hi)
+        if t + length > last_end:
+            break
+        if _conflicts(kind, t, t + length, episodes):
+            t += rng.uniform(0.5, 2.0)
+            continue
+        episodes.append(Episode(kind=kind, start_s=round(t, 2), duration_s=round(length, 2),
+                                pick=rng.getrandbits(32)))
+        t += rng.uniform(1.0, 4.0)
+    return tuple(episodes)
+
+
+def _conflicts(kind: FaultKind, start: float, end: float, episodes: list[Episode]) -> bool:
+    cls = fault_class(kind)
+    for e in episodes:
+        if e.end_s <= start or e.start_s >= end:
+            continue
+        other = fault_class(e.kind)
+        if "exclusive" in (cls, other) or cls == other == "network":
+            return True
+    return False
