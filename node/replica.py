@@ -14,6 +14,7 @@ import asyncio
 import bisect
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -42,6 +43,7 @@ from tidelog.node.raft import (
 )
 from tidelog.node.raft_log import PartitionRaftLog, to_batch
 from tidelog.node.storage import (
+    DiskFullError,
     FsyncMode,
     LogConfig,
     PartitionLog,
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 RAFT_STATE_FILE = "raft.state"
 COMMIT_PERSIST_INTERVAL_S = 1.0
+DISK_FULL_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,7 @@ class Replica:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.error: BaseException | None = None
+        self.storage_error: BaseException | None = None  # set while the disk is full
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -278,7 +282,7 @@ class Replica:
             self._wake.clear()
             try:
                 while (ready := self.core.ready()) is not None:
-                    await self._handle(ready)
+                    await self._handle_until_done(ready)
                     self.core.advance(ready)
             except asyncio.CancelledError:
                 raise
@@ -287,6 +291,28 @@ class Replica:
                 log.exception("replica %s stopped: %s", self.group, exc)
                 self._fail_waiters(exc)
                 return
+
+    async def _handle_until_done(self, rd: Ready) -> None:
+        """A full disk is waited out, not fatal: the Ready is retried (it is idempotent, see
+        _handle) until space returns; meanwhile produce requests are refused with DISK_FULL.
+        Any other storage error stops the replica (a failed fsync leaves the page cache in an
+        unknown state: the log must be reopened and recovered)."""
+        while True:
+            try:
+                await self._handle(rd)
+            except (DiskFullError, OSError) as exc:
+                if not isinstance(exc, DiskFullError) and exc.errno != errno.ENOSPC:
+                    raise
+                if self.storage_error is None:
+                    log.warning("%s: disk full, refusing writes until space returns: %s",
+                                self.group, exc)
+                self.storage_error = exc
+                await asyncio.sleep(DISK_FULL_RETRY_S)
+                continue
+            if self.storage_error is not None:
+                log.info("%s: disk space is back, writes resume", self.group)
+                self.storage_error = None
+            return
 
     async def _handle(self, rd: Ready) -> None:
         loop = asyncio.get_running_loop()
@@ -323,6 +349,9 @@ class Replica:
             self._rebuild_producer_state()
         if rd.entries:
             for entry in rd.entries:
+                if entry.index < self.log.log_end_offset:  # appended by an attempt that failed
+                    assert self.raft_log.term_at(entry.last) == entry.term
+                    continue
                 info = self.log.append(to_batch(entry), term=entry.term, base_offset=entry.index)
                 assert info.base_offset == entry.index
                 if entry.kind is EntryKind.DATA and entry.last > self._producers_upto:

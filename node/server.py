@@ -38,6 +38,7 @@ from tidelog.client.batch import (
 from tidelog.node import errors as E
 from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
+from tidelog.node.groups.coordinator import GroupCoordinator
 from tidelog.node.metadata import MetadataState, TopicInfo, decode_command, encode_command
 from tidelog.node.raft import (
     Entry,
@@ -94,6 +95,7 @@ class Node:
         self._stopping = asyncio.Event()
         self._reconcile_pending = False
         self._reported_dirs: set[str] = set()
+        self.groups = GroupCoordinator(self)  # consumer groups: node/groups/
 
     # ================================================================ lifecycle
 
@@ -118,6 +120,7 @@ class Node:
             loop.create_task(self._register(), name="register"),
             loop.create_task(self._announce_loop(), name="announce"),
             loop.create_task(self._balance_loop(), name="balance"),
+            loop.create_task(self.groups.run(), name="groups"),
         ]
         await self._health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health_servicer.set("tidelog.v1.Broker", health_pb2.HealthCheckResponse.SERVING)
@@ -340,6 +343,7 @@ class Node:
                     future.set_exception(E.NotLeaderError(
                         "metadata leadership moved", leader_id=leader))
             self._pending_metadata.clear()
+        self.groups.on_soft_state(replica)
 
     def _note_leader(self, group: str, leader_id: int, term: int) -> None:
         known = self.leader_hints.get(group)
@@ -671,6 +675,14 @@ class Node:
 
     async def produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
         topic, replica = self._replica_for(request.topic, request.partition)
+        if replica.storage_error is not None:
+            raise E.DiskFullRequestError(
+                f"{request.topic}-{request.partition}: node {self.id} is out of disk space; "
+                "writes are refused until space returns")
+        if replica.error is not None:
+            raise E.StorageRequestError(
+                f"{request.topic}-{request.partition}: replica on node {self.id} stopped after a "
+                f"storage failure: {replica.error}")
         max_bytes = int(effective_configs(topic.configs)["max.message.bytes"])
         batches = self._split_batches(request.batches, max_bytes)
         term = replica.term
