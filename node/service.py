@@ -37,6 +37,12 @@ _STATUS_BY_CODE = {
     pb.REQUEST_TIMED_OUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     pb.UNAUTHORIZED: grpc.StatusCode.PERMISSION_DENIED,
     pb.NOT_ENOUGH_REPLICAS: grpc.StatusCode.UNAVAILABLE,
+    pb.NOT_COORDINATOR: grpc.StatusCode.UNAVAILABLE,
+    pb.COORDINATOR_NOT_AVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    pb.UNKNOWN_MEMBER_ID: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.FENCED_MEMBER_EPOCH: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.GROUP_NOT_EMPTY: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.GROUP_ID_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
 }
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -113,6 +119,36 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
     @_unary
     async def InitProducerId(self, request, context):  # noqa: N802
         return await self.node.init_producer_id()
+
+    # -- consumer groups: node/groups/coordinator.py
+
+    @_unary
+    async def FindCoordinator(self, request, context):  # noqa: N802
+        return await self.node.groups.find_coordinator(request)
+
+    @_unary
+    async def ConsumerGroupHeartbeat(self, request, context):  # noqa: N802
+        return await self.node.groups.heartbeat(request)
+
+    @_unary
+    async def OffsetCommit(self, request, context):  # noqa: N802
+        return await self.node.groups.offset_commit(request)
+
+    @_unary
+    async def OffsetFetch(self, request, context):  # noqa: N802
+        return await self.node.groups.offset_fetch(request)
+
+    @_unary
+    async def ListGroups(self, request, context):  # noqa: N802
+        return self.node.groups.list_groups()
+
+    @_unary
+    async def DescribeGroups(self, request, context):  # noqa: N802
+        return self.node.groups.describe_groups(request)
+
+    @_unary
+    async def DeleteGroups(self, request, context):  # noqa: N802
+        return await self.node.groups.delete_groups(request)
 
 
 class ClusterService(cluster_pb2_grpc.ClusterServicer):

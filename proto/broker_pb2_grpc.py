@@ -79,6 +79,41 @@ class BrokerStub:
                 request_serializer=tidelog_dot_proto_dot_broker__pb2.InitProducerIdRequest.SerializeToString,
                 response_deserializer=tidelog_dot_proto_dot_broker__pb2.InitProducerIdResponse.FromString,
                 _registered_method=True)
+        self.FindCoordinator = channel.unary_unary(
+                '/tidelog.v1.Broker/FindCoordinator',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.FindCoordinatorRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.FindCoordinatorResponse.FromString,
+                _registered_method=True)
+        self.ConsumerGroupHeartbeat = channel.unary_unary(
+                '/tidelog.v1.Broker/ConsumerGroupHeartbeat',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.ConsumerGroupHeartbeatRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.ConsumerGroupHeartbeatResponse.FromString,
+                _registered_method=True)
+        self.OffsetCommit = channel.unary_unary(
+                '/tidelog.v1.Broker/OffsetCommit',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.OffsetCommitRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.OffsetCommitResponse.FromString,
+                _registered_method=True)
+        self.OffsetFetch = channel.unary_unary(
+                '/tidelog.v1.Broker/OffsetFetch',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.OffsetFetchRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.OffsetFetchResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/tidelog.v1.Broker/ListGroups',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DescribeGroups = channel.unary_unary(
+                '/tidelog.v1.Broker/DescribeGroups',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.DescribeGroupsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.DescribeGroupsResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroups = channel.unary_unary(
+                '/tidelog.v1.Broker/DeleteGroups',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.DeleteGroupsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.DeleteGroupsResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -142,6 +177,54 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindCoordinator(self, request, context):
+        """Consumer groups (docs/consumer-groups.md). Any node answers FindCoordinator; the others must
+        reach the group's coordinator (else NOT_COORDINATOR: find it again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsumerGroupHeartbeat(self, request, context):
+        """KIP-848 style membership: join (epoch 0), heartbeat, leave (epoch -1); the response carries
+        the member's epoch and the partitions it owns now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OffsetCommit(self, request, context):
+        """Answers once the offsets are committed to __consumer_offsets through Raft.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OffsetFetch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """The groups this node coordinates (a client asks every node and merges).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +272,41 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.InitProducerId,
                     request_deserializer=tidelog_dot_proto_dot_broker__pb2.InitProducerIdRequest.FromString,
                     response_serializer=tidelog_dot_proto_dot_broker__pb2.InitProducerIdResponse.SerializeToString,
+            ),
+            'FindCoordinator': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindCoordinator,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.FindCoordinatorRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.FindCoordinatorResponse.SerializeToString,
+            ),
+            'ConsumerGroupHeartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsumerGroupHeartbeat,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.ConsumerGroupHeartbeatRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.ConsumerGroupHeartbeatResponse.SerializeToString,
+            ),
+            'OffsetCommit': grpc.unary_unary_rpc_method_handler(
+                    servicer.OffsetCommit,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.OffsetCommitRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.OffsetCommitResponse.SerializeToString,
+            ),
+            'OffsetFetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.OffsetFetch,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.OffsetFetchRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.OffsetFetchResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.ListGroupsRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DescribeGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeGroups,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.DescribeGroupsRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.DescribeGroupsResponse.SerializeToString,
+            ),
+            'DeleteGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroups,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.DeleteGroupsRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.DeleteGroupsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -434,6 +552,195 @@ class Broker:
             '/tidelog.v1.Broker/InitProducerId',
             tidelog_dot_proto_dot_broker__pb2.InitProducerIdRequest.SerializeToString,
             tidelog_dot_proto_dot_broker__pb2.InitProducerIdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindCoordinator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/FindCoordinator',
+            tidelog_dot_proto_dot_broker__pb2.FindCoordinatorRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.FindCoordinatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsumerGroupHeartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/ConsumerGroupHeartbeat',
+            tidelog_dot_proto_dot_broker__pb2.ConsumerGroupHeartbeatRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.ConsumerGroupHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OffsetCommit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/OffsetCommit',
+            tidelog_dot_proto_dot_broker__pb2.OffsetCommitRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.OffsetCommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OffsetFetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/OffsetFetch',
+            tidelog_dot_proto_dot_broker__pb2.OffsetFetchRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.OffsetFetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/ListGroups',
+            tidelog_dot_proto_dot_broker__pb2.ListGroupsRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/DescribeGroups',
+            tidelog_dot_proto_dot_broker__pb2.DescribeGroupsRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.DescribeGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/DeleteGroups',
+            tidelog_dot_proto_dot_broker__pb2.DeleteGroupsRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.DeleteGroupsResponse.FromString,
             options,
             channel_credentials,
             insecure,
