@@ -13,7 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-# (subcommand module, one line of help). The module's register() adds the real parser.
+# Modules whose register() adds their subcommands. A module that fails to import is reported
+# (when parsing fails) instead of breaking every other command.
 _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.node.cli",
     "tidelog.client.cli_demo",
@@ -39,13 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in _COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+        try:
+            importlib.import_module(module_name).register(subparsers)
+        except Exception as exc:  # one broken command must not take the others (health!) down
+            _broken.append(f"{module_name}: {type(exc).__name__}: {exc}")
     return parser
+
+
+_broken: list[str] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        for problem in _broken:
+            print(f"tidelog: a command could not be loaded: {problem}", file=sys.stderr)
+        raise
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
