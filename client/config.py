@@ -95,8 +95,26 @@ class ConsumerConfig:
     request_timeout_ms: int = 30_000
     retry_backoff_ms: int = 100
     metadata_max_age_ms: int = 300_000
+    # consumer groups (docs/consumer-groups.md); all unused without group_id
+    group_id: str | None = None
+    enable_auto_commit: bool = True
+    auto_commit_interval_ms: int = 5000
+    session_timeout_ms: int = 45_000
+    max_poll_interval_ms: int = 300_000
+    group_assignor: str = ""  # uniform | range | sticky; empty: the group's (sticky by default)
+    client_id: str = ""
 
     def __post_init__(self) -> None:
+        _check(self.group_id is None or 0 < len(self.group_id) <= 255,
+               "group_id must be 1..255 characters")
+        _check(self.auto_commit_interval_ms > 0, "auto_commit_interval_ms must be > 0")
+        _check(1000 <= self.session_timeout_ms <= 3_600_000,
+               "session_timeout_ms must be between 1000 and 3600000")
+        _check(1000 <= self.max_poll_interval_ms <= 3_600_000,
+               "max_poll_interval_ms must be between 1000 and 3600000")
+        _check(self.group_assignor in ("", "uniform", "range", "sticky"),
+               f"group_assignor must be 'uniform', 'range' or 'sticky', not "
+               f"{self.group_assignor!r}")
         _check(self.auto_offset_reset in ("earliest", "latest", "error"),
                "auto_offset_reset must be 'earliest', 'latest' or 'error', "
                f"not {self.auto_offset_reset!r}")

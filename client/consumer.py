@@ -1,8 +1,11 @@
-"""The Consumer: read records of manually assigned partitions.
+"""The Consumer: read records of manually assigned partitions, or as a member of a group.
 
-Consumer groups (``subscribe``, committed offsets) are a later issue; the seam is that the fetcher
-only needs an assignment and a position per partition, which a group coordinator will provide
-through ``assign`` and ``seek`` just like a user does now.
+Manual: ``assign`` + ``seek``. Group (``group_id`` + ``topics``/``subscribe``): the group's
+coordinator decides which partitions this consumer owns (tidelog.client.group runs the heartbeat
+thread); ``poll`` applies assignment changes before it returns records — revoked partitions get
+the ``on_revoke`` callback and (with auto-commit) a synchronous commit before they are given up,
+new ones start at the group's committed offset (else ``auto_offset_reset``) — so callbacks run on
+the thread that calls ``poll``. See docs/consumer-groups.md for the delivery guarantees.
 
 Thread-safety: every public method takes one lock, so a consumer may be shared between threads,
 but records are handed out once: two threads polling the same consumer split the stream.
@@ -11,21 +14,35 @@ but records are handed out once: two threads polling the same consumer split the
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
+from typing import Any
 
 from tidelog.client import errors, offsets
 from tidelog.client.config import ConsumerConfig, parse_bootstrap
 from tidelog.client.connection import Connections
 from tidelog.client.fetcher import Fetcher
+from tidelog.client.group import CoordinatorClient, Membership, tps_to_wire
 from tidelog.client.metadata import Metadata
 from tidelog.client.records import ConsumerRecord, TopicPartition
 
 __all__ = ["Consumer"]
 
+_log = logging.getLogger(__name__)
+
+
+def _log_commit_failure(offsets: dict[TopicPartition, int], error: BaseException | None) -> None:
+    if error is not None:
+        _log.warning("auto-commit of %d partitions failed: %s", len(offsets), error)
+
 _SLICE_S = 0.1  # poll() re-checks metadata and out-of-range partitions this often while waiting
+ASYNC_COMMITS_IN_FLIGHT_MAX = 16  # commit_async blocks while this many are unanswered
+
+PartitionsCallback = Callable[[set[TopicPartition]], None]
 
 
 class Consumer:
@@ -51,14 +68,35 @@ class Consumer:
         request_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
         metadata_max_age_ms: int = 300_000,
+        group_id: str | None = None,
+        topics: Sequence[str] | None = None,
+        pattern: str | None = None,
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        session_timeout_ms: int = 45_000,
+        max_poll_interval_ms: int = 300_000,
+        group_assignor: str = "",
+        client_id: str = "",
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        on_lost: PartitionsCallback | None = None,
+        listener: Any = None,
     ) -> None:
+        """With `group_id`, the consumer joins that group for `topics` (or the regex `pattern`;
+        or call subscribe() later). Callbacks get sets of TopicPartition and run inside poll();
+        `listener` may instead be an object with on_partitions_assigned/_revoked/_lost methods.
+        on_lost (fenced: the partitions already belong to someone else, commits would be refused)
+        defaults to on_revoke."""
         self.config = ConsumerConfig(
             bootstrap=parse_bootstrap(bootstrap), auto_offset_reset=auto_offset_reset,
             fetch_max_wait_ms=fetch_max_wait_ms, fetch_min_bytes=fetch_min_bytes,
             fetch_max_bytes=fetch_max_bytes, partition_fetch_bytes_max=partition_fetch_bytes_max,
             prefetch_bytes_max=prefetch_bytes_max, max_poll_records=max_poll_records,
             request_timeout_ms=request_timeout_ms, retry_backoff_ms=retry_backoff_ms,
-            metadata_max_age_ms=metadata_max_age_ms,
+            metadata_max_age_ms=metadata_max_age_ms, group_id=group_id,
+            enable_auto_commit=enable_auto_commit, auto_commit_interval_ms=auto_commit_interval_ms,
+            session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
+            group_assignor=group_assignor, client_id=client_id,
         )
         self._connections = Connections()
         self._metadata = Metadata(
@@ -69,6 +107,19 @@ class Consumer:
         self._fetcher = Fetcher(self.config, self._metadata, self._connections)
         self._lock = threading.RLock()
         self._closed = False
+        self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+        if listener is not None:
+            self._set_listener(listener)
+        self._coordinator: CoordinatorClient | None = None
+        self._group: Membership | None = None
+        self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000
+        self._commit_slots = threading.BoundedSemaphore(ASYNC_COMMITS_IN_FLIGHT_MAX)
+        self._commit_pool: ThreadPoolExecutor | None = None
+        if group_id is not None:
+            self._coordinator = CoordinatorClient(group_id, self._metadata, self._connections,
+                                                  backoff_s=retry_backoff_ms / 1000)
+            if topics or pattern:
+                self.subscribe(topics or (), pattern=pattern)
 
     # --- assignment -----------------------------------------------------------------------------
 
@@ -78,6 +129,9 @@ class Consumer:
         tps = list(partitions)
         with self._lock:
             self._check_open()
+            if self._group is not None:
+                raise errors.TidelogError("this consumer is subscribed to a group: the group "
+                                          "assigns its partitions (use assign() without group)")
             for tp in tps:
                 description = self._metadata.topic(
                     tp.topic, timeout_s=self.config.request_timeout_ms / 1000)
@@ -97,8 +151,85 @@ class Consumer:
                 topic, timeout_s=self.config.request_timeout_ms / 1000)
         return [TopicPartition(topic, p.partition) for p in description.partitions]
 
-    def subscribe(self, topics: Sequence[str]) -> None:
-        raise NotImplementedError("consumer groups are not implemented yet; use assign()")
+    def subscribe(self, topics: Sequence[str] = (), *, pattern: str | None = None,
+                  listener: Any = None) -> None:
+        """Join the group (group_id) for these topics or the topics matching `pattern` (a Python
+        regex, full match). Partitions arrive through poll(). Subscribing again is not
+        supported yet: close() and make a new consumer."""
+        with self._lock:
+            self._check_open()
+            if self._coordinator is None:
+                raise errors.ConfigError("subscribe() needs a group_id")
+            if self._group is not None:
+                raise errors.TidelogError("already subscribed; close() and subscribe anew")
+            if not topics and not pattern:
+                raise errors.ConfigError("subscribe to at least one topic, or a pattern")
+            if self._fetcher.states:
+                raise errors.TidelogError("assign() and subscribe() cannot be mixed")
+            if listener is not None:
+                self._set_listener(listener)
+            self._group = Membership(
+                self._coordinator, topics=topics, pattern=pattern or "",
+                assignor=self.config.group_assignor,
+                session_timeout_ms=self.config.session_timeout_ms,
+                max_poll_interval_ms=self.config.max_poll_interval_ms,
+                request_timeout_ms=self.config.request_timeout_ms,
+                client_id=self.config.client_id)
+            self._group.start()
+
+    # --- committed offsets (groups) ---------------------------------------------------------------
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None,
+               metadata: str = "") -> None:
+        """Commit offsets (default: the position of every owned partition, i.e. one past the
+        last record poll() returned) and return once they are committed through Raft.
+        Raises FencedMemberEpoch / UnknownMemberId when this member lost the partitions."""
+        with self._lock:
+            request = self._commit_request(offsets, metadata)
+        if request is not None:
+            self._send_commit(request)
+
+    def commit_async(
+        self, offsets: Mapping[TopicPartition, int] | None = None, metadata: str = "",
+        callback: Callable[[dict[TopicPartition, int], BaseException | None], None] | None
+        = None,
+    ) -> Future[None]:
+        """Like commit() but in the background; `callback(offsets, error)` runs on the commit
+        thread. Not retried on fencing. Blocks while ASYNC_COMMITS_IN_FLIGHT_MAX are pending."""
+        with self._lock:
+            request = self._commit_request(offsets, metadata)
+            if self._commit_pool is None:
+                self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="tidelog-commit")
+            pool = self._commit_pool
+        done: Future[None] = Future()
+        if request is None:
+            done.set_result(None)
+            return done
+        committed = {TopicPartition(p.topic, p.partition): p.offset
+                     for p in request.partitions}  # type: ignore[attr-defined]
+        self._commit_slots.acquire()
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                self._send_commit(request)
+            except BaseException as exc:  # handed to the callback and the future
+                error = exc
+            finally:
+                self._commit_slots.release()
+            if callback is not None:
+                callback(committed, error)
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        pool.submit(run)
+        return done
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of tp (I/O), None when nothing is committed."""
+        return self._fetch_committed([tp]).get(tp)
 
     # --- positions -------------------------------------------------------------------------------
 
@@ -173,10 +304,21 @@ class Consumer:
         deadline = time.monotonic() + max(0.0, timeout_s)
         with self._lock:
             self._check_open()
+            if self._group is not None:
+                self._group.polled()
+                self._apply_group_changes()
+                self._maybe_auto_commit()
             unknown = [tp for tp, st in self._fetcher.states.items() if st.position is None]
             if unknown:
                 self._reset_positions(unknown)
             while True:
+                if self._group is not None:
+                    self._group.polled()  # waiting inside poll() counts as polling
+                if self._group is not None and self._apply_group_changes():
+                    unknown = [tp for tp, st in self._fetcher.states.items()
+                               if st.position is None]
+                    if unknown:
+                        self._reset_positions(unknown)
                 self._fetcher.handle_replies()
                 self._handle_out_of_range()
                 records = self._fetcher.take(limit)
@@ -199,9 +341,19 @@ class Consumer:
             yield from self.poll(timeout_s=1.0)
 
     def close(self) -> None:
+        """Leave the group (committing first when auto-commit is on) and release everything."""
         with self._lock:
             if self._closed:
                 return
+            if self._group is not None:
+                if self.config.enable_auto_commit:
+                    try:
+                        self.commit()
+                    except errors.TidelogError as exc:
+                        _log.warning("final auto-commit failed: %s", exc)
+                self._group.leave()
+            if self._commit_pool is not None:
+                self._commit_pool.shutdown(wait=True)
             self._closed = True
             self._fetcher.close()
             self._connections.close()
@@ -251,6 +403,93 @@ class Consumer:
         spec = offsets.EARLIEST if policy == "earliest" else offsets.LATEST
         for tp, offset in self._list({tp: (spec, 0) for tp in tps}).items():
             self._fetcher.seek(tp, offset)
+
+    def _set_listener(self, listener: Any) -> None:
+        self._on_assign = getattr(listener, "on_partitions_assigned", None) or self._on_assign
+        self._on_revoke = getattr(listener, "on_partitions_revoked", None) or self._on_revoke
+        self._on_lost = getattr(listener, "on_partitions_lost", None) or self._on_lost
+
+    def _apply_group_changes(self) -> bool:
+        """Apply what the coordinator decided since the last call; True if anything changed."""
+        assert self._group is not None
+        changes = self._group.changes()
+        if not changes:
+            return False
+        owned = set(self._fetcher.states)
+        if changes.lost:
+            callback = self._on_lost or self._on_revoke
+            if callback is not None:
+                callback(set(changes.lost))
+            owned -= changes.lost
+            self._fetcher.assign(sorted(owned))
+            self._group.acknowledge(owned, lost=True)
+            return True
+        if changes.revoked:
+            if self._on_revoke is not None:
+                self._on_revoke(set(changes.revoked))
+            if self.config.enable_auto_commit:
+                try:
+                    self.commit({tp: pos for tp in changes.revoked
+                                 if (pos := self._fetcher.states[tp].position) is not None})
+                except errors.TidelogError as exc:
+                    _log.warning("commit of revoked partitions failed: %s", exc)
+            owned -= changes.revoked
+            self._fetcher.assign(sorted(owned))
+        if changes.assigned:
+            for topic in {tp.topic for tp in changes.assigned}:
+                self._metadata.topic(topic, timeout_s=self.config.request_timeout_ms / 1000)
+            committed = self._fetch_committed(changes.assigned)
+            owned |= changes.assigned
+            self._fetcher.assign(sorted(owned))
+            for tp, offset in committed.items():
+                self._fetcher.seek(tp, offset)
+            if self._on_assign is not None:
+                self._on_assign(set(changes.assigned))
+        self._group.acknowledge(owned)
+        return True
+
+    def _maybe_auto_commit(self) -> None:
+        if not self.config.enable_auto_commit or time.monotonic() < self._next_auto_commit:
+            return
+        self._next_auto_commit = time.monotonic() + self.config.auto_commit_interval_ms / 1000
+        self.commit_async(callback=_log_commit_failure)
+
+    def _commit_request(self, offsets: Mapping[TopicPartition, int] | None,
+                        metadata: str) -> object | None:
+        from tidelog.proto import broker_pb2
+
+        self._check_open()
+        if self._coordinator is None or self._group is None:
+            raise errors.ConfigError("commit() needs a group_id and a subscription")
+        if offsets is None:
+            offsets = {tp: st.position for tp, st in self._fetcher.states.items()
+                       if st.position is not None}
+        if not offsets:
+            return None
+        return broker_pb2.OffsetCommitRequest(
+            group_id=self._coordinator.group_id, member_id=self._group.member_id,
+            member_epoch=self._group.epoch,
+            partitions=[broker_pb2.OffsetCommitPartition(
+                topic=tp.topic, partition=tp.partition, offset=offset, metadata=metadata)
+                for tp, offset in sorted(offsets.items())],
+            timeout_ms=self.config.request_timeout_ms)
+
+    def _send_commit(self, request: Any) -> None:
+        assert self._coordinator is not None
+        self._coordinator.call("OffsetCommit", request,
+                               timeout_s=self.config.request_timeout_ms / 1000)
+
+    def _fetch_committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        from tidelog.proto import broker_pb2
+
+        if self._coordinator is None:
+            raise errors.ConfigError("committed offsets need a group_id")
+        response = self._coordinator.call(
+            "OffsetFetch", broker_pb2.OffsetFetchRequest(
+                group_id=self._coordinator.group_id, partitions=tps_to_wire(tps)),
+            timeout_s=self.config.request_timeout_ms / 1000)
+        return {TopicPartition(p.topic, p.partition): p.offset
+                for p in response.partitions if p.offset >= 0}  # type: ignore[attr-defined]
 
     def _handle_out_of_range(self) -> None:
         bad = self._fetcher.out_of_range()
