@@ -151,12 +151,12 @@ def main() -> int:
         topic = f"bench-{uuid.uuid4().hex[:6]}"
         with Admin(bootstrap) as admin:
             admin.create_topic(topic, partitions=args.partitions, replication_factor=3)
-        total = 1  # the warm-up records
+        total = 0
         for linger_ms, batch_kib in ((0, 16), (5, 128), (20, 512)):
             bench_producer(bootstrap, topic, count=args.count, value_bytes=args.value_bytes,
                            linger_ms=linger_ms, batch_size=batch_kib * 1024,
                            partitions=args.partitions)
-            total += args.count + 1
+            total += args.count + 1  # + its warm-up record
         bench_one_at_a_time(bootstrap, topic, 300)
         total += 300
         bench_consumer(bootstrap, topic, args.partitions, total)
