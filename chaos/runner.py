@@ -127,7 +127,7 @@ class ChaosRun:
         wl = WorkloadConfig(**{**asdict(cfg.workload), "rate_per_s": cfg.rate_per_s,
                                "replication_factor": min(cfg.workload.replication_factor,
                                                          cfg.nodes)})
-        recorder = Recorder(report_dir / "history.jsonl")
+        recorder: Recorder | None = None
         harness: list[HarnessCheck] = []
         view: ClusterView | None = None
         nemesis: Nemesis | None = None
@@ -145,6 +145,7 @@ class ChaosRun:
             (report_dir / "schedule.json").write_text(json.dumps(
                 [{"kind": e.kind.value, "start_s": e.start_s, "duration_s": e.duration_s,
                   "pick": e.pick} for e in episodes], indent=1) + "\n")
+            recorder = Recorder(report_dir / "history.jsonl")  # time 0: the workload starts
             nemesis = Nemesis(backend, view, recorder, partitions=wl.partitions)
             workload = Workload(wl, list(addresses.values()), recorder, view, seed=cfg.seed,
                                 duration_s=cfg.duration_s)
@@ -182,7 +183,9 @@ class ChaosRun:
             if view is not None:
                 view.close()
             backend.stop()
-            recorder.close()
+            if recorder is not None:
+                recorder.close()
+        assert recorder is not None
         history = recorder.history()
         results = check_history(history)
         outcome = RunOutcome(

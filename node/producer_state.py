@@ -25,6 +25,10 @@ class BatchRecord:
     last_sequence: int
     base_offset: int
     last_offset: int
+    # The Raft term the batch was written in at these offsets (-1: unknown). A record made when a
+    # leader proposed a batch outlives the batch if the entry is dropped from the log tail after a
+    # leadership change; the term lets the leader tell (see Node.produce).
+    term: int = -1
 
 
 @dataclass(slots=True)
@@ -41,6 +45,7 @@ class ProducerEntry:
 class Duplicate:
     base_offset: int
     last_offset: int
+    term: int = -1  # the term the earlier attempt was written in (-1: unknown)
 
 
 class ProducerStateTable:
@@ -72,7 +77,7 @@ class ProducerStateTable:
         last_sequence = _last_sequence(header)
         for seen in entry.recent:
             if seen.first_sequence == header.base_sequence and seen.last_sequence == last_sequence:
-                return Duplicate(seen.base_offset, seen.last_offset)
+                return Duplicate(seen.base_offset, seen.last_offset, seen.term)
         expected = entry.next_sequence
         if expected is not None and header.base_sequence != expected:
             raise OutOfOrderSequenceError(
@@ -81,8 +86,9 @@ class ProducerStateTable:
             )
         return None
 
-    def record(self, header: BatchHeader, base_offset: int) -> None:
-        """After appending a batch at base_offset (also when replaying the log)."""
+    def record(self, header: BatchHeader, base_offset: int, term: int = -1) -> None:
+        """After appending (or proposing) a batch at base_offset in `term` (also when replaying
+        the log)."""
         if header.producer_id < 0:
             return
         entry = self._producers.get(header.producer_id)
@@ -95,8 +101,20 @@ class ProducerStateTable:
                 last_sequence=_last_sequence(header),
                 base_offset=base_offset,
                 last_offset=base_offset + header.last_offset_delta,
+                term=term,
             )
         )
+
+    def forget_from(self, producer_id: int, base_offset: int) -> None:
+        """Drop the producer's records at or after base_offset: they name entries that were
+        replaced in the log (a proposal lost in a leadership change), so a retry must be written
+        again instead of being answered with offsets that now hold something else."""
+        entry = self._producers.get(producer_id)
+        if entry is None:
+            return
+        kept = [r for r in entry.recent if r.base_offset < base_offset]
+        entry.recent.clear()
+        entry.recent.extend(kept)
 
     def clear(self) -> None:
         self._producers.clear()

@@ -195,7 +195,7 @@ class Replica:
         offsets = []
         for first, (_, header) in zip(firsts, batches, strict=True):
             last = first + header.last_offset_delta
-            self.producers.record(header, first)
+            self.producers.record(header, first, self.core.term)
             self._producers_upto = max(self._producers_upto, last)
             offsets.append((first, last))
         return offsets
@@ -421,7 +421,7 @@ class Replica:
         from tidelog.client.batch import decode_header
 
         header = decode_header(entry.data)
-        self.producers.record(header, entry.index)
+        self.producers.record(header, entry.index, entry.term)
         self._producers_upto = entry.last
 
     def _rebuild_producer_state(self) -> None:
@@ -432,7 +432,7 @@ class Replica:
             return
         for header in self.log.iter_headers(self.log.log_start_offset):
             if not header.is_control:
-                self.producers.record(header, header.base_offset)
+                self.producers.record(header, header.base_offset, header.term)
         self._producers_upto = self.log.log_end_offset - 1
 
     def _load_state(self) -> RaftStateFile:

@@ -40,6 +40,7 @@ from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.groups.coordinator import GroupCoordinator
 from tidelog.node.metadata import MetadataState, TopicInfo, decode_command, encode_command
+from tidelog.node.producer_state import Duplicate
 from tidelog.node.raft import (
     Entry,
     EntryKind,
@@ -688,10 +689,12 @@ class Node:
         term = replica.term
         offsets: list[tuple[int, int]] = []
         duplicate = False
+        dups: list[tuple[int, Duplicate]] = []  # (producer id, earlier attempt)
         for batch, header in batches:
             dup = replica.producers.check(header)
             if dup is not None:
                 duplicate = True
+                dups.append((header.producer_id, dup))
                 offsets.append((dup.base_offset, dup.last_offset))
                 continue
             try:
@@ -701,13 +704,28 @@ class Node:
         last = offsets[-1][1]
         timeout_s = (request.timeout_ms or 30_000) / 1000
         try:
-            wait_term = replica.raft_log.term_at(last) if duplicate else term
-            wait_term = wait_term if wait_term is not None else term
+            # A retry is answered with the earlier attempt's offsets only if the entry there is
+            # still the one written in the attempt's term: a proposal can be dropped from the log
+            # tail in a leadership change while its producer-state record survives, and then
+            # those offsets hold another entry (found by `tidelog chaos run pause-leader`).
+            last_dup = dups[-1][1] if dups and dups[-1][1].last_offset == last else None
+            if last_dup is not None and last_dup.term >= 0:
+                wait_term = last_dup.term
+            else:
+                wait_term = replica.raft_log.term_at(last) if duplicate else term
+                wait_term = wait_term if wait_term is not None else term
             if request.acks == pb.ACKS_ALL:
                 await replica.wait_committed(last, wait_term, timeout_s)
+                for _, dup in dups:  # committed already (below last): checks the term at once
+                    if dup.term >= 0:
+                        await replica.wait_committed(dup.last_offset, dup.term, timeout_s)
             else:
                 await replica.wait_appended(last, wait_term, timeout_s)
         except ReplicaLostLeadership:
+            for producer_id, dup in dups:
+                if dup.term >= 0 and replica.raft_log.term_at(dup.last_offset) != dup.term:
+                    # Stale record: forget it (and later ones) so the retry is written again.
+                    replica.producers.forget_from(producer_id, dup.base_offset)
             raise self._not_leader(request.topic, request.partition, replica) from None
         except TimeoutError:
             raise E.RequestTimedOutError(

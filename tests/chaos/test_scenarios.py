@@ -1,0 +1,101 @@
+"""Chaos scenarios end to end on the local backend (real processes, real faults), kept short.
+
+The full suite (every scenario, 5 nodes, 5 minutes each) is `make chaos-full`. Network faults
+need root and iproute2/iptables: those scenarios skip with the reason otherwise. One test runs a
+deliberately broken node (tests/chaos/broken_node.py: acks before commit) and requires the harness
+to report lost data: a harness that cannot fail proves nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tidelog.chaos.backend import Capability
+from tidelog.chaos.nemesis import FaultKind
+from tidelog.chaos.netns import netns_unavailable_reason
+from tidelog.chaos.runner import ChaosRun, RunConfig
+from tidelog.chaos.scenarios import SCENARIOS, missing_capability, schedule
+from tidelog.chaos.workload import WorkloadConfig, classify_error
+from tidelog.client import errors
+
+REPO = Path(__file__).resolve().parents[2]
+NETWORK_SKIP = netns_unavailable_reason()
+DURATION_S = 15.0
+RATE = 150.0
+
+
+def _run(tmp_path: Path, scenario: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    config = RunConfig(scenario=scenario, duration_s=DURATION_S, rate_per_s=RATE, seed=8,
+                       report_dir=tmp_path / "report", progress=False,
+                       workload=WorkloadConfig(partitions=4), **kwargs)  # type: ignore[arg-type]
+    return ChaosRun(config, out=lambda line: None).execute()
+
+
+def _explain(outcome) -> str:  # type: ignore[no-untyped-def]
+    return (outcome.report_dir / "summary.txt").read_text()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("scenario", ["kill-leader", "pause-leader", "majority-minority"])
+def test_scenario_finds_no_anomaly_against_main(tmp_path: Path, scenario: str) -> None:
+    needs_network = missing_capability(SCENARIOS[scenario], frozenset({Capability.PROCESS}))
+    if needs_network and NETWORK_SKIP:
+        pytest.skip(f"{scenario} needs network faults: {NETWORK_SKIP}")
+    outcome = _run(tmp_path, scenario)
+    r = outcome.results
+    assert outcome.executed, f"no fault was injected\n{_explain(outcome)}"
+    assert r is not None and r.acked > 0, _explain(outcome)
+    assert (r.lost, r.duplicated, r.inconsistent, r.aborted) == (0, 0, 0, 0), _explain(outcome)
+    assert outcome.valid, _explain(outcome)
+    for name in ("history.jsonl", "results.json", "summary.txt", "report.html", "run.json"):
+        assert (outcome.report_dir / name).exists(), name
+    assert "replay:   tidelog chaos run" in _explain(outcome)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_harness_reports_lost_data_from_a_node_that_acks_before_commit(tmp_path: Path) -> None:
+    if NETWORK_SKIP:
+        pytest.skip(f"isolate-leader needs network faults: {NETWORK_SKIP}")
+    outcome = _run(tmp_path, "isolate-leader", node_module="tests.chaos.broken_node",
+                   node_env={"PYTHONPATH": str(REPO)})
+    r = outcome.results
+    assert r is not None and not outcome.valid, _explain(outcome)
+    assert r.lost + r.inconsistent > 0, _explain(outcome)
+
+
+# --- without a cluster ---------------------------------------------------------------------------
+
+
+def test_the_same_seed_gives_the_same_schedule() -> None:
+    caps = frozenset(Capability)
+    for scenario in SCENARIOS.values():
+        a = schedule(scenario, duration_s=300, seed=3, capabilities=caps)
+        assert a == schedule(scenario, duration_s=300, seed=3, capabilities=caps)
+        assert a, scenario.name
+        assert all(e.end_s <= 300 - 20 for e in a), scenario.name  # cooldown kept
+    mixed = schedule(SCENARIOS["mixed"], duration_s=300, seed=3, capabilities=caps)
+    assert len({e.kind for e in mixed}) > 5
+    assert mixed != schedule(SCENARIOS["mixed"], duration_s=300, seed=4, capabilities=caps)
+
+
+def test_mixed_uses_only_what_the_backend_can_do() -> None:
+    caps = frozenset({Capability.PROCESS})
+    kinds = {e.kind for e in schedule(SCENARIOS["mixed"], duration_s=600, seed=1,
+                                      capabilities=caps)}
+    assert kinds and kinds <= {FaultKind.KILL_RANDOM, FaultKind.KILL_LEADER, FaultKind.KILL_ALL,
+                               FaultKind.KILL_METADATA_LEADER, FaultKind.PAUSE_RANDOM,
+                               FaultKind.PAUSE_LEADER, FaultKind.ROLLING_RESTART}
+    assert missing_capability(SCENARIOS["majority-minority"], caps) == "needs partition faults"
+
+
+def test_only_content_rejections_count_as_definite_failures() -> None:
+    assert classify_error(errors.MessageTooLarge("too big"))
+    assert classify_error(errors.InvalidBatch("bad"))
+    for indeterminate in (errors.Timeout("t"), errors.NodeUnavailable("down"),
+                          errors.NotLeader("moved"), errors.RequestTimedOut("slow"),
+                          errors.OutOfOrderSequence("abandoned"), errors.DiskFull("full"),
+                          errors.ClientClosed("closed"), errors.StorageError("io")):
+        assert not classify_error(indeterminate), indeterminate
