@@ -83,11 +83,18 @@ def test_starting_a_running_name_twice_is_refused(tmp_path: Path) -> None:
 
 
 def test_stop_all_ends_paused_and_sigterm_ignoring_children(tmp_path: Path) -> None:
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ignoring', flush=True); time.sleep(60)")
     with Supervisor() as sup:
         a = sup.start(_spec(tmp_path, "a"))
         b = sup.start(_spec(tmp_path, "b", code=stubborn))
-        time.sleep(0.2)
+        # Wait until the child really ignores SIGTERM: on a loaded machine Python's start-up
+        # can take longer than any fixed sleep.
+        log_b = tmp_path / "b.log"
+        deadline = time.monotonic() + 20
+        while not (log_b.exists() and "ignoring" in log_b.read_text()):
+            assert time.monotonic() < deadline, "the stubborn child never started"
+            time.sleep(0.05)
         a.pause()
         started = time.monotonic()
         sup.stop_all(grace_s=0.5)
