@@ -807,6 +807,22 @@ class Node:
 
     # ---------------------------------------------------------------- list offsets
 
+    @staticmethod
+    def _offset_for_timestamp(replica: Replica, timestamp_ms: int) -> int | None:
+        """The first record (not batch) with timestamp >= timestamp_ms: the index finds the batch,
+        then only that one batch is decoded (ListOffsets is not on the hot path)."""
+        offset = replica.log.offset_for_timestamp(timestamp_ms)
+        while offset is not None and offset < replica.log.log_end_offset:
+            raw = replica.log.read(offset, 1)
+            for pos, header in iter_batches(raw):
+                if header.max_timestamp >= timestamp_ms and not header.is_control:
+                    found = _record_offset_for_timestamp(raw[pos:pos + header.size],
+                                                         timestamp_ms)
+                    if found is not None and found >= offset:
+                        return found
+                offset = header.last_offset + 1
+        return None
+
     def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
         response = pb.ListOffsetsResponse()
         for want in request.partitions:
@@ -820,7 +836,7 @@ class Node:
                 elif want.spec == pb.LATEST:
                     result.offset = replica.high_watermark
                 else:
-                    found = replica.log.offset_for_timestamp(want.timestamp_ms)
+                    found = self._offset_for_timestamp(replica, want.timestamp_ms)
                     result.offset = found if found is not None and \
                         found < replica.high_watermark else -1
             except E.BrokerError as exc:
@@ -830,6 +846,13 @@ class Node:
                     result.leader_id = exc.leader_id
             response.results.append(result)
         return response
+
+
+def _record_offset_for_timestamp(batch: bytes, timestamp_ms: int) -> int | None:
+    for record in decode_records(batch):
+        if record.timestamp >= timestamp_ms:
+            return record.offset
+    return None
 
 
 def _topic_result(name: str, result: dict[str, Any]) -> pb.TopicResult:

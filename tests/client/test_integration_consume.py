@@ -104,9 +104,6 @@ def test_iterating_yields_records(live_cluster, topic_name) -> None:
         assert seen == {f"{i}".encode() for i in range(20)}
 
 
-@pytest.mark.xfail(reason="broker: ListOffsets(TIMESTAMP) answers the base offset of the batch "
-                   "holding the record, not the record's own offset (proto: 'the first offset "
-                   "whose timestamp is >= timestamp_ms')", strict=False)
 def test_offsets_for_times_is_exact_within_a_batch(live_cluster, topic_name) -> None:
     tp = TopicPartition(topic_name, 0)
     with Admin(live_cluster.bootstrap) as admin:
