@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "produce", help="send records to a topic (from --value or stdin lines)",
         description="Send one record (--value) or one record per line of stdin. Keyed records go "
-        "to xxh3_64(key) %% partitions (or murmur2 with --partitioner murmur2).",
+        "to xxh3_64(key) % partitions (or murmur2 with --partitioner murmur2).",
     )
     parser.add_argument("topic")
     keys = parser.add_mutually_exclusive_group()
