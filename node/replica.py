@@ -349,9 +349,15 @@ class Replica:
             self._rebuild_producer_state()
         if rd.entries:
             for entry in rd.entries:
-                if entry.index < self.log.log_end_offset:  # appended by an attempt that failed
-                    assert self.raft_log.term_at(entry.last) == entry.term
-                    continue
+                if entry.index < self.log.log_end_offset:
+                    if self.raft_log.term_at(entry.last) == entry.term:
+                        continue  # appended by an attempt that failed (same index and term)
+                    # Entries overwrite what they conflict with (as etcd's Storage.Append): the
+                    # core dropped an unstable tail that an earlier Ready had already written
+                    # here while messages were stepped during its await, so it sends no
+                    # truncate_after for it (found by `tidelog chaos run pause-leader`).
+                    self.log.truncate_after(entry.index - 1)
+                    self._rebuild_producer_state()
                 info = self.log.append(to_batch(entry), term=entry.term, base_offset=entry.index)
                 assert info.base_offset == entry.index
                 if entry.kind is EntryKind.DATA and entry.last > self._producers_upto:
