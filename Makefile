@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint proto bench sim-soak clean
+.PHONY: help venv run test lint proto bench sim-soak chaos-full clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench: $(STAMP)  ## run every benchmark script and print its figures (no asserti
 
 sim-soak: $(STAMP)  ## long Raft simulator soak (100,000 seeds)
 	$(VENV)/bin/tidelog sim --seeds 100000
+
+chaos-full: $(STAMP)  ## every chaos scenario, 5 nodes, 5 min each (root for network faults)
+	$(VENV)/bin/tidelog chaos suite --nodes 5 --duration 300 --report chaos-reports
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

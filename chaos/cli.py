@@ -40,6 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="write the report here (default: a new folder under the temp dir)")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=_run)
+    suite = sub.add_parser("suite", help="run every scenario available here in turn; exit 1 "
+                                         "when any check of any run fails")
+    suite.add_argument("--backend", choices=["local", "docker"], default="local")
+    suite.add_argument("--nodes", type=int, choices=[3, 5], default=5)
+    suite.add_argument("--duration", type=float, default=300.0, metavar="S")
+    suite.add_argument("--rate", type=float, default=200.0, metavar="MSGS_PER_S")
+    suite.add_argument("--seed", type=int, default=None)
+    suite.add_argument("--report", type=Path, default=Path("chaos-reports"), metavar="DIR",
+                       help="one sub-folder per scenario (default %(default)s)")
+    suite.add_argument("--only", default="", help="comma-separated scenario names")
+    suite.set_defaults(func=_suite)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -102,3 +113,41 @@ def _run(args: argparse.Namespace) -> int:
     print(f"report: {outcome.report_dir / 'report.html'}")
     print(f"replay: {config.replay_command()}")
     return 0 if outcome.valid else 1
+
+
+def _suite(args: argparse.Namespace) -> int:
+    import random
+    import sys
+
+    from tidelog.chaos.runner import ChaosRun, RunConfig, ScenarioUnavailable
+    from tidelog.chaos.scenarios import SCENARIOS
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
+    rows = []
+    failed = False
+    for name in names:
+        config = RunConfig(scenario=name, backend=args.backend, nodes=args.nodes,
+                           duration_s=args.duration, rate_per_s=args.rate, seed=seed,
+                           report_dir=args.report / name, progress=False)
+        try:
+            outcome = ChaosRun(config).execute()
+        except ScenarioUnavailable as exc:
+            rows.append(f"{name:<21} SKIPPED  {exc}")
+            continue
+        r = outcome.results
+        assert r is not None
+        worst = max((g.duration_ms for a in r.availability for g in a.gaps_without_ack),
+                    default=0.0)
+        firsts = [x.first_ack_after_ms for x in r.recoveries if x.first_ack_after_ms is not None]
+        failed = failed or not outcome.valid
+        harness = " ".join(f"{h.name}={h.verdict.value}" for h in outcome.harness)
+        rows.append(f"{name:<21} {'VALID' if outcome.valid else 'INVALID':<8} acked={r.acked} "
+                    f"lost={r.lost} dup={r.duplicated} inconsistent={r.inconsistent} "
+                    f"indeterminate={r.operations.indeterminate} "
+                    f"longest-gap={worst / 1000:.1f}s "
+                    f"first-ack-after-heal-max={max(firsts, default=0) / 1000:.1f}s {harness}")
+        print(rows[-1], file=sys.stderr, flush=True)
+    print(f"\nseed {seed}, {args.nodes} nodes, {args.duration:g} s each, {args.backend} backend:")
+    print("\n".join(rows))
+    return 1 if failed else 0
