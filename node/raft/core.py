@@ -21,10 +21,9 @@ until a leader elected by others has given them back).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from tidelog.node.raft.config import RaftConfig
 from tidelog.node.raft.log import LogReader, LogStart, RaftLog
@@ -48,6 +47,9 @@ from tidelog.node.raft.types import (
     SoftState,
     Term,
 )
+
+if TYPE_CHECKING:
+    from random import Random  # injected and seeded by the caller; never the module-level one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +93,7 @@ class RaftCore:
         config: RaftConfig,
         log: LogReader,
         *,
-        rng: random.Random,
+        rng: Random,
         hard_state: HardState | None = None,
         recover_to: LogIndex | None = None,
     ) -> None:

@@ -19,6 +19,7 @@ from tidelog.node.raft import (
     LogIndex,
     Membership,
     Message,
+    MessageType,
     NodeId,
     NotLeader,
     RaftConfig,
@@ -32,12 +33,30 @@ from tidelog.node.sim.checker import Acked, Checker
 from tidelog.node.sim.disk import SimDisk
 from tidelog.node.sim.network import NetworkConditions, SimNetwork
 
+READY_ROUNDS_MAX = 100  # a core that never runs out of Readies is a bug (livelock)
+
 
 class EventKind(Enum):
     TICK = "tick"
     DELIVER = "deliver"
     CLIENT = "client"
     FAULT = "fault"
+    RESTART = "restart"
+    CRASH = "crash"
+
+
+FAULT_WEIGHTS: dict[str, float] = {
+    "crash": 15,
+    "restart": 20,
+    "partition": 10,
+    "asymmetric": 5,
+    "heal": 15,
+    "lossy": 7,
+    "bitflip": 5,
+    "retention": 8,
+    "transfer": 5,
+    "membership": 10,
+}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -52,6 +71,16 @@ class SimOptions:
     membership_changes: bool = True
     crash_mid_ready_p: float = 0.3
     trace_len_max: int = 60
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_append_bytes: int = 4096
+    reboot_after_vote_p: float = 0.1
+    """Targeted fault: crash a replica right after it sent a vote, restart it 1-5 ms later."""
+    crash_new_leader_p: float = 0.02
+    """Targeted fault: crash a new leader within a few ms (Figure 8's sequences need this)."""
+    crash_leader_after_commit_p: float = 0.002
+    """Targeted fault: crash a leader within a few ms after its commit index moved."""
+    fault_weights: dict[str, float] = field(default_factory=lambda: dict(FAULT_WEIGHTS))
     core_cls: type[RaftCore] = RaftCore
 
 
@@ -140,6 +169,14 @@ class Cluster:
                 self._schedule(
                     self.rng.randint(1, self.opt.client_interval_ms_max), EventKind.CLIENT, None
                 )
+            case EventKind.CRASH:
+                node = self.nodes[payload]  # type: ignore[index]
+                if node.core is not None and self.opt.faults:
+                    self._crash(node, "targeted")
+            case EventKind.RESTART:
+                node = self.nodes[payload]  # type: ignore[index]
+                if node.core is None and self.opt.faults:
+                    self._start(node)
             case EventKind.FAULT:
                 self._fault()
                 self._schedule(
@@ -203,7 +240,9 @@ class Cluster:
             election_ticks=self.opt.election_ticks,
             heartbeat_ticks=self.opt.heartbeat_ticks,
             max_inflight_msgs=16,
-            max_append_bytes=4096,
+            max_append_bytes=self.opt.max_append_bytes,
+            pre_vote=self.opt.pre_vote,
+            check_quorum=self.opt.check_quorum,
         )
 
     def _start(self, node: SimNode) -> None:
@@ -233,7 +272,9 @@ class Cluster:
     def _process(self, node: SimNode) -> None:
         """The runtime shell: persist -> send -> apply -> advance, until nothing is ready."""
         core = node.core
-        while core is not None and core.has_ready():
+        for _ in range(READY_ROUNDS_MAX):
+            if core is None or not core.has_ready():
+                return
             rd = core.ready()
             assert rd is not None
             start_chain = self._start_chain(rd)
@@ -257,10 +298,13 @@ class Cluster:
                 )
                 if rd.soft_state.role == Role.LEADER:
                     self.stats.elections += 1
+                    self._maybe_target(node, self.opt.crash_new_leader_p)
                     self.checker.on_leader(
                         node.id, core.term, node.disk.chains, node.disk.log.log_start()
                     )
             if rd.commit_index != prev_commit:
+                if core.role == Role.LEADER:
+                    self._maybe_target(node, self.opt.crash_leader_after_commit_p)
                 newly = [
                     e
                     for e in node.disk.log.entries(LogIndex(prev_commit + 1), 1 << 62)
@@ -271,6 +315,18 @@ class Cluster:
                 )
             core.advance(rd)
             self._acknowledge(node)
+            voted = any(m.type == MessageType.VOTE_RESP and not m.reject for m in rd.messages)
+            if voted and self.opt.faults and self.rng.random() < self.opt.reboot_after_vote_p:
+                self._crash(node, "reboot after vote")
+                self.stats.fault("reboot after vote")
+                self._schedule(self.rng.randint(1, 5), EventKind.RESTART, node.id)
+                return
+        raise AssertionError(f"node {node.id} still has a Ready after {READY_ROUNDS_MAX} rounds")
+
+    def _maybe_target(self, node: SimNode, p: float) -> None:
+        if self.opt.faults and p and self.rng.random() < p:
+            self.stats.fault("targeted crash")
+            self._schedule(self.rng.randint(0, 5), EventKind.CRASH, node.id)
 
     def _start_chain(self, rd: Ready) -> int | None:
         if rd.reset_log_to is None:
@@ -328,62 +384,70 @@ class Cluster:
         return node_id in self._membership().members or node_id == self.spare
 
     def _fault(self) -> None:
-        r = self.rng.random()
+        names = list(self.opt.fault_weights)
+        action = self.rng.choices(names, weights=[self.opt.fault_weights[k] for k in names])[0]
         alive = [n for n in self.nodes.values() if n.core is not None]
         dead = [n for n in self.nodes.values() if n.core is None and self._is_member(n.id)]
         voters = self._membership().voters
         members = [self.nodes[i] for i in sorted(voters)]
-        if r < 0.15 and alive:
-            node = self.rng.choice(alive)
-            if self.rng.random() < self.opt.crash_mid_ready_p:
-                node.crash_mid_ready = True
-                self.stats.fault("crash mid-write")
-            else:
-                self._crash(node, "nemesis")
-                self.stats.fault("crash")
-        elif r < 0.35 and dead:
-            self._start(self.rng.choice(dead))
-            self.stats.fault("restart")
-        elif r < 0.45:
-            ids = [n.id for n in members]
-            self.rng.shuffle(ids)
-            cut = self.rng.randint(1, len(ids) - 1)
-            self.net.partition([set(ids[:cut]), set(ids[cut:])])
-            self.trace.append(f"{self.now_ms:>7} PARTITION {ids[:cut]} | {ids[cut:]}")
-            self.stats.fault("partition")
-        elif r < 0.50:
-            a, b = self.rng.sample([n.id for n in members], 2)
-            self.net.block_one_way(a, b)
-            self.trace.append(f"{self.now_ms:>7} BLOCK {a}->{b}")
-            self.stats.fault("asymmetric link")
-        elif r < 0.65:
-            self.net.heal()
-            self.trace.append(f"{self.now_ms:>7} heal network")
-        elif r < 0.72:
-            self.net.conditions = NetworkConditions(
-                delay_ms_max=self.rng.randint(2, 40),
-                drop_p=self.rng.random() * 0.2,
-                duplicate_p=self.rng.random() * 0.1,
-            )
-            self.trace.append(f"{self.now_ms:>7} NET {self.net.conditions}")
-            self.stats.fault("lossy network")
-        elif r < 0.77:
-            self._bit_flip(members)
-        elif r < 0.85:
-            self._retention(alive)
-        elif r < 0.90:
-            lead = self.leader()
-            if lead is not None and len(voters) > 1:
-                to = self.rng.choice(sorted(voters - {lead.id}))
-                try:
-                    lead.transfer_leadership(to)
-                    self.trace.append(f"{self.now_ms:>7} TRANSFER n{lead.id} -> n{to}")
-                    self.stats.fault("leadership transfer")
-                    self._process(self.nodes[lead.id])
-                except RaftError:
-                    pass
-        elif self.opt.membership_changes:
-            self._change_membership()
+        match action:
+            case "crash" if alive:
+                node = self.rng.choice(alive)
+                if self.rng.random() < self.opt.crash_mid_ready_p:
+                    node.crash_mid_ready = True
+                    self.stats.fault("crash mid-write")
+                else:
+                    self._crash(node, "nemesis")
+                    self.stats.fault("crash")
+            case "restart" if dead:
+                self._start(self.rng.choice(dead))
+                self.stats.fault("restart")
+            case "partition" if len(members) > 1:
+                ids = [n.id for n in members]
+                self.rng.shuffle(ids)
+                cut = self.rng.randint(1, len(ids) - 1)
+                self.net.partition([set(ids[:cut]), set(ids[cut:])])
+                self.trace.append(f"{self.now_ms:>7} PARTITION {ids[:cut]} | {ids[cut:]}")
+                self.stats.fault("partition")
+            case "asymmetric" if len(members) > 1:
+                a, b = self.rng.sample([n.id for n in members], 2)
+                self.net.block_one_way(a, b)
+                self.trace.append(f"{self.now_ms:>7} BLOCK {a}->{b}")
+                self.stats.fault("asymmetric link")
+            case "heal":
+                self.net.heal()
+                self.trace.append(f"{self.now_ms:>7} heal network")
+            case "lossy":
+                self.net.conditions = NetworkConditions(
+                    delay_ms_max=self.rng.randint(2, 40),
+                    drop_p=self.rng.random() * 0.2,
+                    duplicate_p=self.rng.random() * 0.1,
+                )
+                self.trace.append(f"{self.now_ms:>7} NET {self.net.conditions}")
+                self.stats.fault("lossy network")
+            case "bitflip":
+                self._bit_flip(members)
+            case "retention":
+                self._retention(alive)
+            case "transfer":
+                self._transfer(voters)
+            case "membership" if self.opt.membership_changes:
+                self._change_membership()
+            case _:
+                pass
+
+    def _transfer(self, voters: frozenset[NodeId]) -> None:
+        lead = self.leader()
+        if lead is None or len(voters) < 2:
+            return
+        to = self.rng.choice(sorted(voters - {lead.id}))
+        try:
+            lead.transfer_leadership(to)
+        except RaftError:
+            return
+        self.trace.append(f"{self.now_ms:>7} TRANSFER n{lead.id} -> n{to}")
+        self.stats.fault("leadership transfer")
+        self._process(self.nodes[lead.id])
 
     def _bit_flip(self, members: list[SimNode]) -> None:
         if not self._damage_tolerable(len(members), extra=1):

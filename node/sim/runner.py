@@ -103,12 +103,14 @@ def run_seeds(
     nodes: int = 3,
     steps: int = DEFAULT_STEPS,
     core_cls: type[RaftCore] = RaftCore,
+    options: Callable[[], SimOptions] | None = None,
     stop_on_failure: bool = False,
     on_result: Callable[[SeedResult], None] | None = None,
 ) -> Summary:
     summary = Summary()
     for seed in seeds:
-        r = run_seed(seed, nodes=nodes, steps=steps, core_cls=core_cls)
+        opt = options() if options is not None else None
+        r = run_seed(seed, nodes=nodes, steps=steps, core_cls=core_cls, options=opt)
         summary.add(r)
         if on_result is not None:
             on_result(r)
