@@ -298,8 +298,9 @@ def render_preamble(outcome: RunOutcome) -> str:
         f"backend:  {outcome.backend_description}",
         f"workload: {cfg.workload.producers} idempotent acks=all producers, "
         f"{cfg.rate_per_s:g} msgs/s total, {cfg.workload.partitions} partitions x RF "
-        f"{min(cfg.workload.replication_factor, cfg.nodes)}, 1 manual-assignment consumer "
-        "(no consumer groups yet), final read of every partition",
+        f"{min(cfg.workload.replication_factor, cfg.nodes)}, 1 manual-assignment consumer, "
+        f"a consumer group of {cfg.workload.group_consumers} committing every "
+        f"{cfg.workload.group_commit_interval_s:g} s, final read of every partition",
         "",
         "harness checks:",
         *[f"  {h.name:<11} {h.verdict.value.upper():<5} {h.detail}" for h in outcome.harness],

@@ -12,10 +12,12 @@ never talks to the cluster (STYLE habit 16).
   large) is definite, since every attempt would be rejected alike; everything else — timeouts,
   lost connections, leadership changes, a delivery deadline, a batch abandoned behind a failed one
   — may have been written by an earlier attempt and is *indeterminate*.
-- **Consumer**: one manual-assignment `Consumer` reading every partition from the start (consumer
-  groups, issue 6, are not in the client yet; `group_commit` events are therefore never recorded
-  and the group-skips check reports UNKNOWN). After a client error it is replaced by a new
-  incarnation (new consumer id) resuming after the last record it recorded.
+- **Consumers**: one manual-assignment `Consumer` reading every partition from the start; after a
+  client error it is replaced by a new incarnation (new consumer id) resuming after the last
+  record it recorded. And `group_consumers` members of consumer group `chaos-group` (subscribe,
+  earliest, manual commits): each commits what it read every `group_commit_interval_s` and
+  records `group_commit` once the commit returned; every assignment change starts a new consumer
+  id, so a re-read after a rebalance is not mistaken for a consumer going backwards.
 - **Leader observer**: asks every node for Metadata twice a second; per partition the leader with
   the highest term wins; a change is recorded as `leader_observed`.
 - **Final read**: after the faults healed and producers stopped, every partition is read from
@@ -42,6 +44,7 @@ from tidelog.chaos.history import (
     Event,
     FinalRead,
     FinalRecord,
+    GroupCommit,
     HistoryWriter,
     LeaderObserved,
     SendFailed,
@@ -63,6 +66,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+GROUP = "chaos-group"
 _POLL_S = 0.5
 _OBSERVE_INTERVAL_S = 0.5
 _FINAL_READ_S_MAX = 90.0
@@ -82,6 +86,8 @@ class WorkloadConfig:
     inflight_max: int = 2000  # per producer: unresolved sends before it waits
     request_timeout_ms: int = 10_000
     delivery_timeout_ms: int = 30_000
+    group_consumers: int = 2  # members of one consumer group, committing every second
+    group_commit_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.partitions >= 1 and self.producers >= 1 and self.keys >= 1):
@@ -264,6 +270,9 @@ class Workload:
         self._threads = [
             *self._producer_threads,
             threading.Thread(target=self._consume, name="chaos-consumer", daemon=True),
+            *(threading.Thread(target=self._consume_group, args=(m,), daemon=True,
+                               name=f"chaos-group-{m}")
+              for m in range(self.config.group_consumers)),
             threading.Thread(target=self._observe, name="chaos-observer", daemon=True),
         ]
         for t in self._threads:
@@ -400,6 +409,66 @@ class Workload:
                 self._stop_consuming.wait(0.5)
             finally:
                 consumer.close()
+
+    def _consume_group(self, member: int) -> None:
+        """One member of group GROUP: reads what it is assigned, commits what it read every
+        `group_commit_interval_s` (synchronously, recording `group_commit` once it returned).
+        Each assignment starts a new consumer id, so a re-read after a rebalance is not
+        mistaken for a consumer going backwards."""
+        from tidelog.client import Consumer, TopicPartition, errors
+
+        cfg = self.config
+        generation = [0]
+
+        class Listener:
+            def on_partitions_assigned(self, tps: object) -> None:
+                generation[0] += 1
+
+            def on_partitions_revoked(self, tps: object) -> None:
+                generation[0] += 1
+
+            def on_partitions_lost(self, tps: object) -> None:
+                generation[0] += 1
+
+        for incarnation in range(10_000):
+            if self._stop_consuming.is_set():
+                return
+            consumer = Consumer(self._bootstrap, group_id=GROUP, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=200,
+                                request_timeout_ms=cfg.request_timeout_ms,
+                                retry_backoff_ms=100, metadata_max_age_ms=5_000)
+            read_upto: dict[int, int] = {}
+            committed: dict[int, int] = {}
+            next_commit = time.monotonic() + cfg.group_commit_interval_s
+            try:
+                consumer.subscribe([cfg.topic], listener=Listener())
+                while not self._stop_consuming.is_set():
+                    records = consumer.poll(timeout_s=_POLL_S)
+                    cid = f"g{member}.{incarnation}.{generation[0]}"
+                    for r in records:
+                        self._rec.append(ConsumerRead(
+                            consumer=cid, group=GROUP, partition=r.partition, offset=r.offset,
+                            key=_text(r.key), value=_text(r.value), time_ms=self._rec.now_ms()))
+                        read_upto[r.partition] = r.offset + 1
+                    if time.monotonic() < next_commit:
+                        continue
+                    next_commit = time.monotonic() + cfg.group_commit_interval_s
+                    owned = {tp.partition for tp in consumer.assignment()}
+                    todo = {p: o for p, o in read_upto.items()
+                            if p in owned and committed.get(p) != o}
+                    if todo:
+                        consumer.commit({TopicPartition(cfg.topic, p): o for p, o in todo.items()})
+                        now = self._rec.now_ms()
+                        for p, o in sorted(todo.items()):
+                            self._rec.append(GroupCommit(group=GROUP, partition=p, offset=o,
+                                                         time_ms=now))
+                        committed.update(todo)
+            except errors.TidelogError as exc:
+                log.info("group member %d: %s; starting a new incarnation", member, exc)
+                self._stop_consuming.wait(0.5)
+            finally:
+                with contextlib.suppress(errors.TidelogError):
+                    consumer.close()
 
     def _observe(self) -> None:
         last: dict[int, str | None] = {}
