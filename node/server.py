@@ -19,6 +19,7 @@ import logging
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ class Node:
         self._pending_metadata: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._peer_channels: dict[int, grpc.aio.Channel] = {}
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer() if hasattr(health, "aio") else None
+        self._health_servicer = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._reconcile_pending = False
@@ -107,7 +108,6 @@ class Node:
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
         broker_pb2_grpc.add_BrokerServicer_to_server(BrokerService(self), self._server)
         cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self), self._server)
-        self._health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._server)
         self._server.add_insecure_port(self.config.listen)
         await self._server.start()
@@ -174,7 +174,7 @@ class Node:
             retention_bytes=retention_bytes if retention_bytes >= 0 else None,
         )
 
-    def _raft_config(self, voters: list[int], learners: list[int] = ()) -> RaftConfig:  # type: ignore[assignment]
+    def _raft_config(self, voters: Sequence[int], learners: Sequence[int] = ()) -> RaftConfig:
         return RaftConfig(
             node_id=NodeId(self.id), voters=tuple(NodeId(v) for v in voters),
             learners=tuple(NodeId(v) for v in learners),
