@@ -177,11 +177,13 @@ class Cluster:
                 node = self.nodes[payload]  # type: ignore[index]
                 if node.core is None and self.opt.faults:
                     self._start(node)
-            case EventKind.FAULT:
+            case EventKind.FAULT if self.opt.faults:
                 self._fault()
                 self._schedule(
                     self.rng.randint(20, self.opt.fault_interval_ms_max), EventKind.FAULT, None
                 )
+            case EventKind.FAULT:
+                pass  # healed: no more faults
 
     def heal(self) -> None:
         """Stop injecting faults, restart every replica, reconnect the network."""
@@ -227,7 +229,8 @@ class Cluster:
             disk = self.nodes[i].disk
             ents = {e.last: (e.term, e.data) for e in disk.log.all_entries()}
             logs[i] = (disk.log.log_start(), ents)
-        self.checker.check_final(logs)
+        recovering = sum(1 for i in voters if self.nodes[i].disk.recover_to is not None)
+        self.checker.check_final(logs, recovering=recovering)
 
     # ------------------------------------------------------------------ replicas
 
