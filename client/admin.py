@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 from tidelog.client import errors, offsets
 from tidelog.client.config import AdminConfig, parse_bootstrap
 from tidelog.client.connection import Connections
+from tidelog.client.group import CoordinatorClient, tps_from_wire, tps_to_wire
 from tidelog.client.metadata import (
     ClusterDescription,
     Metadata,
@@ -17,7 +19,46 @@ from tidelog.client.metadata import (
 )
 from tidelog.client.records import TopicPartition
 
-__all__ = ["Admin"]
+__all__ = ["Admin", "GroupDescription", "GroupListing", "GroupMemberDescription",
+           "OffsetAndMetadata"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupListing:
+    group_id: str
+    state: str  # empty | reconciling | stable
+    members: int
+    coordinator_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupMemberDescription:
+    member_id: str
+    member_epoch: int
+    client_id: str
+    state: str
+    subscribed_topics: tuple[str, ...]
+    subscribed_pattern: str
+    assignment: frozenset[TopicPartition]
+    target_assignment: frozenset[TopicPartition]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupDescription:
+    group_id: str
+    state: str
+    group_epoch: int
+    assignment_epoch: int
+    assignor: str
+    coordinator_id: int
+    members: tuple[GroupMemberDescription, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OffsetAndMetadata:
+    offset: int
+    metadata: str = ""
+    commit_timestamp_ms: int = 0
 
 _OFFSET_SPECS = {"earliest": offsets.EARLIEST, "latest": offsets.LATEST}
 
@@ -145,6 +186,101 @@ class Admin:
                                      timeout_s=self._timeout_s,
                                      backoff_s=self.config.retry_backoff_ms / 1000)
         return {tp: (None if off < 0 else off) for tp, off in found.items()}
+
+    # --- consumer groups -------------------------------------------------------------------------
+
+    def list_groups(self) -> list[GroupListing]:
+        """Every group of the cluster (each node lists those it coordinates; merged here)."""
+        from tidelog.proto import broker_pb2
+
+        found: dict[str, GroupListing] = {}
+        for node in self._metadata.describe([]).nodes:
+            try:
+                response = self._connections.call(node.address, "ListGroups",
+                                                  broker_pb2.ListGroupsRequest(),
+                                                  timeout_s=self._timeout_s)
+            except errors.TidelogError:
+                continue  # a down node coordinates nothing right now
+            for g in response.groups:
+                found[g.group_id] = GroupListing(group_id=g.group_id, state=g.state,
+                                                 members=g.members,
+                                                 coordinator_id=g.coordinator_id)
+        return sorted(found.values(), key=lambda g: g.group_id)
+
+    def describe_group(self, group_id: str) -> GroupDescription:
+        """Members, their partitions and targets; raises GroupIdNotFound."""
+        from tidelog.proto import broker_pb2
+
+        response = self._group_call(group_id, "DescribeGroups",
+                                    broker_pb2.DescribeGroupsRequest(group_ids=[group_id]))
+        g = response.groups[0]
+        if g.error:
+            raise errors.from_code(g.error, g.error_message, subject=f"group {group_id!r}")
+        return GroupDescription(
+            group_id=g.group_id, state=g.state, group_epoch=g.group_epoch,
+            assignment_epoch=g.assignment_epoch, assignor=g.assignor,
+            coordinator_id=g.coordinator_id,
+            members=tuple(GroupMemberDescription(
+                member_id=m.member_id, member_epoch=m.member_epoch, client_id=m.client_id,
+                state=m.state, subscribed_topics=tuple(m.subscribed_topic_names),
+                subscribed_pattern=m.subscribed_topic_regex,
+                assignment=frozenset(tps_from_wire(m.assignment)),
+                target_assignment=frozenset(tps_from_wire(m.target_assignment)))
+                for m in g.members))
+
+    def list_group_offsets(
+        self, group_id: str, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The group's committed offsets (all, or of these partitions; missing: none)."""
+        from tidelog.proto import broker_pb2
+
+        response = self._group_call(group_id, "OffsetFetch", broker_pb2.OffsetFetchRequest(
+            group_id=group_id, partitions=tps_to_wire(partitions or ())))
+        return {TopicPartition(p.topic, p.partition): OffsetAndMetadata(
+            offset=p.offset, metadata=p.metadata, commit_timestamp_ms=p.commit_timestamp_ms)
+            for p in response.partitions if p.offset >= 0}
+
+    def alter_group_offsets(self, group_id: str, offsets: Mapping[TopicPartition, int],
+                            metadata: str = "") -> None:
+        """Set committed offsets from outside the group; refused (GroupNotEmpty) while the group
+        has members, since they would overwrite them at their next commit."""
+        from tidelog.proto import broker_pb2
+
+        self._group_call(group_id, "OffsetCommit", broker_pb2.OffsetCommitRequest(
+            group_id=group_id, member_id="", member_epoch=-1,
+            partitions=[broker_pb2.OffsetCommitPartition(
+                topic=tp.topic, partition=tp.partition, offset=offset, metadata=metadata)
+                for tp, offset in sorted(offsets.items())],
+            timeout_ms=int(self._timeout_s * 1000)))
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete an empty group and its committed offsets; raises GroupNotEmpty,
+        GroupIdNotFound."""
+        from tidelog.proto import broker_pb2
+
+        response = self._group_call(group_id, "DeleteGroups",
+                                    broker_pb2.DeleteGroupsRequest(group_ids=[group_id]))
+        result = response.results[0]
+        if result.error:
+            raise errors.from_code(result.error, result.error_message,
+                                   subject=f"group {group_id!r}")
+
+    def _group_call(self, group_id: str, method: str, request: object) -> object:
+        coordinator = CoordinatorClient(group_id, self._metadata, self._connections,
+                                        backoff_s=self.config.retry_backoff_ms / 1000)
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            response = coordinator.call(method, request,
+                                        timeout_s=max(0.1, deadline - time.monotonic()))
+            # Per-item NOT_COORDINATOR (Describe/Delete): the coordinator moved under us.
+            items = getattr(response, "groups", None) or getattr(response, "results", None)
+            if items and items[0].error in (errors.NotCoordinator.code,
+                                            errors.CoordinatorNotAvailable.code) \
+                    and time.monotonic() < deadline:
+                coordinator.forget()
+                time.sleep(self.config.retry_backoff_ms / 1000)
+                continue
+            return response
 
     def close(self) -> None:
         self._connections.close()

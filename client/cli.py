@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.client.cli_produce",
     "tidelog.client.cli_consume",
     "tidelog.client.cli_topic",
+    "tidelog.client.cli_group",
     "tidelog.chaos.cli",
 )
 

@@ -17,6 +17,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("topic")
     parser.add_argument("--partition", type=int, help="read only this partition")
+    parser.add_argument("--group", metavar="G",
+                        help="consume as a member of group G: partitions are shared with the "
+                        "group's other members and progress is committed (auto-commit); starts "
+                        "at the group's committed offsets, else as --from-beginning says")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--offset", type=int, help="start at this offset (needs --partition)")
     start.add_argument("--from-beginning", action="store_true",
@@ -45,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --from-time: {exc}", file=sys.stderr)
         return 2
     count = 0
+    if args.group is not None:
+        if args.partition is not None or args.offset is not None or since_ms is not None:
+            print("error: --group takes no --partition, --offset or --from-time (the group "
+                  "decides; use `tidelog group reset-offsets`)", file=sys.stderr)
+            return 2
+        return _consume_group(args)
     try:
         with Consumer(args.bootstrap, auto_offset_reset="latest") as consumer:
             tps = consumer.partitions_for(args.topic)
@@ -82,6 +92,36 @@ def run(args: argparse.Namespace) -> int:
                     out.write(_format(record, args.output))
                 count += len(records)
                 out.flush()
+    except errors.TidelogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def _consume_group(args: argparse.Namespace) -> int:
+    from tidelog.client import errors
+    from tidelog.client.consumer import Consumer
+
+    count = 0
+    reset = "earliest" if args.from_beginning else "latest"
+    try:
+        with Consumer(args.bootstrap, group_id=args.group, topics=[args.topic],
+                      auto_offset_reset=reset, client_id="tidelog-cli") as consumer:
+            idle_since = time.monotonic()
+            while args.max_messages is None or count < args.max_messages:
+                want = None if args.max_messages is None else args.max_messages - count
+                records = consumer.poll(timeout_s=0.5, max_records=want)
+                if not records:
+                    if args.timeout is not None and time.monotonic() - idle_since >= args.timeout:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                for record in records:
+                    sys.stdout.write(_format(record, args.output))
+                count += len(records)
+                sys.stdout.flush()
     except errors.TidelogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

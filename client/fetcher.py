@@ -303,6 +303,12 @@ class Fetcher:
     def take(self, max_records: int) -> list[ConsumerRecord]:
         """Up to max_records buffered records, round-robin over unpaused partitions."""
         out: list[ConsumerRecord] = []
+        for st in self.states.values():
+            # Everything below fetch_offset was handed out or was a control batch (a Raft
+            # no-op): the position moves past them, so a committed position reaches the log end.
+            if (not st.ready and not st.raw and st.fetch_offset is not None
+                    and st.position is not None and st.fetch_offset > st.position):
+                st.position = st.fetch_offset
         tps = [tp for tp, st in self.states.items()
                if not st.paused and (st.ready or st.raw)]
         if not tps:
