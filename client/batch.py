@@ -100,6 +100,9 @@ class ControlType(IntEnum):
     RAFT_NOOP = 1
     RAFT_CONFIG = 2
     TXN_MARKER = 3  # reserved
+    # Compaction removed every record of a data batch; this one-record stand-in keeps its offsets
+    # [base, base + last_offset_delta] and term: offsets stay contiguous (storage/compaction.py)
+    COMPACTED = 4
 
 
 class BatchError(ValueError):

@@ -37,6 +37,7 @@ from tidelog.client.batch import (
     validate_batch,
 )
 from tidelog.node import errors as E
+from tidelog.node.cleaner import run_cleaner
 from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.groups.coordinator import GroupCoordinator
@@ -122,6 +123,7 @@ class Node:
             loop.create_task(self._announce_loop(), name="announce"),
             loop.create_task(self._balance_loop(), name="balance"),
             loop.create_task(self.groups.run(), name="groups"),
+            loop.create_task(run_cleaner(self), name="cleaner"),
         ]
         await self._health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health_servicer.set("tidelog.v1.Broker", health_pb2.HealthCheckResponse.SERVING)

@@ -66,6 +66,7 @@ _META = struct.Struct(">qqB")  # log_start_offset, recovery_point, reset_pending
 LOADED_INDEXES_MAX = 4  # sealed segments whose index stays in memory (LRU), per log
 HEADERS_PER_ITER_CHUNK_MAX = 4096
 RECOVERY_POINT_INTERVAL_MS = 1000
+CLEANED_SUFFIX = ".cleaned"  # a compacted rewrite of a sealed segment, before its swap
 """How often sync() also moves the recovery point to what it just made durable. Damage to data
 older than this is reported as corruption on open; damage after it is treated as a torn tail."""
 
@@ -438,6 +439,44 @@ class PartitionLog:
                         return max(header.base_offset, self._log_start_offset)
             return None
 
+    # ============================================================================= compaction
+
+    def sealed_segments(self, below_offset: int) -> list[tuple[int, int, Path, int]]:
+        """(base offset, end offset, path, size) of the sealed segments wholly below
+        below_offset: what the cleaner (compaction.py) may rewrite. Sealed files are immutable,
+        so it reads them without the lock."""
+        with self._lock:
+            self._check_open()
+            return [(s.base_offset, s.end_offset, s.path, s.size_bytes)
+                    for s in self._segments[:-1] if s.end_offset <= below_offset
+                    and s.end_offset > self._log_start_offset]
+
+    def replace_segment(self, base_offset: int, cleaned: Path, *, expected_size: int) -> bool:
+        """Swap a sealed segment's file for `cleaned`, a verified rewrite holding the same
+        offsets (compaction). Crash-safe: the index files go first (fsynced), then an atomic
+        rename; a crash leaves the old or the new file, and open() rebuilds a missing index.
+        Returns False (and deletes `cleaned`) if the segment changed or went away meanwhile."""
+        with self._lock:
+            self._check_open()
+            segment = next((s for s in self._segments[:-1] if s.base_offset == base_offset),
+                           None)
+            if segment is None or segment.size_bytes != expected_size:
+                cleaned.unlink(missing_ok=True)
+                return False
+            end = segment.end_offset
+            segment.drop_index_files()
+            metafile.fsync_directory(self.directory)
+            os.replace(cleaned, segment.path)
+            metafile.fsync_directory(self.directory)
+            self._loaded_indexes.pop(base_offset, None)
+            segment.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
+            result = segment.scan()
+            assert result.stopped_at is None and result.end_offset == end, \
+                f"cleaned segment {segment.path.name} does not verify: {result}"
+            segment.write_index_files()
+            segment.index = None
+            return True
+
     # ============================================================================= truncation
 
     def truncate_after(self, offset: int) -> None:
@@ -582,6 +621,8 @@ class PartitionLog:
         notes = _RecoveryNotes()
         for tmp in self.directory.glob("*.tmp"):
             tmp.unlink()
+        for leftover in self.directory.glob("*" + CLEANED_SUFFIX):  # a crash mid-clean
+            leftover.unlink()
         meta = self._read_meta(notes)
         if meta is not None and meta.reset_pending:
             self._finish_reset(meta.log_start_offset)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tidelog.client import Admin, Producer, TopicPartition
+from tidelog.client import Admin, Consumer, Producer, TopicPartition
 from tidelog.node.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -31,7 +31,8 @@ SESSION_MS = 3000
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     running = LocalCluster(3, tmp_path_factory.mktemp("groups") / "cluster",
-                           env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "8"})
+                           env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "8",
+                                "TIDELOG_CLEANER_INTERVAL_MS": "1000"})
     running.start()
     try:
         running.wait_healthy(timeout_s=60)
@@ -286,3 +287,45 @@ def test_kill_9_of_the_coordinator_node_keeps_the_group_and_its_offsets(
     finally:
         cluster.start(coordinator)
         cluster.wait_healthy(node_ids=[coordinator])
+
+
+def test_a_compacted_topic_keeps_the_latest_record_per_key_and_drops_expired_tombstones(
+        cluster: LocalCluster, admin: Admin) -> None:
+    """100k updates over 1k keys (the last update of 100 keys is a tombstone) → 900 records,
+    each its key's latest at its original offset, on a real cluster with the node's cleaner."""
+    admin.create_topic("compacted", partitions=1, replication_factor=3, configs={
+        "cleanup.policy": "compact", "segment.bytes": str(1024 * 1024), "segment.ms": "1000",
+        "max.message.bytes": str(1024 * 1024),  # must fit a segment (see the report)
+        "delete.retention.ms": "0"})
+    latest: dict[bytes, tuple[int, bytes | None]] = {}
+    futures = []
+    with Producer(cluster.bootstrap, linger_ms=20) as producer:
+        for round_ in range(100):
+            for k in range(1000):
+                value = None if round_ == 99 and k < 100 else b"v%d-%d" % (k, round_)
+                futures.append((b"k%d" % k, value,
+                                producer.send("compacted", key=b"k%d" % k, value=value)))
+        producer.flush()
+        for key, value, future in futures:
+            latest[key] = (future.result().offset, value)
+        time.sleep(1.5)  # older than segment.ms: the next append seals the segment
+        producer.send("compacted", key=b"sentinel", value=b"s").result()
+    expected = {key: (offset, value) for key, (offset, value) in latest.items()
+                if value is not None}
+    assert len(expected) == 900
+    tp = TopicPartition("compacted", 0)
+
+    def read_all() -> dict[bytes, tuple[int, bytes | None]]:
+        out: dict[bytes, tuple[int, bytes | None]] = {}
+        count = 0
+        with Consumer(cluster.bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([tp])
+            end = consumer.end_offsets([tp])[tp]
+            while consumer.position(tp) < end:
+                for record in consumer.poll(timeout_s=1.0):
+                    if record.key != b"sentinel":
+                        out[record.key] = (record.offset, record.value)
+                        count += 1
+        return out if count == len(out) else {}
+
+    wait_until(lambda: read_all() == expected, 60, "900 live records after compaction")
