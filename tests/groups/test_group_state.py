@@ -237,3 +237,27 @@ def test_the_cores_import_no_io() -> None:
             else:
                 continue
             assert not banned & set(mods), f"{name} imports {mods}"
+
+
+def test_offsets_of_deleted_topics_are_dropped_with_tombstones() -> None:
+    core = GroupCoordinatorCore(partition_counts={"t": 2, "gone": 1})
+    core.commit(G, {TopicPartition("t", 0): CommittedOffset(offset=1, metadata="", commit_ms=0),
+                    TopicPartition("gone", 0): CommittedOffset(offset=9, metadata="",
+                                                               commit_ms=0)}, 0)
+    records = core.set_partition_counts({"t": 2}, 10)
+    assert [r.value for r in records] == [None]
+    assert core.fetch_offsets(G) == {TopicPartition("t", 0): CommittedOffset(
+        offset=1, metadata="", commit_ms=0)}
+
+
+def test_an_empty_group_expires_after_the_offsets_retention() -> None:
+    core = GroupCoordinatorCore(partition_counts={"t": 1}, offsets_retention_ms=1000)
+    a = Client(core, "a")
+    a.beat(0)
+    core.validate_commit(G, "a", a.epoch, a.owned)
+    core.commit(G, {TopicPartition("t", 0): CommittedOffset(offset=5, metadata="",
+                                                            commit_ms=0)}, 0)
+    core.heartbeat(hb("a", -1), 100)
+    assert not core.tick(900) and G in core.groups  # empty, but not old enough
+    records = core.tick(2000)
+    assert G not in core.groups and all(r.value is None for r in records) and len(records) == 2
