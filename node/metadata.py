@@ -16,6 +16,7 @@ from tidelog.node.errors import BrokerError, TopicExistsError, UnknownTopicError
 from tidelog.node.topics import (
     assign_replicas,
     effective_configs,
+    validate_config_relations,
     validate_configs,
     validate_layout,
     validate_topic_name,
@@ -82,6 +83,7 @@ class MetadataState:
         node_ids = sorted(int(n) for n in command.get("node_ids") or self.nodes)
         validate_layout(partitions, replication_factor, len(node_ids))
         configs = validate_configs(command.get("configs") or {})
+        validate_config_relations(configs)
         if command.get("validate_only"):
             return {}
         topic_id = self.next_topic_id
@@ -110,6 +112,7 @@ class MetadataState:
         merged = {**topic.configs, **validate_configs(command.get("set") or {})}
         for key in command.get("delete") or ():
             merged.pop(key, None)
+        validate_config_relations(merged)
         if not command.get("validate_only"):
             topic.configs = merged
         return {"configs": effective_configs(merged)}

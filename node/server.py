@@ -285,7 +285,7 @@ class Node:
                 committer=self.committer, send=self._send_raft,
                 on_soft_state=self._on_soft_state,
             )
-        except StorageError as exc:
+        except (StorageError, ValueError, OSError) as exc:  # one bad replica must not stop others
             log.error("cannot open replica %s-%d (%s): %s; left on disk for inspection",
                       topic.name, partition, group, exc)
             return

@@ -115,6 +115,16 @@ def validate_configs(configs: Mapping[str, str]) -> dict[str, str]:
     return checked
 
 
+def validate_config_relations(explicit: Mapping[str, str]) -> None:
+    """Settings that are valid alone but not together (a batch must fit in a segment)."""
+    eff = effective_configs(explicit)
+    if int(eff["segment.bytes"]) < int(eff["max.message.bytes"]):
+        raise InvalidConfigError(
+            f"segment.bytes ({eff['segment.bytes']}) must be at least max.message.bytes "
+            f"({eff['max.message.bytes']}): a batch has to fit in one segment; lower "
+            "max.message.bytes too")
+
+
 def effective_configs(explicit: Mapping[str, str]) -> dict[str, str]:
     """Explicit settings over defaults: what DescribeConfigs reports."""
     return {name: explicit.get(name, key.default) for name, key in TOPIC_CONFIGS.items()}

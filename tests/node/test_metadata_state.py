@@ -90,3 +90,16 @@ def test_a_sequence_gap_and_an_old_epoch_are_refused() -> None:
     with pytest.raises(ProducerFencedError):
         table.check(header(7, 0, 2))
     assert table.check(header(7, 2, 0)) is None  # a new epoch starts over
+
+
+def test_a_segment_smaller_than_the_largest_batch_is_refused() -> None:
+    state = MetadataState()
+    result = create(state, 0, "small", **{"segment.bytes": str(1024 * 1024)})
+    assert result["code"] == pb.INVALID_CONFIG
+    assert "must be at least max.message.bytes" in result["message"]
+    ok = create(state, 1, "small", **{"segment.bytes": str(1024 * 1024),
+                                      "max.message.bytes": str(512 * 1024)})
+    assert "error" not in ok
+    altered = state.apply(2, {"op": "alter_configs", "name": "small",
+                              "set": {"max.message.bytes": str(4 * 1024 * 1024)}})
+    assert altered["code"] == pb.INVALID_CONFIG
