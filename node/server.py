@@ -460,7 +460,8 @@ class Node:
             assert self.metadata is not None
             try:
                 if self.metadata.is_leader:
-                    return await self._propose_metadata_here(payload, remaining)
+                    result = await self._propose_metadata_here(payload, remaining)
+                    return await self._applied_here(result, deadline)
                 leader = self.metadata.leader_id
                 if leader is None or leader == self.id:
                     await asyncio.sleep(0.05)
@@ -471,9 +472,21 @@ class Node:
                 if reply.not_leader:
                     await asyncio.sleep(0.05)
                     continue
-                return json.loads(reply.result)
+                return await self._applied_here(json.loads(reply.result), deadline)
             except (E.NotLeaderError, grpc.aio.AioRpcError):
                 await asyncio.sleep(0.1)
+
+    async def _applied_here(self, result: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Read your writes: answer only once this node has applied the command too, so the
+        client's next Metadata call here sees (for example) the topic it just created."""
+        index = result.pop("_index", None)
+        while index is not None and self.state.applied_index < index:
+            if time.monotonic() > deadline:
+                raise E.RequestTimedOutError(
+                    f"metadata command committed at {index} but node {self.id} has not applied "
+                    "it yet")
+            await asyncio.sleep(0.01)
+        return result
 
     async def _propose_metadata_here(self, payload: bytes, timeout_s: float) -> dict[str, Any]:
         assert self.metadata is not None
@@ -486,9 +499,10 @@ class Node:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending_metadata[last] = future
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            result = await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending_metadata.pop(last, None)
+        return {**result, "_index": last}
 
     async def propose_metadata_local(
             self, request: cpb.ProposeMetadataRequest) -> cpb.ProposeMetadataResponse:

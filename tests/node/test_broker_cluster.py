@@ -129,6 +129,15 @@ def test_restarted_node_catches_up_and_preferred_leaders_return(cluster: LocalCl
                                                      for i in range(30))
 
 
+def settled_leader(cluster: LocalCluster, topic: str, partition: int) -> int:
+    """Wait until the preferred leader (first replica) leads, so the balancer moves nothing more."""
+    preferred = metadata(cluster.nodes[0].address, [topic]).topics[0] \
+        .partitions[partition].replicas[0]
+    wait_until(lambda: cluster.leader_of(topic, partition) == preferred, 30,
+               f"{topic}-{partition} led by its preferred leader {preferred}")
+    return preferred
+
+
 def expect_error(call, code: grpc.StatusCode, error: int) -> pb.ErrorDetail:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as info:
         call()
@@ -142,7 +151,7 @@ def test_bad_requests_get_precise_errors_and_the_node_keeps_serving(
         cluster: LocalCluster) -> None:
     address = cluster.nodes[0].address
     create_topic(address, "good", partitions=1, rf=3)
-    leader = cluster.node(cluster.leader_of("good", 0)).address
+    leader = cluster.node(settled_leader(cluster, "good", 0)).address
     follower = next(n.address for n in cluster.nodes if n.address != leader)
 
     expect_error(lambda: produce(leader, "nope", 0, batch_of([b"x"])),
@@ -182,7 +191,7 @@ def test_bad_requests_get_precise_errors_and_the_node_keeps_serving(
 
 def test_acks_leader_answers_after_the_local_append(cluster: LocalCluster) -> None:
     create_topic(cluster.nodes[0].address, "quick", partitions=1, rf=3)
-    leader = cluster.node(cluster.leader_of("quick", 0)).address
+    leader = cluster.node(settled_leader(cluster, "quick", 0)).address
     reply = stub(leader).Produce(pb.ProduceRequest(
         topic="quick", partition=0, acks=pb.ACKS_LEADER, batches=batch_of([b"a", b"b"]),
         timeout_ms=5000), timeout=10)
