@@ -67,10 +67,27 @@ def run_node(args: argparse.Namespace) -> int:
         level=args.log_level,
         format=f"%(asctime)s node-{config.node_id} %(levelname)s %(name)s: %(message)s",
     )
+    raise_open_files_limit()
     from tidelog.node.server import Node
 
     asyncio.run(Node(config).run_until_signal())
     return 0
+
+
+def raise_open_files_limit(wanted: int = 65536) -> None:
+    """Each partition log keeps its active segment open: lift the soft limit to the hard one (as
+    Kafka's docs ask operators to), so 1,000 partitions do not sit at the default 1,024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            logging.getLogger(__name__).info("open files limit raised from %d to %d",
+                                             soft, target)
+    except (ImportError, ValueError, OSError) as exc:
+        logging.getLogger(__name__).warning("could not raise the open files limit: %s", exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
