@@ -201,6 +201,21 @@ class LocalCluster:
             time.sleep(0.1)
         raise TimeoutError(f"no leader of {topic}-{partition} within {timeout_s} s")
 
+    def settled_leader_of(self, topic: str, partition: int, timeout_s: float = 30.0) -> int:
+        """The leader once it is the preferred one (the first replica), i.e. once the leader
+        balancer has nothing left to move: tests that aim at one leader start from here."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            leader = self.leader_of(topic, partition, timeout_s)
+            running = next(n for n in self.nodes if n.running)
+            preferred = metadata(running.address, [topic]).topics[0] \
+                .partitions[partition].replicas[0]
+            if leader == preferred or not self.node(preferred).running:
+                return leader
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}-{partition} not led by node {preferred} in time")
+            time.sleep(0.1)
+
     def __enter__(self) -> LocalCluster:
         self.start()
         return self

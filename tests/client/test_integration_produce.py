@@ -65,7 +65,8 @@ def test_a_dropped_produce_reply_is_retried_without_a_duplicate(
 ) -> None:
     with Admin(live_cluster.bootstrap) as admin:
         admin.create_topic(topic_name, partitions=1, replication_factor=3)
-    leader_id = live_cluster.leader_of(topic_name, 0)
+    # The preferred leader: the balancer would otherwise move leadership off the proxied node.
+    leader_id = live_cluster.settled_leader_of(topic_name, 0)
     leader = next(n.address for n in live_cluster.nodes if n.id == leader_id)
     proxy = cutting_proxy(leader)
     payload = b"x" * 200_000  # big enough to recognise the Produce request by its size

@@ -131,11 +131,7 @@ def test_restarted_node_catches_up_and_preferred_leaders_return(cluster: LocalCl
 
 def settled_leader(cluster: LocalCluster, topic: str, partition: int) -> int:
     """Wait until the preferred leader (first replica) leads, so the balancer moves nothing more."""
-    preferred = metadata(cluster.nodes[0].address, [topic]).topics[0] \
-        .partitions[partition].replicas[0]
-    wait_until(lambda: cluster.leader_of(topic, partition) == preferred, 30,
-               f"{topic}-{partition} led by its preferred leader {preferred}")
-    return preferred
+    return cluster.settled_leader_of(topic, partition)
 
 
 def expect_error(call, code: grpc.StatusCode, error: int) -> pb.ErrorDetail:  # type: ignore[no-untyped-def]
