@@ -15,7 +15,7 @@ def test_produce_and_consume_survive_a_leader_kill(live_cluster, topic_name) -> 
     tp = TopicPartition(topic_name, 0)
     with Admin(live_cluster.bootstrap) as admin:
         admin.create_topic(topic_name, partitions=1, replication_factor=3)
-    leader = live_cluster.leader_of(topic_name, 0)
+    leader = live_cluster.settled_leader_of(topic_name, 0)  # so the kill hits the leader
     total = 3000
     consumed: list = []
     stop = threading.Event()
