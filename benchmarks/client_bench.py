@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -123,9 +124,12 @@ def cluster(bootstrap: str | None) -> Iterator[str | None]:
         yield None
         return
     data = Path(tempfile.mkdtemp(prefix="tidelog-bench-"))
-    with LocalCluster(3, data) as local:
-        local.wait_healthy(60)
-        yield local.bootstrap
+    try:
+        with LocalCluster(3, data) as local:
+            local.wait_healthy(60)
+            yield local.bootstrap
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def main() -> int:
