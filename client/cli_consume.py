@@ -48,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --from-time: {exc}", file=sys.stderr)
         return 2
-    count = 0
     if args.group is not None:
         if args.partition is not None or args.offset is not None or since_ms is not None:
             print("error: --group takes no --partition, --offset or --from-time (the group "
@@ -78,20 +77,7 @@ def run(args: argparse.Namespace) -> int:
                         consumer.seek(tp, offset)
             else:
                 consumer.seek_to_end()
-            idle_since = time.monotonic()
-            out = sys.stdout
-            while args.max_messages is None or count < args.max_messages:
-                want = None if args.max_messages is None else args.max_messages - count
-                records = consumer.poll(timeout_s=0.5, max_records=want)
-                if not records:
-                    if args.timeout is not None and time.monotonic() - idle_since >= args.timeout:
-                        break
-                    continue
-                idle_since = time.monotonic()
-                for record in records:
-                    out.write(_format(record, args.output))
-                count += len(records)
-                out.flush()
+            _print_records(consumer, args)
     except errors.TidelogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -104,30 +90,36 @@ def _consume_group(args: argparse.Namespace) -> int:
     from tidelog.client import errors
     from tidelog.client.consumer import Consumer
 
-    count = 0
     reset = "earliest" if args.from_beginning else "latest"
     try:
         with Consumer(args.bootstrap, group_id=args.group, topics=[args.topic],
                       auto_offset_reset=reset, client_id="tidelog-cli") as consumer:
-            idle_since = time.monotonic()
-            while args.max_messages is None or count < args.max_messages:
-                want = None if args.max_messages is None else args.max_messages - count
-                records = consumer.poll(timeout_s=0.5, max_records=want)
-                if not records:
-                    if args.timeout is not None and time.monotonic() - idle_since >= args.timeout:
-                        break
-                    continue
-                idle_since = time.monotonic()
-                for record in records:
-                    sys.stdout.write(_format(record, args.output))
-                count += len(records)
-                sys.stdout.flush()
+            _print_records(consumer, args)
     except errors.TidelogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0
     return 0
+
+
+def _print_records(consumer: object, args: argparse.Namespace) -> int:
+    """Poll and print until --max-messages, or until --timeout seconds pass with no record."""
+    count = 0
+    idle_since = time.monotonic()
+    while args.max_messages is None or count < args.max_messages:
+        want = None if args.max_messages is None else args.max_messages - count
+        records = consumer.poll(timeout_s=0.5, max_records=want)  # type: ignore[attr-defined]
+        if not records:
+            if args.timeout is not None and time.monotonic() - idle_since >= args.timeout:
+                break
+            continue
+        idle_since = time.monotonic()
+        for record in records:
+            sys.stdout.write(_format(record, args.output))
+        count += len(records)
+        sys.stdout.flush()
+    return count
 
 
 def _parse_time(text: str) -> int:
