@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def bench_codec(records_per_batch: int, value_bytes: int, seconds: float) -> None:
-    from tidelog.client import batch as codec
+    from tidelog.proto import batch as codec
 
     value = b"x" * (value_bytes // 2) + bytes(range(256)) * (value_bytes // 512 + 1)
     value = value[:value_bytes]

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import grpc
-from tidelog.client.batch import encode_batch, iter_batches
 from tidelog.node.local_cluster import LocalCluster, metadata
 from tidelog.node.tables import render_table
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
+from tidelog.proto.batch import encode_batch, iter_batches
 
 
 def json_like_value(size: int, i: int) -> bytes:

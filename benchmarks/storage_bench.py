@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tidelog.client.batch import Codec, decode_records, encode_batch, validate_batch
 from tidelog.node.storage import FsyncPolicy, LogConfig, PartitionLog
+from tidelog.proto.batch import Codec, decode_records, encode_batch, validate_batch
 
 BATCH_BYTES_TARGET = 64 * 1024
 RECORD_BYTES = 1024

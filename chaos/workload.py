@@ -517,9 +517,9 @@ class _NotLeader(Exception):
 
 def _read_all(address: str, topic: str, partition: int) -> tuple[list[FinalRecord], int]:
     import grpc
-    from tidelog.client.batch import decode_records, iter_batches
     from tidelog.proto import broker_pb2 as pb
     from tidelog.proto import broker_pb2_grpc
+    from tidelog.proto.batch import decode_records, iter_batches
 
     records: list[FinalRecord] = []
     offset = 0

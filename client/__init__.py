@@ -1,7 +1,7 @@
-"""Tidelog's Python client. The batch codec (`tidelog.client.batch`) is shared with the node.
+"""Tidelog's Python client. The batch codec lives in `tidelog.proto.batch`, shared with the node.
 
-Public API (imported lazily, PEP 562, so that ``import tidelog.client.batch`` in the node does not
-pull in gRPC, threads or the producer)::
+Public API (imported lazily, PEP 562, so that importing one client module does not pull in gRPC,
+threads or the producer)::
 
     from tidelog.client import Producer, Consumer, Admin, TopicPartition
 """

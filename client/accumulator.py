@@ -31,7 +31,7 @@ from tidelog.client.records import TopicPartition
 __all__ = ["RECORD_OVERHEAD_BYTES", "ProducerBatch", "RecordAccumulator", "record_size"]
 
 #: per-record framing in the batch format: length, attributes, offset and timestamp deltas,
-#: key and value lengths, header count (see tidelog.client.batch)
+#: key and value lengths, header count (see tidelog.proto.batch)
 RECORD_OVERHEAD_BYTES = 23
 
 RecordTuple = tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes | None]], int]

@@ -52,7 +52,7 @@ def complete_batches(
     Returns ([(position, size), ...], next_fetch_offset). Batches entirely below fetch_offset and
     a trailing partial batch are left out; next_fetch_offset is one past the last whole batch
     (fetch_offset itself when there is none)."""
-    from tidelog.client import batch as codec
+    from tidelog.proto import batch as codec
 
     view = memoryview(buf)
     out: list[tuple[int, int]] = []
@@ -79,7 +79,7 @@ def decode_fetched(
     topic: str, partition: int, batch: bytes | memoryview, position: int
 ) -> list[ConsumerRecord]:
     """Decode one whole batch into records, skipping those below `position` (checksum-verified)."""
-    from tidelog.client import batch as codec
+    from tidelog.proto import batch as codec
 
     try:
         records = codec.decode_records(batch)
@@ -284,7 +284,7 @@ class Fetcher:
         assert st.fetch_offset is not None
         spans, next_offset = complete_batches(data, st.fetch_offset)
         if next_offset == st.fetch_offset and not spans and len(data) > 0:
-            from tidelog.client import batch as codec
+            from tidelog.proto import batch as codec
 
             header = codec.decode_header(data)
             if header.size > len(data):

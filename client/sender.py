@@ -80,7 +80,7 @@ class Sender(threading.Thread):
     # --- the loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        from tidelog.client import batch as codec_module
+        from tidelog.proto import batch as codec_module
         from tidelog.proto import broker_pb2
 
         self._codec = codec_module.Codec.LZ4 if self._config.compression == "lz4" else (
@@ -160,7 +160,7 @@ class Sender(threading.Thread):
             self._send(batch, leader)
 
     def _encode(self, batch: ProducerBatch) -> bool:
-        from tidelog.client import batch as codec_module
+        from tidelog.proto import batch as codec_module
 
         try:
             encoded = codec_module.encode_batch(

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from tidelog.client.batch import BatchHeader
 from tidelog.node.errors import OutOfOrderSequenceError, ProducerFencedError
+from tidelog.proto.batch import BatchHeader
 
 RECENT_BATCHES_MAX = 5  # like Kafka: a producer has at most 5 batches in flight per partition
 SEQUENCE_MODULUS = 2**31

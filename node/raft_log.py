@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 
-from tidelog.client.batch import (
+from tidelog.node.raft.types import Entry, EntryKind, LogIndex, Term
+from tidelog.node.storage import PartitionLog
+from tidelog.proto.batch import (
     ControlType,
     decode_header,
     decode_records,
@@ -17,8 +19,6 @@ from tidelog.client.batch import (
     iter_batches,
     stamp,
 )
-from tidelog.node.raft.types import Entry, EntryKind, LogIndex, Term
-from tidelog.node.storage import PartitionLog
 
 _KIND_BY_CONTROL = {
     ControlType.RAFT_NOOP: EntryKind.NOOP,

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tidelog.client.batch import BatchHeader, iter_batches
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.producer_state import ProducerStateTable
 from tidelog.node.raft import (
@@ -50,6 +49,7 @@ from tidelog.node.storage import (
     read_checksummed,
     write_checksummed,
 )
+from tidelog.proto.batch import BatchHeader, iter_batches
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ class Replica:
                 waiter.future.set_exception(exc)
 
     def _record_producer(self, entry: Entry) -> None:
-        from tidelog.client.batch import decode_header
+        from tidelog.proto.batch import decode_header
 
         header = decode_header(entry.data)
         self.producers.record(header, entry.index, entry.term)

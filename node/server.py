@@ -26,16 +26,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tidelog.client.batch import (
-    BatchTooLargeError,
-    Codec,
-    CorruptBatchError,
-    InvalidBatchError,
-    decode_records,
-    encode_batch,
-    iter_batches,
-    validate_batch,
-)
 from tidelog.node import errors as E
 from tidelog.node.cleaner import run_cleaner
 from tidelog.node.config import NodeConfig
@@ -61,6 +51,16 @@ from tidelog.node.transport import CHANNEL_OPTIONS, Transport
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc, cluster_pb2_grpc
 from tidelog.proto import cluster_pb2 as cpb
+from tidelog.proto.batch import (
+    BatchTooLargeError,
+    Codec,
+    CorruptBatchError,
+    InvalidBatchError,
+    decode_records,
+    encode_batch,
+    iter_batches,
+    validate_batch,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tidelog.client.batch import (
+from tidelog.proto.batch import (
     CHECKSUM_START,
     HEADER_SIZE,
     MAGIC,

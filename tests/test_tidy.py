@@ -29,3 +29,15 @@ def test_no_top_level_node_or_client_package() -> None:
     for name in ("node", "client", "chaos"):
         assert not (ROOT / f"{name}.py").exists()
     assert not (ROOT / "__init__.py").exists()
+
+
+def test_node_never_imports_the_client_package() -> None:
+    """The batch format belongs to neither side (tidelog.proto.batch); the node, storage included,
+    must not depend on the client package."""
+    offenders = []
+    for path in (ROOT / "node").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if stripped.startswith(("import tidelog.client", "from tidelog.client")):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {stripped}")
+    assert offenders == []

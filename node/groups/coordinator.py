@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tidelog.client.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
 from tidelog.node import errors as E
 from tidelog.node.groups import offsets_log as ol
 from tidelog.node.groups.assignors import TopicPartition
@@ -40,6 +39,7 @@ from tidelog.node.groups.state import (
 from tidelog.node.raft import NotLeader, ProposalDropped
 from tidelog.node.replica import Replica, ReplicaLostLeadership
 from tidelog.proto import broker_pb2 as pb
+from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
 
 if TYPE_CHECKING:
     from tidelog.node.server import Node

@@ -45,7 +45,9 @@ from pathlib import Path
 
 import lz4.block
 import xxhash
-from tidelog.client.batch import (
+from tidelog.node.storage.log import CLEANED_SUFFIX, PartitionLog
+from tidelog.node.storage.segment import fdatasync
+from tidelog.proto.batch import (
     CHECKSUM_START,
     HEADER_SIZE,
     LENGTH_PREFIX_SIZE,
@@ -58,8 +60,6 @@ from tidelog.client.batch import (
     decode_records,
     validate_batch,
 )
-from tidelog.node.storage.log import CLEANED_SUFFIX, PartitionLog
-from tidelog.node.storage.segment import fdatasync
 
 __all__ = ["CleanResult", "CompactionConfig", "compact"]
 

@@ -6,7 +6,7 @@
 * The disk failed us: `DiskFullError` (ENOSPC; the partial write was cut back), `CorruptLogError`
   (damaged bytes found in data that should be intact: reported, never served),
   `CorruptFileError` (a checksummed metadata file does not match its checksum).
-* A sender's batch is bad: the codec errors from `tidelog.client.batch`, re-exported here.
+* A sender's batch is bad: the codec errors from `tidelog.proto.batch`, re-exported here.
 
 Every error carries the facts a person needs to act on it (segment, position, offsets).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tidelog.client.batch import (
+from tidelog.proto.batch import (
     BatchError,
     BatchTooLargeError,
     CorruptBatchError,

@@ -34,12 +34,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tidelog.client.batch import (
-    BatchError,
-    BatchHeader,
-    stamp,
-    validate_batch,
-)
 from tidelog.node.storage import metafile
 from tidelog.node.storage.config import LogConfig
 from tidelog.node.storage.durability import DirtyTracker, GroupCommitter
@@ -56,6 +50,12 @@ from tidelog.node.storage.errors import (
 from tidelog.node.storage.index import NO_TIMESTAMP, SegmentIndex
 from tidelog.node.storage.retention import SegmentStat, segments_to_delete
 from tidelog.node.storage.segment import LOG_SUFFIX, Segment, fdatasync
+from tidelog.proto.batch import (
+    BatchError,
+    BatchHeader,
+    stamp,
+    validate_batch,
+)
 
 __all__ = ["AppendInfo", "PartitionLog", "RecoveryReport"]
 

@@ -21,14 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
 
-from tidelog.client.batch import (
-    HEADER_SIZE,
-    LENGTH_PREFIX_SIZE,
-    BatchError,
-    BatchHeader,
-    decode_header,
-    validate_batch,
-)
 from tidelog.node.storage import metafile
 from tidelog.node.storage.errors import (
     CorruptFileError,
@@ -42,6 +34,14 @@ from tidelog.node.storage.index import (
     SegmentSummary,
     decode_index_files,
     encode_index_files,
+)
+from tidelog.proto.batch import (
+    HEADER_SIZE,
+    LENGTH_PREFIX_SIZE,
+    BatchError,
+    BatchHeader,
+    decode_header,
+    validate_batch,
 )
 
 __all__ = ["Position", "ScanResult", "Segment", "fdatasync", "segment_file_name"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tidelog.client import batch as codec
 from tidelog.client import errors
 from tidelog.client.fetcher import complete_batches, decode_fetched
+from tidelog.proto import batch as codec
 
 
 def make_batch(base_offset: int, count: int, *, ts: int = 1000) -> bytes:

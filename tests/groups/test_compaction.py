@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tidelog.client.batch import Codec, decode_records, encode_batch, iter_batches
 from tidelog.node.raft_log import PartitionRaftLog
 from tidelog.node.storage import LogConfig, PartitionLog
 from tidelog.node.storage.compaction import CompactionConfig, compact
+from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches
 
 KEYS = 1000
 

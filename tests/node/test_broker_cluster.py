@@ -8,9 +8,9 @@ from collections import Counter
 
 import grpc
 import pytest
-from tidelog.client.batch import decode_records, iter_batches
 from tidelog.node.local_cluster import LocalCluster, metadata
 from tidelog.proto import broker_pb2 as pb
+from tidelog.proto.batch import decode_records, iter_batches
 
 from .wire import batch_of, create_topic, error_detail, produce, stub
 

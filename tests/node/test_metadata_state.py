@@ -6,12 +6,12 @@ import math
 from collections import Counter
 
 import pytest
-from tidelog.client.batch import decode_header, encode_batch
 from tidelog.node.errors import OutOfOrderSequenceError, ProducerFencedError
 from tidelog.node.metadata import MetadataState
 from tidelog.node.producer_state import ProducerStateTable
 from tidelog.node.topics import assign_replicas, validate_topic_name
 from tidelog.proto import broker_pb2 as pb
+from tidelog.proto.batch import decode_header, encode_batch
 
 
 def create(state: MetadataState, index: int, name: str, partitions: int = 3, rf: int = 3,

@@ -9,8 +9,8 @@ stale record (node/server.py `Node.produce`).
 
 from __future__ import annotations
 
-from tidelog.client.batch import decode_header, encode_batch
 from tidelog.node.producer_state import ProducerStateTable
+from tidelog.proto.batch import decode_header, encode_batch
 
 
 def header(seq: int, count: int = 1):  # type: ignore[no-untyped-def]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import grpc
-from tidelog.client.batch import encode_batch
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
+from tidelog.proto.batch import encode_batch
 
 
 def stub(address: str) -> broker_pb2_grpc.BrokerStub:

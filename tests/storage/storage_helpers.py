@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tidelog.client.batch import Codec, encode_batch
 from tidelog.node.storage import LogConfig, PartitionLog
+from tidelog.proto.batch import Codec, encode_batch
 
 
 def make_batch(records: int = 1, value_bytes: int = 20, *, timestamp_ms: int = 1_000,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from storage_helpers import Clock, crash, make_batch, small_config
-from tidelog.client.batch import iter_batches
 from tidelog.node.storage import CorruptLogError, PartitionLog
+from tidelog.proto.batch import iter_batches
 
 CONFIG = small_config(segment_bytes_max=1024, batch_bytes_max=1024, index_interval_bytes=128)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import xxhash
 from storage_helpers import Clock, crash, make_batch, small_config
-from tidelog.client.batch import iter_batches
 from tidelog.node.storage import (
     BatchTooLargeError,
     CorruptBatchError,
@@ -30,6 +29,7 @@ from tidelog.node.storage import (
     write_checksummed,
 )
 from tidelog.node.storage import segment as segment_module
+from tidelog.proto.batch import iter_batches
 
 # ------------------------------------------------------------------------------------ bad input
 

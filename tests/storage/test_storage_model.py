@@ -19,13 +19,13 @@ from hypothesis.stateful import (
     rule,
 )
 from storage_helpers import crash, make_batch, small_config
-from tidelog.client.batch import iter_batches, stamp
 from tidelog.node.storage import (
     NotOnBatchBoundaryError,
     OffsetOutOfOrderError,
     OffsetOutOfRangeError,
     PartitionLog,
 )
+from tidelog.proto.batch import iter_batches, stamp
 
 
 class LogMachine(RuleBasedStateMachine):
