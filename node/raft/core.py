@@ -264,10 +264,23 @@ class RaftCore:
         )
 
     def report_unreachable(self, peer: NodeId) -> None:
-        """The transport failed to deliver to ``peer``: stop pipelining, probe again."""
+        """The transport failed to deliver to ``peer``: stop pipelining, probe again.
+
+        A pending log-start install counts as failed (etcd's ReportSnapshot(failure); the
+        success case needs no report: the follower's APPEND_RESP ends SNAPSHOT). The install is
+        sent again after the next heartbeat reply."""
         pr = self.progress.get(peer)
-        if self.role == Role.LEADER and pr is not None and pr.state == ProgressState.REPLICATE:
-            pr.become_probe()
+        if self.role != Role.LEADER or pr is None:
+            return
+        match pr.state:
+            case ProgressState.REPLICATE:
+                pr.become_probe()
+            case ProgressState.SNAPSHOT:
+                pr.install_failed()
+            case ProgressState.PROBE:
+                pass
+            case _:
+                assert_never(pr.state)
 
     # ------------------------------------------------------------------ Ready / advance
 
@@ -515,10 +528,20 @@ class RaftCore:
                 self._become_follower(self.term, None)
                 return
             self._lead_transferee = None  # a transfer that did not finish in time is abandoned
+        self._tick_installs()
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             for p, pr in self.progress.items():
                 self._send(MessageType.HEARTBEAT, p, commit=LogIndex(min(pr.match, self.commit)))
+
+    def _tick_installs(self) -> None:
+        # A dropped INSTALL_LOG_START gets no reply and no transport error; without this bound
+        # the follower would stay in SNAPSHOT until the leader changes (issue 11, defect 2).
+        for pr in self.progress.values():
+            if pr.state == ProgressState.SNAPSHOT:
+                pr.install_elapsed += 1
+                if pr.install_elapsed >= self.config.election_ticks:
+                    pr.install_failed()
 
     def _quorum_active(self) -> bool:
         active = {self.id: True}
@@ -675,7 +698,10 @@ class RaftCore:
             case ProgressState.PROBE:
                 pr.become_replicate()
             case ProgressState.SNAPSHOT:
-                if pr.match >= pr.pending_log_start:
+                # etcd: whatever log start the follower actually reached, once it can be caught
+                # up from our log, replicate (via probe, which accounts for the install).
+                if pr.match + 1 >= self.log.log_start():
+                    pr.become_probe()
                     pr.become_replicate()
             case ProgressState.REPLICATE:
                 pr.inflights.free_le(m.index)

@@ -4,6 +4,13 @@ As in etcd: PROBE sends one append per heartbeat round until the follower's matc
 REPLICATE pipelines appends optimistically (``next`` advances on send) up to ``max_inflight_msgs``
 unacknowledged messages; SNAPSHOT (here: a log-start reset, our InstallSnapshot) pauses appends
 until the follower acknowledges the new log start.
+
+SNAPSHOT must never wedge (issue 11, defect 2): the INSTALL_LOG_START is one message and may be
+lost like any other. The leader leaves SNAPSHOT for PROBE when the follower's reply shows it can be
+caught up from the log (etcd's MsgAppResp rule), when the transport reports the follower
+unreachable (etcd's ReportSnapshot failure), and on its own after ``install_elapsed`` reaches a
+bound (a silently dropped message). ``install_failed`` forgets the pending log start, so the next
+probe finds the follower still below the log start and sends the install again.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class Progress:
     state: ProgressState = ProgressState.PROBE
     probe_sent: bool = False
     pending_log_start: LogIndex = NO_INDEX  # SNAPSHOT: the boundary the follower was reset to
+    install_elapsed: int = 0  # SNAPSHOT: leader ticks since the INSTALL_LOG_START was sent
     recent_active: bool = field(default=False)
 
     def become_probe(self) -> None:
@@ -79,7 +87,19 @@ class Progress:
     def become_snapshot(self, log_start_prev: LogIndex) -> None:
         self.state, self.probe_sent = ProgressState.SNAPSHOT, False
         self.pending_log_start = log_start_prev
+        self.install_elapsed = 0
         self.inflights.reset()
+
+    def install_failed(self) -> None:
+        """The install was lost (reported unreachable, or unanswered for too long): probe from
+        what the follower is known to have; wait for a heartbeat reply before retrying, as etcd
+        does after a failed snapshot (MsgAppFlowPaused)."""
+        assert self.state == ProgressState.SNAPSHOT
+        # Order matters (as in etcd): forget the pending log start first, or the probe would
+        # start above a log start the follower never installed.
+        self.pending_log_start = NO_INDEX
+        self.become_probe()
+        self.probe_sent = True
 
     def maybe_update(self, index: LogIndex) -> bool:
         """An append up to ``index`` was acknowledged. Returns whether ``match`` moved."""

@@ -15,6 +15,7 @@ from tidelog.node.raft import (
     MessageType,
     NodeId,
     NotLeader,
+    ProgressState,
     ProposalDropped,
     RaftConfig,
     RaftCore,
@@ -458,3 +459,68 @@ def test_committed_index_matches_naive_oracle() -> None:
         match = {v: LogIndex(rng.randint(-1, 20)) for v in voters}
         oracle = max(i for i in range(-1, 21) if sum(m >= i for m in match.values()) > n // 2)
         assert committed_index(voters, match) == oracle
+
+
+# ---------------------------------------------------------------- issue 11: log-start installs
+
+
+def _lagging_follower_behind_log_start(h: Harness) -> RaftCore:
+    """Node 3 is down while the leader writes and retention removes what node 3 needs."""
+    lead = h.elect(1)
+    h.down.add(NodeId(3))
+    for k in range(6):
+        lead.propose(b"%d" % k, 2)
+    h.deliver()
+    for i in (1, 2):
+        h.logs[NodeId(i)].truncate_prefix(LogIndex(8))
+    h.down.discard(NodeId(3))
+    return lead
+
+
+def _drop_install_log_starts(h: Harness, node: int) -> list[Message]:
+    """Make ``node`` lose every INSTALL_LOG_START addressed to it (as a lossy network would)."""
+    core = h.cores[NodeId(node)]
+    real_step = core.step
+    dropped: list[Message] = []
+
+    def step(m: Message) -> None:
+        if m.type == MessageType.INSTALL_LOG_START:
+            dropped.append(m)
+            return
+        real_step(m)
+
+    core.step = step  # type: ignore[method-assign]
+    return dropped
+
+
+def test_lost_log_start_install_is_retried_after_a_bounded_number_of_ticks() -> None:
+    """Issue 11 defect 2 (etcd's StateSnapshot must not wedge): an INSTALL_LOG_START the network
+    drops leaves the follower's progress in SNAPSHOT; within two election timeouts of ticks the
+    leader gives up on it, probes again, resends the install and the follower catches up."""
+    h = Harness(3)
+    lead = _lagging_follower_behind_log_start(h)
+    dropped = _drop_install_log_starts(h, 3)
+    h.tick_all(1)
+    assert len(dropped) == 1 and lead.progress[NodeId(3)].state == ProgressState.SNAPSHOT
+    del h.cores[NodeId(3)].step  # the network heals: the next install arrives
+    h.tick_all(2 * lead.config.election_ticks)
+    assert lead.role == Role.LEADER
+    assert lead.progress[NodeId(3)].state == ProgressState.REPLICATE
+    assert h.entries(3) == h.entries(1) and h.cores[NodeId(3)].commit == lead.commit
+
+
+def test_install_reported_unreachable_is_resent_after_the_next_heartbeat_reply() -> None:
+    """Issue 11 defect 2, etcd's ReportSnapshot(failure): the transport reports the follower
+    unreachable while an install is pending; the leader leaves SNAPSHOT for PROBE and resends the
+    install once a heartbeat reply shows the follower is back, without waiting for the timeout."""
+    h = Harness(3)
+    lead = _lagging_follower_behind_log_start(h)
+    dropped = _drop_install_log_starts(h, 3)
+    h.tick_all(1)
+    assert len(dropped) == 1
+    del h.cores[NodeId(3)].step
+    lead.report_unreachable(NodeId(3))
+    assert lead.progress[NodeId(3)].state == ProgressState.PROBE
+    h.tick_all(2)  # < the election timeout: the report, not the timeout, unwedged it
+    assert lead.progress[NodeId(3)].state == ProgressState.REPLICATE
+    assert h.entries(3) == h.entries(1) and h.cores[NodeId(3)].commit == lead.commit
