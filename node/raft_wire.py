@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tidelog.node.raft.messages import Message, MessageType
-from tidelog.node.raft.types import Entry, EntryKind, LogIndex, Membership, NodeId, Term
+from tidelog.node.raft.types import NO_INDEX, Entry, EntryKind, LogIndex, Membership, NodeId, Term
 from tidelog.proto import cluster_pb2 as cpb
 
 _KIND_TO_WIRE = {
@@ -39,6 +39,8 @@ def to_wire(group: str, msg: Message) -> cpb.RaftMessage:
         wire.has_membership = True
         wire.membership.voters.extend(sorted(msg.membership.voters))
         wire.membership.learners.extend(sorted(msg.membership.learners))
+        if msg.membership.index != NO_INDEX:
+            wire.membership.index = msg.membership.index
     return wire
 
 
@@ -57,6 +59,9 @@ def from_wire(wire: cpb.RaftMessage) -> Message:
         membership = Membership(
             voters=frozenset(NodeId(v) for v in wire.membership.voters),
             learners=frozenset(NodeId(v) for v in wire.membership.learners),
+            index=LogIndex(wire.membership.index)
+            if wire.membership.HasField("index")
+            else NO_INDEX,
         )
     return Message(
         type=kind,

@@ -31,12 +31,14 @@ class RaftEntry(_message.Message):
     def __init__(self, term: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Membership(_message.Message):
-    __slots__ = ("voters", "learners")
+    __slots__ = ("voters", "learners", "index")
     VOTERS_FIELD_NUMBER: _ClassVar[int]
     LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     voters: _containers.RepeatedScalarFieldContainer[int]
     learners: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ...) -> None: ...
+    index: int
+    def __init__(self, voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., index: _Optional[int] = ...) -> None: ...
 
 class RaftMessage(_message.Message):
     __slots__ = ("group", "type", "frm", "to", "term", "index", "log_term", "entries", "commit", "reject", "reject_hint", "transfer", "membership", "has_membership")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from tidelog.node.raft.types import Membership, NodeId
+from tidelog.node.raft.types import NO_INDEX, LogIndex, Membership, NodeId
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -12,8 +12,12 @@ class RaftConfig:
     node_id: NodeId
     voters: tuple[NodeId, ...]
     """Bootstrap membership. After a restart pass the last membership the core reported in
-    ``Ready.membership`` (the runtime persists it with the hard state)."""
+    ``Ready.membership`` (the runtime persists ``Membership.encode()`` with the hard state), with
+    ``with_membership``: it sets voters, learners and ``membership_index`` together."""
     learners: tuple[NodeId, ...] = ()
+    membership_index: LogIndex = NO_INDEX
+    """``Membership.index`` of the restored membership (NO_INDEX at bootstrap): CONFIG entries at
+    or below it are older and never applied again."""
     election_ticks: int = 10
     """A follower campaigns after a random timeout in [election_ticks, 2 * election_ticks)."""
     heartbeat_ticks: int = 1
@@ -44,7 +48,22 @@ class RaftConfig:
             raise ValueError("voters and learners must be distinct node ids")
         if self.promote_lag_max < 0:
             raise ValueError("promote_lag_max must be >= 0")
+        if self.membership_index < NO_INDEX:
+            raise ValueError(f"membership_index must be >= {NO_INDEX}")
 
     @property
     def membership(self) -> Membership:
-        return Membership(voters=frozenset(self.voters), learners=frozenset(self.learners))
+        return Membership(
+            voters=frozenset(self.voters),
+            learners=frozenset(self.learners),
+            index=self.membership_index,
+        )
+
+    def with_membership(self, m: Membership) -> RaftConfig:
+        """This config with a persisted membership (``Ready.membership``) restored."""
+        return replace(
+            self,
+            voters=tuple(sorted(m.voters)),
+            learners=tuple(sorted(m.learners)),
+            membership_index=m.index,
+        )

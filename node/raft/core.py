@@ -21,6 +21,7 @@ until a leader elected by others has given them back).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, assert_never
@@ -786,7 +787,10 @@ class RaftCore:
         else:
             self.log.reset(LogStart(start=LogIndex(m.index + 1), term=m.log_term))
             self._pending_configs = []
-            if m.membership is not None:
+            # The leader's membership is committed and comes from a CONFIG entry at
+            # ``m.membership.index``, possibly above the log start: entries up to that index that
+            # we receive next are older and must not be applied again (issue 11, defect 3).
+            if m.membership is not None and m.membership.index >= self.membership.index:
                 self.membership = m.membership
             self.commit = m.index
             self._applied = LogIndex(max(self._applied, m.index))
@@ -832,8 +836,8 @@ class RaftCore:
 
     def _note_configs(self, entries: Sequence[Entry]) -> None:
         for e in entries:
-            if e.kind == EntryKind.CONFIG:
-                self._pending_configs.append((e.last, Membership.decode(e.data)))
+            if e.kind == EntryKind.CONFIG and e.last > self.membership.index:
+                self._pending_configs.append((e.last, _config_of(e)))
 
     def _scan_uncommitted_configs(self) -> None:
         nxt = self.log.log_start()
@@ -844,11 +848,12 @@ class RaftCore:
             if not ents:
                 break
             for e in ents:
-                if e.kind == EntryKind.CONFIG:
-                    if e.last <= self.commit:
-                        self.membership = Membership.decode(e.data)
-                    else:
-                        self._pending_configs.append((e.last, Membership.decode(e.data)))
+                if e.kind != EntryKind.CONFIG or e.last <= self.membership.index:
+                    continue  # older than the membership we were given (installed, or applied)
+                if e.last <= self.commit:
+                    self.membership = _config_of(e)
+                else:
+                    self._pending_configs.append((e.last, _config_of(e)))
             nxt = ents[-1].last + 1
 
     def _propose_config(self, new: Membership) -> LogIndex:
@@ -864,8 +869,9 @@ class RaftCore:
                 f"a membership change is pending at {self._pending_configs[0][0]}"
             )
         index = LogIndex(self.log.last_index() + 1)
+        data = dataclasses.replace(new, index=index).encode()
         self._append_own(
-            [Entry(term=self.term, index=index, count=1, kind=EntryKind.CONFIG, data=new.encode())]
+            [Entry(term=self.term, index=index, count=1, kind=EntryKind.CONFIG, data=data)]
         )
         return index
 
@@ -915,3 +921,8 @@ class RaftCore:
                 membership=membership,
             )
         )
+
+
+def _config_of(e: Entry) -> Membership:
+    """The membership a CONFIG entry carries; the entry's own offset is its index."""
+    return dataclasses.replace(Membership.decode(e.data), index=e.last)

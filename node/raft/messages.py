@@ -17,6 +17,9 @@ INSTALL_LOG_START  leader's log_start - 1       term at that index          memb
 =================  ===========================  ==========================  =====================
 
 The reply to INSTALL_LOG_START is an APPEND_RESP (its index is the follower's new match).
+Its ``membership`` is the leader's current (committed) one with ``Membership.index``, the offset of
+the CONFIG entry it comes from, which may lie above the log start: the follower applies only
+CONFIG entries above that index (issue 11, defect 3).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class Message:
     reject: bool = False
     reject_hint: LogIndex = NO_INDEX  # APPEND_RESP reject: a boundary the leader may retry from
     transfer: bool = False  # VOTE/PRE_VOTE: campaign started by TimeoutNow; ignores the lease
-    membership: Membership | None = None  # INSTALL_LOG_START: the membership at the log start
+    membership: Membership | None = None  # INSTALL_LOG_START: leader's membership (+ its index)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (enums as their values), for the broker's protobuf mapping."""
@@ -65,6 +68,7 @@ class Message:
             d["membership"] = {
                 "voters": sorted(self.membership.voters),
                 "learners": sorted(self.membership.learners),
+                "index": self.membership.index,
             }
         return d
 

@@ -81,34 +81,51 @@ class SoftState:
     term: Term
 
 
-_MEMBERSHIP_MAGIC = b"TLM1"
+_MEMBERSHIP_MAGIC_V1 = b"TLM1"  # before issue 11: no index; still decoded (index NO_INDEX)
+_MEMBERSHIP_MAGIC = b"TLM2"
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Membership:
     """The voters and learners of a Raft group. Changes one server at a time (see docs/raft.md).
 
-    Byte layout of ``encode()`` (the ``data`` of a CONFIG entry), big-endian:
+    ``index`` is the offset of the CONFIG entry this membership comes from (NO_INDEX: the
+    bootstrap membership, or one persisted before issue 11). A replica applies only CONFIG entries
+    above it, so a membership installed with a log start (which can be newer than CONFIG entries
+    that follow the log start) never goes back to an older one (issue 11, defect 3). The runtime
+    persists ``encode()`` (which includes the index) and restores it with
+    ``RaftConfig.with_membership``.
+
+    Byte layout of ``encode()`` (also the ``data`` of a CONFIG entry), big-endian:
 
     ======  =====================  ==================================
     offset  size                   field
     ======  =====================  ==================================
-    0       4                      magic b"TLM1"
+    0       4                      magic b"TLM2"
     4       2                      number of voters V
     6       2                      number of learners L
-    8       8 * V                  voter ids, ascending
+    8       8                      index (signed; -1 = NO_INDEX)
+    16      8 * V                  voter ids, ascending
     ...     8 * L                  learner ids, ascending
     ======  =====================  ==================================
+
+    The older b"TLM1" layout lacks the index field (voters follow at offset 8); ``decode``
+    accepts it and reports ``index == NO_INDEX``. A CONFIG entry's own offset is authoritative
+    for its index (the core sets it when it reads the entry).
     """
 
     voters: frozenset[NodeId]
     learners: frozenset[NodeId] = frozenset()
+    index: LogIndex = NO_INDEX
 
     def __post_init__(self) -> None:
         if self.voters & self.learners:
             raise ValueError(f"a node cannot be voter and learner: {self.voters & self.learners}")
+        if self.index < NO_INDEX:
+            raise ValueError(f"membership index {self.index} is below {NO_INDEX}")
 
     @property
     def members(self) -> frozenset[NodeId]:
@@ -117,18 +134,25 @@ class Membership:
     def encode(self) -> bytes:
         voters, learners = sorted(self.voters), sorted(self.learners)
         parts = [_MEMBERSHIP_MAGIC, _U16.pack(len(voters)), _U16.pack(len(learners))]
+        parts.append(_I64.pack(self.index))
         parts.extend(_U64.pack(n) for n in (*voters, *learners))
         return b"".join(parts)
 
     @classmethod
     def decode(cls, data: bytes) -> Membership:
-        if data[:4] != _MEMBERSHIP_MAGIC or len(data) < 8:
+        magic = data[:4]
+        if magic not in (_MEMBERSHIP_MAGIC, _MEMBERSHIP_MAGIC_V1) or len(data) < 8:
             raise ValueError("not a membership payload")
         (nv,), (nl,) = _U16.unpack_from(data, 4), _U16.unpack_from(data, 6)
-        if len(data) != 8 + 8 * (nv + nl):
+        head, index = 8, NO_INDEX
+        if magic == _MEMBERSHIP_MAGIC:
+            if len(data) < 16:
+                raise ValueError("membership payload has the wrong length")
+            head, index = 16, LogIndex(_I64.unpack_from(data, 8)[0])
+        if len(data) != head + 8 * (nv + nl):
             raise ValueError("membership payload has the wrong length")
-        ids = [NodeId(_U64.unpack_from(data, 8 + 8 * i)[0]) for i in range(nv + nl)]
-        return cls(voters=frozenset(ids[:nv]), learners=frozenset(ids[nv:]))
+        ids = [NodeId(_U64.unpack_from(data, head + 8 * i)[0]) for i in range(nv + nl)]
+        return cls(voters=frozenset(ids[:nv]), learners=frozenset(ids[nv:]), index=index)
 
 
 # --- errors, split by fault ------------------------------------------------------------------

@@ -524,3 +524,40 @@ def test_install_reported_unreachable_is_resent_after_the_next_heartbeat_reply()
     h.tick_all(2)  # < the election timeout: the report, not the timeout, unwedged it
     assert lead.progress[NodeId(3)].state == ProgressState.REPLICATE
     assert h.entries(3) == h.entries(1) and h.cores[NodeId(3)].commit == lead.commit
+
+
+def test_installed_membership_never_goes_back_to_older_config_entries() -> None:
+    """Issue 11 defect 3: INSTALL_LOG_START carried the leader's current membership, and the
+    follower then applied the older CONFIG entries between the log start and the leader's commit:
+    its voter set went backwards (node 4 lost its vote). Every membership the follower reports
+    after the install, and the one it restarts with, is at least as new as the installed one."""
+    h = Harness(4, max_append_bytes=40)  # one entry per append: the follower commits step by step
+    lead = h.elect(1)
+    h.down.add(NodeId(3))
+    for k in range(6):
+        lead.propose(b"%d" % k, 2)  # offsets 1..12
+    h.deliver()
+    lead.remove(NodeId(4))  # CONFIG at 13: voters {1,2,3}
+    h.deliver()
+    lead.add_learner(NodeId(4))  # CONFIG at 14: learner 4
+    h.tick_all(3)  # node 4 catches up as a learner
+    lead.promote(NodeId(4))  # CONFIG at 15: voters {1,2,3,4}
+    h.deliver()
+    assert lead.membership.voters == {1, 2, 3, 4} and lead.commit == 15
+    for i in (1, 2, 4):
+        h.logs[NodeId(i)].truncate_prefix(LogIndex(8))
+    h.down.discard(NodeId(3))
+    h.tick_all(3 * lead.config.election_ticks)
+    follower = h.cores[NodeId(3)]
+    assert h.entries(3) == h.entries(1) and follower.commit == lead.commit
+    reported = [rd.membership for rd in h.readies[NodeId(3)] if rd.membership is not None]
+    assert reported and all(m.voters == {1, 2, 3, 4} for m in reported), reported
+    assert follower.membership.voters == {1, 2, 3, 4}
+    # A restart with the persisted membership replays the log's CONFIG entries: none is older.
+    restarted = RaftCore(
+        RaftConfig(node_id=NodeId(3), voters=(NodeId(1),)).with_membership(reported[-1]),
+        h.logs[NodeId(3)],
+        rng=random.Random(3),
+        hard_state=h.hs[NodeId(3)],
+    )
+    assert restarted.membership == follower.membership
