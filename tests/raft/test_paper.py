@@ -139,6 +139,7 @@ def test_stale_term_append_is_answered_with_current_term() -> None:
     f.step(Message(type=MessageType.APPEND, frm=NodeId(3), to=NodeId(2), term=Term(0)))
     h.process(NodeId(2))
     assert h.sent(2)[-1].type == MessageType.APPEND_RESP and h.sent(2)[-1].term == 1
+    assert f.term == 1 and f.leader == 1  # the stale request changed nothing
 
 
 # ---------------------------------------------------------------- §5.3 log replication
@@ -166,7 +167,15 @@ def test_follower_rejects_append_without_matching_prev_and_leader_backtracks() -
     h.down.discard(NodeId(3))
     h.tick_all(2)  # heartbeats make the leader notice follower 3 is behind
     assert h.entries(3) == h.entries(1)
-    assert any(m.reject for m in h.sent(3) if m.type == MessageType.APPEND_RESP) or True
+    rejects = [m for m in h.sent(3) if m.type == MessageType.APPEND_RESP and m.reject]
+    assert rejects, "follower 3 never rejected an append whose prev it lacks"
+    rejected = rejects[0].index
+    retries = [
+        m
+        for m in h.sent(1)
+        if m.type == MessageType.APPEND and m.to == 3 and m.index < rejected and m.entries
+    ]
+    assert retries, f"the leader never retried below the rejected prev {rejected}"
 
 
 def test_follower_truncates_conflicting_uncommitted_suffix() -> None:
@@ -196,6 +205,9 @@ def test_leader_pipelines_within_inflight_window() -> None:
         h.deliver()
     appends = [m for m in h.sent(1) if m.type == MessageType.APPEND and m.to == 2 and m.entries]
     assert len(appends) == 2 + 1  # the probe that found the match, then a window of 2
+    pr = lead.progress[NodeId(2)]
+    assert pr.state == ProgressState.REPLICATE and len(pr.inflights) == 2 and pr.is_paused()
+    assert lead.log.last_index() > appends[-1].entries[-1].last  # the rest waits for acks
 
 
 # ---------------------------------------------------------------- §5.4.2 committing earlier terms
@@ -298,6 +310,8 @@ def test_follower_in_lease_ignores_disruptive_vote() -> None:
         )
     )
     assert f.term == 1 and f.vote != 3
+    rd = f.ready()
+    assert rd is None or not any(m.to == 3 for m in rd.messages)  # ignored: not even a reject
 
 
 # ---------------------------------------------------------------- §3.10 leadership transfer
@@ -367,10 +381,18 @@ def test_only_one_config_change_pending() -> None:
 
 
 def test_learner_does_not_count_towards_commit_or_campaign() -> None:
-    """§4.2.1 learners (non-voting members) neither vote for commit nor time out."""
+    """§4.2.1 learners (non-voting members) neither count towards commit nor campaign."""
     h = Harness(3, learners=(4,))
-    h.elect(1)
+    lead = h.elect(1)
+    h.down |= {NodeId(2), NodeId(3)}  # only the learner can acknowledge
+    before = lead.commit
+    idx = lead.propose(b"x")
+    h.deliver()
+    assert h.logs[NodeId(4)].last_index() == idx  # the learner has it ...
+    assert lead.commit == before  # ... but leader + learner are no majority of 3 voters
+    h.down.clear()
     h.tick(4, 100)
+    assert not any(m.type in (MessageType.PRE_VOTE, MessageType.VOTE) for m in h.sent(4))
     assert h.cores[NodeId(4)].role == Role.FOLLOWER
 
 
@@ -417,11 +439,14 @@ def test_damaged_replica_neither_votes_nor_campaigns_until_refilled() -> None:
         )
     )
     h.process(NodeId(3))
-    assert h.sent(3)[-1].reject
-    h.tick(3, 100)
-    assert damaged.role == Role.FOLLOWER  # never campaigned
-    h.tick_all(3)  # leader (term 9 from node 2's request? no: node 3 ignored it) refills node 3
-    h.elect(1) if h.cores[NodeId(1)].role != Role.LEADER else None
+    assert h.sent(3)[-1].type == MessageType.VOTE_RESP and h.sent(3)[-1].reject
+    h.tick(3, 100)  # far past its election timeout
+    assert not any(m.type in (MessageType.PRE_VOTE, MessageType.VOTE) for m in h.sent(3))
+    assert damaged.role == Role.FOLLOWER
+    # Node 3 now has term 9 (from the vote request): its replies depose leader 1, which nodes 1
+    # and 2 re-elect without node 3's vote; that leader refills node 3.
+    h.tick_all(3)
+    h.elect(1)
     h.tick_all(3)
     assert not damaged.recovering
     assert any(rd.recovered for rd in h.readies[NodeId(3)])
