@@ -13,7 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tidelog.chaos.availability import partition_availability, phase_latencies, recoveries
-from tidelog.chaos.history import CorruptValue, History, decode_value
+from tidelog.chaos.history import (
+    ConsumerRead,
+    CorruptValue,
+    FaultStart,
+    History,
+    ReplicaDigest,
+    decode_value,
+)
 from tidelog.chaos.index import HistoryIndex, Outcome, Position, SendId, Sighting, Source
 from tidelog.chaos.results import (
     EXAMPLES_MAX,
@@ -32,6 +39,9 @@ class CheckerConfig:
     # A stretch without any ack on a partition longer than this is reported as unavailability.
     gap_without_ack_ms_min: float = 1000.0
     examples_max: int = EXAMPLES_MAX
+    # A chaos run in which no fault was executed tested nothing: its verdict is VACUOUS, not
+    # VALID. Only a deliberately fault-free history (a baseline) sets this False.
+    faults_required: bool = True
 
     def __post_init__(self) -> None:
         if self.gap_without_ack_ms_min <= 0:
@@ -51,6 +61,11 @@ class Checker:
         by_name = {c.name: c for c in checks}
         indeterminate = by_name[CheckName.INDETERMINATE]
         inconsistent = by_name[CheckName.INCONSISTENT_OFFSETS]
+        vacuous = []
+        if not ix.acks:
+            vacuous.append("0 acknowledged writes")
+        if self.config.faults_required and not any(isinstance(f, FaultStart) for f in ix.faults):
+            vacuous.append("0 faults executed (the nemesis did nothing)")
         return Results(
             operations=Operations(
                 attempted=len(ix.invoked),
@@ -64,12 +79,14 @@ class Checker:
             duplicated=by_name[CheckName.DUPLICATES].count("duplicated"),
             inconsistent=inconsistent.count("positions"),
             aborted=by_name[CheckName.ABORTED_READS].count("appeared"),
+            divergent=by_name[CheckName.REPLICAS].count("divergent"),
             recovered=indeterminate.count("appeared"),
             unrecovered=indeterminate.count("absent"),
             checks=checks,
             availability=partition_availability(ix, self.config.gap_without_ack_ms_min),
             recoveries=recoveries(ix),
             phases=phase_latencies(ix),
+            vacuous=tuple(vacuous),
         )
 
 
@@ -93,17 +110,38 @@ def _integrity(ix: HistoryIndex, examples_max: int) -> CheckResult:
 
 
 def _lost(ix: HistoryIndex, examples_max: int) -> CheckResult:
-    """Every acknowledged send is in the final read (of some partition)."""
+    """Every acknowledged send, and every send a consumer was given, is in the final read.
+
+    A consumer is only given committed records (below the high watermark), so a record that was
+    read and is later absent had been committed and was then lost, whether or not its producer
+    heard an ack (Jepsen's lost-write: what was observed must stay observable). Only partitions
+    the final read covers are judged.
+    """
     if not ix.final:
         return _unknown(CheckName.LOST, "no final read", [("acked", len(ix.acks)), ("lost", 0)])
-    lost = [sid for sid in ix.acks if not ix.final_positions(sid)]
+    lost_acked = [sid for sid, ack in ix.acks.items()
+                  if ack.partition in ix.final and not ix.final_positions(sid)]
+    first_read: dict[SendId, Sighting] = {}
+    for sid, seen in ix.sightings.items():
+        for s in seen:
+            if s.source is Source.CONSUMER and s.partition in ix.final:
+                first_read.setdefault(sid, s)
+                break
+    lost_read = [sid for sid, s in first_read.items()
+                 if sid not in ix.acks and not ix.final_positions(sid)]
+    examples = [f"{_sid(sid)} acked at p{ix.acks[sid].partition}@{ix.acks[sid].offset}, "
+                f"t={ix.acks[sid].time_ms:.0f}ms, absent from the final read"
+                for sid in lost_acked[:examples_max]]
+    examples += [f"{_sid(sid)} never acked but read by {first_read[sid].consumer} at "
+                 f"p{first_read[sid].partition}@{first_read[sid].offset}, "
+                 f"t={first_read[sid].time_ms:.0f}ms, absent from the final read"
+                 for sid in lost_read[:max(0, examples_max - len(examples))]]
     return _result(
         CheckName.LOST,
-        failed=bool(lost),
-        counts=[("acked", len(ix.acks)), ("lost", len(lost))],
-        examples=[f"{_sid(sid)} acked at p{ix.acks[sid].partition}@{ix.acks[sid].offset}, "
-                  f"t={ix.acks[sid].time_ms:.0f}ms, absent from the final read"
-                  for sid in lost[:examples_max]],
+        failed=bool(lost_acked or lost_read),
+        counts=[("acked", len(ix.acks)), ("lost", len(lost_acked) + len(lost_read)),
+                ("read-unacked-lost", len(lost_read))],
+        examples=examples,
     )
 
 
@@ -291,6 +329,76 @@ def realtime_violations_naive(ix: HistoryIndex) -> int:
     return count
 
 
+def _internal_poll_skips(ix: HistoryIndex, examples_max: int) -> CheckResult:
+    """Within one poll() call, a consumer's records of one partition are contiguous: it is never
+    given offsets o1 < o2 while some read shows a data record between them (Jepsen's
+    int-poll-skip; a gap over control batches is not a skip)."""
+    return _skip_result(CheckName.INTERNAL_POLL_SKIPS, ix, examples_max, internal=True)
+
+
+def _poll_skips(ix: HistoryIndex, examples_max: int) -> CheckResult:
+    """Between two successive poll() calls of one consumer, a partition resumes exactly where
+    it stopped: the next poll's first record of it follows the last one's with no data record
+    in between (Jepsen's poll-skip). A consumer id names one incarnation and one assignment, so
+    a restart or rebalance that legitimately moves the position starts a new id."""
+    return _skip_result(CheckName.POLL_SKIPS, ix, examples_max, internal=False)
+
+
+def _nonmonotonic_sends(ix: HistoryIndex, examples_max: int) -> CheckResult:
+    """One producer's acknowledged sends to one partition get increasing offsets in send (seq)
+    order: the idempotent producer keeps send order per partition across retries (Jepsen's
+    nonmonotonic-send). Unacknowledged sends are not judged: they have no offset."""
+    streams: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
+    for (producer, seq), ack in ix.acks.items():
+        streams[(producer, ack.partition)].append((seq, ack.offset))
+    bad: list[str] = []
+    for (producer, partition), sends in sorted(streams.items()):
+        top: tuple[int, int] | None = None  # (seq, offset) of the highest offset so far
+        for seq, offset in sorted(sends):
+            if top is not None and offset <= top[1]:
+                bad.append(f"p{partition}: {_sid((producer, seq))} acked @{offset} after "
+                           f"{_sid((producer, top[0]))} acked @{top[1]}")
+            else:
+                top = (seq, offset)
+    return _result(CheckName.NONMONOTONIC_SENDS, failed=bool(bad),
+                   counts=[("acked", len(ix.acks)), ("backward-acks", len(bad))],
+                   examples=bad[:examples_max])
+
+
+def _replica_consistency(ix: HistoryIndex, examples_max: int) -> CheckResult:
+    """After the heal, every replica of a partition holds the same bytes over the prefix all of
+    them had committed (Raft's log matching and state machine safety, to the byte: a replica
+    that re-encoded an entry differently, or kept a different entry, shows here). A replica
+    whose log could not be read is a failure too, not a pass."""
+    if not ix.digests:
+        return _unknown(CheckName.REPLICAS, "no replica digests in the history",
+                        [("partitions", 0), ("divergent", 0), ("unreadable", 0)])
+    by_partition: dict[int, list[ReplicaDigest]] = defaultdict(list)
+    for d in ix.digests:
+        by_partition[d.partition].append(d)
+    divergent: list[str] = []
+    unreadable: list[str] = []
+    compared = 0
+    for partition, digests in sorted(by_partition.items()):
+        groups: dict[tuple[int, str], list[str]] = defaultdict(list)
+        for d in digests:
+            if d.digest is None:
+                unreadable.append(f"p{partition} replica {d.node} unreadable: {d.detail}")
+            else:
+                groups[(d.upto_offset, d.digest)].append(d.node)
+        compared += max((upto for upto, _ in groups), default=0)
+        if len(groups) > 1:
+            divergent.append(f"INCONSISTENT p{partition}: replicas differ over their common "
+                             "committed prefix: " + "; ".join(
+                                 f"{','.join(sorted(nodes))} [0,{upto}) digest {digest[:16]}"
+                                 for (upto, digest), nodes in sorted(groups.items())))
+    return _result(CheckName.REPLICAS, failed=bool(divergent or unreadable),
+                   counts=[("partitions", len(by_partition)), ("replicas", len(ix.digests)),
+                           ("divergent", len(divergent)), ("unreadable", len(unreadable)),
+                           ("offsets-compared", compared)],
+                   examples=(divergent + unreadable)[:examples_max])
+
+
 _CHECKS: tuple[Callable[[HistoryIndex, int], CheckResult], ...] = (
     _integrity,
     _lost,
@@ -298,10 +406,14 @@ _CHECKS: tuple[Callable[[HistoryIndex, int], CheckResult], ...] = (
     _duplicates,
     _key_order,
     _consumer_order,
+    _internal_poll_skips,
+    _poll_skips,
     _group_skips,
     _indeterminate,
     _aborted_reads,
     _realtime_order,
+    _nonmonotonic_sends,
+    _replica_consistency,
 )
 
 
@@ -322,6 +434,54 @@ def _acked_by_partition(ix: HistoryIndex) -> dict[int, list[_Acked]]:
         out[ack.partition].append(_Acked(sid=sid, offset=ack.offset,
                                          invoked_ms=ix.invoked[sid].time_ms, acked_ms=ack.time_ms))
     return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Skip:
+    before: ConsumerRead
+    after: ConsumerRead
+    skipped: tuple[int, ...]  # offsets holding data records that the consumer jumped over
+
+
+def _consumer_skips(ix: HistoryIndex) -> tuple[list[_Skip], list[_Skip]]:
+    """(internal, external) skips: successive reads of one (consumer, partition) that jump
+    forward over an offset some read saw holding a data record. Reads are taken in recording
+    order, which for one consumer is the order it was given them (one thread per consumer);
+    steps backwards are `consumer-order`'s business."""
+    known = ix.data_offsets()
+    last: dict[tuple[str, int], ConsumerRead] = {}
+    internal: list[_Skip] = []
+    external: list[_Skip] = []
+    for r in ix.reads:
+        stream = (r.consumer, r.partition)
+        prev = last.get(stream)
+        last[stream] = r
+        if prev is None or r.offset <= prev.offset:
+            continue
+        offsets = known.get(r.partition, [])
+        lo = bisect.bisect_right(offsets, prev.offset)
+        hi = bisect.bisect_left(offsets, r.offset)
+        if hi > lo:
+            skip = _Skip(before=prev, after=r, skipped=tuple(offsets[lo:hi]))
+            same_poll = r.poll is not None and r.poll == prev.poll
+            (internal if same_poll else external).append(skip)
+    return internal, external
+
+
+def _skip_result(name: CheckName, ix: HistoryIndex, examples_max: int, *,
+                 internal: bool) -> CheckResult:
+    if not ix.reads:
+        return _unknown(name, "no consumer reads", [("skips", 0)])
+    skips = _consumer_skips(ix)[0 if internal else 1]
+    where = "in one poll" if internal else "between two polls"
+    examples = [f"consumer {s.after.consumer} p{s.after.partition}: @{s.before.offset} then "
+                f"@{s.after.offset} {where} (#{s.before.poll}, #{s.after.poll}), "
+                f"t={s.after.time_ms:.0f}ms, skipping {len(s.skipped)} records "
+                f"(first @{s.skipped[0]})" for s in skips[:examples_max]]
+    return _result(name, failed=bool(skips),
+                   counts=[("reads", len(ix.reads)), ("skips", len(skips)),
+                           ("skipped-records", sum(len(s.skipped) for s in skips))],
+                   examples=examples)
 
 
 def _send_of(ix: HistoryIndex, value: str) -> SendId | None:

@@ -18,12 +18,22 @@ Event types (the `type` field of each JSON line):
 | send_ok            | producer, seq, partition, offset, time_ms                       |
 | send_failed        | producer, seq, error, time_ms (the write definitely did not happen) |
 | send_indeterminate | producer, seq, error, time_ms (timeout / unknown outcome)       |
-| consumer_read      | consumer, group (or null), partition, offset, key, value, time_ms |
+| consumer_read      | consumer, group (or null), partition, offset, key, value, poll, time_ms |
 | group_commit       | group, partition, offset (next offset to read), time_ms         |
 | final_read         | partition, records: [[offset, key, value], ...], time_ms        |
 | fault_start        | name, targets: [...], time_ms                                   |
 | fault_stop         | name, targets: [...], time_ms                                   |
 | leader_observed    | partition, leader (or null: no leader), time_ms                 |
+| replica_digest     | partition, node, upto_offset, digest (or null), detail, time_ms |
+
+`poll` numbers one consumer's `poll()` calls (0, 1, ...): reads with the same consumer and poll
+came back from one call, which is what tells an internal poll skip (inside one call) from an
+external one (between two calls). Older histories have no `poll` (null): each read is then judged
+as if it were its own call.
+
+`replica_digest` is written by the harness after the final read, with the nodes stopped: a digest
+of one replica's log bytes over offsets `[0, upto_offset)`, the prefix every replica of the
+partition holds as committed; `digest` is null when it could not be computed (`detail` says why).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ __all__ = [
     "History",
     "HistoryWriter",
     "LeaderObserved",
+    "ReplicaDigest",
     "SendFailed",
     "SendIndeterminate",
     "SendInvoked",
@@ -72,6 +83,7 @@ class EventKind(enum.Enum):
     FAULT_START = "fault_start"
     FAULT_STOP = "fault_stop"
     LEADER_OBSERVED = "leader_observed"
+    REPLICA_DIGEST = "replica_digest"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +139,8 @@ class ConsumerRead:
     key: str
     value: str
     time_ms: float
+    # Which poll() call of this consumer returned the record (None: not recorded).
+    poll: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,6 +197,22 @@ class LeaderObserved:
     time_ms: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaDigest:
+    """One replica's committed prefix `[0, upto_offset)`, digested offline after the run.
+
+    All replicas of a partition are digested over the same `upto_offset` (the lowest offset any
+    of them has not committed), so by Raft's log matching they must be byte-identical."""
+
+    kind: ClassVar[EventKind] = EventKind.REPLICA_DIGEST
+    partition: int
+    node: str
+    upto_offset: int
+    digest: str | None  # None: could not be computed; `detail` says why
+    detail: str
+    time_ms: float
+
+
 Event = (
     SendInvoked
     | SendOk
@@ -194,6 +224,7 @@ Event = (
     | FaultStart
     | FaultStop
     | LeaderObserved
+    | ReplicaDigest
 )
 
 
@@ -251,6 +282,7 @@ _SIMPLE: dict[EventKind, Any] = {
     EventKind.CONSUMER_READ: ConsumerRead,
     EventKind.GROUP_COMMIT: GroupCommit,
     EventKind.LEADER_OBSERVED: LeaderObserved,
+    EventKind.REPLICA_DIGEST: ReplicaDigest,
 }
 
 

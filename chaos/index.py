@@ -21,6 +21,7 @@ from tidelog.chaos.history import (
     GroupCommit,
     History,
     LeaderObserved,
+    ReplicaDigest,
     SendFailed,
     SendIndeterminate,
     SendInvoked,
@@ -75,6 +76,7 @@ class HistoryIndex:
     final: dict[int, FinalRead] = field(default_factory=dict)
     faults: list[FaultStart | FaultStop] = field(default_factory=list)
     leaders: list[LeaderObserved] = field(default_factory=list)
+    digests: list[ReplicaDigest] = field(default_factory=list)
     # Sightings of values that decode to an invoked send, by send.
     sightings: dict[SendId, list[Sighting]] = field(default_factory=lambda: defaultdict(list))
     # Every sighting by position (including corrupt and phantom ones).
@@ -126,7 +128,21 @@ class HistoryIndex:
                     ix.faults.append(event)
                 case LeaderObserved():
                     ix.leaders.append(event)
+                case ReplicaDigest():
+                    ix.digests.append(event)
         return ix
+
+    def data_offsets(self) -> dict[int, list[int]]:
+        """Per partition, every offset at which some read (a consumer's or the final one) saw a
+        data record, ascending: Jepsen's version order, with offsets kept. Offsets in between
+        may be control batches (leader no-ops), which no consumer is given, so a gap in offsets
+        alone is no skip; a gap over one of these offsets is. Acked offsets nobody read are left
+        out: such an ack is lost or inconsistent (judged there), and the offset may hold a
+        control batch by now."""
+        known: dict[int, set[int]] = defaultdict(set)
+        for partition, offset in self.by_position:
+            known[partition].add(offset)
+        return {p: sorted(offsets) for p, offsets in known.items()}
 
     def outcome(self, sid: SendId) -> Outcome:
         if sid in self.acks:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tidelog.chaos.availability import percentile
 from tidelog.chaos.history import FaultStart, History
 from tidelog.chaos.index import HistoryIndex
-from tidelog.chaos.results import Results, Verdict, render_summary, results_to_dict
+from tidelog.chaos.results import Results, render_summary, results_to_dict, verdict_line
 
 __all__ = ["Timeline", "timeline", "write_report"]
 
@@ -98,19 +98,17 @@ svg text { font: 11px system-ui, sans-serif; fill: #444; }
 
 
 def _page(summary: str, results: Results, tl: Timeline) -> str:
-    verdict = "VALID" if results.valid else "INVALID"
+    verdict = verdict_line(results)
     rows = "".join(
         f"<tr><td>{html.escape(c.name.value)}</td>"
         f"<td class='{c.verdict.value}'>{c.verdict.value.upper()}</td>"
         f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in c.counts))}</td></tr>"
         for c in results.checks)
-    failed = [c.name.value for c in results.checks if c.verdict is Verdict.FAIL]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tidelog chaos report</title>
 <style>{_CSS}</style></head><body>
 <h1>tidelog chaos report</h1>
-<p class="verdict {'pass' if results.valid else 'fail'}">{verdict}
-{html.escape(('— failed: ' + ', '.join(failed)) if failed else '')}</p>
+<p class="verdict {'pass' if results.valid else 'fail'}">{html.escape(verdict)}</p>
 <h2>Checks</h2>
 <table><tr><th>check</th><th>verdict</th><th>counts</th></tr>{rows}</table>
 <h2>Timeline</h2>

@@ -19,9 +19,11 @@ __all__ = [
     "PhaseLatency",
     "Recovery",
     "Results",
+    "RunVerdict",
     "Verdict",
     "render_summary",
     "results_to_dict",
+    "verdict_line",
 ]
 
 EXAMPLES_MAX = 10  # Bound: a check keeps at most this many human-readable examples.
@@ -36,6 +38,16 @@ class Verdict(enum.Enum):
     INFO = "info"
 
 
+class RunVerdict(enum.Enum):
+    """The verdict on a whole run. VACUOUS is not a pass: the run could not have failed (nothing
+    was acknowledged, or no fault was injected), so it proves nothing. It reads "INVALID
+    (vacuous: ...)" in a summary and has its own exit code in `tidelog chaos run`."""
+
+    VALID = "valid"
+    INVALID = "invalid"  # a check failed: an anomaly was found
+    VACUOUS = "vacuous"
+
+
 class CheckName(enum.Enum):
     INTEGRITY = "integrity"  # every value read decodes and names a send that was invoked
     LOST = "lost"
@@ -47,6 +59,10 @@ class CheckName(enum.Enum):
     INDETERMINATE = "indeterminate"
     ABORTED_READS = "aborted-reads"
     REALTIME_ORDER = "realtime-order"
+    INTERNAL_POLL_SKIPS = "internal-poll-skips"  # one poll() jumped over a record
+    POLL_SKIPS = "poll-skips"  # two successive polls of one consumer jumped over a record
+    NONMONOTONIC_SENDS = "nonmonotonic-sends"  # one producer's acks went backwards on a partition
+    REPLICAS = "replica-consistency"  # replicas' committed prefixes byte-identical after heal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +144,8 @@ class Results:
     duplicated: int
     inconsistent: int
     aborted: int
+    # Partitions whose replicas hold different bytes for their common committed prefix.
+    divergent: int
     # Indeterminate sends that later appeared in a read (recovered) or did not (unrecovered).
     recovered: int
     unrecovered: int
@@ -135,11 +153,24 @@ class Results:
     availability: tuple[PartitionAvailability, ...]
     recoveries: tuple[Recovery, ...]
     phases: tuple[PhaseLatency, ...]
+    # Why the run proves nothing (empty when it does): "0 acknowledged writes", "0 faults executed".
+    vacuous: tuple[str, ...] = ()
+
+    @property
+    def verdict(self) -> RunVerdict:
+        """INVALID when a check failed (whatever else), else VACUOUS when the run could not have
+        failed, else VALID. UNKNOWN checks are not failures, but the summary shows them."""
+        if any(c.verdict is Verdict.FAIL for c in self.checks):
+            return RunVerdict.INVALID
+        return RunVerdict.VACUOUS if self.vacuous else RunVerdict.VALID
 
     @property
     def valid(self) -> bool:
-        """True when no check failed (UNKNOWN is not a failure, but the summary shows it)."""
-        return all(c.verdict is not Verdict.FAIL for c in self.checks)
+        return self.verdict is RunVerdict.VALID
+
+    @property
+    def failed_checks(self) -> tuple[CheckName, ...]:
+        return tuple(c.name for c in self.checks if c.verdict is Verdict.FAIL)
 
     def check(self, name: CheckName) -> CheckResult:
         for c in self.checks:
@@ -150,7 +181,8 @@ class Results:
 
 def results_to_dict(results: Results) -> dict[str, Any]:
     """A JSON-ready dict (enums as their values, tuples as lists)."""
-    return _jsonable({**asdict(results), "valid": results.valid})
+    return _jsonable({**asdict(results), "valid": results.valid,
+                      "verdict": results.verdict})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -170,7 +202,7 @@ def render_summary(results: Results) -> str:
     """A plain-text report: figures, one row per check, availability and latency tables."""
     ops = results.operations
     lines = [
-        f"verdict: {'VALID' if results.valid else 'INVALID'}",
+        f"verdict: {verdict_line(results)}",
         "",
         _table(
             ["attempted", "ok", "failed", "indeterminate", "no outcome"],
@@ -178,9 +210,10 @@ def render_summary(results: Results) -> str:
         ),
         "",
         _table(
-            ["acked", "lost", "duplicated", "inconsistent", "aborted", "recovered", "unrecovered"],
+            ["acked", "lost", "duplicated", "inconsistent", "divergent", "aborted", "recovered",
+             "unrecovered"],
             [[results.acked, results.lost, results.duplicated, results.inconsistent,
-              results.aborted, results.recovered, results.unrecovered]],
+              results.divergent, results.aborted, results.recovered, results.unrecovered]],
         ),
         "",
         _table(
@@ -213,6 +246,18 @@ def render_summary(results: Results) -> str:
               p.acked, _ms(p.p50_ms), _ms(p.p99_ms), _ms(p.p999_ms)] for p in results.phases],
         )]
     return "\n".join(lines) + "\n"
+
+
+def verdict_line(results: Results) -> str:
+    """VALID; INVALID naming the failed checks; or INVALID (vacuous: why) for a run that could
+    not have failed."""
+    verdict = results.verdict
+    if verdict is RunVerdict.INVALID:
+        return "INVALID (failed: " + ", ".join(n.value for n in results.failed_checks) + ")"
+    if verdict is RunVerdict.VACUOUS:
+        return ("INVALID (vacuous: " + "; ".join(results.vacuous)
+                + "; the run could not have failed, so it proves nothing)")
+    return "VALID"
 
 
 def _ms(value: float | None) -> str:

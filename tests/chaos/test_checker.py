@@ -19,6 +19,7 @@ from tidelog.chaos.history import (
     GroupCommit,
     History,
     LeaderObserved,
+    ReplicaDigest,
     SendFailed,
     SendIndeterminate,
     SendInvoked,
@@ -27,7 +28,14 @@ from tidelog.chaos.history import (
     encode_value,
 )
 from tidelog.chaos.index import HistoryIndex, MalformedHistory
-from tidelog.chaos.results import CheckName, Results, Verdict, render_summary, results_to_dict
+from tidelog.chaos.results import (
+    CheckName,
+    Results,
+    RunVerdict,
+    Verdict,
+    render_summary,
+    results_to_dict,
+)
 
 
 class H:
@@ -55,10 +63,22 @@ class H:
         return self.invoke(producer, seq, t, key).ok(producer, seq, p, offset, t + latency)
 
     def read(self, consumer: str, p: int, offset: int, producer: str, seq: int, t: float,
-             group: str | None = None) -> H:
+             group: str | None = None, poll: int | None = None) -> H:
         self.events.append(ConsumerRead(
             consumer=consumer, group=group, partition=p, offset=offset,
-            key=self.keys[(producer, seq)], value=encode_value(producer, seq), time_ms=t))
+            key=self.keys[(producer, seq)], value=encode_value(producer, seq), time_ms=t,
+            poll=poll))
+        return self
+
+    def fault(self, start: float, stop: float, name: str = "kill-n1") -> H:
+        self.events.append(FaultStart(name=name, targets=("n1",), time_ms=start))
+        self.events.append(FaultStop(name=name, targets=("n1",), time_ms=stop))
+        return self
+
+    def digest(self, p: int, node: str, upto: int, digest: str | None,
+               detail: str = "") -> H:
+        self.events.append(ReplicaDigest(partition=p, node=node, upto_offset=upto,
+                                         digest=digest, detail=detail, time_ms=20_000.0))
         return self
 
     def final(self, p: int, *records: tuple[int, str, int], t: float = 10_000.0) -> H:
@@ -71,12 +91,16 @@ class H:
         self.events.append(event)
         return self
 
-    def check(self) -> Results:
-        return Checker().check(History(tuple(self.events)))
+    def check(self, config: CheckerConfig | None = None) -> Results:
+        return Checker(config).check(History(tuple(self.events)))
+
+
+# Crafted histories that judge one check, not whether a fault was injected.
+NO_FAULTS_NEEDED = CheckerConfig(faults_required=False)
 
 
 def _clean() -> H:
-    h = H()
+    h = H().fault(1.0, 2.0)
     h.send("a", 0, 0, 0, 0.0).send("a", 1, 0, 1, 10.0).send("b", 0, 1, 0, 5.0)
     h.read("c1", 0, 0, "a", 0, 20.0, group="g").read("c1", 0, 1, "a", 1, 21.0, group="g")
     h.add(GroupCommit(group="g", partition=0, offset=2, time_ms=22.0))
@@ -172,8 +196,8 @@ def test_one_position_read_with_two_values_is_inconsistent() -> None:
 
 
 def test_acked_offset_holding_another_value_is_inconsistent() -> None:
-    h = H().send("a", 0, 0, 0, 0.0).send("a", 1, 0, 0, 10.0)  # both told offset 0
-    h.final(0, (0, "a", 0), (1, "a", 1))
+    h = H().fault(1.0, 2.0).send("a", 0, 0, 0, 0.0).send("b", 0, 0, 0, 10.0)  # both told 0
+    h.final(0, (0, "a", 0), (1, "b", 0))
     results = h.check()
     assert results.check(CheckName.INCONSISTENT_OFFSETS).count("acked-offset-mismatch") == 1
     assert results.lost == 0
@@ -238,7 +262,7 @@ def test_indeterminate_writes_are_counted_as_appeared_or_not() -> None:
         h.invoke("a", seq, 30.0 + seq)
         h.add(SendIndeterminate(producer="a", seq=seq, error="timeout", time_ms=40.0 + seq))
     h.final(0, (0, "a", 0), (1, "a", 1))  # (a,1) made it; (a,2) did not
-    results = h.check()
+    results = h.check(NO_FAULTS_NEEDED)
     assert (results.recovered, results.unrecovered) == (1, 1)
     assert results.operations.indeterminate == 2
     assert results.check(CheckName.INDETERMINATE).verdict is Verdict.INFO
@@ -249,6 +273,8 @@ def test_definitely_failed_send_that_is_read_is_an_aborted_read() -> None:
     h = _clean()
     h.invoke("a", 2, 30.0).add(SendFailed(producer="a", seq=2, error="NOT_LEADER", time_ms=31.0))
     h.read("c7", 0, 2, "a", 2, 40.0)
+    h.events = [e for e in h.events if not (isinstance(e, FinalRead) and e.partition == 0)]
+    h.final(0, (0, "a", 0), (1, "a", 1), (2, "a", 2))
     results = h.check()
     assert results.aborted == 1
     assert _failed(results) == {CheckName.ABORTED_READS}
@@ -277,6 +303,138 @@ def test_corrupt_and_phantom_values_fail_integrity() -> None:
     integrity = h.check().check(CheckName.INTEGRITY)
     assert (integrity.count("corrupt"), integrity.count("phantom")) == (1, 1)
     assert integrity.verdict is Verdict.FAIL
+
+
+def _three_in_p0() -> H:
+    """(a,0..2) at p0@0..2 and in the final read; a fault ran; no consumer reads yet."""
+    h = H().fault(1.0, 2.0)
+    for seq in range(3):
+        h.send("a", seq, 0, seq, seq * 10.0)
+    return h.final(0, *((o, "a", o) for o in range(3)))
+
+
+def test_one_poll_that_jumps_over_a_record_is_an_internal_skip() -> None:
+    h = _three_in_p0().read("c", 0, 0, "a", 0, 50.0, poll=0).read("c", 0, 2, "a", 2, 50.0, poll=0)
+    results = h.check()
+    skips = results.check(CheckName.INTERNAL_POLL_SKIPS)
+    assert (skips.count("skips"), skips.count("skipped-records")) == (1, 1)
+    assert "@0 then @2 in one poll" in skips.examples[0] and "first @1" in skips.examples[0]
+    assert _failed(results) == {CheckName.INTERNAL_POLL_SKIPS}
+
+
+def test_two_polls_that_jump_over_a_record_are_an_external_skip() -> None:
+    h = _three_in_p0().read("c", 0, 0, "a", 0, 50.0, poll=0).read("c", 0, 2, "a", 2, 60.0, poll=1)
+    results = h.check()
+    assert results.check(CheckName.POLL_SKIPS).count("skips") == 1
+    assert "between two polls (#0, #1)" in results.check(CheckName.POLL_SKIPS).examples[0]
+    assert _failed(results) == {CheckName.POLL_SKIPS}
+
+
+def test_contiguous_polls_and_gaps_over_control_batches_are_not_skips() -> None:
+    # p0 holds data at 0, 1 and 3; offset 2 is a control batch (a leader's no-op) nobody reads.
+    h = H().fault(1.0, 2.0)
+    for seq, offset in enumerate((0, 1, 3)):
+        h.send("a", seq, 0, offset, seq * 10.0)
+    h.final(0, (0, "a", 0), (1, "a", 1), (3, "a", 2))
+    h.read("c", 0, 0, "a", 0, 50.0, poll=0).read("c", 0, 1, "a", 1, 50.0, poll=0)
+    h.read("c", 0, 3, "a", 2, 60.0, poll=1)
+    results = h.check()
+    assert results.valid, render_summary(results)
+    assert results.check(CheckName.POLL_SKIPS).count("skips") == 0
+
+
+def test_a_new_consumer_incarnation_may_resume_elsewhere() -> None:
+    h = _three_in_p0().read("c.0", 0, 0, "a", 0, 50.0, poll=0)
+    h.read("c.1", 0, 2, "a", 2, 60.0, poll=0)
+    assert h.check().valid
+
+
+def test_a_record_read_then_absent_from_the_final_read_is_lost_even_unacked() -> None:
+    h = _three_in_p0()
+    h.invoke("a", 3, 40.0).add(SendIndeterminate(producer="a", seq=3, error="timeout",
+                                                   time_ms=80.0))
+    h.read("c", 0, 3, "a", 3, 60.0, poll=0)  # a consumer was given it: it was committed
+    h.invoke("a", 4, 41.0).add(SendIndeterminate(producer="a", seq=4, error="timeout",
+                                                   time_ms=81.0))  # never seen: not lost
+    results = h.check()
+    lost = results.check(CheckName.LOST)
+    assert (results.lost, lost.count("read-unacked-lost")) == (1, 1)
+    assert lost.examples == ("(a,3) never acked but read by c at p0@3, t=60ms, absent from the "
+                             "final read",)
+    assert _failed(results) == {CheckName.LOST}
+
+
+def test_one_producers_acks_going_backwards_on_a_partition_are_nonmonotonic() -> None:
+    # Both in flight at once, so real-time order allows either; send order does not. Two keys,
+    # so key-order has nothing to say: only this check sees it.
+    h = H().fault(1.0, 2.0).invoke("a", 0, 0.0, key="k1").invoke("a", 1, 1.0, key="k2")
+    h.ok("a", 1, 0, 0, 5.0).ok("a", 0, 0, 1, 6.0)
+    h.send("a", 2, 1, 0, 10.0).send("b", 0, 0, 2, 10.0)
+    h.final(0, (0, "a", 1), (1, "a", 0), (2, "b", 0)).final(1, (0, "a", 2))
+    results = h.check()
+    sends = results.check(CheckName.NONMONOTONIC_SENDS)
+    assert sends.count("backward-acks") == 1
+    assert sends.examples == ("p0: (a,1) acked @0 after (a,0) acked @1",)
+    assert _failed(results) == {CheckName.NONMONOTONIC_SENDS}
+
+
+def test_identical_replica_digests_pass() -> None:
+    h = _clean()
+    for node in ("n1", "n2", "n3"):
+        h.digest(0, node, 2, "ab" * 16).digest(1, node, 1, "cd" * 16)
+    results = h.check()
+    replicas = results.check(CheckName.REPLICAS)
+    assert replicas.verdict is Verdict.PASS and results.valid
+    assert (replicas.count("partitions"), replicas.count("replicas")) == (2, 6)
+
+
+def test_replicas_holding_different_committed_bytes_are_inconsistent() -> None:
+    h = _clean().digest(0, "n1", 2, "ab" * 16).digest(0, "n2", 2, "ab" * 16)
+    h.digest(0, "n3", 2, "ef" * 16).digest(1, "n1", 1, "cd" * 16).digest(1, "n2", 1, "cd" * 16)
+    results = h.check()
+    replicas = results.check(CheckName.REPLICAS)
+    assert results.divergent == 1 and replicas.count("divergent") == 1
+    assert replicas.examples[0].startswith("INCONSISTENT p0:")
+    assert "n1,n2 [0,2)" in replicas.examples[0] and "n3 [0,2)" in replicas.examples[0]
+    assert _failed(results) == {CheckName.REPLICAS}
+
+
+def test_an_unreadable_replica_fails_rather_than_passes() -> None:
+    h = _clean().digest(0, "n1", 2, "ab" * 16).digest(0, "n2", 2, None, "cannot open: torn")
+    replicas = h.check().check(CheckName.REPLICAS)
+    assert replicas.verdict is Verdict.FAIL and replicas.count("unreadable") == 1
+    assert "n2 unreadable: cannot open: torn" in replicas.examples[0]
+
+
+def test_without_digests_replica_consistency_is_unknown() -> None:
+    assert _clean().check().check(CheckName.REPLICAS).verdict is Verdict.UNKNOWN
+
+
+def test_no_acknowledged_write_is_a_vacuous_run_not_a_valid_one() -> None:
+    h = H().fault(1.0, 2.0).invoke("a", 0, 0.0)
+    h.add(SendIndeterminate(producer="a", seq=0, error="timeout", time_ms=9.0)).final(0)
+    results = h.check()
+    assert _failed(results) == set()
+    assert results.verdict is RunVerdict.VACUOUS and not results.valid
+    assert results.vacuous == ("0 acknowledged writes",)
+    assert render_summary(results).startswith("verdict: INVALID (vacuous: 0 acknowledged writes")
+    assert results_to_dict(results)["verdict"] == "vacuous"
+
+
+def test_no_fault_executed_is_a_vacuous_run() -> None:
+    h = _clean()
+    h.events = [e for e in h.events if not isinstance(e, FaultStart | FaultStop)]
+    results = h.check()
+    assert results.verdict is RunVerdict.VACUOUS
+    assert results.vacuous == ("0 faults executed (the nemesis did nothing)",)
+    assert h.check(NO_FAULTS_NEEDED).verdict is RunVerdict.VALID
+
+
+def test_an_anomaly_outranks_vacuity() -> None:
+    h = H().send("a", 0, 0, 0, 0.0).final(0)  # no fault, and the one ack is lost
+    results = h.check()
+    assert results.vacuous and results.verdict is RunVerdict.INVALID
+    assert render_summary(results).startswith("verdict: INVALID (failed: lost)")
 
 
 @settings(max_examples=200, deadline=None)
@@ -343,7 +501,8 @@ def test_results_serialize_to_json_and_render_a_table() -> None:
     data = json.loads(json.dumps(results_to_dict(results)))
     assert data["valid"] is True
     assert data["checks"][0]["verdict"] == "pass"
-    assert data["checks"][1]["counts"] == {"acked": 20, "lost": 0}
+    assert data["checks"][1]["counts"] == {"acked": 20, "lost": 0, "read-unacked-lost": 0}
+    assert data["verdict"] == "valid"
     text = render_summary(results)
     assert "verdict: VALID" in text and "isolate-n1" in text and "realtime-order" in text
 
