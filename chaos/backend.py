@@ -86,6 +86,10 @@ class Backend(Protocol):
     def fill_disk(self, node: str) -> None: ...
     def free_disk(self, node: str) -> None: ...
     def log_paths(self) -> dict[str, Path]: ...
+    def data_dir(self, node: str) -> Path:
+        """The node's data directory, readable on this host once the node is stopped (the
+        harness digests replicas offline after the run)."""
+        ...
 
 
 def node_names(count: int) -> tuple[str, ...]:
@@ -209,6 +213,9 @@ class LocalBackend:
 
     def log_paths(self) -> dict[str, Path]:
         return {n: self.work_dir / f"{n}.log" for n in self.nodes}
+
+    def data_dir(self, node: str) -> Path:
+        return self._data_dir(node)
 
     def is_running(self, node: str) -> bool:
         try:

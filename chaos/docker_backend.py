@@ -36,6 +36,7 @@ from tidelog.chaos.grudge import HOST, Grudge
 __all__ = ["DockerBackend", "docker_unavailable_reason"]
 
 COMMAND_TIMEOUT_S = 120.0
+CONTAINER_DATA_DIR = "/var/lib/tidelog"  # TIDELOG_DATA_DIR in deploy/docker-compose.yml
 STOP_GRACE_S = 30
 _CHAIN = "TLCHAOS"
 _ids = itertools.count()
@@ -147,6 +148,14 @@ class DockerBackend:
 
     def log_paths(self) -> dict[str, Path]:
         return {n: self.work_dir / f"{n}.log" for n in self.nodes}
+
+    def data_dir(self, node: str) -> Path:
+        """A copy of the node's data volume on the host (`docker cp` works on a stopped
+        container), taken afresh on each call; stop the node first for a consistent copy."""
+        dest = self.work_dir / f"{node}-data"
+        shutil.rmtree(dest, ignore_errors=True)
+        self._docker(["cp", f"{self._containers[node]}:{CONTAINER_DATA_DIR}", str(dest)])
+        return dest
 
     def is_running(self, node: str) -> bool:
         state = self._inspect(node, "{{json .State}}")
