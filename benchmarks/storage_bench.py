@@ -149,15 +149,15 @@ def group_commit(directory: Path, batch: bytes, seconds: float, threads: int,
                  fsync_delay_ms: float = 0.0) -> tuple[float, float]:
     """(batches/s, batches per fsync) with `threads` appenders each doing append + sync (ack
     only when durable). fsync_delay_ms > 0 adds a sleep to every fsync: a slower disk."""
-    import tidelog.node.storage.log as log_module
+    from tidelog.node.storage import OsFileSystem
 
-    real = log_module.fdatasync
-    if fsync_delay_ms:
-        def slow(fd: int) -> None:
+    class SlowDisk(OsFileSystem):
+        def fdatasync(self, fd: int) -> None:
             time.sleep(fsync_delay_ms / 1000)
-            real(fd)
-        log_module.fdatasync = slow
-    log = PartitionLog.open(directory, LogConfig())
+            super().fdatasync(fd)
+
+    log = PartitionLog.open(directory, LogConfig(),
+                            fs=SlowDisk() if fsync_delay_ms else OsFileSystem())
     stop = time.perf_counter() + seconds
     counts = [0] * threads
 
@@ -177,7 +177,6 @@ def group_commit(directory: Path, batch: bytes, seconds: float, threads: int,
     elapsed = time.perf_counter() - start
     per_fsync = sum(counts) / max(1, log.sync_count)
     log.close()
-    log_module.fdatasync = real
     return sum(counts) / elapsed, per_fsync
 
 

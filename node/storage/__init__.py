@@ -2,14 +2,19 @@
 
 Public API (everything else in this package is private):
 
-* `PartitionLog.open(directory, config, now_ms=...)` and its methods (see log.py)
+* `PartitionLog.open(directory, config, now_ms=..., fs=...)` and its methods (see log.py)
+* the file-system seam: `FileSystem` (Protocol), `OsFileSystem`, `OS_FS` (fs.py); the in-memory
+  power-loss twin is `tidelog.node.sim.simfs.SimFileSystem`
+* `ensure_directory`, `remove_directory`: directories created/removed durably (dirs.py)
 * `LogConfig`, `FsyncPolicy`, `FsyncMode`
 * `AppendInfo`, `RecoveryReport` and its parts
-* `write_atomic`, `write_checksummed`, `read_checksummed` for small metadata files
+* `write_atomic`, `write_checksummed`, `read_checksummed`, `fsync_directory` for small
+  metadata files
 * the errors (errors.py), including the codec's, re-exported
 """
 
 from tidelog.node.storage.config import FsyncMode, FsyncPolicy, LogConfig
+from tidelog.node.storage.dirs import ensure_directory, remove_directory
 from tidelog.node.storage.errors import (
     BatchError,
     BatchTooLargeError,
@@ -26,6 +31,7 @@ from tidelog.node.storage.errors import (
     StorageIOError,
     TermOutOfOrderError,
 )
+from tidelog.node.storage.fs import OS_FS, FileSystem, OsFileSystem
 from tidelog.node.storage.log import (
     AppendInfo,
     CorruptRegion,
@@ -34,10 +40,16 @@ from tidelog.node.storage.log import (
     RecoveryReport,
     TruncatedTail,
 )
-from tidelog.node.storage.metafile import read_checksummed, write_atomic, write_checksummed
+from tidelog.node.storage.metafile import (
+    fsync_directory,
+    read_checksummed,
+    write_atomic,
+    write_checksummed,
+)
 from tidelog.node.storage.segment import Position
 
 __all__ = [
+    "OS_FS",
     "AppendInfo",
     "BatchError",
     "BatchTooLargeError",
@@ -46,6 +58,7 @@ __all__ = [
     "CorruptLogError",
     "CorruptRegion",
     "DiskFullError",
+    "FileSystem",
     "FsyncMode",
     "FsyncPolicy",
     "InvalidBatchError",
@@ -54,6 +67,7 @@ __all__ = [
     "NotOnBatchBoundaryError",
     "OffsetOutOfOrderError",
     "OffsetOutOfRangeError",
+    "OsFileSystem",
     "PartitionLog",
     "Position",
     "RebuiltIndex",
@@ -62,7 +76,10 @@ __all__ = [
     "StorageIOError",
     "TermOutOfOrderError",
     "TruncatedTail",
+    "ensure_directory",
+    "fsync_directory",
     "read_checksummed",
+    "remove_directory",
     "write_atomic",
     "write_checksummed",
 ]

@@ -29,14 +29,13 @@ new leader may still replace, never decide what is dropped):
    are left alone.
 
 I/O is bounded: segments are read sequentially one batch at a time (a batch is at most
-``batch_bytes_max``), written through a buffered file, and ``io_bytes_per_s_max`` throttles the
-cleaner so it cannot starve appends of the disk.
+``batch_bytes_max``), written in 1 MiB chunks through the FileSystem seam, and
+``io_bytes_per_s_max`` throttles the cleaner so it cannot starve appends of the disk.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import time
 from collections.abc import Iterator
@@ -45,8 +44,8 @@ from pathlib import Path
 
 import lz4.block
 import xxhash
+from tidelog.node.storage.fs import FileSystem, SequentialReader, SequentialWriter, unlink_quietly
 from tidelog.node.storage.log import CLEANED_SUFFIX, PartitionLog
-from tidelog.node.storage.segment import fdatasync
 from tidelog.proto.batch import (
     CHECKSUM_START,
     HEADER_SIZE,
@@ -113,7 +112,8 @@ def compact(plog: PartitionLog, *, upto_offset: int, now_ms: int,
     for seg in segments:
         if len(latest) >= cfg.key_map_entries_max:
             break
-        for batch, header in _read_batches(seg[2], seg[3], cfg.batch_bytes_max, throttle):
+        for batch, header in _read_batches(plog.fs, seg[2], seg[3], cfg.batch_bytes_max,
+                                           throttle):
             if header.is_control:
                 continue
             for record in decode_records(batch):
@@ -152,8 +152,9 @@ def _rewrite(plog: PartitionLog, base: int, end: int, path: Path, size: int,
                  bytes_before=size, bytes_after=0, rewritten=0)
     changed = False
     expire_before_ms = now_ms - cfg.delete_retention_ms
-    with open(cleaned, "wb", buffering=WRITE_BUFFER_BYTES) as out:
-        for batch, header in _read_batches(path, size, cfg.batch_bytes_max, throttle):
+    fs = plog.fs
+    with SequentialWriter(fs, cleaned, buffer_bytes=WRITE_BUFFER_BYTES) as out:
+        for batch, header in _read_batches(fs, path, size, cfg.batch_bytes_max, throttle):
             if header.is_control:
                 out.write(batch)
                 continue
@@ -175,13 +176,12 @@ def _rewrite(plog: PartitionLog, base: int, end: int, path: Path, size: int,
                 continue
             changed = True
             out.write(_reencode(header, kept) if kept else _stand_in(header))
-        out.flush()
-        fdatasync(out.fileno())
+        out.sync()
     if not changed:
-        cleaned.unlink()
+        unlink_quietly(fs, cleaned)
         stats["bytes_after"] = size
         return stats
-    stats["bytes_after"] = _verify(cleaned, base, end, cfg.batch_bytes_max)
+    stats["bytes_after"] = _verify(fs, cleaned, base, end, cfg.batch_bytes_max)
     if plog.replace_segment(base, cleaned, expected_size=size):
         stats["rewritten"] = 1
     else:
@@ -189,10 +189,10 @@ def _rewrite(plog: PartitionLog, base: int, end: int, path: Path, size: int,
     return stats
 
 
-def _read_batches(path: Path, size: int, batch_bytes_max: int,
+def _read_batches(fs: FileSystem, path: Path, size: int, batch_bytes_max: int,
                   throttle: _Throttle) -> Iterator[tuple[bytes, BatchHeader]]:
     """Every batch of a sealed segment file, validated (checksum), one at a time."""
-    with open(path, "rb", buffering=WRITE_BUFFER_BYTES) as f:
+    with SequentialReader(fs, path, buffer_bytes=WRITE_BUFFER_BYTES) as f:
         position = 0
         while position < size:
             prefix = f.read(LENGTH_PREFIX_SIZE)
@@ -208,11 +208,11 @@ def _read_batches(path: Path, size: int, batch_bytes_max: int,
             position += len(batch)
 
 
-def _verify(cleaned: Path, base: int, end: int, batch_bytes_max: int) -> int:
+def _verify(fs: FileSystem, cleaned: Path, base: int, end: int, batch_bytes_max: int) -> int:
     """Check in pairs: read the rewrite back before it replaces anything."""
-    size = os.stat(cleaned).st_size
+    size = fs.stat_size(cleaned)
     expected = base
-    for _, header in _read_batches(cleaned, size, batch_bytes_max, _Throttle(None)):
+    for _, header in _read_batches(fs, cleaned, size, batch_bytes_max, _Throttle(None)):
         assert header.base_offset == expected, (cleaned, header.base_offset, expected)
         expected = header.last_offset + 1
     assert expected == end, (cleaned, expected, end)

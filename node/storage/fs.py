@@ -22,7 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["OS_FS", "FileSystem", "OsFileSystem"]
+__all__ = ["OS_FS", "FileSystem", "OsFileSystem", "SequentialReader", "SequentialWriter",
+           "pread_all", "pwrite_all", "read_file", "unlink_quietly"]
 
 
 class FileSystem(Protocol):
@@ -114,3 +115,125 @@ class OsFileSystem:
 
 
 OS_FS: FileSystem = OsFileSystem()
+
+
+# ------------------------------------------------------------------------------------ helpers
+# Built on the seam only, so they behave the same on every FileSystem.
+
+
+def pread_all(fs: FileSystem, fd: int, position: int, length: int) -> bytes:
+    """Up to `length` bytes at `position`; fewer only at the end of the file."""
+    data = fs.pread(fd, length, position)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = fs.pread(fd, length - got, position + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def pwrite_all(fs: FileSystem, fd: int, data: bytes | memoryview, position: int) -> None:
+    """Write all of `data` at `position` (pwrite may write less than asked: loop)."""
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        written += fs.pwrite(fd, view[written:], position + written)
+
+
+def read_file(fs: FileSystem, path: Path) -> bytes:
+    """The whole file (FileNotFoundError if it does not exist)."""
+    fd = fs.open(path, os.O_RDONLY)
+    try:
+        return pread_all(fs, fd, 0, fs.fstat_size(fd))
+    finally:
+        fs.close(fd)
+
+
+def unlink_quietly(fs: FileSystem, path: Path) -> bool:
+    """Unlink `path` if it exists; True if it did."""
+    try:
+        fs.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class SequentialWriter:
+    """A file written front to back through the seam, in chunks of `buffer_bytes` (one pwrite
+    per chunk instead of one per batch). `sync()` writes what is buffered and fdatasyncs."""
+
+    def __init__(self, fs: FileSystem, path: Path, *, buffer_bytes: int) -> None:
+        assert buffer_bytes > 0
+        self._fs = fs
+        self._fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._buffer = bytearray()
+        self._buffer_bytes = buffer_bytes
+        self._position = 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self._buffer_bytes:
+            self._flush()
+
+    def sync(self) -> None:
+        self._flush()
+        self._fs.fdatasync(self._fd)
+
+    def close(self) -> None:
+        self._fs.close(self._fd)
+
+    def __enter__(self) -> SequentialWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            pwrite_all(self._fs, self._fd, self._buffer, self._position)
+            self._position += len(self._buffer)
+            self._buffer = bytearray()
+
+
+class SequentialReader:
+    """A file read front to back through the seam, `buffer_bytes` per pread."""
+
+    def __init__(self, fs: FileSystem, path: Path, *, buffer_bytes: int) -> None:
+        assert buffer_bytes > 0
+        self._fs = fs
+        self._fd = fs.open(path, os.O_RDONLY)
+        self._buffer = b""
+        self._offset = 0  # into _buffer
+        self._position = 0  # file position of the end of _buffer
+        self._buffer_bytes = buffer_bytes
+
+    def read(self, length: int) -> bytes:
+        """Up to `length` bytes; fewer only at the end of the file."""
+        parts = []
+        while length > 0:
+            if self._offset == len(self._buffer):
+                self._buffer = pread_all(self._fs, self._fd, self._position,
+                                         max(self._buffer_bytes, length))
+                self._offset = 0
+                self._position += len(self._buffer)
+                if not self._buffer:
+                    break
+            part = self._buffer[self._offset: self._offset + length]
+            self._offset += len(part)
+            length -= len(part)
+            parts.append(part)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._fs.close(self._fd)
+
+    def __enter__(self) -> SequentialReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -25,7 +25,6 @@ Theory of operation (the long version is docs/storage.md).
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import threading
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from tidelog.node.storage import metafile
 from tidelog.node.storage.config import LogConfig
+from tidelog.node.storage.dirs import ensure_directory
 from tidelog.node.storage.durability import DirtyTracker, GroupCommitter
 from tidelog.node.storage.errors import (
     CorruptFileError,
@@ -47,9 +47,10 @@ from tidelog.node.storage.errors import (
     StorageIOError,
     TermOutOfOrderError,
 )
+from tidelog.node.storage.fs import OS_FS, FileSystem, unlink_quietly
 from tidelog.node.storage.index import NO_TIMESTAMP, SegmentIndex
 from tidelog.node.storage.retention import SegmentStat, segments_to_delete
-from tidelog.node.storage.segment import LOG_SUFFIX, Segment, fdatasync
+from tidelog.node.storage.segment import LOG_SUFFIX, Segment
 from tidelog.proto.batch import (
     BatchError,
     BatchHeader,
@@ -142,9 +143,11 @@ def _wall_clock_ms() -> int:
 class PartitionLog:
     """One partition's segmented log. Create with `PartitionLog.open`."""
 
-    def __init__(self, directory: Path, config: LogConfig, now_ms: Callable[[], int]) -> None:
+    def __init__(self, directory: Path, config: LogConfig, now_ms: Callable[[], int],
+                 fs: FileSystem = OS_FS) -> None:
         self.directory = directory
         self.config = config
+        self.fs = fs  # every file operation goes through it (the simulator passes its twin)
         self._now_ms = now_ms
         self._lock = threading.RLock()
         self._committer = GroupCommitter()
@@ -165,15 +168,17 @@ class PartitionLog:
 
     @classmethod
     def open(cls, directory: Path, config: LogConfig, *,
-             now_ms: Callable[[], int] | None = None) -> PartitionLog:
-        """Open (creating if needed) and recover the log in `directory`.
+             now_ms: Callable[[], int] | None = None,
+             fs: FileSystem = OS_FS) -> PartitionLog:
+        """Open (creating if needed, durably: see ensure_directory) and recover the log in
+        `directory`, doing all file I/O through `fs`.
 
         Raises CorruptLogError if verified data below the recovery point is damaged; the log
         files are then left as they were for an operator (or a re-replication) to handle.
         """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        plog = cls(directory, config, now_ms or _wall_clock_ms)
+        ensure_directory(directory, fs=fs)
+        plog = cls(directory, config, now_ms or _wall_clock_ms, fs)
         plog._recover()
         return plog
 
@@ -302,11 +307,9 @@ class PartitionLog:
         """Seal the active segment (fsync, index files) and start a new one at the log end."""
         old = self._active
         old.seal()
-        new = Segment.create(self.directory, old.end_offset,
-                             batch_bytes_max=self.config.batch_bytes_max,
-                             interval_bytes=self.config.index_interval_bytes)
+        new = self._create_segment(old.end_offset)
         self._segments.append(new)
-        metafile.fsync_directory(self.directory)
+        self._fsync_directory()
         # The sealed segment is fsynced: everything below the new base is durable and verified.
         self._write_meta(recovery_point=new.base_offset)
         if self._durable_end_offset < new.base_offset:
@@ -345,13 +348,13 @@ class PartitionLog:
             fd = self._active.dup_writer()
         if fd is not None:
             try:
-                fdatasync(fd)
+                self.fs.fdatasync(fd)
             except OSError as exc:
                 with self._lock:
                     self._fence(f"fsync failed: {exc}")
                 raise StorageIOError(f"fsync of {self.directory} failed: {exc}") from exc
             finally:
-                os.close(fd)
+                self.fs.close(fd)
         with self._lock:
             now_ms = self._now_ms()
             if generation == self._generation and end > self._durable_end_offset:
@@ -461,13 +464,13 @@ class PartitionLog:
             segment = next((s for s in self._segments[:-1] if s.base_offset == base_offset),
                            None)
             if segment is None or segment.size_bytes != expected_size:
-                cleaned.unlink(missing_ok=True)
+                unlink_quietly(self.fs, cleaned)
                 return False
             end = segment.end_offset
             segment.drop_index_files()
-            metafile.fsync_directory(self.directory)
-            os.replace(cleaned, segment.path)
-            metafile.fsync_directory(self.directory)
+            self._fsync_directory()
+            self.fs.replace(cleaned, segment.path)
+            self._fsync_directory()
             self._loaded_indexes.pop(base_offset, None)
             segment.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
             result = segment.scan()
@@ -528,7 +531,7 @@ class PartitionLog:
         segment.drop_index_files()
         # The deletions must be durable before the cut: otherwise a crash could bring back
         # later segments (or a stale index) next to a shortened segment.
-        metafile.fsync_directory(self.directory)
+        self._fsync_directory()
         if segment.index is None:
             segment.index = SegmentIndex(base_offset=segment.base_offset,
                                          interval_bytes=self.config.index_interval_bytes)
@@ -581,7 +584,7 @@ class PartitionLog:
             victim.delete()
             self._loaded_indexes.pop(victim.base_offset, None)
         if victims:
-            metafile.fsync_directory(self.directory)
+            self._fsync_directory()
         return [v.base_offset for v in victims]
 
     def reset(self, start_offset: int) -> None:
@@ -605,12 +608,10 @@ class PartitionLog:
                      start_offset)
 
     def _finish_reset(self, start_offset: int) -> None:
-        for path in self.directory.glob("*" + LOG_SUFFIX):
-            Segment(self.directory, int(path.stem), batch_bytes_max=0).delete()
-        self._segments = [Segment.create(self.directory, start_offset,
-                                         batch_bytes_max=self.config.batch_bytes_max,
-                                         interval_bytes=self.config.index_interval_bytes)]
-        metafile.fsync_directory(self.directory)
+        for base in self._segment_bases_on_disk():
+            Segment(self.directory, base, batch_bytes_max=0, fs=self.fs).delete()
+        self._segments = [self._create_segment(start_offset)]
+        self._fsync_directory()
         self._log_start_offset = start_offset
         self._write_meta_values(_Meta(start_offset, start_offset, reset_pending=False))
         self._recovery_point = start_offset
@@ -619,10 +620,10 @@ class PartitionLog:
 
     def _recover(self) -> None:
         notes = _RecoveryNotes()
-        for tmp in self.directory.glob("*.tmp"):
-            tmp.unlink()
-        for leftover in self.directory.glob("*" + CLEANED_SUFFIX):  # a crash mid-clean
-            leftover.unlink()
+        for name in self.fs.listdir(self.directory):
+            # Temp files of interrupted atomic writes, and a crash mid-clean.
+            if name.endswith((".tmp", CLEANED_SUFFIX)):
+                unlink_quietly(self.fs, self.directory / name)
         meta = self._read_meta(notes)
         if meta is not None and meta.reset_pending:
             self._finish_reset(meta.log_start_offset)
@@ -630,19 +631,17 @@ class PartitionLog:
             log.warning("finished an interrupted reset of %s at offset %d",
                         self.directory.name, meta.log_start_offset)
         else:
-            bases = sorted(int(p.stem) for p in self.directory.glob("*" + LOG_SUFFIX)
-                           if p.stem.isdigit() and len(p.stem) == 20)
+            bases = self._segment_bases_on_disk()
             start = meta.log_start_offset if meta is not None else (bases[0] if bases else 0)
             recovery_point = meta.recovery_point if meta is not None else start
             if not bases:
-                self._segments = [Segment.create(self.directory, start,
-                                                 batch_bytes_max=self.config.batch_bytes_max,
-                                                 interval_bytes=self.config.index_interval_bytes)]
-                metafile.fsync_directory(self.directory)
+                self._segments = [self._create_segment(start)]
+                self._fsync_directory()
             else:
                 bases = self._prune_below_start(bases, start, notes)
                 self._segments = [Segment(self.directory, b,
-                                          batch_bytes_max=self.config.batch_bytes_max)
+                                          batch_bytes_max=self.config.batch_bytes_max,
+                                          fs=self.fs)
                                   for b in bases]
                 for segment, next_segment in zip(self._segments, self._segments[1:],
                                                  strict=False):
@@ -675,12 +674,12 @@ class PartitionLog:
         """Delete sealed segments wholly below the log start (an interrupted prefix deletion)."""
         keep = list(bases)
         while len(keep) > 1 and keep[1] <= start:
-            victim = Segment(self.directory, keep.pop(0), batch_bytes_max=0)
+            victim = Segment(self.directory, keep.pop(0), batch_bytes_max=0, fs=self.fs)
             victim.delete()
             notes.deleted.append(victim.path.name)
             log.warning("deleted %s: wholly below the log start %d", victim.path.name, start)
         if len(keep) != len(bases):
-            metafile.fsync_directory(self.directory)
+            self._fsync_directory()
         return keep
 
     def _recover_sealed(self, segment: Segment, next_base: int, notes: _RecoveryNotes) -> None:
@@ -707,7 +706,7 @@ class PartitionLog:
                       "fail", segment.path.name, position, reason)
             # Keep the file's real size and the contiguity invariant; the index covers the
             # verified prefix only, and no index files are written, so the next open checks again.
-            segment.size_bytes = os.stat(segment.path).st_size
+            segment.size_bytes = segment.file_size()
             segment.end_offset = next_base
         else:
             segment.write_index_files()
@@ -719,7 +718,7 @@ class PartitionLog:
         active.drop_index_files()
         min_term = self._segments[-2].last_term if len(self._segments) > 1 else -1
         result = active.scan(min_term=min_term)
-        file_size = os.stat(active.path).st_size
+        file_size = active.file_size()
         if result.stopped_at is None and result.end_offset >= recovery_point:
             return
         if result.stopped_at is None:
@@ -746,6 +745,20 @@ class PartitionLog:
     @property
     def _active(self) -> Segment:
         return self._segments[-1]
+
+    def _create_segment(self, base_offset: int) -> Segment:
+        """A new empty segment file; the caller fsyncs the directory before relying on it."""
+        return Segment.create(self.directory, base_offset,
+                              batch_bytes_max=self.config.batch_bytes_max,
+                              interval_bytes=self.config.index_interval_bytes, fs=self.fs)
+
+    def _fsync_directory(self) -> None:
+        metafile.fsync_directory(self.directory, fs=self.fs)
+
+    def _segment_bases_on_disk(self) -> list[int]:
+        stems = (name[: -len(LOG_SUFFIX)] for name in self.fs.listdir(self.directory)
+                 if name.endswith(LOG_SUFFIX))
+        return sorted(int(stem) for stem in stems if stem.isdigit() and len(stem) == 20)
 
     def _last_term_locked(self) -> int:
         for segment in reversed(self._segments):
@@ -866,7 +879,7 @@ class PartitionLog:
     def _read_meta(self, notes: _RecoveryNotes) -> _Meta | None:
         path = self.directory / META_FILE
         try:
-            payload = metafile.read_checksummed(path)
+            payload = metafile.read_checksummed(path, fs=self.fs)
         except CorruptFileError as exc:
             notes.meta_problem = str(exc)
             log.error("%s; falling back to the segment files (log start = first segment, "
@@ -888,7 +901,8 @@ class PartitionLog:
     def _write_meta_values(self, meta: _Meta) -> None:
         metafile.write_checksummed(
             self.directory / META_FILE,
-            _META.pack(meta.log_start_offset, meta.recovery_point, int(meta.reset_pending)))
+            _META.pack(meta.log_start_offset, meta.recovery_point, int(meta.reset_pending)),
+            fs=self.fs)
 
 
 def _restamped(header: BatchHeader, *, base_offset: int, term: int) -> BatchHeader:

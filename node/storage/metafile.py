@@ -11,13 +11,13 @@ Checksummed layout: magic b"TLMF" | uint32 payload length | uint64 xxh3_64(paylo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 from pathlib import Path
 
 import xxhash
 from tidelog.node.storage.errors import CorruptFileError
+from tidelog.node.storage.fs import OS_FS, FileSystem, pwrite_all, read_file, unlink_quietly
 
 __all__ = ["fsync_directory", "read_checksummed", "write_atomic", "write_checksummed"]
 
@@ -26,44 +26,43 @@ _HEADER = struct.Struct(">4sIQ")
 PAYLOAD_BYTES_MAX = 64 * 1024 * 1024  # metadata, not data: refuse anything bigger
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True, fs: FileSystem = OS_FS) -> None:
     """Replace `path` with `data`, durably: temp file, fsync, rename, fsync of the directory.
 
-    `durable=False` skips both fsyncs: for files that are checked and rebuilt when lost (indexes),
-    where a reader must never see a half-written file but losing the latest version is fine.
+    `durable=False` skips both fsyncs: a process crash still leaves the old or the new file
+    whole, but a power loss may leave the old one, none, or a garbled one (the rename can reach
+    the disk before the data). Only for checksummed files that are rebuilt when lost (indexes).
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        pwrite_all(fs, fd, data, 0)
         if durable:
-            os.fsync(fd)
+            fs.fsync(fd)
     except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
+        fs.close(fd)
+        unlink_quietly(fs, tmp)
         raise
-    os.close(fd)
-    os.replace(tmp, path)
+    fs.close(fd)
+    fs.replace(tmp, path)
     if durable:
-        fsync_directory(path.parent)
+        fs.fsync_directory(path.parent)
 
 
-def write_checksummed(path: Path, payload: bytes, *, durable: bool = True) -> None:
+def write_checksummed(path: Path, payload: bytes, *, durable: bool = True,
+                      fs: FileSystem = OS_FS) -> None:
     if len(payload) > PAYLOAD_BYTES_MAX:
         raise ValueError(f"metadata payload of {len(payload)} bytes exceeds {PAYLOAD_BYTES_MAX}")
     header = _HEADER.pack(_MAGIC, len(payload), xxhash.xxh3_64_intdigest(payload))
-    write_atomic(path, header + payload, durable=durable)
+    write_atomic(path, header + payload, durable=durable, fs=fs)
 
 
-def read_checksummed(path: Path) -> bytes | None:
+def read_checksummed(path: Path, *, fs: FileSystem = OS_FS) -> bytes | None:
     """The payload, or None if the file does not exist. CorruptFileError if it does not check."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_file(fs, path)
     except FileNotFoundError:
         return None
     if len(data) < _HEADER.size:
@@ -82,15 +81,6 @@ def read_checksummed(path: Path) -> bytes | None:
     return payload
 
 
-def fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path, *, fs: FileSystem = OS_FS) -> None:
     """Make creations, renames and deletions of the directory's entries durable."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    fs.fsync_directory(Path(directory))

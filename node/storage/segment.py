@@ -12,7 +12,6 @@ so in-memory size and file size agree; a failed or partial write is cut back wit
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -28,6 +27,7 @@ from tidelog.node.storage.errors import (
     LogClosedError,
     StorageIOError,
 )
+from tidelog.node.storage.fs import OS_FS, FileSystem, pread_all, unlink_quietly
 from tidelog.node.storage.index import (
     NO_TIMESTAMP,
     SegmentIndex,
@@ -44,7 +44,7 @@ from tidelog.proto.batch import (
     validate_batch,
 )
 
-__all__ = ["Position", "ScanResult", "Segment", "fdatasync", "segment_file_name"]
+__all__ = ["Position", "ScanResult", "Segment", "segment_file_name"]
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,11 @@ class Segment:
 
     __slots__ = ("base_offset", "path", "index_path", "timeindex_path", "size_bytes",
                  "end_offset", "max_timestamp_ms", "rolling_since_ms", "last_term",
-                 "index", "_fd", "_batch_bytes_max")
+                 "index", "fs", "_fd", "_batch_bytes_max")
 
-    def __init__(self, directory: Path, base_offset: int, *, batch_bytes_max: int) -> None:
+    def __init__(self, directory: Path, base_offset: int, *, batch_bytes_max: int,
+                 fs: FileSystem = OS_FS) -> None:
+        self.fs = fs
         self.base_offset = base_offset
         self.path = directory / segment_file_name(base_offset)
         stem = f"{base_offset:020d}"
@@ -104,12 +106,14 @@ class Segment:
 
     @classmethod
     def create(cls, directory: Path, base_offset: int, *, batch_bytes_max: int,
-               interval_bytes: int) -> Segment:
-        segment = cls(directory, base_offset, batch_bytes_max=batch_bytes_max)
-        segment._fd = os.open(segment.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+               interval_bytes: int, fs: FileSystem = OS_FS) -> Segment:
+        """A new, empty segment file. Its name is durable only once the caller fsyncs the
+        directory (every caller does, before anything in it is reported durable)."""
+        segment = cls(directory, base_offset, batch_bytes_max=batch_bytes_max, fs=fs)
+        segment._fd = fs.open(segment.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         segment.index = SegmentIndex(base_offset=base_offset, interval_bytes=interval_bytes)
         for stale in (segment.index_path, segment.timeindex_path):
-            _unlink_quietly(stale)
+            unlink_quietly(fs, stale)
         return segment
 
     def summary(self) -> SegmentSummary:
@@ -125,18 +129,18 @@ class Segment:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            self.fs.close(self._fd)
             self._fd = None
 
     def delete(self) -> None:
         self.close()
         for path in (self.path, self.index_path, self.timeindex_path):
-            _unlink_quietly(path)
+            unlink_quietly(self.fs, path)
 
     def drop_index_files(self) -> None:
         """Called when a sealed segment becomes active again: its index files would go stale."""
         for path in (self.index_path, self.timeindex_path):
-            _unlink_quietly(path)
+            unlink_quietly(self.fs, path)
 
     # ------------------------------------------------------------------------------------ writes
 
@@ -152,7 +156,7 @@ class Segment:
         try:
             written = 0
             while written < len(view):
-                written += os.pwrite(fd, view[written:], position + written)
+                written += self.fs.pwrite(fd, view[written:], position + written)
         except OSError as exc:
             self._cut_back(position, exc)
             if exc.errno == errno.ENOSPC:
@@ -167,29 +171,30 @@ class Segment:
     def truncate(self, position: int) -> None:
         """Cut the file at a batch boundary and rebuild the in-memory state from what remains."""
         fd = self._writer()
-        os.ftruncate(fd, position)
+        self.fs.ftruncate(fd, position)
         self.size_bytes = position
         self._rebuild_memory_state_from_headers()
 
     def sync(self) -> None:
+        # fdatasync also flushes the file size, which reading the new data needs; skip mtime.
         if self._fd is not None:
-            fdatasync(self._fd)
+            self.fs.fdatasync(self._fd)
 
     def dup_writer(self) -> int | None:
         """A duplicate descriptor for fsync outside the log's lock (survives a concurrent seal)."""
-        return os.dup(self._fd) if self._fd is not None else None
+        return self.fs.dup(self._fd) if self._fd is not None else None
 
     # ------------------------------------------------------------------------------------- reads
 
     def pread(self, position: int, length: int) -> bytes:
         """Up to `length` bytes at `position` (fewer only at end of file)."""
         if self._fd is not None:
-            return _pread_all(self._fd, position, length)
-        fd = os.open(self.path, os.O_RDONLY)
+            return pread_all(self.fs, self._fd, position, length)
+        fd = self.fs.open(self.path, os.O_RDONLY)
         try:
-            return _pread_all(fd, position, length)
+            return pread_all(self.fs, fd, position, length)
         finally:
-            os.close(fd)
+            self.fs.close(fd)
 
     def header_at(self, position: int, *, end: int | None = None) -> BatchHeader:
         """Unverified header at `position`; raises BatchError if it cannot be a batch here."""
@@ -216,7 +221,7 @@ class Segment:
         Stops at the first problem and says where and why; never raises for damaged data. With
         `on_batch`, rebuilds in-memory state (index, end offset, timestamps, terms) as it goes.
         """
-        end = _file_size(self.path) if self._fd is None else os.fstat(self._fd).st_size
+        end = self.file_size()
         expected = self.base_offset if expected_offset is None else expected_offset
         term = min_term
         window_start, window = position, b""
@@ -260,14 +265,14 @@ class Segment:
 
     def load_index_files(self, *, interval_bytes: int) -> tuple[SegmentIndex, SegmentSummary]:
         """Read and check the sealed index files; ValueError/CorruptFileError when unusable."""
-        offset_payload = metafile.read_checksummed(self.index_path)
-        time_payload = metafile.read_checksummed(self.timeindex_path)
+        offset_payload = metafile.read_checksummed(self.index_path, fs=self.fs)
+        time_payload = metafile.read_checksummed(self.timeindex_path, fs=self.fs)
         if offset_payload is None or time_payload is None:
             raise FileNotFoundError(f"index files of {self.path.name} missing")
         index, summary = decode_index_files(offset_payload, time_payload,
                                             base_offset=self.base_offset,
                                             interval_bytes=interval_bytes)
-        actual = _file_size(self.path)
+        actual = self.file_size()
         if summary.size_bytes != actual:
             raise ValueError(f"index says {summary.size_bytes} bytes, the segment has {actual}")
         return index, summary
@@ -283,8 +288,8 @@ class Segment:
         # Indexes are checked on load and rebuilt when wrong, so they need no fsync of their own.
         assert self.index is not None, "only a segment with its index in memory writes it"
         offset_payload, time_payload = encode_index_files(self.index, self.summary())
-        metafile.write_checksummed(self.index_path, offset_payload, durable=False)
-        metafile.write_checksummed(self.timeindex_path, time_payload, durable=False)
+        metafile.write_checksummed(self.index_path, offset_payload, durable=False, fs=self.fs)
+        metafile.write_checksummed(self.timeindex_path, time_payload, durable=False, fs=self.fs)
 
     def apply_summary(self, summary: SegmentSummary) -> None:
         self.size_bytes = summary.size_bytes
@@ -305,9 +310,13 @@ class Segment:
     def open_writer(self) -> None:
         self._writer()
 
+    def file_size(self) -> int:
+        """The file's length as the file system sees it (may differ from size_bytes on open)."""
+        return self.fs.stat_size(self.path) if self._fd is None else self.fs.fstat_size(self._fd)
+
     def _writer(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = self.fs.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         return self._fd
 
     def _account(self, position: int, header: BatchHeader) -> None:
@@ -337,7 +346,7 @@ class Segment:
     def _cut_back(self, position: int, cause: OSError) -> None:
         try:
             assert self._fd is not None
-            os.ftruncate(self._fd, position)
+            self.fs.ftruncate(self._fd, position)
         except OSError as exc:
             log.error("could not cut %s back to %d after a failed write (%s): %s",
                       self.path, position, cause, exc)
@@ -345,32 +354,3 @@ class Segment:
                 f"{self.path} may end in a partial batch: cutting it back to {position} failed "
                 f"({exc}); reopen the log to recover"
             ) from cause
-
-
-def _pread_all(fd: int, position: int, length: int) -> bytes:
-    data = os.pread(fd, length, position)
-    if len(data) == length or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < length:
-        more = os.pread(fd, length - got, position + got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def _file_size(path: Path) -> int:
-    return os.stat(path).st_size
-
-
-def fdatasync(fd: int) -> None:
-    # fdatasync also flushes the file size, which reading the new data needs; skip mtime.
-    (getattr(os, "fdatasync", None) or os.fsync)(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

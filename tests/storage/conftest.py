@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import Clock, crash, small_config
 from tidelog.node.storage import LogConfig, PartitionLog
+from tidelog.node.storage.fs import OS_FS, FileSystem
 
 
 @pytest.fixture
@@ -19,9 +20,10 @@ def clock() -> Clock:
 def open_log(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., PartitionLog]]:
     opened: list[PartitionLog] = []
 
-    def _open(config: LogConfig | None = None, directory: Path | None = None) -> PartitionLog:
+    def _open(config: LogConfig | None = None, directory: Path | None = None,
+              fs: FileSystem = OS_FS) -> PartitionLog:
         log = PartitionLog.open(directory or tmp_path / "p0", config or small_config(),
-                                now_ms=clock)
+                                now_ms=clock, fs=fs)
         opened.append(log)
         return log
 

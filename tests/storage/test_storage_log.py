@@ -29,6 +29,7 @@ from tidelog.node.storage import (
     write_checksummed,
 )
 from tidelog.node.storage import segment as segment_module
+from tidelog.node.storage.fs import OsFileSystem
 from tidelog.proto.batch import iter_batches
 
 # ------------------------------------------------------------------------------------ bad input
@@ -66,22 +67,37 @@ def test_bad_batches_raise_typed_errors_and_change_nothing(open_log, tmp_path: P
     assert _files(tmp_path / "p0") == before
 
 
-def test_disk_full_cuts_the_partial_write_back(open_log, monkeypatch) -> None:
-    log = open_log()
-    log.append(make_batch(tag=1))
-    real_pwrite = os.pwrite
+class _HalfThenEnospc(OsFileSystem):
+    """The real file system, except that while `full`, a write of more than 10 bytes writes
+    half and then fails with ENOSPC (a disk filling up mid-write)."""
 
-    def half_then_enospc(fd: int, data, position: int) -> int:
-        if len(data) > 10:
-            real_pwrite(fd, bytes(data[: len(data) // 2]), position)
+    full = False
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> int:
+        if self.full and len(data) > 10:
+            super().pwrite(fd, bytes(data[: len(data) // 2]), position)
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_pwrite(fd, data, position)
+        return super().pwrite(fd, data, position)
 
+
+class _CountingFsyncs(OsFileSystem):
+    def __init__(self) -> None:
+        self.fdatasyncs: list[int] = []
+
+    def fdatasync(self, fd: int) -> None:
+        self.fdatasyncs.append(fd)
+        super().fdatasync(fd)
+
+
+def test_disk_full_cuts_the_partial_write_back(open_log) -> None:
+    fs = _HalfThenEnospc()
+    log = open_log(fs=fs)
+    log.append(make_batch(tag=1))
     size = log._segments[-1].size_bytes
-    monkeypatch.setattr(segment_module.os, "pwrite", half_then_enospc)
+    fs.full = True
     with pytest.raises(DiskFullError):
         log.append(make_batch(tag=2))
-    monkeypatch.undo()
+    fs.full = False
     assert os.path.getsize(log._segments[-1].path) == size
     assert log.log_end_offset == 1
     log.append(make_batch(tag=3))
@@ -200,16 +216,11 @@ def test_missing_or_inconsistent_indexes_are_rebuilt(open_log, tmp_path: Path,
 # ------------------------------------------------------------------------------------- durability
 
 
-def test_group_commit_shares_fsyncs_between_appenders(open_log, monkeypatch) -> None:
-    log = open_log(LogConfig())
-    calls = []
-    real = os.fdatasync
-
-    def counting(fd: int) -> None:
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr("tidelog.node.storage.log.fdatasync", counting)
+def test_group_commit_shares_fsyncs_between_appenders(open_log) -> None:
+    fs = _CountingFsyncs()
+    log = open_log(LogConfig(), fs=fs)
+    calls = fs.fdatasyncs
+    calls.clear()  # the open's own sync
     appends = 16 * 20
     errors: list[BaseException] = []
 

@@ -1,0 +1,98 @@
+"""The storage engine under power loss (SimFileSystem), one claim per test; and ensure_directory.
+
+Randomized cases loop over fixed seeds; a failure message names the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import tidelog.node.storage.log as log_module
+from storage_helpers import Clock, make_batch, small_config
+from tidelog.node.sim.simfs import SimFileSystem
+from tidelog.node.storage import PartitionLog, ensure_directory, remove_directory
+from tidelog.node.storage.fs import FileSystem
+
+DATA = Path("/data")
+SEEDS = range(30)
+
+
+def _sim_with_data_dir() -> SimFileSystem:
+    fs = SimFileSystem()
+    fs.mkdir(DATA)
+    fs.fsync_directory(Path("/"))
+    return fs
+
+
+def _open(fs: FileSystem, directory: Path = DATA / "p0") -> PartitionLog:
+    return PartitionLog.open(directory, small_config(), now_ms=Clock(), fs=fs)
+
+
+def _synced_log_survives(seed: int) -> bool:
+    fs = _sim_with_data_dir()
+    log = _open(fs)
+    for i in range(5):
+        log.append(make_batch(tag=i))
+    assert log.sync() == 5
+    fs.power_loss(random.Random(seed))
+    reopened = _open(fs)
+    return reopened.log_end_offset == 5
+
+
+def test_a_new_log_directory_survives_power_loss_once_synced() -> None:
+    """Defect 8: the partition directory's own name must be durable in its parent."""
+    failed = [seed for seed in SEEDS if not _synced_log_survives(seed)]
+    assert not failed, f"synced data lost after power loss, seeds {failed}"
+
+
+def test_planted_bug_plain_mkdir_loses_the_directory_and_is_caught(monkeypatch) -> None:
+    """The old code (mkdir without fsync of the parent), re-injected: some power loss takes the
+    whole directory, synced data included. Shows the test above can fail."""
+
+    def old_mkdir(path: Path, *, fs: FileSystem) -> list[Path]:
+        fs.mkdir(path, parents=True, exist_ok=True)
+        return []
+
+    monkeypatch.setattr(log_module, "ensure_directory", old_mkdir)
+    failed = [seed for seed in SEEDS if not _synced_log_survives(seed)]
+    assert failed, "the planted bug was not caught"
+
+
+def test_a_directory_left_by_a_crash_before_its_parent_fsync_is_made_durable_on_open() -> None:
+    for seed in SEEDS:
+        fs = _sim_with_data_dir()
+        fs.mkdir(DATA / "p0")  # a process died right after this mkdir
+        fs.crash()
+        log = _open(fs)
+        log.append(make_batch())
+        log.sync()
+        fs.power_loss(random.Random(seed))
+        assert _open(fs).log_end_offset == 1, seed
+
+
+def test_ensure_directory_creates_parents_and_fsyncs_each_parent(tmp_path: Path) -> None:
+    fs = _sim_with_data_dir()
+    created = ensure_directory(DATA / "a" / "b" / "c", fs=fs)
+    assert created == [DATA / "a", DATA / "a" / "b", DATA / "a" / "b" / "c"]
+    assert fs.listdir_durable(DATA) == ["a"]
+    assert fs.listdir_durable(DATA / "a" / "b") == ["c"]
+    assert ensure_directory(DATA / "a", fs=fs) == []
+    real = ensure_directory(tmp_path / "x" / "y")
+    assert real == [tmp_path / "x", tmp_path / "x" / "y"] and (tmp_path / "x" / "y").is_dir()
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        ensure_directory(tmp_path / "file" / "sub")
+
+
+def test_remove_directory_is_durable() -> None:
+    for seed in SEEDS:
+        fs = _sim_with_data_dir()
+        log = _open(fs)
+        log.append(make_batch())
+        log.close()
+        assert remove_directory(DATA / "p0", fs=fs)
+        assert not remove_directory(DATA / "p0", fs=fs)
+        fs.power_loss(random.Random(seed))
+        assert fs.listdir(DATA) == [], seed
