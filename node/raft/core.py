@@ -712,7 +712,7 @@ class RaftCore:
             self._bcast_pending = True
             if self.role != Role.LEADER or m.frm not in self.progress:
                 return  # the commit applied a membership change that removed us or the peer
-        elif was_paused:
+        elif was_paused and not self._bcast_pending:  # a pending broadcast sends it anyway
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):
             pass
