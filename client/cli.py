@@ -17,6 +17,7 @@ from collections.abc import Sequence
 # (when parsing fails) instead of breaking every other command.
 _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.node.cli",
+    "tidelog.node.storage_cli",
     "tidelog.client.cli_demo",
     "tidelog.node.sim.cli",
     "tidelog.client.health_cli",

@@ -3,11 +3,14 @@
 Raft positions are record offsets (see tidelog.node.raft.types): entry = one stored batch. DATA
 entries' data is the batch itself; NOOP and CONFIG entries are control batches whose single record
 holds the core's payload. `to_batch` is the inverse used when persisting what the core emits.
+
+Every replica runs `to_batch` itself, so it must be a pure function of the entry (index, term,
+kind, data): replicas of a committed prefix are then byte-identical, and a digest of the prefix
+(storage/digest.py) can compare them. Control batches therefore carry no wall-clock time (their
+timestamps are the codec's NO_TIMESTAMP), and DATA batches are the leader's bytes, stamped.
 """
 
 from __future__ import annotations
-
-import time
 
 from tidelog.node.raft.types import Entry, EntryKind, LogIndex, Term
 from tidelog.node.storage import PartitionLog
@@ -28,12 +31,12 @@ _CONTROL_BY_KIND = {v: k for k, v in _KIND_BY_CONTROL.items()}
 
 
 def to_batch(entry: Entry) -> bytes:
-    """The bytes stored for an entry (base offset and term stamped in)."""
+    """The bytes stored for an entry (base offset and term stamped in); the same on every
+    replica and at every call."""
     if entry.kind is EntryKind.DATA:
         return stamp(entry.data, base_offset=entry.index, term=entry.term)
     return encode_control_batch(
-        _CONTROL_BY_KIND[entry.kind], entry.data, timestamp_ms=int(time.time() * 1000),
-        base_offset=entry.index, term=entry.term,
+        _CONTROL_BY_KIND[entry.kind], entry.data, base_offset=entry.index, term=entry.term,
     )
 
 
@@ -80,8 +83,22 @@ class PartitionRaftLog:
         return Term(header.term)
 
     def entries(self, from_index: int, max_bytes: int) -> list[Entry]:
-        if from_index >= self.log.log_end_offset:
-            return []
-        raw = self.log.read(from_index, max_bytes)
-        view = memoryview(raw)
-        return [to_entry(view[pos:pos + header.size]) for pos, header in iter_batches(raw)]
+        """LogReader's contract: entries continue while they fit in max_bytes. A read stops at
+        a segment's end, so read on into the next segment (the core skips to its unstable tail
+        after the stable entries: a short answer would leave a gap, found by the simulator)."""
+        out: list[Entry] = []
+        size = 0
+        end = self.log.log_end_offset
+        while from_index < end:
+            raw = self.log.read(from_index, max(max_bytes - size, 1))
+            view = memoryview(raw)
+            for pos, header in iter_batches(raw):
+                entry = to_entry(view[pos:pos + header.size])
+                size += entry.size_bytes
+                if out and size > max_bytes:
+                    return out
+                out.append(entry)
+                from_index = entry.last + 1
+            if not raw:
+                break
+        return out

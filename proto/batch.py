@@ -1,23 +1,25 @@
 """Record batch codec, shared by the node (which only checks headers) and the client.
 
-Byte layout of a batch, big-endian (full description and rationale: docs/batch-format.md)::
+Byte layout of a batch, format v2, big-endian (full description and rationale:
+docs/batch-format.md)::
 
     off len field              type   notes
-    0   8   base_offset        int64  set by the leader on append (NOT covered by the checksum)
+    0   8   base_offset        int64  set by the leader on append
     8   4   batch_length       int32  bytes after this field (so total size = 12 + batch_length)
-    12  8   term               int64  Raft term, set by the leader (NOT covered by the checksum)
-    20  1   magic              int8   format version = 1
-    21  8   checksum           uint64 xxh3_64 of bytes [29, 12 + batch_length)
-    29  2   attributes         int16  bits 0-2 codec (0 none, 1 lz4); bit 4 control batch;
+    12  8   term               int64  Raft term, set by the leader on append
+    20  1   magic              int8   format version = 2 (same place in every version)
+    21  2   attributes         int16  bits 0-2 codec (0 none, 1 lz4); bit 4 control batch;
                                       bits 8-11 control type
-    31  4   last_offset_delta  int32  last offset - base offset (stays after compaction)
-    35  4   record_count       int32  >= 1
-    39  8   first_timestamp    int64  ms since epoch (timestamp of the first record)
-    47  8   max_timestamp      int64  ms
-    55  8   producer_id        int64  -1 = not idempotent
-    63  2   producer_epoch     int16  -1
-    65  4   base_sequence      int32  -1
-    69  ..  records            lz4.block with store_size=True when codec lz4, else raw
+    23  4   last_offset_delta  int32  last offset - base offset (stays after compaction)
+    27  4   record_count       int32  >= 1
+    31  8   first_timestamp    int64  ms since epoch (timestamp of the first record)
+    39  8   max_timestamp      int64  ms; NO_TIMESTAMP in Raft control batches
+    47  8   producer_id        int64  -1 = not idempotent
+    55  2   producer_epoch     int16  -1
+    57  4   base_sequence      int32  -1
+    61  8   records_checksum   uint64 xxh3_64 of the records area [77, end)
+    69  8   header_checksum    uint64 xxh3_64 of bytes [0, 69): every header field above
+    77  ..  records            lz4.block with store_size=True when codec lz4, else raw
 
 Each record, uncompressed, fixed-width (cheaper to parse in Python than varints)::
 
@@ -26,8 +28,12 @@ Each record, uncompressed, fixed-width (cheaper to parse in Python than varints)
     uint16 header_count, then per header: uint16 key_length + utf-8 key,
                                           int32 value_length (-1 = null) + value
 
-base_offset and term sit outside the checksum so the leader can stamp them (`stamp`) without
-rehashing: the broker never unpacks records on the hot path. This module imports no grpc.
+Two checksums, so that every byte is covered and the leader still never rehashes records: the
+producer computes `records_checksum` once (it travels unchanged to every replica and consumer),
+and the leader's `stamp` sets base_offset and term and recomputes only `header_checksum`, a hash
+of 69 bytes. Format v1 (magic 1) left base_offset and term outside its only checksum, yet Raft
+trusts the term; a v1 batch is refused with `UnsupportedFormatError` (`upgrade_v1_batch` converts
+one, for `tidelog storage migrate`). This module imports no grpc.
 """
 
 from __future__ import annotations
@@ -42,10 +48,11 @@ import lz4.block
 import xxhash
 
 __all__ = [
-    "CHECKSUM_START",
     "DECOMPRESSED_BYTES_MAX",
     "HEADER_SIZE",
+    "LENGTH_PREFIX_SIZE",
     "MAGIC",
+    "NO_TIMESTAMP",
     "BatchError",
     "BatchHeader",
     "BatchTooLargeError",
@@ -56,32 +63,49 @@ __all__ = [
     "Offset",
     "Record",
     "RecordTuple",
+    "UnsupportedFormatError",
+    "assemble_batch",
     "decode_header",
     "decode_records",
     "encode_batch",
     "encode_control_batch",
+    "format_version",
     "iter_batches",
     "stamp",
+    "upgrade_v1_batch",
     "validate_batch",
 ]
 
 Offset = NewType("Offset", int)
 """A record's position in a partition log (Kafka's offset), counted in records from 0."""
 
-MAGIC = 1
-HEADER_SIZE = 69
+MAGIC = 2
+MAGIC_POSITION = 20  # where every format version keeps its magic byte
+HEADER_SIZE = 77
 LENGTH_PREFIX_SIZE = 12  # base_offset + batch_length: the bytes batch_length does not count
-CHECKSUM_START = 29  # the checksum covers [CHECKSUM_START, end of batch)
+RECORDS_CHECKSUM_POSITION = 61
+HEADER_CHECKSUM_POSITION = 69  # header_checksum covers [0, HEADER_CHECKSUM_POSITION)
 DECOMPRESSED_BYTES_MAX = 64 * 1024 * 1024
 """Default bound on a batch's declared decompressed size: refuse it rather than allocate it."""
+NO_TIMESTAMP = -(2**63)
+"""first_timestamp and max_timestamp of a Raft control batch (NOOP, CONFIG): its bytes must be a
+pure function of the Raft entry, so no replica may put its own clock in it. It is below every
+real timestamp, so time indexes, time retention and offset-for-timestamp lookups pass over it."""
 
-_HEADER = struct.Struct(">qiqbQhiiqqqhi")
-_STAMP = struct.Struct(">q")  # base_offset at 0 and term at 12 use the same int64 layout
+_COVERED = struct.Struct(">qiqbhiiqqqhiQ")  # [0, 69): what header_checksum covers
+_HEADER = struct.Struct(">qiqbhiiqqqhiQQ")
+_UINT64 = struct.Struct(">Q")
 _RECORD_FIXED = struct.Struct(">ibiii")  # length, attributes, offset_delta, ts_delta, key_length
 _INT32 = struct.Struct(">i")
 _UINT16 = struct.Struct(">H")
 _LZ4_SIZE = struct.Struct("<I")  # lz4.block store_size prefix is little-endian
-assert _HEADER.size == HEADER_SIZE
+assert _HEADER.size == HEADER_SIZE and _COVERED.size == HEADER_CHECKSUM_POSITION
+
+# Format v1 (magic 1), only to recognise and convert old logs: base_offset, batch_length, term,
+# magic, checksum (xxh3_64 of [29, end)), then the same fields as v2 up to base_sequence.
+_V1_MAGIC = 1
+_V1_HEADER = struct.Struct(">qiqbQhiiqqqhi")
+_V1_CHECKSUM_START = 29
 
 _CODEC_MASK = 0x07
 _CONTROL_BIT = 0x10
@@ -117,6 +141,17 @@ class InvalidBatchError(BatchError):
     """The batch is intact but malformed by its sender: bad magic, unknown codec, bad counts."""
 
 
+class UnsupportedFormatError(InvalidBatchError):
+    """An intact batch of another format version (v1: its term is outside the checksum).
+
+    Not damage: storage refuses to open a log holding one (`tidelog storage migrate` converts
+    it), and the broker refuses one from an old producer."""
+
+    def __init__(self, message: str, *, format_version: int) -> None:
+        super().__init__(message)
+        self.format_version = format_version
+
+
 class BatchTooLargeError(BatchError):
     """The batch (or its declared decompressed records) exceeds a configured limit."""
 
@@ -127,7 +162,6 @@ class BatchHeader:
     batch_length: int
     term: int
     magic: int
-    checksum: int
     attributes: int
     last_offset_delta: int
     record_count: int
@@ -136,6 +170,8 @@ class BatchHeader:
     producer_id: int
     producer_epoch: int
     base_sequence: int
+    records_checksum: int
+    header_checksum: int
 
     @property
     def codec(self) -> Codec:
@@ -186,7 +222,9 @@ def encode_batch(
     base_offset: int = 0,
     term: int = 0,
 ) -> bytes:
-    """Encode records into one batch; offsets are assigned 0..n-1 relative to base_offset."""
+    """Encode records into one batch; offsets are assigned 0..n-1 relative to base_offset.
+
+    A producer leaves base_offset and term at 0: the leader stamps them (`stamp`)."""
     if not records:
         raise InvalidBatchError("a batch needs at least one record")
     codec = Codec(codec)
@@ -216,27 +254,50 @@ def encode_batch(
     if control_type is not ControlType.NONE:
         attributes |= _CONTROL_BIT | (int(control_type) << _CONTROL_TYPE_SHIFT)
     count = len(records)
-    tail = _HEADER.pack(
-        0, 0, 0, 0, 0,  # placeholders: only the checksummed part is used from this pack
-        attributes, count - 1, count, first_timestamp, max_timestamp,
-        producer_id, producer_epoch, base_sequence,
-    )[CHECKSUM_START:] + payload
-    batch_length = HEADER_SIZE - LENGTH_PREFIX_SIZE + len(payload)
-    checksum = xxhash.xxh3_64_intdigest(tail)
-    head = _HEADER.pack(base_offset, batch_length, term, MAGIC, checksum,
-                        0, 0, 0, 0, 0, 0, 0, 0)[:CHECKSUM_START]
-    return head + tail
+    return assemble_batch(
+        base_offset=base_offset, term=term, attributes=attributes,
+        last_offset_delta=count - 1, record_count=count, first_timestamp=first_timestamp,
+        max_timestamp=max_timestamp, producer_id=producer_id, producer_epoch=producer_epoch,
+        base_sequence=base_sequence, records=payload,
+    )
+
+
+def assemble_batch(
+    *,
+    base_offset: int,
+    term: int,
+    attributes: int,
+    last_offset_delta: int,
+    record_count: int,
+    first_timestamp: int,
+    max_timestamp: int,
+    producer_id: int,
+    producer_epoch: int,
+    base_sequence: int,
+    records: bytes | memoryview,
+) -> bytes:
+    """A batch from header fields and an already encoded (and compressed) records area: both
+    checksums computed here. For encode_batch, compaction's rewrites and format migration."""
+    covered = _COVERED.pack(
+        base_offset, HEADER_SIZE - LENGTH_PREFIX_SIZE + len(records), term, MAGIC, attributes,
+        last_offset_delta, record_count, first_timestamp, max_timestamp, producer_id,
+        producer_epoch, base_sequence, xxhash.xxh3_64_intdigest(records),
+    )
+    return b"".join((covered, _UINT64.pack(xxhash.xxh3_64_intdigest(covered)), records))
 
 
 def encode_control_batch(
     control_type: ControlType,
     body: bytes,
     *,
-    timestamp_ms: int,
+    timestamp_ms: int = NO_TIMESTAMP,
     base_offset: int = 0,
     term: int = 0,
 ) -> bytes:
-    """A control batch of one record whose value is `body` (uncompressed: bodies are small)."""
+    """A control batch of one record whose value is `body` (uncompressed: bodies are small).
+
+    Raft control batches keep the default timestamp, NO_TIMESTAMP: every replica encodes the
+    entry itself, and must produce the same bytes as every other (see raft_log.to_batch)."""
     if ControlType(control_type) is ControlType.NONE:
         raise InvalidBatchError("a control batch needs a control type other than NONE")
     return encode_batch(
@@ -246,50 +307,81 @@ def encode_control_batch(
 
 
 def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
-    """Parse the 69-byte header at `pos` without any validation beyond its presence."""
+    """Parse the 77-byte header at `pos` without any validation beyond its presence.
+
+    base_offset, batch_length, term and magic sit at the same places in every format version,
+    so walking batches by their lengths works over any version; other fields need magic 2."""
     if len(buf) - pos < HEADER_SIZE:
         raise CorruptBatchError(
             f"truncated batch header at position {pos}: {len(buf) - pos} of {HEADER_SIZE} bytes"
         )
-    (base_offset, batch_length, term, magic, checksum, attributes, last_offset_delta,
-     record_count, first_timestamp, max_timestamp, producer_id, producer_epoch,
-     base_sequence) = _HEADER.unpack_from(buf, pos)
+    (base_offset, batch_length, term, magic, attributes, last_offset_delta, record_count,
+     first_timestamp, max_timestamp, producer_id, producer_epoch, base_sequence,
+     records_checksum, header_checksum) = _HEADER.unpack_from(buf, pos)
     return BatchHeader(
         base_offset=base_offset, batch_length=batch_length, term=term, magic=magic,
-        checksum=checksum, attributes=attributes, last_offset_delta=last_offset_delta,
+        attributes=attributes, last_offset_delta=last_offset_delta,
         record_count=record_count, first_timestamp=first_timestamp,
         max_timestamp=max_timestamp, producer_id=producer_id, producer_epoch=producer_epoch,
-        base_sequence=base_sequence,
+        base_sequence=base_sequence, records_checksum=records_checksum,
+        header_checksum=header_checksum,
     )
+
+
+def format_version(buf: bytes | bytearray | memoryview, pos: int = 0) -> int | None:
+    """The magic byte of the batch at `pos` (every version keeps it at byte 20); None if the
+    buffer ends before it."""
+    if len(buf) - pos <= MAGIC_POSITION:
+        return None
+    return buf[pos + MAGIC_POSITION]
 
 
 def validate_batch(buf: bytes | bytearray | memoryview, *, max_bytes: int) -> BatchHeader:
     """Check that `buf` is exactly one intact, well-formed batch of at most `max_bytes`.
 
-    The checksum is checked before the fields it covers, so a flipped bit in attributes or counts
-    reports as corruption rather than as a sender's mistake. Records are not decompressed.
+    The header checksum is checked first, so a flipped bit anywhere in the header (the length,
+    the term, the counts) reports as corruption rather than as a sender's mistake or a size;
+    then the records checksum. Records are not decompressed.
     """
-    header = decode_header(buf)
-    if header.size != len(buf):
-        if header.batch_length > max_bytes:
+    view = memoryview(buf)
+    header = decode_header(view)
+    if header.magic != MAGIC:
+        _refuse_other_format(view, 0, header)
+    _check_header_checksum(view, header, 0)
+    if header.size != len(view):
+        if header.size > max_bytes:
             raise BatchTooLargeError(f"batch declares {header.size} bytes, limit {max_bytes}")
         raise CorruptBatchError(
-            f"batch_length says {header.size} bytes but the buffer holds {len(buf)}"
+            f"batch_length says {header.size} bytes but the buffer holds {len(view)}"
         )
     if header.size > max_bytes:
         raise BatchTooLargeError(f"batch of {header.size} bytes exceeds the limit {max_bytes}")
-    _check_header(header)
-    _check_checksum(buf, header, 0)
+    _check_records_checksum(view, header, 0)
     _check_semantics(header)
     return header
 
 
 def stamp(batch: bytes | bytearray | memoryview, *, base_offset: int, term: int) -> bytes:
-    """Return a copy of `batch` with base_offset and term rewritten (no rehash needed)."""
-    out = bytearray(batch)
-    _STAMP.pack_into(out, 0, base_offset)
-    _STAMP.pack_into(out, 12, term)
-    return bytes(out)
+    """The batch with base_offset and term set: only the 69-byte header is rehashed.
+
+    The old header checksum is checked first, so stamping never launders a damaged header into
+    a valid one; the records and their checksum are copied as they are (one copy). Returns the
+    input itself when it already carries these values."""
+    view = memoryview(batch)
+    if len(view) < HEADER_SIZE:
+        raise CorruptBatchError(f"batch of {len(view)} bytes is shorter than its header")
+    fields = _COVERED.unpack_from(view, 0)
+    (stored,) = _UINT64.unpack_from(view, HEADER_CHECKSUM_POSITION)
+    if fields[3] != MAGIC or xxhash.xxh3_64_intdigest(view[:HEADER_CHECKSUM_POSITION]) != stored:
+        header = decode_header(view)  # slow path: say exactly what is wrong
+        if header.magic != MAGIC:
+            _refuse_other_format(view, 0, header)
+        _check_header_checksum(view, header, 0)
+    if fields[0] == base_offset and fields[2] == term and isinstance(batch, bytes):
+        return batch
+    covered = _COVERED.pack(base_offset, fields[1], term, *fields[3:])
+    return b"".join((covered, _UINT64.pack(xxhash.xxh3_64_intdigest(covered)),
+                     view[HEADER_SIZE:]))
 
 
 def iter_batches(
@@ -297,7 +389,7 @@ def iter_batches(
 ) -> Iterator[tuple[int, BatchHeader]]:
     """Yield (position, header) of each batch in a concatenation of whole batches.
 
-    With `verify`, each batch's checksum and header are checked (CorruptBatchError otherwise);
+    With `verify`, each batch's checksums and header are checked (CorruptBatchError otherwise);
     a truncated last batch raises CorruptBatchError either way.
     """
     view = memoryview(buf)
@@ -305,13 +397,16 @@ def iter_batches(
     end = len(view)
     while pos < end:
         header = decode_header(view, pos)
+        if verify:
+            if header.magic != MAGIC:
+                _refuse_other_format(view, pos, header)
+            _check_header_checksum(view, header, pos)
         if header.batch_length < HEADER_SIZE - LENGTH_PREFIX_SIZE or pos + header.size > end:
             raise CorruptBatchError(
                 f"batch at position {pos} declares {header.size} bytes, {end - pos} remain"
             )
         if verify:
-            _check_header(header)
-            _check_checksum(view, header, pos)
+            _check_records_checksum(view, header, pos)
             _check_semantics(header)
         yield pos, header
         pos += header.size
@@ -320,16 +415,49 @@ def iter_batches(
 def decode_records(
     batch: bytes | bytearray | memoryview, *, decompressed_bytes_max: int = DECOMPRESSED_BYTES_MAX
 ) -> list[Record]:
-    """Decode one batch's records with absolute offsets. Validates the checksum first."""
+    """Decode one batch's records with absolute offsets. Validates both checksums first."""
     view = memoryview(batch)
     header = decode_header(view)
+    if header.magic != MAGIC:
+        _refuse_other_format(view, 0, header)
+    _check_header_checksum(view, header, 0)
     if header.size != len(view):
         raise CorruptBatchError(f"batch_length says {header.size} bytes, buffer has {len(view)}")
-    _check_header(header)
-    _check_checksum(view, header, 0)
+    _check_records_checksum(view, header, 0)
     _check_semantics(header)
     raw = _decompress(view[HEADER_SIZE:], header.codec, decompressed_bytes_max)
     return _decode_record_area(raw, header)
+
+
+def upgrade_v1_batch(batch: bytes | bytearray | memoryview) -> bytes:
+    """Convert one intact format-v1 batch to v2, keeping every field and the records as they are.
+
+    The v1 checksum is verified first (CorruptBatchError otherwise). v1 never checksummed
+    base_offset and term; the caller checks them as v1 recovery did (contiguous offsets,
+    non-decreasing terms) before trusting them into a v2 header checksum."""
+    view = memoryview(batch)
+    if format_version(view) != _V1_MAGIC:
+        raise InvalidBatchError(f"not a format v1 batch (magic {format_version(view)})")
+    if len(view) < _V1_HEADER.size:
+        raise CorruptBatchError(f"v1 batch of {len(view)} bytes is shorter than its header")
+    (base_offset, batch_length, term, _magic, checksum, attributes, last_offset_delta,
+     record_count, first_timestamp, max_timestamp, producer_id, producer_epoch,
+     base_sequence) = _V1_HEADER.unpack_from(view, 0)
+    if LENGTH_PREFIX_SIZE + batch_length != len(view):
+        raise CorruptBatchError(
+            f"v1 batch_length says {LENGTH_PREFIX_SIZE + batch_length} bytes, "
+            f"buffer has {len(view)}")
+    if xxhash.xxh3_64_intdigest(view[_V1_CHECKSUM_START:]) != checksum:
+        raise CorruptBatchError(f"v1 checksum mismatch in batch at base offset {base_offset}")
+    upgraded = assemble_batch(
+        base_offset=base_offset, term=term, attributes=attributes,
+        last_offset_delta=last_offset_delta, record_count=record_count,
+        first_timestamp=first_timestamp, max_timestamp=max_timestamp, producer_id=producer_id,
+        producer_epoch=producer_epoch, base_sequence=base_sequence,
+        records=view[_V1_HEADER.size:],
+    )
+    validate_batch(upgraded, max_bytes=len(upgraded))  # check in pairs: fields were sane in v1
+    return upgraded
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -360,20 +488,43 @@ def _codec_of(attributes: int) -> Codec:
         raise InvalidBatchError(f"unknown codec {attributes & _CODEC_MASK}") from None
 
 
-def _check_header(header: BatchHeader) -> None:
-    """Fields outside the checksum that must hold before the checksum can even be located."""
-    if header.magic != MAGIC:
-        raise InvalidBatchError(f"unsupported magic {header.magic}, expected {MAGIC}")
-    if header.batch_length < HEADER_SIZE - LENGTH_PREFIX_SIZE:
-        raise CorruptBatchError(f"batch_length {header.batch_length} is shorter than the header")
+def _refuse_other_format(view: memoryview, pos: int, header: BatchHeader) -> None:
+    """magic is not 2: an intact v1 batch (UnsupportedFormatError), else damage or a sender's
+    unknown version, told apart by whether the v2 header checksum holds."""
+    if header.magic == _V1_MAGIC and _is_intact_v1(view, pos):
+        raise UnsupportedFormatError(
+            f"batch at base offset {header.base_offset} was written by batch format v1 (its "
+            f"term is not checksummed); this version reads only format v{MAGIC}",
+            format_version=_V1_MAGIC)
+    _check_header_checksum(view, header, pos)
+    raise InvalidBatchError(f"unsupported magic {header.magic}, expected {MAGIC}")
 
 
-def _check_checksum(view: bytes | bytearray | memoryview, header: BatchHeader, pos: int) -> None:
-    actual = xxhash.xxh3_64_intdigest(view[pos + CHECKSUM_START: pos + header.size])
-    if actual != header.checksum:
+def _is_intact_v1(view: memoryview, pos: int) -> bool:
+    (batch_length,) = _INT32.unpack_from(view, pos + 8)
+    end = pos + LENGTH_PREFIX_SIZE + batch_length
+    if batch_length < _V1_HEADER.size - LENGTH_PREFIX_SIZE or end > len(view):
+        return False
+    (checksum,) = _UINT64.unpack_from(view, pos + 21)
+    return xxhash.xxh3_64_intdigest(view[pos + _V1_CHECKSUM_START: end]) == checksum
+
+
+def _check_header_checksum(view: memoryview, header: BatchHeader, pos: int) -> None:
+    actual = xxhash.xxh3_64_intdigest(view[pos: pos + HEADER_CHECKSUM_POSITION])
+    if actual != header.header_checksum:
         raise CorruptBatchError(
-            f"checksum mismatch in batch at base offset {header.base_offset}: "
-            f"stored {header.checksum:#018x}, computed {actual:#018x}"
+            f"header checksum mismatch in batch at position {pos} (base offset "
+            f"{header.base_offset}, unverified): stored {header.header_checksum:#018x}, "
+            f"computed {actual:#018x}"
+        )
+
+
+def _check_records_checksum(view: memoryview, header: BatchHeader, pos: int) -> None:
+    actual = xxhash.xxh3_64_intdigest(view[pos + HEADER_SIZE: pos + header.size])
+    if actual != header.records_checksum:
+        raise CorruptBatchError(
+            f"records checksum mismatch in batch at base offset {header.base_offset}: "
+            f"stored {header.records_checksum:#018x}, computed {actual:#018x}"
         )
 
 

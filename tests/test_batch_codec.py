@@ -10,20 +10,22 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tidelog.proto.batch import (
-    CHECKSUM_START,
     HEADER_SIZE,
     MAGIC,
+    NO_TIMESTAMP,
     BatchTooLargeError,
     Codec,
     ControlType,
     CorruptBatchError,
     InvalidBatchError,
+    UnsupportedFormatError,
     decode_header,
     decode_records,
     encode_batch,
     encode_control_batch,
     iter_batches,
     stamp,
+    upgrade_v1_batch,
     validate_batch,
 )
 
@@ -38,21 +40,45 @@ _records = st.lists(
 
 
 def _recompute_checksum(batch: bytearray) -> bytearray:
-    struct.pack_into(">Q", batch, 21, xxhash.xxh3_64_intdigest(bytes(batch[CHECKSUM_START:])))
+    """Re-sign a batch edited on purpose, as a sender that builds bad batches would."""
+    struct.pack_into(">Q", batch, 61, xxhash.xxh3_64_intdigest(bytes(batch[77:])))
+    struct.pack_into(">Q", batch, 69, xxhash.xxh3_64_intdigest(bytes(batch[:69])))
     return batch
+
+
+def encode_v1(records: list[tuple[bytes | None, bytes, int]], *, base_offset: int = 0,
+              term: int = 0) -> bytes:
+    """Format v1 bytes, written here from its documented layout (not with the codec), so the
+    test holds even if the codec's own knowledge of v1 is wrong: header of 69 bytes, checksum
+    xxh3_64 of [29, end) at 21, base_offset and term outside it; uncompressed records."""
+    parts = []
+    for delta, (key, value, ts) in enumerate(records):
+        key_length = -1 if key is None else len(key)
+        body = struct.pack(">i", len(value)) + value + b"\x00\x00"
+        length = 1 + 4 + 4 + 4 + max(key_length, 0) + len(body)
+        parts.append(struct.pack(">ibiii", length, 0, delta, ts - records[0][2], key_length)
+                     + (key or b"") + body)
+    raw = b"".join(parts)
+    tail = struct.pack(">hiiqqqhi", 0, len(records) - 1, len(records), records[0][2],
+                       max(r[2] for r in records), -1, -1, -1) + raw
+    return struct.pack(">qiqbQ", base_offset, 69 - 12 + len(raw), term, 1,
+                       xxhash.xxh3_64_intdigest(tail)) + tail
 
 
 def test_header_layout_matches_the_documented_table() -> None:
     batch = encode_batch([(b"k", b"v", (), 1234)], codec=Codec.NONE, base_offset=7, term=3,
                          producer_id=9, producer_epoch=2, base_sequence=5)
-    assert HEADER_SIZE == 69
+    assert HEADER_SIZE == 77 and MAGIC == 2
     assert struct.unpack_from(">q", batch, 0)[0] == 7
     assert struct.unpack_from(">i", batch, 8)[0] == len(batch) - 12
     assert struct.unpack_from(">q", batch, 12)[0] == 3
     assert batch[20] == MAGIC
-    assert struct.unpack_from(">Q", batch, 21)[0] == xxhash.xxh3_64_intdigest(batch[29:])
-    assert struct.unpack_from(">hii", batch, 29) == (0, 0, 1)
-    assert struct.unpack_from(">qqqhi", batch, 39) == (1234, 1234, 9, 2, 5)
+    assert struct.unpack_from(">hii", batch, 21) == (0, 0, 1)
+    assert struct.unpack_from(">qqqhi", batch, 31) == (1234, 1234, 9, 2, 5)
+    assert struct.unpack_from(">Q", batch, 61)[0] == xxhash.xxh3_64_intdigest(batch[77:])
+    assert struct.unpack_from(">Q", batch, 69)[0] == xxhash.xxh3_64_intdigest(batch[:69])
+    # the records area starts right after the header (uncompressed: the record's length first)
+    assert struct.unpack_from(">i", batch, 77)[0] == len(batch) - 77 - 4
 
 
 @settings(max_examples=60, deadline=None)
@@ -73,19 +99,72 @@ def test_round_trip_preserves_every_field(records, codec, base, term) -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(records=_records, base=st.integers(0, 2**50), term=st.integers(0, 2**40))
-def test_stamp_rewrites_offset_and_term_without_breaking_the_checksum(records, base,
+def test_stamp_rewrites_offset_and_term_and_keeps_both_checksums_valid(records, base,
                                                                       term) -> None:
-    batch = stamp(encode_batch(records), base_offset=base, term=term)
+    produced = encode_batch(records)
+    batch = stamp(produced, base_offset=base, term=term)
     header = validate_batch(batch, max_bytes=MAX)
     assert (header.base_offset, header.term) == (base, term)
     assert decode_records(batch)[0].offset == base
+    assert batch[HEADER_SIZE:] == produced[HEADER_SIZE:]  # the records travel untouched
+    assert batch[61:69] == produced[61:69]  # and so does the producer's records checksum
+    assert stamp(batch, base_offset=base, term=term) is batch  # already stamped: no copy
+
+
+def test_the_term_is_covered_by_the_checksum() -> None:
+    """Defect 9: v1 let a flipped term pass validation, yet Raft log matching reads it."""
+    batch = bytearray(stamp(encode_batch([(None, b"v", (), 1)]), base_offset=3, term=5))
+    for bit in range(64):
+        flipped = bytearray(batch)
+        struct.pack_into(">q", flipped, 12, 5 ^ (1 << bit) if bit < 63 else 5 - 2**63)
+        with pytest.raises(CorruptBatchError, match="header checksum"):
+            validate_batch(bytes(flipped), max_bytes=MAX)
+        with pytest.raises(CorruptBatchError):
+            decode_records(bytes(flipped))
+
+
+def test_stamp_refuses_to_re_sign_a_damaged_header() -> None:
+    batch = bytearray(encode_batch([(None, b"v", (), 1)]))
+    batch[25] ^= 0x04  # record_count
+    with pytest.raises(CorruptBatchError):
+        stamp(bytes(batch), base_offset=1, term=1)
+
+
+def test_a_v1_batch_is_recognised_not_called_corrupt() -> None:
+    v1 = encode_v1([(b"k", b"value", 1000), (None, b"v2", 1005)], base_offset=40, term=3)
+    for check in (lambda b: validate_batch(b, max_bytes=MAX), decode_records,
+                  lambda b: list(iter_batches(b)),
+                  lambda b: stamp(b, base_offset=40, term=3)):
+        with pytest.raises(UnsupportedFormatError, match="format v1") as caught:
+            check(v1)
+        assert caught.value.format_version == 1
+    damaged = bytearray(v1)
+    damaged[-1] ^= 1
+    with pytest.raises(CorruptBatchError):
+        validate_batch(bytes(damaged), max_bytes=MAX)
+
+
+def test_upgrade_v1_batch_keeps_every_field_and_record() -> None:
+    v1 = encode_v1([(b"k", b"value", 1000), (None, b"v2", 1005)], base_offset=40, term=3)
+    v2 = upgrade_v1_batch(v1)
+    header = validate_batch(v2, max_bytes=MAX)
+    assert (header.base_offset, header.term, header.last_offset, header.first_timestamp,
+            header.max_timestamp, header.producer_id) == (40, 3, 41, 1000, 1005, -1)
+    assert [(r.offset, r.key, r.value, r.timestamp) for r in decode_records(v2)] == [
+        (40, b"k", b"value", 1000), (41, None, b"v2", 1005)]
+    damaged = bytearray(v1)
+    damaged[50] ^= 1
+    with pytest.raises(CorruptBatchError):
+        upgrade_v1_batch(bytes(damaged))
 
 
 def test_control_batch_carries_its_type_and_body() -> None:
-    batch = encode_control_batch(ControlType.RAFT_CONFIG, b"cfg", timestamp_ms=5, term=2)
+    batch = encode_control_batch(ControlType.RAFT_CONFIG, b"cfg", term=2)
     header = validate_batch(batch, max_bytes=MAX)
     assert header.is_control and header.control_type is ControlType.RAFT_CONFIG
+    assert header.first_timestamp == header.max_timestamp == NO_TIMESTAMP
     assert decode_records(batch)[0].value == b"cfg"
+    assert encode_control_batch(ControlType.RAFT_CONFIG, b"cfg", term=2) == batch
     plain = validate_batch(encode_batch([(None, b"x", (), 1)]), max_bytes=MAX)
     assert not plain.is_control and plain.control_type is ControlType.NONE
 
@@ -99,14 +178,16 @@ def test_iter_batches_walks_a_concatenation() -> None:
         list(iter_batches(b"".join(batches)[:-1]))
 
 
-@settings(max_examples=40, deadline=None)
-@given(records=_records, codec=st.sampled_from(Codec), data=st.data())
-def test_any_flipped_bit_in_the_checked_part_is_rejected(records, codec, data) -> None:
-    batch = bytearray(encode_batch(records, codec=codec))
-    position = data.draw(st.integers(20, len(batch) - 1), label="byte")
+@settings(max_examples=60, deadline=None)
+@given(records=_records, codec=st.sampled_from(Codec), base=st.integers(0, 2**40),
+       term=st.integers(0, 2**31), data=st.data())
+def test_any_flipped_bit_anywhere_is_corruption(records, codec, base, term, data) -> None:
+    """Every byte of a v2 batch is covered: header fields (base offset and term included) by
+    the header checksum, the records by the records checksum, the checksums by themselves."""
+    batch = bytearray(encode_batch(records, codec=codec, base_offset=base, term=term))
+    position = data.draw(st.integers(0, len(batch) - 1), label="byte")
     batch[position] ^= 1 << data.draw(st.integers(0, 7), label="bit")
-    expected = InvalidBatchError if position == 20 else CorruptBatchError
-    with pytest.raises(expected):
+    with pytest.raises(CorruptBatchError):
         validate_batch(bytes(batch), max_bytes=MAX)
 
 
@@ -123,17 +204,17 @@ def test_wrong_length_is_corruption() -> None:
 def test_unknown_codec_and_bad_counts_are_the_senders_fault() -> None:
     base = bytearray(encode_batch([(None, b"v", (), 1)], codec=Codec.NONE))
     unknown = bytearray(base)
-    struct.pack_into(">h", unknown, 29, 5)
+    struct.pack_into(">h", unknown, 21, 5)
     with pytest.raises(InvalidBatchError, match="codec"):
         validate_batch(bytes(_recompute_checksum(unknown)), max_bytes=MAX)
     zero = bytearray(base)
-    struct.pack_into(">ii", zero, 31, -1, 0)
+    struct.pack_into(">ii", zero, 23, -1, 0)
     with pytest.raises(InvalidBatchError, match="record_count"):
         validate_batch(bytes(_recompute_checksum(zero)), max_bytes=MAX)
     magic = bytearray(base)
-    magic[20] = 2
+    magic[20] = 3  # a future version, signed by its sender: not damage
     with pytest.raises(InvalidBatchError, match="magic"):
-        validate_batch(bytes(magic), max_bytes=MAX)
+        validate_batch(bytes(_recompute_checksum(magic)), max_bytes=MAX)
     with pytest.raises(InvalidBatchError):
         encode_batch([])
 

@@ -47,14 +47,13 @@ import xxhash
 from tidelog.node.storage.fs import FileSystem, SequentialReader, SequentialWriter, unlink_quietly
 from tidelog.node.storage.log import CLEANED_SUFFIX, PartitionLog
 from tidelog.proto.batch import (
-    CHECKSUM_START,
     HEADER_SIZE,
     LENGTH_PREFIX_SIZE,
-    MAGIC,
     BatchHeader,
     Codec,
     ControlType,
     Record,
+    assemble_batch,
     decode_header,
     decode_records,
     validate_batch,
@@ -64,7 +63,6 @@ __all__ = ["CleanResult", "CompactionConfig", "compact"]
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">qiqbQhiiqqqhi")
 _RECORD_FIXED = struct.Struct(">ibiii")  # length, attributes, offset_delta, ts_delta, key_length
 _INT32 = struct.Struct(">i")
 _UINT16 = struct.Struct(">H")
@@ -247,13 +245,12 @@ def _stand_in(header: BatchHeader) -> bytes:
 
 def _assemble(header: BatchHeader, attributes: int, count: int, first_ts: int, max_ts: int,
               producer: tuple[int, int, int], payload: bytes) -> bytes:
-    tail = _HEADER.pack(0, 0, 0, 0, 0, attributes, header.last_offset_delta, count, first_ts,
-                        max_ts, *producer)[CHECKSUM_START:] + payload
-    batch_length = HEADER_SIZE - LENGTH_PREFIX_SIZE + len(payload)
-    checksum = xxhash.xxh3_64_intdigest(tail)
-    head = _HEADER.pack(header.base_offset, batch_length, header.term, MAGIC, checksum,
-                        0, 0, 0, 0, 0, 0, 0, 0)[:CHECKSUM_START]
-    batch = head + tail
+    producer_id, producer_epoch, base_sequence = producer
+    batch = assemble_batch(
+        base_offset=header.base_offset, term=header.term, attributes=attributes,
+        last_offset_delta=header.last_offset_delta, record_count=count, first_timestamp=first_ts,
+        max_timestamp=max_ts, producer_id=producer_id, producer_epoch=producer_epoch,
+        base_sequence=base_sequence, records=payload)
     assert decode_header(batch).last_offset == header.last_offset
     return batch
 

@@ -16,6 +16,8 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from tidelog.proto.batch import HEADER_SIZE
+
 __all__ = ["FsyncMode", "FsyncPolicy", "LogConfig", "parse_bytes", "parse_ms"]
 
 MIB = 1024 * 1024
@@ -105,9 +107,10 @@ class LogConfig:
             raise ValueError(f"segment_ms_max must be > 0, got {self.segment_ms_max}")
         if self.index_interval_bytes <= 0:
             raise ValueError(f"index_interval_bytes must be > 0, got {self.index_interval_bytes}")
-        if not 69 < self.batch_bytes_max <= self.segment_bytes_max:
+        if not HEADER_SIZE < self.batch_bytes_max <= self.segment_bytes_max:
             raise ValueError(
-                f"batch_bytes_max ({self.batch_bytes_max}) must be above the 69-byte header and "
+                f"batch_bytes_max ({self.batch_bytes_max}) must be above the {HEADER_SIZE}-byte "
+                "header and "
                 f"at most segment_bytes_max ({self.segment_bytes_max}): a batch must fit a segment"
             )
         if self.retention_ms is not None and self.retention_ms <= 0:

@@ -3,6 +3,8 @@
 * The caller broke the log's contract (offsets out of order or range, a cut in the middle of a
   batch): `OffsetOutOfOrderError`, `OffsetOutOfRangeError`, `NotOnBatchBoundaryError`,
   `TermOutOfOrderError`, `LogClosedError`.
+* The log was written by an older batch format (`LogFormatError`): not damage; the log is
+  refused whole until `tidelog storage migrate` converts it.
 * The disk failed us: `DiskFullError` (ENOSPC; the partial write was cut back), `CorruptLogError`
   (damaged bytes found in data that should be intact: reported, never served),
   `CorruptFileError` (a checksummed metadata file does not match its checksum).
@@ -16,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tidelog.proto.batch import (
+    MAGIC,
     BatchError,
     BatchTooLargeError,
     CorruptBatchError,
@@ -31,6 +34,7 @@ __all__ = [
     "DiskFullError",
     "InvalidBatchError",
     "LogClosedError",
+    "LogFormatError",
     "NotOnBatchBoundaryError",
     "OffsetOutOfOrderError",
     "OffsetOutOfRangeError",
@@ -59,6 +63,20 @@ class CorruptLogError(StorageError, CorruptBatchError):
         super().__init__(message + where)
         self.segment = segment
         self.position = position
+
+
+class LogFormatError(StorageError):
+    """A segment holds batches of an older format version (v1 left the Raft term outside its
+    checksum). Never treated as damage or a torn tail, never served: open() refuses the log and
+    changes nothing, and the message says how to convert it."""
+
+    def __init__(self, *, segment: Path, format_version: int) -> None:
+        super().__init__(
+            f"{segment}: written by batch format v{format_version}; this version reads only "
+            f"v{MAGIC} and refuses to open the log. Stop the node and run "
+            f"`tidelog storage migrate {segment.parent}` (or on the whole data directory)")
+        self.segment = segment
+        self.format_version = format_version
 
 
 class CorruptFileError(StorageError):

@@ -41,6 +41,7 @@ from tidelog.node.storage.errors import (
     CorruptFileError,
     CorruptLogError,
     LogClosedError,
+    LogFormatError,
     NotOnBatchBoundaryError,
     OffsetOutOfOrderError,
     OffsetOutOfRangeError,
@@ -52,8 +53,10 @@ from tidelog.node.storage.index import NO_TIMESTAMP, SegmentIndex
 from tidelog.node.storage.retention import SegmentStat, segments_to_delete
 from tidelog.node.storage.segment import LOG_SUFFIX, Segment
 from tidelog.proto.batch import (
+    MAGIC,
     BatchError,
     BatchHeader,
+    format_version,
     stamp,
     validate_batch,
 )
@@ -643,6 +646,8 @@ class PartitionLog:
                                           batch_bytes_max=self.config.batch_bytes_max,
                                           fs=self.fs)
                                   for b in bases]
+                for segment in self._segments:
+                    _refuse_old_format(segment)
                 for segment, next_segment in zip(self._segments, self._segments[1:],
                                                  strict=False):
                     self._recover_sealed(segment, next_segment.base_offset, notes)
@@ -903,6 +908,15 @@ class PartitionLog:
             self.directory / META_FILE,
             _META.pack(meta.log_start_offset, meta.recovery_point, int(meta.reset_pending)),
             fs=self.fs)
+
+
+def _refuse_old_format(segment: Segment) -> None:
+    """A segment whose first batch is of an older format is refused before recovery could
+    take its batches for a torn tail or for damage (every version keeps magic at byte 20; a
+    segment is written by one version, as open() refuses old logs before appending)."""
+    version = format_version(segment.pread(0, 21))
+    if version is not None and 0 < version < MAGIC:
+        raise LogFormatError(segment=segment.path, format_version=version)
 
 
 def _restamped(header: BatchHeader, *, base_offset: int, term: int) -> BatchHeader:

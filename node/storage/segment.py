@@ -25,6 +25,7 @@ from tidelog.node.storage.errors import (
     CorruptFileError,
     DiskFullError,
     LogClosedError,
+    LogFormatError,
     StorageIOError,
 )
 from tidelog.node.storage.fs import OS_FS, FileSystem, pread_all, unlink_quietly
@@ -40,6 +41,7 @@ from tidelog.proto.batch import (
     LENGTH_PREFIX_SIZE,
     BatchError,
     BatchHeader,
+    UnsupportedFormatError,
     decode_header,
     validate_batch,
 )
@@ -244,6 +246,9 @@ class Segment:
                 rel = 0
             try:
                 validate_batch(memoryview(window)[rel: rel + size], max_bytes=size)
+            except UnsupportedFormatError as exc:  # never cut as a tail: refuse the log
+                raise LogFormatError(segment=self.path, format_version=exc.format_version) \
+                    from exc
             except BatchError as exc:
                 return self._stop(position, expected, batches, str(exc))
             if header.base_offset != expected:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import Clock, crash, make_batch, small_config
 from tidelog.node.storage import CorruptLogError, PartitionLog
-from tidelog.proto.batch import iter_batches
+from tidelog.proto.batch import HEADER_SIZE, iter_batches
 
 CONFIG = small_config(segment_bytes_max=1024, batch_bytes_max=1024, index_interval_bytes=128)
 
@@ -73,21 +73,15 @@ def test_cut_at_every_byte_of_the_last_batch(pristine, tmp_path: Path) -> None:
         shutil.rmtree(work)
 
 
-# The term field (bytes 12-19) is outside the checksum by design (the leader stamps it). A flip
-# that lowers it below the previous batch's term is caught; one that raises it cannot be told
-# from a real term and is a documented blind spot (docs/storage.md, "What recovery cannot see").
-TERM_FIELD = range(12, 20)
-
-
 def test_flipped_bits_in_the_last_batch(pristine, tmp_path: Path) -> None:
+    """Format v2 checksums every byte, base offset and term included (v1 could not see a
+    raised term): every flipped bit is found and cut as a torn tail."""
     directory, served, last_position = pristine
     size = len(served[-1])
     checked = 0
     for rel in range(size):
-        if rel in TERM_FIELD:
-            continue
-        # Every bit of the fields the checksum does not cover; one (rotating) bit elsewhere.
-        for bit in range(8) if rel < 29 else (rel % 8,):
+        # Every bit of the header; one (rotating) bit of the records.
+        for bit in range(8) if rel < HEADER_SIZE else (rel % 8,):
             work = tmp_path / f"flip{rel}-{bit}"
             segment = _damaged_copy(directory, work)
             with open(segment, "r+b") as f:
@@ -101,7 +95,7 @@ def test_flipped_bits_in_the_last_batch(pristine, tmp_path: Path) -> None:
             log.close()
             shutil.rmtree(work)
             checked += 1
-    assert checked == size - len(TERM_FIELD) + 7 * (29 - len(TERM_FIELD))
+    assert checked == size + 7 * HEADER_SIZE
 
 
 def test_a_lowered_term_is_caught(pristine, tmp_path: Path) -> None:
@@ -125,14 +119,15 @@ def test_damage_below_the_recovery_point_is_reported_not_served(tmp_path: Path) 
     crash(log)
     segment = sorted(tmp_path.glob("*.log"))[-1]
     before = segment.read_bytes()
+    damaged_at = len(make_batch(value_bytes=60)) + 20  # inside the second batch
     with open(segment, "r+b") as f:
-        f.seek(100)
+        f.seek(damaged_at)
         byte = f.read(1)[0]
-        f.seek(100)
+        f.seek(damaged_at)
         f.write(bytes([byte ^ 0x10]))
     with pytest.raises(CorruptLogError) as raised:
         PartitionLog.open(tmp_path, CONFIG, now_ms=clock)
-    assert raised.value.segment == segment and 0 < raised.value.position <= 100
+    assert raised.value.segment == segment and 0 < raised.value.position <= damaged_at
     assert len(segment.read_bytes()) == len(before), "open changed nothing"
 
 

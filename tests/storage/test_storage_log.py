@@ -47,8 +47,8 @@ def test_bad_batches_raise_typed_errors_and_change_nothing(open_log, tmp_path: P
     flipped = bytearray(good)
     flipped[-1] ^= 1
     unknown = bytearray(good)
-    struct.pack_into(">h", unknown, 29, 6)
-    struct.pack_into(">Q", unknown, 21, xxhash.xxh3_64_intdigest(bytes(unknown[29:])))
+    struct.pack_into(">h", unknown, 21, 6)  # codec 6: intact (re-signed) but unknown
+    struct.pack_into(">Q", unknown, 69, xxhash.xxh3_64_intdigest(bytes(unknown[:69])))
     cases = [
         (bytes(flipped), {}, CorruptBatchError),
         (good[:-3], {}, CorruptBatchError),
