@@ -21,6 +21,21 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+PEER_PORT_OFFSET = 10_000
+"""Default distance of the peer port from the client port (as Redis Cluster's bus port): nodes
+given only client addresses in --peers find each other's peer listeners without more flags."""
+
+
+def peer_address(client_address: str, offset: int) -> str:
+    """The peer listener of the node whose client address is given: same host, port + offset."""
+    host, port = parse_address(client_address)
+    if not 0 < port + offset < 65536:
+        raise ConfigError(
+            f"peer port of {client_address} would be {port + offset} (client port + "
+            f"--peer-port-offset {offset}); pick another offset or client port")
+    return f"{host}:{port + offset}"
+
+
 def parse_peers(text: str) -> dict[int, str]:
     """'1=host:port,2=host:port' → {1: 'host:port', 2: 'host:port'}."""
     peers: dict[int, str] = {}
@@ -37,7 +52,13 @@ def parse_peers(text: str) -> dict[int, str]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
-    """Everything a node needs to start. `peers` includes this node itself."""
+    """Everything a node needs to start. `peers` includes this node itself.
+
+    Two listeners: `listen` serves clients (Broker, Health); `peer_listen` serves the node-to-node
+    Cluster service (Raft streams, metadata forwarding), which clients must never reach (the
+    security issue puts it behind mTLS). `peers` holds client addresses; the peer addresses are
+    derived from them with `peer_port_offset`.
+    """
 
     node_id: int
     listen: str
@@ -54,6 +75,8 @@ class NodeConfig:
     leader_balance_interval_ms: int = 3000
     shutdown_transfer_ms_max: int = 3000
     cluster_id: str = "tidelog"
+    peer_listen: str = ""  # empty: the --listen host, port + peer_port_offset
+    peer_port_offset: int = PEER_PORT_OFFSET
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,6 +93,25 @@ class NodeConfig:
             raise ConfigError("--tick-ms must be at least 10")
         if self.batch_bytes_max < 1024:
             raise ConfigError("batch bytes max must be at least 1 KiB")
+        if self.peer_port_offset == 0:
+            raise ConfigError("--peer-port-offset must not be 0: the peer listener needs a port "
+                              "of its own")
+        parse_address(self.peer_listen_address)
+        self.peer_addresses  # noqa: B018 - validates every derived peer port
+        if parse_address(self.peer_listen_address) == parse_address(self.listen):
+            raise ConfigError(f"--peer-listen {self.peer_listen_address} is the client "
+                              "listener's address; it needs a port of its own")
+
+    @property
+    def peer_listen_address(self) -> str:
+        """Where this node serves its peers."""
+        return self.peer_listen or peer_address(self.listen, self.peer_port_offset)
+
+    @property
+    def peer_addresses(self) -> dict[int, str]:
+        """node id → the address its peer listener is reached at."""
+        return {node_id: peer_address(address, self.peer_port_offset)
+                for node_id, address in self.peers.items()}
 
     @property
     def metadata_voters(self) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,18 +17,43 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tidelog.node.config import PEER_PORT_OFFSET, peer_address
+
 HOST = "127.0.0.1"
+# Client ports are drawn below the kernel's ephemeral range (32768+ on Linux) so that neither they
+# nor their peer ports (+ PEER_PORT_OFFSET) collide with outgoing connections' ports.
+PORT_RANGE_LOW = 12_000
+PORT_RANGE_HIGH = 32_768 - PEER_PORT_OFFSET
+PORT_ATTEMPTS_MAX = 50
 
 
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """Ports the kernel says are free right now (held open together so they are distinct)."""
-    sockets = []
+def free_ports(count: int, host: str = HOST, *,
+               peer_port_offset: int = PEER_PORT_OFFSET) -> list[int]:
+    """Client ports free right now whose peer ports (port + peer_port_offset, the default every
+    node derives) are free too; all held open together so they are distinct."""
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
+    rng = random.Random()
     try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
+        for _ in range(count * PORT_ATTEMPTS_MAX):
+            if len(ports) == count:
+                break
+            port = rng.randrange(PORT_RANGE_LOW, PORT_RANGE_HIGH)
+            pair = []
+            for candidate in (port, port + peer_port_offset):
+                sock = socket.socket()
+                try:
+                    sock.bind((host, candidate))
+                except OSError:
+                    sock.close()
+                    break
+                pair.append(sock)
+            sockets.extend(pair)
+            if len(pair) == 2:
+                ports.append(port)
+        if len(ports) < count:
+            raise RuntimeError(f"found only {len(ports)} of {count} free port pairs on {host}")
+        return ports
     finally:
         for sock in sockets:
             sock.close()
@@ -51,6 +77,11 @@ class LocalNode:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def peer_address(self) -> str:
+        """Its node-to-node listener (Cluster service), derived as every node derives it."""
+        return peer_address(self.address, PEER_PORT_OFFSET)
 
     @property
     def pid(self) -> int | None:

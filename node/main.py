@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tidelog.node.config import NodeConfig, env_default, parse_peers
+from tidelog.node.config import PEER_PORT_OFFSET, NodeConfig, env_default, parse_peers
 from tidelog.node.errors import ConfigError
 
 
@@ -24,9 +24,19 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise", default=env("advertise"),
                         help="HOST:PORT clients are told to use (env TIDELOG_ADVERTISE; "
                              "default: the --listen address)")
+    parser.add_argument("--peer-listen", default=env("peer_listen", ""),
+                        help="HOST:PORT to serve the node-to-node API on, never to be reachable "
+                             "by clients (env TIDELOG_PEER_LISTEN; default: the --listen host, "
+                             "port + the peer port offset)")
+    parser.add_argument("--peer-port-offset", type=int,
+                        default=int(env("peer_port_offset", str(PEER_PORT_OFFSET))
+                                    or PEER_PORT_OFFSET),
+                        help="each peer's node-to-node port is its --peers port plus this "
+                             "(env TIDELOG_PEER_PORT_OFFSET; default %(default)s)")
     parser.add_argument("--peers", default=env("peers"),
-                        help="ID=HOST:PORT,... of every node including this one, as nodes reach "
-                             "each other (env TIDELOG_PEERS)")
+                        help="ID=HOST:PORT,... of every node including this one: client "
+                             "addresses as nodes reach each other; the peer port is derived "
+                             "(env TIDELOG_PEERS)")
     parser.add_argument("--data-dir", default=env("data_dir", "./data"),
                         help="where logs and Raft state live (env TIDELOG_DATA_DIR; "
                              "default %(default)s)")
@@ -54,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         node_id=int(args.id), listen=args.listen, advertise=args.advertise or args.listen,
         peers=parse_peers(args.peers), data_dir=Path(args.data_dir), fsync=args.fsync,
         tick_ms=args.tick_ms, election_ticks=args.election_ticks,
+        peer_listen=args.peer_listen or "", peer_port_offset=args.peer_port_offset,
     )
 
 

@@ -1,18 +1,35 @@
 """The cluster metadata state machine, replicated by the metadata Raft group.
 
-Commands are small JSON objects carried as records in ordinary batches of the metadata log. Every
-node applies the committed log in order and reaches the same state; a command that is not valid
-against the state (a topic that already exists, say) is applied as a no-op whose result carries the
-error, so the proposer gets a precise answer and all replicas stay identical.
+Commands (typed, in node/metadata_commands.py) are small JSON objects carried as records in
+ordinary batches of the metadata log. Every node applies the committed log in order and reaches the
+same state; a command that is not valid against the state (a topic that already exists, say) or
+that does not even decode is applied as a no-op whose result carries the error, so the proposer
+gets a precise answer, all replicas stay identical, and no record can stop a replica.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidelog.node.errors import BrokerError, TopicExistsError, UnknownTopicError
+from tidelog.node.errors import (
+    BrokerError,
+    InvalidRequestError,
+    ProducerFencedError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+from tidelog.node.metadata_commands import (
+    AllocateProducerId,
+    AlterConfigs,
+    Command,
+    CommandError,
+    CreateTopic,
+    DeleteTopic,
+    InitProducer,
+    RegisterNode,
+    decode_command,
+)
 from tidelog.node.topics import (
     assign_replicas,
     effective_configs,
@@ -23,6 +40,7 @@ from tidelog.node.topics import (
 )
 
 INTERNAL_TOPIC_PREFIX = "__"
+PRODUCER_EPOCH_MAX = 2**15 - 1  # the batch header's producer_epoch is an int16
 
 
 @dataclass(slots=True)
@@ -50,91 +68,134 @@ class MetadataState:
     deleted_topic_ids: set[int] = field(default_factory=set)
     next_topic_id: int = 1
     next_producer_id: int = 1
+    producer_epochs: dict[int, int] = field(default_factory=dict)  # id → latest epoch handed out
+    transactional_ids: dict[str, int] = field(default_factory=dict)  # identity → producer id
     applied_index: int = -1
 
-    def apply(self, index: int, command: dict[str, Any]) -> dict[str, Any]:
-        """Apply one committed command; returns its result ({'error': code, 'message': ...})."""
+    def apply_encoded(self, index: int, data: bytes) -> dict[str, Any]:
+        """Apply one committed record; one that does not decode is a rejected no-op (the same
+        on every node), never an exception that would stop the replica."""
+        try:
+            command = decode_command(data)
+        except CommandError as exc:
+            assert index > self.applied_index, (index, self.applied_index)
+            self.applied_index = index
+            return _error_result(InvalidRequestError(f"rejected metadata command: {exc}"))
+        return self.apply(index, command)
+
+    def apply(self, index: int, command: Command) -> dict[str, Any]:
+        """Apply one committed command; returns its result ({'error': name, 'code': ...})."""
         assert index > self.applied_index, (index, self.applied_index)
         self.applied_index = index
-        handler = _HANDLERS.get(command.get("op", ""))
-        if handler is None:
-            return {"error": "INVALID_REQUEST", "message": f"unknown command {command!r}"}
         try:
-            return handler(self, command)
-        except BrokerError as exc:
-            return {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
+            match command:
+                case RegisterNode():
+                    return self._register_node(command)
+                case CreateTopic():
+                    return self._create_topic(command)
+                case DeleteTopic():
+                    return self._delete_topic(command)
+                case AlterConfigs():
+                    return self._alter_configs(command)
+                case AllocateProducerId():
+                    return self._new_producer()
+                case InitProducer():
+                    return self._init_producer(command)
+        except BrokerError as exc:  # handlers check everything before they change anything
+            return _error_result(exc)
+        raise AssertionError(f"no handler for {command!r}")
 
     def topic_by_id(self, topic_id: int) -> TopicInfo | None:
         return next((t for t in self.topics.values() if t.topic_id == topic_id), None)
 
     # -- handlers -------------------------------------------------------------------------------
 
-    def _register_node(self, command: dict[str, Any]) -> dict[str, Any]:
-        self.nodes[int(command["node_id"])] = str(command["address"])
+    def _register_node(self, command: RegisterNode) -> dict[str, Any]:
+        self.nodes[command.node_id] = command.address
         return {}
 
-    def _create_topic(self, command: dict[str, Any]) -> dict[str, Any]:
-        name = str(command["name"])
+    def _create_topic(self, command: CreateTopic) -> dict[str, Any]:
+        name = command.name
         validate_topic_name(name)
         if name in self.topics:
             raise TopicExistsError(f"topic {name!r} already exists")
-        partitions = int(command["partitions"])
-        replication_factor = int(command["replication_factor"])
-        node_ids = sorted(int(n) for n in command.get("node_ids") or self.nodes)
-        validate_layout(partitions, replication_factor, len(node_ids))
-        configs = validate_configs(command.get("configs") or {})
+        node_ids = sorted(set(command.node_ids) if command.node_ids is not None else self.nodes)
+        validate_layout(command.partitions, command.replication_factor, len(node_ids))
+        configs = validate_configs(dict(command.configs))
         validate_config_relations(configs)
-        if command.get("validate_only"):
+        if command.validate_only:
             return {}
         topic_id = self.next_topic_id
         self.next_topic_id += 1
         self.topics[name] = TopicInfo(
             topic_id=topic_id,
             name=name,
-            replicas=assign_replicas(partitions, replication_factor, node_ids, topic_id),
+            replicas=assign_replicas(command.partitions, command.replication_factor, node_ids,
+                                     topic_id),
             configs=configs,
         )
         return {"topic_id": topic_id}
 
-    def _delete_topic(self, command: dict[str, Any]) -> dict[str, Any]:
-        name = str(command["name"])
-        topic = self.topics.pop(name, None)
+    def _delete_topic(self, command: DeleteTopic) -> dict[str, Any]:
+        topic = self.topics.pop(command.name, None)
         if topic is None:
-            raise UnknownTopicError(f"topic {name!r} does not exist")
+            raise UnknownTopicError(f"topic {command.name!r} does not exist")
         self.deleted_topic_ids.add(topic.topic_id)
         return {"topic_id": topic.topic_id}
 
-    def _alter_configs(self, command: dict[str, Any]) -> dict[str, Any]:
-        name = str(command["name"])
-        topic = self.topics.get(name)
+    def _alter_configs(self, command: AlterConfigs) -> dict[str, Any]:
+        topic = self.topics.get(command.name)
         if topic is None:
-            raise UnknownTopicError(f"topic {name!r} does not exist")
-        merged = {**topic.configs, **validate_configs(command.get("set") or {})}
-        for key in command.get("delete") or ():
+            raise UnknownTopicError(f"topic {command.name!r} does not exist")
+        merged = {**topic.configs, **validate_configs(dict(command.set))}
+        for key in command.delete:
             merged.pop(key, None)
         validate_config_relations(merged)
-        if not command.get("validate_only"):
+        if not command.validate_only:
             topic.configs = merged
         return {"configs": effective_configs(merged)}
 
-    def _allocate_producer_id(self, command: dict[str, Any]) -> dict[str, Any]:
+    def _new_producer(self) -> dict[str, Any]:
         producer_id = self.next_producer_id
         self.next_producer_id += 1
-        return {"producer_id": producer_id}
+        self.producer_epochs[producer_id] = 0
+        return {"producer_id": producer_id, "producer_epoch": 0}
+
+    def _init_producer(self, command: InitProducer) -> dict[str, Any]:
+        """Kafka's InitProducerId with an identity: the epoch goes up by one, fencing the
+        previous instance; past the int16 range the identity moves to a fresh id at epoch 0."""
+        producer_id = command.producer_id
+        if command.transactional_id:
+            known = self.transactional_ids.get(command.transactional_id)
+            if producer_id >= 0 and known != producer_id:
+                raise InvalidRequestError(
+                    f"producer id {producer_id} does not belong to transactional id "
+                    f"{command.transactional_id!r}")
+            if known is None:
+                result = self._new_producer()
+                self.transactional_ids[command.transactional_id] = result["producer_id"]
+                return result
+            producer_id = known
+        if producer_id < 0:
+            return self._new_producer()
+        if producer_id not in self.producer_epochs:
+            raise InvalidRequestError(
+                f"producer id {producer_id} was never allocated by this cluster")
+        current = self.producer_epochs[producer_id]
+        if command.producer_epoch >= 0 and command.producer_epoch != current:
+            # KIP-360: only the latest instance may bump; an older one must not fence it.
+            raise ProducerFencedError(
+                f"producer {producer_id} epoch {command.producer_epoch} is not the latest "
+                f"({current}): another instance took over")
+        epoch = current + 1
+        if epoch > PRODUCER_EPOCH_MAX:
+            result = self._new_producer()
+            if command.transactional_id:
+                self.transactional_ids[command.transactional_id] = result["producer_id"]
+            return result
+        self.producer_epochs[producer_id] = epoch
+        return {"producer_id": producer_id, "producer_epoch": epoch}
 
 
-_HANDLERS = {
-    "register_node": MetadataState._register_node,
-    "create_topic": MetadataState._create_topic,
-    "delete_topic": MetadataState._delete_topic,
-    "alter_configs": MetadataState._alter_configs,
-    "allocate_producer_id": MetadataState._allocate_producer_id,
-}
-
-
-def encode_command(command: dict[str, Any]) -> bytes:
-    return json.dumps(command, separators=(",", ":"), sort_keys=True).encode()
-
-
-def decode_command(value: bytes) -> dict[str, Any]:
-    return json.loads(value)
+def _error_result(exc: BrokerError) -> dict[str, Any]:
+    return {"error": type(exc).__name__, "code": exc.code, "message": exc.message}

@@ -31,7 +31,19 @@ from tidelog.node.cleaner import run_cleaner
 from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.groups.coordinator import GroupCoordinator
-from tidelog.node.metadata import MetadataState, TopicInfo, decode_command, encode_command
+from tidelog.node.metadata import MetadataState, TopicInfo
+from tidelog.node.metadata_commands import (
+    AlterConfigs,
+    Command,
+    CommandError,
+    CreateTopic,
+    DeleteTopic,
+    InitProducer,
+    RegisterNode,
+    command_op,
+    decode_command,
+    encode_command,
+)
 from tidelog.node.producer_state import Duplicate
 from tidelog.node.raft import (
     Entry,
@@ -42,7 +54,8 @@ from tidelog.node.raft import (
     ProposalDropped,
     RaftConfig,
 )
-from tidelog.node.raft_wire import from_wire, to_wire
+from tidelog.node.raft_validation import MalformedRaftMessage, decode_raft_message
+from tidelog.node.raft_wire import to_wire
 from tidelog.node.replica import Replica, ReplicaLostLeadership
 from tidelog.node.service import BrokerService, ClusterService
 from tidelog.node.storage import FsyncPolicy, LogConfig, StorageError
@@ -67,6 +80,8 @@ log = logging.getLogger(__name__)
 METADATA_GROUP = "__metadata"
 LEADER_ANNOUNCE_INTERVAL_S = 2.0
 METADATA_PROPOSE_TIMEOUT_S = 10.0
+REPLICAS_HEALTH_SERVICE = "tidelog.v1.Replicas"
+REPLICA_HEALTH_INTERVAL_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +101,14 @@ class Node:
         self.data_dir = Path(config.data_dir)
         self.state = MetadataState()
         self.committer = GroupCommitter()
-        self.transport = Transport(self.id, config.peers, self._on_unreachable)
+        self.transport = Transport(self.id, config.peer_addresses, self._on_unreachable)
         self.replicas: dict[str, Replica] = {}
         self.metadata: Replica | None = None
         self.leader_hints: dict[str, LeaderHint] = {}
         self._pending_metadata: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._peer_channels: dict[int, grpc.aio.Channel] = {}
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc.aio.Server | None = None  # clients: Broker, Health
+        self._peer_server: grpc.aio.Server | None = None  # peers only: Cluster, Health
         self._health_servicer = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -106,11 +122,16 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "partitions").mkdir(exist_ok=True)
         self._open_metadata()
+        # Peer-only RPCs (Raft streams, metadata forwarding) never share the client port.
+        self._peer_server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self), self._peer_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._peer_server)
+        self._peer_server.add_insecure_port(self.config.peer_listen_address)
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
         broker_pb2_grpc.add_BrokerServicer_to_server(BrokerService(self), self._server)
-        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._server)
         self._server.add_insecure_port(self.config.listen)
+        await self._peer_server.start()
         await self._server.start()
         self.transport.start()
         assert self.metadata is not None
@@ -124,11 +145,13 @@ class Node:
             loop.create_task(self._balance_loop(), name="balance"),
             loop.create_task(self.groups.run(), name="groups"),
             loop.create_task(run_cleaner(self), name="cleaner"),
+            loop.create_task(self._replica_health_loop(), name="replica-health"),
         ]
         await self._health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health_servicer.set("tidelog.v1.Broker", health_pb2.HealthCheckResponse.SERVING)
-        log.info("node %d listening on %s (advertised %s), peers %s, data in %s",
+        log.info("node %d listening on %s (advertised %s; peers on %s), peers %s, data in %s",
                  self.id, self.config.listen, self.config.advertise,
+                 self.config.peer_listen_address,
                  ",".join(f"{k}={v}" for k, v in sorted(self.config.peers.items())), self.data_dir)
 
     async def run_until_signal(self) -> None:
@@ -152,6 +175,8 @@ class Node:
                 await task
         if self._server is not None:
             await self._server.stop(grace=1.0)
+        if self._peer_server is not None:
+            await self._peer_server.stop(grace=1.0)
         await self.transport.close()
         for channel in self._peer_channels.values():
             await channel.close()
@@ -219,10 +244,10 @@ class Node:
         for record in decode_records(batch):
             if record.offset <= self.state.applied_index:
                 continue
-            command = decode_command(record.value or b"{}")
-            result = self.state.apply(record.offset, command)
-            if not quiet and command.get("op") != "register_node":
-                log.info("metadata %d: %s → %s", record.offset, command.get("op"), result or "ok")
+            result = self.state.apply_encoded(record.offset, record.value or b"")
+            if not quiet and ("error" in result or b'"register_node"' not in (record.value or b"")):
+                log.info("metadata %d: %s → %s", record.offset,
+                         (record.value or b"")[:200].decode(errors="replace"), result or "ok")
             future = self._pending_metadata.pop(record.offset, None)
             if future is not None and not future.done():
                 future.set_result(result)
@@ -312,20 +337,70 @@ class Node:
     def _send_raft(self, group: str, message: Message) -> None:
         self.transport.send(message.to, to_wire(group, message))
 
+    def is_peer(self, node_id: int) -> bool:
+        """A node of this cluster other than this one (who may open a Raft stream to us)."""
+        return node_id in self.config.peers and node_id != self.id
+
     def receive_raft(self, batch: cpb.RaftBatch) -> None:
-        self.transport.heard_from(batch.from_node)
+        """Step a batch from a peer's stream (the caller checked from_node is that peer).
+
+        Each message is decoded and validated completely first: a bad one is the peer's fault,
+        logged and dropped. An exception while stepping a valid one is a local fault: that
+        replica stops with the real reason (issue 11, defect 12)."""
+        sender = batch.from_node
+        self.transport.heard_from(sender)
         for info in batch.leaders:
-            self._note_leader(info.group, info.leader_id, info.term)
+            if info.leader_id == sender and info.term >= 0 and self._known_group(info.group):
+                self._note_leader(info.group, info.leader_id, info.term)
         for wire in batch.messages:
             replica = (self.metadata if wire.group == METADATA_GROUP
                        else self.replicas.get(wire.group))
-            if replica is None:
-                continue  # not created here yet (metadata still applying); Raft will retry
+            if replica is None or replica.error is not None:
+                continue  # not created here yet (metadata still applying), or stopped
             try:
-                replica.step(from_wire(wire))
-            except ValueError as exc:
-                log.warning("dropped a malformed raft message from node %d: %s",
-                            batch.from_node, exc)
+                message = decode_raft_message(
+                    wire, self_id=self.id, from_node=sender,
+                    members=replica.core.membership.members)
+            except MalformedRaftMessage as exc:
+                log.warning("dropped a malformed raft message from node %d for %s: %s",
+                            sender, wire.group, exc)
+                continue
+            try:
+                replica.step(message)
+            except Exception as exc:  # our own log or state failed: not the peer's fault
+                self._stop_replica(replica, exc, f"stepping {message.type.value} from node "
+                                                 f"{sender}")
+
+    def _known_group(self, group: str) -> bool:
+        if group == METADATA_GROUP or group in self.replicas:
+            return True
+        topic_id, sep, partition = group.partition("/")
+        if not (sep and topic_id.isdigit() and partition.isdigit()):
+            return False
+        topic = self.state.topic_by_id(int(topic_id))
+        return topic is not None and int(partition) < topic.partitions
+
+    def _stop_replica(self, replica: Replica, exc: BaseException, doing: str) -> None:
+        """A local failure: the replica takes no more input (its core may be half-updated, so
+        nothing of it may be persisted or sent); produce refuses with STORAGE_ERROR and the
+        health service "tidelog.v1.Replicas" reports NOT_SERVING."""
+        replica.error = exc
+        log.error("replica %s stopped by a local error while %s: %s: %s",
+                  self._group_name(replica.group), doing, type(exc).__name__, exc,
+                  exc_info=exc)
+
+    async def _replica_health_loop(self) -> None:
+        """Health service "tidelog.v1.Replicas": SERVING while no local replica has stopped."""
+        serving = None
+        while True:
+            stopped = [r.group for r in self._all_replicas() if r.error is not None]
+            now_serving = not stopped
+            if now_serving != serving:
+                serving = now_serving
+                await self._health_servicer.set(
+                    REPLICAS_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING)
+            await asyncio.sleep(REPLICA_HEALTH_INTERVAL_S)
 
     def _on_unreachable(self, peer: int) -> None:
         for replica in self._all_replicas():
@@ -362,7 +437,8 @@ class Node:
             if time.monotonic() - next_at > 5 * interval:
                 next_at = time.monotonic()  # we were paused; don't replay missed ticks
             for replica in self._all_replicas():
-                replica.tick()
+                if replica.error is None:
+                    replica.tick()
 
     async def _announce_loop(self) -> None:
         while True:
@@ -439,23 +515,28 @@ class Node:
                 return
             try:
                 await self.propose_metadata(
-                    {"op": "register_node", "node_id": self.id, "address": self.config.advertise})
+                    RegisterNode(node_id=self.id, address=self.config.advertise))
                 log.info("node %d registered as %s", self.id, self.config.advertise)
                 return
             except (E.BrokerError, grpc.RpcError, TimeoutError) as exc:
                 log.debug("registration not yet possible: %s", exc)
                 await asyncio.sleep(0.5)
 
-    async def propose_metadata(self, command: dict[str, Any],
+    async def propose_metadata(self, command: Command,
                                timeout_s: float = METADATA_PROPOSE_TIMEOUT_S) -> dict[str, Any]:
         """Commit a metadata command through the metadata leader, wherever it is."""
         deadline = time.monotonic() + timeout_s
-        payload = encode_command(command)
+        try:  # the same strict decoder every node applies with: refuse here, not in the log
+            payload = encode_command(command)
+            decode_command(payload)
+        except CommandError as exc:
+            raise E.InvalidRequestError(f"invalid {command_op(command)} request: {exc}") from None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise E.RequestTimedOutError(
-                    f"metadata command {command.get('op')} did not commit within {timeout_s:.0f} s"
+                    f"metadata command {command_op(command)} did not commit within "
+                    f"{timeout_s:.0f} s"
                     " (no metadata leader?)")
             assert self.metadata is not None
             try:
@@ -506,19 +587,28 @@ class Node:
 
     async def propose_metadata_local(
             self, request: cpb.ProposeMetadataRequest) -> cpb.ProposeMetadataResponse:
+        """A peer forwards a command: decoded strictly first (by leader and follower alike), so
+        nothing enters the metadata log that every node cannot apply."""
         assert self.metadata is not None
+        if request.timeout_ms < 0:
+            raise E.InvalidRequestError(f"timeout_ms {request.timeout_ms} is negative")
+        try:
+            command = decode_command(request.command)
+        except CommandError as exc:
+            raise E.InvalidRequestError(f"invalid metadata command: {exc}") from None
         if not self.metadata.is_leader:
             leader = self.metadata.leader_id
             return cpb.ProposeMetadataResponse(not_leader=True,
                                                leader_id=leader if leader is not None else -1)
-        timeout_s = max(0.1, (request.timeout_ms or 5000) / 1000)
-        result = await self._propose_metadata_here(request.command, timeout_s)
+        timeout_s = min(max(0.1, (request.timeout_ms or 5000) / 1000), 60.0)
+        result = await self._propose_metadata_here(encode_command(command), timeout_s)
         return cpb.ProposeMetadataResponse(result=json.dumps(result).encode())
 
     def _peer_stub(self, node_id: int) -> cluster_pb2_grpc.ClusterStub:
         channel = self._peer_channels.get(node_id)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self.config.peers[node_id], options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(self.config.peer_addresses[node_id],
+                                                options=CHANNEL_OPTIONS)
             self._peer_channels[node_id] = channel
         return cluster_pb2_grpc.ClusterStub(channel)
 
@@ -575,18 +665,23 @@ class Node:
 
     async def create_topics(self, request: pb.CreateTopicsRequest) -> pb.CreateTopicsResponse:
         response = pb.CreateTopicsResponse()
-        timeout_s = (request.timeout_ms or 10_000) / 1000
+        timeout_s = _timeout_s(request.timeout_ms, 10_000)
         if len(request.topics) > self.config.request_partitions_max:
             raise E.InvalidRequestError(
                 f"{len(request.topics)} topics in one request; the maximum is "
                 f"{self.config.request_partitions_max}")
         created = []
         for spec in request.topics:
-            result = await self.propose_metadata({
-                "op": "create_topic", "name": spec.name, "partitions": spec.partitions,
-                "replication_factor": spec.replication_factor, "configs": dict(spec.configs),
-                "node_ids": sorted(self.config.peers), "validate_only": request.validate_only,
-            }, timeout_s)
+            try:
+                result = await self.propose_metadata(CreateTopic(
+                    name=spec.name, partitions=spec.partitions,
+                    replication_factor=spec.replication_factor,
+                    configs=tuple(sorted(spec.configs.items())),
+                    node_ids=tuple(sorted(self.config.peers)),
+                    validate_only=request.validate_only,
+                ), timeout_s)
+            except E.InvalidRequestError as exc:
+                result = {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
             response.results.append(_topic_result(spec.name, result))
             if "error" not in result and not request.validate_only:
                 created.append(spec.name)
@@ -608,8 +703,16 @@ class Node:
 
     async def delete_topics(self, request: pb.DeleteTopicsRequest) -> pb.DeleteTopicsResponse:
         response = pb.DeleteTopicsResponse()
+        timeout_s = _timeout_s(request.timeout_ms, 10_000)
+        if len(request.topics) > self.config.request_partitions_max:
+            raise E.InvalidRequestError(
+                f"{len(request.topics)} topics in one request; the maximum is "
+                f"{self.config.request_partitions_max}")
         for name in request.topics:
-            result = await self.propose_metadata({"op": "delete_topic", "name": name})
+            try:
+                result = await self.propose_metadata(DeleteTopic(name=name), timeout_s)
+            except E.InvalidRequestError as exc:
+                result = {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
             response.results.append(_topic_result(name, result))
         return response
 
@@ -627,16 +730,27 @@ class Node:
         return response
 
     async def alter_configs(self, request: pb.AlterConfigsRequest) -> pb.AlterConfigsResponse:
-        result = await self.propose_metadata({
-            "op": "alter_configs", "name": request.topic, "set": dict(request.set),
-            "delete": list(request.delete), "validate_only": request.validate_only})
+        result = await self.propose_metadata(AlterConfigs(
+            name=request.topic, set=tuple(sorted(request.set.items())),
+            delete=tuple(request.delete), validate_only=request.validate_only))
         self._raise_result(result)
         return pb.AlterConfigsResponse(result=_topic_result(request.topic, result))
 
-    async def init_producer_id(self) -> pb.InitProducerIdResponse:
-        result = await self.propose_metadata({"op": "allocate_producer_id"})
+    async def init_producer_id(
+            self, request: pb.InitProducerIdRequest) -> pb.InitProducerIdResponse:
+        """Kafka's InitProducerId: a fresh id at epoch 0, or, for a known producer (its id and
+        epoch, or its transactional id), the same id at the next epoch, which fences every
+        older instance of it (committed through metadata, so every node agrees)."""
+        if request.producer_id < 0:
+            raise E.InvalidRequestError(f"producer_id {request.producer_id} is negative "
+                                        "(0: ask for a new producer id)")
+        result = await self.propose_metadata(InitProducer(
+            producer_id=request.producer_id or -1,
+            producer_epoch=request.producer_epoch if request.producer_id else -1,
+            transactional_id=request.transactional_id))
         self._raise_result(result)
-        return pb.InitProducerIdResponse(producer_id=result["producer_id"], producer_epoch=0)
+        return pb.InitProducerIdResponse(producer_id=result["producer_id"],
+                                         producer_epoch=result["producer_epoch"])
 
     # ---------------------------------------------------------------- produce
 
@@ -862,6 +976,13 @@ class Node:
                     result.leader_id = exc.leader_id
             response.results.append(result)
         return response
+
+
+def _timeout_s(timeout_ms: int, default_ms: int) -> float:
+    """A request's timeout: 0 means the default; a negative one is refused, not waited."""
+    if timeout_ms < 0:
+        raise E.InvalidRequestError(f"timeout_ms {timeout_ms} is negative")
+    return (timeout_ms or default_ms) / 1000
 
 
 def _record_offset_for_timestamp(batch: bytes, timestamp_ms: int) -> int | None:

@@ -118,7 +118,7 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
 
     @_unary
     async def InitProducerId(self, request, context):  # noqa: N802
-        return await self.node.init_producer_id()
+        return await self.node.init_producer_id(request)
 
     # -- consumer groups: node/groups/coordinator.py
 
@@ -156,10 +156,22 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         self.node = node
 
     async def Exchange(self, request_iterator, context):  # noqa: N802
+        """One peer's stream: its first batch declares the peer (a node of this cluster); every
+        later batch must come from the same one, or the stream is refused."""
         from tidelog.proto import cluster_pb2 as cpb
 
         batches = 0
+        declared: int | None = None
         async for batch in request_iterator:
+            if declared is None:
+                if not self.node.is_peer(batch.from_node):
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                        f"node {batch.from_node} is not a peer of this node")
+                declared = batch.from_node
+            elif batch.from_node != declared:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"node {declared}'s stream carried a batch from node {batch.from_node}")
             batches += 1
             self.node.receive_raft(batch)
         return cpb.ExchangeSummary(batches=batches)

@@ -36,6 +36,7 @@ from tidelog.node.groups.state import (
     Heartbeat,
     Record,
 )
+from tidelog.node.metadata_commands import CreateTopic
 from tidelog.node.raft import NotLeader, ProposalDropped
 from tidelog.node.replica import Replica, ReplicaLostLeadership
 from tidelog.proto import broker_pb2 as pb
@@ -375,12 +376,10 @@ class GroupCoordinator:
 
     async def _create_offsets_topic(self) -> None:
         nodes = sorted(self.node.config.peers)
-        result = await self.node.propose_metadata({
-            "op": "create_topic", "name": ol.OFFSETS_TOPIC,
-            "partitions": OFFSETS_TOPIC_PARTITIONS,
-            "replication_factor": min(3, len(nodes)), "configs": OFFSETS_TOPIC_CONFIGS,
-            "node_ids": nodes, "validate_only": False,
-        })
+        result = await self.node.propose_metadata(CreateTopic(
+            name=ol.OFFSETS_TOPIC, partitions=OFFSETS_TOPIC_PARTITIONS,
+            replication_factor=min(3, len(nodes)),
+            configs=tuple(sorted(OFFSETS_TOPIC_CONFIGS.items())), node_ids=tuple(nodes)))
         if "error" not in result:
             log.info("created %s with %d partitions", ol.OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS)
         await self.node._wait_for_leaders([ol.OFFSETS_TOPIC], 10.0)

@@ -8,6 +8,13 @@ from collections import Counter
 import pytest
 from tidelog.node.errors import OutOfOrderSequenceError, ProducerFencedError
 from tidelog.node.metadata import MetadataState
+from tidelog.node.metadata_commands import (
+    AllocateProducerId,
+    AlterConfigs,
+    CreateTopic,
+    DeleteTopic,
+    RegisterNode,
+)
 from tidelog.node.producer_state import ProducerStateTable
 from tidelog.node.topics import assign_replicas, validate_topic_name
 from tidelog.proto import broker_pb2 as pb
@@ -16,20 +23,19 @@ from tidelog.proto.batch import decode_header, encode_batch
 
 def create(state: MetadataState, index: int, name: str, partitions: int = 3, rf: int = 3,
            **configs: str) -> dict:
-    return state.apply(index, {"op": "create_topic", "name": name, "partitions": partitions,
-                               "replication_factor": rf, "configs": configs,
-                               "node_ids": [1, 2, 3]})
+    return state.apply(index, CreateTopic(name=name, partitions=partitions,
+                                          replication_factor=rf,
+                                          configs=tuple(sorted(configs.items())),
+                                          node_ids=(1, 2, 3)))
 
 
 def test_every_replica_applies_the_same_commands_to_the_same_state() -> None:
     commands = [
-        {"op": "register_node", "node_id": 1, "address": "a:1"},
-        {"op": "create_topic", "name": "t", "partitions": 4, "replication_factor": 2,
-         "node_ids": [1, 2, 3]},
-        {"op": "create_topic", "name": "t", "partitions": 4, "replication_factor": 2,
-         "node_ids": [1, 2, 3]},
-        {"op": "allocate_producer_id"},
-        {"op": "delete_topic", "name": "t"},
+        RegisterNode(node_id=1, address="a:1"),
+        CreateTopic(name="t", partitions=4, replication_factor=2, node_ids=(1, 2, 3)),
+        CreateTopic(name="t", partitions=4, replication_factor=2, node_ids=(1, 2, 3)),
+        AllocateProducerId(),
+        DeleteTopic(name="t"),
     ]
     states = [MetadataState(), MetadataState()]
     results = [[s.apply(i, c) for i, c in enumerate(commands)] for s in states]
@@ -47,7 +53,7 @@ def test_invalid_commands_are_applied_as_errors_not_exceptions() -> None:
     assert create(state, 3, "t", **{"cleanup.policy": "shred"})["code"] == pb.INVALID_CONFIG
     assert create(state, 4, "t", **{"no.such": "1"})["code"] == pb.INVALID_CONFIG
     assert state.topics == {}
-    assert state.apply(5, {"op": "launch"})["error"] == "INVALID_REQUEST"
+    assert state.apply_encoded(5, b'{"op":"launch"}')["code"] == pb.INVALID_REQUEST
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a b", "x" * 250, "é"])
@@ -100,6 +106,6 @@ def test_a_segment_smaller_than_the_largest_batch_is_refused() -> None:
     ok = create(state, 1, "small", **{"segment.bytes": str(1024 * 1024),
                                       "max.message.bytes": str(512 * 1024)})
     assert "error" not in ok
-    altered = state.apply(2, {"op": "alter_configs", "name": "small",
-                              "set": {"max.message.bytes": str(4 * 1024 * 1024)}})
+    altered = state.apply(2, AlterConfigs(name="small",
+                                          set=(("max.message.bytes", str(4 * 1024 * 1024)),)))
     assert altered["code"] == pb.INVALID_CONFIG

@@ -1,0 +1,148 @@
+"""Who is at fault, inside one real Node (in this process, on real files and real ports).
+
+Issue 11, defect 12: a local storage error while stepping a Raft message was logged as "malformed
+raft message" and the replica went on with a half-updated core. Defect 13: a metadata command that
+does not apply stopped the metadata replica (and again at every restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from tidelog.node.config import NodeConfig
+from tidelog.node.local_cluster import free_ports
+from tidelog.node.raft import Message, MessageType, NodeId, Term
+from tidelog.node.raft_wire import to_wire
+from tidelog.node.server import METADATA_GROUP, Node
+from tidelog.node.storage import CorruptLogError
+from tidelog.proto import cluster_pb2 as cpb
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def config(tmp_path: Path, peers: int) -> NodeConfig:
+    ports = free_ports(peers)
+    return NodeConfig(node_id=1, listen=f"127.0.0.1:{ports[0]}",
+                      advertise=f"127.0.0.1:{ports[0]}",
+                      peers={i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)},
+                      data_dir=tmp_path / "node-1", tick_ms=20)
+
+
+async def wait_for(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def append_from(frm: int, term: int) -> cpb.RaftBatch:
+    message = Message(type=MessageType.APPEND, frm=NodeId(frm), to=NodeId(1), term=Term(term))
+    return cpb.RaftBatch(from_node=frm, messages=[to_wire(METADATA_GROUP, message)])
+
+
+def test_a_local_storage_error_while_stepping_stops_the_replica_with_the_real_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Nodes 2 and 3 never start: node 1 follows whatever they send. Its own log then fails a
+    read (a real CorruptLogError raised by the log it reads) in the middle of the step."""
+
+    async def run() -> None:
+        node = Node(config(tmp_path, 3))
+        await node.start()
+        try:
+            assert node.metadata is not None
+            replica = node.metadata
+
+            def damaged(index: int) -> int:
+                raise CorruptLogError(f"checksum mismatch reading the entry at {index}")
+
+            monkeypatch.setattr(replica.raft_log, "term_at", damaged)
+            node.receive_raft(append_from(2, term=5))
+            assert isinstance(replica.error, CorruptLogError)
+            tick_term = replica.core.term
+            await asyncio.sleep(0.3)  # the stopped replica takes no more ticks or messages
+            node.receive_raft(append_from(2, term=9))
+            assert replica.core.term == tick_term
+        finally:
+            await node.stop(graceful=False)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    text = caplog.text
+    assert "malformed" not in text
+    assert "stopped by a local error" in text and "CorruptLogError" in text
+
+
+def test_a_malformed_raft_message_is_dropped_and_the_replica_keeps_going(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        node = Node(config(tmp_path, 3))
+        await node.start()
+        try:
+            assert node.metadata is not None
+            bad = append_from(2, term=5)
+            bad.messages[0].frm = 3  # claims another sender than its stream's
+            node.receive_raft(bad)
+            stranger = append_from(7, term=5)  # not a member of the group
+            node.receive_raft(stranger)
+            gap = append_from(2, term=5)
+            gap.messages[0].entries.add(term=5, index=10, count=1, kind=cpb.ENTRY_NOOP)
+            node.receive_raft(gap)
+            assert node.metadata.error is None
+            assert node.metadata.core.term == 0  # none of them reached the core
+            node.receive_raft(append_from(2, term=5))  # a valid one still does
+            assert node.metadata.core.term == 5
+        finally:
+            await node.stop(graceful=False)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    assert caplog.text.count("dropped a malformed raft message") == 3
+
+
+def test_a_command_that_cannot_apply_is_rejected_on_commit_and_at_every_restart(
+        tmp_path: Path) -> None:
+    """Planted bug: a proposer that skips validation (the old ProposeMetadata) puts garbage in
+    the metadata log. Apply records a rejected result; the replica keeps serving, also after a
+    restart replays the log."""
+    cfg = config(tmp_path, 1)
+
+    async def first_run() -> dict:
+        node = Node(cfg)
+        await node.start()
+        try:
+            assert node.metadata is not None
+            await wait_for(lambda: node.metadata.is_leader)
+            results = [await node._propose_metadata_here(raw, 5.0) for raw in (
+                b'{"op":"create_topic"}', b"not json", b'{"op":"register_node","node_id":"x"}')]
+            for result in results:
+                assert result["error"] == "InvalidRequestError", result
+            assert node.metadata.error is None
+            created = await node.create_topics(_create("after"))
+            assert created.results[0].error == 0
+            return {"topics": sorted(node.state.topics), "applied": node.state.applied_index}
+        finally:
+            await node.stop(graceful=False)
+
+    async def second_run() -> dict:
+        node = Node(cfg)
+        await node.start()
+        try:
+            assert node.metadata is not None and node.metadata.error is None
+            return {"topics": sorted(node.state.topics), "applied": node.state.applied_index}
+        finally:
+            await node.stop(graceful=False)
+
+    before = asyncio.run(first_run())
+    after = asyncio.run(second_run())
+    assert before["topics"] == after["topics"] == ["after"]
+    assert after["applied"] >= before["applied"]
+
+
+def _create(name: str):  # type: ignore[no-untyped-def]
+    from tidelog.proto import broker_pb2 as pb
+
+    return pb.CreateTopicsRequest(topics=[pb.TopicSpec(name=name, partitions=1,
+                                                       replication_factor=1)])
