@@ -397,13 +397,25 @@ class Workload:
                     for tp in tps:
                         if tp.partition in self.consumed:
                             consumer.seek(tp, self.consumed[tp.partition])
+                polls = 0  # numbers this incarnation's poll() calls (internal vs external skips)
                 while not self._stop_consuming.is_set():
-                    for r in consumer.poll(timeout_s=_POLL_S):
+                    records = consumer.poll(timeout_s=_POLL_S)
+                    polls += 1
+                    for r in records:
                         self._rec.append(ConsumerRead(
                             consumer=cid, group=None, partition=r.partition, offset=r.offset,
-                            key=_text(r.key), value=_text(r.value), time_ms=self._rec.now_ms()))
+                            key=_text(r.key), value=_text(r.value), time_ms=self._rec.now_ms(),
+                            poll=polls))
                         with self._consumed_lock:
                             self.consumed[r.partition] = r.offset + 1
+                    # The position also moves past control batches (a leader's no-op at the end
+                    # of a partition), which no record reports: else "caught up with the high
+                    # watermark" could never hold after the last election.
+                    for tp in tps:
+                        position = consumer.position(tp)
+                        with self._consumed_lock:
+                            self.consumed[tp.partition] = max(
+                                self.consumed.get(tp.partition, 0), position)
             except errors.TidelogError as exc:
                 log.info("consumer %s: %s; starting a new incarnation", cid, exc)
                 self._stop_consuming.wait(0.5)
@@ -442,13 +454,16 @@ class Workload:
             next_commit = time.monotonic() + cfg.group_commit_interval_s
             try:
                 consumer.subscribe([cfg.topic], listener=Listener())
+                polls = 0
                 while not self._stop_consuming.is_set():
                     records = consumer.poll(timeout_s=_POLL_S)
+                    polls += 1
                     cid = f"g{member}.{incarnation}.{generation[0]}"
                     for r in records:
                         self._rec.append(ConsumerRead(
                             consumer=cid, group=GROUP, partition=r.partition, offset=r.offset,
-                            key=_text(r.key), value=_text(r.value), time_ms=self._rec.now_ms()))
+                            key=_text(r.key), value=_text(r.value), time_ms=self._rec.now_ms(),
+                            poll=polls))
                         read_upto[r.partition] = r.offset + 1
                     if time.monotonic() < next_commit:
                         continue
