@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     listing = sub.add_parser("list", help="the scenarios, and which can run here")
     listing.add_argument("--backend", choices=["local", "docker"], default="local")
     listing.set_defaults(func=_list)
-    run = sub.add_parser("run", help="run one scenario; exit 1 when any check fails")
+    run = sub.add_parser("run", help="run one scenario; exit 1 when any check fails, 3 when the "
+                                     "run was vacuous (nothing acknowledged, no fault executed)")
     run.add_argument("scenario", metavar="SCENARIO")
     run.add_argument("--backend", choices=["local", "docker"], default="local",
                      help="local: node processes here (own network namespaces as root); "
@@ -87,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     import random
     import sys
 
-    from tidelog.chaos.runner import ChaosRun, RunConfig, ScenarioUnavailable
+    from tidelog.chaos.runner import EXIT_CODES, ChaosRun, RunConfig, ScenarioUnavailable
     from tidelog.chaos.scenarios import SCENARIOS
 
     if args.scenario not in SCENARIOS:
@@ -112,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     print(summary)
     print(f"report: {outcome.report_dir / 'report.html'}")
     print(f"replay: {config.replay_command()}")
-    return 0 if outcome.valid else 1
+    return EXIT_CODES[outcome.verdict]
 
 
 def _suite(args: argparse.Namespace) -> int:
@@ -140,9 +141,9 @@ def _suite(args: argparse.Namespace) -> int:
         worst = max((g.duration_ms for a in r.availability for g in a.gaps_without_ack),
                     default=0.0)
         firsts = [x.first_ack_after_ms for x in r.recoveries if x.first_ack_after_ms is not None]
-        failed = failed or not outcome.valid
+        failed = failed or not outcome.valid  # a vacuous run fails the suite too
         harness = " ".join(f"{h.name}={h.verdict.value}" for h in outcome.harness)
-        rows.append(f"{name:<21} {'VALID' if outcome.valid else 'INVALID':<8} acked={r.acked} "
+        rows.append(f"{name:<21} {outcome.verdict.value.upper():<8} acked={r.acked} "
                     f"lost={r.lost} dup={r.duplicated} inconsistent={r.inconsistent} "
                     f"indeterminate={r.operations.indeterminate} "
                     f"longest-gap={worst / 1000:.1f}s "

@@ -29,7 +29,7 @@ from tidelog.chaos.backend import Backend, BackendError, LocalBackend
 from tidelog.chaos.checker import check_history
 from tidelog.chaos.nemesis import Nemesis
 from tidelog.chaos.report import write_report
-from tidelog.chaos.results import Results, Verdict, results_to_dict
+from tidelog.chaos.results import Results, RunVerdict, Verdict, results_to_dict, verdict_line
 from tidelog.chaos.scenarios import SCENARIOS, missing_capability, schedule
 from tidelog.chaos.workload import (
     ClusterView,
@@ -39,12 +39,14 @@ from tidelog.chaos.workload import (
     read_all_partitions,
 )
 
-__all__ = ["ChaosRun", "RunConfig", "RunOutcome", "ScenarioUnavailable"]
+__all__ = ["EXIT_CODES", "ChaosRun", "RunConfig", "RunOutcome", "ScenarioUnavailable"]
 
 log = logging.getLogger(__name__)
 
 DISK_BYTES_MAX = 64 << 20  # tmpfs per node for disk faults
 CONVERGE_S_MAX = 60.0
+# `tidelog chaos run` exits with these (2: the scenario cannot run here, or bad arguments).
+EXIT_CODES = {RunVerdict.VALID: 0, RunVerdict.INVALID: 1, RunVerdict.VACUOUS: 3}
 STARTUP_S_MAX = 60.0
 
 
@@ -65,6 +67,9 @@ class RunConfig:
     # Which program runs the nodes (local backend): the shipped one unless a test says otherwise.
     node_module: str = "tidelog.node.main"
     node_env: dict[str, str] = field(default_factory=dict)
+    # Local backend: one network namespace per node when root allows it (None), or never
+    # (False: nodes on 127.0.0.1, process faults only, as without root), or required (True).
+    network_namespaces: bool | None = None
     converge_s_max: float = CONVERGE_S_MAX
     progress: bool = True
 
@@ -102,9 +107,27 @@ class RunOutcome:
     skipped: tuple[str, ...]
 
     @property
+    def verdict(self) -> RunVerdict:
+        """INVALID when a check or a harness check failed, else the checker's verdict (VACUOUS
+        when nothing was acknowledged or no fault was executed)."""
+        if self.results is None or any(h.verdict is Verdict.FAIL for h in self.harness):
+            return RunVerdict.INVALID
+        return self.results.verdict
+
+    @property
     def valid(self) -> bool:
-        return (self.results is not None and self.results.valid
-                and all(h.verdict is not Verdict.FAIL for h in self.harness))
+        return self.verdict is RunVerdict.VALID
+
+    def verdict_text(self) -> str:
+        """The summary's verdict: VALID, INVALID naming every failed check and harness check,
+        or INVALID (vacuous: why)."""
+        if self.results is None:
+            return "INVALID (no results)"
+        failed = [c.value for c in self.results.failed_checks]
+        failed += [h.name for h in self.harness if h.verdict is Verdict.FAIL]
+        if failed:
+            return "INVALID (failed: " + ", ".join(failed) + ")"
+        return verdict_line(self.results)
 
 
 class ChaosRun:
@@ -199,7 +222,8 @@ class ChaosRun:
             "scenario": cfg.scenario, "seed": cfg.seed, "backend": cfg.backend,
             "nodes": cfg.nodes, "duration_s": cfg.duration_s, "rate_per_s": cfg.rate_per_s,
             "replay": cfg.replay_command(), "backend_description": backend.description,
-            "valid": outcome.valid, "executed": list(outcome.executed),
+            "valid": outcome.valid, "verdict": outcome.verdict.value,
+            "executed": list(outcome.executed),
             "skipped": list(outcome.skipped),
             "harness": [{"name": h.name, "verdict": h.verdict.value, "detail": h.detail}
                         for h in outcome.harness],
@@ -217,7 +241,7 @@ class ChaosRun:
 
             return DockerBackend(cfg.nodes, work_dir)
         try:
-            return LocalBackend(cfg.nodes, work_dir,
+            return LocalBackend(cfg.nodes, work_dir, use_netns=cfg.network_namespaces,
                                 disk_bytes_max=DISK_BYTES_MAX if uses_disk else None,
                                 node_module=cfg.node_module, env=cfg.node_env)
         except BackendError as exc:
@@ -292,8 +316,7 @@ def render_preamble(outcome: RunOutcome) -> str:
     cfg = outcome.config
     r = outcome.results
     lines = [
-        f"scenario: {cfg.scenario}    seed: {cfg.seed}    verdict: "
-        f"{'VALID' if outcome.valid else 'INVALID'}",
+        f"scenario: {cfg.scenario}    seed: {cfg.seed}    verdict: {outcome.verdict_text()}",
         f"replay:   {cfg.replay_command()}",
         f"backend:  {outcome.backend_description}",
         f"workload: {cfg.workload.producers} idempotent acks=all producers, "
@@ -313,6 +336,7 @@ def render_preamble(outcome: RunOutcome) -> str:
         lines += ["faults skipped:", *[f"  {s}" for s in outcome.skipped]]
     if r is not None:
         lines += ["", f"acked {r.acked}, lost {r.lost}, duplicated {r.duplicated}, "
-                      f"inconsistent {r.inconsistent}, aborted {r.aborted}, recovered "
-                      f"{r.recovered}, unrecovered {r.unrecovered}"]
+                      f"inconsistent {r.inconsistent}, divergent replicas {r.divergent}, "
+                      f"aborted {r.aborted}, recovered {r.recovered}, unrecovered "
+                      f"{r.unrecovered}"]
     return "\n".join(lines) + "\n\n"
