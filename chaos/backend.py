@@ -13,7 +13,10 @@ its own network namespace (`netns.Topology`), listening on its namespace address
 the workload in the root namespace reaches every node across the bridge, and partitions are
 iptables DROP rules inside the namespaces, so the client keeps a path to both sides (as clients in
 another rack would). With `disk_bytes_max`, each node's data directory is a tmpfs of that size, so
-"disk full" is a real ENOSPC. Without root: nodes on 127.0.0.1 and only process faults.
+"disk full" is a real ENOSPC. With `power_loss`, each node's data directory is a LazyFS mount
+(`tidelog.chaos.lazyfs`, its own process per node) over a backing directory, so a power cut
+(SIGKILL + drop every write and name change not fsynced) loses what a real power loss would.
+Without root: nodes on 127.0.0.1 and only process faults.
 
 `DockerBackend` lives in `docker_backend.py`.
 """
@@ -27,12 +30,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from tidelog.chaos.grudge import Grudge
+from tidelog.chaos.lazyfs import LazyMount, lazyfs_unavailable_reason
 from tidelog.chaos.process import ProcessSpec, ProcessState, Supervisor
 
 __all__ = [
@@ -56,6 +61,7 @@ class Capability(enum.Enum):
     LOSS = "loss"  # lossy links
     DELAY = "delay"  # delayed links (tc netem)
     DISK = "disk"  # a node's data directory can fill up
+    POWER = "power"  # power cut: kill -9 and lose every write not fsynced (LazyFS data dirs)
 
 
 class BackendError(RuntimeError):
@@ -85,6 +91,8 @@ class Backend(Protocol):
     def heal_links(self) -> None: ...
     def fill_disk(self, node: str) -> None: ...
     def free_disk(self, node: str) -> None: ...
+    def power_cut(self, nodes: Sequence[str], *,
+                  torn_seed: int | None = None) -> dict[str, dict[str, object]]: ...
     def log_paths(self) -> dict[str, Path]: ...
     def data_dir(self, node: str) -> Path:
         """The node's data directory, readable on this host once the node is stopped (the
@@ -112,6 +120,7 @@ class LocalBackend:
         *,
         use_netns: bool | None = None,
         disk_bytes_max: int | None = None,
+        power_loss: bool = False,
         node_module: str = "tidelog.node.main",
         node_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -134,11 +143,17 @@ class LocalBackend:
         self._supervisor = Supervisor()
         self._addresses: dict[str, str] = {}
         self._mounts: list[Path] = []
+        self.power_reason = lazyfs_unavailable_reason() if power_loss else "not asked for"
+        self._lazy: dict[str, LazyMount] = {}
+        self._lazy_supervisor = Supervisor()  # stopped after the nodes, so mounts outlive them
+        self._control_dir: Path | None = None
         caps = {Capability.PROCESS}
         if self.use_netns:
             caps |= {Capability.PARTITION, Capability.LOSS}
         if self.disk_bytes_max:
             caps.add(Capability.DISK)
+        if self.power_reason is None:
+            caps.add(Capability.POWER)
         self.capabilities = frozenset(caps)
         self.description = ""
 
@@ -174,12 +189,19 @@ class LocalBackend:
             for n in self.nodes:
                 data = self._data_dir(n)
                 data.mkdir(parents=True, exist_ok=True)
+                disk = self._disk_dir(n)
+                disk.mkdir(parents=True, exist_ok=True)
                 if self.disk_bytes_max:
                     _run_checked(["mount", "-t", "tmpfs", "-o",
-                                  f"size={self.disk_bytes_max},mode=0755", "tmpfs", str(data)])
-                    self._mounts.append(data)
+                                  f"size={self.disk_bytes_max},mode=0755", "tmpfs", str(disk)])
+                    self._mounts.append(disk)
+                if Capability.POWER in self.capabilities:
+                    self._mount_lazyfs(n)
             if self.disk_bytes_max:
                 self.description += f"; data dirs on {self.disk_bytes_max >> 20} MiB tmpfs each"
+            if Capability.POWER in self.capabilities:
+                self.description += ("; data dirs on LazyFS (FUSE): a power cut loses every "
+                                     "write and name change not fsynced")
             for n in self.nodes:
                 self.start_node(n)
         except BaseException:
@@ -189,6 +211,14 @@ class LocalBackend:
     def stop(self) -> None:
         """Stop every node we started (by PID), unmount, remove the network. Idempotent."""
         self._supervisor.stop_all(STOP_GRACE_S)
+        for lazy in self._lazy.values():  # each unmounts in its own finally-safe stop()
+            with contextlib.suppress(Exception):
+                lazy.stop()
+        self._lazy.clear()
+        self._lazy_supervisor.stop_all(STOP_GRACE_S)
+        if self._control_dir is not None:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            self._control_dir = None
         for mount in reversed(self._mounts):
             for _ in range(20):  # bounded: a just-killed process may still hold a file briefly
                 if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
@@ -286,10 +316,42 @@ class LocalBackend:
         with contextlib.suppress(FileNotFoundError):
             (self._data_dir(node) / FILLER_NAME).unlink()
 
+    # --- power --------------------------------------------------------------------------------
+
+    def power_cut(self, nodes: Sequence[str], *,
+                  torn_seed: int | None = None) -> dict[str, dict[str, object]]:
+        """Cut power to `nodes` at once: SIGKILL every one, then drop each one's unsynced writes
+        and name changes (torn: a seeded prefix of each file's dirty pages survives). Returns
+        what each node's file system dropped. Restart them with `start_node`."""
+        self._need(Capability.POWER)
+        victims = [self._supervisor.get(n) for n in nodes if self.is_running(n)]
+        for p in victims:  # all signals first: the nodes go down together
+            p.kill()
+        for p in victims:
+            p.wait(STOP_GRACE_S)
+        return {n: self._lazy[n].cut(torn_seed=None if torn_seed is None else torn_seed + i)
+                for i, n in enumerate(nodes)}
+
     # --- helpers --------------------------------------------------------------------------------
 
     def _data_dir(self, node: str) -> Path:
         return self.work_dir / f"{node}-data"
+
+    def _disk_dir(self, node: str) -> Path:
+        """Where the node's bytes really are: its data dir, or the backing dir under LazyFS."""
+        if Capability.POWER in self.capabilities:
+            return self.work_dir / f"{node}-disk"
+        return self._data_dir(node)
+
+    def _mount_lazyfs(self, node: str) -> None:
+        if self._control_dir is None:  # short: a unix socket path has at most 107 bytes
+            self._control_dir = Path(tempfile.mkdtemp(prefix="tl-lazyfs-"))
+        lazy = LazyMount(self._disk_dir(node), self._data_dir(node),
+                         control=self._control_dir / f"{node}.sock",
+                         log_path=self.work_dir / f"{node}-lazyfs.log",
+                         supervisor=self._lazy_supervisor, name=f"{node}-lazyfs")
+        self._lazy[node] = lazy
+        lazy.start()
 
     def _need(self, capability: Capability) -> None:
         if capability not in self.capabilities:

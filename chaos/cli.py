@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="seeds the fault schedule and the workload (default: random, printed)")
     run.add_argument("--report", type=Path, default=None, metavar="DIR",
                      help="write the report here (default: a new folder under the temp dir)")
+    run.add_argument("--fsync", default="always", metavar="POLICY",
+                     help="the nodes' fsync policy: always, or interval:<ms and/or bytes> (e.g. "
+                          "interval:1000ms); power-cut scenarios show what it loses "
+                          "(default %(default)s)")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=_run)
     suite = sub.add_parser("suite", help="run every scenario available here in turn; exit 1 "
@@ -51,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     suite.add_argument("--report", type=Path, default=Path("chaos-reports"), metavar="DIR",
                        help="one sub-folder per scenario (default %(default)s)")
     suite.add_argument("--only", default="", help="comma-separated scenario names")
+    suite.add_argument("--fsync", default="always", metavar="POLICY",
+                       help="the nodes' fsync policy (default %(default)s)")
     suite.set_defaults(func=_suite)
 
 
@@ -67,6 +73,11 @@ def _list(args: argparse.Namespace) -> int:
     if Capability.PARTITION not in caps:
         print("\nnetwork faults need root, `ip` and `iptables` (local backend); without them "
               "only process faults run, on 127.0.0.1")
+    if Capability.POWER not in caps and args.backend == "local":
+        from tidelog.chaos.lazyfs import lazyfs_unavailable_reason
+
+        print(f"power cuts need LazyFS (root, /dev/fuse, fuse3, mfusepy): "
+              f"{lazyfs_unavailable_reason()}")
     return 0
 
 
@@ -81,6 +92,10 @@ def _capabilities_here(backend: str):  # noqa: ANN202 - frozenset[Capability]
         caps |= {Capability.PARTITION, Capability.LOSS}
     if os.geteuid() == 0:
         caps.add(Capability.DISK)
+    from tidelog.chaos.lazyfs import lazyfs_unavailable_reason
+
+    if lazyfs_unavailable_reason() is None:
+        caps.add(Capability.POWER)
     return frozenset(caps)
 
 
@@ -99,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = RunConfig(scenario=args.scenario, backend=args.backend, nodes=args.nodes,
                            duration_s=args.duration, rate_per_s=args.rate, seed=seed,
-                           report_dir=args.report, progress=not args.quiet)
+                           report_dir=args.report, progress=not args.quiet,
+                           fsync=args.fsync)
     except ValueError as exc:
         print(f"tidelog chaos: {exc}", file=sys.stderr)
         return 2
@@ -130,7 +146,7 @@ def _suite(args: argparse.Namespace) -> int:
     for name in names:
         config = RunConfig(scenario=name, backend=args.backend, nodes=args.nodes,
                            duration_s=args.duration, rate_per_s=args.rate, seed=seed,
-                           report_dir=args.report / name, progress=False)
+                           report_dir=args.report / name, progress=False, fsync=args.fsync)
         try:
             outcome = ChaosRun(config).execute()
         except ScenarioUnavailable as exc:

@@ -216,6 +216,10 @@ class DockerBackend:
     def free_disk(self, node: str) -> None:
         return None
 
+    def power_cut(self, nodes: object, *,
+                  torn_seed: int | None = None) -> dict[str, dict[str, object]]:
+        raise BackendError("the docker backend has no power cuts (volumes are not on LazyFS)")
+
     # --- helpers ---------------------------------------------------------------------------------
 
     def _need(self, capability: Capability) -> None:

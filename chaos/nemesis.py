@@ -13,6 +13,11 @@ runner additionally heals everything (`heal_all`) at the end, so no fault outliv
 Concurrent episodes (scenario `mixed`) never hit one node with two process faults, keep at most a
 minority of nodes down at once, and never overlap two network faults (healing partitions clears
 all of them).
+
+Power cuts (backends with `Capability.POWER`: data dirs on LazyFS) kill the node and drop every
+write and name change it had not fsynced; a seeded half of them are torn (each file keeps a
+seeded, page-aligned prefix of its unsynced pages). What each cut dropped is recorded with the
+executed fault (`power_cut` in run.json).
 """
 
 from __future__ import annotations
@@ -24,14 +29,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tidelog.chaos import grudge
 from tidelog.chaos.backend import Backend, Capability
 from tidelog.chaos.history import FaultStart, FaultStop
 from tidelog.chaos.workload import ClusterView, Recorder
 
-__all__ = ["Episode", "FaultKind", "Nemesis", "NoTarget"]
+__all__ = ["Episode", "FaultKind", "Nemesis", "NoTarget", "requires"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,10 @@ class FaultKind(enum.Enum):
     FLAKY = "flaky-network"
     ROLLING_RESTART = "rolling-restart"
     DISK_FULL = "disk-full"
+    POWER_CUT_FOLLOWER = "power-cut-follower"
+    POWER_CUT_LEADER = "power-cut-leader"
+    POWER_CUT_ALL = "power-cut-all"
+    POWER_CUT_PARTITION = "power-cut-partition"  # isolate a leader, then cut the majority's power
 
 
 class _Class(enum.Enum):
@@ -72,11 +81,20 @@ _NEEDS: dict[FaultKind, Capability] = {
     FaultKind.ONE_WAY: Capability.PARTITION,
     FaultKind.FLAKY: Capability.LOSS,
     FaultKind.DISK_FULL: Capability.DISK,
+    FaultKind.POWER_CUT_FOLLOWER: Capability.POWER,
+    FaultKind.POWER_CUT_LEADER: Capability.POWER,
+    FaultKind.POWER_CUT_ALL: Capability.POWER,
+    FaultKind.POWER_CUT_PARTITION: Capability.POWER,
+}
+_ALSO_NEEDS: dict[FaultKind, frozenset[Capability]] = {
+    FaultKind.POWER_CUT_PARTITION: frozenset({Capability.PARTITION}),
 }
 
 _CLASS: dict[FaultKind, _Class] = {
     FaultKind.KILL_ALL: _Class.EXCLUSIVE,
     FaultKind.ROLLING_RESTART: _Class.EXCLUSIVE,
+    FaultKind.POWER_CUT_ALL: _Class.EXCLUSIVE,
+    FaultKind.POWER_CUT_PARTITION: _Class.EXCLUSIVE,
     **{k: _Class.NETWORK for k in (FaultKind.ISOLATE_RANDOM, FaultKind.ISOLATE_LEADER,
                                    FaultKind.MAJORITY_MINORITY, FaultKind.BRIDGE,
                                    FaultKind.ONE_WAY, FaultKind.FLAKY)},
@@ -84,7 +102,13 @@ _CLASS: dict[FaultKind, _Class] = {
 
 
 def needs(kind: FaultKind) -> Capability:
+    """The main capability a fault kind needs (see `requires` for all of them)."""
     return _NEEDS.get(kind, Capability.PROCESS)
+
+
+def requires(kind: FaultKind) -> frozenset[Capability]:
+    """Every capability a fault kind needs (power cut during a partition: power and partition)."""
+    return frozenset({needs(kind)}) | _ALSO_NEEDS.get(kind, frozenset())
 
 
 def fault_class(kind: FaultKind) -> str:
@@ -114,6 +138,8 @@ class _Active:
     heal: Callable[[], None]
     # Runs after fault_start is recorded (faults that are a procedure: kill-all, rolling restart).
     during: Callable[[], None] | None = None
+    # What the fault did beyond its targets (power cuts: what each file system dropped).
+    detail: dict[str, object] = field(default_factory=dict)
 
 
 class Nemesis:
@@ -173,7 +199,7 @@ class Nemesis:
     def _episode(self, number: int, ep: Episode, t0: float) -> None:
         rng = random.Random(ep.pick)
         try:
-            active = self._inject(ep.kind, rng)
+            active = self._inject(ep.kind, rng, ep.duration_s)
         except NoTarget as exc:
             self.skipped.append(f"{ep.kind.value} at {ep.start_s:.1f}s: {exc}")
             return
@@ -203,14 +229,43 @@ class Nemesis:
                 self.active.pop(number, None)
                 self.executed.append({"fault": active.name, "targets": list(active.targets),
                                       "start_ms": round(started, 1),
-                                      "stop_ms": round(self._rec.now_ms(), 1)})
+                                      "stop_ms": round(self._rec.now_ms(), 1),
+                                      **active.detail})
                 self._on_change()
 
-    def _inject(self, kind: FaultKind, rng: random.Random) -> _Active:
+    def _inject(self, kind: FaultKind, rng: random.Random, duration_s: float) -> _Active:
         b = self._backend
         nodes = list(b.nodes)
         name = kind.value
         match kind:
+            case FaultKind.POWER_CUT_FOLLOWER | FaultKind.POWER_CUT_LEADER:
+                node = self._claim(self._target(kind, rng))
+                torn = _torn_seed(rng)
+                try:
+                    cut = b.power_cut([node], torn_seed=torn)
+                except BaseException:
+                    with self._lock:
+                        self._busy.discard(node)
+                    raise
+                return _Active(name=name, targets=(node,), heal=lambda: b.start_node(node),
+                               detail={"power_cut": cut})
+            case FaultKind.POWER_CUT_ALL:
+                detail: dict[str, object] = {}
+                return _Active(name=name, targets=tuple(nodes), heal=lambda: self._start(nodes),
+                               during=lambda: self._power_cut_all(nodes, rng, detail),
+                               detail=detail)
+            case FaultKind.POWER_CUT_PARTITION:
+                leader = self._target(FaultKind.ISOLATE_LEADER, rng)
+                victim = rng.choice([n for n in nodes if n != leader])
+                detail = {}
+
+                def heal() -> None:
+                    b.heal_partitions()
+                    b.start_node(victim)
+
+                return _Active(name=name, targets=(leader, victim), heal=heal, detail=detail,
+                               during=lambda: self._power_cut_in_partition(
+                                   leader, victim, nodes, rng, duration_s, detail))
             case FaultKind.KILL_RANDOM | FaultKind.KILL_LEADER | FaultKind.KILL_METADATA_LEADER:
                 node = self._claim(self._target(kind, rng))
                 b.kill(node)
@@ -263,8 +318,10 @@ class Nemesis:
         with self._lock:
             free = [n for n in self._backend.nodes
                     if n not in self._busy and self._backend.is_running(n)]
+        if kind is FaultKind.POWER_CUT_FOLLOWER:
+            return self._follower(rng, free)
         if kind in (FaultKind.KILL_LEADER, FaultKind.PAUSE_LEADER, FaultKind.ISOLATE_LEADER,
-                    FaultKind.KILL_METADATA_LEADER):
+                    FaultKind.KILL_METADATA_LEADER, FaultKind.POWER_CUT_LEADER):
             snap = self._view.snapshot()
             if kind is FaultKind.KILL_METADATA_LEADER:
                 node = snap.metadata_leader
@@ -279,6 +336,18 @@ class Nemesis:
         if not free:
             raise NoTarget("every node is busy or down")
         return rng.choice(free)
+
+    def _follower(self, rng: random.Random, free: list[str]) -> str:
+        """A node that replicates a seeded partition without leading it."""
+        partition = rng.randrange(self._partitions)
+        snap = self._view.snapshot()
+        leader = snap.leaders.get(partition, (None, 0))[0]
+        replicas = snap.replicas.get(partition, ((), ()))[0]
+        followers = sorted(n for n in replicas if n != leader and n in free)
+        if leader is None or not followers:
+            raise NoTarget(f"no follower of partition {partition} known (leader {leader}, "
+                           f"replicas {list(replicas)})")
+        return rng.choice(followers)
 
     def _claim(self, node: str) -> str:
         """Mark `node` as under a process fault; keeps at most a minority down at once."""
@@ -300,6 +369,26 @@ class Nemesis:
         self._abort.wait(KILL_ALL_DOWN_S)
         self._start(nodes)
 
+    def _power_cut_all(self, nodes: list[str], rng: random.Random,
+                       detail: dict[str, object]) -> None:
+        detail["power_cut"] = self._backend.power_cut(nodes, torn_seed=_torn_seed(rng))
+        self._abort.wait(KILL_ALL_DOWN_S)
+        self._start(nodes)
+
+    def _power_cut_in_partition(self, leader: str, victim: str, nodes: list[str],
+                                rng: random.Random, duration_s: float,
+                                detail: dict[str, object]) -> None:
+        """Isolate `leader`; a third in, cut power to `victim` (a node of the majority side, so
+        that side cannot commit until it is back); a third later restart it, still partitioned.
+        The heal flushes the partition."""
+        b = self._backend
+        b.partition(grudge.isolate(leader, nodes))
+        if self._abort.wait(duration_s / 3):
+            return
+        detail["power_cut"] = b.power_cut([victim], torn_seed=_torn_seed(rng))
+        self._abort.wait(duration_s / 3)
+        b.start_node(victim)
+
     def _rolling_restart(self, nodes: list[str]) -> None:
         """SIGTERM each node in turn, start it again, wait until it answers Metadata."""
         b = self._backend
@@ -312,6 +401,12 @@ class Nemesis:
             while time.monotonic() < deadline and n not in self._view.snapshot().answered:
                 time.sleep(0.2)
             time.sleep(1.0)  # let it rejoin its groups before the next one goes
+
+
+def _torn_seed(rng: random.Random) -> int | None:
+    """Half of the power cuts are torn (seeded): a prefix of the unsynced pages survives."""
+    seed = rng.getrandbits(32)
+    return seed if rng.random() < 0.5 else None
 
 
 def _minority(cut: grudge.Grudge, nodes: list[str]) -> tuple[str, ...]:

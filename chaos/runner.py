@@ -30,7 +30,7 @@ from tidelog.chaos.checker import check_history
 from tidelog.chaos.nemesis import Nemesis
 from tidelog.chaos.report import write_report
 from tidelog.chaos.results import Results, RunVerdict, Verdict, results_to_dict, verdict_line
-from tidelog.chaos.scenarios import SCENARIOS, missing_capability, schedule
+from tidelog.chaos.scenarios import SCENARIOS, missing_capability, needs_power, schedule
 from tidelog.chaos.workload import (
     ClusterView,
     Recorder,
@@ -38,6 +38,7 @@ from tidelog.chaos.workload import (
     WorkloadConfig,
     read_all_partitions,
 )
+from tidelog.node.storage.config import FsyncPolicy
 
 __all__ = ["EXIT_CODES", "ChaosRun", "RunConfig", "RunOutcome", "ScenarioUnavailable"]
 
@@ -67,6 +68,9 @@ class RunConfig:
     # Which program runs the nodes (local backend): the shipped one unless a test says otherwise.
     node_module: str = "tidelog.node.main"
     node_env: dict[str, str] = field(default_factory=dict)
+    # The nodes' fsync policy (`tidelog node --fsync`): "always", or "interval:..." to measure
+    # what a power cut loses with it.
+    fsync: str = "always"
     # Local backend: one network namespace per node when root allows it (None), or never
     # (False: nodes on 127.0.0.1, process faults only, as without root), or required (True).
     network_namespaces: bool | None = None
@@ -83,10 +87,12 @@ class RunConfig:
             raise ValueError("nodes must be 3 or 5")
         if not 5 <= self.duration_s <= 24 * 3600:
             raise ValueError("duration must be 5 s .. 24 h")
+        FsyncPolicy.parse(self.fsync)  # ValueError names what is wrong
 
     def replay_command(self) -> str:
         return (f"tidelog chaos run {self.scenario} --backend {self.backend} --nodes {self.nodes} "
-                f"--duration {self.duration_s:g} --rate {self.rate_per_s:g} --seed {self.seed}")
+                f"--duration {self.duration_s:g} --rate {self.rate_per_s:g} --seed {self.seed}"
+                + ("" if self.fsync == "always" else f" --fsync {self.fsync}"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,6 +249,8 @@ class ChaosRun:
         try:
             return LocalBackend(cfg.nodes, work_dir, use_netns=cfg.network_namespaces,
                                 disk_bytes_max=DISK_BYTES_MAX if uses_disk else None,
+                                power_loss=needs_power(SCENARIOS[scenario]),
+                                node_args=("--fsync", cfg.fsync),
                                 node_module=cfg.node_module, env=cfg.node_env)
         except BackendError as exc:
             raise ScenarioUnavailable(str(exc)) from None

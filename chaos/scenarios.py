@@ -4,6 +4,10 @@ A run's timeline: `warmup` with no fault, then episodes, all healed by `duration
 a fault-free `cooldown` in which the workload keeps going, so recovery after the last heal is
 measured. Single-fault scenarios alternate one fault of their kind with a healthy gap; `mixed`
 starts a random kind every few seconds, overlapping (see nemesis.py for what may overlap).
+
+The power-cut scenarios need a backend whose data directories lose unsynced writes (local, as
+root, with FUSE: the runner mounts LazyFS for them); `mixed` draws power cuts only from such a
+backend, and the runner gives it none (its disk faults use a tmpfs).
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import random
 from dataclasses import dataclass
 
 from tidelog.chaos.backend import Capability
-from tidelog.chaos.nemesis import Episode, FaultKind, fault_class, needs
+from tidelog.chaos.nemesis import Episode, FaultKind, fault_class, requires
 
-__all__ = ["SCENARIOS", "Scenario", "missing_capability", "schedule"]
+__all__ = ["SCENARIOS", "Scenario", "missing_capability", "needs_power", "schedule"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +59,16 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(name="disk-full", kinds=(_K.DISK_FULL,),
              summary="fill a random node's data filesystem (a small tmpfs) to ENOSPC; free it "
                      "at heal"),
+    Scenario(name="power-cut-follower", kinds=(_K.POWER_CUT_FOLLOWER,),
+             summary="cut power to a follower of a random partition (kill -9, and its file "
+                     "system loses every write not fsynced); restart it at heal"),
+    Scenario(name="power-cut-leader", kinds=(_K.POWER_CUT_LEADER,),
+             summary="cut power to the leader of a random partition; restart it at heal"),
+    Scenario(name="power-cut-all", kinds=(_K.POWER_CUT_ALL,), fault_s_min=2.0, fault_s_max=4.0,
+             summary="cut power to every node at once, restart them all a second later"),
+    Scenario(name="power-cut-partition", kinds=(_K.POWER_CUT_PARTITION,), fault_s_min=6.0,
+             summary="isolate a partition's leader, then cut power to a node of the majority "
+                     "side and restart it while the partition lasts"),
     Scenario(name="mixed", kinds=tuple(k for k in FaultKind), fault_s_min=2.0, fault_s_max=8.0,
              summary="random faults of every available kind at seeded times, overlapping"),
 )}
@@ -64,13 +78,20 @@ def missing_capability(scenario: Scenario, capabilities: frozenset[Capability]) 
     """Why this scenario cannot run on a backend with these capabilities (None: it can)."""
     if scenario.name == "mixed":
         return None if available_kinds(scenario, capabilities) else "no fault kind available"
-    lacking = sorted({needs(k).value for k in scenario.kinds} - {c.value for c in capabilities})
+    wanted = {c.value for k in scenario.kinds for c in requires(k)}
+    lacking = sorted(wanted - {c.value for c in capabilities})
     return f"needs {', '.join(lacking)} faults" if lacking else None
+
+
+def needs_power(scenario: Scenario) -> bool:
+    """Whether the run must put the data directories on LazyFS (not for `mixed`: see above)."""
+    return scenario.name != "mixed" and any(Capability.POWER in requires(k)
+                                            for k in scenario.kinds)
 
 
 def available_kinds(scenario: Scenario,
                     capabilities: frozenset[Capability]) -> tuple[FaultKind, ...]:
-    return tuple(k for k in scenario.kinds if needs(k) in capabilities)
+    return tuple(k for k in scenario.kinds if requires(k) <= capabilities)
 
 
 def phases(duration_s: float) -> tuple[float, float]:
