@@ -53,9 +53,11 @@ from tidelog.node.storage.index import NO_TIMESTAMP, SegmentIndex
 from tidelog.node.storage.retention import SegmentStat, segments_to_delete
 from tidelog.node.storage.segment import LOG_SUFFIX, Segment
 from tidelog.proto.batch import (
+    LENGTH_PREFIX_SIZE,
     MAGIC,
     BatchError,
     BatchHeader,
+    UnsupportedFormatError,
     format_version,
     stamp,
     validate_batch,
@@ -70,6 +72,7 @@ _META = struct.Struct(">qqB")  # log_start_offset, recovery_point, reset_pending
 LOADED_INDEXES_MAX = 4  # sealed segments whose index stays in memory (LRU), per log
 HEADERS_PER_ITER_CHUNK_MAX = 4096
 RECOVERY_POINT_INTERVAL_MS = 1000
+OLD_FORMAT_BATCH_BYTES_MAX = 256 * 1024 * 1024  # a first batch declaring more is not checked
 CLEANED_SUFFIX = ".cleaned"  # a compacted rewrite of a sealed segment, before its swap
 """How often sync() also moves the recovery point to what it just made durable. Damage to data
 older than this is reported as corruption on open; damage after it is treated as a torn tail."""
@@ -911,12 +914,25 @@ class PartitionLog:
 
 
 def _refuse_old_format(segment: Segment) -> None:
-    """A segment whose first batch is of an older format is refused before recovery could
-    take its batches for a torn tail or for damage (every version keeps magic at byte 20; a
-    segment is written by one version, as open() refuses old logs before appending)."""
-    version = format_version(segment.pread(0, 21))
-    if version is not None and 0 < version < MAGIC:
-        raise LogFormatError(segment=segment.path, format_version=version)
+    """A segment whose first batch is an intact batch of an older format is refused before
+    recovery could take its batches for a torn tail or for damage (every version keeps magic at
+    byte 20; a segment is written by one version, as open() refuses old logs before appending).
+    A first batch that only looks old (torn or garbled bytes reading 1 at byte 20) is left to
+    recovery, which cuts or reports it like any damage."""
+    head = segment.pread(0, 21)
+    version = format_version(head)
+    if version is None or not 0 < version < MAGIC:
+        return
+    size = LENGTH_PREFIX_SIZE + int.from_bytes(head[8:12], "big", signed=True)
+    if not LENGTH_PREFIX_SIZE < size <= OLD_FORMAT_BATCH_BYTES_MAX:
+        return
+    first = segment.pread(0, size)
+    try:
+        validate_batch(first, max_bytes=size)
+    except UnsupportedFormatError as exc:
+        raise LogFormatError(segment=segment.path, format_version=exc.format_version) from exc
+    except BatchError:
+        return
 
 
 def _restamped(header: BatchHeader, *, base_offset: int, term: int) -> BatchHeader:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from format_v1 import write_v1_log
-from storage_helpers import Clock, make_batch, small_config
+from storage_helpers import Clock, crash, make_batch, small_config
 from tidelog.client.cli import main as tidelog_main
 from tidelog.node.storage import CorruptBatchError, LogFormatError, PartitionLog
 from tidelog.node.storage import log as log_module
@@ -175,4 +175,22 @@ def test_a_migration_interrupted_between_segments_finishes_when_run_again(
     assert [r.converted for r in migrate_log(directory)] == [False, True, True]
     log = PartitionLog.open(directory, CONFIG, now_ms=Clock())
     assert _read_all(log) == written
+    log.close()
+
+
+def test_a_torn_first_batch_that_merely_reads_1_at_the_magic_byte_is_cut_not_refused(
+        tmp_path: Path) -> None:
+    """Garbage after a power cut can hold any byte at position 20: only an intact v1 batch makes
+    the log refused; anything else is recovery's business (here: an unsynced, torn tail)."""
+    directory = tmp_path / "p"
+    log = PartitionLog.open(directory, CONFIG, now_ms=Clock())
+    for i in range(3):
+        log.append(make_batch(tag=i), term=1)
+    crash(log)  # the recovery point is still 0: everything is an unsynced tail
+    segment = directory / f"{0:020d}.log"
+    data = bytearray(segment.read_bytes())
+    data[20] = 1
+    segment.write_bytes(bytes(data))
+    log = PartitionLog.open(directory, CONFIG, now_ms=Clock())
+    assert log.log_end_offset == 0 and log.recovery.truncated
     log.close()
