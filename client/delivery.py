@@ -27,6 +27,10 @@ is where the idempotence guarantees live, so the rules are spelled out:
    the partition *abandons* its queued retries (failed with an error naming the cause), lets its
    in-flight batches finish, and sends nothing new until the producer has a new producer id
    (``needs_new_producer_id``); it then restarts at sequence 0 under the new id.
+6. **Fenced.** PRODUCER_FENCED means a newer instance of this producer took over (Kafka's
+   semantics: it called InitProducerId with the same transactional id, bumping the epoch). A
+   zombie must not write on, and must not get itself a fresh id either: ``fenced`` is set, nothing
+   more is sent, and the producer fails every pending and later record with the error.
 """
 
 from __future__ import annotations
@@ -74,8 +78,12 @@ class DeliveryState:
         self._backoff_max_s = retry_backoff_ms_max / 1000
         self.producer_id = -1
         self.producer_epoch = -1
+        #: the identity InitProducerId bumps the epoch of ("": a fresh id per producer)
+        self.transactional_id = ""
         #: set when a partition abandoned batches: the sender should get a new producer id
         self.needs_new_producer_id = False
+        #: rule 6: a newer instance fenced this producer; fatal
+        self.fenced: errors.ProducerFenced | None = None
         self.partitions: dict[TopicPartition, PartitionDelivery] = {}
 
     def state(self, tp: TopicPartition) -> PartitionDelivery:
@@ -94,12 +102,14 @@ class DeliveryState:
     def next_retry(self, tp: TopicPartition, now: float) -> ProducerBatch | None:
         """The batch to resend now, if any (rule 3). Call before asking for new batches."""
         st = self.state(tp)
-        if not st.retry or st.inflight or now < st.backoff_until_s:
+        if not st.retry or st.inflight or now < st.backoff_until_s or self.fenced is not None:
             return None
         return st.retry.pop(0)
 
     def can_send_new(self, tp: TopicPartition, now: float) -> bool:
         st = self.state(tp)
+        if self.fenced is not None:
+            return False
         if st.retry or now < st.backoff_until_s or len(st.inflight) >= self.max_in_flight:
             return False
         if not self.idempotent:
@@ -151,6 +161,10 @@ class DeliveryState:
         """A send attempt failed. Returns the batches to fail now (maybe none: it will retry)."""
         st = self.state(batch.tp)
         st.inflight.remove(batch)
+        if isinstance(error, errors.ProducerFenced) or self.fenced is not None:
+            if self.fenced is None:
+                self.fenced = error if isinstance(error, errors.ProducerFenced) else None
+            return [(batch, error), *self.abort(self.fenced or error)]
         if st.abandon_cause is not None:
             return [(batch, error)]
         if self._should_retry(st, batch, error, now):

@@ -171,6 +171,10 @@ class OutOfOrderSequence(TidelogError):
 
 
 class ProducerFenced(TidelogError):
+    """Another instance of this producer (same transactional id, or the same producer id at a
+    later epoch) took over: this one is a zombie. Fatal: the producer stops sending, and every
+    later send raises this error."""
+
     code = 15
 
 
@@ -204,6 +208,13 @@ class GroupNotEmpty(TidelogError):
 
 class GroupIdNotFound(TidelogError):
     code = 28
+
+
+class InvalidTimestamp(TidelogError):
+    """A record's timestamp is further from the broker's clock than the topic's
+    message.timestamp.difference.max.ms allows."""
+
+    code = 29
 
 
 class UnknownError(TidelogError):
@@ -258,6 +269,7 @@ _BY_CODE: dict[int, type[TidelogError]] = {
     26: FencedMemberEpoch,
     27: GroupNotEmpty,
     28: GroupIdNotFound,
+    29: InvalidTimestamp,
 }
 
 # What to do next, appended to the broker's message when it is the caller's move.

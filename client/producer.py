@@ -53,6 +53,7 @@ class Producer:
         metadata_max_age_ms: int = 300_000,
         partitioner: str = "xxh3",
         request_bytes_max: int = 8 * 1024 * 1024,
+        transactional_id: str | None = None,
     ) -> None:
         self.config = ProducerConfig(
             bootstrap=parse_bootstrap(bootstrap), acks=acks, linger_ms=linger_ms,
@@ -81,6 +82,9 @@ class Producer:
             on_new_batch=self._wake_sender, on_batch_closed=self._batch_closed,
         )
         self._sender = Sender(config, self._accumulator, self._metadata, self._connections)
+        # An identity that survives restarts: each new instance bumps the producer's epoch,
+        # which fences the previous one (a zombie's writes fail with ProducerFenced).
+        self._sender.delivery.transactional_id = transactional_id or ""
         self._sender.start()
 
     # --- public API -----------------------------------------------------------------------------
@@ -104,6 +108,10 @@ class Producer:
         """
         if self._closed:
             raise errors.ClientClosed("send() after the producer was closed")
+        fenced = self._sender.delivery.fenced if self._sender is not None else None
+        if fenced is not None:
+            raise errors.ProducerFenced(f"this producer was fenced and sends nothing more: "
+                                        f"{fenced}")
         if isinstance(value, str):
             value = value.encode()
         if isinstance(key, str):

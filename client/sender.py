@@ -245,6 +245,8 @@ class Sender(threading.Thread):
             )
         _log.debug("%s: attempt %d failed: %s", batch.tp, batch.attempts, error)
         self._fail_all(self.delivery.failed(batch, error, self._clock()))
+        if self.delivery.fenced is not None:  # delivery.py rule 6: fail what is still queued
+            self._fail_everything(self.delivery.fenced)
 
     def _complete(self, batch: ProducerBatch, base_offset: int) -> None:
         batch.result.complete(base_offset, batch.timestamps_ms)
@@ -273,8 +275,8 @@ class Sender(threading.Thread):
         from tidelog.proto import broker_pb2
 
         try:
-            response = self._metadata.call_any("InitProducerId",
-                                               broker_pb2.InitProducerIdRequest())
+            response = self._metadata.call_any("InitProducerId", broker_pb2.InitProducerIdRequest(
+                transactional_id=self.delivery.transactional_id))
         except errors.TidelogError as exc:
             _log.info("InitProducerId failed (will retry): %s", exc)
             self._pid_retry_at = now + self._config.retry_backoff_ms / 1000

@@ -5,11 +5,18 @@ few batches of every producer; a retry of one of them is answered with the offse
 (and waits for their commit like any write), a gap in sequences is refused so that a lost batch is
 never silently skipped, and a batch from an older epoch is fenced. The state is rebuilt from the
 batch headers in the log when leadership moves, so a new leader dedups retries sent to the old one.
+
+Epochs follow Kafka: InitProducerId bumps a producer's epoch (node/metadata.py, replicated so every
+node agrees). A batch with an epoch older than the latest seen here, or older than the latest the
+metadata handed out (`latest_epoch`, so a zombie is fenced even on a partition the new instance has
+not written to yet), is refused with PRODUCER_FENCED; the first batch of a newer epoch must carry
+sequence 0 (else OUT_OF_ORDER_SEQUENCE: its earlier batches are missing).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tidelog.node.errors import OutOfOrderSequenceError, ProducerFencedError
@@ -57,13 +64,19 @@ class ProducerStateTable:
     def __len__(self) -> int:
         return len(self._producers)
 
-    def check(self, header: BatchHeader) -> Duplicate | None:
+    def check(self, header: BatchHeader, latest_epoch: int = -1) -> Duplicate | None:
         """Before appending: the earlier offsets if this batch is a retry, else None.
 
-        Raises ProducerFencedError / OutOfOrderSequenceError for batches that must be refused.
+        `latest_epoch`: the newest epoch the cluster handed out for this producer id (-1:
+        unknown). Raises ProducerFencedError / OutOfOrderSequenceError for batches that must
+        be refused.
         """
         if header.producer_id < 0:
             return None
+        if header.producer_epoch < latest_epoch:
+            raise ProducerFencedError(
+                f"producer {header.producer_id} epoch {header.producer_epoch} is fenced: a "
+                f"newer instance holds epoch {latest_epoch}")
         entry = self._producers.get(header.producer_id)
         if entry is None:
             return None
@@ -73,6 +86,10 @@ class ProducerStateTable:
                 f"the current epoch {entry.epoch}"
             )
         if header.producer_epoch > entry.epoch:
+            if header.base_sequence != 0:
+                raise OutOfOrderSequenceError(
+                    f"producer {header.producer_id} starts epoch {header.producer_epoch} at "
+                    f"sequence {header.base_sequence}; a new epoch starts at 0")
             return None
         last_sequence = _last_sequence(header)
         for seen in entry.recent:
@@ -104,6 +121,31 @@ class ProducerStateTable:
                 term=term,
             )
         )
+
+    def check_request(self, headers: list[BatchHeader],
+                      latest_epoch: Callable[[int], int]) -> list[Duplicate | None]:
+        """`check` for every batch of one produce request before any is proposed (all or
+        nothing): a producer's later batch in the request must follow its earlier one."""
+        out: list[Duplicate | None] = []
+        pending: dict[int, BatchHeader] = {}  # producer id → its last new batch in the request
+        for header in headers:
+            before = pending.get(header.producer_id)
+            if before is None:
+                dup = self.check(header, latest_epoch(header.producer_id))
+            else:
+                dup = None
+                expected = (_last_sequence(before) + 1) % SEQUENCE_MODULUS
+                if header.producer_epoch != before.producer_epoch or \
+                        header.base_sequence != expected:
+                    raise OutOfOrderSequenceError(
+                        f"producer {header.producer_id}: a batch at epoch "
+                        f"{header.producer_epoch} sequence {header.base_sequence} follows "
+                        f"epoch {before.producer_epoch} sequence {_last_sequence(before)} in "
+                        "the same request")
+            if dup is None and header.producer_id >= 0:
+                pending[header.producer_id] = header
+            out.append(dup)
+        return out
 
     def forget_from(self, producer_id: int, base_offset: int) -> None:
         """Drop the producer's records at or after base_offset: they name entries that were

@@ -44,6 +44,7 @@ from tidelog.node.metadata_commands import (
     decode_command,
     encode_command,
 )
+from tidelog.node.produce_validation import ProduceLimits, validate_produce
 from tidelog.node.producer_state import Duplicate
 from tidelog.node.raft import (
     Entry,
@@ -65,10 +66,7 @@ from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc, cluster_pb2_grpc
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto.batch import (
-    BatchTooLargeError,
     Codec,
-    CorruptBatchError,
-    InvalidBatchError,
     decode_records,
     encode_batch,
     iter_batches,
@@ -80,6 +78,9 @@ log = logging.getLogger(__name__)
 METADATA_GROUP = "__metadata"
 LEADER_ANNOUNCE_INTERVAL_S = 2.0
 METADATA_PROPOSE_TIMEOUT_S = 10.0
+FETCH_BYTES_MAX = 32 * 1024 * 1024  # per Fetch answer; below the 64 MiB gRPC message limit
+FETCH_PARTITION_BYTES_DEFAULT = 1024 * 1024
+FETCH_WAIT_MS_MAX = 30_000
 REPLICAS_HEALTH_SERVICE = "tidelog.v1.Replicas"
 REPLICA_HEALTH_INTERVAL_S = 0.2
 
@@ -781,30 +782,11 @@ class Node:
                     leader_id, self.config.peers.get(leader_id, "")))
         return topic, replica
 
-    def _split_batches(self, data: bytes, max_bytes: int) -> list[tuple[bytes, Any]]:
-        if not data:
-            raise E.InvalidBatchRequestError("the produce request carries no batch")
-        if len(data) > self.config.batch_bytes_max:
-            raise E.MessageTooLargeError(
-                f"produce request of {len(data)} bytes is over the node's limit of "
-                f"{self.config.batch_bytes_max} bytes")
-        out = []
-        try:
-            for pos, header in iter_batches(data, verify=False):
-                batch = data[pos:pos + header.size]
-                header = validate_batch(batch, max_bytes=max_bytes)
-                if header.is_control:
-                    raise E.InvalidBatchRequestError("producers may not send control batches")
-                out.append((batch, header))
-        except BatchTooLargeError as exc:
-            raise E.MessageTooLargeError(str(exc)) from None
-        except CorruptBatchError as exc:
-            raise E.CorruptBatchRequestError(f"corrupt batch: {exc}") from None
-        except InvalidBatchError as exc:
-            raise E.InvalidBatchRequestError(f"invalid batch: {exc}") from None
-        return out
-
     async def produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
+        if request.acks not in (pb.ACKS_ALL, pb.ACKS_LEADER):
+            raise E.InvalidRequestError(
+                f"acks {request.acks} is unknown; use ACKS_ALL (0) or ACKS_LEADER (1)")
+        timeout_s = _timeout_s(request.timeout_ms, 30_000)
         topic, replica = self._replica_for(request.topic, request.partition)
         if replica.storage_error is not None:
             raise E.DiskFullRequestError(
@@ -814,25 +796,34 @@ class Node:
             raise E.StorageRequestError(
                 f"{request.topic}-{request.partition}: replica on node {self.id} stopped after a "
                 f"storage failure: {replica.error}")
-        max_bytes = int(effective_configs(topic.configs)["max.message.bytes"])
-        batches = self._split_batches(request.batches, max_bytes)
+        configs = effective_configs(topic.configs)
+        limits = ProduceLimits(
+            request_bytes_max=self.config.batch_bytes_max,
+            batch_bytes_max=int(configs["max.message.bytes"]),
+            timestamp_difference_ms_max=int(configs["message.timestamp.difference.max.ms"]))
+        # All or nothing: every batch is checked, and every producer sequence planned, before
+        # any is proposed; the new ones are then proposed in one call.
+        batches = validate_produce(request.batches, limits, int(time.time() * 1000))
+        planned = replica.producers.check_request(
+            [b.header for b in batches],
+            lambda pid: self.state.producer_epochs.get(pid, -1))
         term = replica.term
+        fresh = [(b.data, b.header) for b, dup in zip(batches, planned, strict=True)
+                 if dup is None]
+        try:
+            proposed = iter(replica.propose(fresh) if fresh else [])
+        except (NotLeader, ProposalDropped):
+            raise self._not_leader(request.topic, request.partition, replica) from None
         offsets: list[tuple[int, int]] = []
-        duplicate = False
         dups: list[tuple[int, Duplicate]] = []  # (producer id, earlier attempt)
-        for batch, header in batches:
-            dup = replica.producers.check(header)
-            if dup is not None:
-                duplicate = True
-                dups.append((header.producer_id, dup))
+        for b, dup in zip(batches, planned, strict=True):
+            if dup is None:
+                offsets.append(next(proposed))
+            else:
+                dups.append((b.header.producer_id, dup))
                 offsets.append((dup.base_offset, dup.last_offset))
-                continue
-            try:
-                offsets.extend(replica.propose([(batch, header)]))
-            except (NotLeader, ProposalDropped):
-                raise self._not_leader(request.topic, request.partition, replica) from None
+        duplicate = bool(dups)
         last = offsets[-1][1]
-        timeout_s = (request.timeout_ms or 30_000) / 1000
         try:
             # A retry is answered with the earlier attempt's offsets only if the entry there is
             # still the one written in the attempt's term: a proposal can be dropped from the log
@@ -884,7 +875,11 @@ class Node:
             raise E.InvalidRequestError(
                 f"{len(request.partitions)} partitions in one fetch; the maximum is "
                 f"{self.config.request_partitions_max}")
-        max_wait_s = min(max(request.max_wait_ms, 0), 30_000) / 1000
+        if request.max_wait_ms < 0 or request.max_bytes < 0 or any(
+                p.max_bytes < 0 for p in request.partitions):
+            raise E.InvalidRequestError(
+                "max_wait_ms and max_bytes must not be negative (0: the default)")
+        max_wait_s = min(request.max_wait_ms, FETCH_WAIT_MS_MAX) / 1000
         deadline = time.monotonic() + max_wait_s
         while True:
             response, waitable = self._fetch_once(request)
@@ -900,7 +895,8 @@ class Node:
 
     def _fetch_once(self, request: pb.FetchRequest) -> tuple[pb.FetchResponse, list[Replica]]:
         response = pb.FetchResponse()
-        budget = request.max_bytes or 32 * 1024 * 1024
+        # Clamped to the server's maximum: the answer must fit one gRPC message.
+        budget = min(request.max_bytes or FETCH_BYTES_MAX, FETCH_BYTES_MAX)
         waitable = []
         for want in request.partitions:
             result = pb.FetchPartitionResult(topic=want.topic, partition=want.partition,
@@ -919,7 +915,7 @@ class Node:
                         f"range [{replica.log.log_start_offset}, {replica.high_watermark}]")
                 if budget > 0:
                     data = replica.read_committed(
-                        want.offset, min(want.max_bytes or 1 << 20, budget))
+                        want.offset, min(want.max_bytes or FETCH_PARTITION_BYTES_DEFAULT, budget))
                     result.batches = data
                     budget -= len(data)
                 if not result.batches:
@@ -955,10 +951,16 @@ class Node:
 
     def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
         response = pb.ListOffsetsResponse()
+        if len(request.partitions) > self.config.request_partitions_max:
+            raise E.InvalidRequestError(
+                f"{len(request.partitions)} partitions in one request; the maximum is "
+                f"{self.config.request_partitions_max}")
         for want in request.partitions:
             result = pb.ListOffsetsResult(topic=want.topic, partition=want.partition,
                                           offset=-1, leader_id=-1)
             try:
+                if want.spec not in (pb.EARLIEST, pb.LATEST, pb.TIMESTAMP):
+                    raise E.InvalidRequestError(f"offset spec {want.spec} is unknown")
                 _, replica = self._replica_for(want.topic, want.partition)
                 result.leader_id = self.id
                 if want.spec == pb.EARLIEST:

@@ -20,6 +20,9 @@ from tidelog.node.errors import (
 TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 TOPIC_NAME_CHARS_MAX = 249
 PARTITIONS_MAX = 4096
+# One year either side of the broker's clock: far enough for replays of old data, near enough to
+# refuse garbage (a timestamp of 0, or the year 292 million) that would defeat time retention.
+TIMESTAMP_DIFFERENCE_MS_MAX_DEFAULT = 365 * 24 * 3600 * 1000
 
 
 def validate_topic_name(name: str) -> None:
@@ -93,6 +96,10 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
                   "delete old segments, or compact to the latest record per key"),
         ConfigKey("delete.retention.ms", "86400000", _int_at_least(0),
                   "how long compaction keeps tombstones"),
+        ConfigKey("message.timestamp.difference.max.ms", str(TIMESTAMP_DIFFERENCE_MS_MAX_DEFAULT),
+                  _int_at_least(0),
+                  "refuse a produced record whose timestamp is further than this from the "
+                  "broker's clock (Kafka's meaning)"),
         ConfigKey("flush.policy", "always", _fsync_policy,
                   "fsync before acks=all answers ('always'), or every N ms / N bytes"),
     )

@@ -38,6 +38,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FENCED_MEMBER_EPOCH: _ClassVar[ErrorCode]
     GROUP_NOT_EMPTY: _ClassVar[ErrorCode]
     GROUP_ID_NOT_FOUND: _ClassVar[ErrorCode]
+    INVALID_TIMESTAMP: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -78,6 +79,7 @@ UNKNOWN_MEMBER_ID: ErrorCode
 FENCED_MEMBER_EPOCH: ErrorCode
 GROUP_NOT_EMPTY: ErrorCode
 GROUP_ID_NOT_FOUND: ErrorCode
+INVALID_TIMESTAMP: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
 LATEST: OffsetSpec

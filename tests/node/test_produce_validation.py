@@ -1,0 +1,137 @@
+"""Produce requests are checked against their record areas, not trusted by header (defect 14).
+
+The lying batches are built the way a faulty or hostile producer would: encode honestly, rewrite
+a header field at its documented position (docs/batch-format.md), and re-seal the header checksum
+with the codec's own `stamp`, so every checksum is valid and only the claim is false.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+
+import pytest
+import xxhash
+from tidelog.node import errors as E
+from tidelog.node.produce_validation import ProduceLimits, validate_produce
+from tidelog.node.producer_state import ProducerStateTable
+from tidelog.proto.batch import (
+    Codec,
+    ControlType,
+    decode_header,
+    encode_batch,
+    encode_control_batch,
+    validate_batch,
+)
+
+LAST_OFFSET_DELTA_AT = 23
+MAX_TIMESTAMP_AT = 39
+RECORDS_CHECKSUM_AT = 61
+HEADER_CHECKSUM_AT = 69
+RECORDS_AT = 77
+NOW_MS = 1_750_000_000_000
+LIMITS = ProduceLimits(request_bytes_max=8 << 20, batch_bytes_max=1 << 20,
+                       timestamp_difference_ms_max=3_600_000)
+
+
+def honest(count: int = 3, ts: int = NOW_MS, **kwargs: int) -> bytes:
+    return encode_batch([(None, f"v{i}".encode(), (), ts + i) for i in range(count)], **kwargs)
+
+
+def reseal(batch: bytearray) -> bytes:
+    """Recompute both checksums as an honest encoder would."""
+    struct.pack_into(">Q", batch, RECORDS_CHECKSUM_AT,
+                     xxhash.xxh3_64_intdigest(bytes(batch[RECORDS_AT:])))
+    struct.pack_into(">Q", batch, HEADER_CHECKSUM_AT,
+                     xxhash.xxh3_64_intdigest(bytes(batch[:HEADER_CHECKSUM_AT])))
+    sealed = bytes(batch)
+    validate_batch(sealed, max_bytes=1 << 30)  # every checksum holds: only the claim is false
+    return sealed
+
+
+def lie(batch: bytes, at: int, fmt: str, value: int) -> bytes:
+    out = bytearray(batch)
+    struct.pack_into(fmt, out, at, value)
+    return reseal(out)
+
+
+def test_a_batch_claiming_two_billion_offsets_for_1000_records_is_refused() -> None:
+    """The defect as reported: checksum-valid, 1000 records, last_offset_delta 2^31-1."""
+    batch = lie(honest(1000), LAST_OFFSET_DELTA_AT, ">i", 2**31 - 1)
+    with pytest.raises(E.InvalidBatchRequestError, match="last_offset_delta 2147483647"):
+        validate_produce(batch, LIMITS, NOW_MS)
+
+
+def test_a_header_max_timestamp_that_no_record_has_is_refused() -> None:
+    batch = lie(honest(3), MAX_TIMESTAMP_AT, ">q", NOW_MS + 50)
+    with pytest.raises(E.InvalidBatchRequestError, match="disagree with its records"):
+        validate_produce(batch, LIMITS, NOW_MS)
+
+
+@pytest.mark.parametrize("ts", [0, -1, NOW_MS - 3_600_001, NOW_MS + 3_600_001, 2**62])
+def test_timestamps_beyond_the_allowed_difference_are_refused(ts: int) -> None:
+    with pytest.raises(E.InvalidTimestampError, match="message.timestamp.difference.max.ms"):
+        validate_produce(honest(1, ts=ts), LIMITS, NOW_MS)
+
+
+def test_lz4_that_does_not_decompress_is_refused() -> None:
+    """Both checksums valid, the size prefix plausible, the lz4 block garbage."""
+    batch = bytearray(honest(50, codec=Codec.LZ4))
+    garbage = bytes([0xFF]) * (len(batch) - RECORDS_AT - 4)
+    batch[RECORDS_AT + 4:] = garbage
+    sealed = reseal(batch)  # the header-only check lets it through
+    with pytest.raises(E.InvalidBatchRequestError, match="lz4"):
+        validate_produce(sealed, LIMITS, NOW_MS)
+
+
+def test_producer_fields_must_be_coherent_and_control_batches_are_refused() -> None:
+    with pytest.raises(E.InvalidBatchRequestError, match="both must be -1"):
+        validate_produce(honest(1, producer_epoch=3), LIMITS, NOW_MS)
+    with pytest.raises(E.InvalidBatchRequestError, match="must be >= 0"):
+        validate_produce(honest(1, producer_id=5, producer_epoch=0), LIMITS, NOW_MS)
+    control = encode_control_batch(ControlType.RAFT_NOOP, b"", timestamp_ms=NOW_MS)
+    with pytest.raises(E.InvalidBatchRequestError, match="control batches"):
+        validate_produce(control, LIMITS, NOW_MS)
+
+
+def test_one_bad_batch_refuses_the_whole_request() -> None:
+    good = honest(2)
+    bad = lie(honest(2), LAST_OFFSET_DELTA_AT, ">i", 9)
+    assert len(validate_produce(good + good, LIMITS, NOW_MS)) == 2
+    with pytest.raises(E.InvalidBatchRequestError, match="batch 1 of the request"):
+        validate_produce(good + bad, LIMITS, NOW_MS)
+
+
+def test_sequences_are_planned_for_the_whole_request_before_anything_is_proposed() -> None:
+    table = ProducerStateTable()
+    a = decode_header(honest(2, producer_id=7, producer_epoch=0, base_sequence=0))
+    b = decode_header(honest(2, producer_id=7, producer_epoch=0, base_sequence=2))
+    gap = decode_header(honest(2, producer_id=7, producer_epoch=0, base_sequence=5))
+    assert table.check_request([a, b], lambda pid: 0) == [None, None]
+    with pytest.raises(E.OutOfOrderSequenceError, match="same request"):
+        table.check_request([a, gap], lambda pid: 0)
+    assert len(table) == 0  # planning records nothing
+
+
+def test_validation_cost_is_reported() -> None:
+    """Not an assertion on speed: prints what full validation costs next to the header-only
+    check, for benchmarks/README.md (1 MiB lz4 batch of 1 KiB records)."""
+    rng = random.Random(0)  # fixed: incompressible values, the worst case for lz4
+    values = [rng.randbytes(1024) for _ in range(1000)]
+    now = int(time.time() * 1000)
+    batch = encode_batch([(None, v, (), now) for v in values], codec=Codec.LZ4)
+    limits = ProduceLimits(request_bytes_max=8 << 20, batch_bytes_max=8 << 20,
+                           timestamp_difference_ms_max=3_600_000)
+    rounds = 20
+    started = time.perf_counter()
+    for _ in range(rounds):
+        validate_batch(batch, max_bytes=8 << 20)
+    header_only = (time.perf_counter() - started) / rounds
+    started = time.perf_counter()
+    for _ in range(rounds):
+        validate_produce(batch, limits, now)
+    full = (time.perf_counter() - started) / rounds
+    print(f"\n1000 x 1 KiB records, lz4 batch of {len(batch)} bytes: header+checksum "
+          f"{header_only * 1e3:.2f} ms, full validation {full * 1e3:.2f} ms")
+    assert full > 0
