@@ -67,6 +67,7 @@ __all__ = [
     "assemble_batch",
     "decode_header",
     "decode_records",
+    "decode_verified_header",
     "encode_batch",
     "encode_control_batch",
     "format_version",
@@ -326,6 +327,18 @@ def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHea
         base_sequence=base_sequence, records_checksum=records_checksum,
         header_checksum=header_checksum,
     )
+
+
+def decode_verified_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    """The header at `pos`, its header checksum checked: every field, the term included, can be
+    trusted without reading the records (which the records checksum covers separately). For
+    walks over stored batches, e.g. Raft's term_at: about one 69-byte hash per header."""
+    view = memoryview(buf)
+    header = decode_header(view, pos)
+    _check_header_checksum(view, header, pos)
+    if header.magic != MAGIC:  # intact, yet another version: the sender's, not damage
+        raise InvalidBatchError(f"unsupported magic {header.magic}, expected {MAGIC}")
+    return header
 
 
 def format_version(buf: bytes | bytearray | memoryview, pos: int = 0) -> int | None:

@@ -21,6 +21,7 @@ from tidelog.proto.batch import (
     UnsupportedFormatError,
     decode_header,
     decode_records,
+    decode_verified_header,
     encode_batch,
     encode_control_batch,
     iter_batches,
@@ -252,3 +253,14 @@ def test_malformed_records_are_invalid() -> None:
 def test_header_decodes_without_validation() -> None:
     header = decode_header(encode_batch([(None, b"v", (), 1)], base_offset=4, term=1))
     assert (header.base_offset, header.term, header.size > HEADER_SIZE) == (4, 1, True)
+
+
+def test_a_header_alone_can_be_verified_term_included() -> None:
+    batch = stamp(encode_batch([(None, b"v" * 500, (), 1)]), base_offset=9, term=4)
+    assert decode_verified_header(b"xx" + batch + b"yy", 2).term == 4
+    assert decode_verified_header(batch[:HEADER_SIZE]).last_offset == 9  # records not needed
+    for position in range(HEADER_SIZE):
+        flipped = bytearray(batch[:HEADER_SIZE])
+        flipped[position] ^= 0x40
+        with pytest.raises(CorruptBatchError):
+            decode_verified_header(bytes(flipped))

@@ -401,7 +401,8 @@ class PartitionLog:
 
     def iter_headers(self, from_offset: int) -> Iterator[BatchHeader]:
         """Headers of the batches from the one containing from_offset to the log end (as of
-        the call), unverified and without decompression: for Raft to rebuild its state."""
+        the call), header checksums verified, records neither read nor decompressed: for Raft
+        to rebuild its state."""
         with self._lock:
             self._check_open()
             self._check_readable(from_offset)

@@ -43,6 +43,7 @@ from tidelog.proto.batch import (
     BatchHeader,
     UnsupportedFormatError,
     decode_header,
+    decode_verified_header,
     validate_batch,
 )
 
@@ -199,17 +200,19 @@ class Segment:
             self.fs.close(fd)
 
     def header_at(self, position: int, *, end: int | None = None) -> BatchHeader:
-        """Unverified header at `position`; raises BatchError if it cannot be a batch here."""
+        """The header at `position`, its header checksum verified (so Raft can trust the term
+        it reads here); raises BatchError if it is damaged or cannot be a batch here."""
         end = self.size_bytes if end is None else end
         raw = self.pread(position, HEADER_SIZE)
-        header = decode_header(raw)
+        header = decode_verified_header(raw)
         if header.batch_length < _MIN_BATCH_LENGTH or position + header.size > end:
             raise BatchError(f"batch at position {position} declares {header.size} bytes, "
                              f"{end - position} remain")
         return header
 
     def iter_headers(self, position: int) -> Iterator[tuple[int, BatchHeader]]:
-        """Walk unverified headers from `position` to the end of the segment."""
+        """Walk headers (each header checksum verified, records unread) from `position` to the
+        end of the segment."""
         end = self.size_bytes
         while position < end:
             header = self.header_at(position, end=end)
