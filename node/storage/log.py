@@ -30,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidelog.node.storage import metafile
@@ -58,6 +58,7 @@ from tidelog.proto.batch import (
     BatchError,
     BatchHeader,
     UnsupportedFormatError,
+    decode_header,
     format_version,
     stamp,
     validate_batch,
@@ -286,7 +287,7 @@ class PartitionLog:
             raise TermOutOfOrderError(new_term, last_term=last_term)
         if header.base_offset != end or header.term != new_term:
             batch = stamp(batch, base_offset=end, term=new_term)
-            header = _restamped(header, base_offset=end, term=new_term)
+            header = _restamped(batch)
         self._maybe_roll(header)
         active = self._active
         active.append(batch, header)
@@ -936,8 +937,9 @@ def _refuse_old_format(segment: Segment) -> None:
         return
 
 
-def _restamped(header: BatchHeader, *, base_offset: int, term: int) -> BatchHeader:
-    return replace(header, base_offset=base_offset, term=term)
+def _restamped(batch: bytes) -> BatchHeader:
+    """The header of a just-stamped batch: its new header checksum included, not the sender's."""
+    return decode_header(batch)
 
 
 # Kept for callers that want to know the sentinel of an empty segment's max timestamp.
