@@ -120,6 +120,9 @@ class RecoveryReport:
     deleted_segments: tuple[str, ...] = ()  # below the log start (an interrupted deletion)
     meta_problem: str | None = None
     completed_reset: bool = False
+    # The surviving log ended below its (durable) log start: only offsets below the start were
+    # lost, and the log restarted empty there.
+    emptied_below_start: bool = False
 
     @property
     def clean(self) -> bool:
@@ -141,6 +144,7 @@ class _RecoveryNotes:
     deleted: list[str] = field(default_factory=list)
     meta_problem: str | None = None
     completed_reset: bool = False
+    emptied_below_start: bool = False
 
 
 def _wall_clock_ms() -> int:
@@ -197,6 +201,10 @@ class PartitionLog:
             active = self._active
             try:
                 active.sync()
+            except OSError as exc:
+                self._fence_after_failed_fsync(active, exc)
+                raise StorageIOError(f"fsync of {active.path} failed at close: {exc}") from exc
+            try:
                 self._write_meta(recovery_point=self.log_end_offset)
             finally:
                 for segment in self._segments:
@@ -313,7 +321,12 @@ class PartitionLog:
     def _roll(self) -> None:
         """Seal the active segment (fsync, index files) and start a new one at the log end."""
         old = self._active
-        old.seal()
+        try:
+            old.sync()
+        except OSError as exc:
+            self._fence_after_failed_fsync(old, exc)
+            raise StorageIOError(f"fsync of {old.path} failed while rolling: {exc}") from exc
+        old.seal()  # the fsync again (now clean, so cheap), index files, drop the writer
         new = self._create_segment(old.end_offset)
         self._segments.append(new)
         self._fsync_directory()
@@ -352,17 +365,21 @@ class PartitionLog:
             end = self.log_end_offset
             generation = self._generation
             unsynced = self._dirty.unsynced_bytes
-            fd = self._active.dup_writer()
+            segment = self._active
+            size = segment.size_bytes
+            fd = segment.dup_writer()
         if fd is not None:
             try:
                 self.fs.fdatasync(fd)
             except OSError as exc:
                 with self._lock:
-                    self._fence(f"fsync failed: {exc}")
+                    self._fence_after_failed_fsync(segment, exc)
                 raise StorageIOError(f"fsync of {self.directory} failed: {exc}") from exc
             finally:
                 self.fs.close(fd)
         with self._lock:
+            if generation == self._generation and segment.durable_size_bytes < size:
+                segment.durable_size_bytes = size
             now_ms = self._now_ms()
             if generation == self._generation and end > self._durable_end_offset:
                 self._durable_end_offset = end
@@ -530,6 +547,8 @@ class PartitionLog:
 
     def _cut_from(self, segment: Segment, position: int) -> None:
         """Delete all segments after `segment`, cut it at `position`; it becomes active."""
+        if segment is not self._active:
+            segment.durable_size_bytes = segment.size_bytes  # sealed means fsynced whole
         later = [s for s in self._segments if s.base_offset > segment.base_offset]
         for victim in reversed(later):
             victim.delete()
@@ -662,10 +681,16 @@ class PartitionLog:
             if meta is None:
                 self._write_meta()
         if self._log_start_offset > self.log_end_offset:
-            raise CorruptLogError(
-                f"log start {self._log_start_offset} is beyond the recovered log end "
-                f"{self.log_end_offset}: data below the end was lost",
-                segment=self._active.path)
+            # A power loss took unsynced data (what lay below the recovery point was checked
+            # above), all of it below the durable log start, so none of it belongs to the log
+            # any more (truncate_prefix beyond the durable end, then power loss): restart empty.
+            log.warning("%s: recovered log ends at %d, below the log start %d (unsynced data "
+                        "lost); restarting empty at the log start", self.directory.name,
+                        self.log_end_offset, self._log_start_offset)
+            notes.emptied_below_start = True
+            for segment in self._segments:
+                segment.close()
+            self._finish_reset(self._log_start_offset)
         # Whatever survived in the page cache (a process crash, not a machine crash) is made
         # durable now, so durable_end_offset can start at the log end.
         self._active.open_writer()
@@ -678,7 +703,8 @@ class PartitionLog:
         self.recovery = RecoveryReport(
             truncated=tuple(notes.truncated), rebuilt_indexes=tuple(notes.rebuilt),
             corrupt=tuple(notes.corrupt), deleted_segments=tuple(notes.deleted),
-            meta_problem=notes.meta_problem, completed_reset=notes.completed_reset)
+            meta_problem=notes.meta_problem, completed_reset=notes.completed_reset,
+            emptied_below_start=notes.emptied_below_start)
 
     def _prune_below_start(self, bases: list[int], start: int, notes: _RecoveryNotes) -> list[int]:
         """Delete sealed segments wholly below the log start (an interrupted prefix deletion)."""
@@ -779,6 +805,13 @@ class PartitionLog:
     def _check_open(self) -> None:
         if self._closed:
             raise LogClosedError(f"log {self.directory} is closed")
+
+    def _fence_after_failed_fsync(self, segment: Segment, exc: OSError) -> None:
+        """A failed fsync leaves data in the page cache that may never reach the disk, and no
+        later fsync will say so (see Segment.discard_unsynced): cut it, then fence."""
+        removed = segment.discard_unsynced() if segment is self._active else 0
+        self._fence(f"fsync of {segment.path.name} failed ({exc}); cut {removed} unsynced "
+                    f"bytes from it")
 
     def _fence(self, reason: str) -> None:
         log.error("fencing log %s: %s; reopen it to recover", self.directory, reason)

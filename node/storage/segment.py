@@ -81,7 +81,7 @@ class Segment:
 
     __slots__ = ("base_offset", "path", "index_path", "timeindex_path", "size_bytes",
                  "end_offset", "max_timestamp_ms", "rolling_since_ms", "last_term",
-                 "index", "fs", "_fd", "_batch_bytes_max")
+                 "index", "fs", "durable_size_bytes", "_fd", "_batch_bytes_max")
 
     def __init__(self, directory: Path, base_offset: int, *, batch_bytes_max: int,
                  fs: FileSystem = OS_FS) -> None:
@@ -93,6 +93,9 @@ class Segment:
         self.timeindex_path = directory / (stem + TIMEINDEX_SUFFIX)
         # Invariant: size_bytes is the file's length and the end of the last whole batch.
         self.size_bytes = 0
+        # Invariant: bytes [0, durable_size_bytes) were fdatasynced (kept up to date for the
+        # active segment; what a failed fsync may have lost lies beyond it).
+        self.durable_size_bytes = 0
         # Invariant: end_offset == last batch's last_offset + 1, or base_offset when empty.
         self.end_offset = base_offset
         self.max_timestamp_ms = NO_TIMESTAMP
@@ -175,13 +178,37 @@ class Segment:
         """Cut the file at a batch boundary and rebuild the in-memory state from what remains."""
         fd = self._writer()
         self.fs.ftruncate(fd, position)
+        durable = min(self.durable_size_bytes, position)
         self.size_bytes = position
         self._rebuild_memory_state_from_headers()
+        self.durable_size_bytes = durable
 
     def sync(self) -> None:
         # fdatasync also flushes the file size, which reading the new data needs; skip mtime.
         if self._fd is not None:
+            size = self.size_bytes
             self.fs.fdatasync(self._fd)
+            self.durable_size_bytes = size
+
+    def discard_unsynced(self) -> int:
+        """Cut the file back to what was last fdatasynced; returns the bytes removed.
+
+        After a failed fsync Linux marks the dirty pages clean although they never reached the
+        disk: the page cache still serves them and a later fsync "succeeds" without writing
+        them, so a reopened log would call them durable. Cutting them makes the cache agree
+        with the disk. Best effort: the log is being fenced anyway.
+        """
+        removed = self.size_bytes - self.durable_size_bytes
+        if self._fd is None or removed <= 0:
+            return 0
+        try:
+            self.fs.ftruncate(self._fd, self.durable_size_bytes)
+        except OSError as exc:
+            log.error("could not cut %s back to its durable %d bytes: %s", self.path,
+                      self.durable_size_bytes, exc)
+            return 0
+        self.size_bytes = self.durable_size_bytes
+        return removed
 
     def dup_writer(self) -> int | None:
         """A duplicate descriptor for fsync outside the log's lock (survives a concurrent seal)."""
@@ -309,6 +336,7 @@ class Segment:
 
     def reset_memory_state(self, *, interval_bytes: int) -> None:
         self.size_bytes = 0
+        self.durable_size_bytes = 0
         self.end_offset = self.base_offset
         self.max_timestamp_ms = NO_TIMESTAMP
         self.rolling_since_ms = None

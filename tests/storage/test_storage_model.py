@@ -1,46 +1,75 @@
-"""Random appends, reads, truncations, rolls, retention and reopens agree with an in-memory model.
+"""Random appends, reads, truncations, rolls, retention, crashes, power losses agree with a model.
 
 The model is a list of (base_offset, last_offset, term, batch bytes): the dumb oracle of the log.
+
+`LogMachine` runs on the real file system and models process crashes (the page cache survives, so
+nothing may be lost). `PowerLossMachine` runs the same rules on SimFileSystem and adds power
+losses and failing fsyncs; after each power loss the reopened log must
+(a) hold every batch below the durable end the log had reported, byte for byte,
+(b) hold nothing else but batches that were really appended at those offsets (no invented or
+    garbled batch is ever served), and
+(c) open without error (only unsynced data was lost).
+Each power loss draws a seed for SimFileSystem.power_loss; a failing example lists the seeds in
+its steps, and hypothesis prints the example's own seed and a @reproduce_failure line.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import tempfile
 from pathlib import Path
 
-from hypothesis import settings
+import pytest
+from hypothesis import HealthCheck, Phase, note, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 from storage_helpers import crash, make_batch, small_config
+from tidelog.node.sim.simfs import SimFileSystem
 from tidelog.node.storage import (
+    OS_FS,
+    FileSystem,
+    LogClosedError,
     NotOnBatchBoundaryError,
     OffsetOutOfOrderError,
     OffsetOutOfRangeError,
     PartitionLog,
+    StorageError,
+    StorageIOError,
 )
+from tidelog.node.storage.segment import Segment
 from tidelog.proto.batch import iter_batches, stamp
 
 
 class LogMachine(RuleBasedStateMachine):
+    fs: FileSystem = OS_FS
+
     @initialize(segment_bytes=st.sampled_from([1024, 2048, 4096]),
                 interval=st.sampled_from([64, 512, 4096]))
     def setup(self, segment_bytes: int, interval: int) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="tidelog-model-"))
+        self.dir = self._make_directory()
         self.config = small_config(segment_bytes_max=segment_bytes, batch_bytes_max=1024,
                                    index_interval_bytes=interval)
         self.now = 1_000_000
-        self.log = PartitionLog.open(self.dir, self.config, now_ms=lambda: self.now)
+        self.log = self._open()
         self.model: list[tuple[int, int, int, bytes]] = []
         self.start = 0
         self.end = 0
         self.term = 1
+
+    def _make_directory(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="tidelog-model-"))
+
+    def _open(self) -> PartitionLog:
+        return PartitionLog.open(self.dir, self.config, now_ms=lambda: self.now, fs=self.fs)
 
     def teardown(self) -> None:
         if hasattr(self, "log"):
@@ -60,6 +89,10 @@ class LogMachine(RuleBasedStateMachine):
         stamped = stamp(batch, base_offset=self.end, term=self.term)
         self.model.append((self.end, info.last_offset, self.term, stamped))
         self.end = info.last_offset + 1
+        self._appended(stamped, self.model[-1][0])
+
+    def _appended(self, stamped: bytes, base_offset: int) -> None:
+        """Hook: PowerLossMachine remembers every batch ever written at each offset."""
 
     @rule(data=st.data())
     def follower_append_checks_offsets(self, data: st.DataObject) -> None:
@@ -127,6 +160,10 @@ class LogMachine(RuleBasedStateMachine):
     def reset(self, start: int) -> None:
         self.log.reset(start)
         self.model, self.start, self.end = [], start, start
+        self._was_reset()
+
+    def _was_reset(self) -> None:
+        """Hook: PowerLossMachine forgets what was written before a reset."""
 
     @rule(keep_bytes=st.integers(1, 5000))
     def retention_by_size(self, keep_bytes: int) -> None:
@@ -139,6 +176,12 @@ class LogMachine(RuleBasedStateMachine):
         assert self.log.log_start_offset >= self.start
         self.start = self.log.log_start_offset
 
+    @rule(ms=st.sampled_from([1, 1_000, 8 * 24 * 3_600_000]))
+    def time_passes(self, ms: int) -> None:
+        """Moves the clock: the recovery point moves at most once a second, and a week rolls
+        the active segment by age at the next append."""
+        self.now += ms
+
     @rule()
     def sync(self) -> None:
         assert self.log.sync() == self.end
@@ -147,15 +190,18 @@ class LogMachine(RuleBasedStateMachine):
     @rule()
     def close_and_reopen(self) -> None:
         self.log.close()
-        self.log = PartitionLog.open(self.dir, self.config, now_ms=lambda: self.now)
+        self.log = self._open()
         assert self.log.recovery.clean, self.log.recovery
 
     @rule()
     def crash_and_reopen(self) -> None:
         # Nothing was lost from the page cache (a process crash), so everything comes back.
-        crash(self.log)
-        self.log = PartitionLog.open(self.dir, self.config, now_ms=lambda: self.now)
+        self._crash()
+        self.log = self._open()
         assert not self.log.recovery.truncated and not self.log.recovery.corrupt
+
+    def _crash(self) -> None:
+        crash(self.log)
 
     # ---------------------------------------------------------------------------- invariants
 
@@ -184,3 +230,128 @@ class LogMachine(RuleBasedStateMachine):
 
 LogMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
 TestLogAgreesWithModel = LogMachine.TestCase
+
+
+class PowerLossMachine(LogMachine):
+    """The same rules on SimFileSystem, plus power losses and a failing fsync."""
+
+    DATA = Path("/data")
+
+    def _make_directory(self) -> Path:
+        self.fs = SimFileSystem()
+        self.fs.mkdir(self.DATA)
+        self.fs.fsync_directory(Path("/"))
+        self.written: dict[int, set[bytes]] = {}  # base offset -> every batch appended there
+        self.power_losses = 0
+        return self.DATA / "p0"
+
+    def teardown(self) -> None:
+        pass  # nothing on the real disk
+
+    def _appended(self, stamped: bytes, base_offset: int) -> None:
+        self.written.setdefault(base_offset, set()).add(stamped)
+
+    def _was_reset(self) -> None:
+        self.written.clear()  # a reset is durable before it returns: nothing older comes back
+
+    def _crash(self) -> None:
+        crash(self.log)
+        self.fs.crash()
+
+    @rule(seed=st.integers(0, 2**32 - 1))
+    def power_loss_and_reopen(self, seed: int) -> None:
+        durable_end = self.log.durable_end_offset
+        note(f"power loss #{self.power_losses} with seed {seed}, durable end {durable_end}, "
+             f"log end {self.end}")
+        self.power_losses += 1
+        crash(self.log)
+        self.fs.power_loss(random.Random(seed))
+        self.log = self._open()  # (c): raises if it cannot open
+        assert self.log.log_start_offset == self.start, "the log start is durable at once"
+        survivors = self._read_all()
+        wanted = [m for m in self.model if m[1] >= self.start and m[1] < durable_end]
+        assert survivors[: len(wanted)] == [(m[0], m[3]) for m in wanted], \
+            f"(a) batches below the durable end {durable_end} lost or changed (seed {seed})"
+        for base, batch in survivors[len(wanted):]:
+            assert batch in self.written.get(base, ()), \
+                f"(b) batch at {base} was never appended there (seed {seed})"
+        self.model = [(base, h.last_offset, h.term, batch) for (base, batch), (_, h) in
+                      zip(survivors, (next(iter_batches(b)) for _, b in survivors), strict=True)]
+        self.end = self.log.log_end_offset
+        self.term = max(self.term, self.log.last_term)
+
+    @precondition(lambda self: self.log.durable_end_offset < self.end)
+    @rule()
+    def failed_sync_then_restart(self) -> None:
+        """The disk fails the fsync of the active segment: sync() must raise and fence the log;
+        the restarted process must not report that data durable (Linux marks the failed pages
+        clean, so a second fsync 'succeeds' without writing them)."""
+        self.fs.fail_next_fsync(self.log._segments[-1].path)
+        try:
+            self.log.sync()
+        except StorageIOError:
+            pass
+        else:
+            raise AssertionError("sync() returned although the disk failed the fsync")
+        try:
+            self.log.append(make_batch())
+        except LogClosedError:
+            pass
+        else:
+            raise AssertionError("a log whose fsync failed accepted an append")
+        self._crash()
+        self.log = self._open()
+        survivors = self._read_all()
+        self.model = [(base, h.last_offset, h.term, batch) for (base, batch), (_, h) in
+                      zip(survivors, (next(iter_batches(b)) for _, b in survivors), strict=True)]
+        self.end = self.log.log_end_offset
+        self.term = max(self.term, self.log.last_term)
+
+    def _read_all(self) -> list[tuple[int, bytes]]:
+        out = []
+        offset = self.log.log_start_offset
+        while offset < self.log.log_end_offset:
+            data = self.log.read(offset, 1 << 20)
+            for _, header in iter_batches(data):
+                out.append((header.base_offset, data[:header.size]))
+                data = data[header.size:]
+                offset = header.last_offset + 1
+        return out
+
+
+POWER_LOSS_SETTINGS = settings(max_examples=300, stateful_step_count=50, deadline=None,
+                               suppress_health_check=[HealthCheck.too_slow])
+PowerLossMachine.TestCase.settings = POWER_LOSS_SETTINGS
+TestLogSurvivesPowerLoss = PowerLossMachine.TestCase
+
+
+# ------------------------------------------------------------------------------ planted bugs
+
+PLANTED_SETTINGS = settings(max_examples=200, stateful_step_count=40, deadline=None,
+                            phases=[Phase.generate], database=None,
+                            suppress_health_check=list(HealthCheck))
+
+
+def _assert_caught() -> None:
+    """The model fails: a broken claim (AssertionError) or a log that cannot open (c)."""
+    with pytest.raises((AssertionError, StorageError, Flaky)):
+        run_state_machine_as_test(PowerLossMachine, settings=PLANTED_SETTINGS)
+
+
+def test_planted_bug_sync_that_skips_the_fsync_is_caught(monkeypatch) -> None:
+    """sync() publishes the durable end without fsyncing (a node that skips fsync)."""
+    monkeypatch.setattr(Segment, "dup_writer", lambda self: None)
+    _assert_caught()
+
+
+def test_planted_bug_disk_that_ignores_fdatasync_is_caught(monkeypatch) -> None:
+    """A lying disk (or tmpfs under a chaos run): fdatasync returns and writes nothing."""
+    monkeypatch.setattr(SimFileSystem, "fdatasync", lambda self, fd: None)
+    _assert_caught()
+
+
+def test_planted_bug_failed_fsync_not_cut_back_is_caught(monkeypatch) -> None:
+    """After a failed fsync the log keeps the unsynced tail in the page cache; the reopened
+    log fsyncs it "successfully" (Linux: the pages were marked clean) and calls it durable."""
+    monkeypatch.setattr(Segment, "discard_unsynced", lambda self: 0)
+    _assert_caught()

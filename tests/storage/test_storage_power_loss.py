@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 import tidelog.node.storage.log as log_module
-from storage_helpers import Clock, make_batch, small_config
+from storage_helpers import Clock, crash, make_batch, small_config
 from tidelog.node.sim.simfs import SimFileSystem
-from tidelog.node.storage import PartitionLog, ensure_directory, remove_directory
+from tidelog.node.storage import (
+    LogClosedError,
+    PartitionLog,
+    StorageIOError,
+    ensure_directory,
+    remove_directory,
+)
 from tidelog.node.storage.fs import FileSystem
 
 DATA = Path("/data")
@@ -96,3 +102,46 @@ def test_remove_directory_is_durable() -> None:
         assert not remove_directory(DATA / "p0", fs=fs)
         fs.power_loss(random.Random(seed))
         assert fs.listdir(DATA) == [], seed
+
+
+def test_log_start_beyond_the_lost_unsynced_tail_reopens_empty_at_the_start() -> None:
+    """Found by the power-loss model: truncate_prefix past the durable end, then power loss;
+    the survivors end below the (durable) start. Open used to refuse the log
+    (CorruptLogError); nothing below the start belongs to the log, so it restarts there."""
+    emptied = 0
+    for seed in SEEDS:
+        fs = _sim_with_data_dir()
+        log = _open(fs)
+        for i in range(3):
+            log.append(make_batch(tag=i))
+        log.truncate_prefix(3)
+        fs.power_loss(random.Random(seed))
+        reopened = _open(fs)
+        assert (reopened.log_start_offset, reopened.log_end_offset) == (3, 3), seed
+        emptied += reopened.recovery.emptied_below_start
+        assert reopened.append(make_batch()).base_offset == 3
+    assert emptied > 0
+
+
+def test_a_failed_fsync_cuts_the_unsynced_tail_so_a_reopen_cannot_call_it_durable() -> None:
+    """Linux after a write-back error (fsyncgate): the failed pages are marked clean, the cache
+    still serves them and the next fsync succeeds without writing them. The fenced log cuts
+    its active segment back to what was fsynced, so the reopened log holds only durable data."""
+    for seed in SEEDS:
+        fs = _sim_with_data_dir()
+        log = _open(fs)
+        log.append(make_batch(tag=0))
+        assert log.sync() == 1
+        log.append(make_batch(tag=1))
+        fs.fail_next_fsync(log._segments[-1].path)
+        with pytest.raises(StorageIOError):
+            log.sync()
+        with pytest.raises(LogClosedError):
+            log.append(make_batch(tag=2))
+        fs.crash()
+        reopened = _open(fs)
+        assert reopened.log_end_offset == 1, "the failed tail is gone, not re-declared durable"
+        assert reopened.durable_end_offset == 1
+        crash(reopened)
+        fs.power_loss(random.Random(seed))
+        assert _open(fs).log_end_offset == 1, seed
