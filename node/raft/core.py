@@ -44,6 +44,7 @@ from tidelog.node.raft.types import (
     NotLeader,
     ProposalDropped,
     RaftError,
+    RemoteProtocolError,
     Role,
     SoftState,
     Term,
@@ -148,8 +149,12 @@ class RaftCore:
             self._tick_election()
 
     def step(self, m: Message) -> None:
-        """A message from a peer arrived (in any order, possibly duplicated or stale)."""
+        """A message from a peer arrived (in any order, possibly duplicated or stale).
+
+        Raises ``RemoteProtocolError``, having changed nothing, for a message no correct peer
+        sends (see ``_check_remote``); the runtime drops it and logs it."""
         assert m.to == self.id, f"message for {m.to} stepped into {self.id}"
+        self._check_remote(m)
         if m.term > self.term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE) and self._in_lease(m):
                 return  # CheckQuorum lease: a live leader exists; ignore disruptive campaigns
@@ -428,7 +433,7 @@ class RaftCore:
                     pr.recent_active = True
                     self._handle_heartbeat_resp(m, pr)
             case MessageType.APPEND | MessageType.HEARTBEAT | MessageType.INSTALL_LOG_START:
-                raise AssertionError(f"two leaders in term {self.term}: {self.id} and {m.frm}")
+                raise AssertionError("unreachable: _check_remote refuses a second leader")
             case (
                 MessageType.PRE_VOTE_RESP
                 | MessageType.VOTE_RESP
@@ -687,6 +692,8 @@ class RaftCore:
             hint = m.reject_hint
             if m.log_term > 0:
                 hint, _ = self.log.find_conflict_by_term(hint, m.log_term)
+            else:  # the follower's own offset: retry from a boundary of OUR log at or before it
+                hint = self.log.boundary_at_or_before(hint)
             if pr.maybe_decr_to(m.index, hint):
                 if pr.state == ProgressState.REPLICATE:
                     pr.become_probe()
@@ -759,9 +766,7 @@ class RaftCore:
             if self.log.term_at(e.last) != e.term:
                 # An entry with the same last offset and term is the same entry (Log Matching);
                 # anything else conflicts from here on.
-                assert e.index > self.commit, (
-                    f"leader {m.frm} would overwrite committed offset {e.index}"
-                )
+                assert e.index > self.commit, "unreachable: _check_remote refuses this"
                 new = list(m.entries[i:])
                 self._pending_configs = [(x, c) for x, c in self._pending_configs if x < e.index]
                 self.log.append(new)
@@ -797,6 +802,57 @@ class RaftCore:
             self._send(MessageType.APPEND_RESP, m.frm, index=m.index)
         if self._recover_to is not None and m.index >= self._recover_to:
             self._finish_recovery()
+
+    def _check_remote(self, m: Message) -> None:
+        """Refuse, before any state changes, what no correct peer sends; the node's message
+        validation (node/raft_validation.py) has already refused malformed structure, and the
+        structural checks here only keep the core intact if it is skipped."""
+        why = self._remote_violation(m)
+        if why is not None:
+            raise RemoteProtocolError(f"{m.type.value} from {m.frm} in term {m.term}: {why}")
+
+    def _remote_violation(self, m: Message) -> str | None:
+        if m.frm == self.id:
+            return "a message from ourselves"
+        if m.entries and m.type != MessageType.APPEND:
+            return "entries on a message that carries none"
+        nxt = m.index + 1
+        for e in m.entries:
+            if e.index != nxt or e.count < 1 or e.term > m.term:
+                return f"entry {e.index}..{e.last}/t{e.term} breaks the append's structure"
+            if e.kind == EntryKind.CONFIG:
+                try:
+                    Membership.decode(e.data)
+                except ValueError as exc:
+                    return f"config entry at {e.index}: {exc}"
+            nxt = e.last + 1
+        if m.type == MessageType.INSTALL_LOG_START and (
+            m.membership is None or not m.membership.voters
+        ):
+            return "a log-start install without a membership"
+        if m.term != self.term:
+            return None
+        if self.role == Role.LEADER and m.type in (
+            MessageType.APPEND,
+            MessageType.HEARTBEAT,
+            MessageType.INSTALL_LOG_START,
+        ):
+            return f"a second leader in our term (we, {self.id}, lead it)"
+        if self.role == Role.LEADER and m.type == MessageType.APPEND_RESP and not m.reject:
+            last, start = self.log.last_index(), self.log.log_start()
+            if m.index > last or (m.index >= start - 1 and self.log.term_at(m.index) is None):
+                return f"acknowledges {m.index}, which is not an entry boundary of our log"
+        if (
+            m.type == MessageType.APPEND
+            and m.index >= self.commit
+            and self.log.matches(m.index, m.log_term)
+        ):
+            for e in m.entries:  # the first conflicting entry, as _handle_append finds it
+                if self.log.term_at(e.last) != e.term:
+                    if e.index <= self.commit:
+                        return f"overwrites our committed offset {e.index}"
+                    break
+        return None
 
     def _finish_recovery(self) -> None:
         self._recover_to = None

@@ -174,3 +174,10 @@ class ProposalDropped(RaftError):
 
 class ConfigChangeRejected(RaftError):
     """A membership change that would be unsafe now (pending change, not caught up, ...)."""
+
+
+class RemoteProtocolError(Exception):
+    """A peer sent a message no correct Raft peer sends (a second leader in our term, entries
+    over our committed prefix, an acknowledgement of entries we never had). The core refused it
+    before changing anything; the runtime drops the message and logs it loudly. Not a
+    ``RaftError``: the fault is the peer's (or a safety violation elsewhere), not the caller's."""

@@ -19,6 +19,7 @@ from tidelog.node.raft import (
     ProposalDropped,
     RaftConfig,
     RaftCore,
+    RemoteProtocolError,
     Role,
     Term,
 )
@@ -586,3 +587,19 @@ def test_installed_membership_never_goes_back_to_older_config_entries() -> None:
         hard_state=h.hs[NodeId(3)],
     )
     assert restarted.membership == follower.membership
+
+
+def test_second_leader_in_our_term_is_refused_and_changes_nothing() -> None:
+    """§5.2 Election Safety: at most one leader per term, so an APPEND of our own term reaching a
+    leader means a peer (or a safety violation elsewhere) is broken: ``RemoteProtocolError``,
+    raised before any state changes, so the runtime can drop the message."""
+    h = Harness(3)
+    lead = h.elect(1)
+    before = (lead.term, lead.role, lead.commit, lead.log.last_index())
+    bogus = Message(
+        type=MessageType.APPEND, frm=NodeId(2), to=NodeId(1), term=lead.term, index=lead.commit
+    )
+    with pytest.raises(RemoteProtocolError, match="second leader"):
+        lead.step(bogus)
+    assert (lead.term, lead.role, lead.commit, lead.log.last_index()) == before
+    assert lead.ready() is None
