@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tidelog.node import raft_log
 from tidelog.node.raft.types import Entry, EntryKind, LogIndex, Membership, NodeId, Term
 from tidelog.node.raft_log import to_batch, to_entry
 from tidelog.node.storage import LogConfig, PartitionLog
@@ -69,3 +70,27 @@ def test_replicas_appending_at_different_times_hold_byte_identical_logs(
     assert committed_prefix_digest(leader, 5) == committed_prefix_digest(follower, 5)
     for log in logs:
         log.close()
+
+
+def test_planted_wall_clock_control_batches_make_the_replica_digests_differ(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defect re-injected (to_batch stamping control batches with the local clock, as it
+    did): the digest comparison above then tells the two replicas apart."""
+    real = raft_log.encode_control_batch
+
+    def wall_clock(control_type, body, **kwargs):  # type: ignore[no-untyped-def]
+        return real(control_type, body, timestamp_ms=int(time.time() * 1000), **kwargs)
+
+    monkeypatch.setattr(raft_log, "encode_control_batch", wall_clock)
+    digests = []
+    for name, skew_s in (("leader", 0.0), ("follower", 7_200.0)):
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda skew=skew_s, t=real_time: t() + skew)
+        log = PartitionLog.open(tmp_path / name, LogConfig(segment_bytes_max=1024,
+                                                           batch_bytes_max=1024))
+        for entry in _entries():
+            log.append(raft_log.to_batch(entry), term=entry.term, base_offset=entry.index)
+        digests.append(committed_prefix_digest(log, 5))
+        log.close()
+        monkeypatch.setattr(time, "time", real_time)
+    assert digests[0] != digests[1]
