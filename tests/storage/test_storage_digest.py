@@ -77,3 +77,19 @@ def test_one_flipped_byte_changes_the_digest_or_is_refused(tmp_path: Path, batch
     reopened = PartitionLog.open(tmp_path / "a", CONFIG, now_ms=Clock())
     with pytest.raises(CorruptLogError):
         committed_prefix_digest(reopened, upto)
+
+
+def test_from_offset_compares_replicas_whose_log_starts_differ(tmp_path: Path, batches) -> None:
+    a = _fill(tmp_path / "a", batches, roll_every=5)
+    b = _fill(tmp_path / "b", batches, roll_every=5)
+    upto = a.log_end_offset - 1
+    headers = list(a.iter_headers(0))
+    cut = headers[12]
+    assert b.truncate_prefix(cut.base_offset) and b.log_start_offset == cut.base_offset
+    assert committed_prefix_digest(a, upto) != committed_prefix_digest(b, upto)
+    assert committed_prefix_digest(a, upto, from_offset=cut.base_offset) == \
+        committed_prefix_digest(b, upto, from_offset=cut.base_offset)
+    # a start inside a batch: that batch is left out on both sides
+    inside = next(h for h in headers[13:] if h.last_offset > h.base_offset)
+    assert committed_prefix_digest(a, upto, from_offset=inside.base_offset + 1) == \
+        committed_prefix_digest(b, upto, from_offset=inside.last_offset + 1)
