@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pending-mib-max", type=int, default=512,
                         help="unsynced data kept in memory before write-back (default "
                              "%(default)s)")
+    parser.add_argument("--threads", choices=["multi", "single"], default="multi",
+                        help="libfuse's loop: a thread per concurrent request, or one thread "
+                             "(default %(default)s)")
     parser.add_argument("--debug", action="store_true", help="libfuse debug output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lazyfs %(levelname)s %(message)s")
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.info("mounting %s at %s (control %s)", args.backing, args.mountpoint, args.control)
     try:
         mfusepy.FUSE(ops, str(args.mountpoint), foreground=True, debug=args.debug,
-                     fsname="lazyfs", subtype="lazyfs", nothreads=False)
+                     fsname="lazyfs", subtype="lazyfs", nothreads=args.threads == "single")
     except RuntimeError as exc:
         # libfuse's loop ends with an error code when a signal (SIGTERM) stopped it; that is
         # our normal stop. Anything that leaves the mount in place is a failure.

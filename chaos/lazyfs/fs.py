@@ -16,9 +16,13 @@ writers to different files run in parallel. Descriptors opened before a cut are 
 and fsyncs through them fail with EIO (a killed process's request that was still queued in the
 kernel must not reach the "disk" after the power came back).
 
-The kernel must not serve stale data after a cut: the mount uses zero attribute, entry and
-negative timeouts (`init_with_config`), and a file's kernel page cache is dropped on every open
-(no keep_cache), and the node process is dead before the cut, so nothing holds the file open.
+The kernel must not serve stale names or sizes after a cut. It caches names and attributes for
+`CACHE_TIMEOUT_S` (never negative lookups), so a cut returns only after that long: "the machine
+is off for a second", and whatever the kernel cached has expired before anything runs on the
+mount again. (Zero timeouts would do it too, but cost a LOOKUP and GETATTR round trip per path
+component of every call: measured, they made a commit several times slower.) File data: the
+kernel drops a file's page cache on every open (no keep_cache), and the node was killed before
+the cut, so no descriptor of the old process serves cached pages.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import logging
 import os
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +47,7 @@ __all__ = ["CutReport", "LazyOperations", "PENDING_BYTES_MAX"]
 log = logging.getLogger(__name__)
 
 PENDING_BYTES_MAX = 512 << 20  # beyond this, the file being written is written back
+CACHE_TIMEOUT_S = 1.0  # the kernel's entry and attribute cache; a cut outlasts it
 _STAT_KEYS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
               "st_blocks", "st_blksize")
 _OPEN_DROP = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_CREAT | os.O_EXCL
@@ -149,6 +155,7 @@ class LazyOperations(mfusepy.Operations):
             self._pending_bytes = 0
             with self._ns_lock:
                 undone = self.journal.undo_all()
+            time.sleep(CACHE_TIMEOUT_S + 0.2)  # the kernel forgets names and sizes meanwhile
             return CutReport(files=files, dropped_bytes=max(0, dropped - kept), kept_bytes=kept,
                              undone_names=undone, torn=rng is not None)
 
@@ -174,9 +181,10 @@ class LazyOperations(mfusepy.Operations):
 
     def init_with_config(self, conn_info: Any, config_3: Any) -> None:
         if config_3 is not None:
-            # Never let the kernel answer from a cache that a power cut just made wrong.
-            config_3.entry_timeout = 0.0
-            config_3.attr_timeout = 0.0
+            # A cut outlasts these (see the module docstring); a negative entry is never cached,
+            # so a name a cut brings back is seen at once.
+            config_3.entry_timeout = CACHE_TIMEOUT_S
+            config_3.attr_timeout = CACHE_TIMEOUT_S
             config_3.negative_timeout = 0.0
             config_3.use_ino = 1
 

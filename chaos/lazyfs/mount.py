@@ -22,6 +22,7 @@ from tidelog.chaos.process import ProcessSpec, ProcessState, Supervisor
 __all__ = ["LazyFSError", "LazyMount", "is_mounted", "lazyfs_unavailable_reason"]
 
 MOUNT_TIMEOUT_S = 20.0
+THREADS = "multi"  # libfuse loop of every LazyMount ("single": one thread), see bench.py
 STOP_GRACE_S = 10.0
 
 
@@ -62,12 +63,14 @@ def _unescape(field: str) -> str:
 
 class LazyMount:
     def __init__(self, backing: Path, mountpoint: Path, *, control: Path, log_path: Path,
-                 supervisor: Supervisor | None = None, name: str = "lazyfs") -> None:
+                 supervisor: Supervisor | None = None, name: str = "lazyfs",
+                 threads: str | None = None) -> None:
         self.backing = Path(backing)
         self.mountpoint = Path(mountpoint)
         self.control = Path(control)
         self.log_path = Path(log_path)
         self.name = name
+        self.threads = threads or THREADS
         self._supervisor = supervisor or Supervisor()
         self._started = False
 
@@ -90,7 +93,7 @@ class LazyMount:
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         argv = (sys.executable, "-m", "tidelog.chaos.lazyfs", str(self.backing),
-                str(self.mountpoint), "--control", str(self.control))
+                str(self.mountpoint), "--control", str(self.control), "--threads", self.threads)
         process = self._supervisor.start(ProcessSpec(
             name=self.name, argv=argv, log_path=self.log_path, env={"PYTHONUNBUFFERED": "1"}))
         self._started = True
