@@ -28,6 +28,7 @@ from pathlib import Path
 from tidelog.chaos.backend import Backend, BackendError, LocalBackend
 from tidelog.chaos.checker import check_history
 from tidelog.chaos.nemesis import Nemesis
+from tidelog.chaos.replicas import digest_replicas
 from tidelog.chaos.report import write_report
 from tidelog.chaos.results import Results, RunVerdict, Verdict, results_to_dict, verdict_line
 from tidelog.chaos.scenarios import SCENARIOS, missing_capability, needs_power, schedule
@@ -203,6 +204,9 @@ class ChaosRun:
             caught_up = workload.stop_consumer(hws, timeout_s=30)
             if not caught_up:
                 self._out("chaos: the consumer did not catch up with the final read in 30 s")
+            if hws:
+                harness.append(self._compare_replicas(backend, view, wl.topic, hws, recorder,
+                                                      report_dir / "replica-copies"))
         finally:
             if nemesis is not None:
                 nemesis.abort()
@@ -238,6 +242,29 @@ class ChaosRun:
         return outcome
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _compare_replicas(self, backend: Backend, view: ClusterView, topic: str,
+                          hws: dict[int, int], recorder: Recorder, scratch: Path) -> HarnessCheck:
+        """Stop every node (SIGTERM: a clean stop), then digest each replica's committed prefix
+        offline into `replica_digest` events; the checker compares them."""
+        snap = view.snapshot()
+        replicas = {p: snap.replicas[p][0] for p in hws if p in snap.replicas}
+        self._out("chaos: stopping the nodes to compare their replicas offline")
+        try:
+            for node in backend.nodes:
+                backend.terminate(node)
+            dirs = {node: backend.data_dir(node) for node in backend.nodes}
+            events = digest_replicas(dirs, topic, hws, replicas, scratch=scratch,
+                                     time_ms=recorder.now_ms())
+        except (BackendError, OSError) as exc:
+            return HarnessCheck(name="replicas-read", verdict=Verdict.FAIL,
+                                detail=f"could not read the replicas after stopping the nodes: "
+                                       f"{exc}")
+        for event in events:
+            recorder.append(event)
+        return HarnessCheck(name="replicas-read", verdict=Verdict.PASS,
+                            detail=f"{len(events)} replicas of {len(hws)} partitions digested "
+                                   "offline (judged by replica-consistency)")
 
     def _backend(self, scenario: str, work_dir: Path) -> Backend:
         cfg = self.config
@@ -334,7 +361,7 @@ def render_preamble(outcome: RunOutcome) -> str:
         f"{cfg.workload.group_commit_interval_s:g} s, final read of every partition",
         "",
         "harness checks:",
-        *[f"  {h.name:<11} {h.verdict.value.upper():<5} {h.detail}" for h in outcome.harness],
+        *[f"  {h.name:<13} {h.verdict.value.upper():<5} {h.detail}" for h in outcome.harness],
         "",
         f"faults executed ({len(outcome.executed)}):",
         *[f"  {e['start_ms']:>9.0f}-{e['stop_ms']:<9.0f} ms  {e['fault']} "

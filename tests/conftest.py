@@ -1,11 +1,24 @@
-"""Shared fixtures. `cluster` starts real node processes on 127.0.0.1 and always stops them."""
+"""Shared fixtures. `cluster` starts real node processes on 127.0.0.1 and always stops them.
+
+`docker_engine` and `tidelog_image` are session fixtures here, not in tests/deploy, because both
+tests/deploy and the docker-backend chaos tests (tests/chaos/test_docker_backend.py) need the
+image: whichever test asks first builds it, once per session, and every later one reuses it,
+whatever order pytest runs the folders in. Tests marked `docker` skip, with the reason, only when
+no Docker engine answers (start one as root with `.ci/setup-docker.sh`); an image that does not
+build is a failure, not a skip.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 from tidelog.node.local_cluster import LocalCluster
+
+from tests.deploy.docker_helpers import DEPLOY, IMAGE, IMAGE_BUILD_S_MAX, run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,6 +53,42 @@ def cluster(tmp_path) -> Iterator[LocalCluster]:  # type: ignore[no-untyped-def]
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """Skip (with the reason) when no Docker engine answers; that is the only reason to skip."""
+    try:
+        proc = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                              capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("no Docker engine: the docker command is not installed "
+                    "(as root, .ci/setup-docker.sh installs and starts one)")
+    except subprocess.TimeoutExpired:
+        pytest.skip("no Docker engine: `docker info` did not answer within 30 s")
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["docker info failed"])[-1]
+        pytest.skip(f"no Docker engine reachable: {reason} "
+                    "(as root, .ci/setup-docker.sh starts one)")
+
+
+@pytest.fixture(scope="session")
+def tidelog_image(docker_engine: None) -> str:
+    """The node image ($TIDELOG_IMAGE, default tidelog:local), built from this checkout by
+    deploy/offline-image.sh (no registry needed) once per session: cached base image and
+    wheelhouse plus Docker's layer cache make a warm build about 15 s. TIDELOG_TEST_REUSE_IMAGE=1
+    uses an existing image as it is, without rebuilding."""
+    reuse = os.environ.get("TIDELOG_TEST_REUSE_IMAGE") == "1"
+    if reuse and run(["docker", "image", "inspect", IMAGE], check=False).returncode == 0:
+        return IMAGE
+    started = time.monotonic()
+    proc = run([str(DEPLOY / "offline-image.sh"), "--image", IMAGE],
+               timeout_s=IMAGE_BUILD_S_MAX, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"deploy/offline-image.sh failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    print(f"image {IMAGE} ready in {time.monotonic() - started:.0f} s")
+    return IMAGE
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -14,6 +14,7 @@ import pytest
 from tidelog.chaos.backend import Capability
 from tidelog.chaos.nemesis import FaultKind
 from tidelog.chaos.netns import netns_unavailable_reason
+from tidelog.chaos.results import CheckName, RunVerdict, Verdict
 from tidelog.chaos.runner import ChaosRun, RunConfig
 from tidelog.chaos.scenarios import SCENARIOS, missing_capability, schedule
 from tidelog.chaos.workload import WorkloadConfig, classify_error
@@ -52,6 +53,41 @@ def test_scenario_finds_no_anomaly_against_main(tmp_path: Path, scenario: str) -
     for name in ("history.jsonl", "results.json", "summary.txt", "report.html", "run.json"):
         assert (outcome.report_dir / name).exists(), name
     assert "replay:   tidelog chaos run" in _explain(outcome)
+
+
+# The acks-before-commit node with replication held back 1 s: any leadership change (the kill,
+# or an early move of leadership) drops what only the old leader held, acks included.
+PLANTED_KILL_LEADER = {"node_module": "tests.chaos.broken_node",
+                       "node_env": {"PYTHONPATH": str(REPO),
+                                    "TIDELOG_TEST_REPLICATION_DELAY_MS": "1000"}}
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_kill_leader_on_loopback_finds_no_anomaly_against_main(tmp_path: Path) -> None:
+    """The control for the planted run below: the same run, without root, with the real node."""
+    outcome = _run(tmp_path, "kill-leader", network_namespaces=False)
+    r = outcome.results
+    assert "127.0.0.1" in outcome.backend_description, outcome.backend_description
+    assert outcome.executed and r is not None and r.acked > 0, _explain(outcome)
+    assert outcome.valid, _explain(outcome)
+    replicas = r.check(CheckName.REPLICAS)
+    assert replicas.verdict is Verdict.PASS and replicas.count("offsets-compared") > 0, \
+        _explain(outcome)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_kill_leader_without_root_catches_a_node_that_acks_before_commit(tmp_path: Path) -> None:
+    """The proof that the harness can fail, on any machine: no namespace, no iptables."""
+    outcome = _run(tmp_path, "kill-leader", network_namespaces=False, **PLANTED_KILL_LEADER)
+    r = outcome.results
+    assert r is not None and outcome.executed, _explain(outcome)
+    assert outcome.verdict is RunVerdict.INVALID, _explain(outcome)
+    lost = r.check(CheckName.LOST)
+    assert r.lost > 0 and lost.verdict is Verdict.FAIL, _explain(outcome)
+    assert lost.examples and all("absent from the final read" in e for e in lost.examples)
+    assert "verdict: INVALID (failed: lost" in _explain(outcome)
 
 
 @pytest.mark.cluster

@@ -1,57 +1,20 @@
-"""Fixtures for the tests that need a Docker engine (marker `docker`).
+"""Fixtures for the deployment tests that need a Docker engine (marker `docker`).
 
 They skip, with the reason, only when no engine answers (start one as root with
 `.ci/setup-docker.sh`). Anything else that goes wrong — the image does not build, a container does
 not become healthy — is a failure.
 
-The image is built once per session by deploy/offline-image.sh (cached base image and wheelhouse,
-Docker's layer cache: about 15 s when warm). TIDELOG_TEST_REUSE_IMAGE=1 uses an existing
-$TIDELOG_IMAGE (default tidelog:local) as it is, without rebuilding.
+`docker_engine` and `tidelog_image` (the image, built once per session by deploy/offline-image.sh)
+live in tests/conftest.py, shared with the docker-backend chaos tests.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from docker_helpers import COMPOSE_FILE, DEPLOY, IMAGE, IMAGE_BUILD_S_MAX, ComposeProject, run
-
-
-@pytest.fixture(scope="session")
-def docker_engine() -> None:
-    """Skip (with the reason) when no Docker engine answers; that is the only reason to skip."""
-    try:
-        proc = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
-                              capture_output=True, text=True, timeout=30)
-    except FileNotFoundError:
-        pytest.skip("no Docker engine: the docker command is not installed "
-                    "(as root, .ci/setup-docker.sh installs and starts one)")
-    except subprocess.TimeoutExpired:
-        pytest.skip("no Docker engine: `docker info` did not answer within 30 s")
-    if proc.returncode != 0:
-        reason = (proc.stderr.strip().splitlines() or ["docker info failed"])[-1]
-        pytest.skip(f"no Docker engine reachable: {reason} "
-                    "(as root, .ci/setup-docker.sh starts one)")
-
-
-@pytest.fixture(scope="session")
-def tidelog_image(docker_engine: None) -> str:
-    """The node image, built from this checkout by deploy/offline-image.sh (no registry needed)."""
-    reuse = os.environ.get("TIDELOG_TEST_REUSE_IMAGE") == "1"
-    if reuse and run(["docker", "image", "inspect", IMAGE], check=False).returncode == 0:
-        return IMAGE
-    started = time.monotonic()
-    proc = run([str(DEPLOY / "offline-image.sh"), "--image", IMAGE],
-               timeout_s=IMAGE_BUILD_S_MAX, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"deploy/offline-image.sh failed (exit {proc.returncode}):\n"
-                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    print(f"image {IMAGE} ready in {time.monotonic() - started:.0f} s")
-    return IMAGE
+from docker_helpers import COMPOSE_FILE, ComposeProject, run
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,121 @@
+"""After the final read: every replica's committed prefix, digested offline, for the checker.
+
+Theory of operation. Raft promises more than "no acknowledged record is lost": every replica of a
+partition holds the same entries up to the commit index (log matching + state machine safety),
+and Tidelog stores an entry as the same bytes on every replica (issue 11, defect 10). Reads
+through the leader cannot see a follower that diverged, so once the final read is done the
+harness stops the nodes, copies each replica's partition directory (a node's data dir is never
+opened in place: opening a log runs recovery, which may write), and digests each copy's bytes
+over `[0, upto)`, where `upto` is the *common committed offset*: the lowest of what each replica
+itself recorded as committed and of the high watermark the final read saw. Every offset below
+it is committed on every replica, so their bytes must be identical; a lagging replica only
+lowers `upto`, it never makes a false mismatch. Each replica becomes one `replica_digest` event
+in the history, and the checker's `replica-consistency` check judges them.
+
+A replica that cannot be judged is recorded with `digest=None` and the reason (no directory, a
+log that does not open, a log that ends below what the replica itself recorded as committed):
+the checker fails on it rather than passing it by.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tidelog.chaos.history import ReplicaDigest
+from tidelog.node.storage import LogConfig, PartitionLog, StorageError, read_checksummed
+from tidelog.node.storage.digest import committed_prefix_digest
+
+RAFT_STATE_FILE = "raft.state"  # a replica's Raft state, beside its log (tidelog.node.replica)
+
+__all__ = ["digest_replicas", "partition_dir"]
+
+
+def partition_dir(data_dir: Path, topic: str, partition: int) -> Path | None:
+    """The partition's directory in a node's data dir (`partitions/<topic>-<p>.<topic id>`, the
+    newest topic id if the topic was ever recreated), or None."""
+    root = data_dir / "partitions"
+    prefix = f"{topic}-{partition}."
+    if not root.is_dir():
+        return None
+    found = [d for d in root.iterdir()
+             if d.is_dir() and d.name.startswith(prefix) and d.name[len(prefix):].isdigit()]
+    return max(found, key=lambda d: int(d.name[len(prefix):]), default=None)
+
+
+def digest_replicas(data_dirs: Mapping[str, Path], topic: str,
+                    high_watermarks: Mapping[int, int], replicas: Mapping[int, Sequence[str]],
+                    *, scratch: Path, time_ms: float) -> list[ReplicaDigest]:
+    """One event per replica of each partition in `high_watermarks` (the final read's).
+
+    `data_dirs`: node -> its data directory, with the node stopped. `replicas`: partition ->
+    the nodes that should hold it (when a partition is missing, every node with a directory for
+    it). `scratch` receives the copies and is removed afterwards."""
+    events: list[ReplicaDigest] = []
+    try:
+        for partition, hw in sorted(high_watermarks.items()):
+            nodes = list(replicas.get(partition) or
+                         [n for n, d in sorted(data_dirs.items())
+                          if partition_dir(d, topic, partition) is not None])
+            events += _digest_partition(data_dirs, topic, partition, hw, nodes,
+                                        scratch / f"p{partition}", time_ms)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return events
+
+
+def _digest_partition(data_dirs: Mapping[str, Path], topic: str, partition: int, hw: int,
+                      nodes: Sequence[str], scratch: Path, time_ms: float) -> list[ReplicaDigest]:
+    def unreadable(node: str, why: str) -> ReplicaDigest:
+        return ReplicaDigest(partition=partition, node=node, upto_offset=0, digest=None,
+                             detail=why, time_ms=time_ms)
+
+    events: list[ReplicaDigest] = []
+    opened: dict[str, tuple[PartitionLog, int]] = {}  # node -> (log, its committed end)
+    try:
+        for node in nodes:
+            src = partition_dir(data_dirs[node], topic, partition) if node in data_dirs else None
+            if src is None:
+                events.append(unreadable(node, "no directory for the partition"))
+                continue
+            copy = scratch / node
+            shutil.copytree(src, copy)
+            try:
+                committed_end = _commit_hint(copy) + 1
+                log = PartitionLog.open(copy, LogConfig())
+            except (StorageError, OSError, ValueError, KeyError) as exc:
+                events.append(unreadable(node, f"cannot open the log: {exc!r}"))
+                continue
+            if log.log_end_offset < committed_end:
+                log.close()
+                events.append(unreadable(
+                    node, f"recorded offsets below {committed_end} as committed, but its log "
+                          f"ends at {log.log_end_offset}"))
+                continue
+            opened[node] = (log, committed_end)
+        upto = min([hw, *(end for _, end in opened.values())])
+        for node, (log, committed_end) in opened.items():
+            detail = (f"committed prefix [0,{upto}) of high watermark {hw}; this replica "
+                      f"recorded [0,{committed_end}) as committed")
+            events.append(ReplicaDigest(partition=partition, node=node, upto_offset=upto,
+                                        digest=_digest(log, upto), detail=detail,
+                                        time_ms=time_ms))
+    finally:
+        for log, _ in opened.values():
+            log.close()
+    return events
+
+
+def _digest(log: PartitionLog, upto: int) -> str:
+    """Digest of the batches in `[0, upto)` (`committed_prefix_digest` takes the last offset)."""
+    return committed_prefix_digest(log, upto - 1)
+
+
+def _commit_hint(directory: Path) -> int:
+    """The highest offset this replica recorded as committed in `raft.state` (-1: none). A lower
+    bound of the commit index it had (the file may lag), and by Raft every entry up to it
+    matches the leader's. Read as the checksummed JSON object both layouts of the file share."""
+    data = read_checksummed(directory / RAFT_STATE_FILE)
+    return -1 if data is None else int(json.loads(data)["commit"])

@@ -1,0 +1,110 @@
+"""Replica comparison after the heal (tidelog.chaos.replicas): real partition logs on disk, as a
+stopped node leaves them, digested offline; the checker's replica-consistency judges the events.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tidelog.chaos.checker import Checker, CheckerConfig
+from tidelog.chaos.history import History, ReplicaDigest
+from tidelog.chaos.replicas import RAFT_STATE_FILE, digest_replicas, partition_dir
+from tidelog.chaos.results import CheckName, Verdict
+from tidelog.node.storage import LogConfig, PartitionLog, write_checksummed
+from tidelog.proto.batch import encode_batch
+
+NODES = ("n1", "n2", "n3")
+
+
+def _batch(tag: str) -> bytes:
+    return encode_batch([(b"k", tag.encode(), (), 1_700_000_000_000)])
+
+
+def _replica(root: Path, node: str, tags: list[str], *, commit: int,
+             name: str = "chaos-0.1") -> Path:
+    """A node's data dir holding one partition: one record per tag at offsets 0.., term 1, and a
+    raft.state recording offsets up to `commit` as committed."""
+    directory = root / node / "partitions" / name
+    log = PartitionLog.open(directory, LogConfig())
+    for tag in tags:
+        log.append(_batch(tag), term=1)
+    log.sync()
+    log.close()
+    write_checksummed(directory / RAFT_STATE_FILE,
+                      json.dumps({"term": 1, "vote": None, "commit": commit}).encode())
+    return root / node
+
+
+def _digests(tmp_path: Path, dirs: dict[str, Path], hw: int) -> list[ReplicaDigest]:
+    return digest_replicas(dirs, "chaos", {0: hw}, {0: NODES}, scratch=tmp_path / "scratch",
+                           time_ms=1.0)
+
+
+def _judge(events: list[ReplicaDigest]):  # type: ignore[no-untyped-def]
+    results = Checker(CheckerConfig(faults_required=False)).check(History(tuple(events)))
+    return results.check(CheckName.REPLICAS)
+
+
+def test_identical_replicas_get_one_digest_over_the_common_committed_prefix(
+        tmp_path: Path) -> None:
+    tags = [f"r{i}" for i in range(10)]
+    dirs = {"n1": _replica(tmp_path, "n1", tags, commit=9),
+            "n2": _replica(tmp_path, "n2", tags, commit=9),
+            "n3": _replica(tmp_path, "n3", tags, commit=7)}  # it had heard of less
+    events = _digests(tmp_path, dirs, hw=10)
+    assert [e.node for e in events] == list(NODES)
+    assert {e.upto_offset for e in events} == {8}  # the lowest commit + 1, below the hw
+    assert len({e.digest for e in events}) == 1 and events[0].digest is not None
+    assert _judge(events).verdict is Verdict.PASS
+    assert not (tmp_path / "scratch").exists()  # the copies are removed
+    # The node's own directory was copied, never opened: nothing added to it.
+    assert sorted(p.name for p in partition_dir(dirs["n1"], "chaos", 0).iterdir()) == sorted(
+        p.name for p in partition_dir(dirs["n2"], "chaos", 0).iterdir())
+
+
+def test_a_replica_holding_another_committed_record_is_inconsistent(tmp_path: Path) -> None:
+    tags = [f"r{i}" for i in range(10)]
+    other = [*tags[:4], "stray", *tags[5:]]
+    dirs = {"n1": _replica(tmp_path, "n1", tags, commit=9),
+            "n2": _replica(tmp_path, "n2", tags, commit=9),
+            "n3": _replica(tmp_path, "n3", other, commit=9)}
+    replicas = _judge(_digests(tmp_path, dirs, hw=10))
+    assert replicas.verdict is Verdict.FAIL and replicas.count("divergent") == 1
+    assert replicas.examples[0].startswith("INCONSISTENT p0:")
+    assert "n1,n2 [0,10)" in replicas.examples[0] and "n3 [0,10)" in replicas.examples[0]
+
+
+def test_a_different_tail_beyond_a_replicas_commit_is_no_mismatch(tmp_path: Path) -> None:
+    """A lagging follower may still hold an old leader's uncommitted entries above its commit:
+    the comparison stops at the common committed offset, so that is not a false alarm."""
+    tags = [f"r{i}" for i in range(10)]
+    stale = [*tags[:6], "old-term-a", "old-term-b"]
+    dirs = {"n1": _replica(tmp_path, "n1", tags, commit=9),
+            "n2": _replica(tmp_path, "n2", tags, commit=9),
+            "n3": _replica(tmp_path, "n3", stale, commit=5)}
+    events = _digests(tmp_path, dirs, hw=10)
+    assert {e.upto_offset for e in events} == {6}
+    assert _judge(events).verdict is Verdict.PASS
+
+
+def test_a_missing_replica_and_a_log_short_of_its_commit_fail(tmp_path: Path) -> None:
+    tags = [f"r{i}" for i in range(10)]
+    dirs = {"n1": _replica(tmp_path, "n1", tags, commit=9),
+            "n2": _replica(tmp_path, "n2", tags[:5], commit=9),  # lost committed entries
+            "n3": tmp_path / "n3"}  # no directory for the partition at all
+    events = _digests(tmp_path, dirs, hw=10)
+    by_node = {e.node: e for e in events}
+    assert by_node["n2"].digest is None and "ends at 5" in by_node["n2"].detail
+    assert by_node["n3"].digest is None and "no directory" in by_node["n3"].detail
+    replicas = _judge(events)
+    assert replicas.verdict is Verdict.FAIL and replicas.count("unreadable") == 2
+
+
+def test_the_newest_directory_of_a_recreated_topic_is_the_replica(tmp_path: Path) -> None:
+    _replica(tmp_path, "n1", ["a"], commit=0, name="chaos-0.1")
+    _replica(tmp_path, "n1", ["a"], commit=0, name="chaos-0.12")
+    _replica(tmp_path, "n1", ["a"], commit=0, name="chaos-01.3")  # partition 01 is not 0
+    found = partition_dir(tmp_path / "n1", "chaos", 0)
+    assert found is not None and found.name == "chaos-0.12"
+    assert partition_dir(tmp_path / "n1", "chaos", 1) is None
