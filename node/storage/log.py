@@ -461,10 +461,14 @@ class PartitionLog:
                     continue
                 index = self._index_of(segment)
                 _, position = index.floor_time(timestamp_ms)
-                for _, header in segment.iter_headers(position):
-                    if header.max_timestamp >= timestamp_ms and \
-                            header.last_offset >= self._log_start_offset:
-                        return max(header.base_offset, self._log_start_offset)
+                try:
+                    for _, header in segment.iter_headers(position):
+                        if header.max_timestamp >= timestamp_ms and \
+                                header.last_offset >= self._log_start_offset:
+                            return max(header.base_offset, self._log_start_offset)
+                except BatchError as exc:  # a header failed its checksum
+                    raise CorruptLogError(f"cannot walk batch headers by time: {exc}",
+                                          segment=segment.path, position=position) from exc
             return None
 
     # ============================================================================= compaction

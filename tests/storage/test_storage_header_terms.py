@@ -21,7 +21,7 @@ def _log_with_a_flipped_term(directory: Path) -> tuple[int, int]:
     of the first segment. Returns (that batch's last offset, its true term)."""
     log = PartitionLog.open(directory, CONFIG, now_ms=Clock())
     for i in range(30):
-        log.append(make_batch(records=2, value_bytes=40, tag=i), term=3)
+        log.append(make_batch(records=2, value_bytes=40, tag=i, timestamp_ms=1_000 + i), term=3)
     assert len(log.segment_base_offsets) >= 3
     victim = list(log.iter_headers(0))[2]
     log.close()
@@ -52,4 +52,12 @@ def test_planted_unverified_header_reads_believe_the_flipped_term(
     monkeypatch.setattr(segment_module, "decode_verified_header", decode_header)
     log = PartitionLog.open(tmp_path / "p", CONFIG, now_ms=Clock())
     assert log.term_at(last_offset) == 7 != term
+    log.close()
+
+
+def test_a_damaged_header_met_by_a_time_lookup_is_a_typed_corruption(tmp_path: Path) -> None:
+    last_offset, _ = _log_with_a_flipped_term(tmp_path / "p")
+    log = PartitionLog.open(tmp_path / "p", CONFIG, now_ms=Clock())
+    with pytest.raises(CorruptLogError, match="by time"):
+        log.offset_for_timestamp(1_002)  # the third batch's time: the walk meets its header
     log.close()
