@@ -3,16 +3,27 @@
 A refused single-subject call becomes a gRPC status with a precise message plus an ErrorDetail in
 the trailing metadata ("tidelog-error-bin"), so clients follow a NOT_LEADER to the leader without
 parsing text. Multi-item calls (Fetch, ListOffsets, CreateTopics...) report per-item codes.
+
+Every request gets a clear status, whatever its bytes: `add_servicer` registers the methods with
+a deserializer that turns undecodable bytes into a `MalformedRequest` (answered INVALID_ARGUMENT,
+where grpc's own handlers would say INTERNAL "Exception deserializing request!"), and an
+unexpected exception (a bug) is logged with its traceback and answered INTERNAL with a short text,
+never UNKNOWN with Python's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf import message as protobuf_message
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 from tidelog.node.errors import BrokerError, InvalidRequestError, NotLeaderError
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc, cluster_pb2_grpc
@@ -60,12 +71,54 @@ def error_detail(exc: BrokerError) -> pb.ErrorDetail:
     return detail
 
 
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """Bytes that are not a valid message of the method's request type (the caller's fault)."""
+
+    type_name: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"request is not a valid {self.type_name}: {self.reason}"
+
+
+def add_servicer(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Register every method of `service` on `servicer` (like the generated add_*_to_server),
+    with deserializers that never raise (see MalformedRequest)."""
+    handlers = {}
+    for method in service.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        make = (grpc.stream_unary_rpc_method_handler if method.client_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        assert not method.server_streaming, "no server-streaming methods in tidelog.v1"
+        handlers[method.name] = make(
+            behaviour, request_deserializer=_lenient(request_type),
+            response_serializer=response_type.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _lenient(request_type: Any) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except (protobuf_message.DecodeError, RecursionError, ValueError) as exc:
+            return MalformedRequest(request_type.DESCRIPTOR.full_name, str(exc) or "undecodable")
+
+    return deserialize
+
+
 def _unary(method: F) -> F:
     """Turn BrokerError into a status + ErrorDetail; log and report anything unexpected."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidRequestError(request.message)
             return await method(self, request, context)
         except BrokerError as exc:
             context.set_trailing_metadata(
@@ -76,6 +129,13 @@ def _unary(method: F) -> F:
             detail = error_detail(InvalidRequestError(str(exc)))
             context.set_trailing_metadata(((ERROR_METADATA_KEY, detail.SerializeToString()),))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc}")
+        except Exception as exc:
+            if isinstance(exc, asyncio.CancelledError | grpc.aio.AbortError):
+                raise
+            log.exception("%s failed unexpectedly", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error in {method.__name__} ({type(exc).__name__}); "
+                                "see the node's log")
 
     return wrapper  # type: ignore[return-value]
 
@@ -163,6 +223,8 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         batches = 0
         declared: int | None = None
         async for batch in request_iterator:
+            if isinstance(batch, MalformedRequest):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, batch.message)
             if declared is None:
                 if not self.node.is_peer(batch.from_node):
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED,
@@ -173,7 +235,12 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"node {declared}'s stream carried a batch from node {batch.from_node}")
             batches += 1
-            self.node.receive_raft(batch)
+            try:
+                self.node.receive_raft(batch)
+            except Exception:  # a bug: say so clearly, keep the node up
+                log.exception("Exchange from node %d failed unexpectedly", declared)
+                await context.abort(grpc.StatusCode.INTERNAL,
+                                    "internal error in Exchange; see the node's log")
         return cpb.ExchangeSummary(batches=batches)
 
     @_unary
