@@ -8,14 +8,24 @@ to report lost data: a harness that cannot fail proves nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from tidelog.chaos.backend import Capability
+from tidelog.chaos.checker import check_history
+from tidelog.chaos.history import FinalRead, FinalRecord, History, SendInvoked, SendOk, encode_value
 from tidelog.chaos.nemesis import FaultKind
 from tidelog.chaos.netns import netns_unavailable_reason
 from tidelog.chaos.results import CheckName, RunVerdict, Verdict
-from tidelog.chaos.runner import ChaosRun, RunConfig
+from tidelog.chaos.runner import (
+    EXIT_CODES,
+    ChaosRun,
+    HarnessCheck,
+    RunConfig,
+    RunOutcome,
+    render_preamble,
+)
 from tidelog.chaos.scenarios import SCENARIOS, missing_capability, schedule
 from tidelog.chaos.workload import WorkloadConfig, classify_error
 from tidelog.client import errors
@@ -135,3 +145,24 @@ def test_only_content_rejections_count_as_definite_failures() -> None:
                           errors.OutOfOrderSequence("abandoned"), errors.DiskFull("full"),
                           errors.ClientClosed("closed"), errors.StorageError("io")):
         assert not classify_error(indeterminate), indeterminate
+
+
+def test_a_run_in_which_no_fault_was_executed_is_vacuous_and_exits_3(tmp_path: Path) -> None:
+    value = encode_value("p0", 0)
+    history = History((
+        SendInvoked(producer="p0", seq=0, key="k", value=value, partition=None, time_ms=1.0),
+        SendOk(producer="p0", seq=0, partition=0, offset=0, time_ms=2.0),
+        FinalRead(partition=0, records=(FinalRecord(offset=0, key="k", value=value),),
+                  time_ms=3.0)))
+    outcome = RunOutcome(
+        config=RunConfig(scenario="kill-leader"), results=check_history(history),
+        harness=(HarnessCheck(name="converged", verdict=Verdict.PASS, detail="in sync"),),
+        report_dir=tmp_path, backend_description="local", executed=(), skipped=())
+    assert outcome.verdict is RunVerdict.VACUOUS and not outcome.valid
+    assert EXIT_CODES[outcome.verdict] == 3
+    assert sorted(EXIT_CODES.values()) == [0, 1, 3]  # 2: cannot run here / bad arguments
+    assert "verdict: INVALID (vacuous: 0 faults executed" in render_preamble(outcome)
+    failed = dataclasses.replace(outcome, harness=(
+        HarnessCheck(name="converged", verdict=Verdict.FAIL, detail="p0 never led"),))
+    assert failed.verdict is RunVerdict.INVALID and EXIT_CODES[failed.verdict] == 1
+    assert "verdict: INVALID (failed: converged)" in render_preamble(failed)
