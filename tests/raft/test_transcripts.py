@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from tidelog.node.raft import RaftCore
 
-from tests.raft.bugs import CommitsOldTerms
+from tests.raft.bugs import CommitsOldTerms, VotesForStaleLogs
 from tests.raft.transcript import parse, render, run_file
 
 DIR = Path(__file__).parent / "transcripts"
@@ -66,6 +66,7 @@ def test_transcripts_cover_the_required_scenarios() -> None:
         "log_start_install_membership",
         "figure8",
         "conflict_truncation",
+        "vote_restriction",
     }
     assert required <= names, f"missing transcripts: {sorted(required - names)}"
 
@@ -103,3 +104,13 @@ def test_figure8_transcript_catches_commits_old_terms() -> None:
     _, bad = run_file(path, CommitsOldTerms)
     assert bad != good
     assert any("!! SAFETY" in out for out in bad), "CommitsOldTerms went unnoticed"
+
+
+def test_vote_restriction_transcript_catches_votes_for_stale_logs() -> None:
+    """The planted VotesForStaleLogs (no §5.4.1 election restriction) elects node 3 without the
+    committed entry; it overwrites it and the vote_restriction transcript prints "!! SAFETY"."""
+    path = DIR / "vote_restriction.txt"
+    _, good = run_file(path)
+    assert not any("!! SAFETY" in out for out in good)
+    _, bad = run_file(path, VotesForStaleLogs)
+    assert any("!! SAFETY" in out for out in bad), "VotesForStaleLogs went unnoticed"
