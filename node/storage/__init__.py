@@ -14,6 +14,7 @@ Public API (everything else in this package is private):
 """
 
 from tidelog.node.storage.config import FsyncMode, FsyncPolicy, LogConfig
+from tidelog.node.storage.damage import DamagePolicy
 from tidelog.node.storage.dirs import ensure_directory, remove_directory
 from tidelog.node.storage.errors import (
     BatchError,
@@ -58,6 +59,7 @@ __all__ = [
     "CorruptFileError",
     "CorruptLogError",
     "CorruptRegion",
+    "DamagePolicy",
     "DiskFullError",
     "FileSystem",
     "FsyncMode",

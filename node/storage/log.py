@@ -25,6 +25,7 @@ Theory of operation (the long version is docs/storage.md).
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from tidelog.node.storage import metafile
 from tidelog.node.storage.config import LogConfig
+from tidelog.node.storage.damage import QUARANTINE_DIR, DamagePolicy, quarantine_copy
 from tidelog.node.storage.dirs import ensure_directory
 from tidelog.node.storage.durability import DirtyTracker, GroupCommitter
 from tidelog.node.storage.errors import (
@@ -91,10 +93,13 @@ class AppendInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TruncatedTail:
+    """A torn or unsynced tail cut at open (at or above the recovery point: never acked)."""
+
     segment: str
     position: int
     bytes_removed: int
     reason: str
+    from_offset: int  # the first offset cut: the log now ends here
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,10 +128,26 @@ class RecoveryReport:
     # The surviving log ended below its (durable) log start: only offsets below the start were
     # lost, and the log restarted empty there.
     emptied_below_start: bool = False
+    # DamagePolicy.QUARANTINE: damage (or missing data) below the recovery point made open()
+    # cut the log from this offset on; data there was fsynced and may have been acknowledged.
+    cut_from_offset: int | None = None
+    quarantined: tuple[str, ...] = ()  # copies of damaged segments, relative to the log dir
 
     @property
     def clean(self) -> bool:
         return self == RecoveryReport()
+
+    @property
+    def tail_cut_from_offset(self) -> int | None:
+        """First offset of a torn/unsynced tail cut at open (never fsynced), or None."""
+        return min((t.from_offset for t in self.truncated), default=None)
+
+    @property
+    def lost_from_offset(self) -> int | None:
+        """The first offset this open removed from the log for any reason, or None: a replica
+        that had acknowledged entries at or above it no longer holds them."""
+        cuts = [c for c in (self.cut_from_offset, self.tail_cut_from_offset) if c is not None]
+        return min(cuts, default=None)
 
 
 @dataclass(slots=True)
@@ -145,6 +166,23 @@ class _RecoveryNotes:
     meta_problem: str | None = None
     completed_reset: bool = False
     emptied_below_start: bool = False
+    cut_from_offset: int | None = None
+    quarantined: list[str] = field(default_factory=list)
+    cuts: int = 0  # damage cuts made by this open (bounded)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Damage:
+    """The first damaged (or missing) batch below the recovery point, found by recovery."""
+
+    segment: Segment
+    position: int  # the verified prefix of the segment ends here
+    offset: int  # the offset that should start at `position`
+    reason: str
+    damaged_bytes: bool  # False: bytes are missing (the file ends early), nothing to keep
+
+
+DAMAGE_CUTS_PER_OPEN_MAX = 4
 
 
 def _wall_clock_ms() -> int:
@@ -173,6 +211,8 @@ class PartitionLog:
         self._recovery_point_written_ms = 0
         self._generation = 0  # bumped by every truncation; a sync racing it publishes nothing
         self._closed = False
+        self._on_damage = DamagePolicy.REFUSE
+        self._verify_sealed = False
         self.recovery = RecoveryReport()
 
     # ===================================================================== opening and closing
@@ -180,16 +220,23 @@ class PartitionLog:
     @classmethod
     def open(cls, directory: Path, config: LogConfig, *,
              now_ms: Callable[[], int] | None = None,
-             fs: FileSystem = OS_FS) -> PartitionLog:
+             fs: FileSystem = OS_FS, on_damage: DamagePolicy = DamagePolicy.REFUSE,
+             verify_sealed: bool = False) -> PartitionLog:
         """Open (creating if needed, durably: see ensure_directory) and recover the log in
         `directory`, doing all file I/O through `fs`.
 
-        Raises CorruptLogError if verified data below the recovery point is damaged; the log
-        files are then left as they were for an operator (or a re-replication) to handle.
+        Damage below the recovery point (see damage.py): with `on_damage=REFUSE` open raises
+        CorruptLogError when it is in the active segment and leaves the files as they were;
+        with `QUARANTINE` it cuts the log before the first damaged batch, keeps a copy of the
+        damaged segment in `quarantine/`, and says so in `recovery`. Sealed segments are only
+        scanned when their index is unusable, unless `verify_sealed` (every checksum read:
+        for a replica that met a CorruptLogError while running).
         """
         directory = Path(directory)
         ensure_directory(directory, fs=fs)
         plog = cls(directory, config, now_ms or _wall_clock_ms, fs)
+        plog._on_damage = on_damage
+        plog._verify_sealed = verify_sealed
         plog._recover()
         return plog
 
@@ -649,8 +696,8 @@ class PartitionLog:
 
     # =============================================================================== recovery
 
-    def _recover(self) -> None:
-        notes = _RecoveryNotes()
+    def _recover(self, notes: _RecoveryNotes | None = None) -> None:
+        notes = _RecoveryNotes() if notes is None else notes
         for name in self.fs.listdir(self.directory):
             # Temp files of interrupted atomic writes, and a crash mid-clean.
             if name.endswith((".tmp", CLEANED_SUFFIX)):
@@ -676,10 +723,20 @@ class PartitionLog:
                                   for b in bases]
                 for segment in self._segments:
                     _refuse_old_format(segment)
+                damage = None
                 for segment, next_segment in zip(self._segments, self._segments[1:],
                                                  strict=False):
-                    self._recover_sealed(segment, next_segment.base_offset, notes)
-                self._recover_active(recovery_point, notes)
+                    damage = self._recover_sealed(segment, next_segment.base_offset, notes)
+                    if damage is not None and self._on_damage is DamagePolicy.QUARANTINE:
+                        break
+                    damage = None
+                if damage is None:
+                    damage = self._recover_active(recovery_point, notes)
+                if damage is not None:  # only under QUARANTINE
+                    self._cut_for_damage(damage, start=start, recovery_point=recovery_point,
+                                         notes=notes)
+                    self._recover(notes)  # again, on what is left: clean up to the cut
+                    return
             self._log_start_offset = max(start, self._segments[0].base_offset)
             self._recovery_point = recovery_point
             if meta is None:
@@ -708,7 +765,8 @@ class PartitionLog:
             truncated=tuple(notes.truncated), rebuilt_indexes=tuple(notes.rebuilt),
             corrupt=tuple(notes.corrupt), deleted_segments=tuple(notes.deleted),
             meta_problem=notes.meta_problem, completed_reset=notes.completed_reset,
-            emptied_below_start=notes.emptied_below_start)
+            emptied_below_start=notes.emptied_below_start,
+            cut_from_offset=notes.cut_from_offset, quarantined=tuple(notes.quarantined))
 
     def _prune_below_start(self, bases: list[int], start: int, notes: _RecoveryNotes) -> list[int]:
         """Delete sealed segments wholly below the log start (an interrupted prefix deletion)."""
@@ -722,17 +780,25 @@ class PartitionLog:
             self._fsync_directory()
         return keep
 
-    def _recover_sealed(self, segment: Segment, next_base: int, notes: _RecoveryNotes) -> None:
-        loaded = segment.try_load_index(interval_bytes=self.config.index_interval_bytes)
-        if not isinstance(loaded, str):
-            _, summary = loaded
-            if summary.end_offset == next_base:
+    def _recover_sealed(self, segment: Segment, next_base: int,
+                        notes: _RecoveryNotes) -> _Damage | None:
+        """Load (or rebuild) a sealed segment's summary; scan it when its index is unusable or
+        verify_sealed. Returns the damage found (already noted in `corrupt`), if any."""
+        loaded: str | None = None
+        found = segment.try_load_index(interval_bytes=self.config.index_interval_bytes)
+        if isinstance(found, str):
+            loaded = found
+        else:
+            _, summary = found
+            if summary.end_offset != next_base:
+                loaded = f"index says the segment ends at {summary.end_offset}, next starts " \
+                         f"at {next_base}"
+            elif not self._verify_sealed:
                 segment.apply_summary(summary)
-                return
-            loaded = f"index says the segment ends at {summary.end_offset}, next starts at " \
-                     f"{next_base}"
-        log.warning("rebuilding the index of %s: %s", segment.path.name, loaded)
-        notes.rebuilt.append(RebuiltIndex(segment=segment.path.name, reason=loaded))
+                return None
+        if loaded is not None:
+            log.warning("rebuilding the index of %s: %s", segment.path.name, loaded)
+            notes.rebuilt.append(RebuiltIndex(segment=segment.path.name, reason=loaded))
         segment.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
         result = segment.scan()
         if result.stopped_at is not None or result.end_offset != next_base:
@@ -742,17 +808,25 @@ class PartitionLog:
                 result.end_position
             notes.corrupt.append(CorruptRegion(segment=segment.path.name, position=position,
                                                reason=reason))
-            log.error("corruption in sealed segment %s at position %d: %s; reads of it will "
-                      "fail", segment.path.name, position, reason)
+            log.error("corruption in sealed segment %s at position %d: %s", segment.path.name,
+                      position, reason)
+            damage = _Damage(segment=segment, position=result.end_position,
+                             offset=result.end_offset, reason=reason,
+                             damaged_bytes=result.stopped_at is not None)
             # Keep the file's real size and the contiguity invariant; the index covers the
             # verified prefix only, and no index files are written, so the next open checks again.
             segment.size_bytes = segment.file_size()
             segment.end_offset = next_base
-        else:
+            segment.index = None
+            return damage
+        if loaded is not None:
             segment.write_index_files()
         segment.index = None
+        return None
 
-    def _recover_active(self, recovery_point: int, notes: _RecoveryNotes) -> None:
+    def _recover_active(self, recovery_point: int, notes: _RecoveryNotes) -> _Damage | None:
+        """Scan the active segment; cut a torn tail at or above the recovery point. Damage
+        below it raises CorruptLogError (REFUSE) or is returned (QUARANTINE)."""
         active = self._active
         active.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
         active.drop_index_files()
@@ -760,25 +834,70 @@ class PartitionLog:
         result = active.scan(min_term=min_term)
         file_size = active.file_size()
         if result.stopped_at is None and result.end_offset >= recovery_point:
-            return
-        if result.stopped_at is None:
-            raise CorruptLogError(
-                f"active segment ends at offset {result.end_offset} but offsets below the "
-                f"recovery point {recovery_point} were fsynced: acknowledged data was lost",
-                segment=active.path, position=result.end_position)
+            return None
         if result.end_offset < recovery_point:
-            raise CorruptLogError(
-                f"damaged batch below the recovery point {recovery_point} (offset "
-                f"{result.end_offset}): {result.reason}",
-                segment=active.path, position=result.stopped_at)
+            if result.stopped_at is None:
+                reason = f"active segment ends at offset {result.end_offset} but offsets below " \
+                         f"the recovery point {recovery_point} were fsynced: acknowledged " \
+                         "data was lost"
+            else:
+                reason = f"damaged batch below the recovery point {recovery_point} (offset " \
+                         f"{result.end_offset}): {result.reason}"
+            if self._on_damage is DamagePolicy.REFUSE:
+                raise CorruptLogError(reason, segment=active.path,
+                                      position=result.stopped_at if result.stopped_at is not None
+                                      else result.end_position)
+            notes.corrupt.append(CorruptRegion(segment=active.path.name,
+                                               position=result.end_position, reason=reason))
+            return _Damage(segment=active, position=result.end_position,
+                           offset=result.end_offset, reason=reason,
+                           damaged_bytes=result.stopped_at is not None)
         removed = file_size - result.end_position
         log.warning("truncated torn tail of %s at position %d (%d bytes): %s",
                     active.path.name, result.end_position, removed, result.reason)
         notes.truncated.append(TruncatedTail(segment=active.path.name,
                                              position=result.end_position,
-                                             bytes_removed=removed, reason=result.reason or ""))
+                                             bytes_removed=removed, reason=result.reason or "",
+                                             from_offset=result.end_offset))
         active.open_writer()
         active.truncate(result.end_position)
+
+    def _cut_for_damage(self, damage: _Damage, *, start: int, recovery_point: int,
+                        notes: _RecoveryNotes) -> None:
+        """QUARANTINE: keep a copy of the damaged segment, then cut the log before the damaged
+        batch, durably, in the order damage.py explains. Leaves all segments closed."""
+        notes.cuts += 1
+        assert notes.cuts <= DAMAGE_CUTS_PER_OPEN_MAX, f"{self.directory}: damage cuts repeat"
+        segment = damage.segment
+        if damage.damaged_bytes:
+            copy = quarantine_copy(self.fs, segment.path)
+            if copy is None:
+                log.error("%s: quarantine full, cutting %s without keeping a copy",
+                          self.directory, segment.path.name)
+            else:
+                notes.quarantined.append(f"{QUARANTINE_DIR}/{copy.name}")
+        cut = damage.offset
+        notes.cut_from_offset = cut if notes.cut_from_offset is None else \
+            min(cut, notes.cut_from_offset)
+        self._log_start_offset = start
+        self._write_meta_values(_Meta(start, min(recovery_point, cut)))
+        for victim in [s for s in self._segments if s.base_offset > segment.base_offset]:
+            victim.delete()
+        segment.drop_index_files()
+        self._fsync_directory()
+        segment.close()
+        fd = self.fs.open(segment.path, os.O_RDWR)
+        try:
+            self.fs.ftruncate(fd, damage.position)
+            self.fs.fdatasync(fd)
+        finally:
+            self.fs.close(fd)
+        for s in self._segments:
+            s.close()
+        log.error("%s: cut the log from offset %d (%s at position %d: %s); the damaged file "
+                  "is kept as %s", self.directory, cut, segment.path.name, damage.position,
+                  damage.reason, notes.quarantined[-1] if damage.damaged_bytes and
+                  notes.quarantined else "nothing")
 
     # ================================================================================ helpers
 
