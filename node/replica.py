@@ -1,9 +1,11 @@
 """One local replica of one Raft group: the thin I/O shell around RaftCore and a PartitionLog.
 
-The drive loop does exactly what each Ready says, in its order: persist hard state (atomic, fsynced)
-→ reset/truncate/append the log → fsync the log (group commit shared with every other replica on
-the node) → send messages → apply committed entries → resolve waiters → advance. It makes no
-protocol decisions. Produce requests wait on a commit waiter: acks=all answers only when the commit
+The drive loop does exactly what each Ready says, in etcd's order: reset/truncate/append the log →
+fsync the log and then the durable "recover to" marker (one group-commit job shared with every
+other replica on the node) → persist term, vote and membership (atomic, fsynced; the commit index
+recorded with them never above the durable log) → send messages → apply committed entries →
+resolve waiters → advance. It makes no protocol decisions; what lives in which file is in
+replica_state.py. Produce requests wait on a commit waiter: acks=all answers only when the commit
 index covers the batch AND the entry at that offset still has the term it was proposed in, so an
 entry replaced after a leadership change is never acknowledged.
 """
@@ -16,15 +18,14 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import json
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from tidelog.node.clock import SYSTEM_CLOCK, Clock
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.producer_state import ProducerStateTable
 from tidelog.node.raft import (
@@ -32,6 +33,7 @@ from tidelog.node.raft import (
     EntryKind,
     HardState,
     LogIndex,
+    LogReader,
     Message,
     NodeId,
     RaftConfig,
@@ -41,47 +43,35 @@ from tidelog.node.raft import (
     Term,
 )
 from tidelog.node.raft_log import PartitionRaftLog, to_batch
+from tidelog.node.replica_state import (
+    DurableMarker,
+    MarkerRecord,
+    RaftStateFile,
+    read_state,
+    write_state,
+)
 from tidelog.node.storage import (
     DiskFullError,
     FsyncMode,
     LogConfig,
     PartitionLog,
-    read_checksummed,
-    write_checksummed,
+    StorageError,
 )
+from tidelog.node.storage.dirs import ensure_directory
+from tidelog.node.storage.fs import OS_FS, FileSystem
 from tidelog.proto.batch import BatchHeader, iter_batches
 
 log = logging.getLogger(__name__)
 
-RAFT_STATE_FILE = "raft.state"
-COMMIT_PERSIST_INTERVAL_S = 1.0
 DISK_FULL_RETRY_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class RaftStateFile:
-    """term, vote, commit, membership and the term below log start: one checksummed file."""
+class CoreFactory(Protocol):
+    """RaftCore's constructor; tests pass a subclass with a planted bug."""
 
-    term: int = 0
-    vote: int | None = None
-    commit: int = -1
-    voters: tuple[int, ...] = ()
-    learners: tuple[int, ...] = ()
-    prefix_term: int = 0
-
-    def encode(self) -> bytes:
-        return json.dumps({
-            "term": self.term, "vote": self.vote, "commit": self.commit,
-            "voters": list(self.voters), "learners": list(self.learners),
-            "prefix_term": self.prefix_term,
-        }).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> RaftStateFile:
-        d = json.loads(data)
-        return cls(term=d["term"], vote=d["vote"], commit=d["commit"],
-                   voters=tuple(d["voters"]), learners=tuple(d["learners"]),
-                   prefix_term=d.get("prefix_term", 0))
+    def __call__(self, config: RaftConfig, log: LogReader, *, rng: random.Random,
+                 hard_state: HardState | None = None,
+                 recover_to: LogIndex | None = None) -> RaftCore: ...
 
 
 @dataclass(order=True)
@@ -110,35 +100,45 @@ class Replica:
         on_soft_state: Callable[[Replica], None] = lambda r: None,
         apply: Callable[[Replica, Entry], None] | None = None,
         seed: int | None = None,
+        fs: FileSystem = OS_FS,
+        clock: Clock = SYSTEM_CLOCK,
+        core_factory: CoreFactory = RaftCore,
+        disk_full_retry_s: float = DISK_FULL_RETRY_S,
     ) -> None:
+        """``fs``/``clock``: the seams the simulator replaces with its twins (tidelog.node.sim);
+        ``core_factory``: tests pass a RaftCore subclass with a planted bug."""
         self.group = group
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.log = PartitionLog.open(directory, log_config)
+        self._fs = fs
+        self._clock = clock
+        self._disk_full_retry_s = disk_full_retry_s
+        ensure_directory(directory, fs=fs)  # durably: the name lives in its parent
+        self.log = _open_log(directory, log_config, fs, clock)
         self._sync_always = log_config.fsync.mode is FsyncMode.ALWAYS
-        self._state_path = directory / RAFT_STATE_FILE
-        state = self._load_state()
-        voters = state.voters or tuple(raft_config.voters)
-        learners = state.learners if state.voters else tuple(raft_config.learners)
-        config = RaftConfig(
-            node_id=raft_config.node_id, voters=tuple(NodeId(v) for v in voters),
-            learners=tuple(NodeId(v) for v in learners),
-            election_ticks=raft_config.election_ticks, heartbeat_ticks=raft_config.heartbeat_ticks,
-            max_inflight_msgs=raft_config.max_inflight_msgs,
-            max_append_bytes=raft_config.max_append_bytes,
-        )
-        self.raft_log = PartitionRaftLog(self.log, prefix_term=state.prefix_term)
-        recover_to = self._recover_to(state)
-        self.core = RaftCore(
+        state = read_state(directory, fs)
+        state = self._finish_log_start(state)
+        self._marker = DurableMarker(directory, fs)
+        membership = state.membership or raft_config.membership
+        # Every field the caller gave is kept (pre_vote, check_quorum, limits); only the
+        # membership comes from disk, where the core reported it (defect 11 of issue 11).
+        config = raft_config.with_membership(membership) if state.membership is not None \
+            else raft_config
+        prefix_term = state.prefix_term if state.log_start in (-1, self.log.log_start_offset) \
+            else 0  # the start moved without its term being recorded: claim the oldest term
+        self.raft_log = PartitionRaftLog(self.log, prefix_term=prefix_term)
+        marker = self._marker.last
+        commit = max(state.commit, marker.commit if marker is not None else -1)
+        recover_to = self._recover_to(commit, marker)
+        self.core = core_factory(
             config, self.raft_log, rng=random.Random(seed),
             hard_state=HardState(term=Term(state.term),
                                  vote=NodeId(state.vote) if state.vote is not None else None,
-                                 commit=LogIndex(state.commit)),
+                                 commit=LogIndex(commit)),
             recover_to=recover_to,
         )
-        self._state = state
-        self._state_written_at = 0.0
+        self._state = dataclasses.replace(state, membership=membership)
         self._committer = committer
+        self._durable = _LogAndMarker(self.log, self._marker)
         self._send = send
         self._on_soft_state = on_soft_state
         self._apply = apply
@@ -154,6 +154,7 @@ class Replica:
         self._closed = False
         self.error: BaseException | None = None
         self.storage_error: BaseException | None = None  # set while the disk is full
+        self._state_lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -164,26 +165,66 @@ class Replica:
 
     async def close(self) -> None:
         self._closed = True
-        if self._state.commit != self.core.commit:  # leave the latest commit index behind
-            self._state = dataclasses.replace(self._state, commit=self.core.commit)
-            with contextlib.suppress(OSError):
-                write_checksummed(self._state_path, self._state.encode())
         self._fail_waiters(ReplicaLostLeadership(f"replica {self.group} is closing"))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        await asyncio.get_running_loop().run_in_executor(None, self.log.close)
+        commit = self.core.commit
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._close_files, commit))
+
+    def _close_files(self, commit: int) -> None:
+        """Leave the latest commit index behind (durably, never above the durable log)."""
+        with contextlib.suppress(OSError, StorageError):
+            durable_end = self.log.sync()
+            upto = self._durable.promise(durable_end - 1, recovering=self._recovering)
+            commit = min(commit, durable_end - 1)
+            last = self._marker.last
+            if last is None or (last.durable_upto, last.commit) != (upto, commit):
+                self._marker.write(durable_upto=upto, commit=commit)
+        self._marker.close()
+        self.log.close()
+
+    async def truncate_prefix(self, upto: int) -> None:
+        """Retention: drop the entries ending at or before the entry boundary ``upto``, which
+        must be applied. The new log start and its term are recorded in raft.state first, so a
+        crash between the two writes is finished on restart."""
+        term = self.raft_log.term_at(upto)
+        assert term is not None and upto <= self.core.applied, (upto, term, self.core.applied)
+        await self._write_state(log_start=upto + 1, prefix_term=int(term), reset=False)
+        self.log.truncate_prefix(upto + 1)  # on the loop: the core reads the log start live
+        self.raft_log.prefix_term = int(term)
 
     # -- inputs ---------------------------------------------------------------------------------
 
     def step(self, message: Message) -> None:
-        self.core.step(message)
+        """A local storage error while stepping (the core reads the log) stops the replica:
+        the core may be half-updated, only a restart from disk is safe."""
+        if self.error is not None:
+            return
+        try:
+            self.core.step(message)
+        except StorageError as exc:
+            self._stop(exc)
+            return
         self._wake.set()
 
     def tick(self) -> None:
-        self.core.tick()
+        if self.error is not None:
+            return
+        try:
+            self.core.tick()
+        except StorageError as exc:
+            self._stop(exc)
+            return
         self._wake.set()
+
+    def _stop(self, exc: BaseException) -> None:
+        self.error = exc
+        log.error("replica %s stopped: %s", self.group, exc)
+        self._fail_waiters(exc)
+        self._wake.set()  # the drive loop sees the error and returns
 
     def report_unreachable(self, peer: int) -> None:
         self.core.report_unreachable(NodeId(peer))
@@ -203,6 +244,22 @@ class Replica:
     def transfer_leadership(self, to: int) -> None:
         self.core.transfer_leadership(NodeId(to))
         self._wake.set()
+
+    def add_learner(self, node: int) -> int:
+        """Propose a membership change (leader only); returns the CONFIG entry's offset."""
+        index = self.core.add_learner(NodeId(node))
+        self._wake.set()
+        return index
+
+    def promote(self, node: int) -> int:
+        index = self.core.promote(NodeId(node))
+        self._wake.set()
+        return index
+
+    def remove(self, node: int) -> int:
+        index = self.core.remove(NodeId(node))
+        self._wake.set()
+        return index
 
     async def wait_committed(self, last_offset: int, term: int, timeout_s: float) -> None:
         """Until the commit index covers last_offset with the entry still of `term`."""
@@ -280,6 +337,8 @@ class Replica:
         while not self._closed:
             await self._wake.wait()
             self._wake.clear()
+            if self.error is not None:
+                return
             try:
                 while (ready := self.core.ready()) is not None:
                     await self._handle_until_done(ready)
@@ -307,7 +366,7 @@ class Replica:
                     log.warning("%s: disk full, refusing writes until space returns: %s",
                                 self.group, exc)
                 self.storage_error = exc
-                await asyncio.sleep(DISK_FULL_RETRY_S)
+                await asyncio.sleep(self._disk_full_retry_s)
                 continue
             if self.storage_error is not None:
                 log.info("%s: disk space is back, writes resume", self.group)
@@ -315,63 +374,33 @@ class Replica:
             return
 
     async def _handle(self, rd: Ready) -> None:
-        loop = asyncio.get_running_loop()
-        if rd.hard_state is not None or rd.membership is not None or rd.reset_log_to is not None:
-            previous = self._state
-            hs = rd.hard_state or self.core_hard_state()
-            membership = rd.membership or self.core.membership
-            prefix_term = (rd.reset_log_to.term if rd.reset_log_to is not None
-                           else self._state.prefix_term)
-            self._state = RaftStateFile(
-                term=hs.term, vote=hs.vote, commit=hs.commit,
-                voters=tuple(sorted(membership.voters)),
-                learners=tuple(sorted(membership.learners)), prefix_term=prefix_term,
-            )
-            # Term, vote and membership must be durable before any message is sent; the commit
-            # index alone need not be (Raft re-learns it from the leader), so a commit-only change
-            # is written without fsync at most every COMMIT_PERSIST_INTERVAL_S: keeps fsyncs (and
-            # latency) off the per-write path.
-            durable = (rd.membership is not None or rd.reset_log_to is not None
-                       or (hs.term, hs.vote) != (previous.term, previous.vote))
-            now = time.monotonic()
-            if durable or now - self._state_written_at >= COMMIT_PERSIST_INTERVAL_S:
-                self._state_written_at = now
-                data = self._state.encode()
-                await loop.run_in_executor(
-                    None, functools.partial(write_checksummed, self._state_path, data,
-                                            durable=durable))
+        """Persist order (docs/raft.md, "Persist order"): log reset (its start recorded in
+        raft.state first) -> truncate -> append -> fsync the log and then the durable marker ->
+        raft.state (term, vote, membership; a commit never above the durable log) -> send ->
+        apply. Idempotent, so a disk-full retry runs it again from the top."""
+        reshaped = False
         if rd.reset_log_to is not None:
-            await loop.run_in_executor(None, self.log.reset, rd.reset_log_to.start)
-            self.raft_log.prefix_term = rd.reset_log_to.term
-            self._rebuild_producer_state()
+            await self._reset_log(rd)
+            reshaped = True
         if rd.truncate_after is not None:
             self.log.truncate_after(rd.truncate_after)
             self._rebuild_producer_state()
+            reshaped = True
         if rd.entries:
-            for entry in rd.entries:
-                if entry.index < self.log.log_end_offset:
-                    if self.raft_log.term_at(entry.last) == entry.term:
-                        continue  # appended by an attempt that failed (same index and term)
-                    # Entries overwrite what they conflict with (as etcd's Storage.Append): the
-                    # core dropped an unstable tail that an earlier Ready had already written
-                    # here while messages were stepped during its await, so it sends no
-                    # truncate_after for it (found by `tidelog chaos run pause-leader`).
-                    self.log.truncate_after(entry.index - 1)
-                    self._rebuild_producer_state()
-                info = self.log.append(to_batch(entry), term=entry.term, base_offset=entry.index)
-                assert info.base_offset == entry.index
-                if entry.kind is EntryKind.DATA and entry.last > self._producers_upto:
-                    self._record_producer(entry)
-            self._appended.set()
+            reshaped = self._append(rd.entries) or reshaped
         # A leader may send AppendEntries before its own fsync (Raft thesis §10.2.1): the core
         # counts the leader towards commit only after advance(), i.e. once its log is durable,
         # so the disk write and the replication round trip overlap. Everything else a replica
         # says (votes, append acknowledgements) promises durability and waits for the fsync.
-        send_early = self.core.role is Role.LEADER and rd.hard_state is None
+        send_early = self.core.role is Role.LEADER and not self._vote_changed(rd)
         if send_early:
             self._send_all(rd.messages)
-        if rd.entries and (self._sync_always or self.log.needs_sync(int(time.time() * 1000))):
-            await self._committer.sync(self.log)
+        if (rd.entries or reshaped) and (
+                self._sync_always or self.log.needs_sync(self._clock.wall_ms())):
+            await self._sync_log_and_marker(rd)
+        await self._persist_hard_state(rd)
+        if rd.recovered:
+            self._recovering = False  # the refilled log is durable: the marker may come down
         if not send_early:
             self._send_all(rd.messages)
         if rd.soft_state is not None:
@@ -387,6 +416,79 @@ class Replica:
             self.commit_index = rd.commit_index
             self._resolve_waiters()
             self._data_changed.set()
+
+    def _append(self, entries: tuple[Entry, ...]) -> bool:
+        """Append to the page cache; True if a conflicting tail was cut on the way."""
+        cut = False
+        for entry in entries:
+            if entry.index < self.log.log_end_offset:
+                if self.raft_log.term_at(entry.last) == entry.term:
+                    continue  # appended by an attempt that failed (same index and term)
+                # Entries overwrite what they conflict with (as etcd's Storage.Append): the
+                # core dropped an unstable tail that an earlier Ready had already written
+                # here while messages were stepped during its await, so it sends no
+                # truncate_after for it (found by `tidelog chaos run pause-leader`).
+                self.log.truncate_after(entry.index - 1)
+                self._rebuild_producer_state()
+                cut = True
+            info = self.log.append(to_batch(entry), term=entry.term, base_offset=entry.index)
+            assert info.base_offset == entry.index
+            if entry.kind is EntryKind.DATA and entry.last > self._producers_upto:
+                self._record_producer(entry)
+        self._appended.set()
+        return cut
+
+    async def _sync_log_and_marker(self, rd: Ready) -> None:
+        """fsync the log, then record durably what this replica may now acknowledge (the
+        "recover to" marker), in the same group-commit job; both before any message."""
+        upto = self._durable.promise(self.log.log_end_offset - 1, recovering=self._recovering)
+        self._durable.next = (upto, min(rd.commit_index, self.log.log_end_offset - 1))
+        await self._committer.sync(self._durable)
+
+    def _vote_changed(self, rd: Ready) -> bool:
+        hs = rd.hard_state
+        return hs is not None and (hs.term, hs.vote) != (self._state.term, self._state.vote)
+
+    async def _persist_hard_state(self, rd: Ready) -> None:
+        """Term, vote and membership: durable before any message is sent (a vote sent and then
+        forgotten lets a replica vote twice in one term). Written after the log, so the commit
+        recorded with them never covers an entry that is not durable here."""
+        membership = rd.membership if rd.membership != self._state.membership else None
+        if not self._vote_changed(rd) and membership is None:
+            return
+        hs = rd.hard_state or self.core_hard_state()
+        await self._write_state(
+            term=int(hs.term), vote=hs.vote, membership=membership or self._state.membership,
+            commit=min(int(hs.commit), self.log.durable_end_offset - 1))
+
+    async def _reset_log(self, rd: Ready) -> None:
+        """The new log start and its term are recorded first; a crash before the log reset
+        is finished on restart (_finish_log_start)."""
+        start = rd.reset_log_to
+        assert start is not None
+        hs = rd.hard_state or self.core_hard_state()
+        await self._write_state(
+            term=int(hs.term), vote=hs.vote, membership=rd.membership or self._state.membership,
+            commit=min(int(hs.commit), start.start - 1), log_start=int(start.start),
+            prefix_term=int(start.term), reset=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.log.reset, start.start)
+        self.raft_log.prefix_term = start.term
+        self._rebuild_producer_state()
+
+    async def _write_state(self, **changes: Any) -> None:
+        """Atomic, durable; ``self._state`` changes only once the write succeeded, so a
+        disk-full retry writes it again instead of sending a vote that is not on disk
+        (defect 7 of issue 11)."""
+        async with self._state_lock:
+            new = dataclasses.replace(self._state, **changes)
+            if new == self._state:
+                return
+            await self._store_state(new)
+
+    async def _store_state(self, new: RaftStateFile) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(write_state, self.directory, new, self._fs))
+        self._state = new
 
     def _send_all(self, messages: tuple[Message, ...]) -> None:
         for message in messages:
@@ -441,19 +543,35 @@ class Replica:
                 self.producers.record(header, header.base_offset, header.term)
         self._producers_upto = self.log.log_end_offset - 1
 
-    def _load_state(self) -> RaftStateFile:
-        data = read_checksummed(self._state_path)
-        return RaftStateFile.decode(data) if data is not None else RaftStateFile()
+    def _finish_log_start(self, state: RaftStateFile) -> RaftStateFile:
+        """raft.state records a log reset or a retention cut before the log does it: finish a
+        cut that a crash interrupted."""
+        start = state.log_start
+        if start <= self.log.log_start_offset:
+            return state
+        if state.reset or start > self.log.log_end_offset:
+            log.warning("%s: finishing an interrupted log reset to %d", self.group, start)
+            self.log.reset(start)
+        else:
+            self.log.truncate_prefix(start)
+        return state
 
-    def _recover_to(self, state: RaftStateFile) -> LogIndex | None:
-        """A log that lost entries it had acknowledged must refetch them before voting again."""
-        report = self.log.recovery
+    def _recover_to(self, commit: int, marker: MarkerRecord | None) -> LogIndex | None:
+        """A log shorter than what this replica promised as durable lost entries it may have
+        acknowledged (a bit flip in the last second is cut as a torn tail; a damaged sealed
+        segment is quarantined): it must get them back from a leader before voting again."""
         last = self.log.log_end_offset - 1
-        if (report.truncated or report.corrupt) and state.commit > last:
-            log.warning("%s: log lost committed entries (commit %d, log ends at %d); "
-                        "recovering from peers before voting", self.group, state.commit, last)
-            return LogIndex(state.commit)
-        return None
+        report = self.log.recovery
+        if marker is None:  # written by a version without the marker: the commit is all we know
+            promised = commit if (report.truncated or report.corrupt) else -1
+        else:
+            promised = max(marker.durable_upto, commit)
+        self._recovering = promised > last
+        if not self._recovering:
+            return None
+        log.warning("%s: log lost entries it had promised (up to %d, log ends at %d); "
+                    "recovering from peers before voting", self.group, promised, last)
+        return LogIndex(promised)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -461,3 +579,30 @@ class Replica:
             "term": self.term, "log_start": self.log.log_start_offset,
             "log_end": self.log.log_end_offset, "high_watermark": self.high_watermark,
         }
+
+
+class _LogAndMarker:
+    """What one group-commit job makes durable for a replica: its log, then its marker."""
+
+    def __init__(self, plog: PartitionLog, marker: DurableMarker) -> None:
+        self.log = plog
+        self.marker = marker
+        self.next: tuple[int, int] | None = None  # (durable_upto, commit) to record after sync
+
+    def promise(self, upto: int, *, recovering: bool) -> int:
+        """The marker never comes down while the replica recovers lost entries."""
+        last = self.marker.last
+        return max(upto, last.durable_upto) if recovering and last is not None else upto
+
+    def sync(self) -> int:
+        end = self.log.sync()
+        if self.next is not None:
+            upto, commit = self.next
+            last = self.marker.last
+            if last is None or (last.durable_upto, last.commit) != (upto, commit):
+                self.marker.write(durable_upto=upto, commit=commit)
+        return end
+
+
+def _open_log(directory: Path, config: LogConfig, fs: FileSystem, clock: Clock) -> PartitionLog:
+    return PartitionLog.open(directory, config, now_ms=clock.wall_ms, fs=fs)

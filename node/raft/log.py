@@ -186,8 +186,8 @@ class RaftLog:
                     break
                 out.append(e)
             max_bytes -= sum(e.size_bytes for e in out)
-            if out and max_bytes <= 0:
-                return out
+            if out and (max_bytes <= 0 or out[-1].last < self._offset - 1):
+                return out  # the stable part stopped short: never skip to the unstable tail
         i = bisect.bisect_left(self._unstable, max(from_index, self._offset), key=_last)
         size = 0
         for e in self._unstable[i:]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tidelog.node.raft import RaftCore
+from tidelog.node.replica import Replica
 from tidelog.node.sim.checker import SafetyViolation, Violation
 from tidelog.node.sim.cluster import Cluster, SimOptions
 
@@ -41,10 +45,24 @@ def run_seed(
     nodes: int = 3,
     steps: int = DEFAULT_STEPS,
     core_cls: type[RaftCore] = RaftCore,
+    replica_cls: type[Replica] = Replica,
     options: SimOptions | None = None,
 ) -> SeedResult:
     opt = options or SimOptions()
-    opt.nodes, opt.core_cls = nodes, core_cls
+    opt.nodes, opt.core_cls, opt.replica_cls = nodes, core_cls, replica_cls
+    logging.disable(logging.CRITICAL)  # the replicas log every fault they survive
+    try:
+        with warnings.catch_warnings():
+            # A killed incarnation's tasks are dropped, some before their first step.
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+            result = _run(seed, steps, opt)
+            gc.collect(1)  # while the filter holds: most dropped tasks go now
+    finally:
+        logging.disable(logging.NOTSET)
+    return result
+
+
+def _run(seed: int, steps: int, opt: SimOptions) -> SeedResult:
     cluster = Cluster(seed, opt)
     violation: Violation | None = None
     try:
@@ -59,14 +77,16 @@ def run_seed(
             cluster.final_check()
     except SafetyViolation as e:
         violation = e.violation
-    except Exception as e:  # an assertion or a bug in the core: report it with the seed
+    except Exception as e:  # an assertion or a bug in the shell or core: report it with the seed
         where = traceback.extract_tb(e.__traceback__)[-1]
         violation = Violation(
             rule=type(e).__name__, detail=f"{e} ({where.filename}:{where.lineno})"
         )
+    finally:
+        cluster.close()
     return SeedResult(
         seed=seed,
-        nodes=nodes,
+        nodes=opt.nodes,
         steps=steps,
         elections=cluster.stats.elections,
         commits=cluster.stats.commits,
@@ -103,6 +123,7 @@ def run_seeds(
     nodes: int = 3,
     steps: int = DEFAULT_STEPS,
     core_cls: type[RaftCore] = RaftCore,
+    replica_cls: type[Replica] = Replica,
     options: Callable[[], SimOptions] | None = None,
     stop_on_failure: bool = False,
     on_result: Callable[[SeedResult], None] | None = None,
@@ -110,7 +131,8 @@ def run_seeds(
     summary = Summary()
     for seed in seeds:
         opt = options() if options is not None else None
-        r = run_seed(seed, nodes=nodes, steps=steps, core_cls=core_cls, options=opt)
+        r = run_seed(seed, nodes=nodes, steps=steps, core_cls=core_cls, replica_cls=replica_cls,
+                     options=opt)
         summary.add(r)
         if on_result is not None:
             on_result(r)

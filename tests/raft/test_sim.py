@@ -1,4 +1,5 @@
-"""The simulator: determinism, replay, the CLI, and proof that the checker can fail."""
+"""The simulator (real Replica, PartitionLog and GroupCommitter over SimFileSystem): determinism,
+replay, the CLI, and proof that the checker can fail."""
 
 from __future__ import annotations
 
@@ -38,14 +39,18 @@ def test_cli_failure_prints_seed_replay_command_and_trace(
 ) -> None:
     import tidelog.node.sim.runner as runner
 
-    monkeypatch.setattr(runner, "RaftCore", VotesForStaleLogs)
+    caught = run_seeds(range(100), steps=1000, core_cls=VotesForStaleLogs, stop_on_failure=True)
+    assert caught.failures, "VotesForStaleLogs survived 100 seeds"
+    seed = caught.failures[0].seed
+    print(f"VotesForStaleLogs caught by seed {seed}")
     orig = runner.run_seed
     monkeypatch.setattr(
         runner, "run_seed", lambda seed, **kw: orig(seed, **{**kw, "core_cls": VotesForStaleLogs})
     )
-    assert main(["sim", "--seed", "18", "--steps", "1500"]) == 1
+    assert main(["sim", "--seed", str(seed), "--steps", "1000"]) == 1
     out = capsys.readouterr().out
-    assert "VIOLATION seed=18" in out and "replay: tidelog sim --seed 18 --steps 1500" in out
+    assert f"VIOLATION seed={seed}" in out
+    assert f"replay: tidelog sim --seed {seed} --steps 1000" in out
     assert "recv" in out  # the trace of the last events
 
 
@@ -103,4 +108,6 @@ def test_cluster_heal_restarts_crashed_members() -> None:
     c = Cluster(5, SimOptions())
     c.run(2000)
     c.heal()
-    assert all(n.core is not None for i, n in c.nodes.items() if i in c._membership().voters)
+    c.run(10)
+    assert all(n.replica is not None for i, n in c.nodes.items() if i in c._membership().voters)
+    c.close()
