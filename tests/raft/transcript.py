@@ -52,6 +52,7 @@ import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import assert_never
 
 from tidelog.node.raft import (
     Entry,
@@ -63,6 +64,7 @@ from tidelog.node.raft import (
     Message,
     MessageType,
     NodeId,
+    ProgressState,
     RaftConfig,
     RaftCore,
     RaftError,
@@ -155,6 +157,8 @@ def fmt_entry(e: Entry) -> str:
             return f"{pos}/t{e.term} NOOP"
         case EntryKind.CONFIG:
             return f"{pos}/t{e.term} CONFIG {fmt_membership(Membership.decode(e.data))}"
+        case _:
+            assert_never(e.kind)
 
 
 def fmt_msg(m: Message) -> str:
@@ -180,6 +184,8 @@ def fmt_msg(m: Message) -> str:
             tail = f"start-prev={m.index}/t{m.log_term} commit={m.commit} {mem}"
         case MessageType.HEARTBEAT_RESP | MessageType.TIMEOUT_NOW:
             tail = ""
+        case _:
+            assert_never(m.type)
     return f"{head} {tail}".rstrip()
 
 
@@ -534,7 +540,7 @@ class Transcript:
         for p in sorted(core.progress):
             pr = core.progress[p]
             line = f"  {p}: {pr.state.value} match={pr.match} next={pr.next}"
-            if pr.state.value == "snapshot":
+            if pr.state == ProgressState.SNAPSHOT:
                 line += f" pending={pr.pending_log_start} install-ticks={pr.install_elapsed}"
             if len(pr.inflights):
                 line += f" inflight={len(pr.inflights)}"
