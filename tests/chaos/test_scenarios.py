@@ -102,6 +102,24 @@ def test_kill_leader_without_root_catches_a_node_that_acks_before_commit(tmp_pat
 
 @pytest.mark.cluster
 @pytest.mark.timeout(180)
+def test_replicas_that_store_a_committed_entry_differently_are_caught(tmp_path: Path) -> None:
+    """Issue 11 defect 10 planted back (tests/chaos/wallclock_node.py: control batches stamped
+    with each replica's own clock). No read can see it; comparing the replicas after the run
+    must, and nothing else may fail: no data was lost."""
+    outcome = _run(tmp_path, "kill-leader", network_namespaces=False,
+                   node_module="tests.chaos.wallclock_node",
+                   node_env={"PYTHONPATH": str(REPO)})
+    r = outcome.results
+    assert r is not None and outcome.executed and r.acked > 0, _explain(outcome)
+    assert r.failed_checks == (CheckName.REPLICAS,), _explain(outcome)
+    assert r.divergent > 0 and r.lost == 0, _explain(outcome)
+    example = r.check(CheckName.REPLICAS).examples[0]
+    assert example.startswith("INCONSISTENT p") and "digest" in example, example
+    assert outcome.verdict is RunVerdict.INVALID
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
 def test_harness_reports_lost_data_from_a_node_that_acks_before_commit(tmp_path: Path) -> None:
     if NETWORK_SKIP:
         pytest.skip(f"isolate-leader needs network faults: {NETWORK_SKIP}")
