@@ -7,7 +7,8 @@ through the leader cannot see a follower that diverged, so once the final read i
 harness stops the nodes, copies each replica's partition directory (a node's data dir is never
 opened in place: opening a log runs recovery, which may write), and digests each copy's bytes
 over `[0, upto)`, where `upto` is the *common committed offset*: the lowest of what each replica
-itself recorded as committed and of the high watermark the final read saw. Every offset below
+itself recorded as committed (`raft.state`, `raft.durable`) and of the high watermark the final
+read saw. Every offset below
 it is committed on every replica, so their bytes must be identical; a lagging replica only
 lowers `upto`, it never makes a false mismatch. Each replica becomes one `replica_digest` event
 in the history, and the checker's `replica-consistency` check judges them.
@@ -19,16 +20,14 @@ the checker fails on it rather than passing it by.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tidelog.chaos.history import ReplicaDigest
-from tidelog.node.storage import LogConfig, PartitionLog, StorageError, read_checksummed
+from tidelog.node.replica_state import DURABLE_FILE, DurableMarker, read_state
+from tidelog.node.storage import LogConfig, PartitionLog, StorageError
 from tidelog.node.storage.digest import committed_prefix_digest
-
-RAFT_STATE_FILE = "raft.state"  # a replica's Raft state, beside its log (tidelog.node.replica)
 
 __all__ = ["digest_replicas", "partition_dir"]
 
@@ -114,8 +113,16 @@ def _digest(log: PartitionLog, upto: int) -> str:
 
 
 def _commit_hint(directory: Path) -> int:
-    """The highest offset this replica recorded as committed in `raft.state` (-1: none). A lower
-    bound of the commit index it had (the file may lag), and by Raft every entry up to it
-    matches the leader's. Read as the checksummed JSON object both layouts of the file share."""
-    data = read_checksummed(directory / RAFT_STATE_FILE)
-    return -1 if data is None else int(json.loads(data)["commit"])
+    """The highest offset this replica recorded as committed (-1: none): the newer of the commit
+    in `raft.state` and the one in the durable marker `raft.durable` (written after every log
+    fsync). A lower bound of the commit index it had, and by Raft every entry up to it matches
+    the leader's."""
+    commit = read_state(directory).commit
+    if (directory / DURABLE_FILE).exists():
+        marker = DurableMarker(directory)
+        try:
+            if marker.last is not None:
+                commit = max(commit, marker.last.commit)
+        finally:
+            marker.close()
+    return commit

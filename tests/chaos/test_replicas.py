@@ -4,14 +4,14 @@ stopped node leaves them, digested offline; the checker's replica-consistency ju
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tidelog.chaos.checker import Checker, CheckerConfig
 from tidelog.chaos.history import History, ReplicaDigest
-from tidelog.chaos.replicas import RAFT_STATE_FILE, digest_replicas, partition_dir
+from tidelog.chaos.replicas import digest_replicas, partition_dir
 from tidelog.chaos.results import CheckName, Verdict
-from tidelog.node.storage import LogConfig, PartitionLog, write_checksummed
+from tidelog.node.replica_state import DurableMarker, RaftStateFile, write_state
+from tidelog.node.storage import LogConfig, PartitionLog
 from tidelog.proto.batch import encode_batch
 
 NODES = ("n1", "n2", "n3")
@@ -22,18 +22,28 @@ def _batch(tag: str) -> bytes:
 
 
 def _replica(root: Path, node: str, tags: list[str], *, commit: int,
-             name: str = "chaos-0.1") -> Path:
-    """A node's data dir holding one partition: one record per tag at offsets 0.., term 1, and a
-    raft.state recording offsets up to `commit` as committed."""
+             name: str = "chaos-0.1", marker_commit: int | None = None) -> Path:
+    """A node's data dir holding one partition: one record per tag at offsets 0.., term 1, a
+    raft.state recording offsets up to `commit` as committed and, if asked, a durable marker
+    recording `marker_commit`, as the replica writes them."""
     directory = root / node / "partitions" / name
     log = PartitionLog.open(directory, LogConfig())
     for tag in tags:
         log.append(_batch(tag), term=1)
     log.sync()
     log.close()
-    write_checksummed(directory / RAFT_STATE_FILE,
-                      json.dumps({"term": 1, "vote": None, "commit": commit}).encode())
+    write_state(directory, RaftStateFile(term=1, commit=commit))
+    if marker_commit is not None:
+        marker = DurableMarker(directory)
+        marker.write(durable_upto=len(tags) - 1, commit=marker_commit)
+        marker.close()
     return root / node
+
+
+def _contents(directory: Path | None) -> dict[str, bytes]:
+    assert directory is not None
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _digests(tmp_path: Path, dirs: dict[str, Path], hw: int) -> list[ReplicaDigest]:
@@ -49,18 +59,18 @@ def _judge(events: list[ReplicaDigest]):  # type: ignore[no-untyped-def]
 def test_identical_replicas_get_one_digest_over_the_common_committed_prefix(
         tmp_path: Path) -> None:
     tags = [f"r{i}" for i in range(10)]
-    dirs = {"n1": _replica(tmp_path, "n1", tags, commit=9),
+    dirs = {"n1": _replica(tmp_path, "n1", tags, commit=2, marker_commit=9),  # the newer wins
             "n2": _replica(tmp_path, "n2", tags, commit=9),
             "n3": _replica(tmp_path, "n3", tags, commit=7)}  # it had heard of less
+    before = _contents(partition_dir(dirs["n1"], "chaos", 0))
     events = _digests(tmp_path, dirs, hw=10)
     assert [e.node for e in events] == list(NODES)
     assert {e.upto_offset for e in events} == {8}  # the lowest commit + 1, below the hw
     assert len({e.digest for e in events}) == 1 and events[0].digest is not None
     assert _judge(events).verdict is Verdict.PASS
     assert not (tmp_path / "scratch").exists()  # the copies are removed
-    # The node's own directory was copied, never opened: nothing added to it.
-    assert sorted(p.name for p in partition_dir(dirs["n1"], "chaos", 0).iterdir()) == sorted(
-        p.name for p in partition_dir(dirs["n2"], "chaos", 0).iterdir())
+    # The node's own directory was copied, never opened: not a byte of it changed.
+    assert _contents(partition_dir(dirs["n1"], "chaos", 0)) == before
 
 
 def test_a_replica_holding_another_committed_record_is_inconsistent(tmp_path: Path) -> None:
