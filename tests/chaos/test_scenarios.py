@@ -120,6 +120,26 @@ def test_replicas_that_store_a_committed_entry_differently_are_caught(tmp_path: 
 
 @pytest.mark.cluster
 @pytest.mark.timeout(180)
+def test_consumers_jumping_over_records_are_reported_as_poll_skips(tmp_path: Path) -> None:
+    """tests/chaos/skipping_node.py leaves a batch out of some reads (seeded): real consumers
+    then jump over records, inside one poll() and between two, that other reads saw."""
+    seed = 5
+    print(f"skipping node seed {seed} (TIDELOG_TEST_SKIP_SEED)")
+    outcome = _run(tmp_path, "kill-leader", network_namespaces=False,
+                   node_module="tests.chaos.skipping_node",
+                   node_env={"PYTHONPATH": str(REPO), "TIDELOG_TEST_SKIP_SEED": str(seed)})
+    r = outcome.results
+    assert r is not None and r.acked > 0, _explain(outcome)
+    for name in (CheckName.INTERNAL_POLL_SKIPS, CheckName.POLL_SKIPS):
+        check = r.check(name)
+        assert check.verdict is Verdict.FAIL and check.count("skips") > 0, _explain(outcome)
+    assert "in one poll" in r.check(CheckName.INTERNAL_POLL_SKIPS).examples[0]
+    assert "between two polls" in r.check(CheckName.POLL_SKIPS).examples[0]
+    assert outcome.verdict is RunVerdict.INVALID
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
 def test_harness_reports_lost_data_from_a_node_that_acks_before_commit(tmp_path: Path) -> None:
     if NETWORK_SKIP:
         pytest.skip(f"isolate-leader needs network faults: {NETWORK_SKIP}")
