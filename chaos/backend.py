@@ -23,6 +23,7 @@ Without root: nodes on 127.0.0.1 and only process faults.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import enum
 import errno
@@ -329,8 +330,12 @@ class LocalBackend:
             p.kill()
         for p in victims:
             p.wait(STOP_GRACE_S)
-        return {n: self._lazy[n].cut(torn_seed=None if torn_seed is None else torn_seed + i)
-                for i, n in enumerate(nodes)}
+        # In parallel: each cut outlasts the kernel's 1 s name/attribute cache (lazyfs/fs.py).
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(nodes) or 1) as pool:
+            cuts = {n: pool.submit(self._lazy[n].cut,
+                                   torn_seed=None if torn_seed is None else torn_seed + i)
+                    for i, n in enumerate(nodes)}
+            return {n: f.result() for n, f in cuts.items()}
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from tidelog.chaos.runner import (
     RunOutcome,
     render_preamble,
 )
-from tidelog.chaos.scenarios import SCENARIOS, missing_capability, schedule
+from tidelog.chaos.scenarios import SCENARIOS, missing_capability, needs_power, schedule
 from tidelog.chaos.workload import WorkloadConfig, classify_error
 from tidelog.client import errors
 
@@ -204,3 +204,21 @@ def test_a_run_in_which_no_fault_was_executed_is_vacuous_and_exits_3(tmp_path: P
         HarnessCheck(name="converged", verdict=Verdict.FAIL, detail="p0 never led"),))
     assert failed.verdict is RunVerdict.INVALID and EXIT_CODES[failed.verdict] == 1
     assert "verdict: INVALID (failed: converged)" in render_preamble(failed)
+
+
+def test_power_cut_scenarios_need_a_backend_that_loses_unsynced_writes() -> None:
+    no_power = frozenset({Capability.PROCESS, Capability.PARTITION, Capability.LOSS,
+                          Capability.DISK})
+    for name in ("power-cut-follower", "power-cut-leader", "power-cut-all"):
+        assert missing_capability(SCENARIOS[name], no_power) == "needs power faults", name
+        assert missing_capability(SCENARIOS[name], frozenset({Capability.POWER})) is None
+        assert needs_power(SCENARIOS[name]), name
+    partition = SCENARIOS["power-cut-partition"]
+    assert missing_capability(partition, frozenset({Capability.POWER})) == \
+        "needs partition faults"
+    assert missing_capability(partition, no_power) == "needs power faults"
+    assert not needs_power(SCENARIOS["mixed"]) and not needs_power(SCENARIOS["kill-all"])
+    mixed = schedule(SCENARIOS["mixed"], duration_s=600, seed=2, capabilities=no_power)
+    assert not {e.kind for e in mixed} & {FaultKind.POWER_CUT_FOLLOWER,
+                                         FaultKind.POWER_CUT_LEADER, FaultKind.POWER_CUT_ALL,
+                                         FaultKind.POWER_CUT_PARTITION}
