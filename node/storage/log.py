@@ -24,6 +24,8 @@ Theory of operation (the long version is docs/storage.md).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import struct
@@ -42,11 +44,13 @@ from tidelog.node.storage.durability import DirtyTracker, GroupCommitter
 from tidelog.node.storage.errors import (
     CorruptFileError,
     CorruptLogError,
+    DiskFullError,
     LogClosedError,
     LogFormatError,
     NotOnBatchBoundaryError,
     OffsetOutOfOrderError,
     OffsetOutOfRangeError,
+    StorageError,
     StorageIOError,
     TermOutOfOrderError,
 )
@@ -366,23 +370,55 @@ class PartitionLog:
             self._roll()
 
     def _roll(self) -> None:
-        """Seal the active segment (fsync, index files) and start a new one at the log end."""
+        """Seal the active segment (fsync, index files) and start a new one at the log end.
+
+        A failed fsync fences the log (see _fence_after_failed_fsync), and so does a failed
+        directory fsync (the new segment's name might never become durable). ENOSPC while
+        creating the new segment or writing log.meta raises DiskFullError; the log is then
+        consistent (sealed, perhaps with a new empty segment) and the append can be retried.
+        """
         old = self._active
         try:
             old.sync()
         except OSError as exc:
             self._fence_after_failed_fsync(old, exc)
             raise StorageIOError(f"fsync of {old.path} failed while rolling: {exc}") from exc
-        old.seal()  # the fsync again (now clean, so cheap), index files, drop the writer
-        new = self._create_segment(old.end_offset)
+        try:
+            old.write_index_files()
+        except OSError as exc:  # optional: the next open rebuilds them by a scan
+            log.warning("index files of %s not written (%s); rebuilt on the next open",
+                        old.path.name, exc)
+            with contextlib.suppress(OSError):
+                old.drop_index_files()
+        old.close()
+        try:
+            new = self._create_segment(old.end_offset)
+        except OSError as exc:
+            raise _write_error(exc, f"creating a segment in {self.directory}") from exc
         self._segments.append(new)
-        self._fsync_directory()
-        # The sealed segment is fsynced: everything below the new base is durable and verified.
-        self._write_meta(recovery_point=new.base_offset)
+        try:
+            self._fsync_directory()
+        except OSError as exc:
+            self._fence(f"directory fsync failed at roll: {exc}")
+            raise StorageIOError(f"directory fsync of {self.directory} failed: {exc}") from exc
+        try:
+            # The sealed segment is fsynced: everything below the new base is durable.
+            self._write_meta(recovery_point=new.base_offset)
+        except OSError as exc:
+            raise _write_error(exc, f"writing {META_FILE} in {self.directory}") from exc
         if self._durable_end_offset < new.base_offset:
             self._durable_end_offset = new.base_offset
         log.info("rolled %s: sealed %s (%d bytes), new segment at offset %d",
                  self.directory.name, old.path.name, old.size_bytes, new.base_offset)
+        # A segment sealed wholly below the log start (truncate_prefix into the active
+        # segment, then a roll) holds nothing of the log: delete it now, not at the next open.
+        dead = sum(1 for s in self._segments[:-1] if s.end_offset <= self._log_start_offset)
+        if dead:
+            try:
+                self._unlink_prefix(dead)
+            except OSError as exc:  # best effort: open() deletes them too
+                log.warning("could not delete segments below the log start of %s: %s",
+                            self.directory.name, exc)
 
     # ============================================================================= durability
 
@@ -657,6 +693,11 @@ class PartitionLog:
         # start, which open() deletes; the other order could resurrect deleted offsets.
         self._log_start_offset = new_start
         self._write_meta()
+        return self._unlink_prefix(count)
+
+    def _unlink_prefix(self, count: int) -> list[int]:
+        """Delete the first `count` (sealed) segments, durably; the log start is persisted."""
+        assert count < len(self._segments), "the active segment is never deleted"
         victims, self._segments = self._segments[:count], self._segments[count:]
         for victim in victims:
             victim.delete()
@@ -1094,6 +1135,12 @@ def _refuse_old_format(segment: Segment) -> None:
         raise LogFormatError(segment=segment.path, format_version=exc.format_version) from exc
     except BatchError:
         return
+
+
+def _write_error(exc: OSError, what: str) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return DiskFullError(f"disk full {what}; the batch was not written")
+    return StorageIOError(f"{what} failed: {exc}")
 
 
 def _restamped(batch: bytes) -> BatchHeader:
