@@ -87,20 +87,25 @@ def _digest_partition(data_dirs: Mapping[str, Path], topic: str, partition: int,
             except (StorageError, OSError, ValueError, KeyError) as exc:
                 events.append(unreadable(node, f"cannot open the log: {exc!r}"))
                 continue
-            if log.log_end_offset < committed_end:
+            log_end = log.log_end_offset
+            if log_end < committed_end:
                 log.close()
                 events.append(unreadable(
                     node, f"recorded offsets below {committed_end} as committed, but its log "
-                          f"ends at {log.log_end_offset}"))
+                          f"ends at {log_end}"))
                 continue
             opened[node] = (log, committed_end)
         upto = min([hw, *(end for _, end in opened.values())])
         for node, (log, committed_end) in opened.items():
+            try:
+                digest = _digest(log, upto)
+            except StorageError as exc:  # damaged stored bytes: refused, never hashed
+                events.append(unreadable(node, f"cannot read [0,{upto}): {exc!r}"))
+                continue
             detail = (f"committed prefix [0,{upto}) of high watermark {hw}; this replica "
                       f"recorded [0,{committed_end}) as committed")
             events.append(ReplicaDigest(partition=partition, node=node, upto_offset=upto,
-                                        digest=_digest(log, upto), detail=detail,
-                                        time_ms=time_ms))
+                                        digest=digest, detail=detail, time_ms=time_ms))
     finally:
         for log, _ in opened.values():
             log.close()

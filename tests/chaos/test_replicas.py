@@ -111,6 +111,21 @@ def test_a_missing_replica_and_a_log_short_of_its_commit_fail(tmp_path: Path) ->
     assert replicas.verdict is Verdict.FAIL and replicas.count("unreadable") == 2
 
 
+def test_a_replica_with_damaged_committed_bytes_is_unreadable_not_hashed(tmp_path: Path) -> None:
+    tags = [f"r{i}" for i in range(10)]
+    dirs = {n: _replica(tmp_path, n, tags, commit=9) for n in NODES}
+    (segment,) = partition_dir(dirs["n2"], "chaos", 0).glob("*.log")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one bit, inside a committed batch
+    segment.write_bytes(bytes(data))
+    events = _digests(tmp_path, dirs, hw=10)
+    damaged = next(e for e in events if e.node == "n2")
+    assert damaged.digest is None, damaged
+    replicas = _judge(events)
+    assert replicas.verdict is Verdict.FAIL and replicas.count("unreadable") == 1
+    assert replicas.examples[0].startswith("p0 replica n2 unreadable")
+
+
 def test_the_newest_directory_of_a_recreated_topic_is_the_replica(tmp_path: Path) -> None:
     _replica(tmp_path, "n1", ["a"], commit=0, name="chaos-0.1")
     _replica(tmp_path, "n1", ["a"], commit=0, name="chaos-0.12")
