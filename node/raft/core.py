@@ -772,14 +772,17 @@ class RaftCore:
                 self.log.append(new)
                 self._note_configs(new)
                 break
-        self._commit_to(LogIndex(min(m.commit, last_new)))
+        self._commit_to(self.log.boundary_at_or_before(LogIndex(min(m.commit, last_new))))
         self._send(MessageType.APPEND_RESP, m.frm, index=LogIndex(last_new))
         if self._recover_to is not None and last_new >= self._recover_to:
             self._finish_recovery()
 
     def _handle_heartbeat(self, m: Message) -> None:
-        # m.commit <= what the leader knows we match; clamp anyway in case our log lost a tail.
-        self._commit_to(LogIndex(min(m.commit, self.log.last_index())))
+        # m.commit <= what the leader knows we match; clamp anyway in case our log lost a tail,
+        # and to one of our entry boundaries: we acknowledge our commit index, and a leader
+        # takes an acknowledgement only at a boundary (found by tests/raft/test_core_sweep.py).
+        upto = LogIndex(min(m.commit, self.log.last_index()))
+        self._commit_to(self.log.boundary_at_or_before(upto))
         self._send(MessageType.HEARTBEAT_RESP, m.frm)
 
     def _handle_install_log_start(self, m: Message) -> None:
@@ -863,10 +866,20 @@ class RaftCore:
     def _commit_to(self, index: LogIndex) -> None:
         if index <= self.commit:
             return
+        # §5.4.2 / Figure 8, as an invariant: a leader moves its commit index only to an entry of
+        # its own term (older ones commit with it). _maybe_commit follows the rule; this catches
+        # any path that breaks it (the planted CommitsOldTerms) before a committed entry is lost.
+        self._check_commit(index)
         self.commit = index
         while self._pending_configs and self._pending_configs[0][0] <= index:
             _, membership = self._pending_configs.pop(0)
             self._apply_membership(membership)
+
+    def _check_commit(self, index: LogIndex) -> None:
+        assert self.role != Role.LEADER or self.log.term_at(index) == self.term, (
+            f"leader {self.id} would commit {index} (term {self.log.term_at(index)}), an entry "
+            f"of an older term than {self.term}"
+        )
 
     def _apply_membership(self, m: Membership) -> None:
         # Applied at commit (as etcd); safe because only one change is pending at a time and each

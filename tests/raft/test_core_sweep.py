@@ -74,6 +74,7 @@ class Driver:
     votes: dict[int, NodeId] = field(default_factory=dict)  # term -> the vote ever persisted
     grants: dict[int, NodeId] = field(default_factory=dict)  # term -> the candidate granted
     held: Ready | None = None  # a Ready taken but not yet handled (steps may happen meanwhile)
+    held_applied: LogIndex = NO_INDEX
     commit_seen: LogIndex = NO_INDEX
     term_seen: Term = Term(0)
     applied_seen: LogIndex = NO_INDEX
@@ -86,6 +87,7 @@ class Driver:
 
     def take(self) -> None:
         if self.held is None:
+            self.held_applied = self.core.applied  # what the Ready's committed entries follow
             self.held = self.core.ready()
 
     def handle(self) -> None:
@@ -130,7 +132,7 @@ class Driver:
                 assert durable or removed, (
                     f"{m} acknowledges what is not durable (log {start}..{self.log.last_index()})"
                 )
-        last = self.applied_seen
+        last = self.held_applied
         for e in rd.committed_entries:
             assert e.index == last + 1 or last < self.log.log_start() - 1 <= e.index, (e, last)
             assert e.last <= rd.commit_index and self.log.term_at(e.last) == e.term, e
@@ -141,6 +143,8 @@ class Driver:
     def check(self) -> None:
         c = self.core
         assert c.commit <= c.log.last_index(), (c.commit, c.log.last_index())
+        # commit is an entry boundary (or below the log start, where retention removed them)
+        assert c.commit < c.log.log_start() - 1 or c.log.term_at(c.commit) is not None, c.commit
         assert c.commit >= self.commit_seen, "commit moved backwards"
         assert c.term >= self.term_seen, "term moved backwards"
         assert c.applied >= self.applied_seen, "applied moved backwards"

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tidelog.node.raft import RaftCore
+from tidelog.node.raft import LogIndex, RaftCore
 
 from tests.raft.bugs import CommitsOldTerms, VotesForStaleLogs
 from tests.raft.transcript import parse, render, run_file
@@ -94,16 +94,31 @@ def test_regen_rewrites_a_stale_golden(tmp_path: Path) -> None:
 
 
 def test_figure8_transcript_catches_commits_old_terms() -> None:
-    """The planted Figure-8 bug (tests/raft/bugs.py) changes the figure8 transcript: the buggy
-    leader commits an entry of an older term that a later leader overwrites (State Machine
-    Safety), without any help from the simulator."""
+    """The planted Figure-8 bug (tests/raft/bugs.py) changes the figure8 transcript, without any
+    help from the simulator: the buggy leader tries to commit offset 1 (term 1) when 1, 2, 3 and 4
+    hold it, and the core's own-term commit invariant stops it (the transcript prints the
+    AssertionError where the golden output shows commit=0)."""
     path = DIR / "figure8.txt"
     blocks, good = run_file(path)
     assert all(b.expected == out for b, out in zip(blocks, good, strict=True))
-    assert not any("!! SAFETY" in out for out in good)
+    assert not any("!!" in out for out in good)
     _, bad = run_file(path, CommitsOldTerms)
     assert bad != good
-    assert any("!! SAFETY" in out for out in bad), "CommitsOldTerms went unnoticed"
+    caught = [ln for out in bad for ln in out.splitlines() if ln.startswith("!! AssertionError")]
+    assert caught and "an entry of an older term" in caught[0], "CommitsOldTerms went unnoticed"
+
+
+def test_figure8_without_the_commit_invariant_loses_a_committed_entry() -> None:
+    """What the invariant prevents: a core that commits old-term entries AND lacks the check
+    (both removed here) applies offset 1 (term 1) on node 1, then node 5 is elected and offset 1
+    (term 2) is applied elsewhere: State Machine Safety broken ("!! SAFETY")."""
+    _, bad = run_file(DIR / "figure8.txt", _CommitsOldTermsUnchecked)
+    assert any("!! SAFETY" in out for out in bad)
+
+
+class _CommitsOldTermsUnchecked(CommitsOldTerms):
+    def _check_commit(self, index: LogIndex) -> None:
+        pass
 
 
 def test_vote_restriction_transcript_catches_votes_for_stale_logs() -> None:
