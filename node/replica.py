@@ -51,6 +51,7 @@ from tidelog.node.replica_state import (
     write_state,
 )
 from tidelog.node.storage import (
+    DamagePolicy,
     DiskFullError,
     FsyncMode,
     LogConfig,
@@ -563,7 +564,8 @@ class Replica:
         last = self.log.log_end_offset - 1
         report = self.log.recovery
         if marker is None:  # written by a version without the marker: the commit is all we know
-            promised = commit if (report.truncated or report.corrupt) else -1
+            damaged = report.truncated or report.corrupt or report.cut_from_offset is not None
+            promised = commit if damaged else -1
         else:
             promised = max(marker.durable_upto, commit)
         self._recovering = promised > last
@@ -605,4 +607,8 @@ class _LogAndMarker:
 
 
 def _open_log(directory: Path, config: LogConfig, fs: FileSystem, clock: Clock) -> PartitionLog:
-    return PartitionLog.open(directory, config, now_ms=clock.wall_ms, fs=fs)
+    """A replica can refill from its peers, so damage is cut out (the damaged file kept in
+    quarantine/) instead of refusing to open (defect 5); every sealed segment's checksums are
+    read once at start, so bit rot in old data is found before this replica serves or votes."""
+    return PartitionLog.open(directory, config, now_ms=clock.wall_ms, fs=fs,
+                             on_damage=DamagePolicy.QUARANTINE, verify_sealed=True)

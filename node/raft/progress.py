@@ -120,6 +120,12 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
+        if hint < self.match:
+            # A healthy follower's hint is never below what it acknowledged; this one lost
+            # acknowledged entries (a damaged log cut on restart; it does not vote until
+            # refilled). Forget its match, or next could never go below it and the follower
+            # would never be repaired (found by tests/node/test_replica_repair.py).
+            self.match = NO_INDEX
         self.next = LogIndex(max(min(rejected, hint) + 1, self.match + 1))
         self.probe_sent = False
         return True

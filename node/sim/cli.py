@@ -11,9 +11,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "sim",
         help="deterministic Raft simulator: random faults, safety checks, replay by seed",
         description=(
-            "Run the real Raft core in a seeded simulation with crashes, torn writes, bit flips, "
-            "partitions and lossy links; check Raft's safety properties after every step. "
-            "A failure prints the one command that replays it."
+            "Run the node's real Replica, PartitionLog and group commit over a simulated disk "
+            "(power cuts lose unsynced writes, torn at 512-byte sectors; failing fsync; full "
+            "disk; bit flips) and a simulated network (partitions, loss, duplicates), on a "
+            "deterministic event loop; check Raft's safety properties and the durability of "
+            "acknowledged writes. A failure prints the one command that replays it."
         ),
     )
     g = p.add_mutually_exclusive_group()
@@ -24,16 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--steps", type=int, default=None, help="events per seed (default 3000)")
     p.add_argument("--stop", action="store_true", help="stop at the first failing seed")
     p.add_argument("--verbose", action="store_true", help="--seed: print the trace even on success")
+    p.add_argument("--jobs", type=int, default=1, help="--seeds: worker processes (default 1)")
+    p.add_argument("--output", choices=("text", "json"), default="text",
+                   help="text (default) or one JSON object on stdout")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    import json
     import time
 
     from tidelog.node.sim.runner import (
         DEFAULT_STEPS,
         SeedResult,
         format_failure,
+        result_json,
         run_seed,
         run_seeds,
     )
@@ -41,6 +48,9 @@ def _main(args: argparse.Namespace) -> int:
     steps = args.steps or DEFAULT_STEPS
     if args.seed is not None:
         r = run_seed(args.seed, nodes=args.nodes, steps=steps)
+        if args.output == "json":
+            print(json.dumps(result_json(r)))
+            return 0 if r.violation is None else 1
         if r.violation is not None:
             print(format_failure(r))
             return 1
@@ -77,9 +87,18 @@ def _main(args: argparse.Namespace) -> int:
             )
 
     s = run_seeds(
-        seeds, nodes=args.nodes, steps=steps, stop_on_failure=args.stop, on_result=progress
+        seeds, nodes=args.nodes, steps=steps, stop_on_failure=args.stop, on_result=progress,
+        jobs=max(1, args.jobs),
     )
     elapsed = time.monotonic() - started
+    if args.output == "json":
+        print(json.dumps({
+            "seeds": s.seeds, "first_seed": seeds.start, "nodes": args.nodes,
+            "steps": s.steps, "wall_s": round(elapsed, 3), "elections": s.elections,
+            "commits": s.commits, "faults": s.faults, "violations": len(s.failures),
+            "failures": [result_json(r) for r in s.failures[:20]],
+        }))
+        return 1 if s.failures else 0
     faults = ", ".join(f"{k} {v}" for k, v in sorted(s.faults.items())) or "none"
     print(f"seeds:      {s.seeds} ({seeds.start}..{seeds.start + s.seeds - 1}), {args.nodes} nodes")
     print(f"steps:      {s.steps} ({s.steps / max(elapsed, 1e-9):.0f}/s, {elapsed:.1f}s wall)")

@@ -48,7 +48,7 @@ from tidelog.node.sim.checker import Acked, Checker, SafetyViolation, Seen, Viol
 from tidelog.node.sim.loop import DiskLatency, SimLoop
 from tidelog.node.sim.network import NetworkConditions, SimNetwork
 from tidelog.node.sim.simfs import SimFileSystem
-from tidelog.node.storage import CorruptLogError, LogConfig
+from tidelog.node.storage import LogConfig
 from tidelog.proto.batch import Codec, decode_header, decode_records, encode_batch
 
 GROUP = "g"
@@ -262,14 +262,20 @@ class Cluster:
         end = self.now_ms + deadline_ms
         done: list[bool] = []
         next_try = self.now_ms
-        while self.now_ms < end and not done:
+        while self.now_ms < end and not (done and not self.unrepaired()):
             self._run_for_ms(5)
             lead = self.leader()
             if lead is None or self.now_ms < next_try:
                 continue
-            next_try = self.now_ms + 100  # retried: a proposal may be dropped (transfer) or lost
+            next_try = self.now_ms + 100  # retried: a proposal may be dropped (transfer) or lost;
+            # and new entries are what a damaged replica is refilled with
             self._propose(lead, b"liveness-%d" % self.now_ms, on_ack=lambda: done.append(True))
         return bool(done)
+
+    def unrepaired(self) -> list[NodeId]:
+        """Voters still recovering from a damaged log (they must repair themselves)."""
+        return [i for i in sorted(self._membership().voters)
+                if (r := self.nodes[i].replica) is not None and r.core.recovering]
 
     def final_check(self) -> None:
         logs = {}
@@ -309,14 +315,6 @@ class Cluster:
             # An injected fault (failing fsync, full disk) hit the open itself: try again later.
             self.trace.append(f"{self.now_ms:>7} n{node.id} cannot open yet: {exc}")
             self._at(self.rng.randint(5, 100), self._start, node)
-            return
-        except CorruptLogError as exc:
-            if not node.damaged:
-                raise
-            # Bit rot below the log's recovery point: the log refuses to open. The node keeps
-            # the replica down (an operator's problem); the run goes on without it.
-            self.trace.append(f"{self.now_ms:>7} n{node.id} stays down, damaged log: {exc}")
-            node.ever_started = False
             return
         except Exception as exc:  # noqa: BLE001 - a replica that cannot reopen its own disk
             self.violation = Violation(
@@ -643,18 +641,19 @@ class Cluster:
         node = self.rng.choice(candidates)
         replica = node.replica
         assert replica is not None
-        segments = [p for p in node.fs.listdir(DATA_DIR) if p.endswith(".log")]
+        segments = sorted(p for p in node.fs.listdir(DATA_DIR) if p.endswith(".log"))
         if not segments:
             return
-        path = DATA_DIR / max(segments)
-        durable = node.fs.read_durable(path) or b""
-        if len(durable) < 64:
-            return
         self._kill(node, "bit flip", power=True)
+        # Half of the time the newest durable bytes (what recovery takes for a torn tail), else
+        # anywhere in a random segment (sealed ones too: quarantined on open).
+        newest = self.rng.random() < 0.5
+        path = DATA_DIR / (segments[-1] if newest else self.rng.choice(segments))
         durable = node.fs.read_durable(path) or b""
         if len(durable) < 64:
+            self._at(self.rng.randint(1, 50), self._start, node)
             return
-        bit = node.fs.flip_bit(path, self.rng, start=max(0, len(durable) - 256))
+        bit = node.fs.flip_bit(path, self.rng, start=max(0, len(durable) - 256) if newest else 0)
         node.damaged = True
         self.trace.append(f"{self.now_ms:>7} BITFLIP n{node.id} {path.name} bit {bit}")
         self.stats.fault("bit flip")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import gc
 import logging
 import traceback
@@ -14,7 +16,7 @@ from tidelog.node.replica import Replica
 from tidelog.node.sim.checker import SafetyViolation, Violation
 from tidelog.node.sim.cluster import Cluster, SimOptions
 
-DEFAULT_STEPS = 3000
+DEFAULT_STEPS = 1000  # what the CI gate runs per seed: `tidelog sim --seed N` replays it
 LIVENESS_DEADLINE_MS = 5000  # after healing: 25 maximal election timeouts (200 ms each)
 
 
@@ -73,6 +75,12 @@ def _run(seed: int, steps: int, opt: SimOptions) -> SeedResult:
                 rule="Liveness",
                 detail=f"no new entry committed {LIVENESS_DEADLINE_MS} ms after healing",
             )
+        elif unrepaired := cluster.unrepaired():
+            violation = Violation(
+                rule="Repair",
+                detail=f"replicas {unrepaired} still recovering from a damaged log "
+                       f"{LIVENESS_DEADLINE_MS} ms after healing",
+            )
         else:
             cluster.final_check()
     except SafetyViolation as e:
@@ -127,18 +135,44 @@ def run_seeds(
     options: Callable[[], SimOptions] | None = None,
     stop_on_failure: bool = False,
     on_result: Callable[[SeedResult], None] | None = None,
+    jobs: int = 1,
 ) -> Summary:
+    """``jobs`` > 1 runs seeds in that many worker processes (results still come in seed
+    order); ``options`` then must be None or picklable (a module-level function)."""
     summary = Summary()
-    for seed in seeds:
-        opt = options() if options is not None else None
-        r = run_seed(seed, nodes=nodes, steps=steps, core_cls=core_cls, replica_cls=replica_cls,
-                     options=opt)
-        summary.add(r)
-        if on_result is not None:
-            on_result(r)
-        if r.violation is not None and stop_on_failure:
-            break
+    run = functools.partial(_run_one, nodes=nodes, steps=steps, core_cls=core_cls,
+                            replica_cls=replica_cls, options=options)
+    pool = concurrent.futures.ProcessPoolExecutor(jobs) if jobs > 1 else None
+    try:
+        results = pool.map(run, seeds, chunksize=8) if pool is not None else map(run, seeds)
+        for r in results:
+            summary.add(r)
+            if on_result is not None:
+                on_result(r)
+            if r.violation is not None and stop_on_failure:
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return summary
+
+
+def _run_one(seed: int, *, nodes: int, steps: int, core_cls: type[RaftCore],
+             replica_cls: type[Replica], options: Callable[[], SimOptions] | None) -> SeedResult:
+    opt = options() if options is not None else None
+    return run_seed(seed, nodes=nodes, steps=steps, core_cls=core_cls, replica_cls=replica_cls,
+                    options=opt)
+
+
+def result_json(r: SeedResult) -> dict[str, object]:
+    return {
+        "seed": r.seed, "ok": r.violation is None, "nodes": r.nodes, "steps": r.steps,
+        "sim_time_ms": r.sim_time_ms, "elections": r.elections, "commits": r.commits,
+        "faults": r.faults,
+        "violation": None if r.violation is None else {"rule": r.violation.rule,
+                                                       "detail": r.violation.detail},
+        "replay": r.replay_command(), "trace": r.trace if r.violation is not None else [],
+    }
 
 
 def format_failure(r: SeedResult) -> str:

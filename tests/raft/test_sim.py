@@ -39,19 +39,30 @@ def test_cli_failure_prints_seed_replay_command_and_trace(
 ) -> None:
     import tidelog.node.sim.runner as runner
 
-    caught = run_seeds(range(100), steps=1000, core_cls=VotesForStaleLogs, stop_on_failure=True)
-    assert caught.failures, "VotesForStaleLogs survived 100 seeds"
+    caught = run_seeds(range(200), steps=500, core_cls=VotesForStaleLogs, stop_on_failure=True)
+    assert caught.failures, "VotesForStaleLogs survived 200 seeds"
     seed = caught.failures[0].seed
     print(f"VotesForStaleLogs caught by seed {seed}")
     orig = runner.run_seed
     monkeypatch.setattr(
         runner, "run_seed", lambda seed, **kw: orig(seed, **{**kw, "core_cls": VotesForStaleLogs})
     )
-    assert main(["sim", "--seed", str(seed), "--steps", "1000"]) == 1
+    assert main(["sim", "--seed", str(seed), "--steps", "500"]) == 1
     out = capsys.readouterr().out
     assert f"VIOLATION seed={seed}" in out
-    assert f"replay: tidelog sim --seed {seed} --steps 1000" in out
+    assert f"replay: tidelog sim --seed {seed} --steps 500" in out
     assert "recv" in out  # the trace of the last events
+
+
+def test_cli_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["sim", "--seeds", "2", "--steps", "300", "--output", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["seeds"] == 2 and summary["violations"] == 0 and summary["commits"] > 0
+    assert main(["sim", "--seed", "4", "--steps", "300", "--output", "json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["seed"] == 4 and one["ok"] and one["replay"] == "tidelog sim --seed 4 --steps 300"
 
 
 def _find(core_cls: type[RaftCore], seeds: int, options: SimOptions | None = None) -> str:
