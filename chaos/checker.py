@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from tidelog.chaos.availability import partition_availability, phase_latencies, recoveries
 from tidelog.chaos.history import (
+    METADATA_PARTITION,
     ConsumerRead,
     CorruptValue,
     FaultStart,
@@ -383,12 +384,12 @@ def _replica_consistency(ix: HistoryIndex, examples_max: int) -> CheckResult:
         groups: dict[tuple[int, str], list[str]] = defaultdict(list)
         for d in digests:
             if d.digest is None:
-                unreadable.append(f"p{partition} replica {d.node} unreadable: {d.detail}")
+                unreadable.append(f"{_group(partition)} replica {d.node} unreadable: {d.detail}")
             else:
                 groups[(d.upto_offset, d.digest)].append(d.node)
         compared += max((upto for upto, _ in groups), default=0)
         if len(groups) > 1:
-            divergent.append(f"INCONSISTENT p{partition}: replicas differ over their common "
+            divergent.append(f"INCONSISTENT {_group(partition)}: replicas differ over their common "
                              "committed prefix: " + "; ".join(
                                  f"{','.join(sorted(nodes))} [0,{upto}) digest {digest[:16]}"
                                  for (upto, digest), nodes in sorted(groups.items())))
@@ -503,6 +504,10 @@ def _result(name: CheckName, *, failed: bool, counts: list[tuple[str, int]],
 def _unknown(name: CheckName, why: str, counts: list[tuple[str, int]]) -> CheckResult:
     return CheckResult(name=name, verdict=Verdict.UNKNOWN, counts=tuple(counts),
                        examples=(f"cannot judge: {why}",))
+
+
+def _group(partition: int) -> str:
+    return "metadata" if partition == METADATA_PARTITION else f"p{partition}"
 
 
 def _sid(sid: SendId) -> str:

@@ -34,6 +34,7 @@ as if it were its own call.
 `replica_digest` is written by the harness after the final read, with the nodes stopped: a digest
 of one replica's log bytes over offsets `[0, upto_offset)`, the prefix every replica of the
 partition holds as committed; `digest` is null when it could not be computed (`detail` says why).
+Partition -1 (`METADATA_PARTITION`) is the metadata log, which every node holds.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ __all__ = [
     "History",
     "HistoryWriter",
     "LeaderObserved",
+    "METADATA_PARTITION",
     "ReplicaDigest",
     "SendFailed",
     "SendIndeterminate",
@@ -195,6 +197,9 @@ class LeaderObserved:
     partition: int
     leader: str | None
     time_ms: float
+
+
+METADATA_PARTITION = -1  # a replica_digest of the metadata log rather than of a topic partition
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,8 +10,10 @@ over `[0, upto)`, where `upto` is the *common committed offset*: the lowest of w
 itself recorded as committed (`raft.state`, `raft.durable`) and of the high watermark the final
 read saw. Every offset below
 it is committed on every replica, so their bytes must be identical; a lagging replica only
-lowers `upto`, it never makes a false mismatch. Each replica becomes one `replica_digest` event
-in the history, and the checker's `replica-consistency` check judges them.
+lowers `upto`, it never makes a false mismatch. The metadata log (`<data dir>/metadata`, a Raft
+log on every node) is compared the same way, below every node's recorded commit, as partition
+`METADATA_PARTITION` (-1). Each replica becomes one `replica_digest` event in the history, and
+the checker's `replica-consistency` check judges them.
 
 A replica that cannot be judged is recorded with `digest=None` and the reason (no directory, a
 log that does not open, a log that ends below what the replica itself recorded as committed):
@@ -21,10 +23,10 @@ the checker fails on it rather than passing it by.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from tidelog.chaos.history import ReplicaDigest
+from tidelog.chaos.history import METADATA_PARTITION, ReplicaDigest
 from tidelog.node.replica_state import DURABLE_FILE, DurableMarker, read_state
 from tidelog.node.storage import LogConfig, PartitionLog, StorageError
 from tidelog.node.storage.digest import committed_prefix_digest
@@ -55,18 +57,31 @@ def digest_replicas(data_dirs: Mapping[str, Path], topic: str,
     events: list[ReplicaDigest] = []
     try:
         for partition, hw in sorted(high_watermarks.items()):
+            def replica_dir(data_dir: Path, p: int = partition) -> Path | None:
+                return partition_dir(data_dir, topic, p)
+
             nodes = list(replicas.get(partition) or
-                         [n for n, d in sorted(data_dirs.items())
-                          if partition_dir(d, topic, partition) is not None])
-            events += _digest_partition(data_dirs, topic, partition, hw, nodes,
-                                        scratch / f"p{partition}", time_ms)
+                         [n for n, d in sorted(data_dirs.items()) if replica_dir(d) is not None])
+            events += _digest_group(data_dirs, replica_dir, partition, hw, nodes,
+                                    scratch / f"p{partition}", time_ms)
+        # The metadata log: a Raft log on every node, whose bytes must agree just the same.
+        events += _digest_group(data_dirs, _metadata_dir, METADATA_PARTITION, None,
+                                sorted(data_dirs), scratch / "metadata", time_ms)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return events
 
 
-def _digest_partition(data_dirs: Mapping[str, Path], topic: str, partition: int, hw: int,
-                      nodes: Sequence[str], scratch: Path, time_ms: float) -> list[ReplicaDigest]:
+def _metadata_dir(data_dir: Path) -> Path | None:
+    directory = data_dir / "metadata"
+    return directory if directory.is_dir() else None
+
+
+def _digest_group(data_dirs: Mapping[str, Path], replica_dir: Callable[[Path], Path | None],
+                  partition: int, hw: int | None, nodes: Sequence[str], scratch: Path,
+                  time_ms: float) -> list[ReplicaDigest]:
+    """One Raft group's replicas over their common committed prefix: below every replica's
+    recorded commit and, for a partition, below the final read's high watermark `hw`."""
     def unreadable(node: str, why: str) -> ReplicaDigest:
         return ReplicaDigest(partition=partition, node=node, upto_offset=0, digest=None,
                              detail=why, time_ms=time_ms)
@@ -75,9 +90,9 @@ def _digest_partition(data_dirs: Mapping[str, Path], topic: str, partition: int,
     opened: dict[str, tuple[PartitionLog, int]] = {}  # node -> (log, its committed end)
     try:
         for node in nodes:
-            src = partition_dir(data_dirs[node], topic, partition) if node in data_dirs else None
+            src = replica_dir(data_dirs[node]) if node in data_dirs else None
             if src is None:
-                events.append(unreadable(node, "no directory for the partition"))
+                events.append(unreadable(node, "no directory for it"))
                 continue
             copy = scratch / node
             shutil.copytree(src, copy)
@@ -95,15 +110,17 @@ def _digest_partition(data_dirs: Mapping[str, Path], topic: str, partition: int,
                           f"ends at {log_end}"))
                 continue
             opened[node] = (log, committed_end)
-        upto = min([hw, *(end for _, end in opened.values())])
+        ends = [end for _, end in opened.values()]
+        upto = min([*ends, hw] if hw is not None else ends or [0])
+        bound = f"of high watermark {hw}" if hw is not None else "(the metadata log)"
         for node, (log, committed_end) in opened.items():
             try:
                 digest = _digest(log, upto)
             except StorageError as exc:  # damaged stored bytes: refused, never hashed
                 events.append(unreadable(node, f"cannot read [0,{upto}): {exc!r}"))
                 continue
-            detail = (f"committed prefix [0,{upto}) of high watermark {hw}; this replica "
-                      f"recorded [0,{committed_end}) as committed")
+            detail = (f"committed prefix [0,{upto}) {bound}; this replica recorded "
+                      f"[0,{committed_end}) as committed")
             events.append(ReplicaDigest(partition=partition, node=node, upto_offset=upto,
                                         digest=digest, detail=detail, time_ms=time_ms))
     finally:

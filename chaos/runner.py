@@ -263,8 +263,9 @@ class ChaosRun:
         for event in events:
             recorder.append(event)
         return HarnessCheck(name="replicas-read", verdict=Verdict.PASS,
-                            detail=f"{len(events)} replicas of {len(hws)} partitions digested "
-                                   "offline (judged by replica-consistency)")
+                            detail=f"{len(events)} replicas of {len(hws)} partitions and the "
+                                   "metadata log digested offline (judged by "
+                                   "replica-consistency)")
 
     def _backend(self, scenario: str, work_dir: Path) -> Backend:
         cfg = self.config

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tidelog.chaos.checker import Checker, CheckerConfig
-from tidelog.chaos.history import History, ReplicaDigest
+from tidelog.chaos.history import METADATA_PARTITION, History, ReplicaDigest
 from tidelog.chaos.replicas import digest_replicas, partition_dir
 from tidelog.chaos.results import CheckName, Verdict
 from tidelog.node.replica_state import DurableMarker, RaftStateFile, write_state
@@ -26,7 +26,14 @@ def _replica(root: Path, node: str, tags: list[str], *, commit: int,
     """A node's data dir holding one partition: one record per tag at offsets 0.., term 1, a
     raft.state recording offsets up to `commit` as committed and, if asked, a durable marker
     recording `marker_commit`, as the replica writes them."""
-    directory = root / node / "partitions" / name
+    _log(root / node / "partitions" / name, tags, commit=commit, marker_commit=marker_commit)
+    if not (root / node / "metadata").exists():
+        _log(root / node / "metadata", ["m0", "m1"], commit=1)
+    return root / node
+
+
+def _log(directory: Path, tags: list[str], *, commit: int,
+         marker_commit: int | None = None) -> None:
     log = PartitionLog.open(directory, LogConfig())
     for tag in tags:
         log.append(_batch(tag), term=1)
@@ -37,7 +44,6 @@ def _replica(root: Path, node: str, tags: list[str], *, commit: int,
         marker = DurableMarker(directory)
         marker.write(durable_upto=len(tags) - 1, commit=marker_commit)
         marker.close()
-    return root / node
 
 
 def _contents(directory: Path | None) -> dict[str, bytes]:
@@ -47,6 +53,14 @@ def _contents(directory: Path | None) -> dict[str, bytes]:
 
 
 def _digests(tmp_path: Path, dirs: dict[str, Path], hw: int) -> list[ReplicaDigest]:
+    """Partition 0's events (the metadata log's, always identical here, are checked apart)."""
+    events = _all_digests(tmp_path, dirs, hw)
+    metadata = [e for e in events if e.partition == METADATA_PARTITION]
+    assert [e.node for e in metadata] == sorted(dirs) and len({e.digest for e in metadata}) == 1
+    return [e for e in events if e.partition == 0]
+
+
+def _all_digests(tmp_path: Path, dirs: dict[str, Path], hw: int) -> list[ReplicaDigest]:
     return digest_replicas(dirs, "chaos", {0: hw}, {0: NODES}, scratch=tmp_path / "scratch",
                            time_ms=1.0)
 
@@ -103,6 +117,7 @@ def test_a_missing_replica_and_a_log_short_of_its_commit_fail(tmp_path: Path) ->
     dirs = {"n1": _replica(tmp_path, "n1", tags, commit=9),
             "n2": _replica(tmp_path, "n2", tags[:5], commit=9),  # lost committed entries
             "n3": tmp_path / "n3"}  # no directory for the partition at all
+    _log(tmp_path / "n3" / "metadata", ["m0", "m1"], commit=1)
     events = _digests(tmp_path, dirs, hw=10)
     by_node = {e.node: e for e in events}
     assert by_node["n2"].digest is None and "ends at 5" in by_node["n2"].detail
@@ -124,6 +139,18 @@ def test_a_replica_with_damaged_committed_bytes_is_unreadable_not_hashed(tmp_pat
     replicas = _judge(events)
     assert replicas.verdict is Verdict.FAIL and replicas.count("unreadable") == 1
     assert replicas.examples[0].startswith("p0 replica n2 unreadable")
+
+
+def test_nodes_whose_metadata_logs_differ_are_inconsistent(tmp_path: Path) -> None:
+    tags = ["r0", "r1"]
+    dirs = {n: _replica(tmp_path, n, tags, commit=1) for n in ("n1", "n2")}
+    _log(tmp_path / "n3" / "metadata", ["m0", "other"], commit=1)
+    dirs["n3"] = _replica(tmp_path, "n3", tags, commit=1)
+    events = _all_digests(tmp_path, dirs, hw=2)
+    replicas = _judge(events)
+    assert replicas.verdict is Verdict.FAIL and replicas.count("divergent") == 1
+    assert replicas.examples[0].startswith("INCONSISTENT metadata:")
+    assert "n1,n2 [0,2)" in replicas.examples[0]
 
 
 def test_the_newest_directory_of_a_recreated_topic_is_the_replica(tmp_path: Path) -> None:
