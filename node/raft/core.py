@@ -797,9 +797,13 @@ class RaftCore:
             self._pending_configs = []
             # The leader's membership is committed and comes from a CONFIG entry at
             # ``m.membership.index``, possibly above the log start: entries up to that index that
-            # we receive next are older and must not be applied again (issue 11, defect 3).
-            if m.membership is not None and m.membership.index >= self.membership.index:
-                self.membership = m.membership
+            # we receive next are older and must not be applied again (issue 11, defect 3). Ours
+            # can be newer only if a new leader has not learned the commit yet: keep ours then.
+            # Index NO_INDEX (a leader that persisted its membership before issue 11) is adopted
+            # as before, and the CONFIG entries above the log start are replayed.
+            new = m.membership
+            if new is not None and (new.index == NO_INDEX or new.index >= self.membership.index):
+                self.membership = new
             self.commit = m.index
             self._applied = LogIndex(max(self._applied, m.index))
             self._send(MessageType.APPEND_RESP, m.frm, index=m.index)
