@@ -36,7 +36,7 @@ from tidelog.chaos.backend import Backend, Capability
 from tidelog.chaos.history import FaultStart, FaultStop
 from tidelog.chaos.workload import ClusterView, Recorder
 
-__all__ = ["Episode", "FaultKind", "Nemesis", "NoTarget", "requires"]
+__all__ = ["Episode", "FaultKind", "Nemesis", "NoTarget", "describe_fault_detail", "requires"]
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +401,20 @@ class Nemesis:
             while time.monotonic() < deadline and n not in self._view.snapshot().answered:
                 time.sleep(0.2)
             time.sleep(1.0)  # let it rejoin its groups before the next one goes
+
+
+def describe_fault_detail(executed: dict[str, object]) -> str:
+    """What an executed fault did beyond hitting its targets, for the report's fault list:
+    for a power cut, what each node's file system dropped ("" for other faults)."""
+    cuts = executed.get("power_cut")
+    if not isinstance(cuts, dict):
+        return ""
+    parts = []
+    for node, c in sorted(cuts.items()):
+        torn = f", torn: {c['kept_bytes']} B kept" if c.get("torn") else ""
+        parts.append(f"{node} dropped {c['dropped_bytes']} B in {c['files']} files, "
+                     f"{c['undone_names']} names undone{torn}")
+    return "  (" + "; ".join(parts) + ")"
 
 
 def _torn_seed(rng: random.Random) -> int | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tidelog.chaos.backend import Backend, BackendError, LocalBackend
 from tidelog.chaos.checker import check_history
-from tidelog.chaos.nemesis import Nemesis
+from tidelog.chaos.nemesis import Nemesis, describe_fault_detail
 from tidelog.chaos.replicas import digest_replicas
 from tidelog.chaos.report import write_report
 from tidelog.chaos.results import Results, RunVerdict, Verdict, results_to_dict, verdict_line
@@ -366,7 +366,8 @@ def render_preamble(outcome: RunOutcome) -> str:
         "",
         f"faults executed ({len(outcome.executed)}):",
         *[f"  {e['start_ms']:>9.0f}-{e['stop_ms']:<9.0f} ms  {e['fault']} "
-          f"{','.join(e['targets'])}" for e in outcome.executed],  # type: ignore[arg-type]
+          f"{','.join(e['targets'])}{describe_fault_detail(e)}"  # type: ignore[arg-type]
+          for e in outcome.executed],
     ]
     if outcome.skipped:
         lines += ["faults skipped:", *[f"  {s}" for s in outcome.skipped]]

@@ -66,6 +66,7 @@ def test_power_cut_scenario_loses_nothing_acknowledged_with_fsync_always(
     assert outcome.valid, _explain(outcome)
     run = json.loads((outcome.report_dir / "run.json").read_text())
     assert "LazyFS" in run["backend_description"]
+    assert "names undone" in _explain(outcome)  # the fault list says what each cut dropped
 
 
 @pytest.mark.timeout(240)

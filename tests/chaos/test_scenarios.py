@@ -15,7 +15,7 @@ import pytest
 from tidelog.chaos.backend import Capability
 from tidelog.chaos.checker import check_history
 from tidelog.chaos.history import FinalRead, FinalRecord, History, SendInvoked, SendOk, encode_value
-from tidelog.chaos.nemesis import FaultKind
+from tidelog.chaos.nemesis import FaultKind, describe_fault_detail
 from tidelog.chaos.netns import netns_unavailable_reason
 from tidelog.chaos.results import CheckName, RunVerdict, Verdict
 from tidelog.chaos.runner import (
@@ -222,3 +222,15 @@ def test_power_cut_scenarios_need_a_backend_that_loses_unsynced_writes() -> None
     assert not {e.kind for e in mixed} & {FaultKind.POWER_CUT_FOLLOWER,
                                          FaultKind.POWER_CUT_LEADER, FaultKind.POWER_CUT_ALL,
                                          FaultKind.POWER_CUT_PARTITION}
+
+
+def test_the_fault_list_says_what_each_power_cut_dropped() -> None:
+    executed = {"fault": "power-cut-all", "targets": ["n1", "n2"], "power_cut": {
+        "n2": {"files": 0, "dropped_bytes": 0, "kept_bytes": 0, "undone_names": 2,
+               "torn": False},
+        "n1": {"files": 3, "dropped_bytes": 12288, "kept_bytes": 4096, "undone_names": 0,
+               "torn": True}}}
+    assert describe_fault_detail(executed) == (
+        "  (n1 dropped 12288 B in 3 files, 0 names undone, torn: 4096 B kept; "
+        "n2 dropped 0 B in 0 files, 2 names undone)")
+    assert describe_fault_detail({"fault": "kill-leader", "targets": ["n1"]}) == ""
