@@ -136,6 +136,22 @@ def test_rename_over_a_file_is_undone_until_the_directory_is_fsynced(lazy: LazyM
         assert not tmp.exists()
 
 
+def test_a_rename_across_directories_needs_both_directories_fsynced(lazy: LazyMount) -> None:
+    for d in ("a", "b"):
+        (lazy.mountpoint / d).mkdir()
+    _fsync_dir(lazy.mountpoint)
+    for synced, expect in ((("b",), "a"), (("a", "b"), "b")):
+        src = _durable_file(lazy, "a/x", b"x") if expect == "a" else lazy.mountpoint / "a" / "x"
+        _fsync_dir(lazy.mountpoint / "a")
+        os.rename(src, lazy.mountpoint / "b" / "x")
+        for d in synced:
+            _fsync_dir(lazy.mountpoint / d)
+        lazy.cut()
+        assert (lazy.mountpoint / expect / "x").read_bytes() == b"x", synced
+        other = "b" if expect == "a" else "a"
+        assert not (lazy.mountpoint / other / "x").exists(), synced
+
+
 def test_rename_of_an_unsynced_file_keeps_only_what_was_fsynced(lazy: LazyMount) -> None:
     """The lazy-rename bug pattern (issue 11 item 6): rename without fsync of the data."""
     target = _durable_file(lazy, "state", b"old")
@@ -178,6 +194,17 @@ def test_a_pending_truncation_is_lost_and_an_applied_one_kept(lazy: LazyMount) -
     os.close(fd)
     lazy.cut()
     assert path.read_bytes() == b"z" * 100 + bytes(100)
+
+
+def test_open_with_o_trunc_is_a_pending_truncation(lazy: LazyMount) -> None:
+    path = _durable_file(lazy, "f", b"old contents")
+    _write(path, b"new", fsync=False, flags=os.O_TRUNC)
+    assert path.read_bytes() == b"new"
+    lazy.cut()
+    assert path.read_bytes() == b"old contents"
+    _write(path, b"new", fsync=True, flags=os.O_TRUNC)
+    lazy.cut()
+    assert path.read_bytes() == b"new"
 
 
 def test_a_torn_cut_keeps_a_page_aligned_prefix_of_the_unsynced_writes(lazy: LazyMount) -> None:
