@@ -15,13 +15,21 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from tidelog.node.metadata import TopicInfo
+from tidelog.node.replica import Replica
 from tidelog.node.storage.compaction import CompactionConfig, compact
 from tidelog.node.topics import effective_configs
 
-if TYPE_CHECKING:
-    from tidelog.node.server import Node
+
+class LocalPartitions(Protocol):
+    """What the cleaner needs: this node's partition replicas and their topics."""
+
+    def partition_replicas(self) -> list[tuple[str, Replica]]: ...
+
+    def topic_of(self, group: str) -> TopicInfo | None: ...
+
 
 __all__ = ["run_cleaner"]
 
@@ -33,13 +41,13 @@ CLEANER_IO_BYTES_PER_S_MAX = int(os.environ.get("TIDELOG_CLEANER_IO_BYTES_PER_S_
 TOMBSTONE_RECHECK_MS = 60_000
 
 
-async def run_cleaner(node: Node) -> None:
+async def run_cleaner(node: LocalPartitions) -> None:
     done: dict[str, tuple[int, float]] = {}  # group → (sealed end cleaned, when tombstones left)
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(CLEANER_INTERVAL_MS / 1000)
-        for group, replica in list(node.replicas.items()):
-            topic = node.state.topic_by_id(int(group.split("/")[0]))
+        for group, replica in node.partition_replicas():
+            topic = node.topic_of(group)
             if topic is None:
                 continue
             configs = effective_configs(topic.configs)

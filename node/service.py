@@ -18,7 +18,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import message as protobuf_message
@@ -29,7 +29,9 @@ from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc, cluster_pb2_grpc
 
 if TYPE_CHECKING:
-    from tidelog.node.server import Node
+    from tidelog.node.client_api import ClientApi
+    from tidelog.node.groups.coordinator import GroupCoordinator
+    from tidelog.proto import cluster_pb2 as cpb
 
 log = logging.getLogger(__name__)
 
@@ -140,80 +142,97 @@ def _unary(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class RaftInbox(Protocol):
+    """Where a peer's Raft stream goes (node/replica_manager.py)."""
+
+    def is_peer(self, node_id: int) -> bool: ...
+
+    def receive_raft(self, batch: cpb.RaftBatch) -> None: ...
+
+
+class ForwardedProposals(Protocol):
+    """Where a peer's metadata proposal goes (node/metadata_service.py)."""
+
+    async def serve_forwarded(
+        self, request: cpb.ProposeMetadataRequest) -> cpb.ProposeMetadataResponse: ...
+
+
 class BrokerService(broker_pb2_grpc.BrokerServicer):
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, api: ClientApi, groups: GroupCoordinator) -> None:
+        self.api = api
+        self.groups = groups
 
     @_unary
     async def Metadata(self, request, context):  # noqa: N802 - gRPC method names
-        return self.node.metadata_response(list(request.topics), request.include_internal)
+        return self.api.metadata_response(list(request.topics), request.include_internal)
 
     @_unary
     async def CreateTopics(self, request, context):  # noqa: N802
-        return await self.node.create_topics(request)
+        return await self.api.create_topics(request)
 
     @_unary
     async def DeleteTopics(self, request, context):  # noqa: N802
-        return await self.node.delete_topics(request)
+        return await self.api.delete_topics(request)
 
     @_unary
     async def DescribeConfigs(self, request, context):  # noqa: N802
-        return self.node.describe_configs(request)
+        return self.api.describe_configs(request)
 
     @_unary
     async def AlterConfigs(self, request, context):  # noqa: N802
-        return await self.node.alter_configs(request)
+        return await self.api.alter_configs(request)
 
     @_unary
     async def Produce(self, request, context):  # noqa: N802
-        return await self.node.produce(request)
+        return await self.api.produce(request)
 
     @_unary
     async def Fetch(self, request, context):  # noqa: N802
-        return await self.node.fetch(request)
+        return await self.api.fetch(request)
 
     @_unary
     async def ListOffsets(self, request, context):  # noqa: N802
-        return self.node.list_offsets(request)
+        return self.api.list_offsets(request)
 
     @_unary
     async def InitProducerId(self, request, context):  # noqa: N802
-        return await self.node.init_producer_id(request)
+        return await self.api.init_producer_id(request)
 
     # -- consumer groups: node/groups/coordinator.py
 
     @_unary
     async def FindCoordinator(self, request, context):  # noqa: N802
-        return await self.node.groups.find_coordinator(request)
+        return await self.groups.find_coordinator(request)
 
     @_unary
     async def ConsumerGroupHeartbeat(self, request, context):  # noqa: N802
-        return await self.node.groups.heartbeat(request)
+        return await self.groups.heartbeat(request)
 
     @_unary
     async def OffsetCommit(self, request, context):  # noqa: N802
-        return await self.node.groups.offset_commit(request)
+        return await self.groups.offset_commit(request)
 
     @_unary
     async def OffsetFetch(self, request, context):  # noqa: N802
-        return await self.node.groups.offset_fetch(request)
+        return await self.groups.offset_fetch(request)
 
     @_unary
     async def ListGroups(self, request, context):  # noqa: N802
-        return self.node.groups.list_groups()
+        return self.groups.list_groups()
 
     @_unary
     async def DescribeGroups(self, request, context):  # noqa: N802
-        return self.node.groups.describe_groups(request)
+        return self.groups.describe_groups(request)
 
     @_unary
     async def DeleteGroups(self, request, context):  # noqa: N802
-        return await self.node.groups.delete_groups(request)
+        return await self.groups.delete_groups(request)
 
 
 class ClusterService(cluster_pb2_grpc.ClusterServicer):
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, inbox: RaftInbox, proposals: ForwardedProposals) -> None:
+        self.inbox = inbox
+        self.proposals = proposals
 
     async def Exchange(self, request_iterator, context):  # noqa: N802
         """One peer's stream: its first batch declares the peer (a node of this cluster); every
@@ -226,7 +245,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             if isinstance(batch, MalformedRequest):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, batch.message)
             if declared is None:
-                if not self.node.is_peer(batch.from_node):
+                if not self.inbox.is_peer(batch.from_node):
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                         f"node {batch.from_node} is not a peer of this node")
                 declared = batch.from_node
@@ -236,7 +255,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
                     f"node {declared}'s stream carried a batch from node {batch.from_node}")
             batches += 1
             try:
-                self.node.receive_raft(batch)
+                self.inbox.receive_raft(batch)
             except Exception:  # a bug: say so clearly, keep the node up
                 log.exception("Exchange from node %d failed unexpectedly", declared)
                 await context.abort(grpc.StatusCode.INTERNAL,
@@ -245,4 +264,4 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
 
     @_unary
     async def ProposeMetadata(self, request, context):  # noqa: N802
-        return await self.node.propose_metadata_local(request)
+        return await self.proposals.serve_forwarded(request)

@@ -25,6 +25,12 @@ PARTITIONS_MAX = 4096
 TIMESTAMP_DIFFERENCE_MS_MAX_DEFAULT = 365 * 24 * 3600 * 1000
 
 
+def partition_group(topic_id: int, partition: int) -> str:
+    """The Raft group of a partition: "<topic_id>/<partition>" (ids survive renames and
+    re-creation under the same name)."""
+    return f"{topic_id}/{partition}"
+
+
 def validate_topic_name(name: str) -> None:
     """Kafka's rules: 1-249 characters of [A-Za-z0-9._-], not '.' or '..'."""
     if not name:

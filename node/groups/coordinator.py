@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from tidelog.node import errors as E
 from tidelog.node.groups import offsets_log as ol
@@ -36,14 +36,13 @@ from tidelog.node.groups.state import (
     Heartbeat,
     Record,
 )
-from tidelog.node.metadata_commands import CreateTopic
+from tidelog.node.metadata import MetadataState
+from tidelog.node.metadata_commands import Command, CreateTopic
 from tidelog.node.raft import NotLeader, ProposalDropped
 from tidelog.node.replica import Replica, ReplicaLostLeadership
+from tidelog.node.topics import partition_group
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
-
-if TYPE_CHECKING:
-    from tidelog.node.server import Node
 
 __all__ = ["GroupCoordinator"]
 
@@ -77,9 +76,31 @@ class _Partition:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
+class CoordinatorHost(Protocol):
+    """What the coordinator needs of its node: the metadata it reads, where a group's leader
+    is, and creating the offsets topic. Nothing else of the Node."""
+
+    @property
+    def node_id(self) -> int: ...
+
+    @property
+    def batch_bytes_max(self) -> int: ...
+
+    @property
+    def state(self) -> MetadataState: ...
+
+    def node_ids(self) -> list[int]: ...
+
+    def leader_of(self, group: str) -> tuple[int, str] | None: ...
+
+    async def propose(self, command: Command, timeout_s: float = ...) -> dict[str, Any]: ...
+
+    async def wait_for_leaders(self, names: list[str], timeout_s: float) -> None: ...
+
+
 class GroupCoordinator:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, host: CoordinatorHost) -> None:
+        self.host = host
         self._partitions: dict[int, _Partition] = {}
         self._creating: asyncio.Task[None] | None = None
 
@@ -178,22 +199,19 @@ class GroupCoordinator:
                                ) -> pb.FindCoordinatorResponse:
         if not request.group_id:
             raise E.InvalidRequestError("group id is empty")
-        topic = self.node.state.topics.get(ol.OFFSETS_TOPIC)
+        topic = self.host.state.topics.get(ol.OFFSETS_TOPIC)
         if topic is None:
             await self._ensure_offsets_topic()
-            topic = self.node.state.topics.get(ol.OFFSETS_TOPIC)
+            topic = self.host.state.topics.get(ol.OFFSETS_TOPIC)
             if topic is None:
                 raise CoordinatorNotAvailableError("the offsets topic is being created; retry")
         partition = ol.partition_for(request.group_id, topic.partitions)
-        from tidelog.node.server import partition_group
-
-        hint = self.node.leader_hints.get(partition_group(topic.topic_id, partition))
-        if hint is None:
+        leader = self.host.leader_of(partition_group(topic.topic_id, partition))
+        if leader is None:
             raise CoordinatorNotAvailableError(
                 f"__consumer_offsets-{partition} has no leader yet; retry shortly")
-        address = self.node.state.nodes.get(hint.leader_id,
-                                            self.node.config.peers.get(hint.leader_id, ""))
-        return pb.FindCoordinatorResponse(node_id=hint.leader_id, address=address,
+        leader_id, address = leader
+        return pb.FindCoordinatorResponse(node_id=leader_id, address=address,
                                           partition=partition)
 
     async def heartbeat(self, request: pb.ConsumerGroupHeartbeatRequest
@@ -263,7 +281,7 @@ class GroupCoordinator:
             for group in entry.core.groups.values():
                 response.groups.append(pb.ListedGroup(
                     group_id=group.group_id, state=group.state.value,
-                    members=len(group.members), coordinator_id=self.node.id))
+                    members=len(group.members), coordinator_id=self.host.node_id))
         return response
 
     def describe_groups(self, request: pb.DescribeGroupsRequest) -> pb.DescribeGroupsResponse:
@@ -271,7 +289,7 @@ class GroupCoordinator:
             raise E.InvalidRequestError(f"at most {DESCRIBE_GROUPS_MAX} groups per request")
         response = pb.DescribeGroupsResponse()
         for group_id in request.group_ids:
-            out = pb.GroupDescription(group_id=group_id, coordinator_id=self.node.id)
+            out = pb.GroupDescription(group_id=group_id, coordinator_id=self.host.node_id)
             try:
                 _, core = self._coordinator_for(group_id)
             except E.BrokerError as exc:
@@ -317,7 +335,7 @@ class GroupCoordinator:
     def _coordinator_for(self, group_id: str) -> tuple[_Partition, GroupCoordinatorCore]:
         if not group_id:
             raise E.InvalidRequestError("group id is empty")
-        topic = self.node.state.topics.get(ol.OFFSETS_TOPIC)
+        topic = self.host.state.topics.get(ol.OFFSETS_TOPIC)
         if topic is None:
             raise CoordinatorNotAvailableError("the offsets topic does not exist yet; call "
                                                "FindCoordinator first")
@@ -325,7 +343,7 @@ class GroupCoordinator:
         entry = self._partitions.get(partition)
         if entry is None or not entry.replica.is_leader:
             raise NotCoordinatorError(
-                f"node {self.node.id} is not the coordinator of group {group_id!r} "
+                f"node {self.host.node_id} is not the coordinator of group {group_id!r} "
                 f"(__consumer_offsets-{partition}); find the coordinator again")
         if entry.core is None:
             raise CoordinatorNotAvailableError(
@@ -340,7 +358,7 @@ class GroupCoordinator:
         replica = entry.replica
         now = _now_ms()
         batch = encode_batch([(r.key, r.value, (), now) for r in records], codec=Codec.LZ4)
-        header = validate_batch(batch, max_bytes=self.node.config.batch_bytes_max)
+        header = validate_batch(batch, max_bytes=self.host.batch_bytes_max)
         term = replica.term
         try:
             ((_, last),) = replica.propose([(batch, header)])
@@ -348,7 +366,7 @@ class GroupCoordinator:
         except (NotLeader, ProposalDropped, ReplicaLostLeadership):
             self._drop(entry.partition)
             raise NotCoordinatorError(
-                f"node {self.node.id} lost leadership of __consumer_offsets-{entry.partition} "
+                f"node {self.host.node_id} lost leadership of __consumer_offsets-{entry.partition} "
                 "while writing; find the coordinator again") from None
         except TimeoutError:
             raise E.RequestTimedOutError(
@@ -356,7 +374,7 @@ class GroupCoordinator:
                 "it may still commit") from None
 
     def _offsets_partition_of(self, group: str) -> int | None:
-        topic = self.node.state.topics.get(ol.OFFSETS_TOPIC)
+        topic = self.host.state.topics.get(ol.OFFSETS_TOPIC)
         if topic is None or "/" not in group:
             return None
         topic_id, _, partition = group.partition("/")
@@ -365,7 +383,7 @@ class GroupCoordinator:
         return int(partition)
 
     def _partition_counts(self) -> dict[str, int]:
-        return {name: t.partitions for name, t in self.node.state.topics.items()
+        return {name: t.partitions for name, t in self.host.state.topics.items()
                 if not t.internal}
 
     async def _ensure_offsets_topic(self) -> None:
@@ -375,14 +393,14 @@ class GroupCoordinator:
             await asyncio.wait_for(asyncio.shield(self._creating), 15)
 
     async def _create_offsets_topic(self) -> None:
-        nodes = sorted(self.node.config.peers)
-        result = await self.node.propose_metadata(CreateTopic(
+        nodes = sorted(self.host.node_ids())
+        result = await self.host.propose(CreateTopic(
             name=ol.OFFSETS_TOPIC, partitions=OFFSETS_TOPIC_PARTITIONS,
             replication_factor=min(3, len(nodes)),
             configs=tuple(sorted(OFFSETS_TOPIC_CONFIGS.items())), node_ids=tuple(nodes)))
         if "error" not in result:
             log.info("created %s with %d partitions", ol.OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS)
-        await self.node._wait_for_leaders([ol.OFFSETS_TOPIC], 10.0)
+        await self.host.wait_for_leaders([ol.OFFSETS_TOPIC], 10.0)
 
 
 def _tps_from_wire(items: object) -> list[TopicPartition]:

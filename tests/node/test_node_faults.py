@@ -52,8 +52,8 @@ def test_a_local_storage_error_while_stepping_stops_the_replica_with_the_real_re
         node = Node(config(tmp_path, 3))
         await node.start()
         try:
-            assert node.metadata is not None
-            replica = node.metadata
+            assert node.metadata.replica is not None
+            replica = node.metadata.replica
 
             intact = replica.raft_log.term_at
             armed = False
@@ -65,12 +65,12 @@ def test_a_local_storage_error_while_stepping_stops_the_replica_with_the_real_re
 
             monkeypatch.setattr(replica.raft_log, "term_at", damaged)
             armed = True  # only while the message is stepped (receive_raft does not await)
-            node.receive_raft(append_from(2, term=5))
+            node.replicas.receive_raft(append_from(2, term=5))
             armed = False
             assert isinstance(replica.error, CorruptLogError)
             tick_term = replica.core.term
             await asyncio.sleep(0.3)  # the stopped replica takes no more ticks or messages
-            node.receive_raft(append_from(2, term=9))
+            node.replicas.receive_raft(append_from(2, term=9))
             assert replica.core.term == tick_term
         finally:
             await node.stop(graceful=False)
@@ -89,19 +89,19 @@ def test_a_malformed_raft_message_is_dropped_and_the_replica_keeps_going(
         node = Node(config(tmp_path, 3))
         await node.start()
         try:
-            assert node.metadata is not None
+            assert node.metadata.replica is not None
             bad = append_from(2, term=5)
             bad.messages[0].frm = 3  # claims another sender than its stream's
-            node.receive_raft(bad)
+            node.replicas.receive_raft(bad)
             stranger = append_from(7, term=5)  # not a member of the group
-            node.receive_raft(stranger)
+            node.replicas.receive_raft(stranger)
             gap = append_from(2, term=5)
             gap.messages[0].entries.add(term=5, index=10, count=1, kind=cpb.ENTRY_NOOP)
-            node.receive_raft(gap)
-            assert node.metadata.error is None
-            assert node.metadata.core.term == 0  # none of them reached the core
-            node.receive_raft(append_from(2, term=5))  # a valid one still does
-            assert node.metadata.core.term == 5
+            node.replicas.receive_raft(gap)
+            assert node.metadata.replica.error is None
+            assert node.metadata.replica.core.term == 0  # none of them reached the core
+            node.replicas.receive_raft(append_from(2, term=5))  # a valid one still does
+            assert node.metadata.replica.core.term == 5
         finally:
             await node.stop(graceful=False)
 
@@ -121,14 +121,14 @@ def test_a_command_that_cannot_apply_is_rejected_on_commit_and_at_every_restart(
         node = Node(cfg)
         await node.start()
         try:
-            assert node.metadata is not None
-            await wait_for(lambda: node.metadata.is_leader)
-            results = [await node._propose_metadata_here(raw, 5.0) for raw in (
+            assert node.metadata.replica is not None
+            await wait_for(lambda: node.metadata.replica.is_leader)
+            results = [await node.metadata.propose_here(raw, 5.0) for raw in (
                 b'{"op":"create_topic"}', b"not json", b'{"op":"register_node","node_id":"x"}')]
             for result in results:
                 assert result["error"] == "InvalidRequestError", result
-            assert node.metadata.error is None
-            created = await node.create_topics(_create("after"))
+            assert node.metadata.replica.error is None
+            created = await node.api.create_topics(_create("after"))
             assert created.results[0].error == 0
             return {"topics": sorted(node.state.topics), "applied": node.state.applied_index}
         finally:
@@ -138,7 +138,7 @@ def test_a_command_that_cannot_apply_is_rejected_on_commit_and_at_every_restart(
         node = Node(cfg)
         await node.start()
         try:
-            assert node.metadata is not None and node.metadata.error is None
+            assert node.metadata.replica is not None and node.metadata.replica.error is None
             return {"topics": sorted(node.state.topics), "applied": node.state.applied_index}
         finally:
             await node.stop(graceful=False)

@@ -1,0 +1,35 @@
+"""The log and Raft configuration of a replica, from topic configs and the node's config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from tidelog.node.config import NodeConfig
+from tidelog.node.raft import NodeId, RaftConfig
+from tidelog.node.storage import FsyncPolicy, LogConfig
+from tidelog.node.topics import effective_configs
+
+
+def log_config(config: NodeConfig, configs: Mapping[str, str] | None = None) -> LogConfig:
+    """A partition log's settings: the topic's explicit configs over the defaults."""
+    eff = effective_configs(configs or {})
+    retention_ms = int(eff["retention.ms"])
+    retention_bytes = int(eff["retention.bytes"])
+    return LogConfig(
+        segment_bytes_max=int(eff["segment.bytes"]),
+        segment_ms_max=int(eff["segment.ms"]),
+        batch_bytes_max=max(int(eff["max.message.bytes"]), 1024 * 1024),
+        fsync=FsyncPolicy.parse((configs or {}).get("flush.policy", config.fsync)),
+        retention_ms=retention_ms if retention_ms >= 0 else None,
+        retention_bytes=retention_bytes if retention_bytes >= 0 else None,
+    )
+
+
+def raft_config(config: NodeConfig, voters: Sequence[int],
+                learners: Sequence[int] = ()) -> RaftConfig:
+    return RaftConfig(
+        node_id=NodeId(config.node_id), voters=tuple(NodeId(v) for v in voters),
+        learners=tuple(NodeId(v) for v in learners),
+        election_ticks=config.election_ticks,
+        heartbeat_ticks=config.heartbeat_ticks,
+    )
