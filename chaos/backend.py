@@ -156,7 +156,9 @@ class LocalBackend:
         if self.power_reason is None:
             caps.add(Capability.POWER)
         self.capabilities = frozenset(caps)
-        self.description = ""
+        # Until start() describes the running cluster: why asked-for faults are missing.
+        self.description = (f"power cuts unavailable here: {self.power_reason}"
+                            if power_loss and self.power_reason else "")
 
     # --- life cycle -----------------------------------------------------------------------------
 

@@ -236,3 +236,17 @@ def test_the_fault_list_says_what_each_power_cut_dropped() -> None:
         "  (n1 dropped 12288 B in 3 files, 0 names undone, torn: 4096 B kept; "
         "n2 dropped 0 B in 0 files, 2 names undone)")
     assert describe_fault_detail({"fault": "kill-leader", "targets": ["n1"]}) == ""
+
+
+def test_a_power_cut_scenario_is_refused_with_the_reason_when_no_lazyfs_can_mount(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidelog.chaos import backend
+    from tidelog.chaos.runner import ScenarioUnavailable
+
+    monkeypatch.setattr(backend, "lazyfs_unavailable_reason", lambda: "no /dev/fuse in this test")
+    local = backend.LocalBackend(3, tmp_path, use_netns=False, power_loss=True)
+    assert Capability.POWER not in local.capabilities
+    with pytest.raises(ScenarioUnavailable, match="needs power faults.*no /dev/fuse in this test"):
+        ChaosRun(RunConfig(scenario="power-cut-leader", network_namespaces=False,
+                           report_dir=tmp_path / "r", progress=False),
+                 out=lambda line: None).execute()
