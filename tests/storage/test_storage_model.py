@@ -8,7 +8,9 @@ losses and failing fsyncs; after each power loss the reopened log must
 (a) hold every batch below the durable end the log had reported, byte for byte,
 (b) hold nothing else but batches that were really appended at those offsets (no invented or
     garbled batch is ever served), and
-(c) open without error (only unsynced data was lost).
+(c) open without error (only unsynced data was lost);
+and after bit rot in durable data, reopening with DamagePolicy.QUARANTINE must keep exactly the
+batches before the damaged one.
 Each power loss draws a seed for SimFileSystem.power_loss; a failing example lists the seeds in
 its steps, and hypothesis prints the example's own seed and a @reproduce_failure line.
 """
@@ -37,6 +39,7 @@ from storage_helpers import crash, make_batch, small_config
 from tidelog.node.sim.simfs import SimFileSystem
 from tidelog.node.storage import (
     OS_FS,
+    DamagePolicy,
     DiskFullError,
     FileSystem,
     LogClosedError,
@@ -48,7 +51,7 @@ from tidelog.node.storage import (
     StorageIOError,
 )
 from tidelog.node.storage.segment import Segment
-from tidelog.proto.batch import iter_batches, stamp
+from tidelog.proto.batch import BatchHeader, iter_batches, stamp
 
 
 class LogMachine(RuleBasedStateMachine):
@@ -71,8 +74,9 @@ class LogMachine(RuleBasedStateMachine):
     def _make_directory(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="tidelog-model-"))
 
-    def _open(self) -> PartitionLog:
-        return PartitionLog.open(self.dir, self.config, now_ms=lambda: self.now, fs=self.fs)
+    def _open(self, **kwargs: object) -> PartitionLog:
+        return PartitionLog.open(self.dir, self.config, now_ms=lambda: self.now, fs=self.fs,
+                                 **kwargs)  # type: ignore[arg-type]
 
     def teardown(self) -> None:
         if hasattr(self, "log"):
@@ -327,6 +331,49 @@ class PowerLossMachine(LogMachine):
             self.fs.capacity_bytes = None
             self.index_files_may_be_missing = True
 
+    @precondition(lambda self: self.end > self.start)
+    @rule(seed=st.integers(0, 2**32 - 1), in_index=st.booleans())
+    def bit_rot_then_quarantine(self, seed: int, in_index: bool) -> None:
+        """A bit flips in durable data (a segment or its index); a replica reopens with
+        QUARANTINE and verify_sealed: the log must be exactly the batches before the damaged
+        one, byte for byte (all of them if only an index was hit), then reopen clean."""
+        self.log.close()
+        rng = random.Random(seed)
+        names = [n for n in self.fs.listdir(self.dir)
+                 if n.endswith(".index" if in_index else ".log")
+                 and (self.fs.read_durable(self.dir / n) or b"")]
+        if not names:
+            self.log = self._open()
+            return
+        name = rng.choice(names)
+        # Where each batch of the file lies (the file is closed: cache and disk agree).
+        extents = [(pos, h) for pos, h in _batch_extents(self.fs.read(self.dir / name))] \
+            if name.endswith(".log") else []
+        bit = self.fs.flip_bit(self.dir / name, rng)
+        note(f"bit rot in {name} at bit {bit} (seed {seed})")
+        self.log = self._open(on_damage=DamagePolicy.QUARANTINE, verify_sealed=True)
+        survivors = self._read_all()
+        visible = [(m[0], m[3]) for m in self.model if m[1] >= self.start]
+        assert survivors == visible[: len(survivors)], "a prefix, byte for byte"
+        if name.endswith(".log"):
+            damaged = next((h.base_offset for pos, h in extents
+                            if pos <= bit // 8 < pos + h.size), None)
+            assert damaged is not None, "the file holds whole batches only"
+            # A damaged batch wholly below the log start still ends the walk: the log then
+            # restarts empty at the start (the replica refills from its peers).
+            kept = sum(1 for b, _ in visible if b < damaged)
+            assert len(survivors) == kept, (len(survivors), kept, damaged)
+            report = self.log.recovery
+            assert report.cut_from_offset == damaged, report
+            assert report.quarantined, report
+        else:
+            assert len(survivors) == len(visible)
+        self.model = [m for m in self.model if m[1] < self.log.log_end_offset]
+        self.end = self.log.log_end_offset
+        self.log.close()
+        self.log = self._open()
+        assert not (self.log.recovery.corrupt or self.log.recovery.truncated)
+
     def _read_all(self) -> list[tuple[int, bytes]]:
         out = []
         offset = self.log.log_start_offset
@@ -339,7 +386,16 @@ class PowerLossMachine(LogMachine):
         return out
 
 
-POWER_LOSS_SETTINGS = settings(max_examples=300, stateful_step_count=50, deadline=None,
+def _batch_extents(data: bytes) -> list[tuple[int, BatchHeader]]:
+    out, position = [], 0
+    for _, header in iter_batches(data):
+        out.append((position, header))
+        position += header.size
+    assert position == len(data)
+    return out
+
+
+POWER_LOSS_SETTINGS = settings(max_examples=500, stateful_step_count=50, deadline=None,
                                suppress_health_check=[HealthCheck.too_slow])
 PowerLossMachine.TestCase.settings = POWER_LOSS_SETTINGS
 TestLogSurvivesPowerLoss = PowerLossMachine.TestCase
