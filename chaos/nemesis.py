@@ -44,6 +44,7 @@ FLAKY_LOSS_PERCENT = 20.0
 FLAKY_DELAY_MS = 50
 ROLLING_STEP_TIMEOUT_S = 30.0
 KILL_ALL_DOWN_S = 1.0
+FOLLOWER_LOOKUPS_MAX = 5  # Metadata snapshots, 0.3 s apart, to learn a partition's replicas
 
 
 class FaultKind(enum.Enum):
@@ -340,9 +341,15 @@ class Nemesis:
     def _follower(self, rng: random.Random, free: list[str]) -> str:
         """A node that replicates a seeded partition without leading it."""
         partition = rng.randrange(self._partitions)
-        snap = self._view.snapshot()
-        leader = snap.leaders.get(partition, (None, 0))[0]
-        replicas = snap.replicas.get(partition, ((), ()))[0]
+        leader, replicas = None, ()
+        for attempt in range(FOLLOWER_LOOKUPS_MAX):  # a Metadata answer may lack the replicas
+            snap = self._view.snapshot()
+            leader = snap.leaders.get(partition, (None, 0))[0]
+            replicas = snap.replicas.get(partition, ((), ()))[0]
+            if leader is not None and replicas:
+                break
+            if attempt + 1 < FOLLOWER_LOOKUPS_MAX and self._abort.wait(0.3):
+                break
         followers = sorted(n for n in replicas if n != leader and n in free)
         if leader is None or not followers:
             raise NoTarget(f"no follower of partition {partition} known (leader {leader}, "
