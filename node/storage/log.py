@@ -795,8 +795,7 @@ class PartitionLog:
             self._finish_reset(self._log_start_offset)
         # Whatever survived in the page cache (a process crash, not a machine crash) is made
         # durable now, so durable_end_offset can start at the log end.
-        self._active.open_writer()
-        self._active.sync()
+        self._make_surviving_tail_durable()
         if self._active.size_bytes:
             self._active.rolling_since_ms = self._now_ms()
         self._durable_end_offset = self.log_end_offset
@@ -808,6 +807,27 @@ class PartitionLog:
             meta_problem=notes.meta_problem, completed_reset=notes.completed_reset,
             emptied_below_start=notes.emptied_below_start,
             cut_from_offset=notes.cut_from_offset, quarantined=tuple(notes.quarantined))
+
+    def _make_surviving_tail_durable(self) -> None:
+        """Rewrite what the active segment holds above the recovery point, then fdatasync it.
+
+        After a process crash that part may be in the page cache only, and a plain fsync is
+        not enough: if a write-back of those pages failed before (a failed fsync whose process
+        died before fencing), Linux marked them clean, and the fsync would "succeed" without
+        writing them. Rewriting dirties them again. Bounded: at most one segment, and usually
+        about a second of appends (RECOVERY_POINT_INTERVAL_MS).
+        """
+        active = self._active
+        active.open_writer()
+        if self._recovery_point <= active.base_offset:
+            position = 0
+        elif self._recovery_point >= active.end_offset:
+            position = active.size_bytes
+        else:
+            position, _ = self._locate(active, self._recovery_point)
+        if position < active.size_bytes:
+            active.rewrite_from(position)
+        active.sync()
 
     def _prune_below_start(self, bases: list[int], start: int, notes: _RecoveryNotes) -> list[int]:
         """Delete sealed segments wholly below the log start (an interrupted prefix deletion)."""

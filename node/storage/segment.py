@@ -28,7 +28,7 @@ from tidelog.node.storage.errors import (
     LogFormatError,
     StorageIOError,
 )
-from tidelog.node.storage.fs import OS_FS, FileSystem, pread_all, unlink_quietly
+from tidelog.node.storage.fs import OS_FS, FileSystem, pread_all, pwrite_all, unlink_quietly
 from tidelog.node.storage.index import (
     NO_TIMESTAMP,
     SegmentIndex,
@@ -189,6 +189,17 @@ class Segment:
             size = self.size_bytes
             self.fs.fdatasync(self._fd)
             self.durable_size_bytes = size
+
+    def rewrite_from(self, position: int) -> None:
+        """pwrite the bytes from `position` to the end again, as they read now (see
+        PartitionLog._make_surviving_tail_durable): the next fdatasync then really writes them."""
+        fd = self._writer()
+        chunk = SCAN_WINDOW_BYTES
+        while position < self.size_bytes:
+            data = pread_all(self.fs, fd, position, min(chunk, self.size_bytes - position))
+            assert data, f"{self.path} is shorter than its {self.size_bytes} bytes"
+            pwrite_all(self.fs, fd, data, position)
+            position += len(data)
 
     def discard_unsynced(self) -> int:
         """Cut the file back to what was last fdatasynced; returns the bytes removed.
