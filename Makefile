@@ -38,7 +38,7 @@ bench: $(STAMP)  ## run every benchmark script and print its figures (no asserti
 	$(PY) benchmarks/e2e_bench.py
 
 sim-soak: $(STAMP)  ## long Raft simulator soak (100,000 seeds)
-	$(VENV)/bin/tidelog sim --seeds 100000
+	$(VENV)/bin/tidelog sim --seeds 100000 --jobs 2
 
 chaos-full: $(STAMP)  ## every chaos scenario, 5 nodes, 5 min each (root for network faults)
 	$(VENV)/bin/tidelog chaos suite --nodes 5 --duration 300 --report chaos-reports

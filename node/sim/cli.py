@@ -49,7 +49,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.seed is not None:
         r = run_seed(args.seed, nodes=args.nodes, steps=steps)
         if args.output == "json":
-            print(json.dumps(result_json(r)))
+            print(json.dumps(result_json(r, trace=args.verbose)))
             return 0 if r.violation is None else 1
         if r.violation is not None:
             print(format_failure(r))

@@ -273,9 +273,11 @@ class Cluster:
         return bool(done)
 
     def unrepaired(self) -> list[NodeId]:
-        """Voters still recovering from a damaged log (they must repair themselves)."""
+        """Voters still recovering from a damaged log (they must repair themselves), or
+        stopped by a storage error (a failing fsync armed before the heal) and not yet back."""
         return [i for i in sorted(self._membership().voters)
-                if (r := self.nodes[i].replica) is not None and r.core.recovering]
+                if (r := self.nodes[i].replica) is not None
+                and (r.core.recovering or r.error is not None)]
 
     def final_check(self) -> None:
         logs = {}
@@ -283,7 +285,7 @@ class Cluster:
         recovering = 0
         for i in sorted(voters):
             r = self.nodes[i].replica
-            if r is None or r.core.recovering:
+            if r is None or r.core.recovering or r.error is not None:
                 recovering += 1
                 continue
             logs[i] = (r.log.log_start_offset, {e.last: e for e in self._entries(r)})

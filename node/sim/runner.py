@@ -164,14 +164,16 @@ def _run_one(seed: int, *, nodes: int, steps: int, core_cls: type[RaftCore],
                     options=opt)
 
 
-def result_json(r: SeedResult) -> dict[str, object]:
+def result_json(r: SeedResult, *, trace: bool = False) -> dict[str, object]:
+    """``trace``: include it even when the seed passed (it always comes with a failure)."""
     return {
         "seed": r.seed, "ok": r.violation is None, "nodes": r.nodes, "steps": r.steps,
         "sim_time_ms": r.sim_time_ms, "elections": r.elections, "commits": r.commits,
         "faults": r.faults,
         "violation": None if r.violation is None else {"rule": r.violation.rule,
                                                        "detail": r.violation.detail},
-        "replay": r.replay_command(), "trace": r.trace if r.violation is not None else [],
+        "replay": r.replay_command(),
+        "trace": r.trace if trace or r.violation is not None else [],
     }
 
 

@@ -18,6 +18,25 @@ def test_same_seed_replays_exactly() -> None:
     assert a.violation is None
 
 
+def test_a_seed_replays_exactly_in_another_process() -> None:
+    """The replay command works: no hash randomization, clock or thread leaks into a run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    runs = []
+    for hash_seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-m", "tidelog.client.cli", "sim", "--seed", "7", "--steps", "600",
+             "--output", "json", "--verbose"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=False)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout))
+    assert runs[0] == runs[1] and runs[0]["commits"] > 0 and len(runs[0]["trace"]) > 10
+
+
 def test_faultless_run_commits_every_proposal_and_elects_once() -> None:
     r = run_seed(1, steps=3000, options=SimOptions(faults=False))
     assert r.violation is None and r.elections == 1 and r.commits > 50
