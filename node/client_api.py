@@ -417,6 +417,9 @@ class ClientApi:
                 result.error_message = exc.message
                 if isinstance(exc, E.NotLeaderError) and exc.leader_id is not None:
                     result.leader_id = exc.leader_id
+            except StorageError as exc:
+                result.error = pb.STORAGE_ERROR
+                result.error_message = f"{want.topic}-{want.partition}: {exc}"
             response.results.append(result)
         return response
 

@@ -24,7 +24,13 @@ import grpc
 from google.protobuf import message as protobuf_message
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
-from tidelog.node.errors import BrokerError, InvalidRequestError, NotLeaderError
+from tidelog.node.errors import (
+    BrokerError,
+    InvalidRequestError,
+    NotLeaderError,
+    StorageRequestError,
+)
+from tidelog.node.storage import StorageError
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc, cluster_pb2_grpc
 
@@ -127,6 +133,13 @@ def _unary(method: F) -> F:
                 ((ERROR_METADATA_KEY, error_detail(exc).SerializeToString()),)
             )
             await context.abort(status_for(exc.code), exc.message)
+        except StorageError as exc:  # our disk's fault, not the caller's (CorruptLogError is
+            # also a ValueError: without this it would be answered "invalid request")
+            log.error("%s: storage failure: %s", method.__name__, exc)
+            failed = StorageRequestError(f"storage failure on this node: {exc}")
+            context.set_trailing_metadata(
+                ((ERROR_METADATA_KEY, error_detail(failed).SerializeToString()),))
+            await context.abort(status_for(failed.code), failed.message)
         except (ValueError, KeyError) as exc:  # a malformed request that slipped past validation
             detail = error_detail(InvalidRequestError(str(exc)))
             context.set_trailing_metadata(((ERROR_METADATA_KEY, detail.SerializeToString()),))

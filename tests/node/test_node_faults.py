@@ -11,6 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+import grpc
 import pytest
 from tidelog.node.config import NodeConfig
 from tidelog.node.local_cluster import free_ports
@@ -18,7 +19,11 @@ from tidelog.node.raft import Message, MessageType, NodeId, Term
 from tidelog.node.raft_wire import to_wire
 from tidelog.node.server import METADATA_GROUP, Node
 from tidelog.node.storage import CorruptLogError
+from tidelog.proto import broker_pb2 as pb
+from tidelog.proto import broker_pb2_grpc
 from tidelog.proto import cluster_pb2 as cpb
+
+from .wire import batch_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,8 +154,44 @@ def test_a_command_that_cannot_apply_is_rejected_on_commit_and_at_every_restart(
     assert after["applied"] >= before["applied"]
 
 
-def _create(name: str):  # type: ignore[no-untyped-def]
-    from tidelog.proto import broker_pb2 as pb
-
+def _create(name: str) -> pb.CreateTopicsRequest:
     return pb.CreateTopicsRequest(topics=[pb.TopicSpec(name=name, partitions=1,
                                                        replication_factor=1)])
+
+
+def test_a_local_storage_failure_is_answered_as_storage_error_not_as_a_bad_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CorruptLogError is also a ValueError; the servicer used to answer it INVALID_ARGUMENT
+    ("invalid request"), blaming the caller for our disk."""
+    cfg = config(tmp_path, 1)
+
+    async def run() -> None:
+        node = Node(cfg)
+        await node.start()
+        try:
+            await wait_for(lambda: node.metadata.replica.is_leader)
+            await node.api.create_topics(_create("t"))
+            await wait_for(lambda: any(r.is_leader for r in node.replicas.partitions.values()))
+            replica = next(iter(node.replicas.partitions.values()))
+            async with grpc.aio.insecure_channel(cfg.listen) as channel:
+                broker = broker_pb2_grpc.BrokerStub(channel)
+                await broker.Produce(pb.ProduceRequest(topic="t", partition=0,
+                                                       batches=batch_of([b"x"])), timeout=10)
+
+                def damaged(*args: object) -> None:
+                    raise CorruptLogError("checksum mismatch in segment 0 at position 0")
+
+                monkeypatch.setattr(replica.log, "offset_for_timestamp", damaged)
+                reply = await broker.ListOffsets(pb.ListOffsetsRequest(partitions=[
+                    pb.ListOffsetsPartition(topic="t", partition=0, spec=pb.TIMESTAMP,
+                                            timestamp_ms=0)]), timeout=10)
+                assert reply.results[0].error == pb.STORAGE_ERROR
+                monkeypatch.setattr(node.api, "describe_configs", damaged)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await broker.DescribeConfigs(pb.DescribeConfigsRequest(), timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "storage failure" in (info.value.details() or "")
+        finally:
+            await node.stop(graceful=False)
+
+    asyncio.run(run())
