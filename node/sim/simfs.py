@@ -54,6 +54,7 @@ WRITE_BYTES_MAX = 1 << 28
 INODES_MAX = 1_000_000
 DESCRIPTORS_MAX = 65_536
 PENDING_BYTES_MAX = 16 << 20  # per file; beyond it the oldest pending writes are written back
+GC_EVERY_UNLINKS = 1024  # drop inodes no name, journal entry or descriptor can reach any more
 _ROOT = 1
 
 
@@ -135,6 +136,7 @@ class SimFileSystem:
         self._next_fd = 3
         self._journal: list[_MetaOp] = []  # uncommitted name changes, in order
         self._next_seq = 0
+        self._unlinks_since_gc = 0
         self._fail_fsync: list[tuple[str | None, int]] = []
         self._counts = dict(writes=0, bytes_written=0, fsyncs=0, directory_fsyncs=0,
                             failed_fsyncs=0, power_losses=0, crashes=0, enospc=0)
@@ -428,6 +430,11 @@ class SimFileSystem:
             return self._used_bytes()
 
     @property
+    def inode_count(self) -> int:
+        with self._lock:
+            return len(self._inodes)
+
+    @property
     def stats(self) -> SimFsStats:
         with self._lock:
             return SimFsStats(open_descriptors=len(self._fds), **self._counts)
@@ -504,6 +511,31 @@ class SimFileSystem:
     def _unlink(self, parent: _Inode, name: str) -> None:
         del parent.entries[name]
         self._journal.append(_MetaOp(self._seq(), parent.number, name, None))
+        self._unlinks_since_gc += 1
+        if self._unlinks_since_gc >= GC_EVERY_UNLINKS:
+            self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        """Forget inodes that nothing can reach: no volatile or durable name, no uncommitted
+        journal entry (it could come back at a power loss), no open descriptor. Keeps a long
+        simulation's memory bounded by its live files."""
+        self._unlinks_since_gc = 0
+        roots = {_ROOT} | {op.target for op in self._journal if op.target is not None} \
+            | {d.ino for d in self._fds.values()}
+        seen: set[int] = set()
+        stack = [r for r in roots if r in self._inodes]
+        while stack:
+            number = stack.pop()
+            if number in seen:
+                continue
+            seen.add(number)
+            inode = self._inodes[number]
+            if inode.is_dir:
+                stack.extend(i for i in (*inode.entries.values(),
+                                         *inode.durable_entries.values())
+                             if i in self._inodes and i not in seen)
+        for number in [n for n in self._inodes if n not in seen]:
+            del self._inodes[number]
 
     def _remove_tree(self, directory: _Inode) -> None:
         for name in sorted(directory.entries):
