@@ -7,9 +7,7 @@ with the codec's own `stamp`, so every checksum is valid and only the claim is f
 
 from __future__ import annotations
 
-import random
 import struct
-import time
 
 import pytest
 import xxhash
@@ -116,29 +114,6 @@ def test_sequences_are_planned_for_the_whole_request_before_anything_is_proposed
     with pytest.raises(E.OutOfOrderSequenceError, match="same request"):
         table.check_request([a, gap], lambda pid: 0)
     assert len(table) == 0  # planning records nothing
-
-
-def test_validation_cost_is_reported() -> None:
-    """Not an assertion on speed: prints what full validation costs next to the header-only
-    check, for benchmarks/README.md (1 MiB lz4 batch of 1 KiB records)."""
-    rng = random.Random(0)  # fixed: incompressible values, the worst case for lz4
-    values = [rng.randbytes(1024) for _ in range(1000)]
-    now = int(time.time() * 1000)
-    batch = encode_batch([(None, v, (), now) for v in values], codec=Codec.LZ4)
-    limits = ProduceLimits(request_bytes_max=8 << 20, batch_bytes_max=8 << 20,
-                           timestamp_difference_ms_max=3_600_000)
-    rounds = 20
-    started = time.perf_counter()
-    for _ in range(rounds):
-        validate_batch(batch, max_bytes=8 << 20)
-    header_only = (time.perf_counter() - started) / rounds
-    started = time.perf_counter()
-    for _ in range(rounds):
-        validate_produce(batch, limits, now)
-    full = (time.perf_counter() - started) / rounds
-    print(f"\n1000 x 1 KiB records, lz4 batch of {len(batch)} bytes: header+checksum "
-          f"{header_only * 1e3:.2f} ms, full validation {full * 1e3:.2f} ms")
-    assert full > 0
 
 
 def oracle_accepts(batch: bytes) -> bool:
