@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tidelog.node.sim.simfs import SimFileSystem
 from tidelog.node.storage import LogConfig, PartitionLog
 from tidelog.proto.batch import Codec, encode_batch
 
@@ -37,3 +38,42 @@ class Clock:
         return self.now_ms
 
 
+class PowerCut(Exception):
+    pass
+
+
+class CutsPowerAfter(SimFileSystem):
+    """Raises PowerCut at the k-th file-system change once armed (then the test cuts power)."""
+
+    armed_after: int | None = None
+
+    def _tick(self) -> None:
+        if self.armed_after is not None:
+            self.armed_after -= 1
+            if self.armed_after < 0:
+                self.armed_after = None
+                raise PowerCut
+
+    def pwrite(self, fd, data, position):  # type: ignore[no-untyped-def]
+        self._tick()
+        return super().pwrite(fd, data, position)
+
+    def ftruncate(self, fd, length):  # type: ignore[no-untyped-def]
+        self._tick()
+        super().ftruncate(fd, length)
+
+    def fsync(self, fd):  # type: ignore[no-untyped-def]
+        self._tick()
+        super().fsync(fd)
+
+    def fsync_directory(self, path):  # type: ignore[no-untyped-def]
+        self._tick()
+        super().fsync_directory(path)
+
+    def unlink(self, path):  # type: ignore[no-untyped-def]
+        self._tick()
+        super().unlink(path)
+
+    def replace(self, src, dst):  # type: ignore[no-untyped-def]
+        self._tick()
+        super().replace(src, dst)

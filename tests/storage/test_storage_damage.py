@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 import pytest
-from storage_helpers import Clock, crash, make_batch, small_config
+from storage_helpers import Clock, CutsPowerAfter, PowerCut, crash, make_batch, small_config
 from tidelog.node.sim.simfs import SimFileSystem
 from tidelog.node.storage import CorruptLogError, DamagePolicy, PartitionLog
 from tidelog.proto.batch import HEADER_SIZE, iter_batches
@@ -191,52 +191,11 @@ def test_a_torn_tail_reports_the_offset_it_was_cut_from() -> None:
     assert again.recovery.cut_from_offset is None
 
 
-class _PowerCut(Exception):
-    pass
-
-
-class _CutsPowerAfter(SimFileSystem):
-    """Raises _PowerCut at the k-th file-system change once armed (then the test cuts power)."""
-
-    armed_after: int | None = None
-
-    def _tick(self) -> None:
-        if self.armed_after is not None:
-            self.armed_after -= 1
-            if self.armed_after < 0:
-                self.armed_after = None
-                raise _PowerCut
-
-    def pwrite(self, fd, data, position):  # type: ignore[no-untyped-def]
-        self._tick()
-        return super().pwrite(fd, data, position)
-
-    def ftruncate(self, fd, length):  # type: ignore[no-untyped-def]
-        self._tick()
-        super().ftruncate(fd, length)
-
-    def fsync(self, fd):  # type: ignore[no-untyped-def]
-        self._tick()
-        super().fsync(fd)
-
-    def fsync_directory(self, path):  # type: ignore[no-untyped-def]
-        self._tick()
-        super().fsync_directory(path)
-
-    def unlink(self, path):  # type: ignore[no-untyped-def]
-        self._tick()
-        super().unlink(path)
-
-    def replace(self, src, dst):  # type: ignore[no-untyped-def]
-        self._tick()
-        super().replace(src, dst)
-
-
 def test_a_power_cut_at_any_step_of_the_quarantine_cut_never_serves_damage() -> None:
     steps_seen = 0
     for k in range(80):
         fs, served = _build()
-        fs.__class__ = _CutsPowerAfter  # same state, counting changes from here on
+        fs.__class__ = CutsPowerAfter  # same state, counting changes from here on
         active = _segments(fs)[-1]
         base = int(active[:20])
         first_in_active = next(i for i, _ in enumerate(served) if _batch_at(served, i) == base)
@@ -245,7 +204,7 @@ def test_a_power_cut_at_any_step_of_the_quarantine_cut_never_serves_damage() -> 
         fs.armed_after = k
         try:
             crash(_open(fs, on_damage=QUARANTINE))
-        except _PowerCut:
+        except PowerCut:
             steps_seen += 1
         fs.armed_after = None
         fs.power_loss(random.Random(k))
