@@ -88,6 +88,36 @@ def test_a_local_storage_error_while_stepping_stops_the_replica_with_the_real_re
     assert "stopped" in text and "checksum mismatch reading the entry" in text
 
 
+def test_any_other_local_failure_while_stepping_stops_only_that_replica(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Not a storage error (those the Replica handles itself): a broken invariant inside the
+    core while it steps a valid message. The node stops that replica, names the real cause,
+    and does not call the message malformed."""
+
+    async def run() -> None:
+        node = Node(config(tmp_path, 3))
+        await node.start()
+        try:
+            replica = node.metadata.replica
+            assert replica is not None
+
+            def broken(message: Message) -> None:
+                raise AssertionError("entry 7 conflicts with committed entry 7")
+
+            monkeypatch.setattr(replica.core, "step", broken)
+            node.replicas.receive_raft(append_from(2, term=5))
+            assert isinstance(replica.error, AssertionError)
+            assert node.replicas.stopped() == [METADATA_GROUP]
+        finally:
+            await node.stop(graceful=False)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    assert "malformed" not in caplog.text
+    assert "stopped by a local error while stepping append from node 2" in caplog.text
+    assert "conflicts with committed entry" in caplog.text
+
+
 def test_a_malformed_raft_message_is_dropped_and_the_replica_keeps_going(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def run() -> None:
