@@ -106,9 +106,12 @@ def test_a_zombie_producer_is_fenced_by_its_successor(cluster: LocalCluster) -> 
 
 
 def test_a_new_epoch_must_start_at_sequence_zero(cluster: LocalCluster) -> None:
-    address = cluster.nodes[0].address
-    create_topic(address, "epochs", partitions=1, rf=3)
+    create_topic(cluster.nodes[0].address, "epochs", partitions=1, rf=3)
     leader = cluster.node(cluster.settled_leader_of("epochs", 0)).address
+    # The epoch is bumped through the partition leader, which answers once it has applied the
+    # bump (read your writes): it then fences by what the metadata log says, before the new
+    # epoch ever wrote to this partition. (Another node learns the bump within a heartbeat.)
+    address = leader
     first = stub(address).InitProducerId(pb.InitProducerIdRequest(transactional_id="t"),
                                          timeout=15)
     assert first.producer_epoch == 0
