@@ -187,6 +187,10 @@ class LazyOperations(mfusepy.Operations):
             config_3.attr_timeout = CACHE_TIMEOUT_S
             config_3.negative_timeout = 0.0
             config_3.use_ino = 1
+            # unlink of an open file is an unlink (the inode waits in our grave, descriptors keep
+            # working), not libfuse's rename to .fuse_hidden* plus an unlink at release, which
+            # would turn one name change into two, the second one late.
+            config_3.hard_remove = 1
 
     def destroy(self, path: str) -> None:
         """A clean unmount writes back, as umount does (a cut is the unclean ending)."""
@@ -234,9 +238,12 @@ class LazyOperations(mfusepy.Operations):
         return 0
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
-        with self._cut_lock.shared(), self._ns_lock:
-            self.counters["fsyncdirs"] += 1
-            self.journal.directory_synced(path)
+        with self._cut_lock.shared():
+            with self._ns_lock:
+                self.counters["fsyncdirs"] += 1
+                committed = self.journal.directory_synced(path)
+            if committed:
+                self._forget_unreachable()
         return 0
 
     def statfs(self, path: str) -> dict[str, int]:
@@ -338,6 +345,8 @@ class LazyOperations(mfusepy.Operations):
         h = self._handles.pop(fh, None)
         if h is not None:
             os.close(h.fd)
+            with self._cut_lock.shared():
+                self._forget_unreachable(h.ino)
         return 0
 
     def flush(self, path: str, fh: int) -> int:
@@ -422,6 +431,26 @@ class LazyOperations(mfusepy.Operations):
                 pf = PendingFile(os.dup(h.fd), h.ino)
                 self._pending[h.ino] = pf
             return pf
+
+    def _forget_unreachable(self, ino: int | None = None) -> None:
+        """Drop the unsynced data of files nobody can ever read again: no name (their unlink is
+        durable: the grave is gone) and no open descriptor. Without this, temp files written and
+        deleted without fsync would stay in memory until the next cut."""
+        candidates = [ino] if ino is not None else list(self._pending)
+        open_inos = {h.ino for h in list(self._handles.values())}
+        for i in candidates:
+            pf = self._pending.get(i)
+            if pf is None or i in open_inos:
+                continue
+            with pf.lock:
+                if pf.dead or os.fstat(pf.fd).st_nlink:
+                    continue
+                with self._map_lock:
+                    pf.dead = True
+                    self._pending_bytes -= pf.dirty_bytes
+                    if self._pending.get(i) is pf:
+                        del self._pending[i]
+                os.close(pf.fd)
 
     def _truncate(self, h: _Handle, length: int) -> None:
         while True:

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +178,24 @@ def test_unlink_is_undone_until_the_directory_is_fsynced(lazy: LazyMount) -> Non
     assert c.read_bytes() == b"3"
     assert sorted(os.listdir(lazy.backing)) == [".lazyfs-grave", "c"]  # graves are hidden
     assert os.listdir(lazy.backing / ".lazyfs-grave") == []
+
+
+def test_a_deleted_unsynced_file_is_forgotten_once_its_unlink_is_durable(
+        lazy: LazyMount) -> None:
+    path = lazy.mountpoint / "tmp"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+    os.write(fd, b"t" * 3 * PAGE)
+    _fsync_dir(lazy.mountpoint)
+    path.unlink()
+    assert lazy.stats()["pending_files"] == 1  # still open: readable through fd
+    _fsync_dir(lazy.mountpoint)
+    assert lazy.stats()["pending_files"] == 1
+    os.close(fd)
+    deadline = time.monotonic() + 5  # the kernel sends FUSE's release after close() returned
+    while (stats := lazy.stats())["pending_files"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (stats["pending_files"], stats["pending_bytes"]) == (0, 0)
+    assert lazy.cut()["undone_names"] == 0
 
 
 def test_a_pending_truncation_is_lost_and_an_applied_one_kept(lazy: LazyMount) -> None:
