@@ -35,7 +35,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from storage_helpers import crash, make_batch, small_config
+from storage_helpers import CutsPowerAfter, PowerCut, crash, make_batch, small_config
 from tidelog.node.sim.simfs import SimFileSystem
 from tidelog.node.storage import (
     OS_FS,
@@ -249,7 +249,7 @@ class PowerLossMachine(LogMachine):
     DATA = Path("/data")
 
     def _make_directory(self) -> Path:
-        self.fs = SimFileSystem()
+        self.fs = CutsPowerAfter()
         self.fs.mkdir(self.DATA)
         self.fs.fsync_directory(Path("/"))
         self.written: dict[int, set[bytes]] = {}  # base offset -> every batch appended there
@@ -271,16 +271,76 @@ class PowerLossMachine(LogMachine):
 
     @rule(seed=st.integers(0, 2**32 - 1))
     def power_loss_and_reopen(self, seed: int) -> None:
-        durable_end = self.log.durable_end_offset
+        self._power_loss(seed, durable_end=self.log.durable_end_offset, starts={self.start})
+
+    @rule(op=st.sampled_from(["append", "sync", "truncate_after", "truncate_prefix", "reset",
+                              "retention", "close"]),
+          changes=st.one_of(st.integers(0, 3), st.integers(0, 12)),
+          seed=st.integers(0, 2**32 - 1), data=st.data())
+    def power_cut_during(self, op: str, changes: int, seed: int, data: st.DataObject) -> None:
+        """Power fails after `changes` file-system changes of one operation (between any two
+        of its writes, fsyncs, renames and unlinks): what it had made durable must hold."""
+        durable, start, end = self.log.durable_end_offset, self.start, self.end
+        note(f"power cut during {op} after {changes} changes")
+        self.fs.armed_after = changes
+        target = None
+        try:
+            if op == "append":
+                self.append(records=data.draw(st.integers(1, 8)), value_bytes=60,
+                            bump_term=data.draw(st.booleans()), ts=0)
+            elif op == "sync":
+                self.sync()
+            elif op == "truncate_after" and self.model:
+                visible = [m[1] for m in self.model if m[1] >= self.start]
+                target = data.draw(st.sampled_from([*visible[:-1], self.start - 1]))
+                self.log.truncate_after(target)
+                self.model = [m for m in self.model if m[1] <= target]
+                self.end = max(target + 1, self.start)
+            elif op == "truncate_prefix":
+                target = data.draw(st.integers(self.start, self.end))
+                self.log.truncate_prefix(target)
+                self.start = max(self.start, target)
+            elif op == "reset":
+                target = data.draw(st.integers(0, 500))
+                self.reset(start=target)
+            elif op == "retention":
+                self.retention_by_size(keep_bytes=data.draw(st.integers(1, 600)))
+            elif op == "close":
+                self.log.close()
+            done = True
+        except PowerCut:
+            done = False
+        finally:
+            self.fs.armed_after = None
+        if done:
+            self._power_loss(seed, durable_end=self.log.durable_end_offset, starts={self.start})
+        elif op == "truncate_after":
+            assert target is not None
+            self._power_loss(seed, durable_end=min(durable, target + 1), starts={start})
+        elif op == "reset":
+            # Either not begun (the old log, whole) or finished by open (empty at the target).
+            self._power_loss(seed, durable_end=durable, starts={start, target},
+                             durable_end_if_moved=target)
+        elif op in ("truncate_prefix", "retention"):
+            self._power_loss(seed, durable_end=durable, starts=set(range(start, end + 1)))
+        else:
+            self._power_loss(seed, durable_end=durable, starts={start})
+
+    def _power_loss(self, seed: int, *, durable_end: int, starts: set[int | None],
+                    durable_end_if_moved: int | None = None) -> None:
         note(f"power loss #{self.power_losses} with seed {seed}, durable end {durable_end}, "
              f"log end {self.end}")
         self.power_losses += 1
         crash(self.log)
         self.fs.power_loss(random.Random(seed))
         self.log = self._open()  # (c): raises if it cannot open
-        assert self.log.log_start_offset == self.start, "the log start is durable at once"
+        start = self.log.log_start_offset
+        assert start in starts, f"log start {start}, expected one of {sorted(starts)[:5]}"
+        if start != self.start and durable_end_if_moved is not None:
+            durable_end = durable_end_if_moved
+            self.model = []
         survivors = self._read_all()
-        wanted = [m for m in self.model if m[1] >= self.start and m[1] < durable_end]
+        wanted = [m for m in self.model if m[1] >= start and m[1] < durable_end]
         assert survivors[: len(wanted)] == [(m[0], m[3]) for m in wanted], \
             f"(a) batches below the durable end {durable_end} lost or changed (seed {seed})"
         for base, batch in survivors[len(wanted):]:
@@ -288,6 +348,7 @@ class PowerLossMachine(LogMachine):
                 f"(b) batch at {base} was never appended there (seed {seed})"
         self.model = [(base, h.last_offset, h.term, batch) for (base, batch), (_, h) in
                       zip(survivors, (next(iter_batches(b)) for _, b in survivors), strict=True)]
+        self.start = start
         self.end = self.log.log_end_offset
         self.term = max(self.term, self.log.last_term)
 
