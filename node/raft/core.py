@@ -768,6 +768,7 @@ class RaftCore:
                 # anything else conflicts from here on.
                 assert e.index > self.commit, "unreachable: _check_remote refuses this"
                 new = list(m.entries[i:])
+                self._retract_acks_after(LogIndex(e.index - 1))
                 self._pending_configs = [(x, c) for x, c in self._pending_configs if x < e.index]
                 self.log.append(new)
                 self._note_configs(new)
@@ -794,6 +795,7 @@ class RaftCore:
             self._send(MessageType.APPEND_RESP, m.frm, index=self.commit)
         else:
             self.log.reset(LogStart(start=LogIndex(m.index + 1), term=m.log_term))
+            self._retract_acks_after(self.commit)  # all uncommitted entries are gone
             self._pending_configs = []
             # The leader's membership is committed and comes from a CONFIG entry at
             # ``m.membership.index``, possibly above the log start: entries up to that index that
@@ -860,6 +862,17 @@ class RaftCore:
                         return f"overwrites our committed offset {e.index}"
                     break
         return None
+
+    def _retract_acks_after(self, cut: LogIndex) -> None:
+        # An acknowledgement still queued here goes out only after the next Ready is persisted,
+        # and that Ready now removes the entries after ``cut``: sent, it would promise entries we
+        # no longer have (to the leader that sent them, which could count them towards commit).
+        # Dropping a message is always allowed; the leader retries.
+        self._msgs = [
+            x
+            for x in self._msgs
+            if not (x.type == MessageType.APPEND_RESP and not x.reject and x.index > cut)
+        ]
 
     def _finish_recovery(self) -> None:
         self._recover_to = None

@@ -7,9 +7,11 @@ import random
 import pytest
 from tidelog.node.raft import (
     ConfigChangeRejected,
+    Entry,
     EntryKind,
     HardState,
     LogIndex,
+    Membership,
     MemoryLog,
     Message,
     MessageType,
@@ -216,8 +218,6 @@ def test_leader_pipelines_within_inflight_window() -> None:
 
 def _leader_with_old_term_tail() -> tuple[RaftCore, MemoryLog]:
     """Figure 8 (c): a leader of term 4 whose log ends with an uncommitted entry of term 2."""
-    from tidelog.node.raft import Entry
-
     log = MemoryLog()
     log.append([Entry(term=Term(1), index=LogIndex(0), count=1, kind=EntryKind.NOOP)])
     log.append([Entry(term=Term(2), index=LogIndex(1), count=1, kind=EntryKind.DATA, data=b"x")])
@@ -603,3 +603,69 @@ def test_second_leader_in_our_term_is_refused_and_changes_nothing() -> None:
         lead.step(bogus)
     assert (lead.term, lead.role, lead.commit, lead.log.last_index()) == before
     assert lead.ready() is None
+
+
+def _follower_with_unpersisted_ack() -> RaftCore:
+    """Node 1 appended offset 1 (term 1) from leader 2 and queued its acknowledgement; the Ready
+    that would persist the entry and then send the ack has not been taken yet."""
+    log = MemoryLog()
+    log.append([Entry(term=Term(1), index=LogIndex(0), count=1, kind=EntryKind.NOOP)])
+    cfg = RaftConfig(node_id=NodeId(1), voters=(NodeId(1), NodeId(2), NodeId(3)))
+    core = RaftCore(cfg, log, rng=random.Random(1), hard_state=HardState(term=Term(1)))
+    data = Entry(term=Term(1), index=LogIndex(1), count=1, kind=EntryKind.DATA, data=b"a")
+    core.step(
+        Message(
+            type=MessageType.APPEND,
+            frm=NodeId(2),
+            to=NodeId(1),
+            term=Term(1),
+            index=LogIndex(0),
+            log_term=Term(1),
+            entries=(data,),
+        )
+    )
+    return core
+
+
+def test_ack_of_entries_a_newer_leader_truncates_in_the_same_ready_is_not_sent() -> None:
+    """Figure 2 "respond after persisting": an acknowledgement promises durable entries. When a
+    newer leader's append truncates them before the Ready is taken, the Ready would persist the
+    truncation and then send the old ack, a lie the old leader could count towards commit."""
+    core = _follower_with_unpersisted_ack()
+    other = Entry(term=Term(2), index=LogIndex(1), count=1, kind=EntryKind.DATA, data=b"b")
+    core.step(
+        Message(
+            type=MessageType.APPEND,
+            frm=NodeId(3),
+            to=NodeId(1),
+            term=Term(2),
+            index=LogIndex(0),
+            log_term=Term(1),
+            entries=(other,),
+        )
+    )
+    rd = core.ready()
+    assert rd is not None and rd.entries == (other,)
+    acks = [(m.to, m.term, m.index) for m in rd.messages if m.type == MessageType.APPEND_RESP]
+    assert acks == [(3, 2, 1)], acks  # no (2, 1, 1): that entry is never persisted
+
+
+def test_ack_of_entries_a_log_start_reset_discards_in_the_same_ready_is_not_sent() -> None:
+    """As above, for a log-start reset (INSTALL_LOG_START) that discards the unpersisted entry."""
+    core = _follower_with_unpersisted_ack()
+    core.step(
+        Message(
+            type=MessageType.INSTALL_LOG_START,
+            frm=NodeId(3),
+            to=NodeId(1),
+            term=Term(2),
+            index=LogIndex(4),
+            log_term=Term(2),
+            commit=LogIndex(4),
+            membership=Membership(voters=frozenset({NodeId(1), NodeId(2), NodeId(3)})),
+        )
+    )
+    rd = core.ready()
+    assert rd is not None and rd.reset_log_to is not None and rd.reset_log_to.start == 5
+    acks = [(m.to, m.term, m.index) for m in rd.messages if m.type == MessageType.APPEND_RESP]
+    assert acks == [(3, 2, 4)], acks
