@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, note, settings
+from hypothesis import HealthCheck, Phase, currently_in_test_context, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 from hypothesis.stateful import (
@@ -52,6 +52,14 @@ from tidelog.node.storage import (
 )
 from tidelog.node.storage.segment import Segment
 from tidelog.proto.batch import BatchHeader, iter_batches, stamp
+
+
+def _note(message: str) -> None:
+    """hypothesis.note inside a hypothesis run (shown with a failing example), else print."""
+    if currently_in_test_context():
+        note(message)
+    else:
+        print(message)
 
 
 class LogMachine(RuleBasedStateMachine):
@@ -281,7 +289,7 @@ class PowerLossMachine(LogMachine):
         """Power fails after `changes` file-system changes of one operation (between any two
         of its writes, fsyncs, renames and unlinks): what it had made durable must hold."""
         durable, start, end = self.log.durable_end_offset, self.start, self.end
-        note(f"power cut during {op} after {changes} changes")
+        _note(f"power cut during {op} after {changes} changes")
         self.fs.armed_after = changes
         target = None
         try:
@@ -328,7 +336,7 @@ class PowerLossMachine(LogMachine):
 
     def _power_loss(self, seed: int, *, durable_end: int, starts: set[int | None],
                     durable_end_if_moved: int | None = None) -> None:
-        note(f"power loss #{self.power_losses} with seed {seed}, durable end {durable_end}, "
+        _note(f"power loss #{self.power_losses} with seed {seed}, durable end {durable_end}, "
              f"log end {self.end}")
         self.power_losses += 1
         crash(self.log)
@@ -430,7 +438,7 @@ class PowerLossMachine(LogMachine):
         extents = [(pos, h) for pos, h in _batch_extents(self.fs.read(self.dir / name))] \
             if name.endswith(".log") else []
         bit = self.fs.flip_bit(self.dir / name, rng)
-        note(f"bit rot in {name} at bit {bit} (seed {seed})")
+        _note(f"bit rot in {name} at bit {bit} (seed {seed})")
         self.log = self._open(on_damage=DamagePolicy.QUARANTINE, verify_sealed=True)
         survivors = self._read_all()
         visible = [(m[0], m[3]) for m in self.model if m[1] >= self.start]
@@ -488,10 +496,11 @@ PLANTED_SETTINGS = settings(max_examples=200, stateful_step_count=40, deadline=N
                             suppress_health_check=list(HealthCheck))
 
 
-def _assert_caught() -> None:
+def _assert_caught(max_examples: int = PLANTED_SETTINGS.max_examples) -> None:
     """The model fails: a broken claim (AssertionError) or a log that cannot open (c)."""
     with pytest.raises((AssertionError, StorageError, Flaky)):
-        run_state_machine_as_test(PowerLossMachine, settings=PLANTED_SETTINGS)
+        run_state_machine_as_test(PowerLossMachine, settings=settings(
+            PLANTED_SETTINGS, max_examples=max_examples))
 
 
 def test_planted_bug_sync_that_skips_the_fsync_is_caught(monkeypatch) -> None:
@@ -511,6 +520,38 @@ def test_planted_bug_open_that_only_fsyncs_the_surviving_tail_is_caught(monkeypa
     whose process died before fencing, the clean-but-unwritten pages are called durable."""
     monkeypatch.setattr(Segment, "rewrite_from", lambda self, position: None)
     _assert_caught()
+
+
+def test_planted_bug_truncation_that_keeps_the_recovery_point_is_caught(monkeypatch) -> None:
+    """truncate_after cuts below the recovery point without lowering it first: after a power
+    loss the shorter log looks like lost acknowledged data and open refuses it (c). A directed
+    run of the model's own rules (random runs need a durable point, a cut below it and a power
+    loss in a row, which a bounded budget finds only sometimes)."""
+    real = PartitionLog._write_meta
+
+    def never_lowers(self: PartitionLog, *, recovery_point: int | None = None) -> None:
+        if recovery_point is not None and recovery_point < self._recovery_point:
+            recovery_point = None
+        real(self, recovery_point=recovery_point)
+
+    def one_run(seed: int) -> bool:
+        machine = PowerLossMachine()
+        machine.setup(segment_bytes=4096, interval=64)
+        for _ in range(3):
+            machine.append(records=1, value_bytes=10, bump_term=False, ts=0)
+        machine.close_and_reopen()  # the recovery point is now the log end
+        machine.log.truncate_after(machine.model[0][1])
+        machine.model, machine.end = machine.model[:1], machine.model[0][1] + 1
+        try:
+            machine.power_loss_and_reopen(seed=seed)
+        except (AssertionError, StorageError):
+            return True
+        return False
+
+    assert not any(one_run(seed) for seed in range(20)), "the real code passes this run"
+    monkeypatch.setattr(PartitionLog, "_write_meta", never_lowers)
+    caught = [seed for seed in range(20) if one_run(seed)]
+    assert caught, "the planted bug was not caught"
 
 
 # Not a planted bug here: a fence that keeps the failed tail (no Segment.discard_unsynced).
