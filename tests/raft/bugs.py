@@ -49,3 +49,11 @@ class CommitsOldTerms(RaftCore):
             self._commit_to(q)
             return True
         return False
+
+
+class AcksDiscardedEntries(RaftCore):
+    """Sends an acknowledgement queued before a truncation or log-start reset removed the entries
+    it covers (the promise of durability is then false)."""
+
+    def _retract_acks_after(self, cut: LogIndex) -> None:
+        pass

@@ -605,13 +605,13 @@ def test_second_leader_in_our_term_is_refused_and_changes_nothing() -> None:
     assert lead.ready() is None
 
 
-def _follower_with_unpersisted_ack() -> RaftCore:
+def _follower_with_unpersisted_ack(core_cls: type[RaftCore] = RaftCore) -> RaftCore:
     """Node 1 appended offset 1 (term 1) from leader 2 and queued its acknowledgement; the Ready
     that would persist the entry and then send the ack has not been taken yet."""
     log = MemoryLog()
     log.append([Entry(term=Term(1), index=LogIndex(0), count=1, kind=EntryKind.NOOP)])
     cfg = RaftConfig(node_id=NodeId(1), voters=(NodeId(1), NodeId(2), NodeId(3)))
-    core = RaftCore(cfg, log, rng=random.Random(1), hard_state=HardState(term=Term(1)))
+    core = core_cls(cfg, log, rng=random.Random(1), hard_state=HardState(term=Term(1)))
     data = Entry(term=Term(1), index=LogIndex(1), count=1, kind=EntryKind.DATA, data=b"a")
     core.step(
         Message(
@@ -627,11 +627,10 @@ def _follower_with_unpersisted_ack() -> RaftCore:
     return core
 
 
-def test_ack_of_entries_a_newer_leader_truncates_in_the_same_ready_is_not_sent() -> None:
-    """Figure 2 "respond after persisting": an acknowledgement promises durable entries. When a
-    newer leader's append truncates them before the Ready is taken, the Ready would persist the
-    truncation and then send the old ack, a lie the old leader could count towards commit."""
-    core = _follower_with_unpersisted_ack()
+def acks_after_truncation(core_cls: type[RaftCore] = RaftCore) -> list[tuple[int, int, int]]:
+    """(to, term, index) of the acknowledgements in the Ready after a newer leader's append
+    truncated an entry whose acknowledgement was still queued."""
+    core = _follower_with_unpersisted_ack(core_cls)
     other = Entry(term=Term(2), index=LogIndex(1), count=1, kind=EntryKind.DATA, data=b"b")
     core.step(
         Message(
@@ -646,7 +645,14 @@ def test_ack_of_entries_a_newer_leader_truncates_in_the_same_ready_is_not_sent()
     )
     rd = core.ready()
     assert rd is not None and rd.entries == (other,)
-    acks = [(m.to, m.term, m.index) for m in rd.messages if m.type == MessageType.APPEND_RESP]
+    return [(m.to, m.term, m.index) for m in rd.messages if m.type == MessageType.APPEND_RESP]
+
+
+def test_ack_of_entries_a_newer_leader_truncates_in_the_same_ready_is_not_sent() -> None:
+    """Figure 2 "respond after persisting": an acknowledgement promises durable entries. When a
+    newer leader's append truncates them before the Ready is taken, the Ready would persist the
+    truncation and then send the old ack, a lie the old leader could count towards commit."""
+    acks = acks_after_truncation()
     assert acks == [(3, 2, 1)], acks  # no (2, 1, 1): that entry is never persisted
 
 

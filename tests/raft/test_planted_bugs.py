@@ -20,11 +20,23 @@ CAUGHT_BY: dict[str, tuple[str, ...]] = {
         "tests.raft.test_transcripts::test_vote_restriction_transcript_catches_votes_for_stale_logs",
         "tests.raft.test_sim::test_checker_catches_votes_for_stale_logs",
     ),
+    "AcksDiscardedEntries": (
+        "tests.raft.test_planted_bugs::test_core_test_catches_acks_of_discarded_entries",
+    ),
     "CommitsOldTerms": (
         "tests.raft.test_transcripts::test_figure8_transcript_catches_commits_old_terms",
         "tests.raft.test_planted_bugs::test_simulator_catches_commits_old_terms_within_the_seed_budget",
     ),
 }
+
+
+def test_core_test_catches_acks_of_discarded_entries() -> None:
+    """The scenario of test_paper's truncation test, run with the planted bug: the stale
+    acknowledgement to the old leader is sent."""
+    from tests.raft.test_paper import acks_after_truncation
+
+    assert (2, 1, 1) in acks_after_truncation(bugs.AcksDiscardedEntries)
+    assert (2, 1, 1) not in acks_after_truncation()
 
 
 def _planted() -> set[str]:
