@@ -344,7 +344,11 @@ class PowerLossMachine(LogMachine):
         self.log = self._open()  # (c): raises if it cannot open
         start = self.log.log_start_offset
         assert start in starts, f"log start {start}, expected one of {sorted(starts)[:5]}"
-        if start != self.start and durable_end_if_moved is not None:
+        empty_at_target = (start, self.log.log_end_offset) == (durable_end_if_moved,) * 2
+        if durable_end_if_moved is not None and (start != self.start or empty_at_target):
+            # An interrupted reset that open() finished: empty at its target (which may be
+            # the old start too); otherwise the old log, checked below.
+            assert empty_at_target, "a reset that moved the start leaves an empty log"
             durable_end = durable_end_if_moved
             self.model = []
         survivors = self._read_all()
