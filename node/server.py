@@ -40,6 +40,7 @@ from tidelog.node.metadata_service import METADATA_GROUP, MetadataService
 from tidelog.node.replica import Replica
 from tidelog.node.replica_manager import ReplicaManager
 from tidelog.node.service import BrokerService, ClusterService, add_servicer
+from tidelog.node.storage import ensure_directory
 from tidelog.node.transport import CHANNEL_OPTIONS
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import cluster_pb2 as cpb
@@ -81,8 +82,9 @@ class Node:
     # ================================================================ lifecycle
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "partitions").mkdir(exist_ok=True)
+        # Durably (defect 8): each new directory's name is fsynced in its parent, so a power loss
+        # right after start cannot take the whole data directory with it.
+        ensure_directory(self.data_dir / "partitions")
         self.metadata.open(self.data_dir)
         # Peer-only RPCs (Raft streams, metadata forwarding) never share the client port.
         self._peer_server = grpc.aio.server(options=CHANNEL_OPTIONS)
