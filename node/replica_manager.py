@@ -24,7 +24,7 @@ from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.metadata import MetadataState, TopicInfo
 from tidelog.node.metadata_service import METADATA_GROUP
-from tidelog.node.raft import Message, NodeId
+from tidelog.node.raft import Message, NodeId, RemoteProtocolError
 from tidelog.node.raft_validation import MalformedRaftMessage, decode_raft_message
 from tidelog.node.raft_wire import to_wire
 from tidelog.node.replica import Replica
@@ -258,6 +258,13 @@ class ReplicaManager:
                 continue
             try:
                 replica.step(message)
+            except RemoteProtocolError as exc:
+                # The core refused, having changed nothing, what no correct peer sends (e.g. an
+                # acknowledgement of an offset that is not an entry boundary of our log, seen
+                # after a power cut under fsync=interval): the peer's fault, so drop it and keep
+                # serving; the replica stays correct and the leader keeps the majority going.
+                log.warning("dropped a raft message from node %d for %s that breaks the "
+                            "protocol: %s", sender, self.group_name(replica.group), exc)
             except Exception as exc:  # our own log or state failed: not the peer's fault
                 self._stop_replica(replica, exc, f"stepping {message.type.value} from node "
                                                  f"{sender}")

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from tidelog.node.config import NodeConfig
 from tidelog.node.local_cluster import free_ports
-from tidelog.node.raft import Message, MessageType, NodeId, Term
+from tidelog.node.raft import Message, MessageType, NodeId, RemoteProtocolError, Term
 from tidelog.node.raft_wire import to_wire
 from tidelog.node.server import METADATA_GROUP, Node
 from tidelog.node.storage import CorruptLogError
@@ -116,6 +116,41 @@ def test_any_other_local_failure_while_stepping_stops_only_that_replica(
     assert "malformed" not in caplog.text
     assert "stopped by a local error while stepping append from node 2" in caplog.text
     assert "conflicts with committed entry" in caplog.text
+
+
+def test_a_message_the_core_refuses_as_a_protocol_breach_is_dropped_not_fatal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """RemoteProtocolError means the core refused the message having changed nothing (seen for
+    real: an acknowledgement of an offset that is not an entry boundary, from a follower that
+    kept entries a power cut took from the majority under fsync=interval). The peer is at fault:
+    the replica must keep serving, not stop for good as it did."""
+
+    async def run() -> None:
+        node = Node(config(tmp_path, 3))
+        await node.start()
+        try:
+            replica = node.metadata.replica
+            assert replica is not None
+            real_step = replica.core.step
+
+            def refusing(message: Message) -> None:
+                if message.term == 5:
+                    raise RemoteProtocolError("append_resp from 2 in term 5: acknowledges 142, "
+                                              "which is not an entry boundary of our log")
+                real_step(message)
+
+            monkeypatch.setattr(replica.core, "step", refusing)
+            node.replicas.receive_raft(append_from(2, term=5))
+            assert replica.error is None and node.replicas.stopped() == []
+            node.replicas.receive_raft(append_from(2, term=6))  # later messages still step
+            assert replica.core.term == 6
+        finally:
+            await node.stop(graceful=False)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    assert "breaks the protocol" in caplog.text and "not an entry boundary" in caplog.text
+    assert "stopped" not in caplog.text
 
 
 def test_a_malformed_raft_message_is_dropped_and_the_replica_keeps_going(
