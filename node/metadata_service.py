@@ -33,7 +33,7 @@ from tidelog.node.metadata_commands import (
 )
 from tidelog.node.raft import Entry, EntryKind, Message, NotLeader, ProposalDropped
 from tidelog.node.replica import Replica
-from tidelog.node.replica_configs import log_config, raft_config
+from tidelog.node.replica_configs import metadata_log_config, raft_config
 from tidelog.node.transport import CHANNEL_OPTIONS
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto import cluster_pb2_grpc
@@ -70,8 +70,8 @@ class MetadataService:
         learners = [n for n in sorted(self.config.peers) if n not in voters]
         self.replica = Replica(
             group=METADATA_GROUP, directory=data_dir / "metadata",
-            log_config=log_config(self.config), raft_config=raft_config(self.config, voters,
-                                                                        learners),
+            log_config=metadata_log_config(self.config),
+            raft_config=raft_config(self.config, voters, learners),
             committer=self._committer, send=self._send, on_soft_state=self._on_soft_state,
             apply=self._apply_entry,
         )
