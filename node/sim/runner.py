@@ -6,6 +6,7 @@ import concurrent.futures
 import functools
 import gc
 import logging
+import pickle
 import traceback
 import warnings
 from collections.abc import Callable
@@ -140,6 +141,8 @@ def run_seeds(
     """``jobs`` > 1 runs seeds in that many worker processes (results still come in seed
     order); ``options`` then must be None or picklable (a module-level function)."""
     summary = Summary()
+    if jobs > 1:
+        pickle.dumps((core_cls, replica_cls, options))  # fail here, not hang in the pool
     run = functools.partial(_run_one, nodes=nodes, steps=steps, core_cls=core_cls,
                             replica_cls=replica_cls, options=options)
     pool = concurrent.futures.ProcessPoolExecutor(jobs) if jobs > 1 else None
