@@ -401,6 +401,17 @@ class PartitionLog:
         except OSError as exc:
             self._fence(f"directory fsync failed at roll: {exc}")
             raise StorageIOError(f"directory fsync of {self.directory} failed: {exc}") from exc
+        # A segment sealed wholly below the log start (truncate_prefix into the active
+        # segment, then a roll) holds nothing of the log: delete it now, not at the next open.
+        # Before log.meta is rewritten, so that a full disk failing that write cannot leave it
+        # behind (the start it lies below is durable already: truncate_prefix wrote it).
+        dead = sum(1 for s in self._segments[:-1] if s.end_offset <= self._log_start_offset)
+        if dead:
+            try:
+                self._unlink_prefix(dead)
+            except OSError as exc:  # best effort: open() deletes them too
+                log.warning("could not delete segments below the log start of %s: %s",
+                            self.directory.name, exc)
         try:
             # The sealed segment is fsynced: everything below the new base is durable.
             self._write_meta(recovery_point=new.base_offset)
@@ -410,15 +421,6 @@ class PartitionLog:
             self._durable_end_offset = new.base_offset
         log.info("rolled %s: sealed %s (%d bytes), new segment at offset %d",
                  self.directory.name, old.path.name, old.size_bytes, new.base_offset)
-        # A segment sealed wholly below the log start (truncate_prefix into the active
-        # segment, then a roll) holds nothing of the log: delete it now, not at the next open.
-        dead = sum(1 for s in self._segments[:-1] if s.end_offset <= self._log_start_offset)
-        if dead:
-            try:
-                self._unlink_prefix(dead)
-            except OSError as exc:  # best effort: open() deletes them too
-                log.warning("could not delete segments below the log start of %s: %s",
-                            self.directory.name, exc)
 
     # ============================================================================= durability
 
