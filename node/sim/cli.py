@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     g.add_argument("--seeds", type=int, default=None, help="run this many seeds (default 100)")
     p.add_argument("--start-seed", type=int, default=0, help="first seed for --seeds (default 0)")
     p.add_argument("--nodes", type=int, choices=(3, 5), default=3)
-    p.add_argument("--steps", type=int, default=None, help="events per seed (default 3000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="events per seed (default 1000, as the CI gate runs)")
     p.add_argument("--stop", action="store_true", help="stop at the first failing seed")
     p.add_argument("--verbose", action="store_true", help="--seed: print the trace even on success")
     p.add_argument("--jobs", type=int, default=1, help="--seeds: worker processes (default 1)")
