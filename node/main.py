@@ -80,8 +80,13 @@ def run_node(args: argparse.Namespace) -> int:
     )
     raise_open_files_limit()
     from tidelog.node.server import Node
+    from tidelog.node.storage import StorageError
 
-    asyncio.run(Node(config).run_until_signal())
+    try:
+        asyncio.run(Node(config).run_until_signal())
+    except StorageError as exc:  # the operator's to act on (a v1 log, damaged metadata): no trace
+        print(f"tidelog node: cannot start on {config.data_dir}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -83,6 +83,7 @@ def test_a_v1_node_refuses_to_start_then_migrate_brings_every_record_back(
         log_text = node.log_path.read_bytes()[log_start:].decode(errors="replace")
         assert "written by batch format v1" in log_text, log_text[-3000:]
         assert "tidelog storage migrate" in log_text
+        assert "Traceback" not in log_text, "the operator gets the message, not a stack trace"
 
         migrate = subprocess.run(
             [sys.executable, "-m", "tidelog.client.cli", "storage", "migrate",
