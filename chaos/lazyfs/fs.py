@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 PENDING_BYTES_MAX = 512 << 20  # beyond this, the file being written is written back
 CACHE_TIMEOUT_S = 1.0  # the kernel's entry and attribute cache; a cut outlasts it
+GETATTR_RETRIES_MAX = 100  # getattr looks again when an fsync applied the pending file meanwhile
 _STAT_KEYS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
               "st_blocks", "st_blksize")
 _OPEN_DROP = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_CREAT | os.O_EXCL
@@ -202,14 +203,35 @@ class LazyOperations(mfusepy.Operations):
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         with self._cut_lock.shared():
             h = self._handles.get(fh) if fh else None
-            st = os.fstat(h.fd) if h is not None else os.lstat(self._real(path))
+
+            def stat() -> os.stat_result:
+                return os.fstat(h.fd) if h is not None else os.lstat(self._real(path))
+
+            # The size must not race an fsync applying the pending pages: a backing size read
+            # before the apply with the pending file looked up after it (gone) reported the
+            # file shorter than what was written, the kernel cached that size and clamped reads
+            # to it, and a node read 0 bytes of a batch it had appended (a replica stopped on
+            # "truncated batch header" in CI). So stat under the pending file's lock, or after
+            # seeing no pending file (then every apply so far is in the backing file).
+            for _ in range(GETATTR_RETRIES_MAX):
+                ino = h.ino if h is not None else stat().st_ino
+                pf = self._pending.get(ino)
+                if pf is None:
+                    st, size = stat(), None
+                    break
+                with pf.lock:
+                    if pf.dead:
+                        continue  # applied meanwhile: look again
+                    st, size = stat(), pf.size
+                    break
+            else:
+                raise mfusepy.FuseOSError(errno.EAGAIN)
             attrs: dict[str, Any] = {k: getattr(st, k) for k in _STAT_KEYS}
             attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns,
                          st_ctime=st.st_ctime_ns)
-            pf = self._pending.get(st.st_ino)
-            if pf is not None and not pf.dead:
-                attrs["st_size"] = pf.size
-                attrs["st_blocks"] = (pf.size + 511) // 512
+            if size is not None:
+                attrs["st_size"] = size
+                attrs["st_blocks"] = (size + 511) // 512
             return attrs
 
     def access(self, path: str, amode: int) -> int:
