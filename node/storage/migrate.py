@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tidelog.node.storage.errors import StorageError
-from tidelog.node.storage.fs import OS_FS, FileSystem
+from tidelog.node.storage.fs import OS_FS, FileSystem, pread_all, pwrite_all
 from tidelog.proto.batch import (
     MAGIC,
     BatchError,
@@ -131,10 +131,11 @@ def _migrate_segment(fs: FileSystem, path: Path, base: int, min_term: int) -> Se
                                                      f"previous batch's {term}")
             buffer += upgraded
             if len(buffer) >= WRITE_BUFFER_BYTES:
-                written += _write_all(fs, fd, buffer, written)
+                pwrite_all(fs, fd, buffer, written)
+                written += len(buffer)
                 buffer = bytearray()
             expected, term, batches = header.last_offset + 1, header.term, batches + 1
-        _write_all(fs, fd, buffer, written)
+        pwrite_all(fs, fd, buffer, written)
         fs.fsync(fd)
         fs.close(fd)
         fd = -1
@@ -174,14 +175,14 @@ def _read_batches(fs: FileSystem, path: Path) -> Iterator[tuple[int, bytes]]:
         size = fs.fstat_size(fd)
         position = 0
         while position < size:
-            prefix = _pread_exactly(fs, fd, position, _PREFIX.size)
+            prefix = pread_all(fs, fd, position, _PREFIX.size)
             if len(prefix) < _PREFIX.size:
                 raise MigrationError(path, position, "torn batch at the end of the file")
             _, length = _PREFIX.unpack(prefix)
             if not 0 < length <= BATCH_BYTES_MAX or position + _PREFIX.size + length > size:
                 raise MigrationError(path, position, f"batch declares {length} bytes, "
                                                      f"{size - position} remain (torn or damaged)")
-            yield position, prefix + _pread_exactly(fs, fd, position + _PREFIX.size, length)
+            yield position, prefix + pread_all(fs, fd, position + _PREFIX.size, length)
             position += _PREFIX.size + length
     finally:
         fs.close(fd)
@@ -200,29 +201,9 @@ def _verify(fs: FileSystem, tmp: Path, base: int, end: int) -> None:
 def _read_at(fs: FileSystem, path: Path, position: int, length: int) -> bytes:
     fd = fs.open(path, os.O_RDONLY)
     try:
-        return _pread_exactly(fs, fd, position, length)
+        return pread_all(fs, fd, position, length)
     finally:
         fs.close(fd)
-
-
-def _pread_exactly(fs: FileSystem, fd: int, position: int, length: int) -> bytes:
-    """`length` bytes, or fewer only at the end of the file (pread may return less: loop)."""
-    parts, got = [], 0
-    while got < length:
-        more = fs.pread(fd, length - got, position + got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def _write_all(fs: FileSystem, fd: int, data: bytes | bytearray, position: int) -> int:
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += fs.pwrite(fd, view[done:], position + done)
-    return done
 
 
 def _segment_files(fs: FileSystem, directory: Path) -> list[Path]:
