@@ -39,6 +39,10 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_NOT_EMPTY: _ClassVar[ErrorCode]
     GROUP_ID_NOT_FOUND: _ClassVar[ErrorCode]
     INVALID_TIMESTAMP: _ClassVar[ErrorCode]
+    QUEUE_NOT_FOUND: _ClassVar[ErrorCode]
+    QUEUE_ALREADY_EXISTS: _ClassVar[ErrorCode]
+    LOCK_LOST: _ClassVar[ErrorCode]
+    INVALID_QUEUE_CONFIG: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -80,6 +84,10 @@ FENCED_MEMBER_EPOCH: ErrorCode
 GROUP_NOT_EMPTY: ErrorCode
 GROUP_ID_NOT_FOUND: ErrorCode
 INVALID_TIMESTAMP: ErrorCode
+QUEUE_NOT_FOUND: ErrorCode
+QUEUE_ALREADY_EXISTS: ErrorCode
+LOCK_LOST: ErrorCode
+INVALID_QUEUE_CONFIG: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
 LATEST: OffsetSpec
