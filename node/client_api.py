@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from tidelog.node import errors as E
 from tidelog.node.config import NodeConfig
-from tidelog.node.metadata import MetadataState, TopicInfo
+from tidelog.node.metadata import INTERNAL_TOPIC_PREFIX, MetadataState, TopicInfo
 from tidelog.node.metadata_commands import (
     AlterConfigs,
     Command,
@@ -122,13 +122,11 @@ class ClientApi:
     async def create_topics(self, request: pb.CreateTopicsRequest) -> pb.CreateTopicsResponse:
         response = pb.CreateTopicsResponse()
         timeout_s = _timeout_s(request.timeout_ms, 10_000)
-        if len(request.topics) > self.config.request_partitions_max:
-            raise E.InvalidRequestError(
-                f"{len(request.topics)} topics in one request; the maximum is "
-                f"{self.config.request_partitions_max}")
+        self._check_topic_count(len(request.topics))
         created = []
         for spec in request.topics:
             try:
+                _refuse_internal(spec.name, "created")
                 result = await self._metadata.propose(CreateTopic(
                     name=spec.name, partitions=spec.partitions,
                     replication_factor=spec.replication_factor,
@@ -136,7 +134,7 @@ class ClientApi:
                     node_ids=tuple(sorted(self.config.peers)),
                     validate_only=request.validate_only,
                 ), timeout_s)
-            except E.InvalidRequestError as exc:
+            except (E.InvalidRequestError, E.PolicyViolationError) as exc:
                 result = {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
             response.results.append(_topic_result(spec.name, result))
             if "error" not in result and not request.validate_only:
@@ -147,14 +145,12 @@ class ClientApi:
     async def delete_topics(self, request: pb.DeleteTopicsRequest) -> pb.DeleteTopicsResponse:
         response = pb.DeleteTopicsResponse()
         timeout_s = _timeout_s(request.timeout_ms, 10_000)
-        if len(request.topics) > self.config.request_partitions_max:
-            raise E.InvalidRequestError(
-                f"{len(request.topics)} topics in one request; the maximum is "
-                f"{self.config.request_partitions_max}")
+        self._check_topic_count(len(request.topics))
         for name in request.topics:
             try:
+                _refuse_internal(name, "deleted")
                 result = await self._metadata.propose(DeleteTopic(name=name), timeout_s)
-            except E.InvalidRequestError as exc:
+            except (E.InvalidRequestError, E.PolicyViolationError) as exc:
                 result = {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
             response.results.append(_topic_result(name, result))
         return response
@@ -173,6 +169,7 @@ class ClientApi:
         return response
 
     async def alter_configs(self, request: pb.AlterConfigsRequest) -> pb.AlterConfigsResponse:
+        _refuse_internal(request.topic, "altered")
         result = await self._metadata.propose(AlterConfigs(
             name=request.topic, set=tuple(sorted(request.set.items())),
             delete=tuple(request.delete), validate_only=request.validate_only))
@@ -196,6 +193,12 @@ class ClientApi:
                                          producer_epoch=result["producer_epoch"])
 
     # ---------------------------------------------------------------- produce
+
+    def _check_topic_count(self, count: int) -> None:
+        if count > self.config.request_partitions_max:
+            raise E.InvalidRequestError(
+                f"{count} topics in one request; the maximum is "
+                f"{self.config.request_partitions_max}")
 
     def _topic(self, name: str) -> TopicInfo:
         topic = self._metadata.state.topics.get(name)
@@ -228,6 +231,7 @@ class ClientApi:
             raise E.InvalidRequestError(
                 f"acks {request.acks} is unknown; use ACKS_ALL (0) or ACKS_LEADER (1)")
         timeout_s = _timeout_s(request.timeout_ms, 30_000)
+        _refuse_internal(request.topic, "written to by clients")
         topic, replica = self._replica_for(request.topic, request.partition)
         if replica.storage_error is not None:
             raise E.DiskFullRequestError(
@@ -443,3 +447,12 @@ def _topic_result(name: str, result: dict[str, Any]) -> pb.TopicResult:
         return pb.TopicResult(name=name)
     return pb.TopicResult(name=name, error=result.get("code", pb.UNKNOWN),
                           error_message=result.get("message", ""))
+
+
+def _refuse_internal(name: str, what: str) -> None:
+    """Internal topics (`__consumer_offsets`, `__queue_state`, ...) belong to the cluster: a client
+    that deleted, altered or wrote one would break every group or queue stored in it."""
+    if name.startswith(INTERNAL_TOPIC_PREFIX):
+        raise E.PolicyViolationError(
+            f"topic {name!r}: names starting with {INTERNAL_TOPIC_PREFIX!r} are internal topics "
+            f"managed by the cluster and cannot be {what} through the client API")

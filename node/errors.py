@@ -57,3 +57,4 @@ RequestTimedOutError = _error("RequestTimedOutError", pb.REQUEST_TIMED_OUT, True
 DiskFullRequestError = _error("DiskFullRequestError", pb.DISK_FULL, True)
 InvalidRequestError = _error("InvalidRequestError", pb.INVALID_REQUEST)
 StorageRequestError = _error("StorageRequestError", pb.STORAGE_ERROR, True)
+PolicyViolationError = _error("PolicyViolationError", pb.POLICY_VIOLATION)
