@@ -84,6 +84,7 @@ class CaseResult:
     errors: int
     timed_out: bool
     produce_msgs_s: float
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process, this case
     notes: str = ""
 
 
@@ -100,6 +101,7 @@ class WorkerReport:
     lock_lost: int = 0
     errors: int = 0
     last_done: float = 0.0      # time.monotonic() of its last resolved ack (system-wide clock)
+    cpu_s: float = 0.0          # this process's CPU from the start to the end of the run
     error_text: str = ""
 
 
@@ -151,6 +153,7 @@ def tidelog_worker(index: int, spec: TidelogSpec, shared: Shared) -> None:
 
     ack_ms: list[float] = []
     receive_ms: list[float] = []
+    cpu_started = time.process_time()
     counts = Counter[str]()
     seen: set[int] = set()
     lock = threading.Lock()
@@ -183,6 +186,7 @@ def tidelog_worker(index: int, spec: TidelogSpec, shared: Shared) -> None:
         return
     try:
         shared.barrier.wait(BARRIER_TIMEOUT_S)
+        cpu_started = time.process_time()
         deadline = time.monotonic() + spec.seconds
         while not shared.stop.is_set() and time.monotonic() < deadline:
             started = time.perf_counter()
@@ -209,7 +213,7 @@ def tidelog_worker(index: int, spec: TidelogSpec, shared: Shared) -> None:
             index=index, acked=len(ack_ms), ack_ms=list(ack_ms), receive_ms=receive_ms,
             redelivered=counts["redelivered"], duplicates=counts["duplicates"],
             lock_lost=counts["lock_lost"], errors=counts["errors"], last_done=last_done[0],
-            error_text=error_text)
+            cpu_s=time.process_time() - cpu_started, error_text=error_text)
     shared.reports.put(report)
 
 
@@ -264,8 +268,10 @@ def rabbit_worker(index: int, spec: RabbitSpec, shared: Shared) -> None:
         shared.add(1, spec.total)
 
     error_text = ""
+    cpu_started = time.process_time()
     try:
         shared.barrier.wait(BARRIER_TIMEOUT_S)
+        cpu_started = time.process_time()
         channel.basic_consume(spec.queue, on_message, auto_ack=False)
         deadline = time.monotonic() + spec.seconds
         while not shared.stop.is_set() and time.monotonic() < deadline:
@@ -276,6 +282,7 @@ def rabbit_worker(index: int, spec: RabbitSpec, shared: Shared) -> None:
     except Exception as exc:  # noqa: BLE001
         error_text = repr(exc)
     shared.reports.put(WorkerReport(index=index, acked=state["n"], last_done=state["last"],
+                                    cpu_s=time.process_time() - cpu_started,
                                     error_text=error_text))
 
 
@@ -288,12 +295,34 @@ class RunOutcome:
     seconds: float
     timed_out: bool
     pids: list[int]
+    cpu_s: dict[str, float]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime so far of a process and its live descendants (Linux /proc; the RabbitMQ
+    pids are the rabbitmq-server scripts, whose child beam.smp does the work); 0 when gone."""
+    total = 0.0
+    pending, seen = [pid], set()
+    while pending and len(seen) < 1000:
+        current = pending.pop()
+        seen.add(current)
+        try:
+            with open(f"/proc/{current}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    pending += [int(c) for c in handle.read().split() if int(c) not in seen]
+        except OSError:
+            continue
+    return total
 
 
 def run_consumers(target: Callable[[int, Any, Shared], None], spec: Any, consumers: int,
-                  mode: str, bound_s: float,
+                  mode: str, bound_s: float, server_pids: Sequence[int] = (),
                   while_running: Callable[[list[int]], None] | None = None) -> RunOutcome:
-    """Start `consumers` workers, release them together, wait (bounded) for all to report."""
+    """Start `consumers` workers, release them together, wait (bounded) for all to report.
+    CPU seconds of each server process and of the consumers are taken over the run."""
     ctx = mp.get_context("spawn")
     shared = Shared(done=ctx.Value("q", 0), stop=ctx.Event(),
                     barrier=ctx.Barrier(consumers + 1), reports=ctx.Queue())
@@ -311,10 +340,16 @@ def run_consumers(target: Callable[[int, Any, Shared], None], spec: Any, consume
     try:
         shared.barrier.wait(BARRIER_TIMEOUT_S)
         started = time.monotonic()
+        server_cpu = [cpu_seconds(pid) for pid in server_pids]
+        parent_cpu = time.process_time()
         if while_running is not None:
             while_running(pids)
         for _ in range(consumers):
             reports.append(shared.reports.get(timeout=bound_s + 90))
+        cpu = {f"server{i + 1}": round(cpu_seconds(pid) - before, 2)
+               for i, (pid, before) in enumerate(zip(server_pids, server_cpu, strict=True))}
+        cpu["consumers"] = round(sum(r.cpu_s for r in reports) if mode == "processes"
+                                 else time.process_time() - parent_cpu, 2)
     finally:
         shared.stop.set()
         for worker in workers:
@@ -326,7 +361,7 @@ def run_consumers(target: Callable[[int, Any, Shared], None], spec: Any, consume
     elapsed = (max(ends) - started) if ends else bound_s
     timed_out = shared.done.value < getattr(spec, "total", 0)
     return RunOutcome(reports=sorted(reports, key=lambda r: r.index),
-                      seconds=max(elapsed, 1e-9), timed_out=timed_out, pids=pids)
+                      seconds=max(elapsed, 1e-9), timed_out=timed_out, pids=pids, cpu_s=cpu)
 
 
 def summarize(system: str, variant: str, consumers: int, mode: str, size: int, produced: int,
@@ -346,7 +381,7 @@ def summarize(system: str, variant: str, consumers: int, mode: str, size: int, p
         duplicates=sum(r.duplicates for r in outcome.reports),
         lock_lost=sum(r.lock_lost for r in outcome.reports),
         errors=sum(r.errors for r in outcome.reports) + (1 if errors_text else 0),
-        timed_out=outcome.timed_out, produce_msgs_s=produce_msgs_s,
+        timed_out=outcome.timed_out, produce_msgs_s=produce_msgs_s, cpu_s=outcome.cpu_s,
         notes="; ".join(x for x in (notes, errors_text) if x))
 
 
@@ -432,7 +467,7 @@ def run_tidelog(args: argparse.Namespace, bootstrap: str, node_pids: list[int],
         if args.profile and consumers == args.profile_consumers:
             hook = profiler_hook(args, node_pids, profiles, consumers)
         outcome = run_consumers(tidelog_worker, spec, consumers, args.mode, args.seconds,
-                                while_running=hook)
+                                server_pids=node_pids, while_running=hook)
         if hook is not None:
             finish_profiles(profiles)
         notes = f"{leaders}, {queue_coordinator(bootstrap, queue)}"
@@ -448,10 +483,10 @@ def run_tidelog(args: argparse.Namespace, bootstrap: str, node_pids: list[int],
 
 
 @contextlib.contextmanager
-def rabbit_cluster(peers_dir: str, nodes: int) -> Iterator[tuple[Any, int]]:
-    """(rabbit_bench module, AMQP port of node 0): the cluster rabbit_bench.main() would start,
-    built from its own helpers, stopped in the same order it stops (rabbitmqctl stop, then the
-    PIDs, then the epmd it spawned)."""
+def rabbit_cluster(peers_dir: str, nodes: int) -> Iterator[tuple[Any, int, list[int]]]:
+    """(rabbit_bench module, AMQP port of node 0, node pids): the cluster that
+    rabbit_bench.main() would start, built from its own helpers, stopped in the same order it
+    stops (rabbitmqctl stop, then the PIDs, then the epmd it spawned)."""
     rb = import_rabbit_bench(peers_dir)
     if not os.path.exists(f"{rb.RMQ_BIN}/rabbitmq-server"):
         raise SystemExit(f"--with-rabbit: {rb.RMQ_BIN}/rabbitmq-server is missing: run "
@@ -476,7 +511,7 @@ def rabbit_cluster(peers_dir: str, nodes: int) -> Iterator[tuple[Any, int]]:
             rb.ctl(tmp, rb.node_name(i), "reset")
             rb.ctl(tmp, rb.node_name(i), "join_cluster", rb.node_name(0))
             rb.ctl(tmp, rb.node_name(i), "start_app")
-        yield rb, rb.AMQP_BASE
+        yield rb, rb.AMQP_BASE, [p.pid for p in procs.procs]
     finally:
         for i in reversed(range(nodes)):
             try:
@@ -505,7 +540,7 @@ def rabbit_fill(rb: Any, port: int, queue: str, nodes: int, count: int, size: in
 def run_rabbit(args: argparse.Namespace) -> list[CaseResult]:
     results = []
     peers_dir = str(args.peers_dir)
-    with rabbit_cluster(peers_dir, args.rabbit_nodes) as (rb, port):
+    with rabbit_cluster(peers_dir, args.rabbit_nodes) as (rb, port, node_pids):
         for consumers in args.consumers:
             variants = [("ack multiple every 1000", RABBIT_ACK_EVERY), ("ack each", 1)]
             for variant, ack_every in variants:
@@ -513,14 +548,15 @@ def run_rabbit(args: argparse.Namespace) -> list[CaseResult]:
                 rate = rabbit_fill(rb, port, queue, args.rabbit_nodes, args.messages, args.size,
                                    args.seconds * 2)
                 if consumers == 1 and ack_every == RABBIT_ACK_EVERY:
-                    outcome = rabbit_script_consume(rb, port, queue, args.messages, args.seconds)
+                    outcome = rabbit_script_consume(rb, port, queue, args.messages, args.seconds,
+                                                    node_pids)
                     variant = "rabbit_bench.bench_consume (ack multiple every 1000)"
                 else:
                     spec = RabbitSpec(peers_dir=peers_dir, port=port, queue=queue,
                                       total=args.messages, seconds=args.seconds,
                                       ack_every=ack_every, prefetch=RABBIT_PREFETCH)
                     outcome = run_consumers(rabbit_worker, spec, consumers, args.mode,
-                                            args.seconds)
+                                            args.seconds, server_pids=node_pids)
                 left = rb.queue_len(port, queue)
                 rb.delete_q(port, queue)
                 result = summarize("rabbitmq", variant, consumers, args.mode, args.size,
@@ -533,12 +569,18 @@ def run_rabbit(args: argparse.Namespace) -> list[CaseResult]:
     return results
 
 
-def rabbit_script_consume(rb: Any, port: int, queue: str, total: int,
-                          seconds: float) -> RunOutcome:
-    """The peers script's own consumer, unchanged (its baseline figure)."""
+def rabbit_script_consume(rb: Any, port: int, queue: str, total: int, seconds: float,
+                          node_pids: Sequence[int]) -> RunOutcome:
+    """The peers script's own consumer, unchanged (its baseline figure), in this process."""
+    before = [cpu_seconds(pid) for pid in node_pids]
+    parent_cpu = time.process_time()
     got, elapsed = rb.bench_consume(port, queue, total, seconds)
+    cpu = {f"server{i + 1}": round(cpu_seconds(pid) - b, 2)
+           for i, (pid, b) in enumerate(zip(node_pids, before, strict=True))}
+    cpu["consumers"] = round(time.process_time() - parent_cpu, 2)
     report = WorkerReport(index=0, acked=got)
-    return RunOutcome(reports=[report], seconds=elapsed, timed_out=got < total, pids=[])
+    return RunOutcome(reports=[report], seconds=elapsed, timed_out=got < total, pids=[],
+                      cpu_s=cpu)
 
 
 # --- profiling --------------------------------------------------------------------------------
@@ -555,7 +597,8 @@ def profiler_hook(args: argparse.Namespace, node_pids: list[int], profiles: dict
 
     def start(consumer_pids: list[int]) -> None:
         targets = [(f"node{i + 1}", pid) for i, pid in enumerate(node_pids)]
-        targets += [(f"consumers{j}", pid) for j, pid in enumerate(consumer_pids)]
+        # Two consumer processes are enough to see the client's costs (py-spy itself costs CPU).
+        targets += [(f"consumers{j}", pid) for j, pid in enumerate(consumer_pids[:2])]
         for name, pid in targets:
             path = out_dir / f"{name}-c{consumers}.txt"
             command = [py_spy, "record", "--pid", str(pid), "--rate", str(args.profile_rate),
@@ -670,7 +713,8 @@ def print_tables(results: list[CaseResult], ratio_rows: list[dict[str, Any]],
           f"{r.msgs_s:,.0f}", fmt_ms(r.ack_p50_ms), fmt_ms(r.ack_p99_ms),
           fmt_ms(r.receive_p50_ms), r.redelivered, r.duplicates, r.lock_lost, r.errors,
           "yes" if r.timed_out else "no"] for r in results]))
-    notes = [f"  {r.system} {r.consumers}c {r.variant}: {r.notes}" for r in results if r.notes]
+    notes = [f"  {r.system} {r.consumers}c {r.variant}: {r.notes}; CPU s "
+             + ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_s.items()) for r in results]
     if notes:
         print("notes:")
         print("\n".join(notes))
@@ -728,7 +772,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-consumers", type=int, default=4,
                         help="the case (consumer count) to profile")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
-    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples/s")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s")
     parser.add_argument("--output", choices=["table", "json"], default="table")
     return parser.parse_args(argv)
 
