@@ -4,6 +4,7 @@ Public API (imported lazily, PEP 562, so that importing one client module does n
 threads or the producer)::
 
     from tidelog.client import Producer, Consumer, Admin, TopicPartition
+    from tidelog.client import QueueConsumer, QueueMessage, LockLostError
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ __all__ = [
     "Admin",
     "Consumer",
     "ConsumerRecord",
+    "LockLostError",
     "Producer",
+    "QueueConsumer",
+    "QueueMessage",
     "RecordFuture",
     "RecordMetadata",
     "TidelogError",
@@ -27,7 +31,10 @@ _LAZY = {
     "Admin": "tidelog.client.admin",
     "Consumer": "tidelog.client.consumer",
     "ConsumerRecord": "tidelog.client.records",
+    "LockLostError": "tidelog.client.errors",
     "Producer": "tidelog.client.producer",
+    "QueueConsumer": "tidelog.client.queue",
+    "QueueMessage": "tidelog.client.queue",
     "RecordFuture": "tidelog.client.future",
     "RecordMetadata": "tidelog.client.records",
     "TidelogError": "tidelog.client.errors",
@@ -38,9 +45,10 @@ if TYPE_CHECKING:
     from tidelog.client import errors
     from tidelog.client.admin import Admin
     from tidelog.client.consumer import Consumer
-    from tidelog.client.errors import TidelogError
+    from tidelog.client.errors import LockLostError, TidelogError
     from tidelog.client.future import RecordFuture
     from tidelog.client.producer import Producer
+    from tidelog.client.queue import QueueConsumer, QueueMessage
     from tidelog.client.records import ConsumerRecord, RecordMetadata, TopicPartition
 
 

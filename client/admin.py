@@ -17,6 +17,7 @@ from tidelog.client.metadata import (
     NodeDescription,
     TopicDescription,
 )
+from tidelog.client.queue_admin import QueueAdmin
 from tidelog.client.records import TopicPartition
 
 __all__ = ["Admin", "GroupDescription", "GroupListing", "GroupMemberDescription",
@@ -63,8 +64,8 @@ class OffsetAndMetadata:
 _OFFSET_SPECS = {"earliest": offsets.EARLIEST, "latest": offsets.LATEST}
 
 
-class Admin:
-    """Manage a Tidelog cluster.
+class Admin(QueueAdmin):
+    """Manage a Tidelog cluster (queues: tidelog.client.queue_admin).
 
     >>> with Admin("127.0.0.1:9091") as admin:
     ...     admin.create_topic("events", partitions=12, replication_factor=3)

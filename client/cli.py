@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.client.cli_consume",
     "tidelog.client.cli_topic",
     "tidelog.client.cli_group",
+    "tidelog.client.cli_queue",
     "tidelog.chaos.cli",
 )
 

@@ -62,6 +62,16 @@ class Connections:
                 self._stubs[address] = stub
             return stub
 
+    def channel(self, address: str) -> grpc.Channel:
+        """The node's channel (made if needed), for stubs of other services on the same
+        connection (tidelog.client.queue's Queues stub). A new object after forget()."""
+        self.stub(address)
+        with self._lock:
+            channel = self._channels.get(address)
+        if channel is None:
+            raise errors.ClientClosed("the client is closed")
+        return channel
+
     def call(
         self, address: str, method: str, request: Any, *, timeout_s: float, subject: str = ""
     ) -> Any:

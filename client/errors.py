@@ -217,6 +217,28 @@ class InvalidTimestamp(TidelogError):
     code = 29
 
 
+class QueueNotFound(TidelogError):
+    """The queue does not exist. Create it: `tidelog queue create NAME --topic T`."""
+
+    code = 30
+
+
+class QueueAlreadyExists(TidelogError):
+    code = 31
+
+
+class LockLostError(TidelogError):
+    """A settlement (ack, nack, reject, release, extend) was refused: this consumer no longer
+    holds the message's lock at that delivery count (it expired and the message was redelivered,
+    or it was settled already, or purged). The message may be processed elsewhere: at-least-once."""
+
+    code = 32
+
+
+class InvalidQueueConfig(TidelogError):
+    code = 33
+
+
 class UnknownError(TidelogError):
     code = 1
 
@@ -270,6 +292,10 @@ _BY_CODE: dict[int, type[TidelogError]] = {
     27: GroupNotEmpty,
     28: GroupIdNotFound,
     29: InvalidTimestamp,
+    30: QueueNotFound,
+    31: QueueAlreadyExists,
+    32: LockLostError,
+    33: InvalidQueueConfig,
 }
 
 # What to do next, appended to the broker's message when it is the caller's move.
@@ -280,6 +306,7 @@ _ADVICE: dict[int, str] = {
     13: "seek to an offset between log start and high watermark, or set auto_offset_reset",
     15: "another producer with the same id and a newer epoch exists; close this one",
     16: "start the missing replicas, or lower the topic's min.insync.replicas",
+    30: "create it with `tidelog queue create NAME --topic TOPIC`",
 }
 
 
