@@ -1,0 +1,995 @@
+"""The queue core: per-partition acquisition state of one queue. Sans-I/O: records come in through
+`offer`, time as `now_ms`, and every durable change goes out as deltas (node/queues/deltas.py) that
+the shell persists through Raft before it answers anybody.
+
+Theory of operation
+-------------------
+Per partition (`_Part`):
+
+* `start`: every offset below it is done (durable). `read_offset`: the next offset to look at
+  (volatile; after a restore it is `start` and the shell re-offers from there).
+* `entries`: sparse offset -> state for offsets in [start, read_offset) that are not fresh
+  (durable): IN_FLIGHT(holder, count, deadline), WAITING(count, available_at), DEAD(reason,
+  attempts), or DONE. Invariant: no entry below `start`; `start` is never above an offset that is
+  not done. A record with no entry is *fresh*: offered, never delivered, available at its
+  deliver-at header or timestamp + delay_ms.
+* `recs`: the offered records that are not done (volatile; key, timestamp, deliver-at).
+* `ready`: a min-heap of offsets that may be available now; `timers`: a heap of
+  (time, seq, offset | ranges) to look at again at that time. Both are hints: a popped offset is
+  re-classified against the durable state (`_classify`), so stale and duplicate hints are
+  harmless. Invariant: every record that is not done and not dead is either in `ready`, or has a
+  timer at or before the time it becomes available.
+* Lock expiry is computed, not persisted: IN_FLIGHT with deadline <= now is available at
+  deadline + backoff(count); with count >= max_deliveries it is dead-lettered ("max deliveries")
+  when its timer fires (acquire or tick emits that DeadPending delta).
+* `pending`: a min-heap of offered offsets (hints again) whose minimum still in `recs` is the
+  next `start`: so advancing `start` past done records and gaps costs O(log n) per record.
+* Key-ordered mode: `keys` maps a key to its not-done offsets in offset order; only the head may
+  be delivered, and only when not in flight; when the head is done the next head is pushed to
+  `ready`. Null keys are independent. Keys are volatile: restore + re-offer rebuilds them.
+
+The window: the shell may offer a record only while `offset - start < max_in_flight`
+(`reads_wanted` stops asking beyond it, `offer` ignores records beyond it). Overflow behaviour:
+the partition hands out no new records until its oldest unfinished record is done, as Kafka's
+share-partition record locks behave.
+
+Every mutating method builds deltas and applies them through the same functions `apply` uses,
+so restore(snapshot) + apply(each later delta) + re-offer gives the live core's durable state and
+the same future answers (tests/queues/test_queue_core.py checks it over random runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tidelog.node.groups.assignors import TopicPartition
+from tidelog.node.queues import deltas as dl
+from tidelog.node.queues.backoff import backoff_ms
+from tidelog.node.queues.config import LOCK_MS_MAX, MAX_IN_FLIGHT_MAX, QueueConfig
+from tidelog.node.queues.model import (
+    Acquired,
+    DeadLetterJob,
+    OfferedRecord,
+    PartitionStats,
+    QueueStats,
+    Settle,
+    SettleKind,
+    SettleOutcome,
+)
+
+__all__ = ["REASON_EXPIRED", "REASON_MAX_DELIVERIES", "REASON_REJECTED", "QueueCore"]
+
+REASON_EXPIRED = "expired"
+REASON_MAX_DELIVERIES = "max deliveries"
+REASON_REJECTED = "rejected"
+SNAPSHOT_VERSION = 1
+MAX_MESSAGES_MAX = 10_000
+
+IN_FLIGHT, WAITING, DEAD = 1, 2, 3
+_NOT, _TTL, _MAX = -1, -2, -3   # _classify codes; a value >= 0 is the time it is available at
+
+
+class _Entry:
+    """The durable state of one record that is not fresh. `at`: deadline (IN_FLIGHT) or
+    available-at (WAITING). Mutable and slotted: the hot path changes it in place."""
+
+    __slots__ = ("state", "holder", "count", "at", "first_ms", "last_ms", "reason")
+
+    def __init__(self, state: int, holder: str, count: int, at: int, first_ms: int,
+                 last_ms: int, reason: str) -> None:
+        self.state = state
+        self.holder = holder
+        self.count = count
+        self.at = at
+        self.first_ms = first_ms
+        self.last_ms = last_ms
+        self.reason = reason
+
+
+_DONE: Any = object()   # the entry of every DONE record (shared: DONE carries no data)
+
+
+class _Part:
+    __slots__ = ("tp", "start", "read_offset", "entries", "recs", "ready", "timers", "pending",
+                 "keys", "dead")
+
+    def __init__(self, tp: TopicPartition, start: int, key_ordered: bool) -> None:
+        self.tp = tp
+        self.start = start
+        self.read_offset = start
+        self.entries: dict[int, Any] = {}           # offset -> _Entry | _DONE
+        self.recs: dict[int, OfferedRecord] = {}    # offered, not done
+        self.ready: list[int] = []
+        self.timers: list[tuple[int, int, Any]] = []
+        self.pending: list[int] = []
+        self.keys: dict[bytes, deque[int]] | None = {} if key_ordered else None
+        self.dead: dict[int, None] = {}             # DEAD entries (an ordered set)
+
+
+class QueueCore:
+    """One queue's acquisition state over its partitions. Owned by one thread (the event loop)."""
+
+    def __init__(self, config: QueueConfig, starts: Mapping[TopicPartition, int]) -> None:
+        self.config = config
+        self._parts: dict[TopicPartition, _Part] = {}
+        self._order: list[_Part] = []
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._redrive: dict[int, int] = {}
+        self._seen: dict[str, int] = {}
+        self._seq = 0
+        for tp, start in sorted(starts.items()):
+            self._add_part(tp, start)
+        self._apply_fns = {
+            dl.Deliver: self._apply_deliver, dl.Ack: self._apply_ack, dl.Nack: self._apply_nack,
+            dl.Release: self._apply_release, dl.Extend: self._apply_extend,
+            dl.DeadPending: self._apply_dead, dl.DeadLettered: self._apply_dead_lettered,
+            dl.Discard: self._apply_discard, dl.Advance: self._apply_advance,
+            dl.Truncate: self._apply_truncate, dl.AddPartitions: self._apply_add_partitions,
+            dl.SetConfig: self._apply_set_config, dl.RedriveCursor: self._apply_redrive,
+        }
+
+    # ---------------------------------------------------------------- reading the partitions
+
+    @property
+    def partitions(self) -> tuple[TopicPartition, ...]:
+        return tuple(p.tp for p in self._order)
+
+    def start_offset(self, tp: TopicPartition) -> int:
+        return self._parts[tp].start
+
+    def reads_wanted(self) -> dict[TopicPartition, int]:
+        """tp -> the offset to read next, for partitions whose window has room."""
+        window = self.config.max_in_flight
+        return {p.tp: p.read_offset for p in self._order if p.read_offset < p.start + window}
+
+    def offer(self, tp: TopicPartition, records: Iterable[OfferedRecord], read_to: int,
+              now_ms: int) -> list[dl.Delta]:
+        """Records read from `reads_wanted()[tp]` on, in offset order; `read_to` is the offset
+        after the last position examined (so gaps and control batches are skipped). Records
+        below the read offset are ignored (already seen); records beyond the window are
+        dropped and read again later. Returns deltas for records already past their TTL."""
+        p = self._parts[tp]
+        cfg = self.config
+        limit = p.start + cfg.max_in_flight
+        ttl, delay = cfg.ttl_ms, cfg.delay_ms
+        entries, recs, ready, timers, pending, keys = (p.entries, p.recs, p.ready, p.timers,
+                                                      p.pending, p.keys)
+        expired: list[int] = []
+        read_offset = p.read_offset
+        new_read = max(read_to, read_offset)
+        for rec in records:
+            off = rec.offset
+            if off < read_offset:
+                continue
+            if off >= limit:
+                new_read = off
+                break
+            read_offset = off + 1
+            e = entries.get(off)
+            if e is _DONE:
+                continue
+            recs[off] = rec
+            heapq.heappush(pending, off)
+            if keys is not None and rec.key is not None:
+                queue = keys.get(rec.key)
+                if queue is None:
+                    keys[rec.key] = deque((off,))
+                else:
+                    queue.append(off)
+            if e is not None and e.state == DEAD:
+                continue
+            if ttl:
+                if e is None and rec.timestamp_ms + ttl < now_ms:
+                    expired.append(off)
+                    continue
+                self._timer(p, rec.timestamp_ms + ttl + 1, off)
+            if e is None:
+                at = rec.deliver_at_ms or rec.timestamp_ms + delay
+                if at <= now_ms:
+                    heapq.heappush(ready, off)
+                else:
+                    self._seq += 1
+                    heapq.heappush(timers, (at, self._seq, off))
+            else:
+                self._timer(p, e.at, off)
+        p.read_offset = max(new_read, read_offset)
+        out: list[dl.Delta] = []
+        if expired:
+            self._emit(out, dl.DeadPending(tp=tp, ranges=dl.ranges_of(expired),
+                                           reason=REASON_EXPIRED, now_ms=now_ms))
+        self._advance(p, out)
+        return out
+
+    def log_start_moved(self, tp: TopicPartition, log_start: int) -> list[dl.Delta]:
+        """Retention deleted the log below `log_start`: those records are lost (done)."""
+        p = self._parts[tp]
+        out: list[dl.Delta] = []
+        if log_start > p.start:
+            self._emit(out, dl.Truncate(tp=tp, offset=log_start, cause="lost"))
+            self._advance(p, out)
+        return out
+
+    # ---------------------------------------------------------------- consumers
+
+    def acquire(self, consumer_id: str, max_messages: int,
+                now_ms: int) -> tuple[list[Acquired], list[dl.Delta]]:
+        """Lock up to `max_messages` available records to `consumer_id` for lock_ms: in offset
+        order within a partition, shared out evenly between partitions (the first partition
+        rotates with the durable delivered count, so a replayed core answers the same)."""
+        assert 1 <= max_messages <= MAX_MESSAGES_MAX, max_messages
+        self._seen[consumer_id] = now_ms
+        out: list[dl.Delta] = []
+        order = self._order
+        n = len(order)
+        if not n:
+            return [], out
+        for p in order:
+            if p.timers and p.timers[0][0] <= now_ms:
+                self._fire(p, now_ms, out)
+        first = self.counters["delivered"] % n
+        active = [p for p in order[first:] + order[:first] if p.ready]
+        taken: dict[TopicPartition, list[int]] = {}
+        remaining = max_messages
+        while remaining > 0 and active:
+            quota = max(1, remaining // len(active))
+            still = []
+            for p in active:
+                want = min(quota, remaining)
+                got = taken.setdefault(p.tp, [])
+                k = self._take(p, want, now_ms, got, out)
+                remaining -= k
+                if k == want and p.ready:
+                    still.append(p)
+                if remaining <= 0:
+                    break
+            active = still
+        acquired: list[Acquired] = []
+        deadline = now_ms + self.config.lock_ms
+        for tp, got in taken.items():
+            if not got:
+                continue
+            d = dl.Deliver(tp=tp, ranges=dl.ranges_of(got), consumer_id=consumer_id,
+                           now_ms=now_ms, deadline_ms=deadline)
+            self._emit(out, d)
+            acquired.append(Acquired(tp=tp, ranges=self._counted(self._parts[tp], got),
+                                     lock_deadline_ms=deadline))
+        return acquired, out
+
+    def settle(self, consumer_id: str, items: Sequence[Settle],
+               now_ms: int) -> tuple[list[SettleOutcome], list[dl.Delta]]:
+        """Apply each settlement whose records are all IN_FLIGHT, held by `consumer_id` with
+        the settlement's delivery count (an expired lock not yet redelivered still counts);
+        any other is LOCK_LOST and changes nothing. One outcome per item, in order."""
+        self._seen[consumer_id] = now_ms
+        out: list[dl.Delta] = []
+        outcomes: list[SettleOutcome] = []
+        acks: dict[TopicPartition, list[tuple[int, int]]] = {}
+        touched: dict[TopicPartition, _Part] = {}
+        cfg = self.config
+        for index, s in enumerate(items):
+            p = self._parts.get(s.tp)
+            problem = _invalid(s, p is not None)
+            if problem:
+                outcomes.append(SettleOutcome(index=index, ok=False, lock_lost=False,
+                                              message=problem))
+                continue
+            assert p is not None
+            if not self._holds(p, consumer_id, s):
+                outcomes.append(SettleOutcome(
+                    index=index, ok=False, lock_lost=True,
+                    message=f"{s.tp.topic}/{s.tp.partition} [{s.first}, {s.last}] is not held "
+                            f"by this consumer at delivery {s.delivery_count}"))
+                continue
+            touched[s.tp] = p
+            ranges = ((s.first, s.last),)
+            deadline = 0
+            match s.kind:
+                case SettleKind.ACK:
+                    self._apply_ack(dl.Ack(tp=s.tp, ranges=ranges))
+                    acks.setdefault(s.tp, []).append((s.first, s.last))
+                case SettleKind.NACK:
+                    if s.delivery_count >= cfg.max_deliveries:
+                        self._emit(out, dl.DeadPending(tp=s.tp, ranges=ranges,
+                                                       reason=REASON_MAX_DELIVERIES,
+                                                       now_ms=now_ms))
+                    else:
+                        self._emit(out, dl.Nack(tp=s.tp, ranges=ranges, now_ms=now_ms,
+                                                delay_ms=max(s.delay_ms, -1)))
+                case SettleKind.REJECT:
+                    self._emit(out, dl.DeadPending(tp=s.tp, ranges=ranges,
+                                                   reason=s.reason or REASON_REJECTED,
+                                                   now_ms=now_ms))
+                case SettleKind.RELEASE:
+                    self._emit(out, dl.Release(tp=s.tp, ranges=ranges, now_ms=now_ms))
+                case SettleKind.EXTEND:
+                    deadline = now_ms + s.extend_ms
+                    self._emit(out, dl.Extend(tp=s.tp, ranges=ranges, deadline_ms=deadline))
+            outcomes.append(SettleOutcome(index=index, ok=True, lock_lost=False,
+                                          lock_deadline_ms=deadline))
+        # Acks were applied at once (later items are fenced against them) and are written as
+        # one delta per partition: nothing else can touch a record after its ack.
+        for tp, ranges in acks.items():
+            out.append(dl.Ack(tp=tp, ranges=_merge(ranges)))
+        for p in touched.values():
+            self._advance(p, out)
+        return outcomes, out
+
+    def tick(self, now_ms: int) -> list[dl.Delta]:
+        """Fire due timers: locks expired at the delivery limit and TTLs become DeadPending."""
+        out: list[dl.Delta] = []
+        for p in self._order:
+            if p.timers and p.timers[0][0] <= now_ms:
+                self._fire(p, now_ms, out)
+        horizon = now_ms - self.config.lock_ms
+        if len(self._seen) > 64:
+            self._seen = {c: t for c, t in self._seen.items() if t >= horizon}
+        return out
+
+    # ---------------------------------------------------------------- dead letters, admin
+
+    def dead_letter_jobs(self) -> list[DeadLetterJob]:
+        """Every DEAD_PENDING record: the shell writes each to the DLQ, then `dead_lettered`."""
+        jobs = []
+        for p in self._order:
+            for off in sorted(p.dead):
+                e = p.entries[off]
+                jobs.append(DeadLetterJob(tp=p.tp, offset=off, reason=e.reason, attempts=e.count,
+                                          first_delivery_ms=e.first_ms,
+                                          last_delivery_ms=e.last_ms))
+        return jobs
+
+    def dead_lettered(self, tp: TopicPartition, offsets: Iterable[int],
+                      now_ms: int) -> list[dl.Delta]:
+        """The DLQ write of these records committed: they are done. Others are ignored."""
+        p = self._parts[tp]
+        done = sorted({o for o in offsets if o in p.dead})
+        out: list[dl.Delta] = []
+        if done:
+            self._emit(out, dl.DeadLettered(tp=tp, ranges=dl.ranges_of(done)))
+            self._advance(p, out)
+        return out
+
+    def purge(self, now_ms: int, high_watermarks: Mapping[TopicPartition, int] | None = None
+              ) -> tuple[int, list[dl.Delta]]:
+        """Every record read so far (and, given high watermarks, up to them) is done, whatever
+        its state; late settlements of purged records get LOCK_LOST. Returns how many records
+        were dropped (records in the log between the read offset and the high watermark are
+        counted by position, so compacted-away offsets count too)."""
+        count = 0
+        out: list[dl.Delta] = []
+        for p in self._order:
+            target = p.read_offset
+            dropped = len(p.recs)
+            hw = (high_watermarks or {}).get(p.tp, -1)
+            if hw > target:
+                dropped += hw - target
+                target = hw
+            if target > p.start:
+                count += dropped
+                self._emit(out, dl.Truncate(tp=p.tp, offset=target, cause="purged"))
+                self._advance(p, out)
+        return count, out
+
+    def set_partitions(self, starts: Mapping[TopicPartition, int]) -> list[dl.Delta]:
+        """Partitions added to the queue's topics (existing ones are left alone)."""
+        new = tuple((tp, s) for tp, s in sorted(starts.items())
+                    if tp not in self._parts)
+        out: list[dl.Delta] = []
+        if new:
+            self._emit(out, dl.AddPartitions(starts=new))
+        return out
+
+    def set_config(self, config: QueueConfig) -> list[dl.Delta]:
+        assert config.name == self.config.name, (config.name, self.config.name)
+        out: list[dl.Delta] = []
+        if config != self.config:
+            self._emit(out, dl.SetConfig(config=config.to_dict()))
+        return out
+
+    def redrive_cursor(self, dlq_partition: int) -> int:
+        """The DLQ offset below which this partition's dead letters were redriven."""
+        return self._redrive.get(dlq_partition, 0)
+
+    def set_redrive_cursor(self, dlq_partition: int, offset: int,
+                           count: int) -> list[dl.Delta]:
+        out: list[dl.Delta] = []
+        self._emit(out, dl.RedriveCursor(dlq_partition=dlq_partition, offset=offset, count=count))
+        return out
+
+    # ---------------------------------------------------------------- queries
+
+    def next_event_ms(self, now_ms: int) -> int | None:
+        """When something may next become available or due (now_ms if already), else None.
+        May be early (stale timers are hints); when it is <= now call acquire or tick."""
+        best: int | None = None
+        for p in self._order:
+            ready = p.ready
+            while ready:
+                c = self._classify(p, ready[0], now_ms)
+                if c == _NOT:
+                    heapq.heappop(ready)
+                    continue
+                if c < 0 or c <= now_ms:
+                    return now_ms
+                self._timer(p, c, heapq.heappop(ready))
+            if p.timers and (best is None or p.timers[0][0] < best):
+                best = p.timers[0][0]
+        return None if best is None else max(best, now_ms)
+
+    def peek(self, max_messages: int, now_ms: int) -> list[Acquired]:
+        """Records available now, without locking them; count = deliveries so far."""
+        out: list[Acquired] = []
+        remaining = max_messages
+        for p in self._order:
+            if remaining <= 0:
+                break
+            cands = set(p.ready)
+            for t, _, payload in p.timers:
+                if t <= now_ms:
+                    cands.update(_offsets(payload))
+            avail = sorted(o for o in cands if 0 <= self._classify(p, o, now_ms) <= now_ms)
+            avail = avail[:remaining]
+            if avail:
+                remaining -= len(avail)
+                out.append(Acquired(tp=p.tp, ranges=self._counted(p, avail), lock_deadline_ms=0))
+        return out
+
+    def stats(self, now_ms: int, high_watermarks: Mapping[TopicPartition, int]) -> QueueStats:
+        """O(window) per partition: for admin and metrics, not for the message path."""
+        parts = []
+        oldest_ts: int | None = None
+        total_depth = total_in_flight = 0
+        for p in self._order:
+            in_flight = waiting = dead = 0
+            for e in p.entries.values():
+                if e is _DONE:
+                    continue
+                if e.state == IN_FLIGHT:
+                    if e.at > now_ms:
+                        in_flight += 1
+                    else:
+                        waiting += 1
+                elif e.state == WAITING:
+                    waiting += 1
+                else:
+                    dead += 1
+            hw = high_watermarks.get(p.tp, -1)
+            unread = max(0, hw - p.read_offset) if hw >= 0 else 0
+            dead_read = sum(1 for o in p.dead if o in p.recs)
+            depth = max(0, len(p.recs) - dead_read) + unread
+            self._clean_pending(p)
+            if p.pending:
+                ts = p.recs[p.pending[0]].timestamp_ms
+                oldest_ts = ts if oldest_ts is None else min(oldest_ts, ts)
+            total_depth += depth
+            total_in_flight += in_flight
+            parts.append(PartitionStats(topic=p.tp.topic, partition=p.tp.partition,
+                                        start_offset=p.start, read_offset=p.read_offset,
+                                        high_watermark=hw, depth=depth, in_flight=in_flight,
+                                        waiting=waiting, dead_letter_pending=dead))
+        dlq = self.config.dlq_topic
+        dlq_depth = sum(max(0, hw - self._redrive.get(tp.partition, 0))
+                        for tp, hw in high_watermarks.items() if tp.topic == dlq)
+        horizon = now_ms - self.config.lock_ms
+        c = self.counters
+        return QueueStats(
+            depth=total_depth, in_flight=total_in_flight,
+            oldest_unacked_age_ms=0 if oldest_ts is None else max(0, now_ms - oldest_ts),
+            acked_total=c["acked"], delivered_total=c["delivered"],
+            redelivered_total=c["redelivered"], dead_lettered_total=c["dead_lettered"],
+            expired_total=c["expired"], dlq_depth=dlq_depth, redriven_total=c["redriven"],
+            consumers=sum(1 for t in self._seen.values() if t >= horizon),
+            partitions=tuple(parts), now_ms=now_ms)
+
+    # ---------------------------------------------------------------- durability
+
+    def apply(self, delta: dl.Delta) -> None:
+        """Apply one delta (replay; the live methods apply their own through the same code)."""
+        fn = self._apply_fns.get(type(delta))
+        if fn is None:
+            raise TypeError(f"not a queue delta: {delta!r}")
+        fn(delta)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The durable state as a JSON-able dict; consecutive equal states become ranges."""
+        parts = []
+        for p in self._order:
+            done: list[list[Any]] = []
+            in_flight: list[list[Any]] = []
+            waiting: list[list[Any]] = []
+            dead: list[list[Any]] = []
+            for off in sorted(p.entries):
+                e = p.entries[off]
+                if e is _DONE:
+                    _extend(done, off, ())
+                elif e.state == IN_FLIGHT:
+                    _extend(in_flight, off, (e.holder, e.count, e.at, e.first_ms, e.last_ms))
+                elif e.state == WAITING:
+                    _extend(waiting, off, (e.count, e.at, e.first_ms, e.last_ms))
+                else:
+                    _extend(dead, off, (e.reason, e.count, e.first_ms, e.last_ms))
+            parts.append({"t": p.tp.topic, "p": p.tp.partition, "start": p.start, "done": done,
+                          "in_flight": in_flight, "waiting": waiting, "dead": dead})
+        return {"v": SNAPSHOT_VERSION, "config": self.config.to_dict(), "partitions": parts,
+                "counters": dict(sorted(self.counters.items())),
+                "redrive": [[k, v] for k, v in sorted(self._redrive.items())]}
+
+    @classmethod
+    def restore(cls, snapshot: Mapping[str, Any]) -> QueueCore:
+        """Strict inverse of snapshot(): a malformed snapshot raises ValueError."""
+        _expect(isinstance(snapshot, Mapping), "snapshot: expected an object")
+        _expect(set(snapshot) == {"v", "config", "partitions", "counters", "redrive"},
+                f"snapshot: fields {sorted(snapshot)}")
+        _expect(snapshot["v"] == SNAPSHOT_VERSION, f"snapshot: version {snapshot['v']!r}")
+        config = QueueConfig.from_dict(snapshot["config"])
+        parts = snapshot["partitions"]
+        _expect(isinstance(parts, list), "snapshot: partitions must be a list")
+        starts: dict[TopicPartition, int] = {}
+        for item in parts:
+            _expect(isinstance(item, dict) and set(item) == set(_PART_FIELDS),
+                    f"snapshot: bad partition {str(item)[:80]}")
+            _expect(isinstance(item["t"], str) and _nat(item["p"]) and _nat(item["start"]),
+                    "snapshot: bad partition topic/partition/start")
+            starts[TopicPartition(item["t"], item["p"])] = item["start"]
+        _expect(len(starts) == len(parts), "snapshot: a partition is listed twice")
+        core = cls(config, starts)
+        for item in parts:
+            p = core._parts[TopicPartition(item["t"], item["p"])]
+            for row in _rows(item["done"], ()):
+                for off in range(row[0], row[1] + 1):
+                    p.entries[off] = _DONE
+            for row in _rows(item["in_flight"], (str, int, int, int, int)):
+                holder, count, at, first_ms, last_ms = row[2:]
+                _expect(count >= 1, "snapshot: in-flight count must be >= 1")
+                for off in range(row[0], row[1] + 1):
+                    p.entries[off] = _Entry(IN_FLIGHT, holder, count, at, first_ms, last_ms, "")
+            for row in _rows(item["waiting"], (int, int, int, int)):
+                count, at, first_ms, last_ms = row[2:]
+                for off in range(row[0], row[1] + 1):
+                    p.entries[off] = _Entry(WAITING, "", count, at, first_ms, last_ms, "")
+            for row in _rows(item["dead"], (str, int, int, int)):
+                reason, count, first_ms, last_ms = row[2:]
+                for off in range(row[0], row[1] + 1):
+                    p.entries[off] = _Entry(DEAD, "", count, 0, first_ms, last_ms, reason)
+                    p.dead[off] = None
+            total = sum(r[1] - r[0] + 1 for key in ("done", "in_flight", "waiting", "dead")
+                        for r in item[key])
+            _expect(len(p.entries) == total, f"snapshot: {p.tp} has overlapping ranges")
+            _expect(all(off >= p.start for off in p.entries),
+                    f"snapshot: {p.tp} has an entry below its start {p.start}")
+        counters = snapshot["counters"]
+        _expect(isinstance(counters, dict) and set(counters) == set(_COUNTERS)
+                and all(_nat(v) for v in counters.values()), "snapshot: bad counters")
+        core.counters = dict(counters)
+        redrive = snapshot["redrive"]
+        _expect(isinstance(redrive, list), "snapshot: bad redrive cursors")
+        for row in redrive:
+            _expect(isinstance(row, list) and len(row) == 2 and _nat(row[0]) and _nat(row[1]),
+                    f"snapshot: bad redrive cursor {row!r}")
+            core._redrive[row[0]] = row[1]
+        return core
+
+    # ---------------------------------------------------------------- internals
+
+    def _emit(self, out: list[dl.Delta], delta: dl.Delta) -> None:
+        self._apply_fns[type(delta)](delta)
+        out.append(delta)
+
+    def _add_part(self, tp: TopicPartition, start: int) -> _Part:
+        assert start >= 0, (tp, start)
+        p = _Part(tp, start, self.config.key_ordered)
+        self._parts[tp] = p
+        self._order = sorted(self._parts.values(), key=lambda q: q.tp)
+        return p
+
+    def _timer(self, p: _Part, at: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(p.timers, (at, self._seq, payload))
+
+    def _backoff(self, tp: TopicPartition, offset: int, count: int) -> int:
+        cfg = self.config
+        return backoff_ms(initial_ms=cfg.backoff_initial_ms, max_ms=cfg.backoff_max_ms,
+                          multiplier=cfg.backoff_multiplier, topic=tp.topic,
+                          partition=tp.partition, offset=offset, count=count)
+
+    def _classify(self, p: _Part, off: int, now_ms: int) -> int:
+        """_NOT (done, dead, locked, not the head of its key), _TTL / _MAX (must be dead-lettered
+        now), or the time (>= 0) it is available at."""
+        rec = p.recs.get(off)
+        if rec is None:
+            return _NOT
+        e = p.entries.get(off)
+        cfg = self.config
+        if e is None:
+            at = rec.deliver_at_ms or rec.timestamp_ms + cfg.delay_ms
+        elif e.state == WAITING:
+            at = e.at
+        elif e.state == IN_FLIGHT:
+            if e.at > now_ms:
+                return _NOT
+            if e.count >= cfg.max_deliveries:
+                return _MAX
+            at = e.at + self._backoff(p.tp, off, e.count)
+        else:
+            return _NOT
+        if cfg.ttl_ms and rec.timestamp_ms + cfg.ttl_ms < now_ms:
+            return _TTL
+        if p.keys is not None and rec.key is not None and p.keys[rec.key][0] != off:
+            return _NOT
+        return at if at > 0 else 0
+
+    def _take(self, p: _Part, want: int, now_ms: int, got: list[int],
+              out: list[dl.Delta]) -> int:
+        ready = p.ready
+        k = 0
+        last = got[-1] if got else -1
+        prev = -1
+        ttl_dead: list[int] = []
+        max_dead: list[int] = []
+        while k < want and ready:
+            off = heapq.heappop(ready)
+            if off in (last, prev):
+                continue
+            prev = off
+            c = self._classify(p, off, now_ms)
+            if c < 0:
+                if c == _TTL:
+                    ttl_dead.append(off)
+                elif c == _MAX:
+                    max_dead.append(off)
+                continue
+            if c > now_ms:
+                self._timer(p, c, off)
+                continue
+            got.append(off)
+            last = off
+            k += 1
+        self._dead_now(p, ttl_dead, max_dead, now_ms, out)
+        return k
+
+    def _fire(self, p: _Part, now_ms: int, out: list[dl.Delta]) -> None:
+        timers, ready = p.timers, p.ready
+        ttl_dead: set[int] = set()
+        max_dead: set[int] = set()
+        while timers and timers[0][0] <= now_ms:
+            _, _, payload = heapq.heappop(timers)
+            for off in _offsets(payload):
+                c = self._classify(p, off, now_ms)
+                if c >= 0:
+                    if c <= now_ms:
+                        heapq.heappush(ready, off)
+                    else:
+                        self._timer(p, c, off)
+                elif c == _TTL:
+                    ttl_dead.add(off)
+                elif c == _MAX:
+                    max_dead.add(off)
+        self._dead_now(p, sorted(ttl_dead), sorted(max_dead), now_ms, out)
+
+    def _dead_now(self, p: _Part, ttl_dead: list[int], max_dead: list[int], now_ms: int,
+                  out: list[dl.Delta]) -> None:
+        if ttl_dead:
+            self._emit(out, dl.DeadPending(tp=p.tp, ranges=dl.ranges_of(ttl_dead),
+                                           reason=REASON_EXPIRED, now_ms=now_ms))
+        if max_dead:
+            self._emit(out, dl.DeadPending(tp=p.tp, ranges=dl.ranges_of(max_dead),
+                                           reason=REASON_MAX_DELIVERIES, now_ms=now_ms))
+
+    def _holds(self, p: _Part, consumer_id: str, s: Settle) -> bool:
+        entries = p.entries
+        count = s.delivery_count
+        for off in range(s.first, s.last + 1):
+            e = entries.get(off)
+            if (e is None or e is _DONE or e.state != IN_FLIGHT or e.count != count
+                    or e.holder != consumer_id):
+                return False
+        return True
+
+    def _counted(self, p: _Part, offsets: list[int]) -> tuple[tuple[int, int, int], ...]:
+        """Sorted offsets -> (first, last, delivery_count) ranges."""
+        out: list[tuple[int, int, int]] = []
+        entries = p.entries
+        first = last = count = -1
+        for off in offsets:
+            e = entries.get(off)
+            c = 0 if e is None or e is _DONE else e.count
+            if off == last + 1 and c == count:
+                last = off
+                continue
+            if first >= 0:
+                out.append((first, last, count))
+            first = last = off
+            count = c
+        if first >= 0:
+            out.append((first, last, count))
+        return tuple(out)
+
+    def _clean_pending(self, p: _Part) -> None:
+        pending, recs = p.pending, p.recs
+        while pending and pending[0] not in recs:
+            heapq.heappop(pending)
+
+    def _advance(self, p: _Part, out: list[dl.Delta]) -> None:
+        """Move `start` past done records and gaps (the lowest offered record not done)."""
+        self._clean_pending(p)
+        new = p.pending[0] if p.pending else p.read_offset
+        if new > p.start:
+            self._emit(out, dl.Advance(tp=p.tp, start=new))
+
+    def _done(self, p: _Part, off: int) -> bool:
+        """Mark one record DONE; False when it already was."""
+        e = p.entries.get(off)
+        if e is _DONE:
+            return False
+        if e is not None and e.state == DEAD:
+            del p.dead[off]
+        p.entries[off] = _DONE
+        rec = p.recs.pop(off, None)
+        if rec is not None and rec.key is not None and p.keys is not None:
+            self._key_done(p, off, rec.key)
+        return True
+
+    def _key_done(self, p: _Part, off: int, key: bytes) -> None:
+        assert p.keys is not None
+        queue = p.keys.get(key)
+        if queue is None:
+            return
+        if queue[0] == off:
+            queue.popleft()
+            if queue:
+                heapq.heappush(p.ready, queue[0])
+            else:
+                del p.keys[key]
+        else:
+            with contextlib.suppress(ValueError):
+                queue.remove(off)
+
+    # ---------------------------------------------------------------- apply, one per delta
+
+    def _apply_deliver(self, d: dl.Deliver) -> None:
+        p = self._parts[d.tp]
+        entries = p.entries
+        holder, now, deadline = d.consumer_id, d.now_ms, d.deadline_ms
+        delivered = redelivered = 0
+        for first, last in d.ranges:
+            for off in range(first, last + 1):
+                e = entries.get(off)
+                if e is None:
+                    entries[off] = _Entry(IN_FLIGHT, holder, 1, deadline, now, now, "")
+                else:
+                    assert e is not _DONE and e.state != DEAD, (d.tp, off)
+                    e.state = IN_FLIGHT
+                    e.holder = holder
+                    e.count += 1
+                    e.at = deadline
+                    e.last_ms = now
+                    if not e.first_ms:
+                        e.first_ms = now
+                    if e.count > 1:
+                        redelivered += 1
+                delivered += 1
+        self.counters["delivered"] += delivered
+        self.counters["redelivered"] += redelivered
+        self._timer(p, deadline, d.ranges)
+
+    def _apply_ack(self, d: dl.Ack) -> None:
+        p = self._parts[d.tp]
+        n = 0
+        for first, last in d.ranges:
+            for off in range(first, last + 1):
+                n += self._done(p, off)
+        self.counters["acked"] += n
+
+    def _apply_nack(self, d: dl.Nack) -> None:
+        p = self._parts[d.tp]
+        for off in _offsets(d.ranges):
+            e = p.entries[off]
+            assert e is not _DONE and e.state == IN_FLIGHT, (d.tp, off)
+            e.state = WAITING
+            e.holder = ""
+            e.at = d.now_ms + (d.delay_ms if d.delay_ms >= 0
+                               else self._backoff(d.tp, off, e.count))
+            if d.delay_ms < 0:
+                self._timer(p, e.at, off)
+        if d.delay_ms >= 0:
+            self._timer(p, d.now_ms + d.delay_ms, d.ranges)
+
+    def _apply_release(self, d: dl.Release) -> None:
+        p = self._parts[d.tp]
+        for off in _offsets(d.ranges):
+            e = p.entries[off]
+            assert e is not _DONE and e.state == IN_FLIGHT, (d.tp, off)
+            e.state = WAITING
+            e.holder = ""
+            e.count = max(0, e.count - 1)
+            e.at = d.now_ms
+        self._timer(p, d.now_ms, d.ranges)
+
+    def _apply_extend(self, d: dl.Extend) -> None:
+        p = self._parts[d.tp]
+        for off in _offsets(d.ranges):
+            e = p.entries[off]
+            assert e is not _DONE and e.state == IN_FLIGHT, (d.tp, off)
+            e.at = d.deadline_ms
+        self._timer(p, d.deadline_ms, d.ranges)
+
+    def _apply_dead(self, d: dl.DeadPending) -> None:
+        p = self._parts[d.tp]
+        n = 0
+        for off in _offsets(d.ranges):
+            e = p.entries.get(off)
+            if e is None:
+                p.entries[off] = _Entry(DEAD, "", 0, 0, 0, 0, d.reason)
+            else:
+                assert e is not _DONE, (d.tp, off)
+                e.state = DEAD
+                e.holder = ""
+                e.at = 0
+                e.reason = d.reason
+            p.dead[off] = None
+            n += 1
+        if d.reason == REASON_EXPIRED:
+            self.counters["expired"] += n
+
+    def _apply_dead_lettered(self, d: dl.DeadLettered) -> None:
+        p = self._parts[d.tp]
+        n = 0
+        for off in _offsets(d.ranges):
+            if off in p.dead:
+                n += self._done(p, off)
+        self.counters["dead_lettered"] += n
+
+    def _apply_discard(self, d: dl.Discard) -> None:
+        p = self._parts[d.tp]
+        n = 0
+        for off in _offsets(d.ranges):
+            n += self._done(p, off)
+        self.counters["duplicates"] += n
+
+    def _apply_advance(self, d: dl.Advance) -> None:
+        p = self._parts[d.tp]
+        old, new = p.start, d.start
+        if new <= old:
+            return
+        entries = p.entries
+        if new - old <= len(entries):
+            for off in range(old, new):
+                e = entries.pop(off, None)
+                assert e is None or e is _DONE, (d.tp, off)
+        else:
+            assert all(e is _DONE for o, e in entries.items() if o < new), d
+            p.entries = {o: e for o, e in entries.items() if o >= new}
+        p.start = new
+        p.read_offset = max(p.read_offset, new)
+
+    def _apply_truncate(self, d: dl.Truncate) -> None:
+        p = self._parts[d.tp]
+        old, new = p.start, d.offset
+        if new <= old:
+            return
+        p.entries = {o: e for o, e in p.entries.items() if o >= new}
+        p.dead = {o: None for o in p.dead if o >= new}
+        dropped_keys: set[bytes] = set()
+        if new - old <= len(p.recs):
+            for off in range(old, new):
+                rec = p.recs.pop(off, None)
+                if rec is not None and rec.key is not None:
+                    dropped_keys.add(rec.key)
+        else:
+            keep = {}
+            for off, rec in p.recs.items():
+                if off >= new:
+                    keep[off] = rec
+                elif rec.key is not None:
+                    dropped_keys.add(rec.key)
+            p.recs = keep
+        if p.keys is not None:
+            for key in dropped_keys:
+                queue = p.keys.get(key)
+                if queue is None:
+                    continue
+                while queue and queue[0] < new:
+                    queue.popleft()
+                if queue:
+                    heapq.heappush(p.ready, queue[0])
+                else:
+                    del p.keys[key]
+        p.start = new
+        p.read_offset = max(p.read_offset, new)
+
+    def _apply_add_partitions(self, d: dl.AddPartitions) -> None:
+        for tp, start in d.starts:
+            if tp not in self._parts:
+                self._add_part(tp, start)
+
+    def _apply_set_config(self, d: dl.SetConfig) -> None:
+        new = QueueConfig.from_dict(d.config)
+        old, self.config = self.config, new
+        for p in self._order:
+            if new.key_ordered != old.key_ordered:
+                p.keys = None
+                if new.key_ordered:
+                    p.keys = {}
+                    for off in sorted(p.recs):
+                        key = p.recs[off].key
+                        if key is not None:
+                            p.keys.setdefault(key, deque()).append(off)
+            # Delays, backoff, limits or ordering changed: every record is looked at again.
+            for off in p.recs:
+                heapq.heappush(p.ready, off)
+
+    def _apply_redrive(self, d: dl.RedriveCursor) -> None:
+        self._redrive[d.dlq_partition] = d.offset
+        self.counters["redriven"] += d.count
+
+
+_COUNTERS = ("acked", "delivered", "redelivered", "dead_lettered", "expired", "redriven",
+             "duplicates")
+
+
+_PART_FIELDS = ("t", "p", "start", "done", "in_flight", "waiting", "dead")
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _nat(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _rows(raw: Any, types: tuple[type, ...]) -> Iterable[list[Any]]:
+    _expect(isinstance(raw, list), "snapshot: entry ranges must be a list")
+    prev = -1
+    for row in raw:
+        _expect(isinstance(row, list) and len(row) == 2 + len(types)
+                and _nat(row[0]) and _nat(row[1]) and prev < row[0] <= row[1],
+                f"snapshot: bad range {str(row)[:80]}")
+        for value, kind in zip(row[2:], types, strict=True):
+            _expect(isinstance(value, kind) and not isinstance(value, bool)
+                    and (kind is str or value >= 0), f"snapshot: bad value in {str(row)[:80]}")
+        prev = row[1]
+        yield row
+
+
+def _invalid(s: Settle, known: bool) -> str:
+    if not known:
+        return f"{s.tp.topic}/{s.tp.partition} is not a partition of this queue"
+    if not 0 <= s.first <= s.last or s.last - s.first >= MAX_IN_FLIGHT_MAX:
+        return f"bad range [{s.first}, {s.last}]"
+    if s.delivery_count < 1:
+        return f"bad delivery_count {s.delivery_count}"
+    if s.kind is SettleKind.REJECT and len(s.reason) > dl.REASON_CHARS_MAX:
+        return f"reason longer than {dl.REASON_CHARS_MAX} characters"
+    if s.kind is SettleKind.EXTEND and not 1 <= s.extend_ms <= LOCK_MS_MAX:
+        return f"extend_ms must be within 1..{LOCK_MS_MAX}"
+    return ""
+
+
+def _offsets(payload: Any) -> Iterable[int]:
+    if type(payload) is int:
+        return (payload,)
+    return (off for first, last in payload for off in range(first, last + 1))
+
+
+def _merge(ranges: list[tuple[int, int]]) -> dl.Ranges:
+    ranges.sort()
+    out: list[tuple[int, int]] = []
+    for first, last in ranges:
+        if out and out[-1][1] + 1 == first:
+            out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return tuple(out)
+
+
+def _extend(items: list[list[Any]], off: int, attrs: tuple[Any, ...]) -> None:
+    if items and items[-1][1] == off - 1 and tuple(items[-1][2:]) == attrs:
+        items[-1][1] = off
+    else:
+        items.append([off, off, *attrs])
