@@ -334,3 +334,62 @@ def test_argument_checks() -> None:
             consumer.reject(make_message(0), "x" * 1001)
     with pytest.raises(errors.ConfigError):
         QueueConsumer(UNREACHABLE, queue="")
+
+
+class CoreTwin:
+    """The Settle seam answered by the real sans-I/O QueueCore (node/queues/core.py), as the
+    coordinator does, minus the Raft write: our settlements meet the real fencing rule."""
+
+    def __init__(self, core: object, consumer_id: str, clock: list[int]) -> None:
+        self.core = core
+        self.consumer_id = consumer_id
+        self.clock = clock
+        self.requests: list[int] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, ranges: Sequence[Coalesced], timeout_s: float
+                 ) -> dict[int, tuple[int, str, int]]:
+        from tidelog.node.groups.assignors import TopicPartition
+        from tidelog.node.queues.model import Settle, SettleKind
+
+        items = [Settle(tp=TopicPartition(r.topic, r.partition), first=r.first, last=r.last,
+                        delivery_count=r.delivery_count, kind=SettleKind(int(r.action)),
+                        delay_ms=r.delay_ms, reason=r.reason, extend_ms=r.extend_ms)
+                 for r in ranges]
+        with self._lock:
+            self.requests.append(len(items))
+            outcomes, _ = self.core.settle(self.consumer_id, items, self.clock[0])
+        return {o.index: ((LOCK_LOST if o.lock_lost else 19) if not o.ok else 0, o.message,
+                          o.lock_deadline_ms) for o in outcomes
+                if not o.ok or items[o.index].kind is SettleKind.EXTEND}
+
+
+def test_against_the_real_core_only_the_redelivered_message_loses_its_lock() -> None:
+    from tidelog.node.groups.assignors import TopicPartition
+    from tidelog.node.queues.config import QueueConfig
+    from tidelog.node.queues.core import QueueCore
+    from tidelog.node.queues.model import OfferedRecord
+
+    tp = TopicPartition("t", 0)
+    core = QueueCore(QueueConfig(name="q", topics=("t",), lock_ms=1_000), {tp: 0})
+    clock = [NOW_MS]
+    core.offer(tp, [OfferedRecord(offset=o, timestamp_ms=NOW_MS, key=None) for o in range(6)],
+               6, clock[0])
+    (mine,), _ = core.acquire("me", 6, clock[0])
+    assert mine.ranges == ((0, 5, 1),)
+    twin = CoreTwin(core, "me", clock)
+    with QueueConsumer(UNREACHABLE, queue="q", consumer_id="me", ack_linger_ms=50,
+                       _settle_transport=twin) as consumer:
+        messages = [make_message(o) for o in range(6)]
+        assert consumer.extend(messages[3], 10).result(10) == NOW_MS + 10_000
+        clock[0] += 122_000  # every lock expired, and the redelivery backoff passed
+        core.tick(clock[0])
+        theirs, _ = core.acquire("other", 2, clock[0])
+        assert [r[:2] for a in theirs for r in a.ranges] == [(0, 1)]
+        futures = [consumer.ack(m) for m in messages]
+        consumer.flush(10)
+        outcomes = ["lost" if isinstance(f.exception(0), LockLostError) else f.exception(0)
+                    for f in futures]
+        # 0 and 1 are the other's now; 2..5 expired but were not redelivered: still ours
+        assert outcomes == ["lost", "lost", None, None, None, None]
+    assert twin.requests[1:] == [1, 6], "one range 0..5 refused, then one request per offset"
