@@ -12,8 +12,9 @@ The claims, one check each:
 - `queue-integrity`: every value delivered or dead-lettered decodes, names an invoked send,
   carries its key, and is the value that position holds; every dead letter names its source.
 - `queue-lost`: every judged record ends *finished*: acked by a consumer (an ack answered ok, or
-  one whose outcome is unknown: it may have been applied) or in the dead-letter topic. Judged only
-  when the queue drained and the whole DLQ was read (UNKNOWN otherwise: unfinished is not lost).
+  one that may have been applied: see "ambiguous answers") or in the dead-letter topic. Judged
+  only when the queue drained and the whole DLQ was read (UNKNOWN otherwise: unfinished is not
+  lost).
 - `queue-double-finished`: no record is finished twice: at most one of {an ack answered ok, a
   copy in the DLQ} (two ok acks, an ok ack and a dead letter, two dead letters).
 - `queue-redelivered-after-finish`: after an ok ack (or reject, or a nack at the delivery limit)
@@ -22,9 +23,8 @@ The claims, one check each:
 - `queue-duplicate-deliveries` (INFO): records given out more than once; at-least-once allows it.
 - `queue-locks`: no two valid locks of one record overlap, and in key-ordered mode no two of one
   key. A lock is valid from its delivery until its deadline or its first settlement answered ok,
-  whichever is first. A settlement whose outcome is unknown counts as ending the lock when it was
-  invoked, a `LOCK_LOST` answer ends nothing (the lock was, by the definition, valid to its
-  deadline). Every bound is taken on the side that can only *shorten* a lock (start = receive
+  whichever is first. A settlement that may have been applied counts as ending the lock when it
+  was invoked. Every bound is taken on the side that can only *shorten* a lock (start = receive
   returned, end = settlement invoked), so an overlap found is a real one; `clock_slack_ms`
   absorbs the clocks' granularity.
 - `queue-key-order` (key-ordered mode): per (partition, key), a record is delivered only after
@@ -34,6 +34,14 @@ The claims, one check each:
   is out of order). Predecessors whose finishing time nobody saw (in the DLQ by an unrecorded
   route) are skipped.
 - `queue-settlements`, `queue-dead-letters` (INFO): outcomes per action; dead letters per reason.
+
+Ambiguous answers. An `unknown` outcome may or may not have been applied. So may a `LOCK_LOST`
+answer: the client sends a Settle again when its reply was lost (a coordinator killed after
+committing), and the retry finds the record already settled (client/queue.py says so). With
+`lock_lost_may_be_applied` (the default) a LOCK_LOST settlement counts like an unknown one
+wherever that is the conservative reading (it may have finished the record, it may have ended
+the lock); it never counts as an ok answer (double-finish and redelivery use ok answers only).
+Set it False against a server that answers a retried settlement idempotently.
 
 No vacuous pass: a history with no queue, no acknowledged send, no consumer ack (or, in
 key-ordered mode, no key with two records delivered) is VACUOUS, as in `checker.py`.
@@ -74,7 +82,6 @@ __all__ = [
 ]
 
 Pos = tuple[str, int, int]  # (topic, partition, offset)
-_ENDING = (SettleResult.OK, SettleResult.UNKNOWN)
 
 
 class QueueCheckName(enum.Enum):
@@ -94,6 +101,8 @@ class QueueCheckerConfig:
     # Two clocks' readings within this of each other are not taken as an ordering.
     clock_slack_ms: float = 20.0
     examples_max: int = EXAMPLES_MAX
+    # A LOCK_LOST answer may be a retry's answer to a settlement that was applied (see above).
+    lock_lost_may_be_applied: bool = True
 
     def __post_init__(self) -> None:
         if self.clock_slack_ms < 0:
@@ -154,7 +163,9 @@ class QueueChecker:
         self.config = config or QueueCheckerConfig()
 
     def check(self, history: History, queue_history: QueueHistory) -> QueueResults:
-        ix = _QueueIndex.build(history, queue_history)
+        maybe = {SettleResult.UNKNOWN} | (
+            {SettleResult.LOCK_LOST} if self.config.lock_lost_may_be_applied else set())
+        ix = _QueueIndex.build(history, queue_history, maybe_applied=frozenset(maybe))
         slack, ex = self.config.clock_slack_ms, self.config.examples_max
         lost = _lost(ix, ex)
         double = _double_finished(ix, ex)
@@ -208,14 +219,16 @@ class _Record:
         return [s for s, _ in self.settlements
                 if s.action is Action.ACK and s.result is SettleResult.OK]
 
-    def maybe_acks(self) -> list[QueueSettlement]:
-        return [s for s, _ in self.settlements
-                if s.action is Action.ACK and s.result is SettleResult.UNKNOWN]
+    def maybe_acks(self, maybe: frozenset[SettleResult]) -> list[QueueSettlement]:
+        """Acks not answered ok that may have been applied."""
+        return [s for s, _ in self.settlements if s.action is Action.ACK and s.result in maybe]
 
 
 @dataclass(slots=True, kw_only=True)
 class _QueueIndex:
     log: HistoryIndex
+    # Answers after which the settlement may have been applied, besides OK.
+    maybe_applied: frozenset[SettleResult] = frozenset({SettleResult.UNKNOWN})
     started: QueueStarted | None = None
     records: dict[Pos, _Record] = field(default_factory=dict)
     deliveries: list[QueueDelivery] = field(default_factory=list)
@@ -230,8 +243,9 @@ class _QueueIndex:
     problems: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
-    def build(cls, history: History, queue_history: QueueHistory) -> _QueueIndex:
-        ix = cls(log=HistoryIndex.build(history))
+    def build(cls, history: History, queue_history: QueueHistory, *,
+              maybe_applied: frozenset[SettleResult]) -> _QueueIndex:
+        ix = cls(log=HistoryIndex.build(history), maybe_applied=maybe_applied)
         for event in queue_history:
             if isinstance(event, QueueStarted):
                 if ix.started is not None:
@@ -281,7 +295,7 @@ class _QueueIndex:
     def lock_end(self, d: QueueDelivery) -> float:
         """The earliest the delivery's lock can have ended (see the module docstring)."""
         ends = [s.invoked_ms for s in self.settled.get((d.consumer, d.delivery), ())
-                if s.result in _ENDING]
+                if s.result is SettleResult.OK or s.result in self.maybe_applied]
         return min([d.deadline_run_ms, *ends])
 
     def _record(self, pos: Pos) -> _Record:
@@ -390,23 +404,25 @@ def _integrity(ix: _QueueIndex, ex: int) -> QueueCheckResult:
 def _lost(ix: _QueueIndex, ex: int) -> QueueCheckResult:
     """Every judged record ends acked by a consumer (ok or unknown outcome) or in the DLQ."""
     judged = ix.judged()
-    unfinished = [r for r in judged if not (r.ok_acks() or r.maybe_acks() or r.dead)]
-    only_maybe = sum(1 for r in judged if not r.ok_acks() and r.maybe_acks() and not r.dead)
+    maybe = ix.maybe_applied
+    unfinished = [r for r in judged if not (r.ok_acks() or r.maybe_acks(maybe) or r.dead)]
+    only_maybe = [r for r in judged if not r.ok_acks() and r.maybe_acks(maybe) and not r.dead]
+    by_lock_lost = sum(1 for r in only_maybe if all(s.result is SettleResult.LOCK_LOST
+                                                    for s in r.maybe_acks(maybe)))
     counts = [("records", len(judged)), ("lost", len(unfinished)),
-              ("finished-by-unknown-ack", only_maybe)]
+              ("finished-by-unknown-ack", len(only_maybe) - by_lock_lost),
+              ("finished-by-lock-lost-ack", by_lock_lost)]
     if ix.drained is None or not ix.drained.drained:
         why = ix.drained.detail if ix.drained else "no drain phase"
         return QueueCheckResult(
             name=QueueCheckName.LOST, verdict=Verdict.UNKNOWN,
-            counts=(("records", len(judged)), ("lost", 0), ("unfinished", len(unfinished)),
-                    ("finished-by-unknown-ack", only_maybe)),
+            counts=(("records", len(judged)), ("lost", 0), ("unfinished", len(unfinished))),
             examples=(f"cannot judge: the queue did not drain ({why})",))
     if ix.dlq_read is None or not ix.dlq_read.complete:
         why = ix.dlq_read.detail if ix.dlq_read else "never read"
         return QueueCheckResult(
             name=QueueCheckName.LOST, verdict=Verdict.UNKNOWN,
-            counts=(("records", len(judged)), ("lost", 0), ("unfinished", len(unfinished)),
-                    ("finished-by-unknown-ack", only_maybe)),
+            counts=(("records", len(judged)), ("lost", 0), ("unfinished", len(unfinished))),
             examples=(f"cannot judge: the dead-letter topic was not read in full ({why})",))
     return _result(QueueCheckName.LOST, failed=bool(unfinished), counts=counts,
                    examples=[_describe_lost(r) for r in unfinished[:ex]])
@@ -535,7 +551,8 @@ def _overlaps(locks: list[_Lock], slack: float) -> list[str]:
 def _finish_bound(ix: _QueueIndex, r: _Record) -> float | None:
     """The earliest time the record can have become finished (None: nobody saw it finish)."""
     limit = ix.started.max_deliveries if ix.started else 0
-    times = [s.invoked_ms for s, d in r.settlements if s.result in _ENDING and (
+    times = [s.invoked_ms for s, d in r.settlements if (
+        s.result is SettleResult.OK or s.result in ix.maybe_applied) and (
         s.action in (Action.ACK, Action.REJECT)
         or (s.action is Action.NACK and limit > 0 and d.delivery_count >= limit))]
     times += [d.deadline_run_ms for d in r.deliveries if limit > 0 and d.delivery_count >= limit]
