@@ -58,3 +58,9 @@ DiskFullRequestError = _error("DiskFullRequestError", pb.DISK_FULL, True)
 InvalidRequestError = _error("InvalidRequestError", pb.INVALID_REQUEST)
 StorageRequestError = _error("StorageRequestError", pb.STORAGE_ERROR, True)
 PolicyViolationError = _error("PolicyViolationError", pb.POLICY_VIOLATION)
+# Queues (node/queues/): the queue's name is unknown, taken, a settlement's lock is gone, or a
+# QueueConfig is invalid. LOCK_LOST is normally reported per settlement, not as a call's status.
+QueueNotFoundError = _error("QueueNotFoundError", pb.QUEUE_NOT_FOUND)
+QueueExistsError = _error("QueueExistsError", pb.QUEUE_ALREADY_EXISTS)
+LockLostError = _error("LockLostError", pb.LOCK_LOST)
+InvalidQueueConfigError = _error("InvalidQueueConfigError", pb.INVALID_QUEUE_CONFIG)

@@ -6,7 +6,8 @@ narrow Protocol:
 - `ReplicaManager` (node/replica_manager.py): local partition replicas matched to the metadata,
   Raft traffic in and out, leaders of every group, ticks, leader balancing and hand-over;
 - `ClientApi` (node/client_api.py): the Broker operations (topics, produce, fetch, offsets);
-- `GroupCoordinator` (node/groups/coordinator.py) and the log cleaner (node/cleaner.py).
+- `GroupCoordinator` (node/groups/coordinator.py), `QueueCoordinator` (node/queues/coordinator.py)
+  and the log cleaner (node/cleaner.py).
 
 Two gRPC listeners: clients reach Broker (and Health) on `--listen`; peers reach Cluster (Raft
 streams, metadata forwarding) on `--peer-listen`, which clients must never reach.
@@ -37,6 +38,8 @@ from tidelog.node.groups.coordinator import GroupCoordinator
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command
 from tidelog.node.metadata_service import METADATA_GROUP, MetadataService
+from tidelog.node.queues.coordinator import NodeQueueHost, QueueCoordinator
+from tidelog.node.queues.service import QueuesService
 from tidelog.node.replica import Replica
 from tidelog.node.replica_manager import ReplicaManager
 from tidelog.node.service import BrokerService, ClusterService, add_servicer
@@ -44,6 +47,7 @@ from tidelog.node.storage import ensure_directory
 from tidelog.node.transport import CHANNEL_OPTIONS
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import cluster_pb2 as cpb
+from tidelog.proto import queue_pb2 as qpb
 
 __all__ = ["METADATA_GROUP", "REPLICAS_HEALTH_SERVICE", "Node"]
 
@@ -69,6 +73,8 @@ class Node:
                                        metadata=self.metadata, on_soft_state=self._on_soft_state)
         self.api = ClientApi(config, metadata=self.metadata, replicas=self.replicas)
         self.groups = GroupCoordinator(_GroupsHost(self.metadata, self.replicas, config))
+        self.queues = QueueCoordinator(
+            NodeQueueHost(self.metadata, self.replicas, self.api, config))
         self._server: grpc.aio.Server | None = None  # clients: Broker, Health
         self._peer_server: grpc.aio.Server | None = None  # peers only: Cluster, Health
         self._health_servicer = health.aio.HealthServicer()
@@ -95,6 +101,8 @@ class Node:
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
         add_servicer(self._server, BrokerService(self.api, self.groups),
                      pb.DESCRIPTOR.services_by_name["Broker"])
+        add_servicer(self._server, QueuesService(self.queues),
+                     qpb.DESCRIPTOR.services_by_name["Queues"])
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._server)
         self._server.add_insecure_port(self.config.listen)
         await self._peer_server.start()
@@ -108,6 +116,7 @@ class Node:
             loop.create_task(self.replicas.announce_loop(), name="announce"),
             loop.create_task(self.replicas.balance_loop(), name="balance"),
             loop.create_task(self.groups.run(), name="groups"),
+            loop.create_task(self.queues.run(), name="queues"),
             loop.create_task(run_cleaner(self.replicas), name="cleaner"),
             loop.create_task(self._replica_health_loop(), name="replica-health"),
         ]
@@ -151,6 +160,7 @@ class Node:
         if replica is self.metadata.replica:
             self.metadata.on_soft_state(replica)
         self.groups.on_soft_state(replica)
+        self.queues.on_soft_state(replica)
 
     async def _replica_health_loop(self) -> None:
         """Health service "tidelog.v1.Replicas": SERVING while no local replica has stopped."""

@@ -62,6 +62,10 @@ _STATUS_BY_CODE = {
     pb.FENCED_MEMBER_EPOCH: grpc.StatusCode.FAILED_PRECONDITION,
     pb.GROUP_NOT_EMPTY: grpc.StatusCode.FAILED_PRECONDITION,
     pb.GROUP_ID_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    pb.QUEUE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    pb.QUEUE_ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    pb.LOCK_LOST: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.INVALID_QUEUE_CONFIG: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

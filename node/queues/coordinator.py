@@ -1,0 +1,944 @@
+"""The queue coordinator inside a Node: the asyncio shell around one `QueueCore` per queue.
+
+The coordinator of queue Q is the leader of `__queue_state` partition `xxh3_64(Q) % N`; it holds
+the cores of every queue of the partitions it leads. For each request, in this order:
+
+    leadership + loaded check → read data (I/O, awaits) → core inputs (offer, acquire, settle...;
+    synchronous: they mutate memory and return deltas) → propose the deltas as ONE batch to the
+    partition's Raft group, in the same synchronous step → wait until committed → answer.
+
+Invariant (what makes replay exact): every in-memory change of a core is proposed before the
+event loop runs anything else, so the log order of the state records is the order the changes
+were made in, and a snapshot (taken at propose time) covers exactly the deltas with seq <= its
+seq. A write that fails because leadership moved drops every core of the partition (the memory
+may be ahead of the log); the new leader replays.
+
+Becoming leader of a partition: wait until the new term's first entry is committed (the log then
+holds everything ever acknowledged), replay the partition (`QueueReplay`), then serve; until then
+COORDINATOR_NOT_AVAILABLE (retriable). Losing leadership drops the cores: NOT_COORDINATOR.
+
+Records are read from the data partitions by `PartitionReader` (local replica or the leader) and
+offered to the core on Receive; Receive answers with the raw batches covering what it acquired.
+A Receive with nothing available long-polls until new data, a settlement that frees records, the
+core's next event (a lock expiry, a backoff or delay ending) or its max_wait_ms. A tick loop
+commits lock expiries that dead-letter, and runs dead-letter jobs (node/queues/dead_letters.py).
+
+`__queue_state` is created by the first FindQueueCoordinator (any node), with
+`TIDELOG_QUEUE_STATE_PARTITIONS` partitions (default 16), replication factor min(3, nodes) and
+cleanup.policy=compact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tidelog.node import errors as E
+from tidelog.node.groups.assignors import TopicPartition
+from tidelog.node.groups.errors import CoordinatorNotAvailableError, NotCoordinatorError
+from tidelog.node.groups.offsets_log import partition_for
+from tidelog.node.metadata import MetadataState
+from tidelog.node.metadata_commands import Command, CreateTopic, DeleteTopic
+from tidelog.node.queues import state_log as sl
+from tidelog.node.queues.config import QueueConfig, QueueConfigError
+from tidelog.node.queues.core import QueueCore
+from tidelog.node.queues.dead_letters import (
+    DeadLetterScan,
+    Writer,
+    redrive_partition,
+    write_dead_letters,
+)
+from tidelog.node.queues.model import Acquired, Settle, SettleKind, SettleOutcome
+from tidelog.node.queues.reader import PartitionReader, decode_offered
+from tidelog.node.raft import NotLeader, ProposalDropped
+from tidelog.node.replica import Replica, ReplicaLostLeadership
+from tidelog.node.topics import partition_group
+from tidelog.proto import broker_pb2 as pb
+from tidelog.proto import queue_pb2 as qpb
+from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
+
+__all__ = ["QUEUE_STATE_TOPIC", "NodeQueueHost", "QueueCoordinator", "QueueHost"]
+
+log = logging.getLogger(__name__)
+
+QUEUE_STATE_TOPIC = sl.QUEUE_STATE_TOPIC
+QUEUE_STATE_PARTITIONS = int(os.environ.get("TIDELOG_QUEUE_STATE_PARTITIONS", "16"))
+QUEUE_STATE_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": str(16 * 1024 * 1024),
+                       "segment.ms": str(3600 * 1000)}
+SNAPSHOT_EVERY = sl.SNAPSHOT_EVERY  # delta records between snapshots at most (compaction)
+TICK_INTERVAL_S = 0.1
+TOPICS_CHECK_INTERVAL_S = 2.0
+WRITE_TIMEOUT_S = 10.0
+LOAD_READ_BYTES = 1 << 20
+FILL_READ_BYTES = 256 * 1024
+REMOTE_POLL_S = 0.1          # a partition read from another node is polled at most this often
+RECEIVE_MESSAGES_MAX = 10_000
+RECEIVE_WAIT_MS_MAX = 30_000
+RECEIVE_BYTES_DEFAULT = 4 * 1024 * 1024
+SETTLEMENTS_MAX = 10_000
+RANGE_RECORDS_MAX = 100_000
+REASON_CHARS_MAX = 1000
+CONSUMER_ID_CHARS_MAX = 255
+PEEK_MESSAGES_MAX = 10_000
+DLQ_RETRY_S = 1.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class QueueHost(Protocol):
+    """What the queue coordinator needs of its node, and nothing else."""
+
+    @property
+    def node_id(self) -> int: ...
+
+    @property
+    def batch_bytes_max(self) -> int: ...
+
+    @property
+    def state(self) -> MetadataState: ...
+
+    def node_ids(self) -> list[int]: ...
+
+    def leader_of(self, group: str) -> tuple[int, str] | None: ...
+
+    def local_replica(self, group: str) -> Replica | None: ...
+
+    async def propose(self, command: Command, timeout_s: float = ...) -> dict[str, Any]: ...
+
+    async def wait_for_leaders(self, names: list[str], timeout_s: float) -> None: ...
+
+    async def produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Queue:
+    """One queue this node coordinates."""
+
+    name: str
+    core: QueueCore
+    seq: int                       # of the last state record proposed
+    since_snapshot: int            # delta records proposed since the last snapshot
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    deleted: bool = False
+    dlq_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    dlq_retry_at: float = 0.0
+    scan: DeadLetterScan = field(default_factory=DeadLetterScan)
+    remote_read_at: dict[TopicPartition, float] = field(default_factory=dict)
+
+    def notify(self) -> None:
+        """Wake every long-poll waiting on this queue (each took the event before checking)."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+@dataclass(slots=True, eq=False)
+class _Partition:
+    """A `__queue_state` partition this node leads (or is loading)."""
+
+    partition: int
+    replica: Replica
+    term: int
+    queues: dict[str, _Queue] | None = None  # None while loading
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class QueueCoordinator:
+    def __init__(self, host: QueueHost) -> None:
+        self.host = host
+        self.reader = PartitionReader(host)
+        self.writer = Writer(host.produce)
+        self._partitions: dict[int, _Partition] = {}
+        self._creating: asyncio.Task[None] | None = None
+
+    # ============================================================== leadership (soft state)
+
+    def on_soft_state(self, replica: Replica) -> None:
+        partition = self._state_partition_of(replica.group)
+        if partition is None:
+            return
+        current = self._partitions.get(partition)
+        if replica.is_leader:
+            if current is not None and current.term == replica.term:
+                return
+            self._drop(partition)
+            entry = _Partition(partition=partition, replica=replica, term=replica.term)
+            self._partitions[partition] = entry
+            entry.task = asyncio.get_running_loop().create_task(
+                self._load(entry), name=f"load-queue-state-{partition}")
+        elif current is not None:
+            self._drop(partition)
+            log.info("no longer coordinator of %s-%d", QUEUE_STATE_TOPIC, partition)
+
+    def _drop(self, partition: int) -> None:
+        entry = self._partitions.pop(partition, None)
+        if entry is None:
+            return
+        if entry.task is not None and not entry.task.done():
+            entry.task.cancel()
+        for queue in (entry.queues or {}).values():
+            queue.deleted = True
+            if queue.dlq_task is not None and not queue.dlq_task.done():
+                queue.dlq_task.cancel()
+            queue.notify()
+
+    async def _load(self, entry: _Partition) -> None:
+        replica = entry.replica
+        started = time.monotonic()
+        try:
+            target = replica.log.log_end_offset - 1
+            while replica.commit_index < target:
+                if not replica.is_leader or replica.term != entry.term:
+                    return
+                await asyncio.sleep(0.02)
+            replay = sl.QueueReplay()
+            offset = replica.log.log_start_offset
+            records = 0
+            while offset < replica.high_watermark:
+                data = replica.read_committed(offset, LOAD_READ_BYTES)
+                if not data:
+                    break
+                for pos, header in iter_batches(data):
+                    if not header.is_control:
+                        for record in decode_records(data[pos:pos + header.size]):
+                            if record.offset >= offset and record.key is not None:
+                                replay.feed(record.key, record.value)
+                                records += 1
+                    offset = header.last_offset + 1
+                await asyncio.sleep(0)
+            if self._partitions.get(entry.partition) is not entry or not replica.is_leader:
+                return
+            entry.queues = {
+                name: _Queue(name=name, core=core, seq=seq,
+                             # The next write is a snapshot: how many deltas follow the
+                             # replayed one is not tracked across leaders.
+                             since_snapshot=SNAPSHOT_EVERY)
+                for name, (core, seq) in replay.result().items()}
+            log.info("coordinator of %s-%d loaded: %d records, %d queues in %.0f ms",
+                     QUEUE_STATE_TOPIC, entry.partition, records, len(entry.queues),
+                     (time.monotonic() - started) * 1000)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("loading %s-%d failed; its queues are unavailable on this node",
+                          QUEUE_STATE_TOPIC, entry.partition)
+            self._drop(entry.partition)
+
+    # ================================================================== periodic work
+
+    async def run(self) -> None:
+        """Lock expiries, dead-letter jobs and partition changes, for every loaded queue."""
+        last_topics_check = 0.0
+        try:
+            while True:
+                await asyncio.sleep(TICK_INTERVAL_S)
+                check_topics = time.monotonic() - last_topics_check >= TOPICS_CHECK_INTERVAL_S
+                if check_topics:
+                    last_topics_check = time.monotonic()
+                for entry in list(self._partitions.values()):
+                    for queue in list((entry.queues or {}).values()):
+                        try:
+                            await self._tick_queue(entry, queue, check_topics)
+                        except E.BrokerError as exc:
+                            log.debug("queue %s tick: %s", queue.name, exc.message)
+        finally:
+            await self.reader.close()
+            await self.writer.close()
+
+    async def _tick_queue(self, entry: _Partition, queue: _Queue, check_topics: bool) -> None:
+        if queue.deleted:
+            return
+        now = _now_ms()
+        deltas = queue.core.tick(now)
+        if check_topics:
+            deltas.extend(self._partition_changes(queue))
+        if deltas:
+            await self._write(entry, queue, deltas)
+            queue.notify()
+        if (queue.dlq_task is None or queue.dlq_task.done()) \
+                and time.monotonic() >= queue.dlq_retry_at and queue.core.dead_letter_jobs():
+            queue.dlq_task = asyncio.get_running_loop().create_task(
+                self._dead_letter(entry, queue), name=f"dlq-{queue.name}")
+
+    def _partition_changes(self, queue: _Queue) -> list[Any]:
+        """Partitions added to the queue's topics start at their log start."""
+        new: dict[TopicPartition, int] = {}
+        for topic_name in queue.core.config.topics:
+            topic = self.host.state.topics.get(topic_name)
+            if topic is None:
+                continue
+            for p in range(topic.partitions):
+                tp = TopicPartition(topic_name, p)
+                if tp not in queue.core.partitions:
+                    new[tp] = 0
+        return queue.core.set_partitions(new) if new else []
+
+    async def _dead_letter(self, entry: _Partition, queue: _Queue) -> None:
+        """Write the pending dead letters, then commit them as dead-lettered."""
+        config = queue.core.config
+        try:
+            jobs = queue.core.dead_letter_jobs()
+            if not jobs:
+                return
+            dlq = self.host.state.topics.get(config.dlq_topic)
+            if dlq is None:
+                await self._ensure_dlq_topic(config)
+                dlq = self.host.state.topics.get(config.dlq_topic)
+                if dlq is None:
+                    raise E.UnknownTopicError(f"dead-letter topic {config.dlq_topic!r} is missing")
+            cursors = {p: queue.core.redrive_cursor(p) for p in range(dlq.partitions)}
+            done = await write_dead_letters(
+                reader=self.reader, writer=self.writer, queue=queue.name,
+                dlq_topic=config.dlq_topic, dlq_partitions=dlq.partitions, jobs=jobs,
+                redrive_cursors=cursors, scan=queue.scan)
+            if queue.deleted or not done:
+                return
+            pending = {(j.tp, j.offset) for j in queue.core.dead_letter_jobs()}
+            by_tp: dict[TopicPartition, list[int]] = {}
+            for job in done:
+                if (job.tp, job.offset) in pending:  # purged meanwhile: nothing to mark
+                    by_tp.setdefault(job.tp, []).append(job.offset)
+            now = _now_ms()
+            deltas: list[Any] = []
+            for tp, offsets in by_tp.items():
+                deltas.extend(queue.core.dead_lettered(tp, sorted(offsets), now))
+            await self._write(entry, queue, deltas)
+            queue.scan.found.difference_update((j.tp, j.offset) for j in done)
+            queue.notify()
+        except asyncio.CancelledError:
+            raise
+        except E.BrokerError as exc:
+            queue.dlq_retry_at = time.monotonic() + DLQ_RETRY_S
+            log.warning("queue %s: dead letters not written yet: %s", queue.name, exc.message)
+        except Exception:
+            queue.dlq_retry_at = time.monotonic() + DLQ_RETRY_S
+            log.exception("queue %s: dead-letter job failed", queue.name)
+
+    # ===================================================================== requests
+
+    async def find_coordinator(self, request: qpb.FindQueueCoordinatorRequest
+                               ) -> pb.FindCoordinatorResponse:
+        if not request.queue:
+            raise E.InvalidRequestError("queue name is empty")
+        topic = self.host.state.topics.get(QUEUE_STATE_TOPIC)
+        if topic is None:
+            await self._ensure_state_topic()
+            topic = self.host.state.topics.get(QUEUE_STATE_TOPIC)
+            if topic is None:
+                raise CoordinatorNotAvailableError(f"{QUEUE_STATE_TOPIC} is being created; retry")
+        partition = partition_for(request.queue, topic.partitions)
+        leader = self.host.leader_of(partition_group(topic.topic_id, partition))
+        if leader is None:
+            raise CoordinatorNotAvailableError(
+                f"{QUEUE_STATE_TOPIC}-{partition} has no leader yet; retry shortly")
+        leader_id, address = leader
+        return pb.FindCoordinatorResponse(node_id=leader_id, address=address,
+                                          partition=partition)
+
+    async def create_queue(self, request: qpb.CreateQueueRequest) -> qpb.CreateQueueResponse:
+        timeout_s = _timeout_s(request.timeout_ms)
+        config = config_from_wire(request.config)
+        for name in (*config.topics, config.dlq_topic):
+            if name.startswith("__"):
+                raise E.InvalidQueueConfigError(
+                    f"{name!r} is an internal topic; it cannot be a queue's topic or "
+                    "dead-letter topic")
+        topics = []
+        for name in config.topics:
+            topic = self.host.state.topics.get(name)
+            if topic is None:
+                raise E.UnknownTopicError(f"topic {name!r} does not exist; create it first")
+            topics.append(topic)
+        entry, queues = self._partition_for(config.name)
+        existing = queues.get(config.name)
+        if existing is not None:
+            if request.if_not_exists:
+                return qpb.CreateQueueResponse(config=config_to_wire(existing.core.config))
+            raise E.QueueExistsError(f"queue {config.name!r} already exists")
+        await self._ensure_dlq_topic(config, timeout_s)
+        starts: dict[TopicPartition, int] = {}
+        for topic in topics:
+            for p in range(topic.partitions):
+                tp = TopicPartition(topic.name, p)
+                log_start, high_watermark = await self.reader.bounds(tp)
+                starts[tp] = log_start if config.start == "earliest" else high_watermark
+        entry, queues = self._partition_for(config.name)  # the awaits may have moved it
+        existing = queues.get(config.name)
+        if existing is not None:
+            if request.if_not_exists:
+                return qpb.CreateQueueResponse(config=config_to_wire(existing.core.config))
+            raise E.QueueExistsError(f"queue {config.name!r} already exists")
+        queue = _Queue(name=config.name, core=QueueCore(config, starts), seq=0,
+                       since_snapshot=SNAPSHOT_EVERY)
+        queue.scan.known_end = {}  # a new queue has no dead letters anywhere yet
+        queues[config.name] = queue
+        await self._write(entry, queue, [], timeout_s, snapshot=True)
+        log.info("queue %s created over %s (dead letters to %s)", config.name,
+                 ",".join(config.topics), config.dlq_topic)
+        return qpb.CreateQueueResponse(config=config_to_wire(config))
+
+    async def alter_queue(self, request: qpb.AlterQueueRequest) -> qpb.AlterQueueResponse:
+        entry, queue = self._queue_for(request.queue)
+        try:
+            config = queue.core.config.with_changes(dict(request.set))
+        except QueueConfigError as exc:
+            raise E.InvalidQueueConfigError(str(exc)) from None
+        if config.dlq_topic.startswith("__"):
+            raise E.InvalidQueueConfigError(f"{config.dlq_topic!r} is an internal topic")
+        if config.dlq_topic != queue.core.config.dlq_topic:
+            await self._ensure_dlq_topic(config)
+            entry, queue = self._queue_for(request.queue)
+            queue.scan = DeadLetterScan(known_end={})
+        await self._write(entry, queue, queue.core.set_config(config))
+        queue.notify()
+        return qpb.AlterQueueResponse(config=config_to_wire(queue.core.config))
+
+    async def delete_queue(self, request: qpb.DeleteQueueRequest) -> qpb.DeleteQueueResponse:
+        entry, queue = self._queue_for(request.queue)
+        dlq_topic = queue.core.config.dlq_topic
+        assert entry.queues is not None
+        entry.queues.pop(queue.name, None)
+        queue.deleted = True
+        if queue.dlq_task is not None and not queue.dlq_task.done():
+            queue.dlq_task.cancel()
+        queue.notify()
+        await self._propose_and_wait(entry, [(k, None) for k in sl.tombstone_keys(queue.name)])
+        if request.delete_dead_letter_topic and dlq_topic in self.host.state.topics:
+            result = await self.host.propose(DeleteTopic(name=dlq_topic))
+            if "error" in result and result.get("code") != pb.UNKNOWN_TOPIC_OR_PARTITION:
+                raise E.BrokerError(f"queue deleted; its dead-letter topic {dlq_topic!r} was "
+                                    f"not: {result.get('message')}")
+        log.info("queue %s deleted", queue.name)
+        return qpb.DeleteQueueResponse()
+
+    def list_queues(self) -> qpb.ListQueuesResponse:
+        response = qpb.ListQueuesResponse()
+        now = _now_ms()
+        for entry in self._partitions.values():
+            if entry.queues is None or not entry.replica.is_leader:
+                continue
+            for queue in sorted(entry.queues.values(), key=lambda q: q.name):
+                stats = queue.core.stats(now, self._high_watermarks(queue))
+                response.queues.append(qpb.ListedQueue(
+                    name=queue.name, topics=queue.core.config.topics,
+                    key_ordered=queue.core.config.key_ordered,
+                    coordinator_id=self.host.node_id, depth=stats.depth,
+                    in_flight=stats.in_flight))
+        return response
+
+    def describe_queue(self, request: qpb.DescribeQueueRequest) -> qpb.DescribeQueueResponse:
+        _, queue = self._queue_for(request.queue)
+        stats = queue.core.stats(_now_ms(), self._high_watermarks(queue))
+        return qpb.DescribeQueueResponse(config=config_to_wire(queue.core.config),
+                                         stats=stats_to_wire(stats),
+                                         coordinator_id=self.host.node_id)
+
+    async def receive(self, request: qpb.ReceiveRequest) -> qpb.ReceiveResponse:
+        _check_consumer(request.consumer_id)
+        if not 1 <= request.max_messages <= RECEIVE_MESSAGES_MAX:
+            raise E.InvalidRequestError(f"max_messages {request.max_messages}: must be within "
+                                        f"1..{RECEIVE_MESSAGES_MAX}")
+        if request.max_wait_ms < 0 or request.max_bytes < 0:
+            raise E.InvalidRequestError("max_wait_ms and max_bytes must not be negative")
+        entry, queue = self._queue_for(request.queue)
+        deadline = time.monotonic() + min(request.max_wait_ms, RECEIVE_WAIT_MS_MAX) / 1000
+        while True:
+            changed = queue.changed
+            reads = await self._gather_reads(queue)
+            entry, queue = self._queue_for(request.queue)  # the reads may have awaited
+            now = _now_ms()
+            deltas = self._offer(queue, reads, now)
+            acquired, more = queue.core.acquire(request.consumer_id, request.max_messages, now)
+            deltas.extend(more)
+            remaining = deadline - time.monotonic()
+            if acquired or remaining <= 0:
+                waiter = self._propose(entry, queue, deltas)
+                response = await self._receive_response(queue, acquired)
+                await self._await_commit(entry, waiter)
+                return response
+            if deltas:
+                await self._write(entry, queue, deltas)
+            await self._wait_for_change(queue, changed, remaining, now)
+
+    async def settle(self, request: qpb.SettleRequest) -> qpb.SettleResponse:
+        _check_consumer(request.consumer_id)
+        if len(request.settlements) > SETTLEMENTS_MAX:
+            raise E.InvalidRequestError(f"{len(request.settlements)} settlements in one request; "
+                                        f"at most {SETTLEMENTS_MAX}")
+        timeout_s = _timeout_s(request.timeout_ms)
+        entry, queue = self._queue_for(request.queue)
+        response = qpb.SettleResponse()
+        items: list[Settle] = []
+        indexes: list[int] = []
+        partitions = queue.core.partitions
+        for index, s in enumerate(request.settlements):
+            problem = _settlement_problem(s, partitions)
+            if problem:
+                response.results.append(qpb.SettleResult(
+                    index=index, error=pb.INVALID_REQUEST, error_message=problem))
+                continue
+            items.append(Settle(
+                tp=TopicPartition(s.topic, s.partition), first=s.first_offset,
+                last=s.last_offset, delivery_count=s.delivery_count,
+                kind=SettleKind(s.action), delay_ms=s.delay_ms, reason=s.reason,
+                extend_ms=s.extend_ms))
+            indexes.append(index)
+        if items:
+            outcomes, deltas = queue.core.settle(request.consumer_id, items, _now_ms())
+            waiter = self._propose(entry, queue, deltas)
+            for outcome in outcomes:
+                result = _settle_result(indexes[outcome.index], outcome,
+                                        items[outcome.index].kind)
+                if result is not None:
+                    response.results.append(result)
+            await self._await_commit(entry, waiter, timeout_s)
+            if deltas:
+                queue.notify()
+        response.results.sort(key=lambda r: r.index)
+        return response
+
+    async def peek(self, request: qpb.PeekRequest) -> qpb.PeekResponse:
+        if not 0 <= request.max_messages <= PEEK_MESSAGES_MAX:
+            raise E.InvalidRequestError(f"max_messages {request.max_messages}: must be within "
+                                        f"0..{PEEK_MESSAGES_MAX} (0: 10)")
+        entry, queue = self._queue_for(request.queue)
+        reads = await self._gather_reads(queue)
+        entry, queue = self._queue_for(request.queue)
+        now = _now_ms()
+        deltas = self._offer(queue, reads, now)
+        available = queue.core.peek(request.max_messages or 10, now)
+        waiter = self._propose(entry, queue, deltas)
+        response = qpb.PeekResponse()
+        for item in _merge(available):
+            response.partitions.append(qpb.PeekedPartition(
+                topic=item.tp.topic, partition=item.tp.partition,
+                batches=await self.reader.batches_covering(
+                    item.tp, [(f, la) for f, la, _ in item.ranges]),
+                available=[qpb.AcquiredRange(first_offset=f, last_offset=la, delivery_count=c)
+                           for f, la, c in item.ranges]))
+        await self._await_commit(entry, waiter)
+        return response
+
+    async def purge(self, request: qpb.PurgeRequest) -> qpb.PurgeResponse:
+        entry, queue = self._queue_for(request.queue)
+        reads = await self._gather_reads(queue)
+        entry, queue = self._queue_for(request.queue)
+        now = _now_ms()
+        deltas = self._offer(queue, reads, now)
+        purged, more = queue.core.purge(now, self._high_watermarks(queue))
+        deltas.extend(more)
+        await self._write(entry, queue, deltas)
+        queue.notify()
+        return qpb.PurgeResponse(purged=purged)
+
+    async def redrive(self, request: qpb.RedriveRequest) -> qpb.RedriveResponse:
+        if request.max_messages < 0:
+            raise E.InvalidRequestError("max_messages must not be negative (0: no limit)")
+        if request.from_offset < -1 or request.to_offset < -1:
+            raise E.InvalidRequestError("from_offset and to_offset: an offset, or -1")
+        if 0 <= request.to_offset < request.from_offset:
+            raise E.InvalidRequestError(f"to_offset {request.to_offset} is below from_offset "
+                                        f"{request.from_offset}")
+        _, queue = self._queue_for(request.queue)
+        dlq_topic = queue.core.config.dlq_topic
+        dlq = self.host.state.topics.get(dlq_topic)
+        if dlq is None:
+            raise E.UnknownTopicError(f"dead-letter topic {dlq_topic!r} does not exist")
+        if request.dlq_partition < -1 or request.dlq_partition >= dlq.partitions:
+            raise E.InvalidRequestError(f"dlq_partition {request.dlq_partition}: {dlq_topic!r} "
+                                        f"has partitions 0..{dlq.partitions - 1} (-1: all)")
+        targets = [request.dlq_partition] if request.dlq_partition >= 0 else \
+            list(range(dlq.partitions))
+        total = 0
+        for p in targets:
+            remaining = request.max_messages - total if request.max_messages else 0
+            if request.max_messages and remaining <= 0:
+                break
+            entry, queue = self._queue_for(request.queue)
+            cursor = queue.core.redrive_cursor(p)
+            start = request.from_offset if request.from_offset >= 0 else cursor
+            result = await redrive_partition(
+                reader=self.reader, writer=self.writer, queue=queue.name, dlq_topic=dlq_topic,
+                partition=p, from_offset=start, to_offset=request.to_offset,
+                max_messages=remaining)
+            total += result.redriven
+            entry, queue = self._queue_for(request.queue)
+            new_cursor = max(queue.core.redrive_cursor(p), result.cursor)
+            if new_cursor != queue.core.redrive_cursor(p) or result.redriven:
+                await self._write(entry, queue, queue.core.set_redrive_cursor(
+                    p, new_cursor, result.redriven))
+        return qpb.RedriveResponse(redriven=total)
+
+    # ====================================================================== helpers
+
+    async def _gather_reads(self, queue: _Queue
+                            ) -> list[tuple[TopicPartition, int, bytes, int]]:
+        """I/O only: committed data after each partition's read offset, from the cache or the
+        source. (tp, offset asked, data, log start); nothing of the core changes here."""
+        out = []
+        for tp, offset in queue.core.reads_wanted().items():
+            data = self.reader.cached_from(tp, offset, FILL_READ_BYTES)
+            if data:
+                out.append((tp, offset, data, -1))
+                continue
+            replica = self.reader.local_replica(tp)
+            if replica is not None:
+                if offset < replica.log.log_start_offset:
+                    out.append((tp, offset, b"", replica.log.log_start_offset))
+                    continue
+                if offset >= replica.high_watermark:
+                    continue
+            else:
+                now = time.monotonic()
+                if now - queue.remote_read_at.get(tp, 0.0) < REMOTE_POLL_S and \
+                        offset >= self.reader.high_watermark(tp):
+                    continue
+                queue.remote_read_at[tp] = now
+            try:
+                result = await self.reader.read(tp, offset, FILL_READ_BYTES)
+            except E.BrokerError as exc:
+                log.debug("queue %s: %s-%d not readable now: %s", queue.name, tp.topic,
+                          tp.partition, exc.message)
+                continue
+            out.append((tp, offset, result.data, result.log_start))
+        return out
+
+    @staticmethod
+    def _offer(queue: _Queue, reads: Sequence[tuple[TopicPartition, int, bytes, int]],
+               now: int) -> list[Any]:
+        """Synchronous: offer what was read to the core (if it still wants it from there)."""
+        core = queue.core
+        deltas: list[Any] = []
+        wanted = core.reads_wanted()
+        for tp, offset, data, log_start in reads:
+            if wanted.get(tp) != offset:
+                continue  # another request offered it meanwhile
+            if log_start > offset:
+                deltas.extend(core.log_start_moved(tp, log_start))
+                continue
+            records, read_to = decode_offered(data, offset)
+            if read_to > offset:
+                deltas.extend(core.offer(tp, records, read_to, now))
+        return deltas
+
+    async def _receive_response(self, queue: _Queue, acquired: Sequence[Acquired]
+                                ) -> qpb.ReceiveResponse:
+        response = qpb.ReceiveResponse()
+        for item in _merge(acquired):
+            batches = await self.reader.batches_covering(
+                item.tp, [(f, la) for f, la, _ in item.ranges])
+            response.partitions.append(qpb.ReceivedPartition(
+                topic=item.tp.topic, partition=item.tp.partition, batches=batches,
+                acquired=[qpb.AcquiredRange(first_offset=f, last_offset=la, delivery_count=c)
+                          for f, la, c in item.ranges],
+                lock_deadline_ms=item.lock_deadline_ms))
+        return response
+
+    async def _wait_for_change(self, queue: _Queue, changed: asyncio.Event, remaining: float,
+                               now_ms: int) -> None:
+        timeout = remaining
+        next_ms = queue.core.next_event_ms(now_ms)
+        if next_ms is not None:
+            timeout = min(timeout, max(0.0, (next_ms - now_ms) / 1000) + 0.001)
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
+        remote = False
+        for tp in queue.core.reads_wanted():
+            replica = self.reader.local_replica(tp)
+            if replica is None:
+                remote = True
+            else:
+                waits.append(asyncio.ensure_future(replica.wait_for_data(timeout)))
+        if remote:
+            timeout = min(timeout, REMOTE_POLL_S)
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    def _partition_for(self, name: str) -> tuple[_Partition, dict[str, _Queue]]:
+        if not name:
+            raise E.InvalidRequestError("queue name is empty")
+        topic = self.host.state.topics.get(QUEUE_STATE_TOPIC)
+        if topic is None:
+            raise CoordinatorNotAvailableError(
+                f"{QUEUE_STATE_TOPIC} does not exist yet; call FindQueueCoordinator first")
+        partition = partition_for(name, topic.partitions)
+        entry = self._partitions.get(partition)
+        if entry is None or not entry.replica.is_leader:
+            raise NotCoordinatorError(
+                f"node {self.host.node_id} is not the coordinator of queue {name!r} "
+                f"({QUEUE_STATE_TOPIC}-{partition}); find the coordinator again")
+        if entry.queues is None:
+            raise CoordinatorNotAvailableError(
+                f"the coordinator of queue {name!r} is loading its state; retry shortly")
+        return entry, entry.queues
+
+    def _queue_for(self, name: str) -> tuple[_Partition, _Queue]:
+        entry, queues = self._partition_for(name)
+        queue = queues.get(name)
+        if queue is None or queue.deleted:
+            raise E.QueueNotFoundError(f"queue {name!r} does not exist")
+        return entry, queue
+
+    def _propose(self, entry: _Partition, queue: _Queue, deltas: Sequence[Any],
+                 snapshot: bool = False) -> tuple[int, int] | None:
+        """Synchronous: the deltas (or a snapshot that covers them) as one proposed batch.
+        Returns (last offset, term) to wait for, or None when there was nothing to write."""
+        if not deltas and not snapshot:
+            return None
+        queue.seq += 1
+        if snapshot or queue.since_snapshot + 1 >= SNAPSHOT_EVERY:
+            records = [(sl.snapshot_key(queue.name),
+                        sl.encode_snapshot(queue.seq, queue.core.snapshot()))]
+            queue.since_snapshot = 0
+        else:
+            records = [(sl.delta_key(queue.name, queue.seq),
+                        sl.encode_deltas(queue.seq, deltas))]
+            queue.since_snapshot += 1
+        return self._propose_records(entry, records)
+
+    def _propose_records(self, entry: _Partition, records: Sequence[tuple[bytes, bytes | None]]
+                         ) -> tuple[int, int]:
+        replica = entry.replica
+        now = _now_ms()
+        batch = encode_batch([(k, v, (), now) for k, v in records], codec=Codec.LZ4)
+        header = validate_batch(batch, max_bytes=self.host.batch_bytes_max)
+        term = replica.term
+        try:
+            ((_, last),) = replica.propose([(batch, header)])
+        except (NotLeader, ProposalDropped):
+            self._lost(entry)
+        return last, term
+
+    async def _await_commit(self, entry: _Partition, waiter: tuple[int, int] | None,
+                            timeout_s: float = WRITE_TIMEOUT_S) -> None:
+        if waiter is None:
+            return
+        last, term = waiter
+        try:
+            await entry.replica.wait_committed(last, term, timeout_s)
+        except (NotLeader, ProposalDropped, ReplicaLostLeadership):
+            self._lost(entry)
+        except TimeoutError:
+            raise E.RequestTimedOutError(
+                f"{QUEUE_STATE_TOPIC}-{entry.partition}: not committed within {timeout_s:.1f} s;"
+                " it may still commit") from None
+
+    async def _write(self, entry: _Partition, queue: _Queue, deltas: Sequence[Any],
+                     timeout_s: float = WRITE_TIMEOUT_S, snapshot: bool = False) -> None:
+        await self._await_commit(entry, self._propose(entry, queue, deltas, snapshot), timeout_s)
+
+    async def _propose_and_wait(self, entry: _Partition,
+                                records: Sequence[tuple[bytes, bytes | None]]) -> None:
+        await self._await_commit(entry, self._propose_records(entry, records))
+
+    def _lost(self, entry: _Partition) -> Any:
+        if self._partitions.get(entry.partition) is entry:
+            self._drop(entry.partition)
+        raise NotCoordinatorError(
+            f"node {self.host.node_id} lost leadership of {QUEUE_STATE_TOPIC}-{entry.partition} "
+            "while writing; find the coordinator again")
+
+    def _high_watermarks(self, queue: _Queue) -> dict[TopicPartition, int]:
+        out = {tp: self.reader.high_watermark(tp) for tp in queue.core.partitions}
+        dlq = self.host.state.topics.get(queue.core.config.dlq_topic)
+        if dlq is not None:
+            for p in range(dlq.partitions):
+                tp = TopicPartition(dlq.name, p)
+                out[tp] = self.reader.high_watermark(tp)
+        return out
+
+    def _state_partition_of(self, group: str) -> int | None:
+        topic = self.host.state.topics.get(QUEUE_STATE_TOPIC)
+        if topic is None or "/" not in group:
+            return None
+        topic_id, _, partition = group.partition("/")
+        if topic_id != str(topic.topic_id):
+            return None
+        return int(partition)
+
+    async def _ensure_state_topic(self) -> None:
+        if self._creating is None or self._creating.done():
+            self._creating = asyncio.get_running_loop().create_task(self._create_state_topic())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._creating), 15)
+
+    async def _create_state_topic(self) -> None:
+        nodes = sorted(self.host.node_ids())
+        result = await self.host.propose(CreateTopic(
+            name=QUEUE_STATE_TOPIC, partitions=QUEUE_STATE_PARTITIONS,
+            replication_factor=min(3, len(nodes)),
+            configs=tuple(sorted(QUEUE_STATE_CONFIGS.items())), node_ids=tuple(nodes)))
+        if "error" not in result:
+            log.info("created %s with %d partitions", QUEUE_STATE_TOPIC, QUEUE_STATE_PARTITIONS)
+        await self.host.wait_for_leaders([QUEUE_STATE_TOPIC], 10.0)
+
+    async def _ensure_dlq_topic(self, config: QueueConfig, timeout_s: float = 10.0) -> None:
+        """The dead-letter topic: the first topic's partitions and replication factor; an
+        existing one is used as it is."""
+        if config.dlq_topic in self.host.state.topics:
+            return
+        first = self.host.state.topics.get(config.topics[0])
+        if first is None:
+            raise E.UnknownTopicError(f"topic {config.topics[0]!r} does not exist")
+        result = await self.host.propose(CreateTopic(
+            name=config.dlq_topic, partitions=first.partitions,
+            replication_factor=len(first.replicas[0]) if first.replicas else 1,
+            node_ids=tuple(sorted(self.host.node_ids()))), timeout_s)
+        if "error" in result and result.get("code") != pb.TOPIC_ALREADY_EXISTS:
+            raise E.InvalidQueueConfigError(
+                f"dead-letter topic {config.dlq_topic!r} could not be created: "
+                f"{result.get('message')}")
+        await self.host.wait_for_leaders([config.dlq_topic], min(timeout_s, 10.0))
+
+
+# ========================================================================= wire conversion
+
+_CONFIG_FIELDS = ("key_ordered", "max_deliveries", "lock_ms", "backoff_initial_ms",
+                  "backoff_max_ms", "backoff_multiplier", "dead_letter_topic", "delay_ms",
+                  "ttl_ms", "max_in_flight", "start")
+
+
+def config_from_wire(wire: qpb.QueueConfig) -> QueueConfig:
+    """Zero / empty fields take the default; an invalid value is INVALID_QUEUE_CONFIG."""
+    kwargs: dict[str, Any] = {}
+    for name in _CONFIG_FIELDS:
+        value = getattr(wire, name)
+        if value:
+            kwargs[name] = value
+    try:
+        return QueueConfig(name=wire.name, topics=tuple(wire.topics), **kwargs)
+    except QueueConfigError as exc:
+        raise E.InvalidQueueConfigError(str(exc)) from None
+
+
+def config_to_wire(config: QueueConfig) -> qpb.QueueConfig:
+    """Effective values (dead_letter_topic resolved)."""
+    out = qpb.QueueConfig(name=config.name, topics=config.topics)
+    for name in _CONFIG_FIELDS:
+        setattr(out, name, getattr(config, name))
+    out.dead_letter_topic = config.dlq_topic
+    return out
+
+
+def stats_to_wire(stats: Any) -> qpb.QueueStats:
+    out = qpb.QueueStats(
+        depth=stats.depth, in_flight=stats.in_flight,
+        oldest_unacked_age_ms=stats.oldest_unacked_age_ms, acked_total=stats.acked_total,
+        delivered_total=stats.delivered_total, redelivered_total=stats.redelivered_total,
+        dead_lettered_total=stats.dead_lettered_total, expired_total=stats.expired_total,
+        dlq_depth=stats.dlq_depth, redriven_total=stats.redriven_total,
+        consumers=stats.consumers, now_ms=stats.now_ms)
+    for p in stats.partitions:
+        out.partitions.append(qpb.QueuePartitionStats(
+            topic=p.topic, partition=p.partition, start_offset=p.start_offset,
+            read_offset=p.read_offset, high_watermark=p.high_watermark, depth=p.depth,
+            in_flight=p.in_flight, waiting=p.waiting,
+            dead_letter_pending=p.dead_letter_pending))
+    return out
+
+
+def _merge(items: Sequence[Acquired]) -> list[Acquired]:
+    """One entry per partition (ranges in offset order)."""
+    by_tp: dict[TopicPartition, list[Acquired]] = {}
+    for item in items:
+        by_tp.setdefault(item.tp, []).append(item)
+    out = []
+    for tp, group in by_tp.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        ranges = tuple(sorted(r for g in group for r in g.ranges))
+        out.append(Acquired(tp=tp, ranges=ranges,
+                            lock_deadline_ms=min(g.lock_deadline_ms for g in group)))
+    return out
+
+
+def _check_consumer(consumer_id: str) -> None:
+    if not consumer_id:
+        raise E.InvalidRequestError("consumer_id is empty (the client makes one, e.g. a uuid)")
+    if len(consumer_id) > CONSUMER_ID_CHARS_MAX:
+        raise E.InvalidRequestError(f"consumer_id is longer than {CONSUMER_ID_CHARS_MAX} "
+                                    "characters")
+
+
+def _settlement_problem(s: qpb.Settlement, partitions: Mapping[TopicPartition, Any] | Any
+                        ) -> str:
+    """Why one settlement is malformed ("" if it is not): answered INVALID_REQUEST for it."""
+    if TopicPartition(s.topic, s.partition) not in partitions:
+        return f"{s.topic}-{s.partition} is not a partition of this queue"
+    if s.first_offset < 0 or s.last_offset < s.first_offset:
+        return f"range [{s.first_offset}, {s.last_offset}] is empty or negative"
+    if s.last_offset - s.first_offset + 1 > RANGE_RECORDS_MAX:
+        return (f"range [{s.first_offset}, {s.last_offset}] spans more than "
+                f"{RANGE_RECORDS_MAX} records")
+    if s.delivery_count < 1:
+        return f"delivery_count {s.delivery_count}: deliveries are counted from 1"
+    if s.action not in qpb.SettleAction.values():
+        return f"action {s.action} is unknown"
+    if s.action == qpb.NACK and s.delay_ms < -1:
+        return f"delay_ms {s.delay_ms}: -1 (the queue's backoff) or a delay"
+    if s.action == qpb.EXTEND and s.extend_ms <= 0:
+        return f"extend_ms {s.extend_ms}: EXTEND needs a positive duration"
+    if len(s.reason) > REASON_CHARS_MAX:
+        return f"reason of {len(s.reason)} characters; at most {REASON_CHARS_MAX}"
+    return ""
+
+
+def _settle_result(index: int, outcome: SettleOutcome, kind: SettleKind
+                   ) -> qpb.SettleResult | None:
+    if not outcome.ok:
+        return qpb.SettleResult(index=index,
+                                error=pb.LOCK_LOST if outcome.lock_lost else pb.INVALID_REQUEST,
+                                error_message=outcome.message)
+    if kind is SettleKind.EXTEND:
+        return qpb.SettleResult(index=index, lock_deadline_ms=outcome.lock_deadline_ms)
+    return None
+
+
+def _timeout_s(timeout_ms: int) -> float:
+    if timeout_ms < 0:
+        raise E.InvalidRequestError(f"timeout_ms {timeout_ms} is negative")
+    return (timeout_ms or WRITE_TIMEOUT_S * 1000) / 1000
+
+
+class NodeQueueHost:
+    """The queue coordinator's view of a Node (QueueHost), built from the Node's parts."""
+
+    def __init__(self, metadata: Any, replicas: Any, api: Any, config: Any) -> None:
+        self._metadata = metadata
+        self._replicas = replicas
+        self._api = api
+        self.node_id: int = config.node_id
+        self.batch_bytes_max: int = config.batch_bytes_max
+        self._node_ids = sorted(config.peers)
+
+    @property
+    def state(self) -> MetadataState:
+        return self._metadata.state
+
+    def node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def leader_of(self, group: str) -> tuple[int, str] | None:
+        return self._replicas.leader_of(group)
+
+    def local_replica(self, group: str) -> Replica | None:
+        return self._replicas.partitions.get(group)
+
+    async def propose(self, command: Command, timeout_s: float = 10.0) -> dict[str, Any]:
+        return await self._metadata.propose(command, timeout_s)
+
+    async def wait_for_leaders(self, names: list[str], timeout_s: float) -> None:
+        await self._replicas.wait_for_leaders(names, timeout_s)
+
+    async def produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
+        return await self._api.produce(request)

@@ -1,0 +1,347 @@
+"""The queue coordinator's view of a topic partition's data: committed batches, read locally or
+from the partition's leader, with a bounded cache of the raw batches.
+
+Why a cache: Receive answers with the raw stored batches covering the acquired records (the
+client decodes them), and the same batches were just read to offer their records to the core, so
+the answer is built from bytes already in memory; redeliveries of recent records too. The cache
+holds whole batches keyed by (partition, base offset) and is bounded by bytes
+(`CACHE_BYTES_MAX`, oldest inserted evicted first); a batch not in it is read again.
+
+Where data comes from: the local replica when this node has one (leader or follower, committed
+data only: `Replica.read_committed`), otherwise Broker.Fetch to the partition's leader over gRPC
+(the client listener of that node). Both return whole committed batches starting with the one
+that contains the offset asked for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from tidelog.node import errors as E
+from tidelog.node.groups.assignors import TopicPartition
+from tidelog.node.metadata import MetadataState
+from tidelog.node.queues.model import OfferedRecord
+from tidelog.node.replica import Replica
+from tidelog.node.storage import StorageError
+from tidelog.node.topics import partition_group
+from tidelog.node.transport import CHANNEL_OPTIONS
+from tidelog.proto import broker_pb2 as pb
+from tidelog.proto import broker_pb2_grpc
+from tidelog.proto.batch import BatchError, Record, decode_records, iter_batches
+
+__all__ = [
+    "DELIVER_AT_HEADER",
+    "MESSAGE_ID_HEADER",
+    "PartitionReader",
+    "ReadResult",
+    "ReaderHost",
+    "decode_offered",
+    "find_record",
+]
+
+log = logging.getLogger(__name__)
+
+DELIVER_AT_HEADER = "tidelog-deliver-at-ms"
+MESSAGE_ID_HEADER = "tidelog-message-id"
+CACHE_BYTES_MAX = 64 * 1024 * 1024
+REMOTE_TIMEOUT_S = 5.0
+
+
+class ReaderHost(Protocol):
+    """What the reader needs of its node: topics, local replicas and leaders' addresses."""
+
+    @property
+    def state(self) -> MetadataState: ...
+
+    def local_replica(self, group: str) -> Replica | None: ...
+
+    def leader_of(self, group: str) -> tuple[int, str] | None: ...
+
+    @property
+    def node_id(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """Whole committed batches from the one holding the offset asked for (b"": nothing there yet
+    or the offset is below the log start); the partition's bounds as the source saw them."""
+
+    data: bytes
+    log_start: int
+    high_watermark: int
+
+
+class PartitionReader:
+    """Owned by the event loop. One per node, shared by every queue."""
+
+    def __init__(self, host: ReaderHost, cache_bytes_max: int = CACHE_BYTES_MAX) -> None:
+        self.host = host
+        self.cache_bytes_max = cache_bytes_max
+        self._cache: OrderedDict[tuple[TopicPartition, int], tuple[int, bytes]] = OrderedDict()
+        self._bases: dict[TopicPartition, list[int]] = {}  # sorted cached base offsets
+        self._cache_bytes = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._high_watermarks: dict[TopicPartition, int] = {}
+
+    # ------------------------------------------------------------------ reads
+
+    def local_replica(self, tp: TopicPartition) -> Replica | None:
+        topic = self.host.state.topics.get(tp.topic)
+        if topic is None or not 0 <= tp.partition < topic.partitions:
+            return None
+        replica = self.host.local_replica(partition_group(topic.topic_id, tp.partition))
+        return replica if replica is not None and replica.error is None else None
+
+    def high_watermark(self, tp: TopicPartition) -> int:
+        """The latest high watermark known (-1 if never read): the local replica's, else the
+        leader's as of the last read."""
+        replica = self.local_replica(tp)
+        if replica is not None:
+            return replica.high_watermark
+        return self._high_watermarks.get(tp, -1)
+
+    async def read(self, tp: TopicPartition, offset: int, max_bytes: int) -> ReadResult:
+        """Committed batches from `offset`; raises BrokerError (UnknownTopicError,
+        LeaderNotAvailableError, ...) when the partition cannot be read right now."""
+        replica = self.local_replica(tp)
+        if replica is not None:
+            result = _read_local(replica, offset, max_bytes)
+        else:
+            result = await self._read_remote(tp, offset, max_bytes)
+        self._high_watermarks[tp] = result.high_watermark
+        if result.data:
+            self._cache_put(tp, result.data)
+        return result
+
+    async def bounds(self, tp: TopicPartition) -> tuple[int, int]:
+        """(log start, high watermark) of a partition."""
+        replica = self.local_replica(tp)
+        if replica is not None and replica.is_leader:
+            return replica.log.log_start_offset, replica.high_watermark
+        result = await self._read_remote(tp, 0, 1) if replica is None else ReadResult(
+            b"", replica.log.log_start_offset, replica.high_watermark)
+        return result.log_start, result.high_watermark
+
+    def cached_from(self, tp: TopicPartition, offset: int, max_bytes: int) -> bytes:
+        """Cached contiguous batches from the one holding `offset` (b"" if that one is not
+        cached): what was prefetched or read before, without I/O."""
+        bases = self._bases.get(tp)
+        if not bases:
+            return b""
+        i = bisect.bisect_right(bases, offset) - 1
+        if i < 0:
+            return b""
+        parts: list[bytes] = []
+        size = 0
+        expected = None
+        while i < len(bases) and size < max_bytes:
+            base = bases[i]
+            last, data = self._cache[(tp, base)]
+            if expected is None:
+                if last < offset:
+                    return b""
+            elif base != expected:
+                break
+            parts.append(data)
+            size += len(data)
+            expected = last + 1
+            i += 1
+        return b"".join(parts)
+
+    async def batches_covering(self, tp: TopicPartition,
+                               ranges: Sequence[tuple[int, int]]) -> bytes:
+        """The raw batches holding every offset of `ranges` ((first, last) inclusive, sorted),
+        each batch once, in offset order: from the cache, reading what is missing."""
+        out: list[bytes] = []
+        seen: set[int] = set()
+        for first, last in ranges:
+            offset = first
+            while offset <= last:
+                found = self._cached_batch(tp, offset)
+                if found is None:
+                    result = await self.read(tp, offset, 1 << 20)
+                    if not result.data:
+                        break  # gone (retention) or unreadable: the client gets fewer records
+                    found = self._cached_batch(tp, offset)
+                    if found is None:  # cache too small to keep it; use the read directly
+                        for pos, header in iter_batches(result.data, verify=False):
+                            if header.last_offset >= offset:
+                                found = (header.base_offset, header.last_offset,
+                                         result.data[pos:pos + header.size])
+                                break
+                    if found is None:
+                        break
+                base, batch_last, data = found
+                if base not in seen:
+                    seen.add(base)
+                    out.append(data)
+                offset = batch_last + 1
+        return b"".join(out)
+
+    def forget_below(self, tp: TopicPartition, offset: int) -> None:
+        """Evict the cached batches wholly below `offset` (done records: never read again)."""
+        bases = self._bases.get(tp)
+        while bases:
+            key = (tp, bases[0])
+            last, data = self._cache[key]
+            if last >= offset:
+                break
+            del self._cache[key]
+            self._cache_bytes -= len(data)
+            bases.pop(0)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self._channels.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _cached_batch(self, tp: TopicPartition, offset: int) -> tuple[int, int, bytes] | None:
+        bases = self._bases.get(tp)
+        if not bases:
+            return None
+        i = bisect.bisect_right(bases, offset) - 1
+        if i < 0:
+            return None
+        last, data = self._cache[(tp, bases[i])]
+        return (bases[i], last, data) if last >= offset else None
+
+    def _cache_put(self, tp: TopicPartition, data: bytes) -> None:
+        bases = self._bases.setdefault(tp, [])
+        for pos, header in iter_batches(data, verify=False):
+            key = (tp, header.base_offset)
+            if key in self._cache:
+                continue
+            batch = data[pos:pos + header.size]
+            self._cache[key] = (header.last_offset, batch)
+            bisect.insort(bases, header.base_offset)
+            self._cache_bytes += len(batch)
+        while self._cache_bytes > self.cache_bytes_max and self._cache:
+            (old_tp, base), (_, batch) = self._cache.popitem(last=False)
+            self._cache_bytes -= len(batch)
+            old = self._bases[old_tp]
+            old.pop(bisect.bisect_left(old, base))
+
+    async def _read_remote(self, tp: TopicPartition, offset: int, max_bytes: int) -> ReadResult:
+        topic = self.host.state.topics.get(tp.topic)
+        if topic is None or not 0 <= tp.partition < topic.partitions:
+            raise E.UnknownTopicError(f"{tp.topic}-{tp.partition} does not exist")
+        leader = self.host.leader_of(partition_group(topic.topic_id, tp.partition))
+        if leader is None or leader[0] == self.host.node_id or not leader[1]:
+            raise E.LeaderNotAvailableError(f"{tp.topic}-{tp.partition} has no leader to read "
+                                            "from right now")
+        channel = self._channels.get(leader[1])
+        if channel is None:
+            channel = grpc.aio.insecure_channel(leader[1], options=CHANNEL_OPTIONS)
+            self._channels[leader[1]] = channel
+        stub = broker_pb2_grpc.BrokerStub(channel)
+        try:
+            response = await stub.Fetch(pb.FetchRequest(
+                partitions=[pb.FetchPartition(topic=tp.topic, partition=tp.partition,
+                                              offset=offset, max_bytes=max_bytes)],
+                max_wait_ms=0), timeout=REMOTE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise E.LeaderNotAvailableError(
+                f"{tp.topic}-{tp.partition}: fetch from node {leader[0]} failed: "
+                f"{exc.code().name} {exc.details()}") from None
+        (result,) = response.partitions
+        if result.error == pb.OFFSET_OUT_OF_RANGE and 0 <= offset < result.log_start_offset:
+            return ReadResult(b"", result.log_start_offset, result.high_watermark)
+        if result.error:
+            raise E.LeaderNotAvailableError(
+                f"{tp.topic}-{tp.partition}: node {leader[0]} answered "
+                f"{pb.ErrorCode.Name(result.error)}: {result.error_message}")
+        return ReadResult(bytes(result.batches), result.log_start_offset, result.high_watermark)
+
+
+def _read_local(replica: Replica, offset: int, max_bytes: int) -> ReadResult:
+    start = replica.log.log_start_offset
+    hw = replica.high_watermark
+    if offset < start:
+        return ReadResult(b"", start, hw)
+    try:
+        data = replica.read_committed(offset, max_bytes)
+    except StorageError as exc:
+        # Retention may have moved the start between the check and the read.
+        if offset < replica.log.log_start_offset:
+            return ReadResult(b"", replica.log.log_start_offset, hw)
+        raise E.StorageRequestError(f"{replica.group}: {exc}") from None
+    return ReadResult(data, start, hw)
+
+
+def _header_value(record: Record, name: str) -> bytes | None:
+    for key, value in record.headers:
+        if key == name:
+            return value
+    return None
+
+
+def _deliver_at_ms(raw: bytes | None) -> int:
+    """The header's ASCII decimal ms; anything else is ignored (delivered without delay)."""
+    if not raw:
+        return 0
+    try:
+        value = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return 0
+    return max(0, value)
+
+
+def decode_offered(data: bytes, from_offset: int) -> tuple[list[OfferedRecord], int]:
+    """The records at or after `from_offset` in whole batches, as the core takes them, and the
+    offset after the last position examined (control batches and compaction gaps included).
+
+    A batch that fails its checksum ends the decoding early (it is read again next time and
+    the node's log reports the damage); records before it are offered."""
+    records: list[OfferedRecord] = []
+    read_to = from_offset
+    try:
+        for pos, header in iter_batches(data, verify=False):
+            if header.last_offset < from_offset:
+                continue
+            if not header.is_control:
+                for record in decode_records(data[pos:pos + header.size]):
+                    if record.offset < from_offset:
+                        continue
+                    deliver_at = (_deliver_at_ms(_header_value(record, DELIVER_AT_HEADER))
+                                  if record.headers else 0)
+                    message_id = (_header_value(record, MESSAGE_ID_HEADER)
+                                  if record.headers else None)
+                    records.append(OfferedRecord(
+                        offset=record.offset, timestamp_ms=record.timestamp, key=record.key,
+                        deliver_at_ms=deliver_at, message_id=message_id))
+            read_to = max(read_to, header.last_offset + 1)
+    except BatchError as exc:
+        log.warning("queue read stopped at a damaged batch after offset %d: %s", read_to, exc)
+    return records, read_to
+
+
+def find_record(data: bytes, offset: int) -> Record | None:
+    """The record at `offset` in whole batches (None if absent: compacted away, or control)."""
+    for pos, header in iter_batches(data, verify=False):
+        if header.base_offset <= offset <= header.last_offset and not header.is_control:
+            for record in decode_records(data[pos:pos + header.size]):
+                if record.offset == offset:
+                    return record
+    return None
+
+
+def iter_records(data: bytes, from_offset: int, to_offset: int) -> Iterable[Record]:
+    """Records with from_offset <= offset < to_offset (to_offset < 0: no upper bound)."""
+    for pos, header in iter_batches(data, verify=False):
+        if header.last_offset < from_offset or header.is_control:
+            continue
+        if 0 <= to_offset <= header.base_offset:
+            return
+        for record in decode_records(data[pos:pos + header.size]):
+            if record.offset >= from_offset and (to_offset < 0 or record.offset < to_offset):
+                yield record

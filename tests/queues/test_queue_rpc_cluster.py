@@ -1,0 +1,495 @@
+"""The tidelog.v1.Queues service on real 3-node clusters, driven by raw gRPC stubs (no client
+library in between: these are the wire behaviours the client relies on).
+
+One cluster serves the module (small internal topics to spare the two CI cores); the failover
+test kills the coordinator with SIGKILL and restarts it before it ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from tidelog.client import Admin, Producer
+from tidelog.node.local_cluster import LocalCluster
+from tidelog.proto import broker_pb2 as pb
+from tidelog.proto import broker_pb2_grpc, queue_pb2_grpc
+from tidelog.proto import queue_pb2 as qpb
+from tidelog.proto.batch import decode_records, iter_batches
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+RETRIABLE = (pb.NOT_COORDINATOR, pb.COORDINATOR_NOT_AVAILABLE, pb.REQUEST_TIMED_OUT)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    running = LocalCluster(3, tmp_path_factory.mktemp("queues") / "cluster",
+                           env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2",
+                                "TIDELOG_QUEUE_STATE_PARTITIONS": "4"})
+    running.start()
+    try:
+        running.wait_healthy(timeout_s=60)
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def admin(cluster: LocalCluster) -> Iterator[Admin]:
+    with Admin(cluster.bootstrap) as client:
+        yield client
+
+
+def detail_of(exc: grpc.RpcError) -> pb.ErrorDetail | None:
+    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "tidelog-error-bin":
+            return pb.ErrorDetail.FromString(value)
+    return None
+
+
+class Queues:
+    """Raw stubs; every call goes to the queue's coordinator, found again on NOT_COORDINATOR /
+    COORDINATOR_NOT_AVAILABLE (what a client must do)."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.channels: dict[str, grpc.Channel] = {}
+
+    def stub(self, address: str) -> queue_pb2_grpc.QueuesStub:
+        if address not in self.channels:
+            self.channels[address] = grpc.insecure_channel(address)
+        return queue_pb2_grpc.QueuesStub(self.channels[address])
+
+    def coordinator(self, queue: str, timeout_s: float = 60.0) -> pb.FindCoordinatorResponse:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for node in self.cluster.nodes:
+                if not node.running:
+                    continue
+                try:
+                    return self.stub(node.address).FindQueueCoordinator(
+                        qpb.FindQueueCoordinatorRequest(queue=queue), timeout=20)
+                except grpc.RpcError:
+                    pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no coordinator for {queue} within {timeout_s} s")
+            time.sleep(0.2)
+
+    def call(self, method: str, request: Any, queue: str, timeout_s: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.coordinator(queue, timeout_s)
+            try:
+                return getattr(self.stub(found.address), method)(request, timeout=40)
+            except grpc.RpcError as exc:
+                detail = detail_of(exc)
+                retriable = (detail is not None and detail.code in RETRIABLE) or \
+                    exc.code() in (grpc.StatusCode.UNAVAILABLE,  # type: ignore[attr-defined]
+                                   grpc.StatusCode.DEADLINE_EXCEEDED)
+                if not retriable or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+
+
+@pytest.fixture
+def queues(cluster: LocalCluster) -> Iterator[Queues]:
+    q = Queues(cluster)
+    yield q
+    q.close()
+
+
+@dataclass(frozen=True)
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+    delivery_count: int
+    lock_deadline_ms: int
+
+
+def messages_of(response: Any) -> list[Msg]:
+    """Decode the raw batches; keep only the acquired offsets (what a client does)."""
+    out = []
+    for part in response.partitions:
+        counts = {}
+        for r in part.acquired:
+            for offset in range(r.first_offset, r.last_offset + 1):
+                counts[offset] = r.delivery_count
+        data = part.batches
+        for pos, header in iter_batches(data):
+            if header.is_control:
+                continue
+            for record in decode_records(data[pos:pos + header.size]):
+                if record.offset in counts:
+                    out.append(Msg(part.topic, part.partition, record.offset, record.key,
+                                   record.value, record.headers, counts.pop(record.offset),
+                                   part.lock_deadline_ms))
+        assert not counts, f"acquired offsets without a record in the batches: {sorted(counts)}"
+    return out
+
+
+def receive(queues: Queues, queue: str, consumer: str, max_messages: int = 100,
+            wait_ms: int = 500) -> list[Msg]:
+    return messages_of(queues.call("Receive", qpb.ReceiveRequest(
+        queue=queue, consumer_id=consumer, max_messages=max_messages, max_wait_ms=wait_ms),
+        queue))
+
+
+def settle(queues: Queues, queue: str, consumer: str, msgs: list[Msg], action: int,
+           **extra: Any) -> qpb.SettleResponse:
+    return queues.call("Settle", qpb.SettleRequest(queue=queue, consumer_id=consumer, settlements=[
+        qpb.Settlement(topic=m.topic, partition=m.partition, first_offset=m.offset,
+                       last_offset=m.offset, delivery_count=m.delivery_count, action=action,
+                       **extra) for m in msgs]), queue)
+
+
+def receive_until(queues: Queues, queue: str, consumer: str, count: int, timeout_s: float = 30,
+                  ack: bool = True) -> list[Msg]:
+    got: list[Msg] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"received {len(got)} of {count}"
+        msgs = receive(queues, queue, consumer, max_messages=count - len(got), wait_ms=1000)
+        if ack and msgs:
+            result = settle(queues, queue, consumer, msgs, qpb.ACK)
+            assert not result.results, result
+        got.extend(msgs)
+    return got
+
+
+def create_queue(queues: Queues, name: str, topics: list[str], **config: Any
+                 ) -> qpb.QueueConfig:
+    return queues.call("CreateQueue", qpb.CreateQueueRequest(
+        config=qpb.QueueConfig(name=name, topics=topics, **config)), name).config
+
+
+def produce(cluster: LocalCluster, topic: str, records: list[tuple[bytes | None, bytes,
+            list[tuple[str, bytes]]]], partition: int = 0) -> None:
+    with Producer(cluster.bootstrap, linger_ms=2) as producer:
+        for key, value, headers in records:
+            producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        producer.flush()
+
+
+def read_topic(cluster: LocalCluster, topic: str, partition: int) -> list[Any]:
+    """Every committed record of a partition, read from its leader with raw Fetch."""
+    leader = cluster.leader_of(topic, partition)
+    out = []
+    offset = 0
+    with grpc.insecure_channel(cluster.node(leader).address) as channel:
+        stub = broker_pb2_grpc.BrokerStub(channel)
+        while True:
+            response = stub.Fetch(pb.FetchRequest(partitions=[pb.FetchPartition(
+                topic=topic, partition=partition, offset=offset, max_bytes=1 << 20)]),
+                timeout=10)
+            (part,) = response.partitions
+            assert not part.error, part.error_message
+            if not part.batches:
+                return out
+            for pos, header in iter_batches(part.batches):
+                if not header.is_control:
+                    out.extend(r for r in decode_records(part.batches[pos:pos + header.size])
+                               if r.offset >= offset)
+                offset = header.last_offset + 1
+
+
+def expect_error(call: Callable[[], Any], status: grpc.StatusCode, code: int) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == status, info.value  # type: ignore[attr-defined]
+    detail = detail_of(info.value)
+    assert detail is not None and detail.code == code, detail
+    return info.value.details()  # type: ignore[attr-defined,no-any-return]
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+# ============================================================================ tests
+
+
+def test_create_describe_list_delete(cluster: LocalCluster, admin: Admin,
+                                     queues: Queues) -> None:
+    admin.create_topic("adm", partitions=2, replication_factor=3)
+    config = create_queue(queues, "adm-q", ["adm"], lock_ms=5000)
+    assert config.dead_letter_topic == "adm-q.dlq" and config.max_deliveries == 10
+    assert config.lock_ms == 5000 and config.backoff_initial_ms == 1000
+    assert config.max_in_flight == 5000 and config.start == "earliest"
+    meta = [t for t in _metadata(cluster, ["adm-q.dlq"]).topics if t.name == "adm-q.dlq"]
+    assert meta and len(meta[0].partitions) == 2 and len(meta[0].partitions[0].replicas) == 3
+    expect_error(lambda: queues.call("CreateQueue", qpb.CreateQueueRequest(
+        config=qpb.QueueConfig(name="adm-q", topics=["adm"])), "adm-q"),
+        grpc.StatusCode.ALREADY_EXISTS, pb.QUEUE_ALREADY_EXISTS)
+    again = queues.call("CreateQueue", qpb.CreateQueueRequest(
+        config=qpb.QueueConfig(name="adm-q", topics=["adm"], lock_ms=9999), if_not_exists=True),
+        "adm-q")
+    assert again.config.lock_ms == 5000, "if_not_exists keeps the existing config"
+    described = queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue="adm-q"), "adm-q")
+    found = queues.coordinator("adm-q")
+    assert described.coordinator_id == found.node_id
+    assert described.config.topics == ["adm"]
+    assert {(p.topic, p.partition) for p in described.stats.partitions} == {("adm", 0),
+                                                                             ("adm", 1)}
+    listed = [q for node in cluster.nodes for q in queues.stub(node.address).ListQueues(
+        qpb.ListQueuesRequest(), timeout=10).queues]
+    assert [(q.name, q.coordinator_id) for q in listed if q.name == "adm-q"] == \
+        [("adm-q", found.node_id)]
+    altered = queues.call("AlterQueue", qpb.AlterQueueRequest(
+        queue="adm-q", set={"max_deliveries": "4"}), "adm-q")
+    assert altered.config.max_deliveries == 4
+    expect_error(lambda: queues.call("AlterQueue", qpb.AlterQueueRequest(
+        queue="adm-q", set={"topics": "x"}), "adm-q"),
+        grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_QUEUE_CONFIG)
+    queues.call("DeleteQueue", qpb.DeleteQueueRequest(queue="adm-q"), "adm-q")
+    expect_error(lambda: queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue="adm-q"),
+                                     "adm-q"), grpc.StatusCode.NOT_FOUND, pb.QUEUE_NOT_FOUND)
+    # Refused configs: an internal topic, a missing topic, an out-of-range value.
+    expect_error(lambda: create_queue(queues, "bad-q", ["__consumer_offsets"]),
+                 grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_QUEUE_CONFIG)
+    expect_error(lambda: create_queue(queues, "bad-q", ["no-such-topic"]),
+                 grpc.StatusCode.NOT_FOUND, pb.UNKNOWN_TOPIC_OR_PARTITION)
+    message = expect_error(lambda: create_queue(queues, "bad-q", ["adm"], max_deliveries=-3),
+                           grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_QUEUE_CONFIG)
+    assert "max_deliveries" in message
+
+
+def _metadata(cluster: LocalCluster, topics: list[str]) -> Any:
+    from tidelog.node.local_cluster import metadata
+
+    return metadata(cluster.nodes[0].address, topics)
+
+
+def test_receive_ack_delivers_each_record_once_with_its_body(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    admin.create_topic("work", partitions=2, replication_factor=3)
+    create_queue(queues, "work-q", ["work"])
+    for p in range(2):
+        produce(cluster, "work", [(f"k{i}".encode(), f"p{p}-v{i}".encode(),
+                                   [("h", f"{i}".encode())]) for i in range(25)], partition=p)
+    got = receive_until(queues, "work-q", "c1", 50)
+    assert sorted(m.value for m in got) == sorted(
+        f"p{p}-v{i}".encode() for p in range(2) for i in range(25))
+    assert all(m.delivery_count == 1 for m in got)
+    one = next(m for m in got if m.value == b"p1-v7")
+    assert one.key == b"k7" and ("h", b"7") in one.headers
+    assert one.lock_deadline_ms > time.time() * 1000
+    assert receive(queues, "work-q", "c2", wait_ms=300) == []
+    stats = queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue="work-q"),
+                        "work-q").stats
+    assert stats.acked_total == 50 and stats.depth == 0 and stats.in_flight == 0
+    # A long-poll is woken by new data well before its max_wait.
+    started = time.monotonic()
+    later = threading.Timer(0.5, produce, args=(cluster, "work", [(None, b"late", [])]))
+    later.start()
+    msgs = receive(queues, "work-q", "c2", wait_ms=10_000)
+    later.join()
+    assert [m.value for m in msgs] == [b"late"] and time.monotonic() - started < 5
+
+
+def test_lock_expiry_redelivers_with_count_2_and_fences_the_old_holder(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    admin.create_topic("expiry", partitions=1, replication_factor=3)
+    create_queue(queues, "expiry-q", ["expiry"], lock_ms=1000, backoff_initial_ms=0,
+                 backoff_max_ms=0)
+    produce(cluster, "expiry", [(None, b"x", [])])
+    (first,) = receive_until(queues, "expiry-q", "slow", 1, ack=False)
+    assert first.delivery_count == 1
+    (again,) = receive_until(queues, "expiry-q", "fast", 1, ack=False, timeout_s=10)
+    assert (again.offset, again.delivery_count, again.value) == (first.offset, 2, b"x")
+    late = settle(queues, "expiry-q", "slow", [first], qpb.ACK)
+    assert [(r.index, r.error) for r in late.results] == [(0, pb.LOCK_LOST)]
+    extended = settle(queues, "expiry-q", "fast", [again], qpb.EXTEND, extend_ms=20_000)
+    assert [r.index for r in extended.results] == [0] and extended.results[0].error == pb.NONE
+    assert extended.results[0].lock_deadline_ms > time.time() * 1000 + 15_000
+    assert not settle(queues, "expiry-q", "fast", [again], qpb.ACK).results
+
+
+def test_nack_backoff_is_applied_by_the_server(cluster: LocalCluster, admin: Admin,
+                                               queues: Queues) -> None:
+    admin.create_topic("backoff", partitions=1, replication_factor=3)
+    create_queue(queues, "backoff-q", ["backoff"], backoff_initial_ms=2000,
+                 backoff_max_ms=2000)
+    produce(cluster, "backoff", [(None, b"retry-me", [])])
+    (m,) = receive_until(queues, "backoff-q", "c", 1, ack=False)
+    nacked_at = time.monotonic()
+    assert not settle(queues, "backoff-q", "c", [m], qpb.NACK, delay_ms=-1).results
+    assert receive(queues, "backoff-q", "c", wait_ms=800) == [], "redelivered before the backoff"
+    (again,) = receive_until(queues, "backoff-q", "c", 1, ack=False, timeout_s=10)
+    waited = time.monotonic() - nacked_at
+    assert again.delivery_count == 2 and 1.5 <= waited < 6, waited
+    # An explicit delay of 0 makes it available at once; RELEASE does not count an attempt.
+    assert not settle(queues, "backoff-q", "c", [again], qpb.NACK, delay_ms=0).results
+    (third,) = receive(queues, "backoff-q", "c", wait_ms=2000)
+    assert third.delivery_count == 3
+    assert not settle(queues, "backoff-q", "c", [third], qpb.RELEASE).results
+    (fourth,) = receive(queues, "backoff-q", "c", wait_ms=2000)
+    assert fourth.delivery_count == 3
+
+
+def dlq_headers(record: Any) -> dict[str, bytes]:
+    return {k: v for k, v in record.headers if k.startswith("tidelog-dlq-")}
+
+
+def test_max_deliveries_dead_letters_body_key_headers_exactly_once(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    admin.create_topic("poison", partitions=2, replication_factor=3)
+    create_queue(queues, "poison-q", ["poison"], max_deliveries=3, backoff_initial_ms=0,
+                 backoff_max_ms=0)
+    produce(cluster, "poison", [(b"pk", b"poison body", [("trace", b"t-1")])], partition=1)
+    counts = []
+    for _ in range(3):
+        (m,) = receive_until(queues, "poison-q", "c", 1, ack=False, timeout_s=10)
+        counts.append(m.delivery_count)
+        assert not settle(queues, "poison-q", "c", [m], qpb.NACK, delay_ms=0).results
+    assert counts == [1, 2, 3]
+    assert receive(queues, "poison-q", "c", wait_ms=1000) == []
+    dead = wait_until(lambda: read_topic(cluster, "poison-q.dlq", 1), 20, "the dead letter")
+    time.sleep(2)  # a second copy would have been written by now
+    dead = read_topic(cluster, "poison-q.dlq", 1) + read_topic(cluster, "poison-q.dlq", 0)
+    assert len(dead) == 1, dead
+    (record,) = dead
+    assert record.key == b"pk" and record.value == b"poison body"
+    assert ("trace", b"t-1") in record.headers
+    h = dlq_headers(record)
+    assert h["tidelog-dlq-queue"] == b"poison-q"
+    assert h["tidelog-dlq-reason"] == b"max deliveries"
+    assert h["tidelog-dlq-attempts"] == b"3"
+    assert h["tidelog-dlq-source-topic"] == b"poison"
+    assert h["tidelog-dlq-source-partition"] == b"1"
+    assert int(h["tidelog-dlq-source-offset"]) == m.offset
+    assert int(h["tidelog-dlq-first-delivery-ms"]) <= int(h["tidelog-dlq-last-delivery-ms"])
+    assert int(h["tidelog-dlq-source-timestamp-ms"]) > 0
+    stats = queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue="poison-q"),
+                        "poison-q").stats
+    assert stats.dead_lettered_total == 1 and stats.depth == 0
+
+
+def test_reject_then_redrive_brings_the_message_back_once(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    admin.create_topic("rej", partitions=1, replication_factor=3)
+    create_queue(queues, "rej-q", ["rej"])
+    produce(cluster, "rej", [(b"rk", b"reject me", [("a", b"1")])])
+    (m,) = receive_until(queues, "rej-q", "c", 1, ack=False)
+    assert not settle(queues, "rej-q", "c", [m], qpb.REJECT, reason="bad input").results
+    (dead,) = wait_until(lambda: read_topic(cluster, "rej-q.dlq", 0), 20, "the dead letter")
+    assert dlq_headers(dead)["tidelog-dlq-reason"] == b"bad input"
+    assert dlq_headers(dead)["tidelog-dlq-attempts"] == b"1"
+    redriven = queues.call("Redrive", qpb.RedriveRequest(
+        queue="rej-q", dlq_partition=-1, from_offset=-1, to_offset=-1), "rej-q")
+    assert redriven.redriven == 1
+    (back,) = receive_until(queues, "rej-q", "c", 1, timeout_s=20)
+    assert (back.key, back.value, back.delivery_count) == (b"rk", b"reject me", 1)
+    assert ("a", b"1") in back.headers and not dlq_headers(back)
+    assert back.offset > m.offset
+    again = queues.call("Redrive", qpb.RedriveRequest(
+        queue="rej-q", dlq_partition=-1, from_offset=-1, to_offset=-1), "rej-q")
+    assert again.redriven == 0, "the cursor moved past the redriven dead letter"
+
+
+def test_malformed_requests_get_clear_errors(cluster: LocalCluster, admin: Admin,
+                                             queues: Queues) -> None:
+    admin.create_topic("mal", partitions=1, replication_factor=3)
+    create_queue(queues, "mal-q", ["mal"])
+
+    def receive_raw(**fields: Any) -> Any:
+        return queues.call("Receive", qpb.ReceiveRequest(**fields), fields.get("queue", "x"))
+
+    expect_error(lambda: receive_raw(queue="nope-q", consumer_id="c", max_messages=1),
+                 grpc.StatusCode.NOT_FOUND, pb.QUEUE_NOT_FOUND)
+    assert "consumer_id" in expect_error(
+        lambda: receive_raw(queue="mal-q", consumer_id="", max_messages=1),
+        grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST)
+    for bad in (0, 10_001):
+        expect_error(lambda bad=bad: receive_raw(queue="mal-q", consumer_id="c",
+                                                 max_messages=bad),
+                     grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST)
+    too_many = [qpb.Settlement(topic="mal", partition=0, first_offset=i, last_offset=i,
+                               delivery_count=1) for i in range(10_001)]
+    expect_error(lambda: queues.call("Settle", qpb.SettleRequest(
+        queue="mal-q", consumer_id="c", settlements=too_many), "mal-q"),
+        grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST)
+    bad_items = [
+        qpb.Settlement(topic="mal", partition=0, first_offset=5, last_offset=4,
+                       delivery_count=1),
+        qpb.Settlement(topic="mal", partition=0, first_offset=-1, last_offset=4,
+                       delivery_count=1),
+        qpb.Settlement(topic="other", partition=0, first_offset=1, last_offset=1,
+                       delivery_count=1),
+        qpb.Settlement(topic="mal", partition=0, first_offset=1, last_offset=1,
+                       delivery_count=0),
+        qpb.Settlement(topic="mal", partition=0, first_offset=1, last_offset=1,
+                       delivery_count=1),  # well formed, but not held: LOCK_LOST
+    ]
+    result = queues.call("Settle", qpb.SettleRequest(queue="mal-q", consumer_id="c",
+                                                     settlements=bad_items), "mal-q")
+    assert [(r.index, r.error) for r in result.results] == [
+        (0, pb.INVALID_REQUEST), (1, pb.INVALID_REQUEST), (2, pb.INVALID_REQUEST),
+        (3, pb.INVALID_REQUEST), (4, pb.LOCK_LOST)]
+    assert all(r.error_message for r in result.results)
+    expect_error(lambda: queues.call("Settle", qpb.SettleRequest(
+        queue="mal-q", consumer_id="", settlements=bad_items[4:]), "mal-q"),
+        grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST)
+    expect_error(lambda: queues.call("Redrive", qpb.RedriveRequest(
+        queue="mal-q", dlq_partition=7, from_offset=-1, to_offset=-1), "mal-q"),
+        grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST)
+    # A node that is not the coordinator says so (retriable), with the detail.
+    found = queues.coordinator("mal-q")
+    other = next(n for n in cluster.nodes if n.id != found.node_id)
+    expect_error(lambda: queues.stub(other.address).DescribeQueue(
+        qpb.DescribeQueueRequest(queue="mal-q"), timeout=10),
+        grpc.StatusCode.UNAVAILABLE, pb.NOT_COORDINATOR)
+
+
+def test_coordinator_failover_keeps_acks_and_redelivers_old_locks(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    admin.create_topic("fail", partitions=2, replication_factor=3)
+    create_queue(queues, "fail-q", ["fail"], lock_ms=4000)
+    for p in range(2):
+        produce(cluster, "fail", [(None, f"{p}-{i}".encode(), []) for i in range(30)],
+                partition=p)
+    acked = receive_until(queues, "fail-q", "a", 20)
+    locked = receive_until(queues, "fail-q", "b", 10, ack=False)
+    acked_values = {m.value for m in acked}
+    locked_values = {m.value for m in locked}
+    victim = queues.coordinator("fail-q").node_id
+    cluster.kill(victim)
+    try:
+        rest: list[Msg] = []
+        deadline = time.monotonic() + 90
+        while len({m.value for m in rest}) < 40:
+            assert time.monotonic() < deadline, f"only {len(rest)} after failover"
+            msgs = receive(queues, "fail-q", "c", wait_ms=1000)
+            if msgs:
+                assert not settle(queues, "fail-q", "c", msgs, qpb.ACK).results
+            rest.extend(msgs)
+        assert queues.coordinator("fail-q").node_id != victim
+        values = [m.value for m in rest]
+        assert not acked_values & set(values), "an acked record was delivered again"
+        assert len(values) == len(set(values)) == 40
+        assert set(values) | acked_values == {f"{p}-{i}".encode() for p in range(2)
+                                              for i in range(30)}
+        assert {m.delivery_count for m in rest if m.value in locked_values} == {2}
+        assert {m.delivery_count for m in rest if m.value not in locked_values} == {1}
+    finally:
+        cluster.start(victim)
+        cluster.wait_healthy(timeout_s=60)
