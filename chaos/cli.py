@@ -12,6 +12,8 @@ from pathlib import Path
 
 __all__ = ["register"]
 
+WORKLOADS = ["log", "queue", "queue-key-ordered"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
@@ -43,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="the nodes' fsync policy: always, or interval:<ms and/or bytes> (e.g. "
                           "interval:1000ms); power-cut scenarios show what it loses "
                           "(default %(default)s)")
+    run.add_argument("--workload", choices=WORKLOADS, default="log",
+                     help="log: producers and consumers of the topic; queue / queue-key-ordered: "
+                          "also a queue over the topic, its consumers acking, nacking and "
+                          "rejecting, judged by the queue checker (default %(default)s)")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=_run)
     suite = sub.add_parser("suite", help="run every scenario available here in turn; exit 1 "
@@ -57,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     suite.add_argument("--only", default="", help="comma-separated scenario names")
     suite.add_argument("--fsync", default="always", metavar="POLICY",
                        help="the nodes' fsync policy (default %(default)s)")
+    suite.add_argument("--workload", choices=WORKLOADS, default="log")
     suite.set_defaults(func=_suite)
 
 
@@ -115,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         config = RunConfig(scenario=args.scenario, backend=args.backend, nodes=args.nodes,
                            duration_s=args.duration, rate_per_s=args.rate, seed=seed,
                            report_dir=args.report, progress=not args.quiet,
-                           fsync=args.fsync)
+                           fsync=args.fsync, queue=_queue_config(args.workload))
     except ValueError as exc:
         print(f"tidelog chaos: {exc}", file=sys.stderr)
         return 2
@@ -146,7 +153,8 @@ def _suite(args: argparse.Namespace) -> int:
     for name in names:
         config = RunConfig(scenario=name, backend=args.backend, nodes=args.nodes,
                            duration_s=args.duration, rate_per_s=args.rate, seed=seed,
-                           report_dir=args.report / name, progress=False, fsync=args.fsync)
+                           report_dir=args.report / name, progress=False, fsync=args.fsync,
+                           queue=_queue_config(args.workload))
         try:
             outcome = ChaosRun(config).execute()
         except ScenarioUnavailable as exc:
@@ -159,12 +167,25 @@ def _suite(args: argparse.Namespace) -> int:
         firsts = [x.first_ack_after_ms for x in r.recoveries if x.first_ack_after_ms is not None]
         failed = failed or not outcome.valid  # a vacuous run fails the suite too
         harness = " ".join(f"{h.name}={h.verdict.value}" for h in outcome.harness)
+        q = outcome.queue_results
+        queue = "" if q is None else (f" queue-lost={q.lost} double-finished={q.double_finished}"
+                                      f" redelivered={q.redelivered}")
         rows.append(f"{name:<21} {outcome.verdict.value.upper():<8} acked={r.acked} "
                     f"lost={r.lost} dup={r.duplicated} inconsistent={r.inconsistent} "
                     f"indeterminate={r.operations.indeterminate} "
                     f"longest-gap={worst / 1000:.1f}s "
-                    f"first-ack-after-heal-max={max(firsts, default=0) / 1000:.1f}s {harness}")
+                    f"first-ack-after-heal-max={max(firsts, default=0) / 1000:.1f}s {harness}"
+                    + queue)
         print(rows[-1], file=sys.stderr, flush=True)
     print(f"\nseed {seed}, {args.nodes} nodes, {args.duration:g} s each, {args.backend} backend:")
     print("\n".join(rows))
     return 1 if failed else 0
+
+
+def _queue_config(workload: str):  # noqa: ANN202 - QueueWorkloadConfig | None
+    """The queue workload `--workload` names (None: the log workload alone)."""
+    if workload == "log":
+        return None
+    from tidelog.chaos.queue_workload import QueueWorkloadConfig
+
+    return QueueWorkloadConfig(key_ordered=workload == "queue-key-ordered")

@@ -417,13 +417,15 @@ def _lost(ix: _QueueIndex, ex: int) -> QueueCheckResult:
         return QueueCheckResult(
             name=QueueCheckName.LOST, verdict=Verdict.UNKNOWN,
             counts=(("records", len(judged)), ("lost", 0), ("unfinished", len(unfinished))),
-            examples=(f"cannot judge: the queue did not drain ({why})",))
+            examples=(f"cannot judge: the queue did not drain ({why})",
+                      *(f"unfinished: {_describe_lost(r)}" for r in unfinished[:ex])))
     if ix.dlq_read is None or not ix.dlq_read.complete:
         why = ix.dlq_read.detail if ix.dlq_read else "never read"
         return QueueCheckResult(
             name=QueueCheckName.LOST, verdict=Verdict.UNKNOWN,
             counts=(("records", len(judged)), ("lost", 0), ("unfinished", len(unfinished))),
-            examples=(f"cannot judge: the dead-letter topic was not read in full ({why})",))
+            examples=(f"cannot judge: the dead-letter topic was not read in full ({why})",
+                      *(f"unfinished: {_describe_lost(r)}" for r in unfinished[:ex])))
     return _result(QueueCheckName.LOST, failed=bool(unfinished), counts=counts,
                    examples=[_describe_lost(r) for r in unfinished[:ex]])
 

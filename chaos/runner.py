@@ -28,6 +28,13 @@ from pathlib import Path
 from tidelog.chaos.backend import Backend, BackendError, LocalBackend
 from tidelog.chaos.checker import check_history
 from tidelog.chaos.nemesis import Nemesis, describe_fault_detail
+from tidelog.chaos.queue_checker import (
+    QueueResults,
+    check_queue,
+    queue_results_to_dict,
+    render_queue_summary,
+)
+from tidelog.chaos.queue_workload import QueueWorkload, QueueWorkloadConfig, create_queue
 from tidelog.chaos.replicas import digest_replicas
 from tidelog.chaos.report import write_report
 from tidelog.chaos.results import Results, RunVerdict, Verdict, results_to_dict, verdict_line
@@ -77,6 +84,9 @@ class RunConfig:
     network_namespaces: bool | None = None
     converge_s_max: float = CONVERGE_S_MAX
     progress: bool = True
+    # Queue consumers over the topic too, judged by the queue checker (None: the log workload
+    # alone). `--workload queue` / `queue-key-ordered`.
+    queue: QueueWorkloadConfig | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -93,7 +103,8 @@ class RunConfig:
     def replay_command(self) -> str:
         return (f"tidelog chaos run {self.scenario} --backend {self.backend} --nodes {self.nodes} "
                 f"--duration {self.duration_s:g} --rate {self.rate_per_s:g} --seed {self.seed}"
-                + ("" if self.fsync == "always" else f" --fsync {self.fsync}"))
+                + ("" if self.fsync == "always" else f" --fsync {self.fsync}")
+                + ("" if self.queue is None else f" --workload {self.queue.name}"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,14 +123,21 @@ class RunOutcome:
     backend_description: str
     executed: tuple[dict[str, object], ...]
     skipped: tuple[str, ...]
+    queue_results: QueueResults | None = None  # a queue run's second checker
 
     @property
     def verdict(self) -> RunVerdict:
-        """INVALID when a check or a harness check failed, else the checker's verdict (VACUOUS
-        when nothing was acknowledged or no fault was executed)."""
+        """INVALID when a check (of either checker) or a harness check failed, else VACUOUS when
+        either checker says the run proves nothing, else VALID."""
         if self.results is None or any(h.verdict is Verdict.FAIL for h in self.harness):
             return RunVerdict.INVALID
-        return self.results.verdict
+        verdicts = {self.results.verdict}
+        if self.queue_results is not None:
+            verdicts.add(self.queue_results.verdict)
+        for v in (RunVerdict.INVALID, RunVerdict.VACUOUS):
+            if v in verdicts:
+                return v
+        return RunVerdict.VALID
 
     @property
     def valid(self) -> bool:
@@ -131,9 +149,14 @@ class RunOutcome:
         if self.results is None:
             return "INVALID (no results)"
         failed = [c.value for c in self.results.failed_checks]
+        q = self.queue_results
+        failed += [c.value for c in q.failed_checks] if q is not None else []
         failed += [h.name for h in self.harness if h.verdict is Verdict.FAIL]
         if failed:
             return "INVALID (failed: " + ", ".join(failed) + ")"
+        if q is not None and q.vacuous and not self.results.vacuous:
+            return ("INVALID (vacuous: " + "; ".join(q.vacuous)
+                    + "; the run could not have failed, so it proves nothing)")
         return verdict_line(self.results)
 
 
@@ -162,6 +185,7 @@ class ChaosRun:
         view: ClusterView | None = None
         nemesis: Nemesis | None = None
         workload: Workload | None = None
+        queue: QueueWorkload | None = None
         try:
             self._out(f"chaos: {cfg.scenario} seed={cfg.seed}; starting {cfg.nodes} nodes "
                       f"({cfg.backend} backend); report in {report_dir}")
@@ -170,21 +194,32 @@ class ChaosRun:
             addresses = {n: backend.client_address(n) for n in backend.nodes}
             view = ClusterView(addresses, wl.topic)
             _create_topic(list(addresses.values()), wl)
+            created = (create_queue(list(addresses.values()), cfg.queue, wl.topic)
+                       if cfg.queue is not None else None)
             episodes = schedule(scenario, duration_s=cfg.duration_s, seed=cfg.seed,
                                 capabilities=backend.capabilities)
             (report_dir / "schedule.json").write_text(json.dumps(
                 [{"kind": e.kind.value, "start_s": e.start_s, "duration_s": e.duration_s,
                   "pick": e.pick} for e in episodes], indent=1) + "\n")
             recorder = Recorder(report_dir / "history.jsonl")  # time 0: the workload starts
-            nemesis = Nemesis(backend, view, recorder, partitions=wl.partitions)
+            if cfg.queue is not None and created is not None:
+                queue = QueueWorkload(cfg.queue, created, list(addresses.values()), addresses,
+                                      path=report_dir / "queue-history.jsonl",
+                                      clock_ms=recorder.now_ms, seed=cfg.seed)
+            # A queue run aims "the leader" faults at the queue's coordinator.
+            nemesis = Nemesis(backend, queue.nemesis_view(wl.partitions) if queue else view,
+                              recorder, partitions=wl.partitions)
             workload = Workload(wl, list(addresses.values()), recorder, view, seed=cfg.seed,
                                 duration_s=cfg.duration_s)
             t0 = time.monotonic()
             workload.start()
+            if queue is not None:
+                queue.start()
             nemesis_thread = threading.Thread(target=nemesis.run, args=(episodes, t0),
                                               name="chaos-nemesis", daemon=True)
             nemesis_thread.start()
-            self._progress(t0, recorder, nemesis, phase="running")
+            self._progress(t0, recorder, nemesis, phase="running",
+                           extra=queue.progress if queue else None)
             nemesis.abort()  # every episode ended by now, except one overrunning: heal it
             nemesis_thread.join(10)
             nemesis.join(60)
@@ -204,6 +239,8 @@ class ChaosRun:
             caught_up = workload.stop_consumer(hws, timeout_s=30)
             if not caught_up:
                 self._out("chaos: the consumer did not catch up with the final read in 30 s")
+            if queue is not None:
+                harness += self._drain_queue(queue, hws)
             if hws:
                 harness.append(self._compare_replicas(backend, view, wl.topic, hws, recorder,
                                                       report_dir / "replica-copies"))
@@ -213,6 +250,9 @@ class ChaosRun:
             if workload is not None:
                 workload.stop_producers()
                 workload.stop_consumer({}, timeout_s=0)
+            if queue is not None:
+                queue.stop()
+                queue.close()
             if view is not None:
                 view.close()
             backend.stop()
@@ -221,11 +261,12 @@ class ChaosRun:
         assert recorder is not None
         history = recorder.history()
         results = check_history(history)
+        queue_results = check_queue(history, queue.history()) if queue is not None else None
         outcome = RunOutcome(
             config=cfg, results=results, harness=tuple(harness), report_dir=report_dir,
             backend_description=backend.description,
             executed=tuple(nemesis.executed if nemesis else ()),
-            skipped=tuple(nemesis.skipped if nemesis else ()))
+            skipped=tuple(nemesis.skipped if nemesis else ()), queue_results=queue_results)
         preamble = render_preamble(outcome)
         write_report(report_dir, history, results, preamble=preamble)
         (report_dir / "run.json").write_text(json.dumps({
@@ -238,10 +279,26 @@ class ChaosRun:
             "harness": [{"name": h.name, "verdict": h.verdict.value, "detail": h.detail}
                         for h in outcome.harness],
             "results": results_to_dict(results),
+            "workload": cfg.queue.name if cfg.queue else "log",
+            **({} if queue_results is None else {
+                "queue_results": queue_results_to_dict(queue_results)}),
         }, indent=2) + "\n")
         return outcome
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _drain_queue(self, queue: QueueWorkload, hws: dict[int, int]) -> list[HarnessCheck]:
+        """The queue's drain phase, then its consumers stop and the DLQ topic is read whole:
+        two harness checks, `queue-drained` and `dlq-read`."""
+        self._out("chaos: draining the queue")
+        drained, detail = queue.drain(hws) if hws else (False, "no final read to drain to")
+        checks = [HarnessCheck(name="queue-drained", verdict=Verdict.PASS if drained
+                               else Verdict.FAIL, detail=detail)]
+        queue.stop()
+        read, detail = queue.read_dead_letters()
+        checks.append(HarnessCheck(name="dlq-read", verdict=Verdict.PASS if read
+                                   else Verdict.FAIL, detail=detail))
+        return checks
 
     def _compare_replicas(self, backend: Backend, view: ClusterView, topic: str,
                           hws: dict[int, int], recorder: Recorder, scratch: Path) -> HarnessCheck:
@@ -283,7 +340,8 @@ class ChaosRun:
         except BackendError as exc:
             raise ScenarioUnavailable(str(exc)) from None
 
-    def _progress(self, t0: float, rec: Recorder, nemesis: Nemesis, *, phase: str) -> None:
+    def _progress(self, t0: float, rec: Recorder, nemesis: Nemesis, *, phase: str,
+                  extra: Callable[[], str] | None = None) -> None:
         """Print a progress line until the duration is over (every second on a terminal)."""
         tty = self.config.progress and sys.stderr.isatty()
         every_s = 1.0 if tty else 5.0
@@ -295,7 +353,8 @@ class ChaosRun:
                 faults = " ".join(nemesis.active.values()) or "-"
                 line = (f"[{now - t0:6.1f}/{self.config.duration_s:g}s] sent={rec.invoked} "
                         f"acked={rec.ok} errors={rec.failed + rec.indeterminate} "
-                        f"(indeterminate {rec.indeterminate}) read={rec.reads} fault={faults}")
+                        f"(indeterminate {rec.indeterminate}) read={rec.reads} fault={faults}"
+                        + (f" {extra()}" if extra else ""))
                 if tty:
                     sys.stderr.write("\r\033[K" + line)
                     sys.stderr.flush()
@@ -360,6 +419,13 @@ def render_preamble(outcome: RunOutcome) -> str:
         f"{min(cfg.workload.replication_factor, cfg.nodes)}, 1 manual-assignment consumer, "
         f"a consumer group of {cfg.workload.group_consumers} committing every "
         f"{cfg.workload.group_commit_interval_s:g} s, final read of every partition",
+        *([] if cfg.queue is None else [
+            f"          + queue {cfg.queue.queue} ({cfg.queue.name}) over the topic: "
+            f"{cfg.queue.consumers} consumers, lock {cfg.queue.lock_s:g} s, max deliveries "
+            f"{cfg.queue.max_deliveries}, nack/reject/release/late shares "
+            f"{cfg.queue.nack_share:g}/{cfg.queue.reject_share:g}/{cfg.queue.release_share:g}/"
+            f"{cfg.queue.late_share:g}; \"leader\" faults hit the queue's coordinator; drain, "
+            "then the whole DLQ read"]),
         "",
         "harness checks:",
         *[f"  {h.name:<13} {h.verdict.value.upper():<5} {h.detail}" for h in outcome.harness],
@@ -376,4 +442,6 @@ def render_preamble(outcome: RunOutcome) -> str:
                       f"inconsistent {r.inconsistent}, divergent replicas {r.divergent}, "
                       f"aborted {r.aborted}, recovered {r.recovered}, unrecovered "
                       f"{r.unrecovered}"]
+    if outcome.queue_results is not None:
+        lines += ["", render_queue_summary(outcome.queue_results).rstrip("\n")]
     return "\n".join(lines) + "\n\n"
