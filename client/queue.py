@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from tidelog.client import errors
 from tidelog.client.config import parse_bootstrap
@@ -360,9 +360,9 @@ def _run_callback(fn: Callable[[SettleFuture], object], future: SettleFuture) ->
         _log.exception("settle callback %r raised", fn)
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """One settlement as made by the user: one message, one action."""
+class _Item(NamedTuple):
+    """One settlement as made by the user: one message, one action. A NamedTuple, not a frozen
+    dataclass: one is made per ack, and tuple construction is several times cheaper."""
 
     topic: str
     partition: int
@@ -439,7 +439,7 @@ class _SettleSender:
         self._transport = transport
         self._linger_s = linger_s
         self._timeout_s = timeout_s
-        self.cond = threading.Condition()
+        self.cond = threading.Condition(threading.Lock())  # not an RLock: cheaper per ack
         # Guarded by cond:
         self._pending: deque[_Item] = deque()
         self._first_at = 0.0  # monotonic time the oldest pending item was put
@@ -456,10 +456,14 @@ class _SettleSender:
         with self.cond:
             if self._stopping:
                 raise errors.ClientClosed("settlement after the queue consumer was closed")
-            if not self._pending:
+            pending = self._pending
+            if not pending:
                 self._first_at = time.monotonic()
-            self._pending.append(item)
-            if len(self._pending) == 1 or len(self._pending) >= SETTLEMENTS_PER_REQUEST_MAX:
+                pending.append(item)
+                self.cond.notify_all()
+                return
+            pending.append(item)
+            if len(pending) >= SETTLEMENTS_PER_REQUEST_MAX:
                 self.cond.notify_all()
 
     def flush(self, timeout_s: float | None) -> None:

@@ -244,3 +244,37 @@ def test_dlq_depth_counts_dead_letters_only(cluster) -> None:  # noqa: ANN001
     wait_until(lambda: cli.stats("dq")["dead_lettered_total"] == 1, 30, "dead-lettered")
     assert len(dead_letters(cluster.bootstrap, "dq.dlq", 2)) == 1
     assert cli.stats("dq")["dlq_depth"] == 1
+
+
+def test_settlements_and_receives_follow_the_coordinator_when_its_node_is_killed(
+        cluster) -> None:  # noqa: ANN001
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_queue("moving", partitions=2)
+        with Producer(cluster.bootstrap) as producer:
+            for i in range(20):
+                producer.send("moving", f"x{i}".encode())
+            producer.flush(30)
+        with QueueConsumer(cluster.bootstrap, queue="moving", request_timeout_s=60) as consumer:
+            got: list = []
+            wait_until(lambda: got.extend(consumer.receive(max_messages=10, timeout_s=1))
+                       or len(got) >= 10, 30, "10 messages received")
+            coordinator = admin.describe_queue("moving").coordinator_id
+            cluster.kill(coordinator)
+            # the locks went through Raft: the new coordinator knows this consumer holds them
+            futures = [consumer.ack(m) for m in got]
+            for future in futures:
+                assert future.result(60) is None
+            rest: list = []
+            wait_until(lambda: rest.extend(consumer.receive(max_messages=10, timeout_s=1))
+                       or len(got) + len(rest) >= 20, 60,
+                       "the other 10 received from the new coordinator")
+            for m in rest:
+                consumer.ack(m)
+            consumer.flush(60)
+            assert sorted(m.value for m in got + rest) == sorted(
+                f"x{i}".encode() for i in range(20)), "each message once"
+            assert all(m.delivery_count == 1 for m in got + rest)
+            described = admin.describe_queue("moving")
+            assert described.coordinator_id != coordinator
+            assert (described.stats.acked_total, described.stats.depth) == (20, 0), \
+                described.stats
