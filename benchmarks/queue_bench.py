@@ -37,6 +37,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -602,30 +603,44 @@ def profiler_hook(args: argparse.Namespace, node_pids: list[int], profiles: dict
         for name, pid in targets:
             path = out_dir / f"{name}-c{consumers}.txt"
             command = [py_spy, "record", "--pid", str(pid), "--rate", str(args.profile_rate),
-                       "--duration", str(int(args.profile_seconds)), "--format", "raw",
+                       "--duration", str(int(args.seconds) + 30), "--format", "raw",
                        "--nonblocking", "--threads", "-o", str(path)]
+            if not args.profile_all_threads:
+                command.append("--gil")
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
             profiles[name] = {"pid": pid, "path": str(path), "process": process,
-                              "seconds": args.profile_seconds, "rate": args.profile_rate}
-        print(f"profile: py-spy on {[t[0] for t in targets]} for {args.profile_seconds:g} s",
-              flush=True)
+                              "started": time.monotonic(), "seconds": 0.0,
+                              "rate": args.profile_rate}
+        print(f"profile: py-spy on {[t[0] for t in targets]} until the case ends", flush=True)
 
     return start
 
 
 def finish_profiles(profiles: dict[str, Any]) -> None:
+    """SIGINT ends a py-spy record and makes it write its file: the samples cover the case only."""
+    for entry in profiles.values():
+        process = entry.get("process")
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            entry["seconds"] = time.monotonic() - entry["started"]
     for entry in profiles.values():
         process = entry.pop("process", None)
         if process is None:
             continue
         try:
-            process.wait(timeout=entry["seconds"] + 30)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+        if not entry["seconds"]:
+            entry["seconds"] = time.monotonic() - entry["started"]
 
 
+# Frames every stack passes through (the loop, thread bootstrap, module start): left out of the
+# inclusive ranking so that it shows the code that costs.
+PLUMBING = ("asyncio/", "threading.py", "<frozen runpy>", "concurrent/futures/", "node/main.py",
+            "selectors.py")
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -663,7 +678,8 @@ def analyze_profile(path: str) -> dict[str, Any]:
                 continue
             total += count
             for name in set(names):
-                inclusive[name] += count
+                if not any(part in name for part in PLUMBING):
+                    inclusive[name] += count
             own[names[-1]] += count
     def top(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(PROFILE_TOP)]
@@ -731,8 +747,10 @@ def print_tables(results: list[CaseResult], ratio_rows: list[dict[str, Any]],
     for name, entry in profiles.items():
         summary = entry.get("summary") or {}
         print()
+        busy = summary.get("samples", 0) / max(1.0, entry["rate"] * entry["seconds"])
         print(f"Profile {name} (pid {entry['pid']}, {summary.get('samples', 0)} samples at "
-              f"{entry['rate']}/s over {entry['seconds']:g} s, {entry['path']})")
+              f"{entry['rate']}/s over {entry['seconds']:.1f} s = busy {100 * busy:.0f}% of the "
+              f"time, {entry['path']}); % = share of its samples")
         print(render_table(["inclusive %", "function"],
                            [[pct, name_] for name_, pct in summary.get("inclusive_pct", [])]))
         print(render_table(["self %", "function"],
@@ -771,8 +789,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="py-spy every node and consumer process during one case")
     parser.add_argument("--profile-consumers", type=int, default=4,
                         help="the case (consumer count) to profile")
-    parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s")
+    parser.add_argument("--profile-all-threads", action="store_true",
+                        help="sample every non-idle thread, not only the one holding the GIL "
+                             "(the default shows where Python's CPU goes; this also shows "
+                             "threads blocked in fdatasync or select)")
     parser.add_argument("--output", choices=["table", "json"], default="table")
     return parser.parse_args(argv)
 
@@ -789,8 +810,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results += run_rabbit(args)
     for entry in profiles.values():
         entry["summary"] = analyze_profile(entry["path"])
-    ratio_rows = ratios([r for r in results if r.system == "tidelog"],
-                        [r for r in results if r.system == "rabbitmq"])
+    rabbit = [r for r in results if r.system == "rabbitmq"]
+    ratio_rows = ratios([r for r in results if r.system == "tidelog"], rabbit) if rabbit else []
     if args.output == "json":
         print(json.dumps({"machine": started, "results": [asdict(r) for r in results],
                           "ratios": ratio_rows,
