@@ -114,6 +114,7 @@ class TidelogSpec:
     seconds: float
     receive_batch: int
     ack_linger_ms: float
+    wait_each: bool = False     # one at a time: wait for each ack before the next receive
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +204,9 @@ def tidelog_worker(index: int, spec: TidelogSpec, shared: Shared) -> None:
                 sent = time.perf_counter()
                 future = consumer.ack(message)
                 watch(future, lambda f, s=sent: on_done(s, f))
+                if spec.wait_each:
+                    with contextlib.suppress(Exception):
+                        future.result(30)
         consumer.flush(timeout_s=30)
     except Exception as exc:  # noqa: BLE001
         error_text = repr(exc)
@@ -477,7 +481,29 @@ def run_tidelog(args: argparse.Namespace, bootstrap: str, node_pids: list[int],
         print(f"tidelog: {consumers} consumer(s): {result.msgs_s:,.0f} msgs/s, ack p50 "
               f"{fmt_ms(result.ack_p50_ms)} ms, {notes}", flush=True)
         results.append(result)
+    if args.one_at_a_time:
+        results.append(tidelog_one_at_a_time(args, bootstrap, node_pids))
     return results
+
+
+def tidelog_one_at_a_time(args: argparse.Namespace, bootstrap: str,
+                          node_pids: list[int]) -> CaseResult:
+    """The latency floor: one consumer receives 1 message, acks it, waits for the ack, again."""
+    topic = f"qbench-serial-{int(time.time() * 1000)}"
+    leaders = create_queue(bootstrap, topic, topic)
+    rate = produce(bootstrap, topic, args.one_at_a_time, args.size)
+    spec = TidelogSpec(bootstrap=bootstrap, queue=topic, total=args.one_at_a_time,
+                       seconds=args.seconds, receive_batch=1, ack_linger_ms=args.ack_linger_ms,
+                       wait_each=True)
+    outcome = run_consumers(tidelog_worker, spec, 1, "threads", args.seconds,
+                            server_pids=node_pids)
+    notes = f"{leaders}, {queue_coordinator(bootstrap, topic)}"
+    result = summarize("tidelog", "one at a time: receive 1, ack, wait", 1, "threads",
+                       args.size, args.one_at_a_time, rate, outcome, notes)
+    print(f"tidelog: one at a time: {result.msgs_s:,.0f} msgs/s, receive p50 "
+          f"{fmt_ms(result.receive_p50_ms)} ms, ack p50 {fmt_ms(result.ack_p50_ms)} ms",
+          flush=True)
+    return result
 
 
 # --- RabbitMQ side ----------------------------------------------------------------------------
@@ -779,6 +805,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="max_messages per receive() (Tidelog)")
     parser.add_argument("--ack-linger-ms", type=float, default=1.0,
                         help="QueueConsumer ack_linger_ms (acks batched on the wire)")
+    parser.add_argument("--one-at-a-time", type=int, default=500, metavar="N",
+                        help="then N messages one at a time (the latency floor); 0: skip")
     parser.add_argument("--bootstrap", help="use a running Tidelog cluster instead of starting one")
     parser.add_argument("--no-tidelog", action="store_true", help="only the RabbitMQ side")
     parser.add_argument("--with-rabbit", action="store_true",
@@ -811,7 +839,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for entry in profiles.values():
         entry["summary"] = analyze_profile(entry["path"])
     rabbit = [r for r in results if r.system == "rabbitmq"]
-    ratio_rows = ratios([r for r in results if r.system == "tidelog"], rabbit) if rabbit else []
+    ratio_rows = ratios([r for r in results if r.system == "tidelog" and
+                         not r.variant.startswith("one at a time")], rabbit) if rabbit else []
     if args.output == "json":
         print(json.dumps({"machine": started, "results": [asdict(r) for r in results],
                           "ratios": ratio_rows,
