@@ -71,6 +71,8 @@ SETTLEMENTS_PER_REQUEST_MAX = 10_000
 #: queue.proto: ReceiveRequest.max_messages is 1..10000
 RECEIVE_MESSAGES_MAX = 10_000
 REASON_CHARS_MAX = 1000
+#: the shortest gRPC deadline of one attempt of a coordinator call (see QueueCoordinator.call)
+ATTEMPT_S_MIN = 5.0
 #: received-and-unsettled messages remembered for close()'s release; past it, the ones whose lock
 #: expired over a minute ago are forgotten (their release would be refused anyway)
 HELD_MAX = 100_000
@@ -216,8 +218,8 @@ class QueueRpc:
             + " (check --bootstrap / TIDELOG_BOOTSTRAP and that the cluster is up)")
 
     def node_addresses(self) -> list[str]:
-        """Every node's address (I/O: one Metadata call)."""
-        return [n.address for n in self._metadata.describe([]).nodes]
+        """The address of every node the cluster thinks alive (I/O: one Metadata call)."""
+        return [n.address for n in self._metadata.describe([]).nodes if n.alive]
 
     def _candidates(self) -> list[str]:
         ordered = [self._last_good] if self._last_good else []
@@ -253,7 +255,9 @@ class QueueCoordinator:
              attempt_s: Callable[[float], float] | None = None) -> Any:
         """Retries retriable failures (finding the coordinator again when it may have moved)
         until timeout_s, then raises Timeout; other errors are raised at once. `attempt_s(left)`
-        gives one attempt's gRPC deadline (default: all the time left)."""
+        gives one attempt's gRPC deadline (default: the time left, at most a third of timeout_s
+        and at least ATTEMPT_S_MIN, so a coordinator that stopped answering without closing its
+        connections, paused or cut off, leaves time to try its successor)."""
         deadline = time.monotonic() + timeout_s
         last: errors.TidelogError | None = None
         while True:
@@ -264,7 +268,8 @@ class QueueCoordinator:
                     f"(last error: {last})")
             try:
                 address = self._coordinator(remaining)
-                budget = attempt_s(remaining) if attempt_s is not None else remaining
+                budget = (attempt_s(remaining) if attempt_s is not None
+                          else min(remaining, max(ATTEMPT_S_MIN, timeout_s / 3)))
                 return self._rpc.call(address, method, request, timeout_s=max(0.1, budget),
                                       subject=f"queue {self.queue!r}")
             except errors.TidelogError as exc:
@@ -287,7 +292,7 @@ class QueueCoordinator:
 
         response = self._rpc.call_any(
             "FindQueueCoordinator", queue_pb2.FindQueueCoordinatorRequest(queue=self.queue),
-            timeout_s=max(0.1, timeout_s))
+            timeout_s=max(0.1, min(timeout_s, ATTEMPT_S_MIN)))
         if not response.address:
             raise errors.CoordinatorNotAvailable(f"queue {self.queue!r}: no coordinator yet")
         with self._lock:
@@ -331,7 +336,8 @@ class SettleFuture:
         return self._error
 
     def add_done_callback(self, fn: Callable[[SettleFuture], object]) -> None:
-        """fn(self) once the outcome is known (at once if it is), on the settling thread."""
+        """fn(self) once the outcome is known (at once if it is), on the settle thread: keep
+        it short, and never wait in it (result() of a pending future, flush(), close())."""
         with self._cond:
             if not self._done:
                 self._callbacks.append(fn)
@@ -650,7 +656,8 @@ class QueueConsumer:
         wait_until = time.monotonic() + max(0.0, timeout_s)
 
         def attempt_s(left: float) -> float:
-            return max(0.0, wait_until - time.monotonic()) + min(left, self._timeout_s)
+            return max(0.0, wait_until - time.monotonic()) + min(
+                left, max(ATTEMPT_S_MIN, self._timeout_s / 3))
 
         def request() -> object:
             return queue_pb2.ReceiveRequest(
@@ -762,8 +769,8 @@ class QueueConsumer:
                 self._release_ranges(part.topic, part.partition, ranges)
                 continue
             missing = sum(last - first + 1 for first, last, _ in ranges) - len(messages)
-            if missing:
-                _log.debug("queue %s: %s/%d: %d acquired offsets had no record in the batches",
+            if missing:  # the coordinator acquires only offsets it read records at
+                _log.warning("queue %s: %s/%d: %d acquired offsets had no record in the batches",
                            self.queue, part.topic, part.partition, missing)
             out += messages
         with self._lock:
@@ -834,7 +841,10 @@ class QueueConsumer:
                                        timeout_ms=int(self._timeout_s * 1000))
         _log.info("queue %s does not exist: creating it over %s with the defaults", self.queue,
                   ", ".join(self.topics))
-        self._coordinator.call("CreateQueue", request, timeout_s=self._timeout_s)
+        # One attempt may use the whole budget: creating the dead-letter topic takes a while,
+        # and a retry after a slow success would only say QUEUE_ALREADY_EXISTS.
+        self._coordinator.call("CreateQueue", request, timeout_s=self._timeout_s,
+                               attempt_s=lambda left: left)
 
 
 def _overlaps(spans: list[tuple[int, int, int]], firsts: list[int], lo: int, hi: int) -> bool:

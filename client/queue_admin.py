@@ -32,7 +32,10 @@ __all__ = [
     "queue_settings",
 ]
 
-#: Python setting -> (QueueConfig field, factor to the wire unit)
+#: ListQueues asks every node; one that does not answer within this is skipped (it coordinates
+#: nothing reachable right now)
+LIST_NODE_TIMEOUT_S = 10.0
+#: Python setting (seconds) -> QueueConfig field (ms)
 _SECONDS = {"lock_s": "lock_ms", "backoff_initial_s": "backoff_initial_ms",
             "backoff_max_s": "backoff_max_ms", "delay_s": "delay_ms", "ttl_s": "ttl_ms"}
 _PLAIN = ("key_ordered", "max_deliveries", "backoff_multiplier", "dead_letter_topic",
@@ -188,7 +191,7 @@ class QueueAdmin:
             backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s,
             backoff_multiplier=backoff_multiplier, dead_letter_topic=dead_letter_topic,
             delay_s=delay_s, ttl_s=ttl_s, max_in_flight=max_in_flight, start=start)
-        return config_info(self._queue_call(name, "CreateQueue", request).config)
+        return config_info(self._queue_call(name, "CreateQueue", request, whole=True).config)
 
     def alter_queue(self, name: str, **settings: Any) -> QueueConfigInfo:
         """Change settings (lock_s=60, max_deliveries=5, ...; the names of create_queue, or the
@@ -218,7 +221,7 @@ class QueueAdmin:
         for address in rpc.node_addresses():
             try:
                 response = rpc.call(address, "ListQueues", queue_pb2.ListQueuesRequest(),
-                                    timeout_s=self._timeout_s)
+                                    timeout_s=min(self._timeout_s, LIST_NODE_TIMEOUT_S))
             except errors.TidelogError:
                 continue  # a down node coordinates nothing right now
             for q in response.queues:
@@ -282,10 +285,13 @@ class QueueAdmin:
             self._queue_rpc_cached = rpc
         return rpc
 
-    def _queue_call(self, name: str, method: str, request: object) -> Any:
+    def _queue_call(self, name: str, method: str, request: object, *,
+                    whole: bool = False) -> Any:
+        """`whole`: one attempt may take the whole budget (CreateQueue creates a topic)."""
         coordinator = QueueCoordinator(name, self._queue_rpc(),
                                        backoff_s=self.config.retry_backoff_ms / 1000)
-        return coordinator.call(method, request, timeout_s=self._timeout_s)
+        return coordinator.call(method, request, timeout_s=self._timeout_s,
+                                attempt_s=(lambda left: left) if whole else None)
 
     def _create_missing_topics(self, names: Sequence[str], partitions: int) -> None:
         existing = {t.name for t in self._metadata.describe(None).topics}
