@@ -60,6 +60,11 @@ BARRIER_TIMEOUT_S = 120.0
 PROFILE_TOP = 25
 
 
+def log(text: str) -> None:
+    """Progress goes to stderr, so that stdout is only the table or the JSON document."""
+    print(text, file=sys.stderr)
+
+
 # --- results ----------------------------------------------------------------------------------
 
 
@@ -405,8 +410,8 @@ def tidelog_cluster(bootstrap: str | None) -> Iterator[tuple[str, list[int]]]:
         cluster = LocalCluster(3, Path(tmp), extra_args=("--fsync", "always"))
         with cluster:
             cluster.wait_healthy(60)
-            print(f"tidelog: started 3 nodes {cluster.bootstrap} "
-                  f"(pids {[n.pid for n in cluster.nodes]})", flush=True)
+            log(f"tidelog: started 3 nodes {cluster.bootstrap} "
+                  f"(pids {[n.pid for n in cluster.nodes]})")
             yield cluster.bootstrap, [n.pid for n in cluster.nodes if n.pid]
 
 
@@ -463,8 +468,8 @@ def run_tidelog(args: argparse.Namespace, bootstrap: str, node_pids: list[int],
         queue = topic
         leaders = create_queue(bootstrap, queue, topic)
         produce_rate = produce(bootstrap, topic, args.messages, args.size)
-        print(f"tidelog: {consumers} consumer(s): produced {args.messages} x {args.size} B "
-              f"({produce_rate:,.0f} msgs/s), {leaders}", flush=True)
+        log(f"tidelog: {consumers} consumer(s): produced {args.messages} x {args.size} B "
+              f"({produce_rate:,.0f} msgs/s), {leaders}")
         spec = TidelogSpec(bootstrap=bootstrap, queue=queue, total=args.messages,
                            seconds=args.seconds, receive_batch=args.receive_batch,
                            ack_linger_ms=args.ack_linger_ms)
@@ -478,8 +483,8 @@ def run_tidelog(args: argparse.Namespace, bootstrap: str, node_pids: list[int],
         notes = f"{leaders}, {queue_coordinator(bootstrap, queue)}"
         result = summarize("tidelog", f"ack each (linger {args.ack_linger_ms:g} ms)", consumers,
                            args.mode, args.size, args.messages, produce_rate, outcome, notes)
-        print(f"tidelog: {consumers} consumer(s): {result.msgs_s:,.0f} msgs/s, ack p50 "
-              f"{fmt_ms(result.ack_p50_ms)} ms, {notes}", flush=True)
+        log(f"tidelog: {consumers} consumer(s): {result.msgs_s:,.0f} msgs/s, ack p50 "
+              f"{fmt_ms(result.ack_p50_ms)} ms, {notes}")
         results.append(result)
     if args.one_at_a_time:
         results.append(tidelog_one_at_a_time(args, bootstrap, node_pids))
@@ -500,9 +505,8 @@ def tidelog_one_at_a_time(args: argparse.Namespace, bootstrap: str,
     notes = f"{leaders}, {queue_coordinator(bootstrap, topic)}"
     result = summarize("tidelog", "one at a time: receive 1, ack, wait", 1, "threads",
                        args.size, args.one_at_a_time, rate, outcome, notes)
-    print(f"tidelog: one at a time: {result.msgs_s:,.0f} msgs/s, receive p50 "
-          f"{fmt_ms(result.receive_p50_ms)} ms, ack p50 {fmt_ms(result.ack_p50_ms)} ms",
-          flush=True)
+    log(f"tidelog: one at a time: {result.msgs_s:,.0f} msgs/s, receive p50 "
+        f"{fmt_ms(result.receive_p50_ms)} ms, ack p50 {fmt_ms(result.ack_p50_ms)} ms")
     return result
 
 
@@ -528,8 +532,7 @@ def rabbit_cluster(peers_dir: str, nodes: int) -> Iterator[tuple[Any, int, list[
             with open(os.path.join(directory, "stdout.log"), "w") as log:
                 procs.start([f"{rb.RMQ_BIN}/rabbitmq-server"], env=env, stdout=log,
                             cwd=directory)
-        print(f"rabbitmq: started {nodes} nodes (pids {[p.pid for p in procs.procs]})",
-              flush=True)
+        log(f"rabbitmq: started {nodes} nodes (pids {[p.pid for p in procs.procs]})")
         for i in range(nodes):
             rb.wait_port(rb.AMQP_BASE + i, timeout=120)
             rb.ctl(tmp, rb.node_name(i), "await_startup")
@@ -544,10 +547,10 @@ def rabbit_cluster(peers_dir: str, nodes: int) -> Iterator[tuple[Any, int, list[
             try:
                 rb.ctl(tmp, rb.node_name(i), "stop", timeout=60)
             except Exception as exc:  # noqa: BLE001
-                print(f"rabbitmq: stop {rb.node_name(i)} failed: {exc}", flush=True)
+                log(f"rabbitmq: stop {rb.node_name(i)} failed: {exc}")
         procs.stop_all(grace=30)
         for pid in rb.epmd_pids() - epmd_before:
-            print(f"rabbitmq: stopping epmd pid={pid} (started by this benchmark)", flush=True)
+            log(f"rabbitmq: stopping epmd pid={pid} (started by this benchmark)")
             rb.kill_pid(pid)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -590,8 +593,8 @@ def run_rabbit(args: argparse.Namespace) -> list[CaseResult]:
                                    args.messages, rate, outcome,
                                    f"quorum queue {args.rabbit_nodes} members, prefetch "
                                    f"{RABBIT_PREFETCH}, {left} left in the queue")
-                print(f"rabbitmq: {consumers} consumer(s), {variant}: {result.msgs_s:,.0f} "
-                      f"msgs/s", flush=True)
+                log(f"rabbitmq: {consumers} consumer(s), {variant}: {result.msgs_s:,.0f} "
+                      f"msgs/s")
                 results.append(result)
     return results
 
@@ -638,7 +641,7 @@ def profiler_hook(args: argparse.Namespace, node_pids: list[int], profiles: dict
             profiles[name] = {"pid": pid, "path": str(path), "process": process,
                               "started": time.monotonic(), "seconds": 0.0,
                               "rate": args.profile_rate}
-        print(f"profile: py-spy on {[t[0] for t in targets]} until the case ends", flush=True)
+        log(f"profile: py-spy on {[t[0] for t in targets]} until the case ends")
 
     return start
 
