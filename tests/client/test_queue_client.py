@@ -393,3 +393,21 @@ def test_against_the_real_core_only_the_redelivered_message_loses_its_lock() -> 
         # 0 and 1 are the other's now; 2..5 expired but were not redelivered: still ours
         assert outcomes == ["lost", "lost", None, None, None, None]
     assert twin.requests[1:] == [1, 6], "one range 0..5 refused, then one request per offset"
+
+
+def test_a_damaged_partition_of_a_receive_is_released_and_the_rest_delivered() -> None:
+    twin = HoldTwin({("t", 0, o): 1 for o in range(2)} | {("t", 1, o): 1 for o in range(2)})
+    damaged = bytearray(stored_batch(0, ["d0", "d1"]))
+    damaged[-1] ^= 0x01
+    acquired = [queue_pb2.AcquiredRange(first_offset=0, last_offset=1, delivery_count=1)]
+    response = queue_pb2.ReceiveResponse(partitions=[
+        queue_pb2.ReceivedPartition(topic="t", partition=0, batches=bytes(damaged),
+                                    acquired=acquired, lock_deadline_ms=NOW_MS),
+        queue_pb2.ReceivedPartition(topic="t", partition=1, batches=stored_batch(0, ["g0", "g1"]),
+                                    acquired=acquired, lock_deadline_ms=NOW_MS)])
+    with consumer_with(twin) as consumer:
+        messages = consumer._messages(response)
+        assert [(m.partition, m.value) for m in messages] == [(1, b"g0"), (1, b"g1")]
+        consumer.flush(10)
+        assert sorted(twin.applied) == [("t", 0, 0, "RELEASE"), ("t", 0, 1, "RELEASE")]
+        assert consumer.metrics["held"] == 2
