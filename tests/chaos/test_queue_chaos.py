@@ -15,22 +15,41 @@ consumer group only).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from tidelog.chaos.checker import check_history
+from tidelog.chaos.cli import _queue_config
+from tidelog.chaos.history import (
+    FaultStart,
+    FinalRead,
+    FinalRecord,
+    History,
+    SendInvoked,
+    SendOk,
+    encode_value,
+)
 from tidelog.chaos.lazyfs import lazyfs_unavailable_reason
 from tidelog.chaos.netns import netns_unavailable_reason
-from tidelog.chaos.queue_checker import QueueCheckName
+from tidelog.chaos.queue_checker import QueueCheckName, QueueCheckResult, check_queue
+from tidelog.chaos.queue_history import QueueHistory
 from tidelog.chaos.queue_workload import QueueWorkloadConfig
 from tidelog.chaos.results import RunVerdict, Verdict
-from tidelog.chaos.runner import ChaosRun, RunConfig, RunOutcome
+from tidelog.chaos.runner import (
+    EXIT_CODES,
+    ChaosRun,
+    HarnessCheck,
+    RunConfig,
+    RunOutcome,
+    render_preamble,
+)
 from tidelog.chaos.workload import WorkloadConfig
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORK_SKIP = netns_unavailable_reason()
 LAZYFS_SKIP = lazyfs_unavailable_reason()
 RATE = 100.0
-pytestmark = pytest.mark.cluster
 
 
 def _run(tmp_path: Path, scenario: str, *, workload: str, seed: int, duration_s: float = 15.0,
@@ -52,6 +71,7 @@ def _harness(outcome: RunOutcome, name: str) -> Verdict:
     return next(h.verdict for h in outcome.harness if h.name == name)
 
 
+@pytest.mark.cluster
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("scenario", "workload", "duration_s"), [
     ("kill-leader", "queue-key-ordered", 15.0),
@@ -87,6 +107,7 @@ def test_queue_under_faults_loses_nothing_and_finishes_each_record_once(
     assert f"--workload {workload}" in _explain(outcome)
 
 
+@pytest.mark.cluster
 @pytest.mark.timeout(300)
 def test_queue_chaos_catches_a_coordinator_that_answers_acks_it_did_not_persist(
         tmp_path: Path) -> None:
@@ -101,3 +122,42 @@ def test_queue_chaos_catches_a_coordinator_that_answers_acks_it_did_not_persist(
     assert redelivered.verdict is Verdict.FAIL and q.redelivered > 0, _explain(outcome)
     assert "ack ok by" in redelivered.examples[0], redelivered.examples
     assert outcome.results is not None and outcome.results.lost == 0  # the log itself is fine
+
+
+# --- the wiring, without a cluster ----------------------------------------------------------------
+
+
+def test_workload_option_selects_the_queue_and_appears_in_the_replay_command() -> None:
+    assert _queue_config("log") is None
+    keyed = _queue_config("queue-key-ordered")
+    assert keyed is not None and keyed.key_ordered and keyed.name == "queue-key-ordered"
+    config = RunConfig(scenario="kill-leader", seed=4, queue=_queue_config("queue"))
+    assert config.replay_command().endswith("--seed 4 --workload queue")
+    assert "--workload" not in RunConfig(scenario="kill-leader").replay_command()
+
+
+def test_the_queue_checker_verdict_joins_the_run_verdict(tmp_path: Path) -> None:
+    value = encode_value("p0", 0)
+    history = History((
+        FaultStart(name="kill-leader", targets=("n1",), time_ms=0.5),
+        SendInvoked(producer="p0", seq=0, key="k", value=value, partition=None, time_ms=1.0),
+        SendOk(producer="p0", seq=0, partition=0, offset=0, time_ms=2.0),
+        FinalRead(partition=0, records=(FinalRecord(offset=0, key="k", value=value),),
+                  time_ms=3.0)))
+    vacuous = check_queue(history, QueueHistory(()))
+    outcome = RunOutcome(
+        config=RunConfig(scenario="kill-leader", queue=_queue_config("queue")),
+        results=check_history(history),
+        harness=(HarnessCheck(name="queue-drained", verdict=Verdict.PASS, detail="depth 0"),),
+        report_dir=tmp_path, backend_description="local", executed=(), skipped=(),
+        queue_results=vacuous)
+    assert outcome.results is not None and outcome.results.valid
+    assert outcome.verdict is RunVerdict.VACUOUS and EXIT_CODES[outcome.verdict] == 3
+    assert "INVALID (vacuous: no queue_started event" in render_preamble(outcome)
+    broken = dataclasses.replace(vacuous, checks=(*vacuous.checks, QueueCheckResult(
+        name=QueueCheckName.DOUBLE_FINISHED, verdict=Verdict.FAIL,
+        counts=(("double-finished", 1),))))
+    failed = dataclasses.replace(outcome, queue_results=broken)
+    assert failed.verdict is RunVerdict.INVALID and EXIT_CODES[failed.verdict] == 1
+    assert "verdict: INVALID (failed: queue-double-finished)" in render_preamble(failed)
+    assert dataclasses.replace(outcome, queue_results=None).verdict is RunVerdict.VALID
