@@ -31,6 +31,7 @@ cleanup.policy=compact.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import os
@@ -54,7 +55,7 @@ from tidelog.node.queues.dead_letters import (
     redrive_partition,
     write_dead_letters,
 )
-from tidelog.node.queues.model import Acquired, Settle, SettleKind, SettleOutcome
+from tidelog.node.queues.model import Acquired, OfferedRecord, Settle, SettleKind, SettleOutcome
 from tidelog.node.queues.reader import PartitionReader, decode_offered
 from tidelog.node.raft import NotLeader, ProposalDropped
 from tidelog.node.replica import Replica, ReplicaLostLeadership
@@ -119,6 +120,20 @@ class QueueHost(Protocol):
 
 
 @dataclass(slots=True, eq=False)
+class _Decoded:
+    """Records of one partition decoded but not offered yet (the window was full)."""
+
+    records: list[OfferedRecord]
+    pos: int            # the next record to offer
+    read_to: int        # the offset after the last position the read examined
+    next_offset: int    # the core's read offset these records continue from
+
+
+def _offset_of(record: OfferedRecord) -> int:
+    return record.offset
+
+
+@dataclass(slots=True, eq=False)
 class _Queue:
     """One queue this node coordinates."""
 
@@ -132,6 +147,7 @@ class _Queue:
     dlq_retry_at: float = 0.0
     scan: DeadLetterScan = field(default_factory=DeadLetterScan)
     remote_read_at: dict[TopicPartition, float] = field(default_factory=dict)
+    decoded: dict[TopicPartition, _Decoded] = field(default_factory=dict)
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this queue (each took the event before checking)."""
@@ -581,9 +597,13 @@ class QueueCoordinator:
     async def _gather_reads(self, queue: _Queue
                             ) -> list[tuple[TopicPartition, int, bytes, int]]:
         """I/O only: committed data after each partition's read offset, from the cache or the
-        source. (tp, offset asked, data, log start); nothing of the core changes here."""
+        source, for the partitions whose decoded records are used up. (tp, offset asked,
+        data, log start); nothing of the core changes here."""
         out = []
         for tp, offset in queue.core.reads_wanted().items():
+            decoded = queue.decoded.get(tp)
+            if decoded is not None and decoded.next_offset == offset:
+                continue
             data = self.reader.cached_from(tp, offset, FILL_READ_BYTES)
             if data:
                 out.append((tp, offset, data, -1))
@@ -613,7 +633,9 @@ class QueueCoordinator:
     @staticmethod
     def _offer(queue: _Queue, reads: Sequence[tuple[TopicPartition, int, bytes, int]],
                now: int) -> list[Any]:
-        """Synchronous: offer what was read to the core (if it still wants it from there)."""
+        """Synchronous: offer what was read (and what is left decoded from earlier reads) to
+        the core, as far as its window has room. Records are decoded once: what the window
+        cannot take yet waits in `queue.decoded`, not re-read and re-decoded next time."""
         core = queue.core
         deltas: list[Any] = []
         wanted = core.reads_wanted()
@@ -621,11 +643,33 @@ class QueueCoordinator:
             if wanted.get(tp) != offset:
                 continue  # another request offered it meanwhile
             if log_start > offset:
+                queue.decoded.pop(tp, None)
                 deltas.extend(core.log_start_moved(tp, log_start))
                 continue
             records, read_to = decode_offered(data, offset)
             if read_to > offset:
-                deltas.extend(core.offer(tp, records, read_to, now))
+                queue.decoded[tp] = _Decoded(records=records, pos=0, read_to=read_to,
+                                             next_offset=offset)
+        window = core.config.max_in_flight
+        for tp, offset in wanted.items():
+            decoded = queue.decoded.get(tp)
+            if decoded is None:
+                continue
+            if decoded.next_offset != offset:  # purged, truncated: read again from there
+                del queue.decoded[tp]
+                continue
+            limit = core.start_offset(tp) + window
+            records = decoded.records
+            end = bisect.bisect_left(records, limit, lo=decoded.pos, key=_offset_of)
+            read_to = records[end].offset if end < len(records) else decoded.read_to
+            if read_to <= offset:
+                continue
+            deltas.extend(core.offer(tp, records[decoded.pos:end], read_to, now))
+            if end >= len(records):
+                del queue.decoded[tp]
+            else:
+                decoded.pos = end
+                decoded.next_offset = read_to  # the core's read offset now
         return deltas
 
     async def _receive_response(self, queue: _Queue, acquired: Sequence[Acquired]

@@ -7,10 +7,12 @@ test kills the coordinator with SIGKILL and restarts it before it ends.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -306,6 +308,30 @@ def test_receive_ack_delivers_each_record_once_with_its_body(
     assert [m.value for m in msgs] == [b"late"] and time.monotonic() - started < 5
 
 
+def test_partitions_without_a_local_replica_are_read_from_their_leader(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    """RF 1 over 3 nodes: the coordinator holds one partition at most; the others are read
+    with Broker.Fetch from their leaders (and their long-polls are woken by polling)."""
+    admin.create_topic("remote", partitions=3, replication_factor=1)
+    create_queue(queues, "remote-q", ["remote"])
+    for p in range(3):
+        produce(cluster, "remote", [(None, f"r{p}-{i}".encode(), []) for i in range(10)],
+                partition=p)
+    got = receive_until(queues, "remote-q", "c", 30)
+    assert sorted(m.value for m in got) == sorted(f"r{p}-{i}".encode() for p in range(3)
+                                                  for i in range(10))
+    coordinator = queues.coordinator("remote-q").node_id
+    leaders = {cluster.leader_of("remote", p) for p in range(3)}
+    assert leaders - {coordinator}, "every partition on the coordinator: nothing read remotely"
+    remote_partition = next(p for p in range(3) if cluster.leader_of("remote", p) != coordinator)
+    later = threading.Timer(0.5, produce, args=(cluster, "remote", [(None, b"late", [])]),
+                            kwargs={"partition": remote_partition})
+    later.start()
+    msgs = receive(queues, "remote-q", "c", wait_ms=10_000)
+    later.join()
+    assert [(m.partition, m.value) for m in msgs] == [(remote_partition, b"late")]
+
+
 def test_lock_expiry_redelivers_with_count_2_and_fences_the_old_holder(
         cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
     admin.create_topic("expiry", partitions=1, replication_factor=3)
@@ -493,3 +519,66 @@ def test_coordinator_failover_keeps_acks_and_redelivers_old_locks(
     finally:
         cluster.start(victim)
         cluster.wait_healthy(timeout_s=60)
+
+
+# ====================================================== the dead-letter exactly-once window
+
+CRASH_NODE = Path(__file__).with_name("dlq_crash_node.py")
+
+
+class CrashWindowCluster(LocalCluster):
+    """Real nodes run through tests/queues/dlq_crash_node.py (switches are marker files)."""
+
+    def command(self, node: Any) -> list[str]:
+        base = super().command(node)
+        assert base[1:3] == ["-m", "tidelog.node.main"], base
+        return [sys.executable, str(CRASH_NODE), *base[3:]]
+
+
+def test_a_dead_letter_lands_once_when_its_coordinator_dies_before_committing_it(
+        tmp_path: Path) -> None:
+    """The coordinator exits right after the DLQ write is committed and before `dead_lettered`
+    is: its successor finds the dead letter in the DLQ tail and does not write it again. With
+    the scan skipped (planted bug, `<queue>.noscan`) the same run writes it twice."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    cluster = CrashWindowCluster(3, tmp_path / "cluster", env={
+        "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "4",
+        "TIDELOG_TEST_MARKERS": str(markers)})
+    cluster.start()
+    queues = Queues(cluster)
+    try:
+        cluster.wait_healthy(timeout_s=60)
+        with Admin(cluster.bootstrap) as admin:
+            admin.create_topic("win", partitions=1, replication_factor=3)
+        cases = (("once-q", False), ("twice-q", True))
+        for name, _ in cases:
+            create_queue(queues, name, ["win"])
+        produce(cluster, "win", [(b"wk", b"window body", [("x", b"y")])])
+        copies = {}
+        for name, planted in cases:
+            (markers / f"{name}.crash").touch()
+            if planted:
+                (markers / f"{name}.noscan").touch()
+            (m,) = receive_until(queues, name, "c", 1, ack=False)
+            assert not settle(queues, name, "c", [m], qpb.REJECT, reason="poison").results
+            # (Leadership may move between nodes until then: whichever coordinator writes it.)
+            victim = wait_until(lambda: next((n.id for n in cluster.nodes if not n.running), 0),
+                                30, f"{name}'s coordinator exiting in the window")
+            assert not (markers / f"{name}.crash").exists()
+            wait_until(lambda name=name: queues.call("DescribeQueue", qpb.DescribeQueueRequest(
+                queue=name), name).stats.dead_lettered_total == 1, 60,
+                f"{name}'s dead letter committed by the next coordinator")
+            assert queues.coordinator(name).node_id != victim
+            time.sleep(1.5)  # a late second copy would be there by now
+            copies[name] = read_topic(cluster, f"{name}.dlq", 0)
+            cluster.start(victim)
+            cluster.wait_healthy(timeout_s=60)
+        (once,) = copies["once-q"]
+        assert (once.key, once.value) == (b"wk", b"window body")
+        assert dlq_headers(once)["tidelog-dlq-reason"] == b"poison"
+        assert len(copies["twice-q"]) == 2, "planted bug not caught: without the DLQ tail scan " \
+            "the dead letter should have been written twice"
+    finally:
+        queues.close()
+        cluster.stop()
