@@ -141,6 +141,10 @@ class QueueCore:
     def start_offset(self, tp: TopicPartition) -> int:
         return self._parts[tp].start
 
+    def read_offset(self, tp: TopicPartition) -> int:
+        """The next offset this partition will look at (volatile: `start` after a restore)."""
+        return self._parts[tp].read_offset
+
     def reads_wanted(self) -> dict[TopicPartition, int]:
         """tp -> the offset to read next, for partitions whose window has room."""
         window = self.config.max_in_flight
@@ -230,8 +234,10 @@ class QueueCore:
         for p in order:
             if p.timers and p.timers[0][0] <= now_ms:
                 self._fire(p, now_ms, out)
+        # Which partitions stay in the share-out depends only on how many records each could
+        # give (durable state), never on stale hints left in `ready`: replay answers the same.
         first = self.counters["delivered"] % n
-        active = [p for p in order[first:] + order[:first] if p.ready]
+        active = order[first:] + order[:first]
         taken: dict[TopicPartition, list[int]] = {}
         remaining = max_messages
         while remaining > 0 and active:
@@ -242,7 +248,7 @@ class QueueCore:
                 got = taken.setdefault(p.tp, [])
                 k = self._take(p, want, now_ms, got, out)
                 remaining -= k
-                if k == want and p.ready:
+                if k == want:
                     still.append(p)
                 if remaining <= 0:
                     break
@@ -415,7 +421,7 @@ class QueueCore:
                     continue
                 if c < 0 or c <= now_ms:
                     return now_ms
-                self._timer(p, c, heapq.heappop(ready))
+                self._retime(p, heapq.heappop(ready), c)
             if p.timers and (best is None or p.timers[0][0] < best):
                 best = p.timers[0][0]
         return None if best is None else max(best, now_ms)
@@ -590,6 +596,26 @@ class QueueCore:
         self._seq += 1
         heapq.heappush(p.timers, (at, self._seq, payload))
 
+    def _retime(self, p: _Part, off: int, at: int) -> None:
+        """Look at a record again when it becomes available, or when its TTL passes if that is
+        sooner (so TTL dead-letters at the first tick after it, however the record waits)."""
+        ttl = self.config.ttl_ms
+        if ttl:
+            rec = p.recs.get(off)
+            if rec is not None:
+                at = min(at, rec.timestamp_ms + ttl + 1)
+        self._timer(p, at, off)
+
+    def _ttl_timers(self, p: _Part, ranges: dl.Ranges) -> None:
+        """Records unlocked (nack, release): their TTL counts again."""
+        ttl = self.config.ttl_ms
+        if not ttl:
+            return
+        for off in _offsets(ranges):
+            rec = p.recs.get(off)
+            if rec is not None:
+                self._timer(p, rec.timestamp_ms + ttl + 1, off)
+
     def _backoff(self, tp: TopicPartition, offset: int, count: int) -> int:
         cfg = self.config
         return backoff_ms(initial_ms=cfg.backoff_initial_ms, max_ms=cfg.backoff_max_ms,
@@ -643,7 +669,7 @@ class QueueCore:
                     max_dead.append(off)
                 continue
             if c > now_ms:
-                self._timer(p, c, off)
+                self._retime(p, off, c)
                 continue
             got.append(off)
             last = off
@@ -663,7 +689,7 @@ class QueueCore:
                     if c <= now_ms:
                         heapq.heappush(ready, off)
                     else:
-                        self._timer(p, c, off)
+                        self._retime(p, off, c)
                 elif c == _TTL:
                     ttl_dead.add(off)
                 elif c == _MAX:
@@ -797,6 +823,7 @@ class QueueCore:
                 self._timer(p, e.at, off)
         if d.delay_ms >= 0:
             self._timer(p, d.now_ms + d.delay_ms, d.ranges)
+        self._ttl_timers(p, d.ranges)
 
     def _apply_release(self, d: dl.Release) -> None:
         p = self._parts[d.tp]
@@ -808,6 +835,7 @@ class QueueCore:
             e.count = max(0, e.count - 1)
             e.at = d.now_ms
         self._timer(p, d.now_ms, d.ranges)
+        self._ttl_timers(p, d.ranges)
 
     def _apply_extend(self, d: dl.Extend) -> None:
         p = self._parts[d.tp]
@@ -918,9 +946,11 @@ class QueueCore:
                         key = p.recs[off].key
                         if key is not None:
                             p.keys.setdefault(key, deque()).append(off)
-            # Delays, backoff, limits or ordering changed: every record is looked at again.
-            for off in p.recs:
-                heapq.heappush(p.ready, off)
+            # Delays, backoff, limits or ordering changed: every record is looked at again at
+            # the next tick or acquire (a timer due at once, so tick dead-letters what the new
+            # limit makes dead, as a replayed core, whose timers are all fresh, would).
+            if p.recs:
+                self._timer(p, 0, dl.ranges_of(sorted(p.recs)))
 
     def _apply_redrive(self, d: dl.RedriveCursor) -> None:
         self._redrive[d.dlq_partition] = d.offset
