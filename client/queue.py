@@ -15,9 +15,10 @@ Theory of operation (the model is docs/queues.md; the wire contract proto/queue.
   background thread (`_SettleSender`) waits ``ack_linger_ms`` after the first pending item (no
   wait while someone flushes), then sends one ``Settle`` with everything pending, coalesced into
   ranges: consecutive offsets of one partition that share delivery count, action and action
-  parameters travel as one `Settlement` (`coalesce`). One request is in flight at a time, so
-  settlements reach the coordinator in the order they were made; a request never carries the
-  same offset twice (a second settlement of an offset waits for the next request).
+  parameters travel as one `Settlement` (`coalesce`). Up to ``settle_in_flight_max`` requests
+  are in flight at once (each on a worker of a small pool), but an offset is never in two of
+  them: a second settlement of a message (extend, then ack) waits until the first is answered,
+  so per message they take effect in the order made.
 * The coordinator answers per settlement; a range refused with LOCK_LOST is sent again one offset
   at a time, so each message's future tells that message's own outcome. The future of a refused
   settlement raises `LockLostError`: the lock expired and the message went (or will go) to
@@ -39,6 +40,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
 from types import TracebackType
@@ -71,6 +73,8 @@ SETTLEMENTS_PER_REQUEST_MAX = 10_000
 #: queue.proto: ReceiveRequest.max_messages is 1..10000
 RECEIVE_MESSAGES_MAX = 10_000
 REASON_CHARS_MAX = 1000
+#: Settle requests of one consumer in flight at once, by default
+SETTLE_IN_FLIGHT_MAX = 4
 #: the shortest gRPC deadline of one attempt of a coordinator call (see QueueCoordinator.call)
 ATTEMPT_S_MIN = 5.0
 #: received-and-unsettled messages remembered for close()'s release; past it, the ones whose lock
@@ -436,25 +440,32 @@ SettleTransport = Callable[[Sequence[Coalesced], float], dict[int, tuple[int, st
 
 
 class _SettleSender:
-    """The settle thread: linger, coalesce, one Settle in flight, complete the futures.
+    """The settle thread: linger, coalesce, up to `in_flight_max` Settle requests at once (each
+    sent and answered on a worker of a small pool), complete the futures.
 
-    Invariant: every item put() is completed exactly once (answered, or failed by close)."""
+    Invariants: every item put() is completed exactly once (answered, or failed by close); an
+    offset is in at most one request in flight, and a later settlement of it is sent only after
+    the earlier one was answered (so per message, settlements take effect in the order made)."""
 
     def __init__(self, transport: SettleTransport, *, linger_s: float, timeout_s: float,
-                 name: str) -> None:
+                 in_flight_max: int, name: str) -> None:
         self._transport = transport
         self._linger_s = linger_s
         self._timeout_s = timeout_s
+        self._in_flight_max = in_flight_max
         self.cond = threading.Condition(threading.Lock())  # not an RLock: cheaper per ack
         # Guarded by cond:
         self._pending: deque[_Item] = deque()
         self._first_at = 0.0  # monotonic time the oldest pending item was put
-        self._in_flight: list[_Item] = []
+        self._in_flight: dict[int, list[_Item]] = {}  # request number -> its items
+        self._busy: set[tuple[str, int, int]] = set()  # offsets of the requests in flight
+        self._requests = 0
         self._flushing = 0
         self._stopping = False
         self.requests_sent = 0
         self.ranges_sent = 0
         self.items_sent = 0
+        self._pool = ThreadPoolExecutor(in_flight_max, thread_name_prefix=f"{name}-call")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -476,7 +487,8 @@ class _SettleSender:
         """Wait until every item put so far is answered; Timeout after timeout_s."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self.cond:
-            waiting = [item.future for item in (*self._in_flight, *self._pending)]
+            waiting = [item.future for items in self._in_flight.values() for item in items]
+            waiting += [item.future for item in self._pending]
             self._flushing += 1
             self.cond.notify_all()
             try:
@@ -489,27 +501,28 @@ class _SettleSender:
                 self._flushing -= 1
 
     def stop(self, timeout_s: float | None) -> None:
-        """Send what is pending, then end the thread; items still unanswered after timeout_s
-        fail with ClientClosed."""
+        """Send what is pending, wait for the replies, end the threads; items still unsent
+        after timeout_s fail with ClientClosed."""
         with self.cond:
             self._stopping = True
             self.cond.notify_all()
         self._thread.join(timeout_s)
+        self._pool.shutdown(wait=False)
         with self.cond:
             left = list(self._pending)
             self._pending.clear()
         self._complete([(it, errors.ClientClosed("the queue consumer closed before this "
                                                  "settlement was sent"), None) for it in left])
 
-    # --- the thread --------------------------------------------------------------------------
+    # --- the threads -------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self._pending and not self._stopping:
+                while not self._ready():
+                    if self._stopping and not self._pending and not self._in_flight:
+                        return
                     self.cond.wait()
-                if not self._pending:
-                    return
                 while (not self._stopping and not self._flushing
                        and len(self._pending) < SETTLEMENTS_PER_REQUEST_MAX):
                     left = self._first_at + self._linger_s - time.monotonic()
@@ -517,29 +530,51 @@ class _SettleSender:
                         break
                     self.cond.wait(left)
                 batch = self._take()
-                self._in_flight = batch
+                number = self._requests
+                self._requests += 1
+                self._in_flight[number] = batch
+                self._busy.update((it.topic, it.partition, it.offset) for it in batch)
             try:
-                self._send(batch)
-            finally:
-                with self.cond:
-                    self._in_flight = []
+                self._pool.submit(self._send, number, batch)
+            except RuntimeError:  # the pool was shut down by a stop() that timed out
+                self._complete([(it, errors.ClientClosed("the queue consumer closed"), None)
+                                for it in batch], number)
+
+    def _ready(self) -> bool:
+        """A request can go now: something pending whose head is not in flight, and room."""
+        if not self._pending or len(self._in_flight) >= self._in_flight_max:
+            return False
+        head = self._pending[0]
+        return (head.topic, head.partition, head.offset) not in self._busy
 
     def _take(self) -> list[_Item]:
-        """The next request's items, in order, stopping before an offset already taken."""
+        """The next request's items, in order, stopping before an offset already taken or in
+        flight."""
         taken: list[_Item] = []
         seen: set[tuple[str, int, int]] = set()
+        busy = self._busy
         while self._pending and len(taken) < SETTLEMENTS_PER_REQUEST_MAX:
             item = self._pending[0]
             where = (item.topic, item.partition, item.offset)
-            if where in seen:
+            if where in seen or where in busy:
                 break
             seen.add(where)
             taken.append(self._pending.popleft())
         if self._pending:
-            self._first_at = time.monotonic()  # the rest waits for the reply, not the linger
+            self._first_at = 0.0  # what is left has lingered already
         return taken
 
-    def _send(self, batch: list[_Item]) -> None:
+    def _send(self, number: int, batch: list[_Item]) -> None:
+        """On a pool worker: send one request (and its per-offset retries), complete it."""
+        try:
+            self._complete(self._outcomes(batch), number)
+        except BaseException as exc:  # a bug must fail the futures, not hang flush()
+            _log.exception("settle request failed")
+            self._complete([(it, errors.UnknownError(f"settle failed: {exc!r}"), None)
+                            for it in batch], number)
+
+    def _outcomes(self, batch: list[_Item]
+                  ) -> list[tuple[_Item, BaseException | None, int | None]]:
         ranges = coalesce(batch)
         outcomes = self._attempt(ranges)
         retry = [it for r, (error, _) in zip(ranges, outcomes, strict=True)
@@ -555,13 +590,14 @@ class _SettleSender:
             singles = [_range([it]) for it in retry]
             for r, (error, deadline) in zip(singles, self._attempt(singles), strict=True):
                 done.append((r.items[0], error, deadline))
-        self._complete(done)
+        return done
 
     def _attempt(self, ranges: Sequence[Coalesced]
                  ) -> list[tuple[BaseException | None, int | None]]:
-        self.requests_sent += 1
-        self.ranges_sent += len(ranges)
-        self.items_sent += sum(len(r.items) for r in ranges)
+        with self.cond:
+            self.requests_sent += 1
+            self.ranges_sent += len(ranges)
+            self.items_sent += sum(len(r.items) for r in ranges)
         try:
             results = self._transport(ranges, self._timeout_s)
         except errors.TidelogError as exc:
@@ -580,13 +616,18 @@ class _SettleSender:
                 out.append((None, deadline if r.action is SettleAction.EXTEND else None))
         return out
 
-    def _complete(self, done: Sequence[tuple[_Item, BaseException | None, int | None]]) -> None:
-        if not done:
-            return
+    def _complete(self, done: Sequence[tuple[_Item, BaseException | None, int | None]],
+                  number: int | None = None) -> None:
+        """Set the futures, then (same lock) retire request `number`: its offsets may go out
+        again only once their earlier settlement is answered."""
         callbacks: list[tuple[Callable, SettleFuture]] = []
         with self.cond:
             for item, error, deadline in done:
-                callbacks += [(fn, item.future) for fn in item.future._set(error, deadline)]
+                if not item.future.done():
+                    callbacks += [(fn, item.future) for fn in item.future._set(error, deadline)]
+            if number is not None:
+                for it in self._in_flight.pop(number, ()):
+                    self._busy.discard((it.topic, it.partition, it.offset))
             self.cond.notify_all()
         for fn, future in callbacks:
             _run_callback(fn, future)
@@ -612,14 +653,19 @@ class QueueConsumer:
         self, bootstrap: str | Sequence[str] = _DEFAULT_BOOTSTRAP, *, queue: str,
         topics: Sequence[str] | None = None, consumer_id: str | None = None,
         ack_linger_ms: float = 1.0, request_timeout_s: float = 30.0,
-        retry_backoff_ms: int = 100,
+        retry_backoff_ms: int = 100, settle_in_flight_max: int = SETTLE_IN_FLIGHT_MAX,
         _settle_transport: SettleTransport | None = None,
     ) -> None:
-        """`_settle_transport` is a test seam (the Settle call); leave it None."""
+        """`settle_in_flight_max`: Settle requests sent before the first is answered (more
+        overlap the coordinator's Raft commits, so an ack made while one is in flight need not
+        wait for it). `_settle_transport` is a test seam (the Settle call); leave it None."""
         if not queue:
             raise errors.ConfigError("queue: give the queue's name")
         if ack_linger_ms < 0:
             raise errors.ConfigError(f"ack_linger_ms must be >= 0, not {ack_linger_ms}")
+        if not 1 <= settle_in_flight_max <= 64:
+            raise errors.ConfigError(
+                f"settle_in_flight_max must be 1..64, not {settle_in_flight_max}")
         if request_timeout_s <= 0:
             raise errors.ConfigError(f"request_timeout_s must be > 0, not {request_timeout_s}")
         self.queue = queue
@@ -639,6 +685,7 @@ class QueueConsumer:
         self._held: dict[tuple[str, int, int], QueueMessage] = {}
         self._sender = _SettleSender(_settle_transport or self._settle_rpc,
                                      linger_s=ack_linger_ms / 1000, timeout_s=request_timeout_s,
+                                     in_flight_max=settle_in_flight_max,
                                      name=f"tidelog-settle-{queue}")
 
     # --- receiving -------------------------------------------------------------------------------

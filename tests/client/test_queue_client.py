@@ -138,12 +138,30 @@ class HoldTwin:
         self.applied: list[tuple[str, int, int, str]] = []
         self.delay_s = delay_s
         self.fail_with: errors.TidelogError | None = None
+        self.active: set[tuple[str, int, int]] = set()  # offsets of the calls under way
+        self.overlaps: list[tuple[str, int, int]] = []  # an offset in two calls at once
+        self.concurrency_max = 0
+        self._calls = 0
         self._lock = threading.Lock()
 
     def __call__(self, ranges: Sequence[Coalesced], timeout_s: float
                  ) -> dict[int, tuple[int, str, int]]:
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        mine = {(r.topic, r.partition, o) for r in ranges for o in range(r.first, r.last + 1)}
+        with self._lock:
+            self.overlaps += sorted(mine & self.active)
+            self.active |= mine
+            self._calls += 1
+            self.concurrency_max = max(self.concurrency_max, self._calls)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            return self._answer(ranges)
+        finally:
+            with self._lock:
+                self.active -= mine
+                self._calls -= 1
+
+    def _answer(self, ranges: Sequence[Coalesced]) -> dict[int, tuple[int, str, int]]:
         with self._lock:
             if self.fail_with is not None:
                 raise self.fail_with
@@ -288,6 +306,7 @@ def test_many_threads_acking_at_once_settle_each_message_exactly_once() -> None:
     # batching happened: far fewer requests and ranges than acks
     assert metrics["settle_requests_sent"] < total / 10, (seed, metrics)
     assert metrics["settle_ranges_sent"] < total, (seed, metrics)
+    assert twin.overlaps == [], seed
 
 
 def test_close_releases_the_messages_received_and_not_settled() -> None:
@@ -411,3 +430,54 @@ def test_a_damaged_partition_of_a_receive_is_released_and_the_rest_delivered() -
         consumer.flush(10)
         assert sorted(twin.applied) == [("t", 0, 0, "RELEASE"), ("t", 0, 1, "RELEASE")]
         assert consumer.metrics["held"] == 2
+
+
+def overlapping_settlements() -> tuple[HoldTwin, dict[int, list[str]]]:
+    """With 4 requests in flight, each answered after 200 ms: two acks 20 ms apart go in two
+    overlapping requests; an ack made while its message's extend is in flight must wait."""
+    twin = HoldTwin({("t", 0, o): 1 for o in (0, 1, 10, 11)}, delay_s=0.2)
+    order: dict[int, list[str]] = {0: ["extend", "ack"], 1: ["ack"], 10: ["ack"], 11: ["ack"]}
+    with QueueConsumer(UNREACHABLE, queue="q", ack_linger_ms=0, settle_in_flight_max=4,
+                       _settle_transport=twin) as consumer:
+        consumer.ack(make_message(10))
+        time.sleep(0.02)
+        consumer.ack(make_message(11))
+        consumer.extend(make_message(0), 5)
+        time.sleep(0.02)
+        consumer.ack(make_message(0))
+        consumer.ack(make_message(1))
+        consumer.flush(30)
+    return twin, order
+
+
+def test_requests_overlap_but_never_share_an_offset_and_keep_each_messages_order() -> None:
+    twin, order = overlapping_settlements()
+    assert twin.overlaps == [], "an offset in two requests at once"
+    assert twin.concurrency_max > 1, "requests never overlapped"
+    applied: dict[int, list[str]] = {o: [] for o in order}
+    for _, _, offset, action in twin.applied:
+        applied[offset].append(action.lower())
+    assert applied == order
+
+
+def test_planted_bug_an_offset_sent_while_in_flight_is_caught(monkeypatch) -> None:  # noqa: ANN001
+    """Planted bug: the sender ignores the offsets in flight. The overlap check must see it."""
+    from tidelog.client.queue import SETTLEMENTS_PER_REQUEST_MAX, _SettleSender
+
+    def take_ignoring_busy(self: _SettleSender) -> list[_Item]:
+        taken: list[_Item] = []
+        seen: set[tuple[str, int, int]] = set()
+        while self._pending and len(taken) < SETTLEMENTS_PER_REQUEST_MAX:
+            where = (self._pending[0].topic, self._pending[0].partition,
+                     self._pending[0].offset)
+            if where in seen:
+                break
+            seen.add(where)
+            taken.append(self._pending.popleft())
+        return taken
+
+    monkeypatch.setattr(_SettleSender, "_take", take_ignoring_busy)
+    monkeypatch.setattr(_SettleSender, "_ready", lambda self: bool(self._pending) and len(
+        self._in_flight) < self._in_flight_max)
+    twin, _ = overlapping_settlements()
+    assert twin.overlaps == [("t", 0, 0)], "the planted bug went unnoticed"
