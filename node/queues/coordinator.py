@@ -148,6 +148,7 @@ class _Queue:
     scan: DeadLetterScan = field(default_factory=DeadLetterScan)
     remote_read_at: dict[TopicPartition, float] = field(default_factory=dict)
     decoded: dict[TopicPartition, _Decoded] = field(default_factory=dict)
+    record_bytes: float = 0.0      # stored bytes per record, averaged over reads (max_bytes)
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this queue (each took the event before checking)."""
@@ -471,7 +472,9 @@ class QueueCoordinator:
             entry, queue = self._queue_for(request.queue)  # the reads may have awaited
             now = _now_ms()
             deltas = self._offer(queue, reads, now)
-            acquired, more = queue.core.acquire(request.consumer_id, request.max_messages, now)
+            acquired, more = queue.core.acquire(request.consumer_id, _messages_within(
+                request.max_messages, request.max_bytes or RECEIVE_BYTES_DEFAULT,
+                queue.record_bytes), now)
             deltas.extend(more)
             remaining = deadline - time.monotonic()
             if acquired or remaining <= 0:
@@ -647,6 +650,10 @@ class QueueCoordinator:
                 deltas.extend(core.log_start_moved(tp, log_start))
                 continue
             records, read_to = decode_offered(data, offset)
+            if records:
+                size = len(data) / len(records)
+                queue.record_bytes = size if not queue.record_bytes else \
+                    0.8 * queue.record_bytes + 0.2 * size
             if read_to > offset:
                 queue.decoded[tp] = _Decoded(records=records, pos=0, read_to=read_to,
                                              next_offset=offset)
@@ -753,13 +760,23 @@ class QueueCoordinator:
                          ) -> tuple[int, int]:
         replica = entry.replica
         now = _now_ms()
-        batch = encode_batch([(k, v, (), now) for k, v in records], codec=Codec.LZ4)
-        header = validate_batch(batch, max_bytes=self.host.batch_bytes_max)
         term = replica.term
         try:
+            batch = encode_batch([(k, v, (), now) for k, v in records], codec=Codec.LZ4)
+            header = validate_batch(batch, max_bytes=self.host.batch_bytes_max)
             ((_, last),) = replica.propose([(batch, header)])
         except (NotLeader, ProposalDropped):
             self._lost(entry)
+        except Exception as exc:
+            # The cores are ahead of the log now (and a seq would be missing): reload them.
+            log.exception("%s-%d: a state write could not be proposed; reloading",
+                          QUEUE_STATE_TOPIC, entry.partition)
+            self._drop(entry.partition)
+            if replica.is_leader:
+                self.on_soft_state(replica)
+            raise CoordinatorNotAvailableError(
+                f"{QUEUE_STATE_TOPIC}-{entry.partition}: state write failed ({exc}); the "
+                "coordinator is reloading, retry shortly") from None
         return last, term
 
     async def _await_commit(self, entry: _Partition, waiter: tuple[int, int] | None,
@@ -904,6 +921,14 @@ def _merge(items: Sequence[Acquired]) -> list[Acquired]:
         out.append(Acquired(tp=tp, ranges=ranges,
                             lock_deadline_ms=min(g.lock_deadline_ms for g in group)))
     return out
+
+
+def _messages_within(max_messages: int, max_bytes: int, record_bytes: float) -> int:
+    """max_bytes as a count of records (at least one), from the queue's average stored record
+    size: approximate, since an answer carries whole batches."""
+    if record_bytes <= 0:
+        return max_messages
+    return max(1, min(max_messages, int(max_bytes / record_bytes)))
 
 
 def _check_consumer(consumer_id: str) -> None:
