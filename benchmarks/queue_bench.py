@@ -529,8 +529,8 @@ def rabbit_cluster(peers_dir: str, nodes: int) -> Iterator[tuple[Any, int, list[
         rb.prepare(tmp, nodes)
         for i in range(nodes):
             env, directory = rb.node_env(tmp, i)
-            with open(os.path.join(directory, "stdout.log"), "w") as log:
-                procs.start([f"{rb.RMQ_BIN}/rabbitmq-server"], env=env, stdout=log,
+            with open(os.path.join(directory, "stdout.log"), "w") as out:
+                procs.start([f"{rb.RMQ_BIN}/rabbitmq-server"], env=env, stdout=out,
                             cwd=directory)
         log(f"rabbitmq: started {nodes} nodes (pids {[p.pid for p in procs.procs]})")
         for i in range(nodes):
@@ -800,7 +800,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--consumers", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--mode", choices=["threads", "processes"], default="threads",
                         help="consumers as threads of this process, or one process each")
-    parser.add_argument("--messages", type=int, default=20_000,
+    parser.add_argument("--messages", type=int, default=50_000,
                         help="pre-produced per case; the case ends when all are acked")
     parser.add_argument("--size", type=int, default=100, help="message bytes")
     parser.add_argument("--seconds", type=float, default=30.0, help="time bound per case")
