@@ -335,22 +335,26 @@ def test_a_message_failing_every_time_is_dead_lettered_once_after_the_limit_and_
 
 def key_order_violations(workers: list[Worker], by_key: dict[str, list[Msg]]) -> list[str]:
     """Every breach of key order in the workers' logs, given each key's produced messages in
-    produce order. Each message must have been received once and acked once.
+    produce order; every message must have been acked exactly once.
 
     * acked out of order: sorted by when each ack was sent, a key's offsets are not the
       produced ones;
-    * held twice at once: a hold is [receive, ack sent]; each hold of a key must start after
-      the previous one ended, whoever held it (a correct server commits the ack, which is sent
-      after t0, before it hands out the key's next message, received before its ts)."""
-    recvs = receives(workers)
-    settled = {(e["p"], e["o"]): e for e in acks(workers)}
+    * held twice at once: a hold is one delivery, from its receive to the moment its worker
+      sent the settlement (t0), or to its lock deadline when it was never settled (a worker
+      killed holding it). Each hold of a key must start after the previous one ended, whoever
+      held it: a correct server commits the ack (sent after t0) or lets the lock expire before
+      it hands out the key's next delivery, which is received before its ts."""
+    settled = {(w.consumer_id, e["p"], e["o"], e["dc"]): e["t0"]
+               for w in workers for e in w.events("settle")}
+    ack_t0 = {(e["p"], e["o"]): e["t0"] for e in acks(workers)}
     found = []
     for key, msgs in by_key.items():
-        in_ack_order = sorted(msgs, key=lambda m: settled[m]["t0"])
+        in_ack_order = sorted(msgs, key=lambda m: ack_t0[m])
         if in_ack_order != msgs:
             found.append(f"{key}: acked as {in_ack_order}, produced as {msgs}")
-        holds = sorted(((e["ts"], settled[(e["p"], e["o"])]["t0"], e["w"], e["o"])
-                        for e in recvs if e["k"] == key), key=lambda h: h[0])
+        holds = sorted(
+            (e["ts"], settled.get((e["w"], e["p"], e["o"], e["dc"]), e["lock"] / 1000), e["w"],
+             e["o"]) for e in receives(workers) if e["k"] == key)
         for (_, end, who, offset), (start, _, next_who, next_offset) in itertools.pairwise(holds):
             if start <= end:
                 found.append(f"{key}: offset {next_offset} received by {next_who} at "
@@ -384,7 +388,7 @@ def run_keyed_workload(cluster: LocalCluster, admin: Admin, workers: list[Worker
 
 def test_key_ordered_mode_with_eight_consumers_on_two_partitions_keeps_each_key_in_order(
         cluster: LocalCluster, admin: Admin, workers: list[Worker], tmp_path: Path) -> None:
-    rng = rng_for("test_key_ordered_mode")
+    rng = rng_for("test_key_ordered_mode_with_eight")
     by_key = run_keyed_workload(cluster, admin, workers, tmp_path, rng, queue="ordered-q",
                                 key_ordered=True, messages=1000)
     violations = key_order_violations(workers, by_key)
@@ -410,3 +414,51 @@ def test_the_key_order_check_finds_breaches_on_a_queue_without_key_order(
     violations = key_order_violations(workers, by_key)
     print(f"{len(violations)} breaches found, e.g. {violations[:2]}")
     assert any("held" in v for v in violations), "no key held twice at once: check too weak"
+
+
+def test_key_ordered_mode_keeps_a_killed_consumers_keys_blocked_until_its_lock_expires(
+        cluster: LocalCluster, admin: Admin, workers: list[Worker], tmp_path: Path) -> None:
+    """A consumer SIGKILLed while it holds the heads of some keys: nobody gets any record of
+    those keys before its lock deadline; then the same heads are redelivered (count 2) and every
+    key is still acked in produce order, never held twice at once."""
+    rng = rng_for("test_key_ordered_mode_keeps")
+    admin.create_topic("ordcrash", partitions=2, replication_factor=3)
+    admin.create_queue("ordcrash-q", ["ordcrash"], key_ordered=True, lock_s=2.0,
+                       backoff_initial_s=0.2, backoff_max_s=1.0)
+    victim, = start_workers(cluster, "ordcrash-q", tmp_path, rng, ["victim"],
+                            "--max-messages", "5", "--process-ms-min", "60000",
+                            "--process-ms-max", "60000")
+    workers.append(victim)
+    go = tmp_path / "go"
+    rescuers = start_workers(cluster, "ordcrash-q", tmp_path, rng, [f"r{i}" for i in range(4)],
+                             "--go-file", str(go), "--process-ms-min", "1",
+                             "--process-ms-max", "5")
+    workers += rescuers
+    keys = [f"key{rng.randrange(20)}" for _ in range(300)]
+    produced = produce(cluster, "ordcrash", [{"value": f"{k}:{i}", "key": k}
+                                             for i, k in enumerate(keys)])
+    by_key: dict[str, list[Msg]] = defaultdict(list)
+    for k, msg in zip(keys, produced, strict=True):
+        by_key[k].append(msg)
+    wait_until(lambda: victim.events("recv"), 30, "the victim receiving")
+    held = victim.events("recv")
+    victim.kill()
+    deadline_s = min(e["lock"] for e in held) / 1000
+    assert time.time() < deadline_s, "the victim outlived its lock: machine too slow"
+    assert len({e["k"] for e in held}) == len(held), f"one key twice at the victim: {held}"
+    go.touch()
+    wait_until(lambda: acked_set(rescuers) >= set(produced), 90, "all 300 messages acked")
+    assert_every_message_acked_exactly_once(rescuers, produced)
+    violations = key_order_violations(workers, by_key)
+    assert not violations, f"{len(violations)} breaches of key order, e.g. {violations[:5]}"
+    for first in held:
+        of_key = sorted((e for e in receives(rescuers) if e["k"] == first["k"]),
+                        key=lambda e: e["ts"])
+        assert (of_key[0]["o"], of_key[0]["dc"]) == (first["o"], 2), (first, of_key[:2])
+        assert of_key[0]["ts"] >= first["lock"] / 1000, (first, of_key[0])
+        print(f"{first['k']}: blocked {of_key[0]['ts'] - first['ts']:.2f} s, then offset "
+              f"{first['o']} redelivered to {of_key[0]['w']}")
+    others = {e["w"] for e in receives(rescuers)}
+    assert others == {w.consumer_id for w in rescuers}, f"workers that got work: {others}"
+    stats = assert_queue_idle(admin, "ordcrash-q")
+    assert stats.redelivered_total == len(held), stats
