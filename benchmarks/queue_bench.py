@@ -84,6 +84,8 @@ class CaseResult:
     ack_p50_ms: float | None
     ack_p99_ms: float | None
     receive_p50_ms: float | None
+    settle_rpc_p50_ms: float | None   # one Settle call, client side (the rest of an ack's
+    acks_per_settle: float | None     # latency is linger + waiting for the call before it)
     redelivered: int
     duplicates: int
     lock_lost: int
@@ -102,6 +104,8 @@ class WorkerReport:
     acked: int
     ack_ms: list[float] = field(default_factory=list)
     receive_ms: list[float] = field(default_factory=list)
+    settle_rpc_ms: list[float] = field(default_factory=list)
+    settle_acks: int = 0        # messages covered by the Settle calls timed
     redelivered: int = 0
     duplicates: int = 0
     lock_lost: int = 0
@@ -191,6 +195,9 @@ def tidelog_worker(index: int, spec: TidelogSpec, shared: Shared) -> None:
         shared.barrier.abort()
         shared.reports.put(WorkerReport(index=index, acked=0, error_text=repr(exc)))
         return
+    settle_rpc_ms: list[float] = []
+    settle_acks = [0]
+    time_settle_calls(consumer, settle_rpc_ms, settle_acks)
     try:
         shared.barrier.wait(BARRIER_TIMEOUT_S)
         cpu_started = time.process_time()
@@ -221,10 +228,32 @@ def tidelog_worker(index: int, spec: TidelogSpec, shared: Shared) -> None:
     with lock:
         report = WorkerReport(
             index=index, acked=len(ack_ms), ack_ms=list(ack_ms), receive_ms=receive_ms,
+            settle_rpc_ms=list(settle_rpc_ms), settle_acks=settle_acks[0],
             redelivered=counts["redelivered"], duplicates=counts["duplicates"],
             lock_lost=counts["lock_lost"], errors=counts["errors"], last_done=last_done[0],
             cpu_s=time.process_time() - cpu_started, error_text=error_text)
     shared.reports.put(report)
+
+
+def time_settle_calls(consumer: Any, out_ms: list[float], acks: list[int]) -> None:
+    """Times each Settle call of this consumer (a wrapper on its private coordinator handle, for
+    measuring only; skipped if the client's internals change)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    original = getattr(coordinator, "call", None)
+    if original is None:
+        return
+
+    def timed(method: str, request: Any, **kwargs: Any) -> Any:
+        if method != "Settle":
+            return original(method, request, **kwargs)
+        started = time.perf_counter()
+        try:
+            return original(method, request, **kwargs)
+        finally:
+            out_ms.append((time.perf_counter() - started) * 1000)
+            acks[0] += sum(s.last_offset - s.first_offset + 1 for s in request.settlements)
+
+    coordinator.call = timed
 
 
 def watch(future: Any, callback: Callable[[Any], None]) -> None:
@@ -378,6 +407,8 @@ def summarize(system: str, variant: str, consumers: int, mode: str, size: int, p
               produce_msgs_s: float, outcome: RunOutcome, notes: str = "") -> CaseResult:
     ack_ms = [v for r in outcome.reports for v in r.ack_ms]
     receive_ms = [v for r in outcome.reports for v in r.receive_ms]
+    settle_ms = [v for r in outcome.reports for v in r.settle_rpc_ms]
+    settle_acks = sum(r.settle_acks for r in outcome.reports)
     acked = sum(r.acked for r in outcome.reports)
     errors_text = "; ".join(sorted({r.error_text for r in outcome.reports if r.error_text}))
     return CaseResult(
@@ -387,6 +418,8 @@ def summarize(system: str, variant: str, consumers: int, mode: str, size: int, p
         ack_p50_ms=percentile(ack_ms, 0.5) if ack_ms else None,
         ack_p99_ms=percentile(ack_ms, 0.99) if ack_ms else None,
         receive_p50_ms=percentile(receive_ms, 0.5) if receive_ms else None,
+        settle_rpc_p50_ms=percentile(settle_ms, 0.5) if settle_ms else None,
+        acks_per_settle=round(settle_acks / len(settle_ms), 1) if settle_ms else None,
         redelivered=sum(r.redelivered for r in outcome.reports),
         duplicates=sum(r.duplicates for r in outcome.reports),
         lock_lost=sum(r.lock_lost for r in outcome.reports),
@@ -752,11 +785,13 @@ def print_tables(results: list[CaseResult], ratio_rows: list[dict[str, Any]],
     print("Receive + ack, one partition / one quorum queue, 3 nodes, RF 3, fsync before ack")
     print(render_table(
         ["system", "ack", "consumers", "mode", "size", "acked", "s", "msgs/s", "ack p50 ms",
-         "ack p99 ms", "receive p50 ms", "redelivered", "dups", "lock lost", "errors",
-         "timed out"],
+         "ack p99 ms", "receive p50 ms", "Settle call p50 ms", "acks/Settle", "redelivered",
+         "dups", "lock lost", "errors", "timed out"],
         [[r.system, r.variant, r.consumers, r.mode, f"{r.size} B", r.acked, f"{r.seconds:.2f}",
           f"{r.msgs_s:,.0f}", fmt_ms(r.ack_p50_ms), fmt_ms(r.ack_p99_ms),
-          fmt_ms(r.receive_p50_ms), r.redelivered, r.duplicates, r.lock_lost, r.errors,
+          fmt_ms(r.receive_p50_ms), fmt_ms(r.settle_rpc_p50_ms),
+          "–" if r.acks_per_settle is None else r.acks_per_settle, r.redelivered,
+          r.duplicates, r.lock_lost, r.errors,
           "yes" if r.timed_out else "no"] for r in results]))
     notes = [f"  {r.system} {r.consumers}c {r.variant}: {r.notes}; CPU s "
              + ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_s.items()) for r in results]
