@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
+#: `send`: futures kept before the answered ones are collected; offsets listed in its JSON
+SEND_PENDING_MAX = 1000
+SEND_LISTED_MAX = 10_000
 
 _EPILOG = ("exit codes: 0 done, 1 failed (see the message), 2 bad arguments or queue setting, "
            "3 no such queue or topic")
@@ -313,25 +317,34 @@ def _send(admin: Any, args: argparse.Namespace) -> int:
     config = admin.describe_queue(args.name).config
     topic = config.topics[0]
     key = args.key.encode() if args.key is not None else None
-    sent: list[dict[str, int]] = []
-    failures = 0
-    with Producer(args.bootstrap) as producer:
-        futures = []
-        for value in _values(args):
-            extra = [deliver_at_header(args.delay_s)] if args.delay_s is not None else []
-            futures.append(producer.send(topic, value, key=key, headers=[*headers, *extra]))
-        producer.flush(120.0)
-        for future in futures:
+    sent: list[dict[str, int]] = []  # the first SEND_LISTED_MAX, for --output json
+    count = failures = 0
+    pending: deque[Any] = deque()
+
+    def settle(done_only: bool) -> None:
+        nonlocal count, failures
+        while pending and (not done_only or pending[0].done()):
             try:
-                meta = future.result(0)
+                meta = pending.popleft().result(120.0)
             except errors.TidelogError as exc:
                 failures += 1
                 print(f"error: {exc}", file=sys.stderr)
                 continue
-            sent.append({"partition": meta.partition, "offset": meta.offset})
-    _emit(args, {"queue": args.name, "topic": topic, "sent": len(sent), "failed": failures,
-                 "messages": sent},
-          f"sent {len(sent)} messages to queue {args.name!r} (topic {topic})"
+            count += 1
+            if len(sent) < SEND_LISTED_MAX:
+                sent.append({"partition": meta.partition, "offset": meta.offset})
+
+    with Producer(args.bootstrap) as producer:
+        for value in _values(args):
+            extra = [deliver_at_header(args.delay_s)] if args.delay_s is not None else []
+            pending.append(producer.send(topic, value, key=key, headers=[*headers, *extra]))
+            if len(pending) >= SEND_PENDING_MAX:
+                settle(done_only=True)
+        producer.flush(120.0)
+        settle(done_only=False)
+    _emit(args, {"queue": args.name, "topic": topic, "sent": count, "failed": failures,
+                 "messages": sent, "messages_listed_all": count <= SEND_LISTED_MAX},
+          f"sent {count} messages to queue {args.name!r} (topic {topic})"
           + (f"; {failures} failed" if failures else ""))
     return EXIT_ERROR if failures else EXIT_OK
 
