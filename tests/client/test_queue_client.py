@@ -481,3 +481,15 @@ def test_planted_bug_an_offset_sent_while_in_flight_is_caught(monkeypatch) -> No
         self._in_flight) < self._in_flight_max)
     twin, _ = overlapping_settlements()
     assert twin.overlaps == [("t", 0, 0)], "the planted bug went unnoticed"
+
+
+@pytest.mark.parametrize("action", ["create", "list", "describe", "delete", "alter", "send",
+                                    "receive", "peek", "purge", "redrive", "stats"])
+def test_every_cli_action_has_help_with_json_output_and_exit_codes(action: str, capsys) -> None:  # noqa: ANN001
+    from tidelog.client.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["queue", action, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "--output {text,json}" in text and "exit codes" in text, text
