@@ -25,7 +25,9 @@ Theory of operation (the model is docs/queues.md; the wire contract proto/queue.
   someone else. Delivery is at-least-once.
 * Ambiguity, stated: a Settle whose reply is lost (timeout, node crash) is sent again; if the
   first one was committed, the retry finds the records already settled and reports LOCK_LOST
-  although the first attempt succeeded.
+  although the first attempt succeeded. A Receive whose reply is lost the same way leaves its
+  records locked to this consumer until the lock expires; they are then delivered again, the
+  lost delivery counted.
 * ``close()`` flushes, then releases every message received and not settled (so other consumers
   get them at once instead of after the lock duration), then stops the thread.
 """
