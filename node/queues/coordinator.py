@@ -88,6 +88,7 @@ REASON_CHARS_MAX = 1000
 CONSUMER_ID_CHARS_MAX = 255
 PEEK_MESSAGES_MAX = 10_000
 DLQ_RETRY_S = 1.0
+DLQ_COUNT_BYTES_MAX = 16 * 1024 * 1024
 
 
 def _now_ms() -> int:
@@ -129,6 +130,15 @@ class _Decoded:
     next_offset: int    # the core's read offset these records continue from
 
 
+@dataclass(slots=True, eq=False)
+class _DlqCount:
+    """Dead letters in [cursor, position) of one DLQ partition (for dlq_depth)."""
+
+    cursor: int
+    position: int
+    count: int
+
+
 def _offset_of(record: OfferedRecord) -> int:
     return record.offset
 
@@ -149,6 +159,7 @@ class _Queue:
     remote_read_at: dict[TopicPartition, float] = field(default_factory=dict)
     decoded: dict[TopicPartition, _Decoded] = field(default_factory=dict)
     record_bytes: float = 0.0      # stored bytes per record, averaged over reads (max_bytes)
+    dlq_counts: dict[int, _DlqCount] = field(default_factory=dict)
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this queue (each took the event before checking)."""
@@ -450,8 +461,16 @@ class QueueCoordinator:
                     in_flight=stats.in_flight))
         return response
 
-    def describe_queue(self, request: qpb.DescribeQueueRequest) -> qpb.DescribeQueueResponse:
-        _, queue = self._queue_for(request.queue)
+    async def describe_queue(self, request: qpb.DescribeQueueRequest
+                             ) -> qpb.DescribeQueueResponse:
+        """Reads what is new first (so read offsets are past control batches), and counts the
+        dead letters after the redrive cursor (dlq_depth counts records, not offsets)."""
+        entry, queue = self._queue_for(request.queue)
+        reads = await self._gather_reads(queue)
+        entry, queue = self._queue_for(request.queue)
+        await self._write(entry, queue, self._offer(queue, reads, _now_ms()))
+        await self._count_dead_letters(queue)
+        entry, queue = self._queue_for(request.queue)
         stats = queue.core.stats(_now_ms(), self._high_watermarks(queue))
         return qpb.DescribeQueueResponse(config=config_to_wire(queue.core.config),
                                          stats=stats_to_wire(stats),
@@ -809,13 +828,54 @@ class QueueCoordinator:
             "while writing; find the coordinator again")
 
     def _high_watermarks(self, queue: _Queue) -> dict[TopicPartition, int]:
+        """Source partitions' high watermarks; for the DLQ partitions, the redrive cursor plus
+        the dead letters counted after it (the core's dlq_depth is their difference), else the
+        high watermark (an over-count by the control batches in the DLQ)."""
         out = {tp: self.reader.high_watermark(tp) for tp in queue.core.partitions}
         dlq = self.host.state.topics.get(queue.core.config.dlq_topic)
         if dlq is not None:
             for p in range(dlq.partitions):
                 tp = TopicPartition(dlq.name, p)
-                out[tp] = self.reader.high_watermark(tp)
+                counted = queue.dlq_counts.get(p)
+                cursor = queue.core.redrive_cursor(p)
+                if counted is not None and counted.cursor == cursor:
+                    out[tp] = cursor + counted.count
+                else:
+                    out[tp] = self.reader.high_watermark(tp)
         return out
+
+    async def _count_dead_letters(self, queue: _Queue) -> None:
+        """Count the data records after each DLQ partition's redrive cursor, incrementally
+        (batch headers only; at most DLQ_COUNT_BYTES_MAX read per call)."""
+        dlq = self.host.state.topics.get(queue.core.config.dlq_topic)
+        if dlq is None:
+            return
+        budget = DLQ_COUNT_BYTES_MAX
+        for p in range(dlq.partitions):
+            cursor = queue.core.redrive_cursor(p)
+            counted = queue.dlq_counts.get(p)
+            if counted is None or counted.cursor != cursor:
+                counted = _DlqCount(cursor=cursor, position=cursor, count=0)
+            tp = TopicPartition(dlq.name, p)
+            while budget > 0:
+                try:
+                    result = await self.reader.read(tp, counted.position, 1 << 20)
+                except E.BrokerError:
+                    return
+                if counted.position < result.log_start:
+                    counted.position = result.log_start
+                    continue
+                if not result.data:
+                    break
+                budget -= len(result.data)
+                for _, header in iter_batches(result.data, verify=False):
+                    if header.last_offset < counted.position:
+                        continue
+                    if not header.is_control:
+                        counted.count += min(header.record_count,
+                                             header.last_offset - counted.position + 1)
+                    counted.position = header.last_offset + 1
+            queue.dlq_counts[p] = counted
 
     def _state_partition_of(self, group: str) -> int | None:
         topic = self.host.state.topics.get(QUEUE_STATE_TOPIC)

@@ -46,7 +46,7 @@ class QueuesService(queue_pb2_grpc.QueuesServicer):
 
     @_unary
     async def DescribeQueue(self, request, context):  # noqa: N802
-        return self.queues.describe_queue(request)
+        return await self.queues.describe_queue(request)
 
     @_unary
     async def Receive(self, request, context):  # noqa: N802

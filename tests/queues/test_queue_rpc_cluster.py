@@ -186,8 +186,25 @@ def produce(cluster: LocalCluster, topic: str, records: list[tuple[bytes | None,
         producer.flush()
 
 
-def read_topic(cluster: LocalCluster, topic: str, partition: int) -> list[Any]:
-    """Every committed record of a partition, read from its leader with raw Fetch."""
+def read_topic(cluster: LocalCluster, topic: str, partition: int,
+               timeout_s: float = 20.0) -> list[Any]:
+    """Every committed record of a partition, read from its leader with raw Fetch (again from
+    the start if leadership moves meanwhile: the balancer moves new partitions' leaders)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return _read_from_leader(cluster, topic, partition)
+        except (grpc.RpcError, _Moved):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+class _Moved(Exception):
+    pass
+
+
+def _read_from_leader(cluster: LocalCluster, topic: str, partition: int) -> list[Any]:
     leader = cluster.leader_of(topic, partition)
     out = []
     offset = 0
@@ -198,7 +215,8 @@ def read_topic(cluster: LocalCluster, topic: str, partition: int) -> list[Any]:
                 topic=topic, partition=partition, offset=offset, max_bytes=1 << 20)]),
                 timeout=10)
             (part,) = response.partitions
-            assert not part.error, part.error_message
+            if part.error:
+                raise _Moved(part.error_message)
             if not part.batches:
                 return out
             for pos, header in iter_batches(part.batches):
@@ -407,7 +425,7 @@ def test_max_deliveries_dead_letters_body_key_headers_exactly_once(
     assert int(h["tidelog-dlq-source-timestamp-ms"]) > 0
     stats = queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue="poison-q"),
                         "poison-q").stats
-    assert stats.dead_lettered_total == 1 and stats.depth == 0
+    assert stats.dead_lettered_total == 1 and stats.depth == 0 and stats.dlq_depth == 1
 
 
 def test_reject_then_redrive_brings_the_message_back_once(
@@ -420,9 +438,15 @@ def test_reject_then_redrive_brings_the_message_back_once(
     (dead,) = wait_until(lambda: read_topic(cluster, "rej-q.dlq", 0), 20, "the dead letter")
     assert dlq_headers(dead)["tidelog-dlq-reason"] == b"bad input"
     assert dlq_headers(dead)["tidelog-dlq-attempts"] == b"1"
+    def dlq_depth() -> int:
+        return queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue="rej-q"),
+                           "rej-q").stats.dlq_depth
+
+    assert dlq_depth() == 1
     redriven = queues.call("Redrive", qpb.RedriveRequest(
         queue="rej-q", dlq_partition=-1, from_offset=-1, to_offset=-1), "rej-q")
     assert redriven.redriven == 1
+    assert dlq_depth() == 0
     (back,) = receive_until(queues, "rej-q", "c", 1, timeout_s=20)
     assert (back.key, back.value, back.delivery_count) == (b"rk", b"reject me", 1)
     assert ("a", b"1") in back.headers and not dlq_headers(back)
@@ -430,6 +454,37 @@ def test_reject_then_redrive_brings_the_message_back_once(
     again = queues.call("Redrive", qpb.RedriveRequest(
         queue="rej-q", dlq_partition=-1, from_offset=-1, to_offset=-1), "rej-q")
     assert again.redriven == 0, "the cursor moved past the redriven dead letter"
+
+
+def test_key_order_delay_header_and_ttl(cluster: LocalCluster, admin: Admin,
+                                        queues: Queues) -> None:
+    admin.create_topic("keyed", partitions=1, replication_factor=3)
+    create_queue(queues, "keyed-q", ["keyed"], key_ordered=True)
+    produce(cluster, "keyed", [(b"A", b"a1", []), (b"A", b"a2", []), (b"B", b"b1", [])])
+    first = receive_until(queues, "keyed-q", "c1", 2, ack=False)
+    assert sorted(m.value for m in first) == [b"a1", b"b1"], "one record per key in flight"
+    assert receive(queues, "keyed-q", "c2", wait_ms=500) == [], "a2 waits for a1"
+    a1 = next(m for m in first if m.value == b"a1")
+    assert not settle(queues, "keyed-q", "c1", [a1], qpb.ACK).results
+    (a2,) = receive(queues, "keyed-q", "c2", wait_ms=3000)
+    assert a2.value == b"a2"
+
+    admin.create_topic("later", partitions=1, replication_factor=3)
+    create_queue(queues, "later-q", ["later"])
+    at_ms = int(time.time() * 1000) + 2000
+    produce(cluster, "later", [(None, b"scheduled", [("tidelog-deliver-at-ms",
+                                                      str(at_ms).encode())])])
+    assert receive(queues, "later-q", "c", wait_ms=800) == [], "delivered before deliver-at"
+    (m,) = receive(queues, "later-q", "c", wait_ms=5000)
+    assert m.value == b"scheduled" and time.time() * 1000 >= at_ms - 50
+
+    admin.create_topic("ttl", partitions=1, replication_factor=3)
+    create_queue(queues, "ttl-q", ["ttl"], ttl_ms=300, delay_ms=1000)
+    produce(cluster, "ttl", [(b"tk", b"too late", [])])
+    assert receive(queues, "ttl-q", "c", wait_ms=1500) == []
+    (dead,) = wait_until(lambda: read_topic(cluster, "ttl-q.dlq", 0), 20, "the expired record")
+    assert dead.value == b"too late"
+    assert dlq_headers(dead)["tidelog-dlq-reason"] == b"expired"
 
 
 def test_malformed_requests_get_clear_errors(cluster: LocalCluster, admin: Admin,
