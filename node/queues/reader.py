@@ -158,7 +158,9 @@ class PartitionReader:
     async def batches_covering(self, tp: TopicPartition,
                                ranges: Sequence[tuple[int, int]]) -> bytes:
         """The raw batches holding every offset of `ranges` ((first, last) inclusive, sorted),
-        each batch once, in offset order: from the cache, reading what is missing."""
+        each batch once, in offset order: from the cache, reading what is missing. A range
+        that cannot be read now (its leader is away) is left out: its records' locks expire
+        and they are delivered again."""
         out: list[bytes] = []
         seen: set[int] = set()
         for first, last in ranges:
@@ -166,7 +168,12 @@ class PartitionReader:
             while offset <= last:
                 found = self._cached_batch(tp, offset)
                 if found is None:
-                    result = await self.read(tp, offset, 1 << 20)
+                    try:
+                        result = await self.read(tp, offset, 1 << 20)
+                    except E.BrokerError as exc:  # the locks expire; the records come again
+                        log.info("%s-%d: offset %d not readable for an answer: %s", tp.topic,
+                                 tp.partition, offset, exc.message)
+                        break
                     if not result.data:
                         break  # gone (retention) or unreadable: the client gets fewer records
                     found = self._cached_batch(tp, offset)
