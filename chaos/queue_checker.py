@@ -12,7 +12,8 @@ The claims, one check each:
 - `queue-integrity`: every value delivered or dead-lettered decodes, names an invoked send,
   carries its key, and is the value that position holds; every dead letter names its source.
 - `queue-lost`: every judged record ends *finished*: acked by a consumer (an ack answered ok, or
-  one that may have been applied: see "ambiguous answers") or in the dead-letter topic. Judged
+  one that may have been applied, see "ambiguous answers", and was followed by no delivery of
+  the record) or in the dead-letter topic. Judged
   only when the queue drained and the whole DLQ was read (UNKNOWN otherwise: unfinished is not
   lost).
 - `queue-double-finished`: no record is finished twice: at most one of {an ack answered ok, a
@@ -220,8 +221,11 @@ class _Record:
                 if s.action is Action.ACK and s.result is SettleResult.OK]
 
     def maybe_acks(self, maybe: frozenset[SettleResult]) -> list[QueueSettlement]:
-        """Acks not answered ok that may have been applied."""
-        return [s for s, _ in self.settlements if s.action is Action.ACK and s.result in maybe]
+        """Acks not answered ok that may have been applied, and that no delivery followed (a
+        receive begun after the answer that got the record shows the record was not done then,
+        so that later delivery must be finished in its own right)."""
+        return [s for s, _ in self.settlements if s.action is Action.ACK and s.result in maybe
+                and not any(d.receive_invoked_ms > s.time_ms for d in self.deliveries)]
 
 
 @dataclass(slots=True, kw_only=True)

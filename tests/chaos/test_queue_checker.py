@@ -197,6 +197,11 @@ def test_an_ack_answered_lock_lost_finished_nothing_when_that_answer_is_definite
     r = h.check()
     assert r.lost == 0 and r.verdict is RunVerdict.VALID, _explain(r)
     assert r.check(QueueCheckName.LOST).count("finished-by-lock-lost-ack") == 1
+    # ... unless the record was delivered again after that answer: then it was not done, and
+    # the later delivery (nacked, then nothing) must have finished it.
+    h.take("c1", 0, 1, 300.0, count=2, action=Action.NACK)
+    r = h.check()
+    assert r.lost == 1 and r.check(QueueCheckName.LOST).count("finished-by-lock-lost-ack") == 0
 
 
 @pytest.mark.parametrize(("drained", "dlq_complete", "why"), [
