@@ -108,15 +108,21 @@ def encode_deltas(seq: int, deltas: Sequence[Delta]) -> bytes:
 
 
 def decode_snapshot(value: bytes) -> tuple[int, dict[str, Any]]:
-    obj = _loads(value, "snapshot")
+    return _snapshot_of(_loads(value, "snapshot"))
+
+
+def decode_deltas(value: bytes) -> tuple[int, list[Delta]]:
+    return _deltas_of(_loads(value, "deltas"))
+
+
+def _snapshot_of(obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     snap = obj["snapshot"]
     if not isinstance(snap, dict):
         raise ValueError("queue snapshot record: snapshot must be an object")
     return obj["seq"], snap
 
 
-def decode_deltas(value: bytes) -> tuple[int, list[Delta]]:
-    obj = _loads(value, "deltas")
+def _deltas_of(obj: dict[str, Any]) -> tuple[int, list[Delta]]:
     raw = obj["deltas"]
     if not isinstance(raw, list):
         raise ValueError("queue delta record: deltas must be a list")
@@ -128,6 +134,10 @@ def _loads(value: bytes, field_name: str) -> dict[str, Any]:
         obj = json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"queue state record: not JSON ({exc})") from None
+    return _checked(obj, field_name)
+
+
+def _checked(obj: Any, field_name: str) -> dict[str, Any]:
     if not isinstance(obj, dict) or set(obj) != {"seq", field_name}:
         raise ValueError(f"queue state record: expected seq and {field_name}")
     seq = obj["seq"]
@@ -138,15 +148,16 @@ def _loads(value: bytes, field_name: str) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class _Pending:
-    snapshot: tuple[int, bytes] | None = None
-    deltas: dict[int, bytes] = field(default_factory=dict)   # seq -> raw value
+    snapshot: tuple[int, dict[str, Any]] | None = None      # (seq, the parsed record)
+    deltas: dict[int, dict[str, Any]] = field(default_factory=dict)   # seq -> parsed record
 
 
 class QueueReplay:
     """Feed every record of one `__queue_state` partition in log order, then `result()`.
 
-    Values are decoded lazily in `result()` (only the latest snapshot and the deltas after it),
-    so replaying a long uncompacted log costs one JSON parse per record that matters."""
+    Each value is parsed once (JSON) in `feed`; building cores and decoding deltas waits for
+    `result()` and touches only the latest snapshot and the deltas after it. A record that is
+    not ours or is damaged raises QueueReplayError naming the queue."""
 
     def __init__(self) -> None:
         self._queues: dict[str, _Pending] = {}
@@ -159,20 +170,22 @@ class QueueReplay:
             if value is None:          # the queue was deleted: forget all of it
                 self._queues.pop(parsed.queue, None)
                 return
-            seq = _peek_seq(parsed.queue, value)
+            obj = _parse(parsed.queue, value, "snapshot")
+            seq = obj["seq"]
             pending = self._queues.setdefault(parsed.queue, _Pending())
-            pending.snapshot = (seq, value)
+            pending.snapshot = (seq, obj)
             for old in [s for s in pending.deltas if s <= seq]:
                 del pending.deltas[old]
             return
         if value is None:
             return                     # a deleted ring slot (the snapshot's tombstone decides)
-        seq = _peek_seq(parsed.queue, value)
+        obj = _parse(parsed.queue, value, "deltas")
+        seq = obj["seq"]
         if seq % DELTA_SLOTS != parsed.slot:
             raise QueueReplayError(parsed.queue, f"delta seq {seq} in ring slot {parsed.slot}")
         pending = self._queues.setdefault(parsed.queue, _Pending())
         if pending.snapshot is None or seq > pending.snapshot[0]:
-            pending.deltas[seq] = value
+            pending.deltas[seq] = obj
 
     def result(self) -> dict[str, tuple[QueueCore, int]]:
         """queue -> (its core, the last seq applied). Raises QueueReplayError on a gap."""
@@ -183,7 +196,7 @@ class QueueReplay:
                                              "snapshot")
             seq, raw = pending.snapshot
             try:
-                _, snap = decode_snapshot(raw)
+                _, snap = _snapshot_of(raw)
                 core = QueueCore.restore(snap)
             except ValueError as exc:
                 raise QueueReplayError(name, f"snapshot {seq}: {exc}") from None
@@ -192,7 +205,7 @@ class QueueReplay:
                     raise QueueReplayError(name, f"delta record {expected} is missing (have "
                                                  f"{have}; snapshot at {seq})")
                 try:
-                    _, deltas = decode_deltas(pending.deltas[have])
+                    _, deltas = _deltas_of(pending.deltas[have])
                 except ValueError as exc:
                     raise QueueReplayError(name, f"delta record {have}: {exc}") from None
                 for delta in deltas:
@@ -202,12 +215,8 @@ class QueueReplay:
         return out
 
 
-def _peek_seq(queue: str, value: bytes) -> int:
+def _parse(queue: str, value: bytes, field_name: str) -> dict[str, Any]:
     try:
-        obj = json.loads(value)
-        seq = obj["seq"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise QueueReplayError(queue, "a state record is not valid JSON with a seq") from None
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise QueueReplayError(queue, f"bad seq {seq!r}")
-    return seq
+        return _loads(value, field_name)
+    except ValueError as exc:
+        raise QueueReplayError(queue, str(exc)) from None
