@@ -232,10 +232,6 @@ def test_queue_consumer_creates_its_queue_extends_and_loses_locks(cluster) -> No
         assert (stats.acked_total, stats.depth, stats.in_flight) == (4, 0, 0), stats
 
 
-@pytest.mark.xfail(strict=True, reason="server (node/queues/core.py stats): dlq_depth is the "
-                   "DLQ high watermark minus the redrive cursor, so the Raft no-op control "
-                   "batches of its leader elections count as dead letters (reported; remove this "
-                   "mark when fixed)")
 def test_dlq_depth_counts_dead_letters_only(cluster) -> None:  # noqa: ANN001
     cli = Cli(cluster.bootstrap)
     cli("create", "dq", "--partitions", "2")
