@@ -5,7 +5,9 @@ Each run is short (15-20 s of workload on 3 nodes, 4 partitions, 100 msgs/s, 4 q
 no consumer group); "leader" faults hit the queue's coordinator (chaos/queue_workload.py). The
 proof that these runs can fail: the same kill-leader run against a node whose queue coordinator
 does not persist acks (tests/chaos/queue_lost_ack_node.py) must come out INVALID, naming records
-delivered again after a successful ack.
+delivered again after a successful ack; against a node whose core keeps no key order
+(tests/chaos/queue_key_order_ignored_node.py), a key-ordered run must report key overlaps and
+records delivered before their key's predecessors were done.
 
 Network faults need root and iproute2 + iptables, power cuts LazyFS (root, /dev/fuse, fuse3,
 mfusepy); those runs skip with the reason otherwise (CI has all of them). Every run prints its
@@ -122,6 +124,22 @@ def test_queue_chaos_catches_a_coordinator_that_answers_acks_it_did_not_persist(
     assert redelivered.verdict is Verdict.FAIL and q.redelivered > 0, _explain(outcome)
     assert "ack ok by" in redelivered.examples[0], redelivered.examples
     assert outcome.results is not None and outcome.results.lost == 0  # the log itself is fine
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_queue_chaos_catches_a_key_ordered_queue_that_keeps_no_key_order(tmp_path: Path) -> None:
+    outcome = _run(tmp_path, "kill-leader", workload="queue-key-ordered", seed=3,
+                   node_module="tests.chaos.queue_key_order_ignored_node",
+                   node_env={"PYTHONPATH": str(REPO)})
+    q = outcome.queue_results
+    assert q is not None and outcome.verdict is RunVerdict.INVALID, _explain(outcome)
+    locks = q.check(QueueCheckName.LOCKS)
+    assert locks.count("key-overlaps") > 0 and locks.count("record-overlaps") == 0, \
+        _explain(outcome)
+    order = q.check(QueueCheckName.KEY_ORDER)
+    assert order.verdict is Verdict.FAIL and order.count("delivered-early") > 0, _explain(outcome)
+    assert q.lost == 0 and q.double_finished == 0, _explain(outcome)  # only the order broke
 
 
 # --- the wiring, without a cluster ----------------------------------------------------------------
