@@ -273,11 +273,14 @@ class QueueCore:
         self._seen[consumer_id] = now_ms
         out: list[dl.Delta] = []
         outcomes: list[SettleOutcome] = []
-        acks: dict[TopicPartition, list[tuple[int, int]]] = {}
-        touched: dict[TopicPartition, _Part] = {}
+        acks: dict[_Part, list[tuple[int, int]]] = {}   # keyed by identity: cheap to hash
         cfg = self.config
+        last_tp: TopicPartition | None = None
+        p: _Part | None = None
         for index, s in enumerate(items):
-            p = self._parts.get(s.tp)
+            if s.tp is not last_tp:
+                last_tp = s.tp
+                p = self._parts.get(s.tp)
             problem = _invalid(s, p is not None)
             if problem:
                 outcomes.append(SettleOutcome(index=index, ok=False, lock_lost=False,
@@ -290,13 +293,14 @@ class QueueCore:
                     message=f"{s.tp.topic}/{s.tp.partition} [{s.first}, {s.last}] is not held "
                             f"by this consumer at delivery {s.delivery_count}"))
                 continue
-            touched[s.tp] = p
             ranges = ((s.first, s.last),)
             deadline = 0
+            if p not in acks:
+                acks[p] = []
             match s.kind:
                 case SettleKind.ACK:
-                    self._apply_ack(dl.Ack(tp=s.tp, ranges=ranges))
-                    acks.setdefault(s.tp, []).append((s.first, s.last))
+                    self._ack(p, s.first, s.last)
+                    acks[p].append((s.first, s.last))
                 case SettleKind.NACK:
                     if s.delivery_count >= cfg.max_deliveries:
                         self._emit(out, dl.DeadPending(tp=s.tp, ranges=ranges,
@@ -318,10 +322,11 @@ class QueueCore:
                                           lock_deadline_ms=deadline))
         # Acks were applied at once (later items are fenced against them) and are written as
         # one delta per partition: nothing else can touch a record after its ack.
-        for tp, ranges in acks.items():
-            out.append(dl.Ack(tp=tp, ranges=_merge(ranges)))
-        for p in touched.values():
-            self._advance(p, out)
+        for part, ranges in acks.items():
+            if ranges:
+                out.append(dl.Ack(tp=part.tp, ranges=_merge(ranges)))
+        for part in acks:
+            self._advance(part, out)
         return outcomes, out
 
     def tick(self, now_ms: int) -> list[dl.Delta]:
@@ -804,10 +809,13 @@ class QueueCore:
 
     def _apply_ack(self, d: dl.Ack) -> None:
         p = self._parts[d.tp]
-        n = 0
         for first, last in d.ranges:
-            for off in range(first, last + 1):
-                n += self._done(p, off)
+            self._ack(p, first, last)
+
+    def _ack(self, p: _Part, first: int, last: int) -> None:
+        n = 0
+        for off in range(first, last + 1):
+            n += self._done(p, off)
         self.counters["acked"] += n
 
     def _apply_nack(self, d: dl.Nack) -> None:
