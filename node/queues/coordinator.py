@@ -719,12 +719,12 @@ class QueueCoordinator:
             timeout = min(timeout, max(0.0, (next_ms - now_ms) / 1000) + 0.001)
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
         remote = False
-        for tp in queue.core.reads_wanted():
+        for tp, offset in queue.core.reads_wanted().items():
             replica = self.reader.local_replica(tp)
             if replica is None:
                 remote = True
             else:
-                waits.append(asyncio.ensure_future(replica.wait_for_data(timeout)))
+                waits.append(asyncio.ensure_future(_data_beyond(replica, offset, timeout)))
         if remote:
             timeout = min(timeout, REMOTE_POLL_S)
         try:
@@ -981,6 +981,18 @@ def _merge(items: Sequence[Acquired]) -> list[Acquired]:
         out.append(Acquired(tp=tp, ranges=ranges,
                             lock_deadline_ms=min(g.lock_deadline_ms for g in group)))
     return out
+
+
+async def _data_beyond(replica: Replica, offset: int, timeout_s: float) -> None:
+    """Until the replica's high watermark passes `offset` (or the timeout). Checked before each
+    wait, in the same step as the wait clears the replica's event, so data committed between
+    the caller's check and this task's start is not missed."""
+    deadline = time.monotonic() + timeout_s
+    while replica.high_watermark <= offset:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await replica.wait_for_data(left)
 
 
 def _messages_within(max_messages: int, max_bytes: int, record_bytes: float) -> int:
