@@ -68,6 +68,8 @@ REASON_MAX_DELIVERIES = "max deliveries"
 REASON_REJECTED = "rejected"
 SNAPSHOT_VERSION = 1
 MAX_MESSAGES_MAX = 10_000
+DEDUP_WINDOW_MS = 5 * 60 * 1000     # SQS FIFO's and Azure Service Bus's default window
+DEDUP_IDS_MAX = 200_000             # ids remembered at most (oldest forgotten first)
 
 IN_FLIGHT, WAITING, DEAD = 1, 2, 3
 _NOT, _TTL, _MAX = -1, -2, -3   # _classify codes; a value >= 0 is the time it is available at
@@ -121,6 +123,11 @@ class QueueCore:
         self._redrive: dict[int, int] = {}
         self._seen: dict[str, int] = {}
         self._seq = 0
+        # Dedup window (volatile): message id -> timestamp of its first record, and a heap
+        # of (timestamp, id) to forget ids older than the window. Bounded by DEDUP_IDS_MAX.
+        self._ids: dict[bytes, int] = {}
+        self._id_times: list[tuple[int, bytes]] = []
+        self._id_ts_max = 0
         for tp, start in sorted(starts.items()):
             self._add_part(tp, start)
         self._apply_fns = {
@@ -163,6 +170,7 @@ class QueueCore:
         entries, recs, ready, timers, pending, keys = (p.entries, p.recs, p.ready, p.timers,
                                                       p.pending, p.keys)
         expired: list[int] = []
+        duplicates: list[int] = []
         read_offset = p.read_offset
         new_read = max(read_to, read_offset)
         for rec in records:
@@ -175,6 +183,9 @@ class QueueCore:
             read_offset = off + 1
             e = entries.get(off)
             if e is _DONE:
+                continue
+            if rec.message_id is not None and e is None and self._is_duplicate(rec):
+                duplicates.append(off)
                 continue
             recs[off] = rec
             heapq.heappush(pending, off)
@@ -205,6 +216,9 @@ class QueueCore:
         if expired:
             self._emit(out, dl.DeadPending(tp=tp, ranges=dl.ranges_of(expired),
                                            reason=REASON_EXPIRED, now_ms=now_ms))
+        if duplicates:
+            self._emit(out, dl.Discard(tp=tp, ranges=dl.ranges_of(duplicates),
+                                       cause="duplicate"))
         self._advance(p, out)
         return out
 
@@ -600,6 +614,28 @@ class QueueCore:
     def _timer(self, p: _Part, at: int, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(p.timers, (at, self._seq, payload))
+
+    def _is_duplicate(self, rec: OfferedRecord) -> bool:
+        """Dedup window: another record with this message id and a timestamp within
+        DEDUP_WINDOW_MS was offered before (any partition of the queue). The first one seen
+        is kept. The ids are volatile: after a restore they are rebuilt from the records
+        re-offered (from `start` on), so a duplicate of a record already below `start` at a
+        failover is delivered (at-least-once still holds)."""
+        assert rec.message_id is not None
+        ids = self._ids
+        seen = ids.get(rec.message_id)
+        if seen is not None and abs(rec.timestamp_ms - seen) <= DEDUP_WINDOW_MS:
+            return True
+        ids[rec.message_id] = rec.timestamp_ms
+        heap = self._id_times
+        heapq.heappush(heap, (rec.timestamp_ms, rec.message_id))
+        self._id_ts_max = max(self._id_ts_max, rec.timestamp_ms)
+        horizon = self._id_ts_max - DEDUP_WINDOW_MS
+        while heap and (heap[0][0] < horizon or len(heap) > DEDUP_IDS_MAX):
+            ts, old = heapq.heappop(heap)
+            if ids.get(old) == ts:
+                del ids[old]
+        return False
 
     def _retime(self, p: _Part, off: int, at: int) -> None:
         """Look at a record again when it becomes available, or when its TTL passes if that is

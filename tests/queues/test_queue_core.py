@@ -466,3 +466,42 @@ def test_restore_refuses_a_damaged_snapshot(damage) -> None:  # type: ignore[no-
     damage(snap)
     with pytest.raises(ValueError):
         QueueCore.restore(snap)
+
+
+# ------------------------------------------------------------------ dedup window (stretch)
+
+
+def _mid(offset: int, mid: bytes, ts: int = T0) -> OfferedRecord:
+    return OfferedRecord(offset, ts, None, 0, mid)
+
+
+def test_a_message_id_seen_within_the_window_is_discarded_as_a_duplicate() -> None:
+    core = make(partitions=2)
+    deltas = core.offer(tp(0), [_mid(0, b"m1"), _mid(1, b"m1", T0 + 10), _mid(2, b"m2")], 3, T0)
+    assert deltas == [dl.Discard(tp=tp(0), ranges=((1, 1),), cause="duplicate")]
+    # another partition of the same queue: still a duplicate (a producer retry may go there)
+    assert core.offer(tp(1), [_mid(0, b"m2", T0 + 5)], 1, T0) == [
+        dl.Discard(tp=tp(1), ranges=((0, 0),), cause="duplicate"),
+        dl.Advance(tp=tp(1), start=1)]
+    got, _ = core.acquire("c", 10, T0)
+    assert sorted(flat(got)) == [(0, 0, 1), (0, 2, 1)]
+    ack_all(core, "c", got, T0)
+    assert core.start_offset(tp(0)) == 3 and core.counters["duplicates"] == 2
+
+
+def test_the_same_message_id_outside_the_window_is_a_new_message() -> None:
+    from tidelog.node.queues.core import DEDUP_WINDOW_MS
+
+    core = make()
+    late = T0 + DEDUP_WINDOW_MS + 1
+    assert core.offer(tp(), [_mid(0, b"m"), _mid(1, b"m", late)], 2, late) == []
+    assert [o for _, o, _ in flat(core.acquire("c", 5, late)[0])] == [0, 1]
+
+
+def test_a_discarded_duplicate_stays_discarded_after_restore() -> None:
+    core = make()
+    core.offer(tp(), [_mid(0, b"m"), _mid(1, b"m"), _mid(2, b"n")], 3, T0)
+    replayed = QueueCore.restore(core.snapshot())
+    replayed.offer(tp(), [_mid(0, b"m"), _mid(1, b"m"), _mid(2, b"n")], 3, T0)
+    assert replayed.snapshot() == core.snapshot()
+    assert flat(replayed.acquire("c", 5, T0)[0]) == [(0, 0, 1), (0, 2, 1)]

@@ -21,6 +21,7 @@ from .core_builders import T0
 
 RUNS = 30
 KEYS = (None, b"a", b"b", b"c", b"d", b"e")
+MESSAGE_IDS = (None,) * 20 + (b"m1", b"m2", b"m3")
 
 
 def _seeds(count: int) -> list[int]:
@@ -37,6 +38,7 @@ class World:
 
     rng: random.Random
     key_ordered: bool
+    message_ids: bool = False     # dedup ids are volatile: the replay test leaves them out
     config: QueueConfig = field(init=False)
     log: dict[TopicPartition, list[OfferedRecord]] = field(default_factory=dict)
     hw: int = 600
@@ -55,7 +57,8 @@ class World:
             tp = TopicPartition("t", p)
             self.log[tp] = [
                 OfferedRecord(o, T0 + o * 60 - rng.randint(0, 50), rng.choice(KEYS),
-                              T0 + rng.randint(0, 400) if rng.random() < 0.1 else 0)
+                              T0 + rng.randint(0, 400) if rng.random() < 0.1 else 0,
+                              rng.choice(MESSAGE_IDS) if self.message_ids else None)
                 for o in range(self.hw) if rng.random() < 0.85]
 
     def records(self, tp: TopicPartition, start: int, end: int) -> list[OfferedRecord]:
@@ -291,7 +294,7 @@ def test_model_no_double_delivery_key_order_and_fenced_settlements(key_ordered: 
     for seed in _seeds(RUNS):
         print(f"seed {seed} key_ordered={key_ordered}: replay with TIDELOG_QUEUE_SEED={seed}")
         rng = random.Random(seed)
-        world = World(rng, key_ordered)
+        world = World(rng, key_ordered, message_ids=True)
         core = QueueCore(world.config, {tp: 0 for tp in world.log})
         keys = {(tp, r.offset): r.key for tp, recs in world.log.items() for r in recs}
         model = Model(world.config, keys)
@@ -314,6 +317,9 @@ def test_model_no_double_delivery_key_order_and_fenced_settlements(key_ordered: 
                 tp, offset = op[1]  # type: ignore[misc]
                 model.floor[tp] = max(model.floor.get(tp, 0), offset)
             for d in deltas:
+                if isinstance(d, dl.Discard):          # a duplicate: done, never delivered
+                    model.done.update((d.tp, o) for f, last in d.ranges
+                                      for o in range(f, last + 1))
                 if isinstance(d, dl.DeadPending):
                     for first, last in d.ranges:
                         for off in range(first, last + 1):
@@ -330,7 +336,10 @@ def _drain(world: World, core: QueueCore, model: Model, seed: int) -> None:
     for _ in range(400):
         world.now += 500
         for tp, offset in core.reads_wanted().items():
-            core.offer(tp, world.records(tp, offset, world.hw), world.hw, world.now)
+            for d in core.offer(tp, world.records(tp, offset, world.hw), world.hw, world.now):
+                if isinstance(d, dl.Discard):
+                    model.done.update((d.tp, o) for f, last in d.ranges
+                                      for o in range(f, last + 1))
         core.tick(world.now)
         got, _ = core.acquire("drain", 1000, world.now)
         model.acquired("drain", got, world.now, seed)
