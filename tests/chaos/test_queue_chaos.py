@@ -75,19 +75,19 @@ def _harness(outcome: RunOutcome, name: str) -> Verdict:
 
 @pytest.mark.cluster
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("scenario", "workload", "duration_s"), [
-    ("kill-leader", "queue-key-ordered", 15.0),
-    ("majority-minority", "queue", 15.0),
-    ("pause-leader", "queue-key-ordered", 15.0),
-    ("power-cut-leader", "queue", 20.0),
+@pytest.mark.parametrize(("scenario", "workload", "duration_s", "seed"), [
+    ("kill-leader", "queue-key-ordered", 15.0, 3),
+    ("majority-minority", "queue", 15.0, 3),
+    ("pause-leader", "queue", 20.0, 5),
+    ("power-cut-leader", "queue-key-ordered", 20.0, 3),
 ])
 def test_queue_under_faults_loses_nothing_and_finishes_each_record_once(
-        tmp_path: Path, scenario: str, workload: str, duration_s: float) -> None:
+        tmp_path: Path, scenario: str, workload: str, duration_s: float, seed: int) -> None:
     if scenario == "majority-minority" and NETWORK_SKIP:
         pytest.skip(f"{scenario} needs network faults: {NETWORK_SKIP}")
     if scenario.startswith("power-cut") and LAZYFS_SKIP:
         pytest.skip(f"{scenario} needs LazyFS: {LAZYFS_SKIP}")
-    outcome = _run(tmp_path, scenario, workload=workload, seed=3, duration_s=duration_s)
+    outcome = _run(tmp_path, scenario, workload=workload, seed=seed, duration_s=duration_s)
     q = outcome.queue_results
     assert outcome.executed, f"no fault was injected\n{_explain(outcome)}"
     assert q is not None, _explain(outcome)
