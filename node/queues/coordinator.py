@@ -182,7 +182,7 @@ class QueueCoordinator:
     def __init__(self, host: QueueHost) -> None:
         self.host = host
         self.reader = PartitionReader(host)
-        self.writer = Writer(host.produce)
+        self.writer = Writer(host.produce, self._leader_address)
         self._partitions: dict[int, _Partition] = {}
         self._creating: asyncio.Task[None] | None = None
 
@@ -876,6 +876,21 @@ class QueueCoordinator:
                                              header.last_offset - counted.position + 1)
                     counted.position = header.last_offset + 1
             queue.dlq_counts[p] = counted
+
+    def _leader_address(self, topic: str, partition: int) -> str | None:
+        """For Writer: "" when this node leads the partition, else its leader's client
+        address, None when no leader is known."""
+        info = self.host.state.topics.get(topic)
+        if info is None:
+            raise E.UnknownTopicError(f"topic {topic!r} does not exist")
+        group = partition_group(info.topic_id, partition)
+        replica = self.host.local_replica(group)
+        if replica is not None and replica.is_leader:
+            return ""
+        leader = self.host.leader_of(group)
+        if leader is None or leader[0] == self.host.node_id or not leader[1]:
+            return None
+        return leader[1]
 
     def _state_partition_of(self, group: str) -> int | None:
         topic = self.host.state.topics.get(QUEUE_STATE_TOPIC)

@@ -69,20 +69,38 @@ PRODUCE_ATTEMPTS_MAX = 20
 PRODUCE_RETRY_S = 0.25
 
 LocalProduce = Callable[[pb.ProduceRequest], Awaitable[pb.ProduceResponse]]
-LeaderOf = Callable[[str, int], tuple[int, str] | None]
+LeaderAddress = Callable[[str, int], str | None]  # "": this node leads it; None: no leader
 
 
 class Writer:
     """acks=all writes of ready batches to any partition: locally when this node leads it (the
     node's own Produce path: validation, Raft, commit), else Broker.Produce to the leader."""
 
-    def __init__(self, local_produce: LocalProduce) -> None:
+    def __init__(self, local_produce: LocalProduce, leader_address: LeaderAddress) -> None:
         self._local = local_produce
+        self._leader_address = leader_address
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    async def produce(self, topic: str, partition: int, batches: bytes) -> pb.ProduceResponse:
+    async def produce(self, topic: str, partition: int, batches: bytes, *,
+                      once: bool = False) -> pb.ProduceResponse:
+        """With `once`, one attempt at the partition's current leader: any failure may still
+        have written the batches (a timeout, leadership lost after proposing), so the caller
+        must find out before writing them again (dead letters: the DLQ tail scan). Without it,
+        retried until a leader accepts (redrive: at-least-once)."""
         request = pb.ProduceRequest(topic=topic, partition=partition, acks=pb.ACKS_ALL,
                                     timeout_ms=PRODUCE_TIMEOUT_MS, batches=batches)
+        if once:
+            address = self._leader_address(topic, partition)
+            if address is None:
+                raise E.LeaderNotAvailableError(f"{topic}-{partition} has no leader right now")
+            try:
+                if not address:
+                    return await self._local(request)
+                return await self._remote(address, request)
+            except _RemoteNotLeader:
+                raise E.LeaderNotAvailableError(
+                    f"{topic}-{partition}: the write to {address} failed; it may still "
+                    "commit") from None
         address = ""
         for _ in range(PRODUCE_ATTEMPTS_MAX):
             try:
@@ -254,7 +272,8 @@ async def write_dead_letters(
         for chunk in _chunks(items):
             try:
                 response = await writer.produce(
-                    dlq_topic, p, encode_batch([r for _, r in chunk], codec=Codec.LZ4))
+                    dlq_topic, p, encode_batch([r for _, r in chunk], codec=Codec.LZ4),
+                    once=True)
             except E.BrokerError:
                 scan.dirty.add(p)  # it may still commit: scan before writing again
                 raise
