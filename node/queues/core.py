@@ -28,6 +28,10 @@ Per partition (`_Part`):
   be delivered, and only when not in flight; when the head is done the next head is pushed to
   `ready`. Null keys are independent. Keys are volatile: restore + re-offer rebuilds them.
 
+* Dedup window (`_is_duplicate`): a fresh record whose `tidelog-message-id` was seen on another
+  record of the queue within DEDUP_WINDOW_MS (by record timestamp) is discarded (Discard delta:
+  DONE, never delivered). The ids are volatile, rebuilt from the re-offered records.
+
 The window: the shell may offer a record only while `offset - start < max_in_flight`
 (`reads_wanted` stops asking beyond it, `offer` ignores records beyond it). Overflow behaviour:
 the partition hands out no new records until its oldest unfinished record is done, as Kafka's
