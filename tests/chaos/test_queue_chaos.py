@@ -102,6 +102,8 @@ def test_queue_under_faults_loses_nothing_and_finishes_each_record_once(
     if workload == "queue-key-ordered":
         order = q.check(QueueCheckName.KEY_ORDER)
         assert order.verdict is Verdict.PASS and order.count("keys") > 0, _explain(outcome)
+    if scenario.startswith("power-cut"):
+        assert any(e.get("power_cut") for e in outcome.executed), _explain(outcome)
     if scenario != "majority-minority":  # a leader fault hits the coordinator: it moves
         assert q.coordinator_changes >= 1, _explain(outcome)
     assert outcome.verdict is RunVerdict.VALID, _explain(outcome)
