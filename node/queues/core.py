@@ -999,6 +999,9 @@ class QueueCore:
             # limit makes dead, as a replayed core, whose timers are all fresh, would).
             if p.recs:
                 self._timer(p, 0, dl.ranges_of(sorted(p.recs)))
+            if new.ttl_ms and new.ttl_ms != old.ttl_ms:
+                for off, rec in p.recs.items():     # a new TTL: each record's own deadline
+                    self._timer(p, rec.timestamp_ms + new.ttl_ms + 1, off)
 
     def _apply_redrive(self, d: dl.RedriveCursor) -> None:
         self._redrive[d.dlq_partition] = d.offset
