@@ -115,7 +115,8 @@ class World:
             return "config", {"backoff_initial_ms": str(rng.choice([0, 100, 1000])),
                               "max_deliveries": str(rng.randint(1, 4)),
                               "key_ordered": rng.choice(["true", "false"]),
-                              "ttl_ms": str(rng.choice([0, 5000]))}
+                              "ttl_ms": str(rng.choice([0, 5000])),
+                              "delay_ms": str(rng.choice([0, 0, 300]))}
         if r < 0.92:
             return "redrive", (rng.randint(0, 1), rng.randint(0, 50))
         return "tick", None
