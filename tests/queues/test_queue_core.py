@@ -505,3 +505,57 @@ def test_a_discarded_duplicate_stays_discarded_after_restore() -> None:
     replayed.offer(tp(), [_mid(0, b"m"), _mid(1, b"m"), _mid(2, b"n")], 3, T0)
     assert replayed.snapshot() == core.snapshot()
     assert flat(replayed.acquire("c", 5, T0)[0]) == [(0, 0, 1), (0, 2, 1)]
+
+
+# ------------------------------------------------------------------ bugs the replay test found
+# Each defect is re-planted in a test-only subclass; the claim test fails on it.
+
+
+class _ForgetsTtlWhenUnlocked(QueueCore):
+    """Planted: nack/release do not re-arm the TTL timer."""
+
+    def _ttl_timers(self, p, ranges):  # type: ignore[no-untyped-def]
+        return None
+
+
+class _ConfigChangeOnlyAtAcquire(QueueCore):
+    """Planted: after a config change records are re-examined only by acquire, not by tick."""
+
+    def _timer(self, p, at, payload):  # type: ignore[no-untyped-def]
+        if at == 0 and not isinstance(payload, int):
+            p.ready.extend(o for first, last in payload for o in range(first, last + 1))
+            p.ready.sort()
+            return
+        super()._timer(p, at, payload)
+
+
+def _ttl_counts_again_once_unlocked(cls: type[QueueCore]) -> list[dl.Delta]:
+    core = cls(make(ttl_ms=1000, lock_ms=2000).config, {tp(): 0})
+    core.offer(tp(), [rec(0, ts=T0)], 1, T0)
+    core.acquire("c", 1, T0)
+    assert core.tick(T0 + 1001) == []          # locked: the TTL waits for the consumer
+    settle(core, "c", tp(), 0, 0, 1, NACK, T0 + 1500, delay_ms=5000)
+    return core.tick(T0 + 1600)
+
+
+def test_ttl_counts_again_once_a_record_is_unlocked() -> None:
+    expected = [dl.DeadPending(tp=tp(), ranges=((0, 0),), reason=REASON_EXPIRED,
+                               now_ms=T0 + 1600)]
+    assert _ttl_counts_again_once_unlocked(QueueCore) == expected
+    assert _ttl_counts_again_once_unlocked(_ForgetsTtlWhenUnlocked) == []     # caught
+
+
+def _lowered_limit_dead_letters_at_tick(cls: type[QueueCore]) -> list[dl.Delta]:
+    core = cls(make(max_deliveries=3, lock_ms=100, backoff_initial_ms=1000).config, {tp(): 0})
+    offer(core, tp(), [0])
+    core.acquire("c", 1, T0)
+    assert core.tick(T0 + 100) == []           # expired, waiting for its backoff
+    core.set_config(core.config.with_changes({"max_deliveries": "1"}))
+    return core.tick(T0 + 101)
+
+
+def test_a_lowered_delivery_limit_dead_letters_expired_locks_at_the_next_tick() -> None:
+    expected = [dl.DeadPending(tp=tp(), ranges=((0, 0),), reason=REASON_MAX_DELIVERIES,
+                               now_ms=T0 + 101)]
+    assert _lowered_limit_dead_letters_at_tick(QueueCore) == expected
+    assert _lowered_limit_dead_letters_at_tick(_ConfigChangeOnlyAtAcquire) == []   # caught

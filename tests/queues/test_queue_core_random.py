@@ -185,41 +185,65 @@ def test_replay_of_snapshot_and_deltas_gives_the_same_state_and_answers(
         key_ordered: bool) -> None:
     for seed in _seeds(RUNS):
         print(f"seed {seed} key_ordered={key_ordered}: replay with TIDELOG_QUEUE_SEED={seed}")
-        rng = random.Random(seed)
-        world = World(rng, key_ordered)
-        live = QueueCore(world.config, {tp: 0 for tp in world.log})
-        snapshots: list[tuple[int, dict, int]] = [(0, live.snapshot(), world.now)]
-        history: list[list[dl.Delta]] = []
-        steps = rng.randint(50, 400)
-        for i in range(steps):
-            op = world.step(live)
-            seen, deltas = world.run(live, op)
-            world.observe(op, (seen, deltas) if op[0] == "settle" else seen)
-            # every delta survives its wire form
-            history.append([dl.decode_delta(dl.encode_delta(d)) for d in deltas])
-            if rng.random() < 0.1:
-                snapshots.append((i + 1, live.snapshot(), world.now))
-        at, snap, _ = rng.choice(snapshots)
-        replayed = QueueCore.restore(snap)
-        for deltas in history[at:]:
-            for d in deltas:
-                replayed.apply(d)
-        _reoffer(world, live, replayed)
-        # due timers fire on both sides (the live core may not have ticked since its last op)
-        live.tick(world.now)
-        replayed.tick(world.now)
-        assert replayed.snapshot() == live.snapshot(), f"seed {seed}: state after replay"
-        # the same future: identical ops give identical answers and states
-        fut = random.Random(seed ^ 0x5EED)
-        world.rng = fut
-        for _ in range(150):
-            op = world.step(live)
-            a_seen, _ = world.run(live, op)
-            b_seen, _ = world.run(replayed, op)
-            assert a_seen == b_seen, f"seed {seed}: {op[0]} answered differently"
-            assert replayed.snapshot() == live.snapshot(), f"seed {seed}: after {op[0]}"
-            if op[0] == "acquire":
-                world.observe(op, a_seen)
+        failure = replay_failure(seed, key_ordered)
+        assert failure is None, failure
+
+
+def replay_failure(seed: int, key_ordered: bool,
+                   core_cls: type[QueueCore] = QueueCore) -> str | None:
+    """Drive a live core at random, restore a snapshot taken at a random point, apply the later
+    deltas, re-offer the records from start: the replayed core must have the live core's
+    state and give the same answers to the same future ops. None, or what differed."""
+    rng = random.Random(seed)
+    world = World(rng, key_ordered)
+    live = core_cls(world.config, {tp: 0 for tp in world.log})
+    snapshots: list[tuple[int, dict]] = [(0, live.snapshot())]
+    history: list[list[dl.Delta]] = []
+    for i in range(rng.randint(50, 400)):
+        op = world.step(live)
+        seen, deltas = world.run(live, op)
+        world.observe(op, (seen, deltas) if op[0] == "settle" else seen)
+        history.append([dl.decode_delta(dl.encode_delta(d)) for d in deltas])  # wire form
+        if rng.random() < 0.1:
+            snapshots.append((i + 1, live.snapshot()))
+    at, snap = rng.choice(snapshots)
+    replayed = core_cls.restore(snap)
+    for deltas in history[at:]:
+        for d in deltas:
+            replayed.apply(d)
+    _reoffer(world, live, replayed)
+    # due timers fire on both sides (the live core may not have ticked since its last op)
+    live.tick(world.now)
+    replayed.tick(world.now)
+    if replayed.snapshot() != live.snapshot():
+        return f"seed {seed}: state after replay (snapshot after op {at})"
+    world.rng = random.Random(seed ^ 0x5EED)     # the same future for both
+    for _ in range(150):
+        op = world.step(live)
+        a_seen, _ = world.run(live, op)
+        b_seen, _ = world.run(replayed, op)
+        if a_seen != b_seen:
+            return f"seed {seed}: {op[0]} answered differently"
+        if replayed.snapshot() != live.snapshot():
+            return f"seed {seed}: state after {op[0]}"
+        if op[0] == "acquire":
+            world.observe(op, a_seen)
+    return None
+
+
+class _ForgetsTtlWhenUnlocked(QueueCore):
+    """Planted: nack/release do not re-arm the TTL timer (a bug the replay test found)."""
+
+    def _ttl_timers(self, p, ranges):  # type: ignore[no-untyped-def]
+        return None
+
+
+def test_the_replay_check_catches_a_planted_bug() -> None:
+    """The replay check is not vacuous: it finds the TTL bug it once found, re-planted."""
+    caught = next((f for seed in range(400)
+                   if (f := replay_failure(seed, False, _ForgetsTtlWhenUnlocked))), None)
+    assert caught is not None, "a lost TTL timer went unnoticed in 400 runs"
+    print(f"planted bug caught: {caught}")
 
 
 @dataclass
@@ -296,42 +320,83 @@ def test_model_no_double_delivery_key_order_and_fenced_settlements(key_ordered: 
     delivered_runs = 0
     for seed in _seeds(RUNS):
         print(f"seed {seed} key_ordered={key_ordered}: replay with TIDELOG_QUEUE_SEED={seed}")
-        rng = random.Random(seed)
-        world = World(rng, key_ordered, message_ids=True)
-        core = QueueCore(world.config, {tp: 0 for tp in world.log})
-        keys = {(tp, r.offset): r.key for tp, recs in world.log.items() for r in recs}
-        model = Model(world.config, keys)
-        for _ in range(rng.randint(100, 500)):
-            op = world.step(core)
-            if op[0] in ("config", "purge"):
-                continue           # the model keeps the config fixed and every record
-            seen, deltas = world.run(core, op)
-            if op[0] == "acquire":
-                model.acquired(op[1][0], seen, world.now, seed)  # type: ignore[index,arg-type]
-                world.observe(op, seen)
-            elif op[0] == "settle":
-                consumer, items = op[1]  # type: ignore[misc]
-                model.settled(consumer, items, seen, world.now, seed)
-                world.observe(op, (seen, deltas))
-            elif op[0] == "dead_lettered":
-                for tp, offs in op[1].items():  # type: ignore[union-attr]
-                    model.done.update((tp, o) for o in offs)
-            elif op[0] == "log_start":
-                tp, offset = op[1]  # type: ignore[misc]
-                model.floor[tp] = max(model.floor.get(tp, 0), offset)
-            for d in deltas:
-                if isinstance(d, dl.Discard):          # a duplicate: done, never delivered
-                    model.done.update((d.tp, o) for f, last in d.ranges
-                                      for o in range(f, last + 1))
-                if isinstance(d, dl.DeadPending):
-                    for first, last in d.ranges:
-                        for off in range(first, last + 1):
-                            model.locks.pop((d.tp, off), None)
-        delivered_runs += bool(model.deliveries)
-        _drain(world, core, model, seed)
-        lost = [k for k in keys if not model.is_done(*k)]
-        assert lost == [], f"seed {seed}: never acked nor dead-lettered: {lost[:5]}"
+        delivered_runs += run_model(seed, key_ordered)
     assert delivered_runs, "no run delivered anything: the generator is broken"
+
+
+def run_model(seed: int, key_ordered: bool, core_cls: type[QueueCore] = QueueCore) -> bool:
+    """Random ops against a core, every answer checked by `Model` (AssertionError names the
+    seed), then a drain: every record must end up acked, dead-lettered or discarded.
+    Returns whether anything was delivered before the drain."""
+    rng = random.Random(seed)
+    world = World(rng, key_ordered, message_ids=True)
+    core = core_cls(world.config, {tp: 0 for tp in world.log})
+    keys = {(tp, r.offset): r.key for tp, recs in world.log.items() for r in recs}
+    model = Model(world.config, keys)
+    for _ in range(rng.randint(100, 500)):
+        op = world.step(core)
+        if op[0] in ("config", "purge"):
+            continue           # the model keeps the config fixed and every record
+        seen, deltas = world.run(core, op)
+        if op[0] == "acquire":
+            model.acquired(op[1][0], seen, world.now, seed)  # type: ignore[index,arg-type]
+            world.observe(op, seen)
+        elif op[0] == "settle":
+            consumer, items = op[1]  # type: ignore[misc]
+            model.settled(consumer, items, seen, world.now, seed)
+            world.observe(op, (seen, deltas))
+        elif op[0] == "dead_lettered":
+            for tp, offs in op[1].items():  # type: ignore[union-attr]
+                model.done.update((tp, o) for o in offs)
+        elif op[0] == "log_start":
+            tp, offset = op[1]  # type: ignore[misc]
+            model.floor[tp] = max(model.floor.get(tp, 0), offset)
+        for d in deltas:
+            if isinstance(d, dl.Discard):          # a duplicate: done, never delivered
+                model.done.update((d.tp, o) for f, last in d.ranges
+                                  for o in range(f, last + 1))
+            if isinstance(d, dl.DeadPending):
+                for first, last in d.ranges:
+                    for off in range(first, last + 1):
+                        model.locks.pop((d.tp, off), None)
+    delivered = bool(model.deliveries)
+    _drain(world, core, model, seed)
+    lost = [k for k in keys if not model.is_done(*k)]
+    assert lost == [], f"seed {seed}: never acked nor dead-lettered: {lost[:5]}"
+    return delivered
+
+
+class _IgnoresKeyHeads(QueueCore):
+    """Planted: key-ordered mode hands out any available record of a key."""
+
+    def _classify(self, p, off, now_ms):  # type: ignore[no-untyped-def]
+        keys, p.keys = p.keys, None
+        try:
+            return super()._classify(p, off, now_ms)
+        finally:
+            p.keys = keys
+
+
+class _ForgetsTheHolder(QueueCore):
+    """Planted: settlements are not fenced by consumer."""
+
+    def _holds(self, p, consumer_id, s):  # type: ignore[no-untyped-def]
+        e = p.entries.get(s.first)
+        return super()._holds(p, e.holder if e is not None and hasattr(e, "holder")
+                              else consumer_id, s)
+
+
+@pytest.mark.parametrize("planted,key_ordered", [(_IgnoresKeyHeads, True),
+                                                 (_ForgetsTheHolder, False)],
+                         ids=["key-heads", "holder"])
+def test_the_model_catches_planted_bugs(planted: type[QueueCore], key_ordered: bool) -> None:
+    for seed in range(50):
+        try:
+            run_model(seed, key_ordered, planted)
+        except AssertionError as exc:
+            print(f"{planted.__name__} caught: {exc}")
+            return
+    raise AssertionError(f"{planted.__name__} went unnoticed in 50 runs")
 
 
 def _drain(world: World, core: QueueCore, model: Model, seed: int) -> None:
