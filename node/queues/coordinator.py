@@ -45,12 +45,14 @@ from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.groups.errors import CoordinatorNotAvailableError, NotCoordinatorError
 from tidelog.node.groups.offsets_log import partition_for
 from tidelog.node.metadata import MetadataState
-from tidelog.node.metadata_commands import Command, CreateTopic, DeleteTopic
+from tidelog.node.metadata_commands import Command, CreateTopic, DeleteTopic, InitProducer
+from tidelog.node.metadata_service import raise_result
 from tidelog.node.queues import state_log as sl
 from tidelog.node.queues.config import QueueConfig, QueueConfigError
 from tidelog.node.queues.core import QueueCore
 from tidelog.node.queues.dead_letters import (
     DeadLetterScan,
+    DlqProducer,
     Writer,
     redrive_partition,
     write_dead_letters,
@@ -88,6 +90,7 @@ REASON_CHARS_MAX = 1000
 CONSUMER_ID_CHARS_MAX = 255
 PEEK_MESSAGES_MAX = 10_000
 DLQ_RETRY_S = 1.0
+DLQ_PRODUCER_PREFIX = "__queue-dlq/"  # + queue name: the transactional id of its DLQ writer
 DLQ_COUNT_BYTES_MAX = 16 * 1024 * 1024
 
 
@@ -157,6 +160,7 @@ class _Queue:
     dlq_retry_at: float = 0.0
     scan: DeadLetterScan = field(default_factory=DeadLetterScan)
     remote_read_at: dict[TopicPartition, float] = field(default_factory=dict)
+    dlq_producer: DlqProducer | None = None
     decoded: dict[TopicPartition, _Decoded] = field(default_factory=dict)
     record_bytes: float = 0.0      # stored bytes per record, averaged over reads (max_bytes)
     dlq_counts: dict[int, _DlqCount] = field(default_factory=dict)
@@ -321,11 +325,18 @@ class QueueCoordinator:
                 dlq = self.host.state.topics.get(config.dlq_topic)
                 if dlq is None:
                     raise E.UnknownTopicError(f"dead-letter topic {config.dlq_topic!r} is missing")
+            if queue.dlq_producer is None:
+                queue.dlq_producer = await self._dlq_producer(queue.name)
+                queue.scan.dirty.update(range(dlq.partitions))  # scan after the fence
             cursors = {p: queue.core.redrive_cursor(p) for p in range(dlq.partitions)}
-            done = await write_dead_letters(
-                reader=self.reader, writer=self.writer, queue=queue.name,
-                dlq_topic=config.dlq_topic, dlq_partitions=dlq.partitions, jobs=jobs,
-                redrive_cursors=cursors, scan=queue.scan)
+            try:
+                done = await write_dead_letters(
+                    reader=self.reader, writer=self.writer, queue=queue.name,
+                    dlq_topic=config.dlq_topic, dlq_partitions=dlq.partitions, jobs=jobs,
+                    redrive_cursors=cursors, scan=queue.scan, producer=queue.dlq_producer)
+            except E.BrokerError:
+                queue.dlq_producer = None  # a new epoch (and a scan) before the next attempt
+                raise
             if queue.deleted or not done:
                 return
             pending = {(j.tp, j.offset) for j in queue.core.dead_letter_jobs()}
@@ -350,6 +361,14 @@ class QueueCoordinator:
             log.exception("queue %s: dead-letter job failed", queue.name)
 
     # ===================================================================== requests
+
+    async def _dlq_producer(self, queue: str) -> DlqProducer:
+        """A new epoch of the queue's dead-letter producer: every batch of an earlier epoch
+        (an earlier coordinator of this queue) is fenced from here on."""
+        result = await self.host.propose(InitProducer(
+            transactional_id=f"{DLQ_PRODUCER_PREFIX}{queue}"))
+        raise_result(result)
+        return DlqProducer(producer_id=result["producer_id"], epoch=result["producer_epoch"])
 
     async def find_coordinator(self, request: qpb.FindQueueCoordinatorRequest
                                ) -> pb.FindCoordinatorResponse:

@@ -43,6 +43,7 @@ from tidelog.proto.batch import Codec, Record, encode_batch
 __all__ = [
     "DLQ_HEADER_PREFIX",
     "DeadLetterScan",
+    "DlqProducer",
     "Writer",
     "dead_letter_headers",
     "redrive_partition",
@@ -240,13 +241,27 @@ def _end_of(data: bytes, default: int) -> int:
     return end
 
 
+@dataclass(slots=True)
+class DlqProducer:
+    """The idempotent producer one coordinator incarnation writes a queue's dead letters with.
+    Its epoch is bumped (InitProducerId, through the metadata) when a coordinator takes the
+    queue over, BEFORE it scans the DLQ: so a zombie predecessor (paused mid-write, then
+    resumed) is refused PRODUCER_FENCED by the DLQ partitions instead of writing a second copy
+    after the scan."""
+
+    producer_id: int
+    epoch: int
+    sequences: dict[int, int] = field(default_factory=dict)  # DLQ partition -> next sequence
+
+
 async def write_dead_letters(
     *, reader: PartitionReader, writer: Writer, queue: str, dlq_topic: str, dlq_partitions: int,
     jobs: Sequence[DeadLetterJob], redrive_cursors: dict[int, int], scan: DeadLetterScan,
+    producer: DlqProducer,
 ) -> list[DeadLetterJob]:
     """Write the jobs' dead letters (those not already in the DLQ); returns the jobs now in the
     DLQ, to be committed as dead-lettered. Raises BrokerError if a write fails (the jobs stay
-    pending; the next attempt scans again first)."""
+    pending; the next attempt scans again first, with a new producer epoch)."""
     assert dlq_partitions > 0
     targets = sorted({job.tp.partition % dlq_partitions for job in jobs})
     if scan.known_end is None or any(p not in scan.known_end or p in scan.dirty
@@ -271,12 +286,15 @@ async def write_dead_letters(
     for p, items in sorted(by_partition.items()):
         for chunk in _chunks(items):
             try:
-                response = await writer.produce(
-                    dlq_topic, p, encode_batch([r for _, r in chunk], codec=Codec.LZ4),
-                    once=True)
+                sequence = producer.sequences.get(p, 0)
+                response = await writer.produce(dlq_topic, p, encode_batch(
+                    [r for _, r in chunk], codec=Codec.LZ4, producer_id=producer.producer_id,
+                    producer_epoch=producer.epoch,
+                    base_sequence=sequence if producer.producer_id >= 0 else -1), once=True)
             except E.BrokerError:
                 scan.dirty.add(p)  # it may still commit: scan before writing again
                 raise
+            producer.sequences[p] = sequence + len(chunk)
             for job, _ in chunk:
                 scan.found.add((job.tp, job.offset))
                 done.append(job)

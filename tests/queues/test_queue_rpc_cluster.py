@@ -637,3 +637,65 @@ def test_a_dead_letter_lands_once_when_its_coordinator_dies_before_committing_it
     finally:
         queues.close()
         cluster.stop()
+
+
+def _queue_apart_from_its_dlq_leader(queues: Queues, cluster: LocalCluster, prefix: str,
+                                     topic: str) -> tuple[str, int]:
+    """A new queue whose coordinator is not the (settled) leader of its DLQ partition 0, so a
+    zombie coordinator's late write reaches a live DLQ leader (the case fencing is for)."""
+    for i in range(12):
+        name = f"{prefix}{i}-q"
+        create_queue(queues, name, [topic])
+        found = queues.coordinator(name)
+        coordinator = cluster.settled_leader_of("__queue_state", found.partition)
+        if coordinator != cluster.settled_leader_of(f"{name}.dlq", 0):
+            return name, coordinator
+    raise AssertionError("every queue's coordinator also led its DLQ partition")
+
+
+def test_a_paused_coordinator_cannot_write_a_dead_letter_after_its_successor_did(
+        tmp_path: Path) -> None:
+    """The coordinator stops (SIGSTOP) just before its DLQ write; a successor takes the queue
+    over, bumps the queue's DLQ producer epoch, scans, writes the dead letter and commits it;
+    then the zombie resumes and sends its write: PRODUCER_FENCED, so one copy. Planted bug
+    (`<queue>.nofence`: no producer epoch): the same run lands two copies."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    cluster = CrashWindowCluster(3, tmp_path / "cluster", env={
+        "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "4",
+        "TIDELOG_TEST_MARKERS": str(markers)})
+    cluster.start()
+    queues = Queues(cluster)
+    try:
+        cluster.wait_healthy(timeout_s=60)
+        with Admin(cluster.bootstrap) as admin:
+            admin.create_topic("zomb", partitions=1, replication_factor=3)
+        produce(cluster, "zomb", [(b"zk", b"zombie body", [])])
+        copies = {}
+        for prefix, planted in (("fenced", False), ("unfenced", True)):
+            name, coordinator = _queue_apart_from_its_dlq_leader(queues, cluster, prefix, "zomb")
+            (markers / f"{name}.pause").touch()
+            if planted:
+                (markers / f"{name}.nofence").touch()
+            (m,) = receive_until(queues, name, "c", 1, ack=False)
+            assert not settle(queues, name, "c", [m], qpb.REJECT, reason="poison").results
+            paused = wait_until(lambda name=name: list(markers.glob(f"{name}.paused-*")), 30,
+                                f"{name}'s coordinator stopping before its DLQ write")
+            pid = int(paused[0].name.rsplit("-", 1)[1])
+            zombie = next(n.id for n in cluster.nodes if n.pid == pid)
+            wait_until(lambda name=name: queues.call("DescribeQueue", qpb.DescribeQueueRequest(
+                queue=name), name, timeout_s=90).stats.dead_lettered_total == 1, 90,
+                f"{name}'s dead letter committed by the next coordinator")
+            assert queues.coordinator(name).node_id != zombie
+            cluster.resume(zombie)
+            time.sleep(3)  # the zombie's write goes out at once when it resumes
+            copies[name] = read_topic(cluster, f"{name}.dlq", 0)
+            cluster.wait_healthy(timeout_s=60)
+        fenced, unfenced = copies.values()
+        assert len(fenced) == 1, fenced
+        assert (fenced[0].key, fenced[0].value) == (b"zk", b"zombie body")
+        assert len(unfenced) == 2, "planted bug not caught: without the producer epoch the " \
+            "zombie's late write should have landed a second copy"
+    finally:
+        queues.close()
+        cluster.stop()
