@@ -206,10 +206,12 @@ class QueueReplay:
                                                  f"{have}; snapshot at {seq})")
                 try:
                     _, deltas = _deltas_of(pending.deltas[have])
-                except ValueError as exc:
-                    raise QueueReplayError(name, f"delta record {have}: {exc}") from None
-                for delta in deltas:
-                    core.apply(delta)
+                    for delta in deltas:
+                        core.apply(delta)
+                except (ValueError, KeyError, AssertionError) as exc:
+                    # well-formed but impossible here (an unknown partition, a state the
+                    # delta cannot apply to): the log is not this queue's history
+                    raise QueueReplayError(name, f"delta record {have}: {exc!r}") from None
                 seq = have
             out[name] = (core, seq)
         return out

@@ -163,3 +163,14 @@ def test_encoded_values_are_deterministic_bytes() -> None:
     _, deltas = core.acquire("c", 2, T0)
     seq, back = sl.decode_deltas(sl.encode_deltas(9, deltas))
     assert seq == 9 and back == deltas
+
+
+def test_a_delta_that_cannot_apply_is_an_error_that_names_the_queue() -> None:
+    from tidelog.node.queues import deltas as dl
+
+    replay = sl.QueueReplay()
+    replay.feed(sl.snapshot_key("q"), sl.encode_snapshot(0, make().snapshot()))
+    stray = dl.Ack(tp=tp(7), ranges=((0, 0),))           # a partition the queue does not have
+    replay.feed(sl.delta_key("q", 1), sl.encode_deltas(1, [stray]))
+    with pytest.raises(sl.QueueReplayError, match="'q'.*delta record 1"):
+        replay.result()
