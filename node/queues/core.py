@@ -445,6 +445,9 @@ class QueueCore:
                 if c < 0 or c <= now_ms:
                     return now_ms
                 self._retime(p, heapq.heappop(ready), c)
+            timers, recs = p.timers, p.recs
+            while timers and not any(o in recs for o in _offsets(timers[0][2])):
+                heapq.heappop(timers)          # only done records: nothing will happen then
             if p.timers and (best is None or p.timers[0][0] < best):
                 best = p.timers[0][0]
         return None if best is None else max(best, now_ms)

@@ -559,3 +559,11 @@ def test_a_lowered_delivery_limit_dead_letters_expired_locks_at_the_next_tick() 
                                now_ms=T0 + 101)]
     assert _lowered_limit_dead_letters_at_tick(QueueCore) == expected
     assert _lowered_limit_dead_letters_at_tick(_ConfigChangeOnlyAtAcquire) == []   # caught
+
+
+def test_next_event_ms_skips_timers_of_records_already_done() -> None:
+    core = make(lock_ms=100)
+    offer(core, tp(), range(3))
+    got, _ = core.acquire("c", 3, T0)
+    ack_all(core, "c", got, T0 + 1)
+    assert core.next_event_ms(T0 + 1) is None      # the lock timer of acked records is moot
