@@ -27,7 +27,6 @@ Per partition (`_Part`):
 * Key-ordered mode: `keys` maps a key to its not-done offsets in offset order; only the head may
   be delivered, and only when not in flight; when the head is done the next head is pushed to
   `ready`. Null keys are independent. Keys are volatile: restore + re-offer rebuilds them.
-
 * Dedup window (`_is_duplicate`): a fresh record whose `tidelog-message-id` was seen on another
   record of the queue within DEDUP_WINDOW_MS (by record timestamp) is discarded (Discard delta:
   DONE, never delivered). The ids are volatile, rebuilt from the re-offered records.
@@ -39,7 +38,7 @@ share-partition record locks behave.
 
 Every mutating method builds deltas and applies them through the same functions `apply` uses,
 so restore(snapshot) + apply(each later delta) + re-offer gives the live core's durable state and
-the same future answers (tests/queues/test_queue_core.py checks it over random runs).
+the same future answers (tests/queues/test_queue_core_random.py checks it over random runs).
 """
 
 from __future__ import annotations
