@@ -460,6 +460,29 @@ def produce(bootstrap: str, topic: str, count: int, size: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def records_per_batch(bootstrap: str, topic: str) -> float:
+    """Mean records per stored batch in the first 4 MiB of partition 0: a receive returns whole
+    stored batches, so this is how much the client decodes per message it keeps."""
+    import grpc
+    from tidelog.node.local_cluster import metadata
+    from tidelog.proto import broker_pb2 as pb
+    from tidelog.proto import broker_pb2_grpc
+    from tidelog.proto.batch import iter_batches
+
+    answer = metadata(bootstrap.split(",")[0], [topic])
+    nodes = {n.id: n.address for n in answer.nodes}
+    leader = nodes[answer.topics[0].partitions[0].leader_id]
+    with grpc.insecure_channel(leader, options=[("grpc.max_receive_message_length",
+                                                 64 << 20)]) as channel:
+        reply = broker_pb2_grpc.BrokerStub(channel).Fetch(pb.FetchRequest(
+            partitions=[pb.FetchPartition(topic=topic, partition=0, offset=0,
+                                          max_bytes=4 << 20)],
+            max_wait_ms=0, max_bytes=4 << 20), timeout=10)
+    counts = [h.record_count for _, h in iter_batches(reply.partitions[0].batches, verify=False)
+              if not h.is_control]
+    return sum(counts) / len(counts) if counts else 0.0
+
+
 def create_queue(bootstrap: str, name: str, topic: str) -> str:
     """Topic (1 partition, RF 3) and queue (defaults), before anything is produced; returns
     where the data partition's leader is, for the notes."""
@@ -501,8 +524,9 @@ def run_tidelog(args: argparse.Namespace, bootstrap: str, node_pids: list[int],
         queue = topic
         leaders = create_queue(bootstrap, queue, topic)
         produce_rate = produce(bootstrap, topic, args.messages, args.size)
+        leaders += f", {records_per_batch(bootstrap, topic):.0f} records per stored batch"
         log(f"tidelog: {consumers} consumer(s): produced {args.messages} x {args.size} B "
-              f"({produce_rate:,.0f} msgs/s), {leaders}")
+            f"({produce_rate:,.0f} msgs/s), {leaders}")
         spec = TidelogSpec(bootstrap=bootstrap, queue=queue, total=args.messages,
                            seconds=args.seconds, receive_batch=args.receive_batch,
                            ack_linger_ms=args.ack_linger_ms)
