@@ -213,7 +213,7 @@ async def _scan(reader: PartitionReader, queue: str, dlq_topic: str, partitions:
         tp = TopicPartition(dlq_topic, p)
         offset = known.get(p, starts.get(p, 0))
         while True:
-            result = await reader.read(tp, offset, SCAN_READ_BYTES)
+            result = await reader.read(tp, offset, SCAN_READ_BYTES, leader_only=True)
             if offset < result.log_start:
                 offset = result.log_start
                 continue

@@ -107,10 +107,23 @@ class PartitionReader:
             return replica.high_watermark
         return self._high_watermarks.get(tp, -1)
 
-    async def read(self, tp: TopicPartition, offset: int, max_bytes: int) -> ReadResult:
+    async def read(self, tp: TopicPartition, offset: int, max_bytes: int, *,
+                   leader_only: bool = False) -> ReadResult:
         """Committed batches from `offset`; raises BrokerError (UnknownTopicError,
-        LeaderNotAvailableError, ...) when the partition cannot be read right now."""
+        LeaderNotAvailableError, ...) when the partition cannot be read right now.
+
+        `leader_only`: what the leader has committed, not what a local follower knows of yet
+        (the DLQ scan must not miss a dead letter its predecessor just committed); a local
+        leader is used only once it has committed an entry of its own term (before that its
+        high watermark may not cover entries of earlier terms that will commit)."""
         replica = self.local_replica(tp)
+        if replica is not None and leader_only and not (
+                replica.is_leader
+                and replica.raft_log.term_at(replica.commit_index) == replica.term):
+            if replica.is_leader:
+                raise E.LeaderNotAvailableError(
+                    f"{tp.topic}-{tp.partition}: its new leader has not committed in its term")
+            replica = None
         if replica is not None:
             result = _read_local(replica, offset, max_bytes)
         else:
