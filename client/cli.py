@@ -56,7 +56,8 @@ _broken: list[str] = []
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        _take_trailing_values(parser, args, extras)
     except SystemExit:
         for problem in _broken:
             print(f"tidelog: a command could not be loaded: {problem}", file=sys.stderr)
@@ -65,6 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+
+
+def _take_trailing_values(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                          extras: list[str]) -> None:
+    """argparse stops filling a `VALUE ...` positional at the first option, so `queue send jobs
+    --key k hello` left "hello" unrecognized. A command that sets `trailing_values` (the name of
+    its list) takes the plain words after its options too; anything else is still an error."""
+    if not extras:
+        return
+    field = getattr(args, "trailing_values", None)
+    if field is None or any(e.startswith("-") for e in extras):
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    getattr(args, field).extend(extras)
 
 
 if __name__ == "__main__":

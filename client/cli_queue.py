@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                "topic of queue NAME, through the producer (acks=all).")
     send.add_argument("name")
     send.add_argument("values", nargs="*", metavar="VALUE")
+    send.set_defaults(trailing_values="values")  # `send NAME --key K VALUE` (client/cli.py)
     send.add_argument("--key", help="key of every message")
     send.add_argument("--delay-s", type=float, metavar="S",
                       help="deliver no earlier than S seconds from now (tidelog-deliver-at-ms)")
