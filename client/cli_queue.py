@@ -154,6 +154,9 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-in-flight", type=int, metavar="N",
                         help="per partition: the window from the oldest unfinished message "
                         "(default 5000)")
+    parser.add_argument("--dedup-window-s", type=float, metavar="S",
+                        help="a message whose tidelog-message-id header was seen within S "
+                        "seconds is discarded (default 300; -1: off)")
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,7 +164,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             "lock_s": args.lock_s, "backoff_initial_s": args.backoff_initial_s,
             "backoff_max_s": args.backoff_max_s, "backoff_multiplier": args.backoff_multiplier,
             "delay_s": args.delay_s, "ttl_s": args.ttl_s,
-            "dead_letter_topic": args.dead_letter_topic, "max_in_flight": args.max_in_flight}
+            "dead_letter_topic": args.dead_letter_topic, "max_in_flight": args.max_in_flight,
+            "dedup_window_s": args.dedup_window_s}
 
 
 class _Usage(Exception):
@@ -455,18 +459,20 @@ def _config_table(config: Any) -> str:
             ["delay_s", _seconds(config.delay_ms)],
             ["ttl_s", _seconds(config.ttl_ms) if config.ttl_ms else "none"],
             ["max_in_flight", config.max_in_flight],
-            ["start", config.start]]
+            ["start", config.start],
+            ["dedup_window_s", _seconds(config.dedup_window_ms)
+             if config.dedup_window_ms > 0 else "off"]]
     return _table(["SETTING", "VALUE"], rows)
 
 
 def _stats_text(stats: Any) -> str:
     totals = _table(
         ["DEPTH", "IN-FLIGHT", "OLDEST-UNACKED-S", "DELIVERED", "REDELIVERED", "ACKED",
-         "DEAD-LETTERED", "EXPIRED", "DLQ-DEPTH", "REDRIVEN", "CONSUMERS"],
+         "DEAD-LETTERED", "EXPIRED", "DEDUPED", "DLQ-DEPTH", "REDRIVEN", "CONSUMERS"],
         [[stats.depth, stats.in_flight, _seconds(stats.oldest_unacked_age_ms),
           stats.delivered_total, stats.redelivered_total, stats.acked_total,
-          stats.dead_lettered_total, stats.expired_total, stats.dlq_depth, stats.redriven_total,
-          stats.consumers]])
+          stats.dead_lettered_total, stats.expired_total, stats.deduplicated_total,
+          stats.dlq_depth, stats.redriven_total, stats.consumers]])
     parts = _table(
         ["TOPIC", "PARTITION", "START", "READ", "HIGH-WATERMARK", "DEPTH", "IN-FLIGHT",
          "WAITING", "DLQ-PENDING"],

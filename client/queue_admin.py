@@ -40,7 +40,7 @@ _SECONDS = {"lock_s": "lock_ms", "backoff_initial_s": "backoff_initial_ms",
             "backoff_max_s": "backoff_max_ms", "delay_s": "delay_ms", "ttl_s": "ttl_ms"}
 _PLAIN = ("key_ordered", "max_deliveries", "backoff_multiplier", "dead_letter_topic",
           "max_in_flight", "start", "lock_ms", "backoff_initial_ms", "backoff_max_ms",
-          "delay_ms", "ttl_ms")
+          "delay_ms", "ttl_ms", "dedup_window_ms")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +60,7 @@ class QueueConfigInfo:
     ttl_ms: int
     max_in_flight: int
     start: str
+    dedup_window_ms: int
 
     def to_dict(self) -> dict[str, Any]:
         return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v)
@@ -106,6 +107,7 @@ class QueueStats:
     consumers: int
     partitions: tuple[QueuePartitionStats, ...]
     now_ms: int
+    deduplicated_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -132,7 +134,12 @@ def queue_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in settings.items():
         if value is None:
             continue
-        if name in _SECONDS:
+        if name == "dedup_window_s":  # seconds, or a negative number: dedup off (-1 on the wire)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0:
+                raise errors.ConfigError(f"{name}: expected seconds > 0, or -1 for off, got "
+                                         f"{value!r}")
+            out["dedup_window_ms"] = -1 if value < 0 else round(value * 1000)
+        elif name in _SECONDS:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise errors.ConfigError(f"{name}: expected seconds >= 0, got {value!r}")
             out[_SECONDS[name]] = round(value * 1000)
@@ -140,7 +147,8 @@ def queue_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = value
         else:
             raise errors.ConfigError(
-                f"{name}: not a queue setting (known: {sorted([*_SECONDS, *_PLAIN])})")
+                f"{name}: not a queue setting (known: "
+                f"{sorted([*_SECONDS, *_PLAIN, 'dedup_window_s'])})")
     return out
 
 
@@ -176,6 +184,7 @@ class QueueAdmin:
         backoff_multiplier: float | None = None, dead_letter_topic: str | None = None,
         delay_s: float | None = None, ttl_s: float | None = None,
         max_in_flight: int | None = None, start: str = "earliest", if_not_exists: bool = False,
+        dedup_window_s: float | None = None,
     ) -> QueueConfigInfo:
         """Create a queue over `topics` (default: one topic named like the queue), and its
         dead-letter topic. With `partitions`, missing topics are created first with that many
@@ -190,7 +199,8 @@ class QueueAdmin:
             key_ordered=key_ordered or None, max_deliveries=max_deliveries, lock_s=lock_s,
             backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s,
             backoff_multiplier=backoff_multiplier, dead_letter_topic=dead_letter_topic,
-            delay_s=delay_s, ttl_s=ttl_s, max_in_flight=max_in_flight, start=start)
+            delay_s=delay_s, ttl_s=ttl_s, max_in_flight=max_in_flight, start=start,
+            dedup_window_s=dedup_window_s)
         return config_info(self._queue_call(name, "CreateQueue", request, whole=True).config)
 
     def alter_queue(self, name: str, **settings: Any) -> QueueConfigInfo:
@@ -309,7 +319,8 @@ def config_info(c: Any) -> QueueConfigInfo:
         max_deliveries=c.max_deliveries, lock_ms=c.lock_ms,
         backoff_initial_ms=c.backoff_initial_ms, backoff_max_ms=c.backoff_max_ms,
         backoff_multiplier=c.backoff_multiplier, dead_letter_topic=c.dead_letter_topic,
-        delay_ms=c.delay_ms, ttl_ms=c.ttl_ms, max_in_flight=c.max_in_flight, start=c.start)
+        delay_ms=c.delay_ms, ttl_ms=c.ttl_ms, max_in_flight=c.max_in_flight, start=c.start,
+        dedup_window_ms=c.dedup_window_ms)
 
 
 def stats_info(s: Any) -> QueueStats:
@@ -318,7 +329,7 @@ def stats_info(s: Any) -> QueueStats:
         acked_total=s.acked_total, delivered_total=s.delivered_total,
         redelivered_total=s.redelivered_total, dead_lettered_total=s.dead_lettered_total,
         expired_total=s.expired_total, dlq_depth=s.dlq_depth, redriven_total=s.redriven_total,
-        consumers=s.consumers, now_ms=s.now_ms,
+        consumers=s.consumers, now_ms=s.now_ms, deduplicated_total=s.deduplicated_total,
         partitions=tuple(QueuePartitionStats(
             topic=p.topic, partition=p.partition, start_offset=p.start_offset,
             read_offset=p.read_offset, high_watermark=p.high_watermark, depth=p.depth,

@@ -28,7 +28,7 @@ class FindQueueCoordinatorRequest(_message.Message):
     def __init__(self, queue: _Optional[str] = ...) -> None: ...
 
 class QueueConfig(_message.Message):
-    __slots__ = ("name", "topics", "key_ordered", "max_deliveries", "lock_ms", "backoff_initial_ms", "backoff_max_ms", "backoff_multiplier", "dead_letter_topic", "delay_ms", "ttl_ms", "max_in_flight", "start")
+    __slots__ = ("name", "topics", "key_ordered", "max_deliveries", "lock_ms", "backoff_initial_ms", "backoff_max_ms", "backoff_multiplier", "dead_letter_topic", "delay_ms", "ttl_ms", "max_in_flight", "start", "dedup_window_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     KEY_ORDERED_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class QueueConfig(_message.Message):
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     topics: _containers.RepeatedScalarFieldContainer[str]
     key_ordered: bool
@@ -55,7 +56,8 @@ class QueueConfig(_message.Message):
     ttl_ms: int
     max_in_flight: int
     start: str
-    def __init__(self, name: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., key_ordered: _Optional[bool] = ..., max_deliveries: _Optional[int] = ..., lock_ms: _Optional[int] = ..., backoff_initial_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., backoff_multiplier: _Optional[float] = ..., dead_letter_topic: _Optional[str] = ..., delay_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., start: _Optional[str] = ...) -> None: ...
+    dedup_window_ms: int
+    def __init__(self, name: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., key_ordered: _Optional[bool] = ..., max_deliveries: _Optional[int] = ..., lock_ms: _Optional[int] = ..., backoff_initial_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., backoff_multiplier: _Optional[float] = ..., dead_letter_topic: _Optional[str] = ..., delay_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., start: _Optional[str] = ..., dedup_window_ms: _Optional[int] = ...) -> None: ...
 
 class CreateQueueRequest(_message.Message):
     __slots__ = ("config", "if_not_exists", "timeout_ms")
@@ -161,7 +163,7 @@ class QueuePartitionStats(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., start_offset: _Optional[int] = ..., read_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., waiting: _Optional[int] = ..., dead_letter_pending: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("depth", "in_flight", "oldest_unacked_age_ms", "acked_total", "delivered_total", "redelivered_total", "dead_lettered_total", "expired_total", "dlq_depth", "redriven_total", "consumers", "partitions", "now_ms")
+    __slots__ = ("depth", "in_flight", "oldest_unacked_age_ms", "acked_total", "delivered_total", "redelivered_total", "dead_lettered_total", "expired_total", "dlq_depth", "redriven_total", "consumers", "partitions", "now_ms", "deduplicated_total")
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     OLDEST_UNACKED_AGE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +177,7 @@ class QueueStats(_message.Message):
     CONSUMERS_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     depth: int
     in_flight: int
     oldest_unacked_age_ms: int
@@ -188,7 +191,8 @@ class QueueStats(_message.Message):
     consumers: int
     partitions: _containers.RepeatedCompositeFieldContainer[QueuePartitionStats]
     now_ms: int
-    def __init__(self, depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., oldest_unacked_age_ms: _Optional[int] = ..., acked_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., redelivered_total: _Optional[int] = ..., dead_lettered_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., dlq_depth: _Optional[int] = ..., redriven_total: _Optional[int] = ..., consumers: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[QueuePartitionStats, _Mapping]]] = ..., now_ms: _Optional[int] = ...) -> None: ...
+    deduplicated_total: int
+    def __init__(self, depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., oldest_unacked_age_ms: _Optional[int] = ..., acked_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., redelivered_total: _Optional[int] = ..., dead_lettered_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., dlq_depth: _Optional[int] = ..., redriven_total: _Optional[int] = ..., consumers: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[QueuePartitionStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., deduplicated_total: _Optional[int] = ...) -> None: ...
 
 class DescribeQueueResponse(_message.Message):
     __slots__ = ("config", "stats", "coordinator_id")

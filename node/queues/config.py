@@ -33,6 +33,7 @@ BACKOFF_MULTIPLIER_MAX = 10.0
 DELAY_MS_MAX = 15 * 24 * 3600 * 1000     # SQS allows 15 minutes per queue; a log can hold more
 TTL_MS_MAX = 365 * 24 * 3600 * 1000
 MAX_IN_FLIGHT_MAX = 100_000
+DEDUP_WINDOW_MS_MAX = 24 * 3600 * 1000
 STARTS = ("earliest", "latest")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _FIXED = ("name", "topics")
@@ -57,6 +58,7 @@ class QueueConfig:
     ttl_ms: int = 0
     max_in_flight: int = 5_000
     start: str = "earliest"
+    dedup_window_ms: int = 300_000   # -1: off (SQS FIFO's and Service Bus's default: 5 minutes)
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, list):
@@ -102,6 +104,8 @@ class QueueConfig:
         _check_int("delay_ms", self.delay_ms, 0, DELAY_MS_MAX)
         _check_int("ttl_ms", self.ttl_ms, 0, TTL_MS_MAX)
         _check_int("max_in_flight", self.max_in_flight, 1, MAX_IN_FLIGHT_MAX)
+        if self.dedup_window_ms != -1:
+            _check_int("dedup_window_ms", self.dedup_window_ms, 1, DEDUP_WINDOW_MS_MAX)
         if self.start not in STARTS:
             raise QueueConfigError(f"start: must be one of {list(STARTS)}, got {self.start!r}")
 

@@ -959,7 +959,7 @@ class QueueCoordinator:
 
 _CONFIG_FIELDS = ("key_ordered", "max_deliveries", "lock_ms", "backoff_initial_ms",
                   "backoff_max_ms", "backoff_multiplier", "dead_letter_topic", "delay_ms",
-                  "ttl_ms", "max_in_flight", "start")
+                  "ttl_ms", "max_in_flight", "start", "dedup_window_ms")
 
 
 def config_from_wire(wire: qpb.QueueConfig) -> QueueConfig:
@@ -991,7 +991,8 @@ def stats_to_wire(stats: Any) -> qpb.QueueStats:
         delivered_total=stats.delivered_total, redelivered_total=stats.redelivered_total,
         dead_lettered_total=stats.dead_lettered_total, expired_total=stats.expired_total,
         dlq_depth=stats.dlq_depth, redriven_total=stats.redriven_total,
-        consumers=stats.consumers, now_ms=stats.now_ms)
+        consumers=stats.consumers, now_ms=stats.now_ms,
+        deduplicated_total=stats.deduplicated_total)
     for p in stats.partitions:
         out.partitions.append(qpb.QueuePartitionStats(
             topic=p.topic, partition=p.partition, start_offset=p.start_offset,

@@ -28,8 +28,9 @@ Per partition (`_Part`):
   be delivered, and only when not in flight; when the head is done the next head is pushed to
   `ready`. Null keys are independent. Keys are volatile: restore + re-offer rebuilds them.
 * Dedup window (`_is_duplicate`): a fresh record whose `tidelog-message-id` was seen on another
-  record of the queue within DEDUP_WINDOW_MS (by record timestamp) is discarded (Discard delta:
-  DONE, never delivered). The ids are volatile, rebuilt from the re-offered records.
+  record of the queue within the queue's dedup_window_ms (by record timestamp; -1: off) is
+  discarded (Discard delta: DONE, never delivered). The ids are volatile, rebuilt from the
+  re-offered records.
 
 The window: the shell may offer a record only while `offset - start < max_in_flight`
 (`reads_wanted` stops asking beyond it, `offer` ignores records beyond it). Overflow behaviour:
@@ -71,7 +72,6 @@ REASON_MAX_DELIVERIES = "max deliveries"
 REASON_REJECTED = "rejected"
 SNAPSHOT_VERSION = 1
 MAX_MESSAGES_MAX = 10_000
-DEDUP_WINDOW_MS = 5 * 60 * 1000     # SQS FIFO's and Azure Service Bus's default window
 DEDUP_IDS_MAX = 200_000             # ids remembered at most (oldest forgotten first)
 
 IN_FLIGHT, WAITING, DEAD = 1, 2, 3
@@ -514,7 +514,7 @@ class QueueCore:
             redelivered_total=c["redelivered"], dead_lettered_total=c["dead_lettered"],
             expired_total=c["expired"], dlq_depth=dlq_depth, redriven_total=c["redriven"],
             consumers=sum(1 for t in self._seen.values() if t >= horizon),
-            partitions=tuple(parts), now_ms=now_ms)
+            partitions=tuple(parts), now_ms=now_ms, deduplicated_total=c["duplicates"])
 
     # ---------------------------------------------------------------- durability
 
@@ -622,21 +622,24 @@ class QueueCore:
         heapq.heappush(p.timers, (at, self._seq, payload))
 
     def _is_duplicate(self, rec: OfferedRecord) -> bool:
-        """Dedup window: another record with this message id and a timestamp within
-        DEDUP_WINDOW_MS was offered before (any partition of the queue). The first one seen
-        is kept. The ids are volatile: after a restore they are rebuilt from the records
-        re-offered (from `start` on), so a duplicate of a record already below `start` at a
+        """Dedup window: another record with this message id and a timestamp within the
+        queue's dedup_window_ms (-1: off) was offered before (any partition of the queue). The
+        first one seen is kept. The ids are volatile: after a restore they are rebuilt from the
+        records re-offered (from `start` on), so a duplicate of a record already below `start` at a
         failover is delivered (at-least-once still holds)."""
         assert rec.message_id is not None
+        window = self.config.dedup_window_ms
+        if window < 0:
+            return False
         ids = self._ids
         seen = ids.get(rec.message_id)
-        if seen is not None and abs(rec.timestamp_ms - seen) <= DEDUP_WINDOW_MS:
+        if seen is not None and abs(rec.timestamp_ms - seen) <= window:
             return True
         ids[rec.message_id] = rec.timestamp_ms
         heap = self._id_times
         heapq.heappush(heap, (rec.timestamp_ms, rec.message_id))
         self._id_ts_max = max(self._id_ts_max, rec.timestamp_ms)
-        horizon = self._id_ts_max - DEDUP_WINDOW_MS
+        horizon = self._id_ts_max - window
         while heap and (heap[0][0] < horizon or len(heap) > DEDUP_IDS_MAX):
             ts, old = heapq.heappop(heap)
             if ids.get(old) == ts:

@@ -112,3 +112,4 @@ class QueueStats:
     consumers: int
     partitions: tuple[PartitionStats, ...]
     now_ms: int
+    deduplicated_total: int = 0

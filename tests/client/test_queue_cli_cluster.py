@@ -309,3 +309,24 @@ def test_acks_reach_the_new_coordinator_while_the_old_one_is_paused(cluster) -> 
             assert stats.acked_total == 5, stats
             assert consumer.receive(max_messages=5, timeout_s=2) == [], "nothing redelivered"
 
+
+
+def test_the_dedup_window_discards_a_resent_message_id_and_can_be_turned_off(cluster) -> None:  # noqa: ANN001
+    """A producer that retries without idempotence sends the same message twice with one
+    tidelog-message-id: the queue delivers it once (SQS FIFO / JetStream Msg-Id semantics)."""
+    cli = Cli(cluster.bootstrap)
+    assert cli.json("create", "orders", "--partitions", "1")["dedup_window_ms"] == 300_000
+    off = cli.json("create", "audit", "--partitions", "1", "--dedup-window-s", "-1")
+    assert off["dedup_window_ms"] == -1
+    for queue in ("orders", "audit"):
+        for value in ("charge 1", "charge 1 again", "charge 2"):
+            message_id = "m2" if value == "charge 2" else "m1"
+            cli("send", queue, value, "--header", f"tidelog-message-id={message_id}")
+    got = cli.lines("receive", "orders", "--max", "10", "--timeout-s", "3", "--ack")
+    assert [m["value"] for m in got] == ["charge 1", "charge 2"]
+    stats = cli.stats("orders")
+    assert stats["deduplicated_total"] == 1 and stats["depth"] == 0
+    got = cli.lines("receive", "audit", "--max", "10", "--timeout-s", "3", "--ack")
+    assert [m["value"] for m in got] == ["charge 1", "charge 1 again", "charge 2"]
+    assert cli.stats("audit")["deduplicated_total"] == 0
+    assert "dedup_window_s" in cli("describe", "orders").stdout

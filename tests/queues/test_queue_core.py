@@ -489,13 +489,19 @@ def test_a_message_id_seen_within_the_window_is_discarded_as_a_duplicate() -> No
     assert core.start_offset(tp(0)) == 3 and core.counters["duplicates"] == 2
 
 
-def test_the_same_message_id_outside_the_window_is_a_new_message() -> None:
-    from tidelog.node.queues.core import DEDUP_WINDOW_MS
-
-    core = make()
-    late = T0 + DEDUP_WINDOW_MS + 1
+@pytest.mark.parametrize("window_ms", [300_000, 2_000])
+def test_the_same_message_id_outside_the_window_is_a_new_message(window_ms: int) -> None:
+    core = make(dedup_window_ms=window_ms)
+    late = T0 + window_ms + 1
     assert core.offer(tp(), [_mid(0, b"m"), _mid(1, b"m", late)], 2, late) == []
     assert [o for _, o, _ in flat(core.acquire("c", 5, late)[0])] == [0, 1]
+
+
+def test_the_default_window_is_five_minutes_and_minus_one_turns_dedup_off() -> None:
+    assert make().config.dedup_window_ms == 300_000
+    core = make(dedup_window_ms=-1)
+    assert core.offer(tp(), [_mid(0, b"m"), _mid(1, b"m")], 2, T0) == []
+    assert [o for _, o, _ in flat(core.acquire("c", 5, T0)[0])] == [0, 1]
 
 
 def test_a_discarded_duplicate_stays_discarded_after_restore() -> None:
