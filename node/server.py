@@ -38,7 +38,8 @@ from tidelog.node.groups.coordinator import GroupCoordinator
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command
 from tidelog.node.metadata_service import METADATA_GROUP, MetadataService
-from tidelog.node.queues.coordinator import NodeQueueHost, QueueCoordinator
+from tidelog.node.queues.coordinator import QueueCoordinator
+from tidelog.node.queues.host import NodeQueueHost
 from tidelog.node.queues.service import QueuesService
 from tidelog.node.replica import Replica
 from tidelog.node.replica_manager import ReplicaManager

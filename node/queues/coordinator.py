@@ -36,7 +36,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,8 +57,20 @@ from tidelog.node.queues.dead_letters import (
     redrive_partition,
     write_dead_letters,
 )
-from tidelog.node.queues.model import Acquired, OfferedRecord, Settle, SettleKind, SettleOutcome
+from tidelog.node.queues.model import Acquired, OfferedRecord, Settle, SettleKind
 from tidelog.node.queues.reader import PartitionReader, decode_offered
+from tidelog.node.queues.wire import (
+    WRITE_TIMEOUT_S,
+    check_consumer,
+    config_from_wire,
+    config_to_wire,
+    merge_acquired,
+    messages_within,
+    settle_result,
+    settlement_problem,
+    stats_to_wire,
+    timeout_s_of,
+)
 from tidelog.node.raft import NotLeader, ProposalDropped
 from tidelog.node.replica import Replica, ReplicaLostLeadership
 from tidelog.node.topics import partition_group
@@ -66,7 +78,7 @@ from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import queue_pb2 as qpb
 from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
 
-__all__ = ["QUEUE_STATE_TOPIC", "NodeQueueHost", "QueueCoordinator", "QueueHost"]
+__all__ = ["QUEUE_STATE_TOPIC", "QueueCoordinator", "QueueHost"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +89,6 @@ QUEUE_STATE_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": str(16 * 10
 SNAPSHOT_EVERY = sl.SNAPSHOT_EVERY  # delta records between snapshots at most (compaction)
 TICK_INTERVAL_S = 0.1
 TOPICS_CHECK_INTERVAL_S = 2.0
-WRITE_TIMEOUT_S = 10.0
 LOAD_READ_BYTES = 1 << 20
 FILL_READ_BYTES = 256 * 1024
 REMOTE_POLL_S = 0.1          # a partition read from another node is polled at most this often
@@ -85,9 +96,6 @@ RECEIVE_MESSAGES_MAX = 10_000
 RECEIVE_WAIT_MS_MAX = 30_000
 RECEIVE_BYTES_DEFAULT = 4 * 1024 * 1024
 SETTLEMENTS_MAX = 10_000
-RANGE_RECORDS_MAX = 100_000
-REASON_CHARS_MAX = 1000
-CONSUMER_ID_CHARS_MAX = 255
 PEEK_MESSAGES_MAX = 10_000
 DLQ_RETRY_S = 1.0
 DLQ_PRODUCER_PREFIX = "__queue-dlq/"  # + queue name: the transactional id of its DLQ writer
@@ -390,7 +398,7 @@ class QueueCoordinator:
                                           partition=partition)
 
     async def create_queue(self, request: qpb.CreateQueueRequest) -> qpb.CreateQueueResponse:
-        timeout_s = _timeout_s(request.timeout_ms)
+        timeout_s = timeout_s_of(request.timeout_ms)
         config = config_from_wire(request.config)
         for name in (*config.topics, config.dlq_topic):
             if name.startswith("__"):
@@ -496,7 +504,7 @@ class QueueCoordinator:
                                          coordinator_id=self.host.node_id)
 
     async def receive(self, request: qpb.ReceiveRequest) -> qpb.ReceiveResponse:
-        _check_consumer(request.consumer_id)
+        check_consumer(request.consumer_id)
         if not 1 <= request.max_messages <= RECEIVE_MESSAGES_MAX:
             raise E.InvalidRequestError(f"max_messages {request.max_messages}: must be within "
                                         f"1..{RECEIVE_MESSAGES_MAX}")
@@ -510,7 +518,7 @@ class QueueCoordinator:
             entry, queue = self._queue_for(request.queue)  # the reads may have awaited
             now = _now_ms()
             deltas = self._offer(queue, reads, now)
-            acquired, more = queue.core.acquire(request.consumer_id, _messages_within(
+            acquired, more = queue.core.acquire(request.consumer_id, messages_within(
                 request.max_messages, request.max_bytes or RECEIVE_BYTES_DEFAULT,
                 queue.record_bytes), now)
             deltas.extend(more)
@@ -525,18 +533,18 @@ class QueueCoordinator:
             await self._wait_for_change(queue, changed, remaining, now)
 
     async def settle(self, request: qpb.SettleRequest) -> qpb.SettleResponse:
-        _check_consumer(request.consumer_id)
+        check_consumer(request.consumer_id)
         if len(request.settlements) > SETTLEMENTS_MAX:
             raise E.InvalidRequestError(f"{len(request.settlements)} settlements in one request; "
                                         f"at most {SETTLEMENTS_MAX}")
-        timeout_s = _timeout_s(request.timeout_ms)
+        timeout_s = timeout_s_of(request.timeout_ms)
         entry, queue = self._queue_for(request.queue)
         response = qpb.SettleResponse()
         items: list[Settle] = []
         indexes: list[int] = []
         partitions = queue.core.partitions
         for index, s in enumerate(request.settlements):
-            problem = _settlement_problem(s, partitions)
+            problem = settlement_problem(s, partitions)
             if problem:
                 response.results.append(qpb.SettleResult(
                     index=index, error=pb.INVALID_REQUEST, error_message=problem))
@@ -551,7 +559,7 @@ class QueueCoordinator:
             outcomes, deltas = queue.core.settle(request.consumer_id, items, _now_ms())
             waiter = self._propose(entry, queue, deltas)
             for outcome in outcomes:
-                result = _settle_result(indexes[outcome.index], outcome,
+                result = settle_result(indexes[outcome.index], outcome,
                                         items[outcome.index].kind)
                 if result is not None:
                     response.results.append(result)
@@ -573,7 +581,7 @@ class QueueCoordinator:
         available = queue.core.peek(request.max_messages or 10, now)
         waiter = self._propose(entry, queue, deltas)
         response = qpb.PeekResponse()
-        for item in _merge(available):
+        for item in merge_acquired(available):
             response.partitions.append(qpb.PeekedPartition(
                 topic=item.tp.topic, partition=item.tp.partition,
                 batches=await self.reader.batches_covering(
@@ -720,7 +728,7 @@ class QueueCoordinator:
     async def _receive_response(self, queue: _Queue, acquired: Sequence[Acquired]
                                 ) -> qpb.ReceiveResponse:
         response = qpb.ReceiveResponse()
-        for item in _merge(acquired):
+        for item in merge_acquired(acquired):
             batches = await self.reader.batches_covering(
                 item.tp, [(f, la) for f, la, _ in item.ranges])
             response.partitions.append(qpb.ReceivedPartition(
@@ -955,69 +963,6 @@ class QueueCoordinator:
         await self.host.wait_for_leaders([config.dlq_topic], min(timeout_s, 10.0))
 
 
-# ========================================================================= wire conversion
-
-_CONFIG_FIELDS = ("key_ordered", "max_deliveries", "lock_ms", "backoff_initial_ms",
-                  "backoff_max_ms", "backoff_multiplier", "dead_letter_topic", "delay_ms",
-                  "ttl_ms", "max_in_flight", "start", "dedup_window_ms")
-
-
-def config_from_wire(wire: qpb.QueueConfig) -> QueueConfig:
-    """Zero / empty fields take the default; an invalid value is INVALID_QUEUE_CONFIG."""
-    kwargs: dict[str, Any] = {}
-    for name in _CONFIG_FIELDS:
-        value = getattr(wire, name)
-        if value:
-            kwargs[name] = value
-    try:
-        return QueueConfig(name=wire.name, topics=tuple(wire.topics), **kwargs)
-    except QueueConfigError as exc:
-        raise E.InvalidQueueConfigError(str(exc)) from None
-
-
-def config_to_wire(config: QueueConfig) -> qpb.QueueConfig:
-    """Effective values (dead_letter_topic resolved)."""
-    out = qpb.QueueConfig(name=config.name, topics=config.topics)
-    for name in _CONFIG_FIELDS:
-        setattr(out, name, getattr(config, name))
-    out.dead_letter_topic = config.dlq_topic
-    return out
-
-
-def stats_to_wire(stats: Any) -> qpb.QueueStats:
-    out = qpb.QueueStats(
-        depth=stats.depth, in_flight=stats.in_flight,
-        oldest_unacked_age_ms=stats.oldest_unacked_age_ms, acked_total=stats.acked_total,
-        delivered_total=stats.delivered_total, redelivered_total=stats.redelivered_total,
-        dead_lettered_total=stats.dead_lettered_total, expired_total=stats.expired_total,
-        dlq_depth=stats.dlq_depth, redriven_total=stats.redriven_total,
-        consumers=stats.consumers, now_ms=stats.now_ms,
-        deduplicated_total=stats.deduplicated_total)
-    for p in stats.partitions:
-        out.partitions.append(qpb.QueuePartitionStats(
-            topic=p.topic, partition=p.partition, start_offset=p.start_offset,
-            read_offset=p.read_offset, high_watermark=p.high_watermark, depth=p.depth,
-            in_flight=p.in_flight, waiting=p.waiting,
-            dead_letter_pending=p.dead_letter_pending))
-    return out
-
-
-def _merge(items: Sequence[Acquired]) -> list[Acquired]:
-    """One entry per partition (ranges in offset order)."""
-    by_tp: dict[TopicPartition, list[Acquired]] = {}
-    for item in items:
-        by_tp.setdefault(item.tp, []).append(item)
-    out = []
-    for tp, group in by_tp.items():
-        if len(group) == 1:
-            out.append(group[0])
-            continue
-        ranges = tuple(sorted(r for g in group for r in g.ranges))
-        out.append(Acquired(tp=tp, ranges=ranges,
-                            lock_deadline_ms=min(g.lock_deadline_ms for g in group)))
-    return out
-
-
 async def _data_beyond(replica: Replica, offset: int, timeout_s: float) -> None:
     """Until the replica's high watermark passes `offset` (or the timeout). Checked before each
     wait, in the same step as the wait clears the replica's event, so data committed between
@@ -1028,93 +973,3 @@ async def _data_beyond(replica: Replica, offset: int, timeout_s: float) -> None:
         if left <= 0:
             return
         await replica.wait_for_data(left)
-
-
-def _messages_within(max_messages: int, max_bytes: int, record_bytes: float) -> int:
-    """max_bytes as a count of records (at least one), from the queue's average stored record
-    size: approximate, since an answer carries whole batches."""
-    if record_bytes <= 0:
-        return max_messages
-    return max(1, min(max_messages, int(max_bytes / record_bytes)))
-
-
-def _check_consumer(consumer_id: str) -> None:
-    if not consumer_id:
-        raise E.InvalidRequestError("consumer_id is empty (the client makes one, e.g. a uuid)")
-    if len(consumer_id) > CONSUMER_ID_CHARS_MAX:
-        raise E.InvalidRequestError(f"consumer_id is longer than {CONSUMER_ID_CHARS_MAX} "
-                                    "characters")
-
-
-def _settlement_problem(s: qpb.Settlement, partitions: Mapping[TopicPartition, Any] | Any
-                        ) -> str:
-    """Why one settlement is malformed ("" if it is not): answered INVALID_REQUEST for it."""
-    if TopicPartition(s.topic, s.partition) not in partitions:
-        return f"{s.topic}-{s.partition} is not a partition of this queue"
-    if s.first_offset < 0 or s.last_offset < s.first_offset:
-        return f"range [{s.first_offset}, {s.last_offset}] is empty or negative"
-    if s.last_offset - s.first_offset + 1 > RANGE_RECORDS_MAX:
-        return (f"range [{s.first_offset}, {s.last_offset}] spans more than "
-                f"{RANGE_RECORDS_MAX} records")
-    if s.delivery_count < 1:
-        return f"delivery_count {s.delivery_count}: deliveries are counted from 1"
-    if s.action not in qpb.SettleAction.values():
-        return f"action {s.action} is unknown"
-    if s.action == qpb.NACK and s.delay_ms < -1:
-        return f"delay_ms {s.delay_ms}: -1 (the queue's backoff) or a delay"
-    if s.action == qpb.EXTEND and s.extend_ms <= 0:
-        return f"extend_ms {s.extend_ms}: EXTEND needs a positive duration"
-    if len(s.reason) > REASON_CHARS_MAX:
-        return f"reason of {len(s.reason)} characters; at most {REASON_CHARS_MAX}"
-    return ""
-
-
-def _settle_result(index: int, outcome: SettleOutcome, kind: SettleKind
-                   ) -> qpb.SettleResult | None:
-    if not outcome.ok:
-        return qpb.SettleResult(index=index,
-                                error=pb.LOCK_LOST if outcome.lock_lost else pb.INVALID_REQUEST,
-                                error_message=outcome.message)
-    if kind is SettleKind.EXTEND:
-        return qpb.SettleResult(index=index, lock_deadline_ms=outcome.lock_deadline_ms)
-    return None
-
-
-def _timeout_s(timeout_ms: int) -> float:
-    if timeout_ms < 0:
-        raise E.InvalidRequestError(f"timeout_ms {timeout_ms} is negative")
-    return (timeout_ms or WRITE_TIMEOUT_S * 1000) / 1000
-
-
-class NodeQueueHost:
-    """The queue coordinator's view of a Node (QueueHost), built from the Node's parts."""
-
-    def __init__(self, metadata: Any, replicas: Any, api: Any, config: Any) -> None:
-        self._metadata = metadata
-        self._replicas = replicas
-        self._api = api
-        self.node_id: int = config.node_id
-        self.batch_bytes_max: int = config.batch_bytes_max
-        self._node_ids = sorted(config.peers)
-
-    @property
-    def state(self) -> MetadataState:
-        return self._metadata.state
-
-    def node_ids(self) -> list[int]:
-        return list(self._node_ids)
-
-    def leader_of(self, group: str) -> tuple[int, str] | None:
-        return self._replicas.leader_of(group)
-
-    def local_replica(self, group: str) -> Replica | None:
-        return self._replicas.partitions.get(group)
-
-    async def propose(self, command: Command, timeout_s: float = 10.0) -> dict[str, Any]:
-        return await self._metadata.propose(command, timeout_s)
-
-    async def wait_for_leaders(self, names: list[str], timeout_s: float) -> None:
-        await self._replicas.wait_for_leaders(names, timeout_s)
-
-    async def produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
-        return await self._api.produce(request)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from tidelog.node import errors as E
 from tidelog.node.groups.assignors import TopicPartition
-from tidelog.node.queues.coordinator import (
-    _messages_within,
-    _settlement_problem,
-    config_from_wire,
-    config_to_wire,
-)
 from tidelog.node.queues.dead_letters import dead_letter_headers, source_of
 from tidelog.node.queues.model import DeadLetterJob
 from tidelog.node.queues.reader import PartitionReader, decode_offered, find_record
+from tidelog.node.queues.wire import (
+    config_from_wire,
+    config_to_wire,
+    messages_within,
+    settlement_problem,
+)
 from tidelog.proto import queue_pb2 as qpb
 from tidelog.proto.batch import (
     Codec,
@@ -104,7 +104,7 @@ def test_settlement_problems_are_named() -> None:
     def problem(**fields: object) -> str:
         base = {"topic": "t", "partition": 0, "first_offset": 1, "last_offset": 1,
                 "delivery_count": 1}
-        return _settlement_problem(qpb.Settlement(**{**base, **fields}), parts)  # type: ignore[arg-type]
+        return settlement_problem(qpb.Settlement(**{**base, **fields}), parts)  # type: ignore[arg-type]
 
     assert problem() == ""
     assert "not a partition" in problem(topic="u")
@@ -128,6 +128,6 @@ def test_config_zero_fields_take_defaults_and_describe_shows_effective_values() 
 
 
 def test_max_bytes_becomes_a_record_count_of_at_least_one() -> None:
-    assert _messages_within(500, 4 << 20, 0.0) == 500, "size unknown yet"
-    assert _messages_within(500, 1000, 100.0) == 10
-    assert _messages_within(500, 10, 100.0) == 1
+    assert messages_within(500, 4 << 20, 0.0) == 500, "size unknown yet"
+    assert messages_within(500, 1000, 100.0) == 10
+    assert messages_within(500, 10, 100.0) == 1
