@@ -22,6 +22,8 @@ import pytest
 from tidelog.client import Admin, Consumer, Producer, TopicPartition
 from tidelog.node.local_cluster import LocalCluster
 
+from tests.clusters import running_cluster
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 WORKER = Path(__file__).with_name("consumer_worker.py")
@@ -30,15 +32,10 @@ SESSION_MS = 3000
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(3, tmp_path_factory.mktemp("groups") / "cluster",
-                           env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "8",
-                                "TIDELOG_CLEANER_INTERVAL_MS": "1000"})
-    running.start()
-    try:
-        running.wait_healthy(timeout_s=60)
+    with running_cluster(tmp_path_factory.mktemp("groups"),
+                         env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "8",
+                              "TIDELOG_CLEANER_INTERVAL_MS": "1000"}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from tidelog.proto import broker_pb2_grpc, queue_pb2_grpc
 from tidelog.proto import queue_pb2 as qpb
 from tidelog.proto.batch import decode_records, iter_batches
 
+from tests.clusters import running_cluster
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 RETRIABLE = (pb.NOT_COORDINATOR, pb.COORDINATOR_NOT_AVAILABLE, pb.REQUEST_TIMED_OUT)
@@ -31,15 +33,10 @@ RETRIABLE = (pb.NOT_COORDINATOR, pb.COORDINATOR_NOT_AVAILABLE, pb.REQUEST_TIMED_
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(3, tmp_path_factory.mktemp("queues") / "cluster",
-                           env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2",
-                                "TIDELOG_QUEUE_STATE_PARTITIONS": "4"})
-    running.start()
-    try:
-        running.wait_healthy(timeout_s=60)
+    with running_cluster(tmp_path_factory.mktemp("queues"),
+                         env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2",
+                              "TIDELOG_QUEUE_STATE_PARTITIONS": "4"}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
