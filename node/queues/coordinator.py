@@ -635,7 +635,10 @@ class QueueCoordinator:
                 max_messages=remaining)
             total += result.redriven
             entry, queue = self._queue_for(request.queue)
-            new_cursor = max(queue.core.redrive_cursor(p), result.cursor)
+            cursor_now = queue.core.redrive_cursor(p)
+            # The cursor means "every dead letter below it was redriven": a range that starts
+            # past it leaves the letters before it waiting, so it does not move the cursor.
+            new_cursor = max(cursor_now, result.cursor) if start <= cursor_now else cursor_now
             if new_cursor != queue.core.redrive_cursor(p) or result.redriven:
                 await self._write(entry, queue, queue.core.set_redrive_cursor(
                     p, new_cursor, result.redriven))

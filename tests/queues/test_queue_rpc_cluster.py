@@ -453,6 +453,29 @@ def test_reject_then_redrive_brings_the_message_back_once(
     assert again.redriven == 0, "the cursor moved past the redriven dead letter"
 
 
+def test_a_ranged_redrive_past_the_cursor_leaves_the_earlier_letters_to_redrive(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    """Found by reading the code: redriving [3, end) moved the cursor to the end, so a plain
+    redrive afterwards never reached the letters below 3 (it returned 0, not 2)."""
+    admin.create_topic("ranged", partitions=1, replication_factor=3)
+    create_queue(queues, "ranged-q", ["ranged"])
+    produce(cluster, "ranged", [(b"k", f"bad {i}".encode(), []) for i in range(3)])
+    got = receive_until(queues, "ranged-q", "c", 3, ack=False)
+    assert not settle(queues, "ranged-q", "c", got, qpb.REJECT, reason="bad").results
+    letters = wait_until(lambda: len(read_topic(cluster, "ranged-q.dlq", 0)) == 3 and
+                         read_topic(cluster, "ranged-q.dlq", 0), 20, "three dead letters")
+    last = max(r.offset for r in letters)
+
+    def redrive(from_offset: int) -> int:
+        return queues.call("Redrive", qpb.RedriveRequest(
+            queue="ranged-q", dlq_partition=0, from_offset=from_offset, to_offset=-1),
+            "ranged-q").redriven
+
+    assert redrive(last) == 1
+    assert redrive(-1) == 3, "the plain redrive starts at the cursor, below the ranged one"
+    assert redrive(-1) == 0
+
+
 def test_key_order_delay_header_and_ttl(cluster: LocalCluster, admin: Admin,
                                         queues: Queues) -> None:
     admin.create_topic("keyed", partitions=1, replication_factor=3)
