@@ -28,6 +28,8 @@ import pytest
 from tidelog.client import Admin, Consumer, Producer, TopicPartition
 from tidelog.node.local_cluster import LocalCluster
 
+from tests.clusters import running_cluster
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 WORKER = Path(__file__).with_name("queue_worker.py")
@@ -45,15 +47,10 @@ def rng_for(test: str) -> random.Random:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(3, tmp_path_factory.mktemp("queues") / "cluster",
-                           env={"TIDELOG_QUEUE_STATE_PARTITIONS": "4",
-                                "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "4"})
-    running.start()
-    try:
-        running.wait_healthy(timeout_s=60)
+    with running_cluster(tmp_path_factory.mktemp("queues"),
+                         env={"TIDELOG_QUEUE_STATE_PARTITIONS": "4",
+                              "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "4"}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
