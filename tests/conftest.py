@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tidelog.client import Admin
 from tidelog.node.local_cluster import LocalCluster
 
 from tests.deploy.docker_helpers import DEPLOY, IMAGE, IMAGE_BUILD_S_MAX, run
@@ -53,6 +54,14 @@ def cluster(tmp_path) -> Iterator[LocalCluster]:  # type: ignore[no-untyped-def]
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def admin(cluster: LocalCluster) -> Iterator[Admin]:
+    """An Admin of whichever `cluster` the test module uses (its own module-scoped one, or the
+    fresh one above)."""
+    with Admin(cluster.bootstrap) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

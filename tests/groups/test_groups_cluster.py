@@ -38,12 +38,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield running
 
 
-@pytest.fixture
-def admin(cluster: LocalCluster) -> Iterator[Admin]:
-    with Admin(cluster.bootstrap) as client:
-        yield client
-
-
 class Worker:
     def __init__(self, cluster: LocalCluster, group: str, topic: str, out: Path,
                  *extra: str) -> None:

@@ -39,12 +39,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield running
 
 
-@pytest.fixture
-def admin(cluster: LocalCluster) -> Iterator[Admin]:
-    with Admin(cluster.bootstrap) as client:
-        yield client
-
-
 def detail_of(exc: grpc.RpcError) -> pb.ErrorDetail | None:
     for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
         if key == "tidelog-error-bin":

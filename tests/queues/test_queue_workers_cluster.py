@@ -53,12 +53,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield running
 
 
-@pytest.fixture
-def admin(cluster: LocalCluster) -> Iterator[Admin]:
-    with Admin(cluster.bootstrap) as client:
-        yield client
-
-
 class Worker:
     """One queue_worker.py process, started in its own session, stopped by its PID."""
 
