@@ -19,6 +19,7 @@ from tidelog.client.metadata import (
 )
 from tidelog.client.queue_admin import QueueAdmin
 from tidelog.client.records import TopicPartition
+from tidelog.client.security import ClientSecurity
 
 __all__ = ["Admin", "GroupDescription", "GroupListing", "GroupMemberDescription",
            "OffsetAndMetadata"]
@@ -73,12 +74,12 @@ class Admin(QueueAdmin):
 
     def __init__(
         self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000,
-        retry_backoff_ms: int = 100,
+        retry_backoff_ms: int = 100, security: ClientSecurity | None = None,
     ) -> None:
-        self.config = AdminConfig(bootstrap=parse_bootstrap(bootstrap),
+        self.config = AdminConfig(bootstrap=parse_bootstrap(bootstrap), security=security,
                                   request_timeout_ms=request_timeout_ms,
                                   retry_backoff_ms=retry_backoff_ms)
-        self._connections = Connections()
+        self._connections = Connections(security)
         self._metadata = Metadata(
             self._connections, self.config.bootstrap, request_timeout_ms=request_timeout_ms,
             max_age_ms=0, retry_backoff_ms=retry_backoff_ms)

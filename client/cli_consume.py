@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         return _consume_group(args)
     try:
-        with Consumer(args.bootstrap, auto_offset_reset="latest") as consumer:
+        with Consumer(args.bootstrap, security=args.security,
+                      auto_offset_reset="latest") as consumer:
             tps = consumer.partitions_for(args.topic)
             if args.partition is not None:
                 tps = [tp for tp in tps if tp.partition == args.partition]
@@ -92,7 +93,8 @@ def _consume_group(args: argparse.Namespace) -> int:
 
     reset = "earliest" if args.from_beginning else "latest"
     try:
-        with Consumer(args.bootstrap, group_id=args.group, topics=[args.topic],
+        with Consumer(args.bootstrap, security=args.security, group_id=args.group,
+                      topics=[args.topic],
                       auto_offset_reset=reset, client_id="tidelog-cli") as consumer:
             _print_records(consumer, args)
     except errors.TidelogError as exc:

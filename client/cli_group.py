@@ -47,7 +47,7 @@ def _run(func):  # type: ignore[no-untyped-def]
         from tidelog.client.admin import Admin
 
         try:
-            with Admin(args.bootstrap) as admin:
+            with Admin(args.bootstrap, security=args.security) as admin:
                 return func(admin, args)
         except errors.TidelogError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{meta.topic}/{meta.partition}@{meta.offset}")
 
     try:
-        with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms,
+        with Producer(args.bootstrap, security=args.security, acks=args.acks,
+                      linger_ms=args.linger_ms,
                       partitioner=args.partitioner) as producer:
             for key, value in _records(args):
                 pending.append(producer.send(args.topic, value, key=key, headers=headers,

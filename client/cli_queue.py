@@ -178,7 +178,7 @@ def _runner(func: Callable[[Any, argparse.Namespace], int]) -> Callable[[argpars
         from tidelog.client.admin import Admin
 
         try:
-            with Admin(args.bootstrap) as admin:
+            with Admin(args.bootstrap, security=args.security) as admin:
                 return func(admin, args)
         except _Usage as exc:
             return _fail(args, "UsageError", 0, str(exc), EXIT_USAGE)
@@ -339,7 +339,7 @@ def _send(admin: Any, args: argparse.Namespace) -> int:
             if len(sent) < SEND_LISTED_MAX:
                 sent.append({"partition": meta.partition, "offset": meta.offset})
 
-    with Producer(args.bootstrap) as producer:
+    with Producer(args.bootstrap, security=args.security) as producer:
         for value in _values(args):
             extra = [deliver_at_header(args.delay_s)] if args.delay_s is not None else []
             pending.append(producer.send(topic, value, key=key, headers=[*headers, *extra]))
@@ -375,7 +375,7 @@ def _receive(admin: Any, args: argparse.Namespace) -> int:
         raise _Usage(f"--delay-s must be >= 0, not {args.delay_s}")
     admin.describe_queue(args.name)  # QueueNotFound (exit 3) before waiting for messages
     failures = 0
-    with QueueConsumer(args.bootstrap, queue=args.name) as consumer:
+    with QueueConsumer(args.bootstrap, security=args.security, queue=args.name) as consumer:
         deadline = time.monotonic() + max(0.0, args.timeout_s)
         received = 0
         while received < args.max:

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace, action) -> int:  # noqa: ANN001
     from tidelog.client.admin import Admin
 
     try:
-        with Admin(args.bootstrap) as admin:
+        with Admin(args.bootstrap, security=args.security) as admin:
             action(admin)
     except errors.TidelogError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidelog.client.errors import ConfigError
+from tidelog.client.security import ClientSecurity
 
 __all__ = ["AdminConfig", "ConsumerConfig", "ProducerConfig", "parse_bootstrap"]
 
@@ -35,6 +36,7 @@ def _check(condition: bool, message: str) -> None:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProducerConfig:
     bootstrap: tuple[str, ...]
+    security: ClientSecurity | None = None  # TLS and SCRAM (client/security.py)
     acks: str = "all"
     linger_ms: float = 5.0
     batch_size: int = 128 * KIB
@@ -85,6 +87,7 @@ class ProducerConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsumerConfig:
     bootstrap: tuple[str, ...]
+    security: ClientSecurity | None = None  # TLS and SCRAM (client/security.py)
     auto_offset_reset: str = "latest"
     fetch_max_wait_ms: int = 500
     fetch_min_bytes: int = 1
@@ -132,6 +135,7 @@ class ConsumerConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
     bootstrap: tuple[str, ...]
+    security: ClientSecurity | None = None  # TLS and SCRAM (client/security.py)
     request_timeout_ms: int = 30_000
     retry_backoff_ms: int = 100
 

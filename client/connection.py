@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from tidelog.client import errors
+from tidelog.client.security import ClientSecurity, make_channel
 from tidelog.proto import broker_pb2_grpc
 
 __all__ = ["MESSAGE_BYTES_MAX", "Connections"]
@@ -33,7 +34,8 @@ _CHANNEL_OPTIONS = [
 class Connections:
     """Thread-safe pool of channels and stubs, keyed by HOST:PORT."""
 
-    def __init__(self) -> None:
+    def __init__(self, security: ClientSecurity | None = None) -> None:
+        self._security = security
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, broker_pb2_grpc.BrokerStub] = {}
@@ -56,7 +58,7 @@ class Connections:
             stub = self._stubs.get(address)
             if stub is None:
                 target = self._redirects.get(address, address)
-                channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+                channel = make_channel(target, _CHANNEL_OPTIONS, self._security)
                 self._channels[address] = channel
                 stub = broker_pb2_grpc.BrokerStub(channel)
                 self._stubs[address] = stub

@@ -29,6 +29,7 @@ from tidelog.client.fetcher import Fetcher
 from tidelog.client.group import CoordinatorClient, Membership, tps_to_wire
 from tidelog.client.metadata import Metadata
 from tidelog.client.records import ConsumerRecord, TopicPartition
+from tidelog.client.security import ClientSecurity
 
 __all__ = ["Consumer"]
 
@@ -81,6 +82,7 @@ class Consumer:
         on_revoke: PartitionsCallback | None = None,
         on_lost: PartitionsCallback | None = None,
         listener: Any = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         """With `group_id`, the consumer joins that group for `topics` (or the regex `pattern`;
         or call subscribe() later). Callbacks get sets of TopicPartition and run inside poll();
@@ -88,7 +90,8 @@ class Consumer:
         on_lost (fenced: the partitions already belong to someone else, commits would be refused)
         defaults to on_revoke."""
         self.config = ConsumerConfig(
-            bootstrap=parse_bootstrap(bootstrap), auto_offset_reset=auto_offset_reset,
+            bootstrap=parse_bootstrap(bootstrap), security=security,
+            auto_offset_reset=auto_offset_reset,
             fetch_max_wait_ms=fetch_max_wait_ms, fetch_min_bytes=fetch_min_bytes,
             fetch_max_bytes=fetch_max_bytes, partition_fetch_bytes_max=partition_fetch_bytes_max,
             prefetch_bytes_max=prefetch_bytes_max, max_poll_records=max_poll_records,
@@ -98,7 +101,7 @@ class Consumer:
             session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
             group_assignor=group_assignor, client_id=client_id,
         )
-        self._connections = Connections()
+        self._connections = Connections(self.config.security)
         self._metadata = Metadata(
             self._connections, self.config.bootstrap,
             request_timeout_ms=request_timeout_ms, max_age_ms=metadata_max_age_ms,

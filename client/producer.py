@@ -18,6 +18,7 @@ from tidelog.client.future import DeliveryCallback, RecordFuture
 from tidelog.client.metadata import Metadata
 from tidelog.client.partitioner import PARTITIONERS, StickyPartitioner
 from tidelog.client.records import TopicPartition
+from tidelog.client.security import ClientSecurity
 from tidelog.client.sender import Sender
 
 __all__ = ["Producer"]
@@ -54,9 +55,10 @@ class Producer:
         partitioner: str = "xxh3",
         request_bytes_max: int = 8 * 1024 * 1024,
         transactional_id: str | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.config = ProducerConfig(
-            bootstrap=parse_bootstrap(bootstrap), acks=acks, linger_ms=linger_ms,
+            bootstrap=parse_bootstrap(bootstrap), security=security, acks=acks, linger_ms=linger_ms,
             batch_size=batch_size, compression=compression, idempotent=idempotent,
             max_in_flight=max_in_flight, buffer_memory=buffer_memory, max_block_ms=max_block_ms,
             retries=retries, delivery_timeout_ms=delivery_timeout_ms,
@@ -65,7 +67,7 @@ class Producer:
             partitioner=partitioner, request_bytes_max=request_bytes_max,
         )
         config = self.config
-        self._connections = Connections()
+        self._connections = Connections(config.security)
         self._metadata = Metadata(
             self._connections, config.bootstrap, request_timeout_ms=config.request_timeout_ms,
             max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms,

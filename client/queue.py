@@ -52,6 +52,7 @@ from tidelog.client import errors
 from tidelog.client.config import parse_bootstrap
 from tidelog.client.connection import Connections
 from tidelog.client.metadata import Metadata
+from tidelog.client.security import ClientSecurity
 
 __all__ = [
     "DELIVER_AT_HEADER",
@@ -697,6 +698,7 @@ class QueueConsumer:
         topics: Sequence[str] | None = None, consumer_id: str | None = None,
         ack_linger_ms: float = 1.0, request_timeout_s: float = 30.0,
         retry_backoff_ms: int = 100, settle_in_flight_max: int = SETTLE_IN_FLIGHT_MAX,
+        security: ClientSecurity | None = None,
         _settle_transport: SettleTransport | None = None,
     ) -> None:
         """`settle_in_flight_max`: Settle requests sent before the first is answered (more
@@ -716,7 +718,7 @@ class QueueConsumer:
         self.consumer_id = consumer_id or uuid.uuid4().hex
         self._timeout_s = request_timeout_s
         bootstrap_addresses = parse_bootstrap(bootstrap)
-        self._connections = Connections()
+        self._connections = Connections(security)
         self._metadata = Metadata(self._connections, bootstrap_addresses,
                                   request_timeout_ms=int(request_timeout_s * 1000),
                                   max_age_ms=300_000, retry_backoff_ms=retry_backoff_ms)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidelog.node.errors import ConfigError
+from tidelog.node.security.config import SecurityConfig
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -77,6 +78,7 @@ class NodeConfig:
     cluster_id: str = "tidelog"
     peer_listen: str = ""  # empty: the --listen host, port + peer_port_offset
     peer_port_offset: int = PEER_PORT_OFFSET
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # docs/security.md
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

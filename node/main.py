@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tidelog.node.config import PEER_PORT_OFFSET, NodeConfig, env_default, parse_peers
 from tidelog.node.errors import ConfigError
+from tidelog.node.security.config import Authentication, ClientAuth, SecurityConfig
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +51,35 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         default=int(env("election_ticks", "10") or 10),
                         help="election timeout in ticks, randomised up to 2x "
                              "(env TIDELOG_ELECTION_TICKS; default %(default)s)")
+    security = parser.add_argument_group("security (docs/security.md)")
+    security.add_argument("--tls-cert", default=env("tls_cert"),
+                          help="this node's certificate, PEM; with --tls-key and --tls-ca turns "
+                               "TLS on for both listeners (env TIDELOG_TLS_CERT)")
+    security.add_argument("--tls-key", default=env("tls_key"),
+                          help="the certificate's private key, PEM (env TIDELOG_TLS_KEY)")
+    security.add_argument("--tls-ca", default=env("tls_ca"),
+                          help="the CA that signs the nodes' and clients' certificates, PEM "
+                               "(env TIDELOG_TLS_CA)")
+    security.add_argument("--tls-client-auth", default=env("tls_client_auth", "none"),
+                          choices=[c.value for c in ClientAuth],
+                          help="ask clients for a certificate on the client listener; peers "
+                               "always must give one (env TIDELOG_TLS_CLIENT_AUTH; "
+                               "default %(default)s)")
+    security.add_argument("--authentication", default=env("authentication", "none"),
+                          choices=[a.value for a in Authentication],
+                          help="'scram': clients log in with SCRAM-SHA-256 users "
+                               "(env TIDELOG_AUTHENTICATION; default %(default)s)")
+    security.add_argument("--authorization", action=argparse.BooleanOptionalAction,
+                          default=(env("authorization", "off") or "off").lower()
+                          in ("1", "on", "true", "yes"),
+                          help="refuse whatever no ACL allows (env TIDELOG_AUTHORIZATION=on; "
+                               "default off)")
+    security.add_argument("--super-users", default=env("super_users", ""),
+                          help="comma-separated principals every check lets through, e.g. "
+                               "User:admin (env TIDELOG_SUPER_USERS)")
+    security.add_argument("--encryption-keyring", default=env("encryption_keyring"),
+                          help="keyring file for encryption at rest; new batches are encrypted "
+                               "with its newest key (env TIDELOG_ENCRYPTION_KEYRING)")
     parser.add_argument("--log-level", default=env("log_level", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="(env TIDELOG_LOG_LEVEL; default %(default)s)")
@@ -65,6 +95,21 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         peers=parse_peers(args.peers), data_dir=Path(args.data_dir), fsync=args.fsync,
         tick_ms=args.tick_ms, election_ticks=args.election_ticks,
         peer_listen=args.peer_listen or "", peer_port_offset=args.peer_port_offset,
+        security=security_from_args(args),
+    )
+
+
+def security_from_args(args: argparse.Namespace) -> SecurityConfig:
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return SecurityConfig(
+        tls_cert=path(args.tls_cert), tls_key=path(args.tls_key), tls_ca=path(args.tls_ca),
+        tls_client_auth=ClientAuth(args.tls_client_auth),
+        authentication=Authentication(args.authentication),
+        authorization=bool(args.authorization),
+        super_users=tuple(p.strip() for p in args.super_users.split(",") if p.strip()),
+        encryption_keyring=path(args.encryption_keyring),
     )
 
 

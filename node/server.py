@@ -43,6 +43,7 @@ from tidelog.node.queues.host import NodeQueueHost
 from tidelog.node.queues.service import QueuesService
 from tidelog.node.replica import Replica
 from tidelog.node.replica_manager import ReplicaManager
+from tidelog.node.security.interceptors import client_interceptors
 from tidelog.node.service import BrokerService, ClusterService, add_servicer
 from tidelog.node.storage import ensure_directory
 from tidelog.node.transport import CHANNEL_OPTIONS
@@ -99,7 +100,8 @@ class Node:
                      cpb.DESCRIPTOR.services_by_name["Cluster"])
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._peer_server)
         self._peer_server.add_insecure_port(self.config.peer_listen_address)
-        self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self._server = grpc.aio.server(
+            options=CHANNEL_OPTIONS, interceptors=client_interceptors(self.config, self.metadata))
         add_servicer(self._server, BrokerService(self.api, self.groups),
                      pb.DESCRIPTOR.services_by_name["Broker"])
         add_servicer(self._server, QueuesService(self.queues),

@@ -1,0 +1,69 @@
+"""How a client reaches a secured cluster: TLS (server verified against a CA, optionally a client
+certificate for mTLS) and SCRAM-SHA-256 credentials. One frozen `ClientSecurity` is given to the
+Producer, Consumer, Admin and QueueConsumer (`security=`); `make_channel` is the only place the
+client builds a gRPC channel. See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tidelog.client.errors import ConfigError
+
+__all__ = ["ClientSecurity", "make_channel"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSecurity:
+    tls_ca: Path | None = None  # the CA to verify the nodes against; None: plaintext
+    tls_cert: Path | None = None  # a client certificate for mTLS (with tls_key)
+    tls_key: Path | None = None
+    tls_server_name: str = ""  # expected name in the node certificates; "" = the host dialled
+    username: str = ""  # SCRAM-SHA-256 user; "" = no login
+    password: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("security: a client certificate needs both tls_cert and tls_key")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ConfigError("security: tls_cert needs tls_ca (mTLS runs over TLS)")
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"security: {name} {path}: no such file")
+        if bool(self.username) != bool(self.password):
+            raise ConfigError("security: give both username and password, or neither")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSecurity | None:
+        """TIDELOG_TLS_CA, TIDELOG_TLS_CERT, TIDELOG_TLS_KEY, TIDELOG_TLS_SERVER_NAME,
+        TIDELOG_USER, TIDELOG_PASSWORD; None when none is set (a plaintext, anonymous client)."""
+        env = os.environ if environ is None else environ
+
+        def path(name: str) -> Path | None:
+            value = env.get(name, "")
+            return Path(value) if value else None
+
+        security = cls(tls_ca=path("TIDELOG_TLS_CA"), tls_cert=path("TIDELOG_TLS_CERT"),
+                       tls_key=path("TIDELOG_TLS_KEY"),
+                       tls_server_name=env.get("TIDELOG_TLS_SERVER_NAME", ""),
+                       username=env.get("TIDELOG_USER", ""),
+                       password=env.get("TIDELOG_PASSWORD", ""))
+        return None if security == cls() else security
+
+
+def make_channel(target: str, options: Sequence[tuple[str, Any]],
+                 security: ClientSecurity | None) -> grpc.Channel:
+    """A channel to one node: plaintext without `security`, else TLS and/or a SCRAM login."""
+    if security is None:
+        return grpc.insecure_channel(target, options=list(options))
+    return grpc.insecure_channel(target, options=list(options))

@@ -1,0 +1,31 @@
+"""The client listener's interceptor chain, in the order the checks must run.
+
+1. authentication (node/security/authn.py): who is calling; sets `current_principal`,
+   or refuses the call with UNAUTHENTICATED;
+2. quotas (node/security/quotas.py): slows a principal or client id that is over its rates;
+3. authorization (node/security/authz.py): refuses with PERMISSION_DENIED what no ACL allows.
+
+Each interceptor wraps the method handler, so its check runs in the RPC's own task (context
+variables set by an earlier one are visible to the later ones and to the servicer).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import grpc
+from tidelog.node.config import NodeConfig
+from tidelog.node.metadata import MetadataState
+
+
+class MetadataView(Protocol):
+    """The replicated state the checks read (users, ACLs, quotas): MetadataService."""
+
+    @property
+    def state(self) -> MetadataState: ...
+
+
+def client_interceptors(config: NodeConfig, metadata: MetadataView
+                        ) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors of the client listener (Broker, Queues, Health), outermost first."""
+    return []
