@@ -19,6 +19,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from tidelog.client.security import ClientSecurity, make_channel
+
 EXIT_SERVING = 0
 EXIT_NOT_SERVING = 1
 EXIT_NO_ANSWER = 2
@@ -57,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handler(args: argparse.Namespace) -> int:
     address = args.address or default_address(os.environ)
-    code, text = check(address, service=args.service, timeout_s=args.timeout_s)
+    security = getattr(args, "security", None) or ClientSecurity.from_env()
+    code, text = check(address, service=args.service, timeout_s=args.timeout_s,
+                       security=security)
     if not args.quiet:
         print(f"{address}: {text}", file=sys.stdout if code == EXIT_SERVING else sys.stderr)
     return code
@@ -76,13 +80,16 @@ def default_address(environ: Mapping[str, str]) -> str:
     return DEFAULT_ADDRESS
 
 
-def check(address: str, *, service: str = "", timeout_s: float = 3.0) -> tuple[int, str]:
-    """(exit code, status text) of one health Check call; never raises for a node's failure."""
+def check(address: str, *, service: str = "", timeout_s: float = 3.0,
+          security: ClientSecurity | None = None) -> tuple[int, str]:
+    """(exit code, status text) of one health Check call; never raises for a node's failure.
+    Over TLS when `security` has a CA (inside a TLS node's container, TIDELOG_TLS_* are the
+    node's own files: its certificate is a valid client certificate too)."""
     # Imported here so that `tidelog --help` and the other subcommands do not pay for grpc.
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with make_channel(address, (), security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)

@@ -88,15 +88,17 @@ def cluster_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def gather_status(bootstrap: str, topics: list[str]) -> dict:
-    """Every reachable node's Metadata, merged: leaders report offsets for what they lead."""
+def gather_status(bootstrap: str, topics: list[str], security: object = None) -> dict:
+    """Every reachable node's Metadata, merged: leaders report offsets for what they lead.
+    `security`: the CLI's ClientSecurity (node/security/channels.ChannelTls) or None."""
     import grpc
+    from tidelog.node.security.channels import blocking_channel
     from tidelog.proto import broker_pb2 as pb
     from tidelog.proto import broker_pb2_grpc
 
     def ask(address: str) -> pb.MetadataResponse | None:
         try:
-            with grpc.insecure_channel(address) as channel:
+            with blocking_channel(address, security) as channel:  # type: ignore[arg-type]
                 return broker_pb2_grpc.BrokerStub(channel).Metadata(
                     pb.MetadataRequest(topics=topics), timeout=3)
         except grpc.RpcError:
@@ -130,7 +132,7 @@ def gather_status(bootstrap: str, topics: list[str]) -> dict:
 
 def cluster_status(args: argparse.Namespace) -> int:
     try:
-        status = gather_status(args.bootstrap, args.topic)
+        status = gather_status(args.bootstrap, args.topic, getattr(args, "security", None))
     except ConnectionError as exc:
         print(f"tidelog cluster status: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tidelog.node.config import PEER_PORT_OFFSET, peer_address
+from tidelog.node.security.channels import ChannelTls, TlsClientFiles, blocking_channel
 
 HOST = "127.0.0.1"
 # Client ports are drawn below the kernel's ephemeral range (32768+ on Linux) so that neither they
@@ -59,13 +60,13 @@ def free_ports(count: int, host: str = HOST, *,
             sock.close()
 
 
-def metadata(address: str, topics: list[str] | None = None, timeout_s: float = 3.0):
+def metadata(address: str, topics: list[str] | None = None, timeout_s: float = 3.0,
+             security: ChannelTls | None = None):
     """One node's Metadata answer (raises grpc.RpcError when it does not answer)."""
-    import grpc
     from tidelog.proto import broker_pb2 as pb
     from tidelog.proto import broker_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with blocking_channel(address, security) as channel:
         return broker_pb2_grpc.BrokerStub(channel).Metadata(
             pb.MetadataRequest(topics=topics or []), timeout=timeout_s)
 
@@ -103,7 +104,12 @@ class LocalCluster:
         base_port: int | None = None,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        tls_dir: Path | None = None,
+        tls_client_auth: str = "none",
     ) -> None:
+        """`tls_dir`: TLS on every node, with the certificates of `tidelog certs dev` in that
+        folder (made there, with a client `admin`, when it has no CA yet); `security` is then
+        what this object's own checks dial with (the CA and the admin client certificate)."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         ports = (
@@ -121,6 +127,11 @@ class LocalCluster:
             )
             for i, port in enumerate(ports)
         ]
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self.tls_client_auth = tls_client_auth
+        self.security: TlsClientFiles | None = None
+        if self.tls_dir is not None:
+            self.security = self._dev_certs(self.tls_dir)
 
     @property
     def bootstrap(self) -> str:
@@ -141,8 +152,28 @@ class LocalCluster:
             "--advertise", node.address,
             "--peers", self.peers,
             "--data-dir", str(node.data_dir),
+            *self.tls_args(node),
             *self.extra_args,
         ]
+
+    def tls_args(self, node: LocalNode) -> list[str]:
+        if self.tls_dir is None:
+            return []
+        return ["--tls-cert", str(self.tls_dir / f"node-{node.id}.pem"),
+                "--tls-key", str(self.tls_dir / f"node-{node.id}-key.pem"),
+                "--tls-ca", str(self.tls_dir / "ca.pem"),
+                "--tls-client-auth", self.tls_client_auth]
+
+    def _dev_certs(self, directory: Path) -> TlsClientFiles:
+        from tidelog.node.security.certs import make_dev_certs
+
+        wanted = [directory / "ca.pem", directory / "client-admin.pem",
+                  *(directory / f"node-{n.id}.pem" for n in self.nodes)]
+        if not all(path.is_file() for path in wanted):  # what is there (the CA) is kept
+            make_dev_certs(directory, [n.id for n in self.nodes], clients=["admin"])
+        return TlsClientFiles(tls_ca=directory / "ca.pem",
+                              tls_cert=directory / "client-admin.pem",
+                              tls_key=directory / "client-admin-key.pem")
 
     def start(self, node_id: int | None = None) -> None:
         """Start one node, or every node that is not running."""
@@ -200,7 +231,7 @@ class LocalCluster:
             while True:
                 if not node.running:
                     raise RuntimeError(f"node {node.id} exited; see {node.log_path}")
-                if check_health(node.address, timeout_s=1.0):
+                if check_health(node.address, timeout_s=1.0, security=self.security):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"node {node.id} not healthy; see {node.log_path}")
@@ -216,7 +247,7 @@ class LocalCluster:
                 if not node.running:
                     continue
                 try:
-                    answer = metadata(node.address, [topic])
+                    answer = metadata(node.address, [topic], security=self.security)
                 except grpc.RpcError:
                     continue
                 leader = answer.topics[0].partitions[partition].leader_id if \
@@ -224,7 +255,8 @@ class LocalCluster:
                 if leader > 0 and self.node(leader).running:
                     # Confirm with the leader itself: it reports offsets only for what it leads.
                     try:
-                        own = metadata(self.node(leader).address, [topic])
+                        own = metadata(self.node(leader).address, [topic],
+                                       security=self.security)
                     except grpc.RpcError:
                         continue
                     if own.topics[0].partitions[partition].high_watermark >= 0:
@@ -239,7 +271,7 @@ class LocalCluster:
         while True:
             leader = self.leader_of(topic, partition, timeout_s)
             running = next(n for n in self.nodes if n.running)
-            preferred = metadata(running.address, [topic]).topics[0] \
+            preferred = metadata(running.address, [topic], security=self.security).topics[0] \
                 .partitions[partition].replicas[0]
             if leader == preferred or not self.node(preferred).running:
                 return leader

@@ -34,7 +34,7 @@ from tidelog.node.metadata_commands import (
 from tidelog.node.raft import Entry, EntryKind, Message, NotLeader, ProposalDropped
 from tidelog.node.replica import Replica
 from tidelog.node.replica_configs import metadata_log_config, raft_config
-from tidelog.node.transport import CHANNEL_OPTIONS
+from tidelog.node.security.channels import peer_channel
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto import cluster_pb2_grpc
 from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
@@ -248,8 +248,7 @@ class MetadataService:
     def _peer_stub(self, node_id: int) -> cluster_pb2_grpc.ClusterStub:
         channel = self._peer_channels.get(node_id)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self.config.peer_addresses[node_id],
-                                                options=CHANNEL_OPTIONS)
+            channel = peer_channel(node_id)  # the peer listener; mTLS when TLS is on
             self._peer_channels[node_id] = channel
         return cluster_pb2_grpc.ClusterStub(channel)
 

@@ -43,7 +43,11 @@ from tidelog.node.queues.host import NodeQueueHost
 from tidelog.node.queues.service import QueuesService
 from tidelog.node.replica import Replica
 from tidelog.node.replica_manager import ReplicaManager
+from tidelog.node.security.cert_auth import PeerAuthInterceptor
+from tidelog.node.security.channels import PeerDialer
+from tidelog.node.security.channels import install as install_peer_dialer
 from tidelog.node.security.interceptors import client_interceptors
+from tidelog.node.security.tls import client_listener_requires_cert, server_credentials
 from tidelog.node.service import BrokerService, ClusterService, add_servicer
 from tidelog.node.storage import ensure_directory
 from tidelog.node.transport import CHANNEL_OPTIONS
@@ -82,6 +86,10 @@ class Node:
         self._health_servicer = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        # Every node-to-node channel (Raft, forwarded proposals, queue produce/fetch) dials the
+        # peer listener through this dialer (node/security/channels.py).
+        self._peer_dialer = PeerDialer(config, nodes=lambda: self.metadata.state.nodes)
+        install_peer_dialer(self._peer_dialer)
 
     @property
     def state(self) -> MetadataState:
@@ -94,12 +102,17 @@ class Node:
         # right after start cannot take the whole data directory with it.
         ensure_directory(self.data_dir / "partitions")
         self.metadata.open(self.data_dir)
-        # Peer-only RPCs (Raft streams, metadata forwarding) never share the client port.
-        self._peer_server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        # Peer-only RPCs (Raft streams, metadata forwarding) never share the client port. The
+        # Broker is served there too, to nodes only (Node:<id>, no client interceptors): the
+        # queue coordinator's produce and fetch to partition leaders need no user or ACL.
+        security = self.config.security
+        self._peer_server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[
+            PeerAuthInterceptor(self.config.peers, tls=security.tls)])
         add_servicer(self._peer_server, ClusterService(self.replicas, self.metadata),
                      cpb.DESCRIPTOR.services_by_name["Cluster"])
+        add_servicer(self._peer_server, BrokerService(self.api, self.groups),
+                     pb.DESCRIPTOR.services_by_name["Broker"])
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._peer_server)
-        self._peer_server.add_insecure_port(self.config.peer_listen_address)
         self._server = grpc.aio.server(
             options=CHANNEL_OPTIONS, interceptors=client_interceptors(self.config, self.metadata))
         add_servicer(self._server, BrokerService(self.api, self.groups),
@@ -107,7 +120,14 @@ class Node:
         add_servicer(self._server, QueuesService(self.queues),
                      qpb.DESCRIPTOR.services_by_name["Queues"])
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._server)
-        self._server.add_insecure_port(self.config.listen)
+        if self._peer_dialer.tls is None:
+            self._peer_server.add_insecure_port(self.config.peer_listen_address)
+            self._server.add_insecure_port(self.config.listen)
+        else:  # TLS on both; peers always present a certificate of our CA (mTLS)
+            self._peer_server.add_secure_port(self.config.peer_listen_address, server_credentials(
+                self._peer_dialer.tls, require_client_auth=True))
+            self._server.add_secure_port(self.config.listen, server_credentials(
+                self._peer_dialer.tls, require_client_auth=client_listener_requires_cert(security)))
         await self._peer_server.start()
         await self._server.start()
         self.metadata.start()
@@ -125,9 +145,10 @@ class Node:
         ]
         await self._health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health_servicer.set("tidelog.v1.Broker", health_pb2.HealthCheckResponse.SERVING)
-        log.info("node %d listening on %s (advertised %s; peers on %s), peers %s, data in %s",
+        log.info("node %d listening on %s (advertised %s; peers on %s; %s), peers %s, data in %s",
                  self.id, self.config.listen, self.config.advertise,
                  self.config.peer_listen_address,
+                 "TLS" if security.tls else "plaintext",
                  ",".join(f"{k}={v}" for k, v in sorted(self.config.peers.items())), self.data_dir)
 
     async def run_until_signal(self) -> None:

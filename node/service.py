@@ -30,6 +30,8 @@ from tidelog.node.errors import (
     NotLeaderError,
     StorageRequestError,
 )
+from tidelog.node.security.cert_auth import forged_from_node
+from tidelog.node.security.principal import current_principal
 from tidelog.node.storage import StorageError
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc, cluster_pb2_grpc
@@ -258,9 +260,13 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
 
         batches = 0
         declared: int | None = None
+        caller = current_principal.get()  # Node:<id> from the peer's certificate (with TLS)
         async for batch in request_iterator:
             if isinstance(batch, MalformedRequest):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, batch.message)
+            forged = forged_from_node(caller, batch.from_node)
+            if forged is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, forged)
             if declared is None:
                 if not self.inbox.is_peer(batch.from_node):
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED,

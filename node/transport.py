@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from tidelog.node.security.channels import peer_channel
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto import cluster_pb2_grpc
 
@@ -108,7 +109,7 @@ class PeerLink:
 
     async def _stream(self) -> None:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._channel = peer_channel(self.peer_id)  # mTLS when TLS is on
         stub = cluster_pb2_grpc.ClusterStub(self._channel)
         call = stub.Exchange()
         try:

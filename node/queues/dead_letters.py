@@ -35,7 +35,7 @@ from tidelog.node import errors as E
 from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.queues.model import DeadLetterJob
 from tidelog.node.queues.reader import PartitionReader, find_record, iter_records
-from tidelog.node.transport import CHANNEL_OPTIONS
+from tidelog.node.security.channels import peer_channel
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
 from tidelog.proto.batch import Codec, Record, encode_batch
@@ -120,7 +120,7 @@ class Writer:
     async def _remote(self, address: str, request: pb.ProduceRequest) -> pb.ProduceResponse:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = peer_channel(address)  # the leader's peer listener, as Node:<id>
             self._channels[address] = channel
         try:
             return await broker_pb2_grpc.BrokerStub(channel).Produce(

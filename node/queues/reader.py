@@ -29,9 +29,9 @@ from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.metadata import MetadataState
 from tidelog.node.queues.model import OfferedRecord
 from tidelog.node.replica import Replica
+from tidelog.node.security.channels import peer_channel
 from tidelog.node.storage import StorageError
 from tidelog.node.topics import partition_group
-from tidelog.node.transport import CHANNEL_OPTIONS
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
 from tidelog.proto.batch import BatchError, Record, decode_records, iter_batches
@@ -261,7 +261,7 @@ class PartitionReader:
                                             "from right now")
         channel = self._channels.get(leader[1])
         if channel is None:
-            channel = grpc.aio.insecure_channel(leader[1], options=CHANNEL_OPTIONS)
+            channel = peer_channel(leader[0])  # the leader's peer listener, as Node:<id>
             self._channels[leader[1]] = channel
         stub = broker_pb2_grpc.BrokerStub(channel)
         try:

@@ -16,6 +16,7 @@ from typing import Protocol
 import grpc
 from tidelog.node.config import NodeConfig
 from tidelog.node.metadata import MetadataState
+from tidelog.node.security.cert_auth import CertAuthInterceptor
 
 
 class MetadataView(Protocol):
@@ -28,4 +29,7 @@ class MetadataView(Protocol):
 def client_interceptors(config: NodeConfig, metadata: MetadataView
                         ) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors of the client listener (Broker, Queues, Health), outermost first."""
-    return []
+    chain: list[grpc.aio.ServerInterceptor] = []
+    if config.security.tls:  # 0. a verified client certificate names a Cert: principal
+        chain.append(CertAuthInterceptor())
+    return chain
