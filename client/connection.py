@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from tidelog.client import errors
-from tidelog.client.security import ClientSecurity, make_channel
+from tidelog.client.security import ClientSecurity, make_channel, tls_hint
 from tidelog.proto import broker_pb2_grpc
 
 __all__ = ["MESSAGE_BYTES_MAX", "Connections"]
@@ -82,7 +82,13 @@ class Connections:
         try:
             return rpc(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise errors.from_rpc_error(exc, subject=subject, address=address) from None
+            error = errors.from_rpc_error(exc, subject=subject, address=address)
+            hint = tls_hint(error.message, self._security) \
+                if isinstance(error, errors.NodeUnavailable) else ""
+            if hint:  # a plaintext client at a TLS node, an unknown CA, no client certificate
+                error.message = error.message + hint
+                error.args = (error.message,)
+            raise error from None
 
     def call_async(
         self, address: str, method: str, request: Any, *, timeout_s: float

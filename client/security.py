@@ -104,3 +104,26 @@ def tls_options(security: ClientSecurity) -> list[tuple[str, Any]]:
     if not security.tls_server_name:
         return []
     return [("grpc.ssl_target_name_override", security.tls_server_name)]
+
+
+_PLAINTEXT_TO_TLS = ("Socket closed", "Connection reset", "WRONG_VERSION_NUMBER")
+_HANDSHAKE = ("handshake", "ssl", "certificate", "tls")
+
+
+def tls_hint(message: str, security: ClientSecurity | None) -> str:
+    """A hint to append to a "node unavailable" message whose cause is likely TLS: gRPC only
+    says "Socket closed" when a plaintext client meets a TLS node, or a node refuses a client
+    without a certificate; "" when nothing suggests TLS."""
+    lowered = message.lower()
+    if security is None or not security.tls:
+        if any(text.lower() in lowered for text in _PLAINTEXT_TO_TLS):
+            return (" (if the cluster uses TLS, give its CA: --tls-ca / TIDELOG_TLS_CA, or "
+                    "ClientSecurity(tls_ca=...); see docs/security.md)")
+        return ""
+    if any(text in lowered for text in _HANDSHAKE) or "socket closed" in lowered:
+        mtls = "" if security.tls_cert else (
+            "; if the node requires client certificates (mTLS), give one: --tls-cert and "
+            "--tls-key")
+        return (f" (TLS handshake failed: check that {security.tls_ca} is the CA that signed the "
+                f"node certificates and that they name the host dialled{mtls})")
+    return ""

@@ -24,12 +24,18 @@ from tidelog.node.metadata_commands import (
     AlterConfigs,
     Command,
     CommandError,
+    CreateAcls,
     CreateTopic,
+    DeleteAcls,
     DeleteTopic,
+    DeleteUser,
     InitProducer,
     RegisterNode,
+    UpsertUser,
     decode_command,
 )
+from tidelog.node.security.acl import AclBinding
+from tidelog.node.security.scram import ScramCredential
 from tidelog.node.topics import (
     assign_replicas,
     effective_configs,
@@ -70,6 +76,9 @@ class MetadataState:
     next_producer_id: int = 1
     producer_epochs: dict[int, int] = field(default_factory=dict)  # id → latest epoch handed out
     transactional_ids: dict[str, int] = field(default_factory=dict)  # identity → producer id
+    #: SCRAM users (node/security): name → credential; never a password.
+    users: dict[str, ScramCredential] = field(default_factory=dict)
+    acls: set[AclBinding] = field(default_factory=set)  # node/security/acl.py
     applied_index: int = -1
 
     def apply_encoded(self, index: int, data: bytes) -> dict[str, Any]:
@@ -101,6 +110,14 @@ class MetadataState:
                     return self._new_producer()
                 case InitProducer():
                     return self._init_producer(command)
+                case UpsertUser():
+                    return _upsert_user(self, command)
+                case DeleteUser():
+                    return _delete_user(self, command)
+                case CreateAcls():
+                    return _create_acls(self, command)
+                case DeleteAcls():
+                    return _delete_acls(self, command)
         except BrokerError as exc:  # handlers check everything before they change anything
             return _error_result(exc)
         raise AssertionError(f"no handler for {command!r}")
@@ -195,6 +212,43 @@ class MetadataState:
             return result
         self.producer_epochs[producer_id] = epoch
         return {"producer_id": producer_id, "producer_epoch": epoch}
+
+
+def _upsert_user(state: MetadataState, command: UpsertUser) -> dict[str, Any]:
+    exists = command.name in state.users
+    if command.bootstrap and state.users:
+        raise InvalidRequestError(
+            f"user {command.name!r} cannot be the first user: users exist already (log in as "
+            "one of them)")
+    if command.mode == "create" and exists:
+        raise InvalidRequestError(f"user {command.name!r} already exists (change its password "
+                                  "with `tidelog user passwd`)")
+    if command.mode == "update" and not exists:
+        raise InvalidRequestError(f"user {command.name!r} does not exist")
+    state.users[command.name] = ScramCredential(
+        salt=command.salt, iterations=command.iterations, stored_key=command.stored_key,
+        server_key=command.server_key)
+    return {}
+
+
+def _delete_user(state: MetadataState, command: DeleteUser) -> dict[str, Any]:
+    if state.users.pop(command.name, None) is None:
+        raise InvalidRequestError(f"user {command.name!r} does not exist")
+    return {}
+
+
+def _create_acls(state: MetadataState, command: CreateAcls) -> dict[str, Any]:
+    """Idempotent: an ACL already present is not counted."""
+    new = set(command.acls) - state.acls
+    state.acls |= new
+    return {"created": len(new)}
+
+
+def _delete_acls(state: MetadataState, command: DeleteAcls) -> dict[str, Any]:
+    """Idempotent: the result counts the ACLs that were present."""
+    gone = set(command.acls) & state.acls
+    state.acls -= gone
+    return {"deleted": len(gone)}
 
 
 def _error_result(exc: BrokerError) -> dict[str, Any]:

@@ -14,9 +14,14 @@ bounded sizes. The JSON shape is the one the log has always held, so existing lo
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from tidelog.node.security.acl import AclBinding
+from tidelog.node.security.scram import MECHANISM, check_credential_shape
 
 COMMAND_BYTES_MAX = 64 * 1024
 NODE_ID_MAX = 2**31 - 1
@@ -82,8 +87,47 @@ class InitProducer:
     transactional_id: str = ""
 
 
+# -- users and ACLs (node/security; docs/security.md) ------------------------------------------
+
+USER_NAME_CHARS_MAX = 128
+USER_SECRET_BYTES_MAX = 64  # salt, stored_key, server_key (checked exactly by scram.py)
+ACLS_PER_COMMAND_MAX = 256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpsertUser:
+    """A user's SCRAM-SHA-256 credential: salt, iterations, StoredKey, ServerKey; never the
+    password (RFC 5802 section 5.1). `mode` 'create' refuses an existing user, 'update' a
+    missing one; `bootstrap` (the first user, docs/security.md) refuses if any user exists,
+    checked in apply so that two racing first users cannot both succeed."""
+
+    name: str
+    mode: str  # "create" | "update"
+    mechanism: str
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+    bootstrap: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteUser:
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateAcls:
+    acls: tuple[AclBinding, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteAcls:
+    acls: tuple[AclBinding, ...]
+
+
 Command = (RegisterNode | CreateTopic | DeleteTopic | AlterConfigs | AllocateProducerId
-           | InitProducer)
+           | InitProducer | UpsertUser | DeleteUser | CreateAcls | DeleteAcls)
 
 _OPS: dict[type, str] = {
     RegisterNode: "register_node",
@@ -92,6 +136,10 @@ _OPS: dict[type, str] = {
     AlterConfigs: "alter_configs",
     AllocateProducerId: "allocate_producer_id",
     InitProducer: "init_producer",
+    UpsertUser: "upsert_user",
+    DeleteUser: "delete_user",
+    CreateAcls: "create_acls",
+    DeleteAcls: "delete_acls",
 }
 
 
@@ -120,6 +168,15 @@ def encode_command(command: Command) -> bytes:
         case InitProducer():
             body.update(producer_id=command.producer_id, producer_epoch=command.producer_epoch,
                         transactional_id=command.transactional_id)
+        case UpsertUser():
+            body.update(name=command.name, mode=command.mode, mechanism=command.mechanism,
+                        salt=_b64(command.salt), iterations=command.iterations,
+                        stored_key=_b64(command.stored_key),
+                        server_key=_b64(command.server_key), bootstrap=command.bootstrap)
+        case DeleteUser(name=name):
+            body["name"] = name
+        case CreateAcls(acls=acls) | DeleteAcls(acls=acls):
+            body["acls"] = [acl.to_wire() for acl in acls]
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     if len(data) > COMMAND_BYTES_MAX:
         raise CommandError(f"metadata command of {len(data)} bytes; the maximum is "
@@ -169,6 +226,14 @@ def decode_command(data: bytes) -> Command:
                 producer_epoch=fields.integer("producer_epoch", -1, EPOCH_MAX),
                 transactional_id=fields.string("transactional_id", TRANSACTIONAL_ID_CHARS_MAX,
                                                default=""))
+        case "upsert_user":
+            command = _decode_upsert_user(fields)
+        case "delete_user":
+            command = DeleteUser(name=fields.string("name", USER_NAME_CHARS_MAX))
+        case "create_acls":
+            command = CreateAcls(acls=_decode_acls(fields))
+        case "delete_acls":
+            command = DeleteAcls(acls=_decode_acls(fields))
         case _:
             raise CommandError(f"unknown metadata command {op!r}")
     fields.no_more(op)
@@ -248,3 +313,65 @@ class _Fields:
 
 
 _REQUIRED = object()
+
+
+# -- users and ACLs: decoding helpers -----------------------------------------------------------
+
+
+def _decode_upsert_user(fields: _Fields) -> UpsertUser:
+    mode = fields.string("mode", 16)
+    if mode not in ("create", "update"):
+        raise CommandError(f"'mode' must be 'create' or 'update', got {mode!r}")
+    mechanism = fields.string("mechanism", 32)
+    if mechanism != MECHANISM:
+        raise CommandError(f"'mechanism' must be {MECHANISM!r}, got {mechanism!r}")
+    command = UpsertUser(
+        name=fields.string("name", USER_NAME_CHARS_MAX), mode=mode, mechanism=mechanism,
+        salt=_unb64(fields.string("salt", 4 * USER_SECRET_BYTES_MAX), "salt"),
+        iterations=fields.integer("iterations", 1, INT32_MAX),
+        stored_key=_unb64(fields.string("stored_key", 4 * USER_SECRET_BYTES_MAX), "stored_key"),
+        server_key=_unb64(fields.string("server_key", 4 * USER_SECRET_BYTES_MAX), "server_key"),
+        bootstrap=fields.boolean("bootstrap"))
+    if not command.name:
+        raise CommandError("'name' must not be empty")
+    try:
+        check_credential_shape(command.salt, command.iterations, command.stored_key,
+                               command.server_key)
+    except ValueError as exc:
+        raise CommandError(f"upsert_user {command.name!r}: {exc}") from None
+    return command
+
+
+def _decode_acls(fields: _Fields) -> tuple[AclBinding, ...]:
+    value = fields._take("acls", _REQUIRED)
+    if not isinstance(value, list) or not 1 <= len(value) <= ACLS_PER_COMMAND_MAX:
+        raise CommandError(f"'acls' must be a list of 1 to {ACLS_PER_COMMAND_MAX} ACL objects")
+    acls = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != _ACL_KEYS or not all(
+                isinstance(v, str) for v in item.values()):
+            raise CommandError(f"'acls' holds {str(item)[:80]!r}; expected an object with "
+                               f"exactly the string fields {', '.join(sorted(_ACL_KEYS))}")
+        try:
+            acls.append(AclBinding.from_wire(item))
+        except ValueError as exc:
+            raise CommandError(f"ACL {str(item)[:80]}: {exc}") from None
+    return tuple(acls)
+
+
+_ACL_KEYS = frozenset({"principal", "resource_type", "pattern_type", "resource_name",
+                       "operation", "permission"})
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str, key: str) -> bytes:
+    try:
+        data = base64.b64decode(text.encode(), validate=True)
+    except (binascii.Error, ValueError):
+        raise CommandError(f"{key!r} must be base64") from None
+    if _b64(data) != text:  # one spelling only: what encode_command writes
+        raise CommandError(f"{key!r} is not canonical base64")
+    return data

@@ -16,7 +16,10 @@ from typing import Protocol
 import grpc
 from tidelog.node.config import NodeConfig
 from tidelog.node.metadata import MetadataState
+from tidelog.node.security.authn import AuthnInterceptor, sessions_for
+from tidelog.node.security.authz import AuthzInterceptor
 from tidelog.node.security.cert_auth import CertAuthInterceptor
+from tidelog.node.security.config import Authentication
 
 
 class MetadataView(Protocol):
@@ -32,4 +35,8 @@ def client_interceptors(config: NodeConfig, metadata: MetadataView
     chain: list[grpc.aio.ServerInterceptor] = []
     if config.security.tls:  # 0. a verified client certificate names a Cert: principal
         chain.append(CertAuthInterceptor())
+    if config.security.authentication is Authentication.SCRAM:  # 1. SCRAM session tokens
+        chain.append(AuthnInterceptor(metadata, sessions_for(metadata)))
+    if config.security.authorization:  # 3. ACLs (deny wins; super users pass)
+        chain.append(AuthzInterceptor(metadata, config.security.super_users))
     return chain
