@@ -1,6 +1,12 @@
 """`tidelog queue ...` against a real 3-node cluster: every action through the real CLI process,
 its JSON and text output and its exit codes; and the QueueConsumer API's implicit queue creation,
-lock extension and lock loss against the real coordinator."""
+lock extension and lock loss against the real coordinator.
+
+One cluster serves the module (a cluster per test cost ~5 s of start and stop each, and the
+first queue of each cluster paid for creating `__queue_state` again). The tests stay independent:
+each uses its own queue and topic names, compares queue listings with the listing it found on
+entry, and a test that kills or pauses a node brings it back before it ends.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,8 +27,32 @@ from tidelog.client import (
     TopicPartition,
     errors,
 )
+from tidelog.node.local_cluster import LocalCluster
+
+from tests.clusters import running_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+QUEUE_STATE_PARTITIONS = 4
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Four `__queue_state` partitions instead of 16 (as tests/queues does) to spare the two CI
+    cores: which partition a queue lands on does not matter to the CLI."""
+    with running_cluster(tmp_path_factory.mktemp("queue-cli"),
+                         env={"TIDELOG_QUEUE_STATE_PARTITIONS": str(QUEUE_STATE_PARTITIONS),
+                              "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "4"}) as running:
+        yield running
+
+
+def restarted(cluster: LocalCluster, node_id: int) -> None:
+    """The module's cluster whole again for the next test: the node started and healthy, and
+    every `__queue_state` partition back with its preferred leader, so no coordinator moves
+    under the next test."""
+    cluster.start(node_id)
+    cluster.wait_healthy(timeout_s=60)
+    for partition in range(QUEUE_STATE_PARTITIONS):
+        cluster.settled_leader_of("__queue_state", partition, timeout_s=60)
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -71,9 +101,15 @@ class Cli:
     def stats(self, name: str) -> dict[str, Any]:
         return self.json("stats", name)
 
+    def names(self) -> list[str]:
+        """Every queue's name, sorted: `queue list` of the module's shared cluster."""
+        return sorted(q["name"] for q in self.json("list"))
+
 
 def test_every_queue_action_through_the_cli(cluster) -> None:  # noqa: ANN001 - LocalCluster
     cli = Cli(cluster.bootstrap)
+    before = cli.names()
+    assert "jobs" not in before
     created = cli.json("create", "jobs", "--partitions", "2", "--max-deliveries", "3",
                        "--lock-s", "20", "--backoff-initial-s", "0.2", "--backoff-max-s", "0.5")
     assert created["name"] == "jobs" and created["topics"] == ["jobs"]
@@ -84,7 +120,7 @@ def test_every_queue_action_through_the_cli(cluster) -> None:  # noqa: ANN001 - 
     assert "already exists" in again.stderr
     kept = cli.json("create", "jobs", "--if-not-exists", "--lock-s", "99")
     assert kept["lock_ms"] == 20_000, "if-not-exists keeps the existing config"
-    assert [q["name"] for q in cli.json("list")] == ["jobs"]
+    assert cli.names() == sorted([*before, "jobs"])
     assert "jobs" in cli("list").stdout and "IN-FLIGHT" in cli("list").stdout
 
     sent = cli.json("send", "jobs", *[f"m{i}" for i in range(10)], "--header", "kind=test")
@@ -167,11 +203,12 @@ def test_every_queue_action_through_the_cli(cluster) -> None:  # noqa: ANN001 - 
     gone = cli("describe", "jobs", "--output", "json", code=3)
     error = json.loads(gone.stderr)["error"]
     assert error["type"] == "QueueNotFound" and error["code"] == 30, error
-    assert cli.json("list") == []
+    assert cli.names() == before
 
 
 def test_cli_errors_have_their_exit_codes(cluster) -> None:  # noqa: ANN001
     cli = Cli(cluster.bootstrap)
+    before = cli.names()
     for action in (["describe", "nope"], ["stats", "nope"], ["peek", "nope"],
                    ["purge", "nope"], ["redrive", "nope"], ["delete", "nope"],
                    ["alter", "nope", "--lock-s", "5"], ["send", "nope", "x"],
@@ -188,7 +225,7 @@ def test_cli_errors_have_their_exit_codes(cluster) -> None:  # noqa: ANN001
     cli("receive", "q2", "--delay-s", "1", code=2)
     cli("create", "q3", "--partitions", "0", code=2)
     cli("send", "q3", "x", "--header", "nokv", code=2)
-    assert cli.json("list") == [], "nothing was created by the refused commands"
+    assert cli.names() == before, "nothing was created by the refused commands"
 
 
 def test_queue_consumer_creates_its_queue_extends_and_loses_locks(cluster) -> None:  # noqa: ANN001
@@ -244,36 +281,42 @@ def test_dlq_depth_counts_dead_letters_only(cluster) -> None:  # noqa: ANN001
 
 def test_settlements_and_receives_follow_the_coordinator_when_its_node_is_killed(
         cluster) -> None:  # noqa: ANN001
-    with Admin(cluster.bootstrap) as admin:
-        admin.create_queue("moving", partitions=2)
-        with Producer(cluster.bootstrap) as producer:
-            for i in range(20):
-                producer.send("moving", f"x{i}".encode())
-            producer.flush(30)
-        with QueueConsumer(cluster.bootstrap, queue="moving", request_timeout_s=60) as consumer:
-            got: list = []
-            wait_until(lambda: got.extend(consumer.receive(max_messages=10, timeout_s=1))
-                       or len(got) >= 10, 30, "10 messages received")
-            coordinator = admin.describe_queue("moving").coordinator_id
-            cluster.kill(coordinator)
-            # the locks went through Raft: the new coordinator knows this consumer holds them
-            futures = [consumer.ack(m) for m in got]
-            for future in futures:
-                assert future.result(60) is None
-            rest: list = []
-            wait_until(lambda: rest.extend(consumer.receive(max_messages=10, timeout_s=1))
-                       or len(got) + len(rest) >= 20, 60,
-                       "the other 10 received from the new coordinator")
-            for m in rest:
-                consumer.ack(m)
-            consumer.flush(60)
-            assert sorted(m.value for m in got + rest) == sorted(
-                f"x{i}".encode() for i in range(20)), "each message once"
-            assert all(m.delivery_count == 1 for m in got + rest)
-            described = admin.describe_queue("moving")
-            assert described.coordinator_id != coordinator
-            assert (described.stats.acked_total, described.stats.depth) == (20, 0), \
-                described.stats
+    killed: list[int] = []
+    try:
+        with Admin(cluster.bootstrap) as admin:
+            admin.create_queue("moving", partitions=2)
+            with Producer(cluster.bootstrap) as producer:
+                for i in range(20):
+                    producer.send("moving", f"x{i}".encode())
+                producer.flush(30)
+            with QueueConsumer(cluster.bootstrap, queue="moving", request_timeout_s=60) as consumer:
+                got: list = []
+                wait_until(lambda: got.extend(consumer.receive(max_messages=10, timeout_s=1))
+                           or len(got) >= 10, 30, "10 messages received")
+                coordinator = admin.describe_queue("moving").coordinator_id
+                killed.append(coordinator)
+                cluster.kill(coordinator)
+                # the locks went through Raft: the new coordinator knows this consumer holds them
+                futures = [consumer.ack(m) for m in got]
+                for future in futures:
+                    assert future.result(60) is None
+                rest: list = []
+                wait_until(lambda: rest.extend(consumer.receive(max_messages=10, timeout_s=1))
+                           or len(got) + len(rest) >= 20, 60,
+                           "the other 10 received from the new coordinator")
+                for m in rest:
+                    consumer.ack(m)
+                consumer.flush(60)
+                assert sorted(m.value for m in got + rest) == sorted(
+                    f"x{i}".encode() for i in range(20)), "each message once"
+                assert all(m.delivery_count == 1 for m in got + rest)
+                described = admin.describe_queue("moving")
+                assert described.coordinator_id != coordinator
+                assert (described.stats.acked_total, described.stats.depth) == (20, 0), \
+                    described.stats
+    finally:
+        for node_id in killed:
+            restarted(cluster, node_id)
 
 
 def test_acks_reach_the_new_coordinator_while_the_old_one_is_paused(cluster) -> None:  # noqa: ANN001
@@ -285,7 +328,9 @@ def test_acks_reach_the_new_coordinator_while_the_old_one_is_paused(cluster) -> 
             for i in range(5):
                 producer.send("paused", f"p{i}".encode())
             producer.flush(30)
-        with QueueConsumer(cluster.bootstrap, queue="paused", request_timeout_s=30) as consumer:
+        # 15 s: one attempt is capped at max(ATTEMPT_S_MIN = 5 s, a third); without the cap the
+        # first attempt would spend all 15 s on the paused node
+        with QueueConsumer(cluster.bootstrap, queue="paused", request_timeout_s=15) as consumer:
             got: list = []
             wait_until(lambda: got.extend(consumer.receive(max_messages=5, timeout_s=1))
                        or len(got) >= 5, 30, "5 messages received")
@@ -299,7 +344,7 @@ def test_acks_reach_the_new_coordinator_while_the_old_one_is_paused(cluster) -> 
                 took = time.monotonic() - started
             finally:
                 cluster.resume(coordinator)
-            assert took < 30, f"acks took {took:.1f} s: the paused node held the whole budget"
+            assert took < 15, f"acks took {took:.1f} s: the paused node held the whole budget"
             print(f"acks answered {took:.1f} s after pausing the coordinator")
             # the acks were taken by a coordinator that had read nothing yet: its stats must
             # still count them as done (DescribeQueue reads what is new first)
@@ -322,11 +367,14 @@ def test_the_dedup_window_discards_a_resent_message_id_and_can_be_turned_off(clu
         for value in ("charge 1", "charge 1 again", "charge 2"):
             message_id = "m2" if value == "charge 2" else "m1"
             cli("send", queue, value, "--header", f"tidelog-message-id={message_id}")
-    got = cli.lines("receive", "orders", "--max", "10", "--timeout-s", "3", "--ack")
+    # --max stops a receive at the expected count instead of waiting out its timeout: a resent
+    # message id let through would be the second message (one partition, offset order), and the
+    # depth would not be 0
+    got = cli.lines("receive", "orders", "--max", "2", "--timeout-s", "10", "--ack")
     assert [m["value"] for m in got] == ["charge 1", "charge 2"]
     stats = cli.stats("orders")
     assert stats["deduplicated_total"] == 1 and stats["depth"] == 0
-    got = cli.lines("receive", "audit", "--max", "10", "--timeout-s", "3", "--ack")
+    got = cli.lines("receive", "audit", "--max", "3", "--timeout-s", "10", "--ack")
     assert [m["value"] for m in got] == ["charge 1", "charge 1 again", "charge 2"]
     assert cli.stats("audit")["deduplicated_total"] == 0
     assert "dedup_window_s" in cli("describe", "orders").stdout
