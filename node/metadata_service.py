@@ -35,6 +35,7 @@ from tidelog.node.raft import Entry, EntryKind, Message, NotLeader, ProposalDrop
 from tidelog.node.replica import Replica
 from tidelog.node.replica_configs import metadata_log_config, raft_config
 from tidelog.node.security.channels import peer_channel
+from tidelog.node.security.keyring import with_at_rest_encryption
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto import cluster_pb2_grpc
 from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
@@ -70,7 +71,8 @@ class MetadataService:
         learners = [n for n in sorted(self.config.peers) if n not in voters]
         self.replica = Replica(
             group=METADATA_GROUP, directory=data_dir / "metadata",
-            log_config=metadata_log_config(self.config),
+            log_config=with_at_rest_encryption(metadata_log_config(self.config),
+                                               self.config.security.encryption_keyring),
             raft_config=raft_config(self.config, voters, learners),
             committer=self._committer, send=self._send, on_soft_state=self._on_soft_state,
             apply=self._apply_entry,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import lz4.block
 from tidelog.node import errors as E
+from tidelog.node.storage.encryption import ENCRYPTED_ATTRIBUTE
 from tidelog.proto.batch import (
     DECOMPRESSED_BYTES_MAX,
     HEADER_SIZE,
@@ -91,6 +92,9 @@ def _validate_one(index: int, batch: bytes, limits: ProduceLimits, now_ms: int) 
     where = f"batch {index} of the request"
     if header.is_control:
         raise E.InvalidBatchRequestError(f"{where}: producers may not send control batches")
+    if header.attributes & ENCRYPTED_ATTRIBUTE:
+        raise E.InvalidBatchRequestError(
+            f"{where}: attribute bit 5 is reserved (storage marks batches encrypted at rest)")
     _check_producer_fields(where, header)
     if header.last_offset_delta != header.record_count - 1:
         raise E.InvalidBatchRequestError(

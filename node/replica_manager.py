@@ -29,6 +29,7 @@ from tidelog.node.raft_validation import MalformedRaftMessage, decode_raft_messa
 from tidelog.node.raft_wire import to_wire
 from tidelog.node.replica import Replica
 from tidelog.node.replica_configs import log_config, raft_config
+from tidelog.node.security.keyring import with_at_rest_encryption
 from tidelog.node.storage import StorageError
 from tidelog.node.topics import partition_group
 from tidelog.node.transport import Transport
@@ -201,7 +202,8 @@ class ReplicaManager:
         try:
             replica = Replica(
                 group=group, directory=self._partition_dir(topic, partition),
-                log_config=log_config(self.config, topic.configs),
+                log_config=with_at_rest_encryption(log_config(self.config, topic.configs),
+                                                   self.config.security.encryption_keyring),
                 raft_config=raft_config(self.config, topic.replicas[partition]),
                 committer=self._committer, send=self.send_raft,
                 on_soft_state=self.on_soft_state,

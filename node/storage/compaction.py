@@ -28,6 +28,11 @@ new leader may still replace, never decide what is dropped):
    indexes). A crash at any point leaves a readable log. Segments where nothing would change
    are left alone.
 
+Encryption at rest: batches are read through `PartitionLog.from_stored` (decrypted and
+authenticated) and every batch of a rewritten segment, copied or re-encoded, is written through
+`PartitionLog.to_stored`, so a rewritten segment is wholly under the current key (old-key and
+plaintext batches in it are sealed anew); segments left alone keep their bytes.
+
 I/O is bounded: segments are read sequentially one batch at a time (a batch is at most
 ``batch_bytes_max``), written in 1 MiB chunks through the FileSystem seam, and
 ``io_bytes_per_s_max`` throttles the cleaner so it cannot starve appends of the disk.
@@ -44,7 +49,8 @@ from pathlib import Path
 
 import lz4.block
 import xxhash
-from tidelog.node.storage.fs import FileSystem, SequentialReader, SequentialWriter, unlink_quietly
+from tidelog.node.storage.encryption import ENVELOPE_OVERHEAD_BYTES
+from tidelog.node.storage.fs import SequentialReader, SequentialWriter, unlink_quietly
 from tidelog.node.storage.log import CLEANED_SUFFIX, PartitionLog
 from tidelog.proto.batch import (
     HEADER_SIZE,
@@ -110,7 +116,7 @@ def compact(plog: PartitionLog, *, upto_offset: int, now_ms: int,
     for seg in segments:
         if len(latest) >= cfg.key_map_entries_max:
             break
-        for batch, header in _read_batches(plog.fs, seg[2], seg[3], cfg.batch_bytes_max,
+        for batch, header in _read_batches(plog, seg[2], seg[3], cfg.batch_bytes_max,
                                            throttle):
             if header.is_control:
                 continue
@@ -152,9 +158,9 @@ def _rewrite(plog: PartitionLog, base: int, end: int, path: Path, size: int,
     expire_before_ms = now_ms - cfg.delete_retention_ms
     fs = plog.fs
     with SequentialWriter(fs, cleaned, buffer_bytes=WRITE_BUFFER_BYTES) as out:
-        for batch, header in _read_batches(fs, path, size, cfg.batch_bytes_max, throttle):
+        for batch, header in _read_batches(plog, path, size, cfg.batch_bytes_max, throttle):
             if header.is_control:
-                out.write(batch)
+                out.write(plog.to_stored(batch))
                 continue
             records = decode_records(batch)
             kept = []
@@ -170,16 +176,16 @@ def _rewrite(plog: PartitionLog, base: int, end: int, path: Path, size: int,
             stats["records_before"] += len(records)
             stats["records_after"] += len(kept)
             if len(kept) == len(records):
-                out.write(batch)
+                out.write(plog.to_stored(batch))
                 continue
             changed = True
-            out.write(_reencode(header, kept) if kept else _stand_in(header))
+            out.write(plog.to_stored(_reencode(header, kept) if kept else _stand_in(header)))
         out.sync()
     if not changed:
         unlink_quietly(fs, cleaned)
         stats["bytes_after"] = size
         return stats
-    stats["bytes_after"] = _verify(fs, cleaned, base, end, cfg.batch_bytes_max)
+    stats["bytes_after"] = _verify(plog, cleaned, base, end, cfg.batch_bytes_max)
     if plog.replace_segment(base, cleaned, expected_size=size):
         stats["rewritten"] = 1
     else:
@@ -187,30 +193,34 @@ def _rewrite(plog: PartitionLog, base: int, end: int, path: Path, size: int,
     return stats
 
 
-def _read_batches(fs: FileSystem, path: Path, size: int, batch_bytes_max: int,
+def _read_batches(plog: PartitionLog, path: Path, size: int, batch_bytes_max: int,
                   throttle: _Throttle) -> Iterator[tuple[bytes, BatchHeader]]:
-    """Every batch of a sealed segment file, validated (checksum), one at a time."""
-    with SequentialReader(fs, path, buffer_bytes=WRITE_BUFFER_BYTES) as f:
+    """Every batch of a sealed segment file, validated (checksums; an encrypted one
+    authenticated and decrypted), one at a time, as logical (plaintext) batches."""
+    stored_bytes_max = batch_bytes_max + ENVELOPE_OVERHEAD_BYTES
+    with SequentialReader(plog.fs, path, buffer_bytes=WRITE_BUFFER_BYTES) as f:
         position = 0
         while position < size:
             prefix = f.read(LENGTH_PREFIX_SIZE)
             if len(prefix) < LENGTH_PREFIX_SIZE:
                 raise ValueError(f"{path.name}: torn batch prefix at {position}")
             length = _INT32.unpack_from(prefix, 8)[0]
-            if not HEADER_SIZE - LENGTH_PREFIX_SIZE <= length <= batch_bytes_max:
+            if not HEADER_SIZE - LENGTH_PREFIX_SIZE <= length <= stored_bytes_max:
                 raise ValueError(f"{path.name}: batch at {position} declares {length} bytes")
-            batch = prefix + f.read(length)
-            header = validate_batch(batch, max_bytes=len(batch))
-            throttle.spent(len(batch))
+            stored = prefix + f.read(length)
+            validate_batch(stored, max_bytes=len(stored))
+            batch = bytes(plog.from_stored(stored))
+            header = decode_header(batch)
+            throttle.spent(len(stored))
             yield batch, header
-            position += len(batch)
+            position += len(stored)
 
 
-def _verify(fs: FileSystem, cleaned: Path, base: int, end: int, batch_bytes_max: int) -> int:
-    """Check in pairs: read the rewrite back before it replaces anything."""
-    size = fs.stat_size(cleaned)
+def _verify(plog: PartitionLog, cleaned: Path, base: int, end: int, batch_bytes_max: int) -> int:
+    """Check in pairs: read the rewrite back (decrypting it) before it replaces anything."""
+    size = plog.fs.stat_size(cleaned)
     expected = base
-    for _, header in _read_batches(fs, cleaned, size, batch_bytes_max, _Throttle(None)):
+    for _, header in _read_batches(plog, cleaned, size, batch_bytes_max, _Throttle(None)):
         assert header.base_offset == expected, (cleaned, header.base_offset, expected)
         expected = header.last_offset + 1
     assert expected == end, (cleaned, expected, end)

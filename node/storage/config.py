@@ -16,6 +16,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from tidelog.node.storage.encryption import AtRestCipher
 from tidelog.proto.batch import HEADER_SIZE
 
 __all__ = ["FsyncMode", "FsyncPolicy", "LogConfig", "parse_bytes", "parse_ms"]
@@ -96,6 +97,10 @@ class LogConfig:
     fsync: FsyncPolicy = field(default_factory=FsyncPolicy.always)
     retention_ms: int | None = None
     retention_bytes: int | None = None
+    # Encryption at rest (encryption.py): None stores batches as they come (plaintext); with a
+    # cipher every append is sealed under its current key. Plaintext batches already in the log
+    # stay readable either way. Compared by identity: it is a live object (its keyring reloads).
+    encryption: AtRestCipher | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Positions are stored as uint32 in the index files, hence the 2 GiB ceiling.

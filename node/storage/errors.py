@@ -8,6 +8,10 @@
 * The disk failed us: `DiskFullError` (ENOSPC; the partial write was cut back), `CorruptLogError`
   (damaged bytes found in data that should be intact: reported, never served),
   `CorruptFileError` (a checksummed metadata file does not match its checksum).
+* Encryption at rest (encryption.py): `BatchAuthenticationError` (a stored batch fails AES-GCM
+  authentication: damage or tampering, handled like any CorruptBatchError) and
+  `EncryptionKeyError` (the keyring lacks the batch's key id: the operator's to fix, never
+  taken for damage).
 * A sender's batch is bad: the codec errors from `tidelog.proto.batch`, re-exported here.
 
 Every error carries the facts a person needs to act on it (segment, position, offsets).
@@ -26,12 +30,14 @@ from tidelog.proto.batch import (
 )
 
 __all__ = [
+    "BatchAuthenticationError",
     "BatchError",
     "BatchTooLargeError",
     "CorruptBatchError",
     "CorruptFileError",
     "CorruptLogError",
     "DiskFullError",
+    "EncryptionKeyError",
     "InvalidBatchError",
     "LogClosedError",
     "LogFormatError",
@@ -141,3 +147,24 @@ class StorageIOError(StorageError):
 
 class LogClosedError(StorageError):
     """The log was closed (or failed and fenced itself off) and accepts no more calls."""
+
+
+class BatchAuthenticationError(CorruptBatchError):
+    """A stored encrypted batch fails AES-GCM authentication although its xxh3 checksums hold:
+    its bytes were altered by someone who recomputed them, or the keyring holds a different key
+    under the batch's key id. Damage like any other: never served."""
+
+
+class EncryptionKeyError(StorageError):
+    """A stored batch is encrypted under a key id that the node's keyring does not hold (or the
+    node has no keyring). Not damage: recovery never cuts such a batch, and reads refuse it;
+    the fix is to give the node that key again (`tidelog keyring list` shows the ids held)."""
+
+    def __init__(self, key_id: int, *, base_offset: int | None = None,
+                 reason: str = "which the keyring does not hold") -> None:
+        subject = f"batch at offset {base_offset}: encrypted at rest with key id {key_id}, " \
+            if base_offset is not None else f"at-rest key id {key_id}: "
+        super().__init__(subject + reason + "; it is not served (give the node that key: "
+                         "`tidelog keyring list FILE` shows the key ids a keyring holds)")
+        self.key_id = key_id
+        self.base_offset = base_offset

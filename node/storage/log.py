@@ -41,10 +41,13 @@ from tidelog.node.storage.config import LogConfig
 from tidelog.node.storage.damage import QUARANTINE_DIR, DamagePolicy, quarantine_copy
 from tidelog.node.storage.dirs import ensure_directory
 from tidelog.node.storage.durability import DirtyTracker, GroupCommitter
+from tidelog.node.storage.encryption import ENCRYPTED_ATTRIBUTE, is_encrypted, stored_key_id
 from tidelog.node.storage.errors import (
     CorruptFileError,
     CorruptLogError,
     DiskFullError,
+    EncryptionKeyError,
+    InvalidBatchError,
     LogClosedError,
     LogFormatError,
     NotOnBatchBoundaryError,
@@ -321,7 +324,7 @@ class PartitionLog:
         appending stamped batches) it must equal the log end. term None keeps the batch's own.
         Bad input raises before anything is written; a failed write is cut back.
         """
-        header = validate_batch(batch, max_bytes=self.config.batch_bytes_max)
+        header = _validate_plaintext(batch, self.config.batch_bytes_max)
         with self._lock:
             self._check_open()
             return self._append_validated(batch, header, term=term, base_offset=base_offset)
@@ -329,7 +332,7 @@ class PartitionLog:
     def append_many(self, batches: Sequence[bytes], *, term: int | None = None) -> list[AppendInfo]:
         """Append batches in order. All are validated first, so one bad batch writes nothing;
         a disk error midway leaves the earlier batches appended (and raises)."""
-        headers = [validate_batch(b, max_bytes=self.config.batch_bytes_max) for b in batches]
+        headers = [_validate_plaintext(b, self.config.batch_bytes_max) for b in batches]
         with self._lock:
             self._check_open()
             return [self._append_validated(b, h, term=term, base_offset=None)
@@ -347,6 +350,10 @@ class PartitionLog:
         if header.base_offset != end or header.term != new_term:
             batch = stamp(batch, base_offset=end, term=new_term)
             header = _restamped(batch)
+        cipher = self.config.encryption
+        if cipher is not None:  # stamped first: base offset and term are authenticated data
+            batch = cipher.seal(batch)
+            header = decode_header(batch)
         self._maybe_roll(header)
         active = self._active
         active.append(batch, header)
@@ -556,6 +563,32 @@ class PartitionLog:
                                           segment=segment.path, position=position) from exc
             return None
 
+    # ==================================================================== encryption at rest
+
+    def to_stored(self, batch: bytes) -> bytes:
+        """The bytes this log stores for a validated, stamped plaintext batch: sealed under the
+        current key with encryption on (encryption.py), else the batch itself. Compaction's
+        rewrites use it, so a rewritten segment is wholly under the current key."""
+        cipher = self.config.encryption
+        return batch if cipher is None else cipher.seal(batch)
+
+    def from_stored(self, stored: bytes | memoryview) -> bytes | memoryview:
+        """The logical batch of a stored batch whose checksums were verified: an encrypted one
+        unsealed (BatchAuthenticationError, EncryptionKeyError), a plaintext one as it is."""
+        if not is_encrypted(stored):
+            return stored
+        cipher = self.config.encryption
+        if cipher is None:
+            raise EncryptionKeyError(
+                stored_key_id(stored), base_offset=int.from_bytes(stored[:8], "big", signed=True),
+                reason="but this node runs without an at-rest keyring (--encryption-keyring)")
+        return cipher.unseal(stored)
+
+    def _authenticate(self, stored: memoryview) -> None:
+        """For verifying scans: a stored batch whose GCM tag fails is damage (a BatchError);
+        one whose key is missing raises EncryptionKeyError, which no scan takes for damage."""
+        self.from_stored(stored)
+
     # ============================================================================= compaction
 
     def sealed_segments(self, below_offset: int) -> list[tuple[int, int, Path, int]]:
@@ -587,7 +620,7 @@ class PartitionLog:
             self._fsync_directory()
             self._loaded_indexes.pop(base_offset, None)
             segment.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
-            result = segment.scan()
+            result = segment.scan(authenticate=self._authenticate)
             assert result.stopped_at is None and result.end_offset == end, \
                 f"cleaned segment {segment.path.name} does not verify: {result}"
             segment.write_index_files()
@@ -863,7 +896,7 @@ class PartitionLog:
             log.warning("rebuilding the index of %s: %s", segment.path.name, loaded)
             notes.rebuilt.append(RebuiltIndex(segment=segment.path.name, reason=loaded))
         segment.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
-        result = segment.scan()
+        result = segment.scan(authenticate=self._authenticate)
         if result.stopped_at is not None or result.end_offset != next_base:
             reason = result.reason or f"segment ends at offset {result.end_offset}, the next " \
                                       f"segment starts at {next_base}"
@@ -894,7 +927,7 @@ class PartitionLog:
         active.reset_memory_state(interval_bytes=self.config.index_interval_bytes)
         active.drop_index_files()
         min_term = self._segments[-2].last_term if len(self._segments) > 1 else -1
-        result = active.scan(min_term=min_term)
+        result = active.scan(min_term=min_term, authenticate=self._authenticate)
         file_size = active.file_size()
         if result.stopped_at is None and result.end_offset >= recovery_point:
             return None
@@ -1059,20 +1092,30 @@ class PartitionLog:
 
     def _verified_prefix(self, segment: Segment, position: int, data: bytes,
                          first_base: int) -> bytes:
+        """The whole, verified batches at the start of `data`, encrypted ones unsealed (the
+        answer is then a new buffer of logical batches; a plaintext-only answer is `data`)."""
         view = memoryview(data)
         pos = 0
         expected = first_base
+        logical: list[bytes | memoryview] | None = None  # set at the first encrypted batch
         while pos < len(view):
             if len(view) - pos < 12:
                 break
             header_size = 12 + int.from_bytes(view[pos + 8: pos + 12], "big", signed=True)
             if header_size > len(view) - pos:
                 break
+            stored = view[pos: pos + header_size]
             try:
                 # No size limit here: batch_bytes_max may have been lowered since the write.
-                header = validate_batch(view[pos: pos + header_size], max_bytes=header_size)
+                header = validate_batch(stored, max_bytes=header_size)
                 if header.base_offset != expected:
                     raise BatchError(f"base offset {header.base_offset}, expected {expected}")
+                if header.attributes & ENCRYPTED_ATTRIBUTE:
+                    if logical is None:
+                        logical = [view[:pos]]
+                    logical.append(self.from_stored(stored))
+                elif logical is not None:
+                    logical.append(stored)
             except BatchError as exc:
                 if pos == 0:
                     raise CorruptLogError(f"refusing to serve a damaged batch: {exc}",
@@ -1080,11 +1123,17 @@ class PartitionLog:
                 log.error("damaged batch in %s at position %d: %s", segment.path.name,
                           position + pos, exc)
                 break
+            except EncryptionKeyError:
+                if pos == 0:
+                    raise
+                break  # served up to it; the next read starts here and raises
             expected = header.last_offset + 1
             pos += header_size
         if pos == 0:
             raise CorruptLogError("first batch is cut short", segment=segment.path,
                                   position=position)
+        if logical is not None:
+            return b"".join(logical)
         return data[:pos] if pos < len(data) else data
 
     def _headers_chunk(self, base: int, offset: int, stop: int) -> list[BatchHeader]:
@@ -1157,6 +1206,16 @@ def _refuse_old_format(segment: Segment) -> None:
         raise LogFormatError(segment=segment.path, format_version=exc.format_version) from exc
     except BatchError:
         return
+
+
+def _validate_plaintext(batch: bytes, batch_bytes_max: int) -> BatchHeader:
+    """validate_batch, and the attribute bit only storage may set (ENCRYPTED: the stored form's
+    marker) must be clear, or the batch would be taken for sealed when read."""
+    header = validate_batch(batch, max_bytes=batch_bytes_max)
+    if header.attributes & ENCRYPTED_ATTRIBUTE:
+        raise InvalidBatchError(f"batch at base offset {header.base_offset} sets attribute bit "
+                                "5, which only storage sets (encrypted at rest)")
+    return header
 
 
 def _write_error(exc: OSError, what: str) -> StorageError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
@@ -258,8 +258,11 @@ class Segment:
             position += header.size
 
     def scan(self, *, position: int = 0, expected_offset: int | None = None,
-             min_term: int = -1, on_batch: bool = True) -> ScanResult:
-        """Verify every batch from `position` (checksums, contiguous offsets, monotonic terms).
+             min_term: int = -1, on_batch: bool = True,
+             authenticate: Callable[[memoryview], None] | None = None) -> ScanResult:
+        """Verify every batch from `position` (checksums, contiguous offsets, monotonic terms,
+        and `authenticate`: the log's at-rest check, which raises a BatchError for a batch that
+        fails GCM authentication).
 
         Stops at the first problem and says where and why; never raises for damaged data. With
         `on_batch`, rebuilds in-memory state (index, end offset, timestamps, terms) as it goes.
@@ -286,7 +289,10 @@ class Segment:
                 window = self.pread(position, max(SCAN_WINDOW_BYTES, size))
                 rel = 0
             try:
-                validate_batch(memoryview(window)[rel: rel + size], max_bytes=size)
+                stored = memoryview(window)[rel: rel + size]
+                validate_batch(stored, max_bytes=size)
+                if authenticate is not None:
+                    authenticate(stored)
             except UnsupportedFormatError as exc:  # never cut as a tail: refuse the log
                 raise LogFormatError(segment=self.path, format_version=exc.format_version) \
                     from exc
