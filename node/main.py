@@ -132,6 +132,9 @@ def run_node(args: argparse.Namespace) -> int:
     except StorageError as exc:  # the operator's to act on (a v1 log, damaged metadata): no trace
         print(f"tidelog node: cannot start on {config.data_dir}: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # found at start (TLS files that do not match, ...): no trace
+        print(f"tidelog node: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -90,6 +90,8 @@ class Node:
         # Every node-to-node channel (Raft, forwarded proposals, queue produce/fetch) dials the
         # peer listener through this dialer (node/security/channels.py).
         self._peer_dialer = PeerDialer(config, nodes=lambda: self.metadata.state.nodes)
+        if config.security.tls:
+            client_listener_requires_cert(config.security)  # a ConfigError before anything runs
         install_peer_dialer(self._peer_dialer)
 
     @property
