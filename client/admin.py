@@ -18,8 +18,11 @@ from tidelog.client.metadata import (
     TopicDescription,
 )
 from tidelog.client.queue_admin import QueueAdmin
+from tidelog.client.quota_admin import QuotaAdmin
 from tidelog.client.records import TopicPartition
 from tidelog.client.security import ClientSecurity
+from tidelog.client.security_admin import SecurityAdmin
+from tidelog.client.throttle import check_client_id
 
 __all__ = ["Admin", "GroupDescription", "GroupListing", "GroupMemberDescription",
            "OffsetAndMetadata"]
@@ -65,7 +68,7 @@ class OffsetAndMetadata:
 _OFFSET_SPECS = {"earliest": offsets.EARLIEST, "latest": offsets.LATEST}
 
 
-class Admin(QueueAdmin):
+class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
     """Manage a Tidelog cluster (queues: tidelog.client.queue_admin).
 
     >>> with Admin("127.0.0.1:9091") as admin:
@@ -75,11 +78,13 @@ class Admin(QueueAdmin):
     def __init__(
         self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100, security: ClientSecurity | None = None,
+        client_id: str = "",
     ) -> None:
         self.config = AdminConfig(bootstrap=parse_bootstrap(bootstrap), security=security,
                                   request_timeout_ms=request_timeout_ms,
-                                  retry_backoff_ms=retry_backoff_ms)
-        self._connections = Connections(security)
+                                  retry_backoff_ms=retry_backoff_ms,
+                                  client_id=check_client_id(client_id))
+        self._connections = Connections(security, client_id=client_id)
         self._metadata = Metadata(
             self._connections, self.config.bootstrap, request_timeout_ms=request_timeout_ms,
             max_age_ms=0, retry_backoff_ms=retry_backoff_ms)

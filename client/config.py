@@ -53,6 +53,7 @@ class ProducerConfig:
     metadata_max_age_ms: int = 300_000
     partitioner: str = "xxh3"
     request_bytes_max: int = 8 * MIB
+    client_id: str = ""  # sent on every call; quotas may be set per client id
 
     def __post_init__(self) -> None:
         _check(self.acks in ("all", "leader"), f"acks must be 'all' or 'leader', not {self.acks!r}")
@@ -138,6 +139,7 @@ class AdminConfig:
     security: ClientSecurity | None = None  # TLS and SCRAM (client/security.py)
     request_timeout_ms: int = 30_000
     retry_backoff_ms: int = 100
+    client_id: str = ""  # sent on every call; quotas may be set per client id
 
     def __post_init__(self) -> None:
         _check(self.request_timeout_ms > 0, "request_timeout_ms must be > 0")

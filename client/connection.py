@@ -34,8 +34,9 @@ _CHANNEL_OPTIONS = [
 class Connections:
     """Thread-safe pool of channels and stubs, keyed by HOST:PORT."""
 
-    def __init__(self, security: ClientSecurity | None = None) -> None:
+    def __init__(self, security: ClientSecurity | None = None, *, client_id: str = "") -> None:
         self._security = security
+        self._client_id = client_id  # sent on every call (client/throttle.py); "" = none
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, broker_pb2_grpc.BrokerStub] = {}
@@ -59,6 +60,11 @@ class Connections:
             if stub is None:
                 target = self._redirects.get(address, address)
                 channel = make_channel(target, _CHANNEL_OPTIONS, self._security)
+                if self._client_id:  # quotas: the node reads the client id of every call
+                    from tidelog.client.throttle import ClientIdInterceptor
+
+                    channel = grpc.intercept_channel(channel,
+                                                     ClientIdInterceptor(self._client_id))
                 self._channels[address] = channel
                 stub = broker_pb2_grpc.BrokerStub(channel)
                 self._stubs[address] = stub

@@ -30,6 +30,7 @@ from tidelog.client.group import CoordinatorClient, Membership, tps_to_wire
 from tidelog.client.metadata import Metadata
 from tidelog.client.records import ConsumerRecord, TopicPartition
 from tidelog.client.security import ClientSecurity
+from tidelog.client.throttle import ThrottleStats, check_client_id
 
 __all__ = ["Consumer"]
 
@@ -101,7 +102,8 @@ class Consumer:
             session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
             group_assignor=group_assignor, client_id=client_id,
         )
-        self._connections = Connections(self.config.security)
+        self._connections = Connections(self.config.security,
+                                        client_id=check_client_id(self.config.client_id))
         self._metadata = Metadata(
             self._connections, self.config.bootstrap,
             request_timeout_ms=request_timeout_ms, max_age_ms=metadata_max_age_ms,
@@ -294,6 +296,12 @@ class Consumer:
     def paused(self) -> set[TopicPartition]:
         with self._lock:
             return {tp for tp, st in self._fetcher.states.items() if st.paused}
+
+    @property
+    def throttle(self) -> ThrottleStats:
+        """How often and how long the nodes' fetch quotas throttled this consumer (each time it
+        waited the throttle time out before its next fetch from that node)."""
+        return self._fetcher.throttle.stats
 
     # --- reading --------------------------------------------------------------------------------
 

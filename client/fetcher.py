@@ -37,6 +37,7 @@ from tidelog.client.config import ConsumerConfig
 from tidelog.client.connection import Connections
 from tidelog.client.metadata import Metadata
 from tidelog.client.records import ConsumerRecord, TopicPartition
+from tidelog.client.throttle import ThrottleTracker
 
 __all__ = ["Fetcher", "PartitionFetchState", "complete_batches", "decode_fetched"]
 
@@ -140,6 +141,8 @@ class Fetcher:
             queue.SimpleQueue())
         self._wakeup = threading.Event()
         self._rotation = 0
+        #: quotas: no fetch goes to a node until its last throttle time has passed
+        self.throttle = ThrottleTracker()
 
     # --- assignment and positions ---------------------------------------------------------------
 
@@ -174,7 +177,7 @@ class Fetcher:
                 self._metadata.mark_stale(tp.topic)
                 st.retry_at_s = now + self._config.retry_backoff_ms / 1000
                 continue
-            if leader in self._inflight:
+            if leader in self._inflight or self.throttle.ready_at(leader, now) is not None:
                 continue
             by_leader.setdefault(leader, []).append(tp)
         for leader, tps in by_leader.items():
@@ -229,6 +232,7 @@ class Fetcher:
             except (grpc.RpcError, grpc.FutureCancelledError) as exc:
                 self._request_failed(leader, asked, exc)
                 continue
+            self.throttle.record(leader, response.throttle_time_ms, self._clock())
             for result in response.partitions:
                 tp = TopicPartition(result.topic, result.partition)
                 st = self.states.get(tp)

@@ -20,6 +20,7 @@ from tidelog.client.partitioner import PARTITIONERS, StickyPartitioner
 from tidelog.client.records import TopicPartition
 from tidelog.client.security import ClientSecurity
 from tidelog.client.sender import Sender
+from tidelog.client.throttle import ThrottleStats, check_client_id
 
 __all__ = ["Producer"]
 
@@ -56,6 +57,7 @@ class Producer:
         request_bytes_max: int = 8 * 1024 * 1024,
         transactional_id: str | None = None,
         security: ClientSecurity | None = None,
+        client_id: str = "",
     ) -> None:
         self.config = ProducerConfig(
             bootstrap=parse_bootstrap(bootstrap), security=security, acks=acks, linger_ms=linger_ms,
@@ -65,9 +67,10 @@ class Producer:
             request_timeout_ms=request_timeout_ms, retry_backoff_ms=retry_backoff_ms,
             retry_backoff_ms_max=retry_backoff_ms_max, metadata_max_age_ms=metadata_max_age_ms,
             partitioner=partitioner, request_bytes_max=request_bytes_max,
+            client_id=check_client_id(client_id),
         )
         config = self.config
-        self._connections = Connections(config.security)
+        self._connections = Connections(config.security, client_id=config.client_id)
         self._metadata = Metadata(
             self._connections, config.bootstrap, request_timeout_ms=config.request_timeout_ms,
             max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms,
@@ -187,7 +190,16 @@ class Producer:
             "requests_sent": self._sender.requests_sent,
             "retries_sent": self._sender.retries_sent,
             "buffer_used_bytes": self._accumulator.used_bytes,
+            "throttled_responses": self.throttle.throttled_responses,
+            "throttle_time_ms_total": self.throttle.throttle_time_ms_total,
         }
+
+    @property
+    def throttle(self) -> ThrottleStats:
+        """How often and how long the nodes' quotas throttled this producer (each time it
+        waited the throttle time out before its next request to that node)."""
+        assert self._sender is not None
+        return self._sender.throttle.stats
 
     # --- helpers -----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from tidelog.client.connection import Connections
 from tidelog.client.delivery import DeliveryState, Failure
 from tidelog.client.metadata import Metadata
 from tidelog.client.records import TopicPartition
+from tidelog.client.throttle import ThrottleTracker
 
 __all__ = ["Sender"]
 
@@ -68,6 +69,9 @@ class Sender(threading.Thread):
         #: counters for benchmarks and tests
         self.requests_sent = 0
         self.retries_sent = 0
+        #: quotas: nothing is sent to a node until its last throttle time has passed
+        self.throttle = ThrottleTracker()
+        self._throttled_until: float | None = None  # the earliest end of a skipped node's wait
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -123,6 +127,7 @@ class Sender(threading.Thread):
         ready, next_linger = self._accumulator.ready(now)
         with_retries = [tp for tp, st in self.delivery.partitions.items() if st.retry]
         next_wake = next_linger
+        self._throttled_until = None
         if not self._forced:
             for tp in dict.fromkeys([*with_retries, *ready]):
                 self._send_partition(tp, now)
@@ -132,6 +137,9 @@ class Sender(threading.Thread):
                 f"delivery_timeout_ms ({self._config.delivery_timeout_ms} ms) without being "
                 "sent (no leader reachable?)"))
         self._fail_all(self.delivery.expire(now))
+        if self._throttled_until is not None:
+            next_wake = self._throttled_until if next_wake is None else min(
+                next_wake, self._throttled_until)
         for st in self.delivery.partitions.values():
             if st.retry and st.backoff_until_s > now:
                 next_wake = st.backoff_until_s if next_wake is None else min(
@@ -144,6 +152,10 @@ class Sender(threading.Thread):
         leader = self._metadata.leader_address(tp.topic, tp.partition)
         if leader is None:
             self._metadata.mark_stale(tp.topic)
+            return
+        ready_at = self.throttle.ready_at(leader, now)
+        if ready_at is not None:  # wait out the node's throttle time (quotas), like Kafka
+            self._throttled_until = min(ready_at, self._throttled_until or ready_at)
             return
         batch = self.delivery.next_retry(tp, now)
         if batch is not None:
@@ -232,6 +244,7 @@ class Sender(threading.Thread):
                 error = errors.from_rpc_error(exc, subject=str(batch.tp), address=leader)
                 self._on_error(batch, error)
                 continue
+            self.throttle.record(leader, response.throttle_time_ms, self._clock())
             self.delivery.succeeded(batch)
             self._complete(batch, response.base_offset)
 

@@ -31,10 +31,13 @@ from tidelog.node.metadata_commands import (
     DeleteUser,
     InitProducer,
     RegisterNode,
+    RemoveQuota,
+    SetQuota,
     UpsertUser,
     decode_command,
 )
 from tidelog.node.security.acl import AclBinding
+from tidelog.node.security.quotas import QuotaEntity, QuotaKind
 from tidelog.node.security.scram import ScramCredential
 from tidelog.node.topics import (
     assign_replicas,
@@ -76,6 +79,8 @@ class MetadataState:
     next_producer_id: int = 1
     producer_epochs: dict[int, int] = field(default_factory=dict)  # id → latest epoch handed out
     transactional_ids: dict[str, int] = field(default_factory=dict)  # identity → producer id
+    #: client quotas (node/security/quotas.py). Invariant: no entity maps to an empty dict.
+    quotas: dict[QuotaEntity, dict[QuotaKind, int]] = field(default_factory=dict)
     #: SCRAM users (node/security): name → credential; never a password.
     users: dict[str, ScramCredential] = field(default_factory=dict)
     acls: set[AclBinding] = field(default_factory=set)  # node/security/acl.py
@@ -110,6 +115,10 @@ class MetadataState:
                     return self._new_producer()
                 case InitProducer():
                     return self._init_producer(command)
+                case SetQuota():
+                    return _set_quota(self, command)
+                case RemoveQuota():
+                    return _remove_quota(self, command)
                 case UpsertUser():
                     return _upsert_user(self, command)
                 case DeleteUser():
@@ -212,6 +221,21 @@ class MetadataState:
             return result
         self.producer_epochs[producer_id] = epoch
         return {"producer_id": producer_id, "producer_epoch": epoch}
+
+
+def _set_quota(state: MetadataState, command: SetQuota) -> dict[str, Any]:
+    state.quotas.setdefault(command.entity, {}).update(command.limits)
+    return {}
+
+
+def _remove_quota(state: MetadataState, command: RemoveQuota) -> dict[str, Any]:
+    """Idempotent; the result says how many quotas were removed (0: none was set)."""
+    limits = state.quotas.get(command.entity, {})
+    kinds = command.kinds or tuple(limits)
+    removed = sum(limits.pop(kind, None) is not None for kind in kinds)
+    if not limits:
+        state.quotas.pop(command.entity, None)
+    return {"removed": removed}
 
 
 def _upsert_user(state: MetadataState, command: UpsertUser) -> dict[str, Any]:

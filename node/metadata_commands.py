@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidelog.node.security.acl import AclBinding
+from tidelog.node.security.quotas import QUOTA_LIMIT_MAX, QuotaEntity, QuotaKind
 from tidelog.node.security.scram import MECHANISM, check_credential_shape
 
 COMMAND_BYTES_MAX = 64 * 1024
@@ -126,8 +127,25 @@ class DeleteAcls:
     acls: tuple[AclBinding, ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetQuota:
+    """Set some quotas of one entity (node/security/quotas.py); its other quotas stay."""
+
+    entity: QuotaEntity
+    limits: tuple[tuple[QuotaKind, int], ...]  # sorted by kind name; at least one
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveQuota:
+    """Remove some (empty: all) quotas of one entity; removing what is not set is a no-op."""
+
+    entity: QuotaEntity
+    kinds: tuple[QuotaKind, ...] = ()
+
+
 Command = (RegisterNode | CreateTopic | DeleteTopic | AlterConfigs | AllocateProducerId
-           | InitProducer | UpsertUser | DeleteUser | CreateAcls | DeleteAcls)
+           | InitProducer | SetQuota | RemoveQuota | UpsertUser | DeleteUser | CreateAcls
+           | DeleteAcls)
 
 _OPS: dict[type, str] = {
     RegisterNode: "register_node",
@@ -136,6 +154,8 @@ _OPS: dict[type, str] = {
     AlterConfigs: "alter_configs",
     AllocateProducerId: "allocate_producer_id",
     InitProducer: "init_producer",
+    SetQuota: "set_quota",
+    RemoveQuota: "remove_quota",
     UpsertUser: "upsert_user",
     DeleteUser: "delete_user",
     CreateAcls: "create_acls",
@@ -168,6 +188,10 @@ def encode_command(command: Command) -> bytes:
         case InitProducer():
             body.update(producer_id=command.producer_id, producer_epoch=command.producer_epoch,
                         transactional_id=command.transactional_id)
+        case SetQuota(entity=entity, limits=limits):
+            body.update(_quota_entity_body(entity), limits={k.value: v for k, v in limits})
+        case RemoveQuota(entity=entity, kinds=kinds):
+            body.update(_quota_entity_body(entity), kinds=[k.value for k in kinds])
         case UpsertUser():
             body.update(name=command.name, mode=command.mode, mechanism=command.mechanism,
                         salt=_b64(command.salt), iterations=command.iterations,
@@ -226,6 +250,10 @@ def decode_command(data: bytes) -> Command:
                 producer_epoch=fields.integer("producer_epoch", -1, EPOCH_MAX),
                 transactional_id=fields.string("transactional_id", TRANSACTIONAL_ID_CHARS_MAX,
                                                default=""))
+        case "set_quota":
+            command = SetQuota(entity=_quota_entity(fields), limits=_quota_limits(fields))
+        case "remove_quota":
+            command = RemoveQuota(entity=_quota_entity(fields), kinds=_quota_kinds(fields))
         case "upsert_user":
             command = _decode_upsert_user(fields)
         case "delete_user":
@@ -313,6 +341,58 @@ class _Fields:
 
 
 _REQUIRED = object()
+
+
+# -- quotas (SetQuota, RemoveQuota) -----------------------------------------------------------
+
+
+def _quota_entity_body(entity: QuotaEntity) -> dict[str, Any]:
+    return {"user": entity.user, "user_default": entity.user_default,
+            "client_id": entity.client_id, "client_id_default": entity.client_id_default}
+
+
+def _quota_entity(fields: _Fields) -> QuotaEntity:
+    try:
+        return QuotaEntity(user=fields.string("user", NAME_CHARS_MAX, default=""),
+                           user_default=fields.boolean("user_default"),
+                           client_id=fields.string("client_id", NAME_CHARS_MAX, default=""),
+                           client_id_default=fields.boolean("client_id_default"))
+    except ValueError as exc:
+        if isinstance(exc, CommandError):
+            raise
+        raise CommandError(f"quota entity: {exc}") from None
+
+
+def _quota_kind(text: object) -> QuotaKind:
+    try:
+        return QuotaKind(text)
+    except ValueError:
+        raise CommandError(f"unknown quota {text!r}; known: "
+                           + ", ".join(k.value for k in QuotaKind)) from None
+
+
+def _quota_limits(fields: _Fields) -> tuple[tuple[QuotaKind, int], ...]:
+    value = fields._take("limits", _REQUIRED)
+    if not isinstance(value, dict) or not 1 <= len(value) <= len(QuotaKind):
+        raise CommandError(f"'limits' must be an object of 1 to {len(QuotaKind)} quotas")
+    limits = []
+    for key, limit in value.items():
+        if isinstance(limit, bool) or not isinstance(limit, int) or \
+                not 1 <= limit <= QUOTA_LIMIT_MAX:
+            raise CommandError(f"quota {key!r} must be an integer in [1, {QUOTA_LIMIT_MAX}] "
+                               f"(per second), got {limit!r}")
+        limits.append((_quota_kind(key), limit))
+    return tuple(sorted(limits, key=lambda item: item[0].value))
+
+
+def _quota_kinds(fields: _Fields) -> tuple[QuotaKind, ...]:
+    value = fields._take("kinds", [])
+    if not isinstance(value, list) or len(value) > len(QuotaKind):
+        raise CommandError(f"'kinds' must be a list of at most {len(QuotaKind)} quota names")
+    kinds = [_quota_kind(item) for item in value]
+    if len(set(kinds)) != len(kinds):
+        raise CommandError(f"'kinds' names a quota twice: {value}")
+    return tuple(sorted(kinds, key=lambda k: k.value))
 
 
 # -- users and ACLs: decoding helpers -----------------------------------------------------------

@@ -47,6 +47,7 @@ from tidelog.node.security.cert_auth import PeerAuthInterceptor
 from tidelog.node.security.channels import PeerDialer
 from tidelog.node.security.channels import install as install_peer_dialer
 from tidelog.node.security.interceptors import client_interceptors
+from tidelog.node.security.quota_service import add_quotas_service
 from tidelog.node.security.service import add_security_service
 from tidelog.node.security.tls import client_listener_requires_cert, server_credentials
 from tidelog.node.service import BrokerService, ClusterService, add_servicer
@@ -122,6 +123,7 @@ class Node:
                      pb.DESCRIPTOR.services_by_name["Broker"])
         add_servicer(self._server, QueuesService(self.queues),
                      qpb.DESCRIPTOR.services_by_name["Queues"])
+        add_quotas_service(self._server, self.metadata)
         add_security_service(self._server, self.config, self.metadata)
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._server)
         if self._peer_dialer.tls is None:

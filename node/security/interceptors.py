@@ -20,6 +20,7 @@ from tidelog.node.security.authn import AuthnInterceptor, sessions_for
 from tidelog.node.security.authz import AuthzInterceptor
 from tidelog.node.security.cert_auth import CertAuthInterceptor
 from tidelog.node.security.config import Authentication
+from tidelog.node.security.quota_interceptor import QuotaInterceptor, quota_window_from_env
 
 
 class MetadataView(Protocol):
@@ -37,6 +38,8 @@ def client_interceptors(config: NodeConfig, metadata: MetadataView
         chain.append(CertAuthInterceptor())
     if config.security.authentication is Authentication.SCRAM:  # 1. SCRAM session tokens
         chain.append(AuthnInterceptor(metadata, sessions_for(metadata)))
+    # 2. quotas: after authentication (it reads current_principal), before authorization
+    chain.append(QuotaInterceptor(metadata, window=quota_window_from_env()))
     if config.security.authorization:  # 3. ACLs (deny wins; super users pass)
         chain.append(AuthzInterceptor(metadata, config.security.super_users))
     return chain
