@@ -148,6 +148,57 @@ def test_fetch_quota_slows_the_consumer_to_the_quota(cluster: LocalCluster,
     assert throttle.throttled_responses > 0
 
 
+def test_a_client_that_ignores_throttle_times_is_held_by_the_node(
+        cluster: LocalCluster, admin: Admin) -> None:
+    """Enforcement without the client's help: raw Produce calls, one after the other, that
+    never wait. Each answer says how long to wait; the node then delays the NEXT answer by about
+    that long (it holds the request), every batch is appended, and the rate stays near the
+    quota."""
+    import grpc
+    from tidelog.proto import batch as codec
+    from tidelog.proto import broker_pb2, broker_pb2_grpc
+
+    topic = "quota-raw"
+    admin.create_topic(topic, partitions=1, replication_factor=3)
+    admin.set_quota(client_id="raw", producer_byte_rate=QUOTA_BYTES_S)
+    _wait_for(lambda: all(any(e.entity.client_id == "raw" for e in
+                              admin.describe_quotas(node_address=n.address))
+                          for n in cluster.nodes), what="the quota on every node")
+    leader = cluster.node(cluster.settled_leader_of(topic, 0)).address
+    values = [_value(i) * 20 for i in range(int(QUOTA_BYTES_S * 3 / (20 * VALUE_BYTES)))]
+    metadata = (("x-tidelog-client-id", "raw"),)
+    # (seconds to answer, throttle_time_ms, offset, answered at)
+    answers: list[tuple[float, int, int, float]] = []
+    with grpc.insecure_channel(leader) as channel:
+        stub = broker_pb2_grpc.BrokerStub(channel)
+        start = time.monotonic()
+        for value in values:
+            batch = codec.encode_batch([(None, value, [], int(time.time() * 1000))],
+                                       codec=codec.Codec.NONE)
+            sent = time.monotonic()
+            response = stub.Produce(broker_pb2.ProduceRequest(
+                topic=topic, partition=0, timeout_ms=20_000, batches=batch),
+                metadata=metadata, timeout=30)
+            answers.append((time.monotonic() - sent, response.throttle_time_ms,
+                            response.base_offset, time.monotonic()))
+        elapsed = time.monotonic() - start
+    # Measured once throttled (the first window's burst left out): the steady rate.
+    first = next(i for i, a in enumerate(answers) if a[1] > 0)
+    rate = sum(map(len, values[first + 1:])) / (answers[-1][3] - answers[first][3])
+    held = [(answers[i][0], answers[i - 1][1]) for i in range(1, len(answers))
+            if answers[i - 1][1] > 0]
+    print(f"raw produce: {len(values)} calls in {elapsed:.2f} s, {rate:,.0f} B/s once throttled "
+          f"({rate / QUOTA_BYTES_S:.2f}x); (answered after s, previous throttle ms): {held}")
+    assert BAND[0] * QUOTA_BYTES_S <= rate <= BAND[1] * QUOTA_BYTES_S
+    assert len(held) >= 3
+    for seconds, throttle_ms in held:  # each held about as long as the throttle it ignored
+        assert seconds >= 0.8 * throttle_ms / 1000 - 0.02, (seconds, throttle_ms)
+    offsets = [offset for _, _, offset, _ in answers]
+    assert offsets == sorted(set(offsets))  # every call appended, once
+    read, _ = _read_all(cluster.bootstrap, topic, len(values))
+    assert read == values
+
+
 def _cli(capsys: pytest.CaptureFixture[str], cluster: LocalCluster, *args: str) -> object:
     assert cli_main(["--bootstrap", cluster.bootstrap, "quota", *args, "--output", "json"]) == 0
     return json.loads(capsys.readouterr().out)
