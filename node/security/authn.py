@@ -8,11 +8,13 @@ this node's memory only until it expires; every later call carries it as
 as its user is deleted or its password changed (each call compares the StoredKey the login used
 with the current one). A client logs in again in each of those cases (tidelog.client.auth).
 
-`AuthnInterceptor` (after the certificate interceptor, before quotas and ACLs): a principal
-already set from a verified client certificate is accepted; otherwise a valid token names the
-principal (`User:<name>`); otherwise the call is refused UNAUTHENTICATED with a message saying
-how to log in. Health and the login calls stay open; so does Security.UpsertUser while the
-cluster has no user at all (the first-user path, checked again by the servicer: docs/security.md).
+`AuthnInterceptor` (after the certificate interceptor, before quotas and ACLs): a token names
+the principal (`User:<name>`; one that is not valid is refused, even over mTLS, so that a client
+that logged in never silently runs as its certificate); without a token, a principal already set
+from a verified client certificate is accepted; otherwise the call is refused UNAUTHENTICATED
+with a message saying how to log in. Health and the login calls stay open; so does
+Security.UpsertUser while the cluster has no user at all (the first-user path, checked again by
+the servicer: docs/security.md).
 """
 
 from __future__ import annotations
@@ -221,8 +223,9 @@ class AuthnInterceptor(grpc.aio.ServerInterceptor):
         token = bearer_token(details.invocation_metadata)
 
         async def check(context: grpc.aio.ServicerContext) -> None:
-            if current_principal.get().kind in (PrincipalKind.CERT, PrincipalKind.NODE):
-                return  # a verified certificate authenticated the caller already
+            if token is None and current_principal.get().kind in (PrincipalKind.CERT,
+                                                                  PrincipalKind.NODE):
+                return  # a verified certificate authenticated the caller (no SCRAM login)
             if token is None:
                 if method == BOOTSTRAP_METHOD and not self._metadata.state.users:
                     return  # the first user: Anonymous; the servicer checks the rest
