@@ -74,7 +74,7 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):
         method: str = details.method
         if handler is None or handler.unary_unary is None or method.startswith(
                 _EXEMPT_PREFIXES):
-            return handler  # Queues' one client-streaming method is counted by nothing yet
+            return handler  # a client-streaming method (none is served yet) is not counted
         client_id = _client_id(details.invocation_metadata)
         inner = handler.unary_unary
 
