@@ -100,6 +100,9 @@ def test_a_user_without_an_acl_gets_permission_denied_naming_resource_and_operat
         broker(cluster, ALICE).Produce(pb.ProduceRequest(topic=TOPIC, partition=0), timeout=10)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "User:alice may not WRITE on topic 'orders'" in refused.value.details()
+    with Producer(cluster.bootstrap, security=ALICE) as producer, \
+            pytest.raises(errors.Unauthorized, match="User:alice may not DESCRIBE on topic"):
+        producer.send(TOPIC, b"refused")  # its metadata is refused at once, not after a timeout
     with Admin(cluster.bootstrap, security=ALICE) as admin:
         assert admin.whoami() == "User:alice"
         assert admin.list_topics() == []  # what she may not DESCRIBE is not listed
