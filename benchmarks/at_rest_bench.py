@@ -1,0 +1,186 @@
+"""Produce throughput with encryption at rest on (`tidelog node --encryption-keyring`) against
+plaintext storage, in one run on one machine: the issue 13 goal is encrypted >= 80% of plaintext.
+
+    .venv/bin/python benchmarks/at_rest_bench.py [--seconds 5] [--rounds 2] [--in-flight 16]
+
+Each round starts a plaintext 3-node cluster, measures, stops it, then the same cluster with a
+keyring (`tidelog keyring create`), so both share the machine's state; rounds alternate the
+order to even out drift. acks=all, RF=3, fsync always, 12 partitions, 1 KiB records:
+
+- broker lz4: pre-encoded lz4 batches of 100 records over grpc.aio, `--in-flight` requests
+  (the node's cost: every replica seals each batch with AES-256-GCM before writing it);
+- broker none: the same batches uncompressed (about 3x the bytes to encrypt per record);
+- client: the Python `Producer` (default batching, lz4), what an application sees;
+- fetch: every committed batch of the "broker lz4" topic read back from the leaders (each
+  encrypted batch authenticated and decrypted on the way out).
+
+Prints msgs/s per mode and the encrypted/plaintext ratio (best round of each). Figures, never
+assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from tidelog.client import Admin, Producer
+from tidelog.node.local_cluster import LocalCluster, metadata
+from tidelog.node.security.keyring import create_keyring
+from tidelog.node.tables import render_table
+from tidelog.proto import broker_pb2 as pb
+from tidelog.proto import broker_pb2_grpc
+from tidelog.proto.batch import Codec, encode_batch, iter_batches
+
+PARTITIONS = 12
+RECORD_BYTES = 1024
+RECORDS_PER_BATCH = 100
+OPTIONS = [("grpc.max_send_message_length", 64 << 20),
+           ("grpc.max_receive_message_length", 64 << 20)]
+WORKLOADS = ("broker lz4", "broker none", "client (Producer)", "fetch")
+
+
+def value(i: int) -> bytes:
+    body = json.dumps({"id": i, "user": f"user-{i % 997}", "event": "click"})
+    return (body + "x" * RECORD_BYTES)[:RECORD_BYTES].encode()
+
+
+def _leaders(cluster: LocalCluster, topic: str) -> dict[int, str]:
+    answer = metadata(cluster.nodes[0].address, [topic])
+    nodes = {n.id: n.address for n in answer.nodes}
+    return {p.partition: nodes[p.leader_id] for p in answer.topics[0].partitions}
+
+
+async def broker_produce(cluster: LocalCluster, topic: str, codec: Codec, seconds: float,
+                         in_flight: int) -> float:
+    leaders = _leaders(cluster, topic)
+    channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(address: str) -> broker_pb2_grpc.BrokerStub:
+        if address not in channels:
+            channels[address] = grpc.aio.insecure_channel(address, options=OPTIONS)
+        return broker_pb2_grpc.BrokerStub(channels[address])
+
+    now = int(time.time() * 1000)
+    batch = encode_batch([(f"key-{i}".encode(), value(i), (), now)
+                          for i in range(RECORDS_PER_BATCH)], codec=codec)
+    count = 0
+    stop_at = time.monotonic() + seconds
+
+    async def worker(k: int) -> None:
+        nonlocal count
+        partition = k % PARTITIONS
+        while time.monotonic() < stop_at:
+            try:
+                await stub(leaders[partition]).Produce(pb.ProduceRequest(
+                    topic=topic, partition=partition, batches=batch, timeout_ms=30_000))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                await asyncio.sleep(0.1)  # leadership moved; rare right after creation
+                continue
+            count += RECORDS_PER_BATCH
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(in_flight)))
+    rate = count / (time.perf_counter() - started)
+    for channel in channels.values():
+        await channel.close()
+    return rate
+
+
+async def fetch_all(cluster: LocalCluster, topic: str) -> float:
+    records = 0
+    started = time.perf_counter()
+    for partition, address in _leaders(cluster, topic).items():
+        async with grpc.aio.insecure_channel(address, options=OPTIONS) as channel:
+            stub = broker_pb2_grpc.BrokerStub(channel)
+            offset = 0
+            while True:
+                reply = await stub.Fetch(pb.FetchRequest(partitions=[pb.FetchPartition(
+                    topic=topic, partition=partition, offset=offset, max_bytes=4 << 20)],
+                    max_wait_ms=0, max_bytes=4 << 20))
+                data = reply.partitions[0].batches
+                if not data:
+                    break
+                for _, header in iter_batches(data, verify=False):
+                    if not header.is_control:
+                        records += header.record_count
+                    offset = header.last_offset + 1
+    return records / (time.perf_counter() - started)
+
+
+def client_produce(cluster: LocalCluster, topic: str, seconds: float) -> float:
+    payload = value(0)
+    count = 0
+    with Producer(cluster.bootstrap) as producer:
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for i in range(1000):
+                producer.send(topic, value=payload, key=str(i).encode())
+            count += 1000
+        producer.flush(60)
+        return count / (time.perf_counter() - started)
+
+
+def measure(encrypted: bool, directory: Path, seconds: float, in_flight: int) -> list[float]:
+    extra: tuple[str, ...] = ()
+    if encrypted:
+        keyring = directory / "keyring.json"
+        if not keyring.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            create_keyring(keyring)
+        extra = ("--encryption-keyring", str(keyring))
+    cluster = LocalCluster(3, directory / ("encrypted" if encrypted else "plain"),
+                           extra_args=extra)
+    with cluster:
+        cluster.wait_healthy(60)
+        with Admin(cluster.bootstrap) as admin:
+            for name in ("lz4", "none", "client"):
+                admin.create_topic(name, partitions=PARTITIONS, replication_factor=3)
+        time.sleep(3)  # preferred leaders settle before measuring
+        lz4 = asyncio.run(broker_produce(cluster, "lz4", Codec.LZ4, seconds, in_flight))
+        none = asyncio.run(broker_produce(cluster, "none", Codec.NONE, seconds, in_flight))
+        client = client_produce(cluster, "client", seconds)
+        fetch = asyncio.run(fetch_all(cluster, "lz4"))
+    return [lz4, none, client, fetch]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="plaintext+encrypted pairs")
+    parser.add_argument("--in-flight", type=int, default=16, help="concurrent produce requests")
+    args = parser.parse_args()
+    results: dict[bool, list[list[float]]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory(prefix="tidelog-at-rest-bench-") as tmp:
+        for round_number in range(args.rounds):
+            order = (False, True) if round_number % 2 == 0 else (True, False)
+            for encrypted in order:
+                directory = Path(tmp) / f"round-{round_number}"
+                results[encrypted].append(measure(encrypted, directory, args.seconds,
+                                                  args.in_flight))
+                print(f"round {round_number + 1} {'encrypted' if encrypted else 'plaintext'}: "
+                      + ", ".join(f"{w} {r:,.0f}" for w, r in
+                                  zip(WORKLOADS, results[encrypted][-1], strict=True))
+                      + " msgs/s", flush=True)
+    rows = []
+    for index, name in enumerate(WORKLOADS):
+        plain = max(r[index] for r in results[False])
+        sealed = max(r[index] for r in results[True])
+        rows.append([name, f"{plain:,.0f}", f"{sealed:,.0f}", f"{sealed / plain:.0%}"])
+    print()
+    print(f"1 KiB records, acks=all, RF=3, fsync always, {PARTITIONS} partitions, 3 local "
+          f"nodes, {args.in_flight} requests in flight; best of {args.rounds} rounds")
+    print(render_table(["workload", "plaintext msgs/s", "encrypted msgs/s",
+                        "encrypted / plaintext"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
