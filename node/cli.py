@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     help="node N listens on base-port + N - 1 (default %(default)s)")
     up.add_argument("--data-dir", default=".tidelog",
                     help="one folder per node below this (default %(default)s)")
+    up.add_argument("--tls-dir", default="",
+                    help="TLS on every node, certificates from `tidelog certs dev` in this folder "
+                         "(made there when missing, with a client 'admin')")
+    up.add_argument("--tls-client-auth", choices=["none", "required"], default="none",
+                    help="with --tls-dir: whether clients must present a certificate")
     up.set_defaults(func=cluster_up)
     status = actions.add_parser(
         "status", help="nodes, partitions, leaders and offsets, as a table",
@@ -51,7 +56,9 @@ def cluster_up(args: argparse.Namespace) -> int:
         print("tidelog cluster up: --nodes must be between 1 and 9", file=sys.stderr)
         return 2
     data_dir = Path(args.data_dir).resolve()
-    cluster = LocalCluster(args.nodes, data_dir, base_port=args.base_port)
+    tls_dir = Path(args.tls_dir).resolve() if args.tls_dir else None
+    cluster = LocalCluster(args.nodes, data_dir, base_port=args.base_port, tls_dir=tls_dir,
+                           tls_client_auth=args.tls_client_auth)
     print(f"starting {args.nodes} nodes; data and logs in {data_dir}", flush=True)
     stop = False
 
@@ -71,7 +78,13 @@ def cluster_up(args: argparse.Namespace) -> int:
     for node in cluster.nodes:
         print(f"  node {node.id}  {node.address}  pid {node.pid}  log {node.log_path}")
     print(f"cluster is up. bootstrap: {cluster.bootstrap}")
-    print(f"  try: TIDELOG_BOOTSTRAP={cluster.bootstrap} tidelog cluster status")
+    tls = ""
+    if cluster.security is not None:
+        tls = f"TIDELOG_TLS_CA={cluster.security.tls_ca} "
+        if args.tls_client_auth == "required":
+            tls += (f"TIDELOG_TLS_CERT={cluster.security.tls_cert} "
+                    f"TIDELOG_TLS_KEY={cluster.security.tls_key} ")
+    print(f"  try: {tls}TIDELOG_BOOTSTRAP={cluster.bootstrap} tidelog cluster status")
     print("Ctrl-C stops every node.", flush=True)
     reported: set[int] = set()
     while not stop:
