@@ -127,7 +127,10 @@ REQUIREMENTS: dict[str, Requirement] = {
     "/tidelog.v1.Broker/DescribeGroups": _on(G, DE, lambda r: r.group_ids),
     "/tidelog.v1.Broker/DeleteGroups": _on(G, D, lambda r: r.group_ids),
     # Queues
-    "/tidelog.v1.Queues/FindQueueCoordinator": _on(Q, DE, _queue),
+    # creating a queue starts with finding its coordinator: CREATE is enough for that too
+    "/tidelog.v1.Queues/FindQueueCoordinator": lambda r, p, s: [(
+        Action(resource_type=Q, name=r.queue, operation=DE),
+        Action(resource_type=Q, name=r.queue, operation=CR))],
     "/tidelog.v1.Queues/CreateQueue": _both(
         _creating(Q, lambda r: [r.config.name]), _on(T, R, lambda r: r.config.topics)),
     "/tidelog.v1.Queues/AlterQueue": _on(Q, A, _queue),

@@ -170,6 +170,10 @@ def test_queue_receive_needs_read_on_the_queue_and_create_needs_the_topics() -> 
     create = qpb.CreateQueueRequest(config=qpb.QueueConfig(name="jobs", topics=["t"]))
     assert "READ on topic 't'" in denial("Queues/CreateQueue", create,
                                          acls=[acl("queue:jobs", "create")])
+    find = qpb.FindQueueCoordinatorRequest(queue="jobs")  # the first step of a create
+    assert denial("Queues/FindQueueCoordinator", find, acls=[acl("queue:jobs", "create")]) is None
+    assert "DESCRIBE on queue 'jobs' or CREATE on queue 'jobs'" in denial(
+        "Queues/FindQueueCoordinator", find)
 
 
 def test_idempotent_producer_needs_write_on_some_topic() -> None:

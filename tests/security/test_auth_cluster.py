@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tidelog.client import Admin, Consumer, Producer, errors
+from tidelog.client import Admin, Consumer, Producer, QueueConsumer, errors
 from tidelog.client.auth import AuthenticationFailed
 from tidelog.client.security import ClientSecurity, make_channel
 from tidelog.client.security_admin import AclEntry
@@ -41,7 +41,8 @@ GROUP = "billing"
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with running_cluster(tmp_path_factory.mktemp("auth"), env={
             "TIDELOG_AUTHENTICATION": "scram", "TIDELOG_AUTHORIZATION": "on",
-            "TIDELOG_SUPER_USERS": "User:admin", "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "4"},
+            "TIDELOG_SUPER_USERS": "User:admin", "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "4",
+            "TIDELOG_QUEUE_STATE_PARTITIONS": "4"},
     ) as running:
         with Admin(running.bootstrap) as anonymous:  # the first user, over loopback
             anonymous.create_user("admin", ADMIN_PASSWORD)
@@ -138,11 +139,37 @@ def test_deny_wins_over_allow(cluster: LocalCluster) -> None:
     assert removed.returncode == 0 and "removed 1" in removed.stdout
 
 
+def test_a_queue_needs_create_then_read_on_the_queue(cluster: LocalCluster) -> None:
+    with Admin(cluster.bootstrap, security=ALICE) as admin:
+        with pytest.raises(errors.Unauthorized, match="CREATE on queue 'jobs'"):
+            admin.create_queue("jobs", [TOPIC])
+        with Admin(cluster.bootstrap, security=ADMIN) as grantor:
+            grantor.create_acls([AclEntry(principal="User:alice", resource_type="queue",
+                                          resource_name="jobs", operation="create")])
+        admin.create_queue("jobs", [TOPIC])  # she may read the topic already
+    with QueueConsumer(cluster.bootstrap, queue="jobs", security=ALICE) as consumer, \
+            pytest.raises(errors.Unauthorized, match="may not READ on queue 'jobs'"):
+        consumer.receive(max_messages=10, timeout_s=1.0)
+    with Admin(cluster.bootstrap, security=ADMIN) as grantor:
+        grantor.create_acls([AclEntry(principal="User:alice", resource_type="queue",
+                                      resource_name="jobs", operation="read")])
+        grantor.delete_acls([AclEntry(principal="User:alice", resource_type="queue",
+                                      resource_name="jobs", operation="create")])
+    with QueueConsumer(cluster.bootstrap, queue="jobs", security=ALICE) as consumer:
+        got: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 5 and time.monotonic() < deadline:
+            for message in consumer.receive(max_messages=10, timeout_s=1.0):
+                got.append(message.value)
+                consumer.ack(message).result(timeout=30)
+    assert got == [f"v{i}".encode() for i in range(5)]
+
+
 def test_users_and_acls_replicate_to_every_node(cluster: LocalCluster) -> None:
     listed = cli(cluster, "acl", "list", "--output", "json")
     assert listed.returncode == 0, listed.stderr
     expected = json.loads(listed.stdout)
-    assert len(expected) == 3
+    assert len(expected) == 4
     with Admin(cluster.bootstrap, security=ADMIN) as admin:
         for node in cluster.nodes:
             wait_for(lambda n=node: [a.to_dict() for a in admin.list_acls(
@@ -164,7 +191,7 @@ def test_password_change_ends_old_logins(cluster: LocalCluster) -> None:
 def test_users_acls_and_logins_survive_a_restart_of_every_node(cluster: LocalCluster) -> None:
     with Admin(cluster.bootstrap, security=ADMIN) as admin:
         acls_before = admin.list_acls()
-    assert len(acls_before) == 3
+    assert len(acls_before) == 4
     producer = Producer(cluster.bootstrap, security=ALICE)
     try:
         producer.send(TOPIC, b"before").result(timeout=30)
