@@ -199,6 +199,45 @@ def test_a_client_that_ignores_throttle_times_is_held_by_the_node(
     assert read == values
 
 
+def test_a_request_rate_quota_holds_every_kind_of_call(cluster: LocalCluster,
+                                                       admin: Admin) -> None:
+    """request_rate counts every call, here Metadata (its answer has no throttle field): past
+    the first window's burst, the node holds the calls to the quota's pace; a client id without
+    a quota is not held. A client id longer than 255 characters is refused."""
+    import grpc
+    from tidelog.proto import broker_pb2, broker_pb2_grpc
+
+    rate_s, calls = 20, 40
+    admin.set_quota(client_id="chatty", request_rate=rate_s)
+    _wait_for(lambda: all(any(e.entity.client_id == "chatty" for e in
+                              admin.describe_quotas(node_address=n.address))
+                          for n in cluster.nodes), what="the quota on every node")
+
+    def metadata_calls(client_id: str) -> float:
+        with grpc.insecure_channel(cluster.nodes[0].address) as channel:
+            stub = broker_pb2_grpc.BrokerStub(channel)
+            start = time.monotonic()
+            for _ in range(calls):
+                stub.Metadata(broker_pb2.MetadataRequest(), timeout=30,
+                              metadata=(("x-tidelog-client-id", client_id),))
+            return time.monotonic() - start
+
+    free_s, held_s = metadata_calls("quiet"), metadata_calls("chatty")
+    burst = rate_s * 0.75  # the first window (3 x 250 ms) may be used at once
+    print(f"{calls} Metadata calls: {free_s:.2f} s without a quota, {held_s:.2f} s at "
+          f"{rate_s}/s (at least {(calls - burst) / rate_s:.2f} s expected)")
+    assert held_s >= 0.8 * (calls - burst) / rate_s
+    assert held_s <= 1.3 * calls / rate_s
+    assert free_s < held_s / 2
+    with grpc.insecure_channel(cluster.nodes[0].address) as channel, \
+            pytest.raises(grpc.RpcError) as refused:
+        broker_pb2_grpc.BrokerStub(channel).Metadata(
+            broker_pb2.MetadataRequest(), timeout=10,
+            metadata=(("x-tidelog-client-id", "x" * 256),))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "255" in refused.value.details()
+
+
 def _cli(capsys: pytest.CaptureFixture[str], cluster: LocalCluster, *args: str) -> object:
     assert cli_main(["--bootstrap", cluster.bootstrap, "quota", *args, "--output", "json"]) == 0
     return json.loads(capsys.readouterr().out)
