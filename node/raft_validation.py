@@ -20,6 +20,7 @@ from collections.abc import Collection
 from tidelog.node.raft import Entry, EntryKind, Membership, Message
 from tidelog.node.raft.messages import MessageType
 from tidelog.node.raft_wire import from_wire
+from tidelog.node.storage.encryption import ENCRYPTED_ATTRIBUTE
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto.batch import BatchError, validate_batch
 
@@ -104,6 +105,8 @@ def _check_entry_data(entry: Entry) -> None:
                 header = validate_batch(entry.data, max_bytes=ENTRY_BYTES_MAX)
             except BatchError as exc:
                 raise MalformedRaftMessage(f"entry at {entry.index}: {exc}") from None
+            if header.attributes & ENCRYPTED_ATTRIBUTE:  # storage's stored form, never sent
+                raise MalformedRaftMessage(f"entry at {entry.index}: attribute bit 5 is set")
             if header.is_control or header.last_offset_delta + 1 != entry.count:
                 raise MalformedRaftMessage(
                     f"entry at {entry.index}: batch spans {header.last_offset_delta + 1} "

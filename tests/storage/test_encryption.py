@@ -342,7 +342,7 @@ def test_a_torn_encrypted_tail_is_cut_like_any_torn_batch(tmp_path: Path) -> Non
     reopened.close()
 
 
-def test_storage_and_the_broker_refuse_a_batch_that_sets_the_encrypted_bit(
+def test_storage_the_broker_and_raft_refuse_a_batch_that_sets_the_encrypted_bit(
         tmp_path: Path) -> None:
     from tidelog.node import errors as E
     from tidelog.node.produce_validation import ProduceLimits, validate_produce
@@ -364,3 +364,15 @@ def test_storage_and_the_broker_refuse_a_batch_that_sets_the_encrypted_bit(
                            timestamp_difference_ms_max=2**62)
     with pytest.raises(E.InvalidBatchRequestError, match="bit 5"):
         validate_produce(forged, limits, now_ms=1_000)
+    # A peer's AppendEntries carrying one is the peer's fault: dropped before it is stepped.
+    from tidelog.node.raft import Entry, EntryKind, LogIndex, Message, MessageType, NodeId, Term
+    from tidelog.node.raft_validation import MalformedRaftMessage, decode_raft_message
+    from tidelog.node.raft_wire import to_wire
+
+    entry = Entry(term=Term(2), index=LogIndex(5), count=honest.last_offset_delta + 1,
+                  kind=EntryKind.DATA, data=forged)
+    wire = to_wire("1/0", Message(type=MessageType.APPEND, frm=NodeId(2), to=NodeId(1),
+                                  term=Term(2), index=LogIndex(4), log_term=Term(1),
+                                  entries=(entry,), commit=LogIndex(3)))
+    with pytest.raises(MalformedRaftMessage, match="bit 5"):
+        decode_raft_message(wire, self_id=1, from_node=2, members=frozenset({1, 2, 3}))
