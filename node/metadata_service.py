@@ -133,8 +133,10 @@ class MetadataService:
             value = record.value or b""
             result = self.state.apply_encoded(record.offset, value)
             if not quiet and ("error" in result or b'"register_node"' not in value):
+                shown = (b"upsert_user (the credential is not logged)"  # keys stay secret
+                         if b'"op":"upsert_user"' in value else value[:200])
                 log.info("metadata %d: %s → %s", record.offset,
-                         value[:200].decode(errors="replace"), result or "ok")
+                         shown.decode(errors="replace"), result or "ok")
             future = self._pending.pop(record.offset, None)
             if future is not None and not future.done():
                 future.set_result(result)

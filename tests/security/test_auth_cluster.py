@@ -216,6 +216,10 @@ def test_the_metadata_log_holds_stored_keys_not_passwords(cluster: LocalCluster)
     assert b'"op":"upsert_user"' in data and b'"stored_key"' in data
     for password in (ADMIN_PASSWORD, ALICE_PASSWORD):
         assert password.encode() not in data
+    for node in cluster.nodes:  # nor do the node logs show the keys
+        text = node.log_path.read_text()
+        assert "upsert_user (the credential is not logged)" in text
+        assert "server_key" not in text and "stored_key" not in text
 
 
 # -- helpers -----------------------------------------------------------------------------------
