@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,7 @@ class InitProducer:
 # -- users and ACLs (node/security; docs/security.md) ------------------------------------------
 
 USER_NAME_CHARS_MAX = 128
+USER_NAME_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 USER_SECRET_BYTES_MAX = 64  # salt, stored_key, server_key (checked exactly by scram.py)
 ACLS_PER_COMMAND_MAX = 256
 
@@ -412,8 +414,9 @@ def _decode_upsert_user(fields: _Fields) -> UpsertUser:
         stored_key=_unb64(fields.string("stored_key", 4 * USER_SECRET_BYTES_MAX), "stored_key"),
         server_key=_unb64(fields.string("server_key", 4 * USER_SECRET_BYTES_MAX), "server_key"),
         bootstrap=fields.boolean("bootstrap"))
-    if not command.name:
-        raise CommandError("'name' must not be empty")
+    if not USER_NAME_PATTERN.fullmatch(command.name):
+        raise CommandError(f"user name {command.name[:40]!r}: 1 to {USER_NAME_CHARS_MAX} of "
+                           "A-Z a-z 0-9 . _ @ - (so that User:NAME is one unambiguous principal)")
     try:
         check_credential_shape(command.salt, command.iterations, command.stored_key,
                                command.server_key)

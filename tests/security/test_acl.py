@@ -243,7 +243,9 @@ def _mutated(command: object, **changes: object) -> bytes:
     ({"mode": "replace"}, "'mode' must be"),
     ({"mechanism": "SCRAM-SHA-1"}, "'mechanism' must be"),
     ({"password": "x"}, "unknown fields"),
-    ({"name": ""}, "must not be empty"),
+    ({"name": ""}, "user name ''"),
+    ({"name": "*"}, "unambiguous principal"),
+    ({"name": "a b"}, "unambiguous principal"),
 ])
 def test_upsert_user_decoding_is_strict(changes: dict[str, object], error: str) -> None:
     with pytest.raises(CommandError, match=error):
