@@ -4,8 +4,9 @@ are byte-identical after heal"; the chaos checker compares them after a heal).
 It hashes the bytes of every batch from the log start through the last batch that ends at or
 below `upto_offset`, exactly as storage serves them (each batch checksum-verified on the way):
 the logical batches, so with encryption at rest the plaintext (decrypted and authenticated),
-not the stored ciphertext, and replicas with different keys and nonces compare equal. Replicas of a committed prefix hold identical bytes because the leader's stamped batch is
-what every follower stores and control batches are a pure function of their Raft entry
+not the stored ciphertext, and replicas with different keys and nonces compare equal. Replicas
+of a committed prefix hold identical logical bytes because the leader's stamped batch is what
+every follower stores and control batches are a pure function of their Raft entry
 (docs/batch-format.md), so equal prefixes give equal digests and any differing byte, missing
 or extra batch gives a different one.
 """

@@ -126,8 +126,9 @@ class AtRestCipher:
         self._aeads: dict[tuple[int, bytes], AESGCM] = {}
         self._seals: dict[int, int] = {}
 
-    def seal(self, batch: bytes | memoryview) -> bytes:
-        """The stored form of a validated, stamped plaintext batch, under the current key."""
+    def seal(self, batch: bytes | memoryview) -> bytearray:
+        """The stored form of a validated, stamped plaintext batch, under the current key (a
+        bytearray: built in place, the ciphertext written straight into it)."""
         view = memoryview(batch)
         if is_encrypted(view):
             raise CorruptBatchError("batch already carries the at-rest attribute bit 5; "
@@ -143,12 +144,24 @@ class AtRestCipher:
         envelope_prefix = _ENVELOPE_PREFIX.pack(ENVELOPE_VERSION, key_id)
         nonce = self._random_bytes(NONCE_BYTES)
         assert len(nonce) == NONCE_BYTES
-        sealed = aead.encrypt(nonce, records, bytes(prefix) + envelope_prefix)
+        # One buffer, the ciphertext written into place (no copy of the records area).
+        out = bytearray(LENGTH_PREFIX_SIZE + stored_length)
+        out[:RECORDS_CHECKSUM_POSITION] = prefix
+        out[_ENVELOPE_START:_NONCE_START] = envelope_prefix
+        out[_NONCE_START:_CIPHERTEXT_START] = nonce
+        buf = memoryview(out)
+        aead.encrypt_into(nonce, records, bytes(prefix) + envelope_prefix,
+                          buf[_CIPHERTEXT_START:])
+        _UINT64.pack_into(out, RECORDS_CHECKSUM_POSITION,
+                          xxhash.xxh3_64_intdigest(buf[_ENVELOPE_START:]))
+        _UINT64.pack_into(out, HEADER_CHECKSUM_POSITION,
+                          xxhash.xxh3_64_intdigest(buf[:HEADER_CHECKSUM_POSITION]))
         self._count_seal(key_id)
-        return _assemble(prefix, envelope_prefix, nonce, sealed)
+        return out
 
-    def unseal(self, stored: bytes | memoryview) -> bytes:
-        """The logical batch of a stored encrypted batch whose xxh3 checksums were verified.
+    def unseal(self, stored: bytes | memoryview) -> bytearray:
+        """The logical batch of a stored encrypted batch whose xxh3 checksums were verified
+        (a bytearray, decrypted in place).
 
         Raises EncryptionKeyError (the key id is not in the keyring) or
         BatchAuthenticationError (the GCM tag does not match: altered bytes, or a different key
@@ -168,20 +181,24 @@ class AtRestCipher:
         aead = self._aead(key_id, key)
         aad = bytes(view[:RECORDS_CHECKSUM_POSITION]) + bytes(view[_ENVELOPE_START:_NONCE_START])
         nonce = bytes(view[_NONCE_START:_CIPHERTEXT_START])
+        out = bytearray(len(view) - ENVELOPE_OVERHEAD_BYTES)
+        buf = memoryview(out)
         try:
-            records = aead.decrypt(nonce, view[_CIPHERTEXT_START:], aad)
+            aead.decrypt_into(nonce, view[_CIPHERTEXT_START:], aad, buf[HEADER_SIZE:])
         except InvalidTag:
             raise BatchAuthenticationError(
                 f"batch at offset {base_offset} fails AES-GCM authentication under key id "
                 f"{key_id}: its ciphertext or header was altered, or key {key_id} in the "
                 "keyring is not the key that wrote it") from None
-        prefix = bytearray(view[:RECORDS_CHECKSUM_POSITION])
-        _LENGTH.pack_into(prefix, _LENGTH_POSITION,
-                          len(view) - LENGTH_PREFIX_SIZE - ENVELOPE_OVERHEAD_BYTES)
-        (attributes,) = _ATTRIBUTES.unpack_from(prefix, _ATTRIBUTES_POSITION)
-        _ATTRIBUTES.pack_into(prefix, _ATTRIBUTES_POSITION, attributes & ~ENCRYPTED_ATTRIBUTE)
-        covered = bytes(prefix) + _UINT64.pack(xxhash.xxh3_64_intdigest(records))
-        return b"".join((covered, _UINT64.pack(xxhash.xxh3_64_intdigest(covered)), records))
+        out[:RECORDS_CHECKSUM_POSITION] = view[:RECORDS_CHECKSUM_POSITION]
+        _LENGTH.pack_into(out, _LENGTH_POSITION, len(out) - LENGTH_PREFIX_SIZE)
+        (attributes,) = _ATTRIBUTES.unpack_from(out, _ATTRIBUTES_POSITION)
+        _ATTRIBUTES.pack_into(out, _ATTRIBUTES_POSITION, attributes & ~ENCRYPTED_ATTRIBUTE)
+        _UINT64.pack_into(out, RECORDS_CHECKSUM_POSITION,
+                          xxhash.xxh3_64_intdigest(buf[HEADER_SIZE:]))
+        _UINT64.pack_into(out, HEADER_CHECKSUM_POSITION,
+                          xxhash.xxh3_64_intdigest(buf[:HEADER_CHECKSUM_POSITION]))
+        return out
 
     def authenticate(self, stored: bytes | memoryview) -> None:
         """Raise as `unseal` would (GCM has no check without decrypting: the plaintext is
@@ -209,12 +226,3 @@ class AtRestCipher:
                         "(`tidelog keyring rotate`); random 96-bit nonces are good for 2^32 "
                         "batches per key", key_id, count)
 
-
-def _assemble(prefix: bytearray, envelope_prefix: bytes, nonce: bytes, sealed: bytes) -> bytes:
-    records_checksum = xxhash.xxh3_64(envelope_prefix)
-    records_checksum.update(nonce)
-    records_checksum.update(sealed)
-    covered = bytes(prefix) + _UINT64.pack(records_checksum.intdigest())
-    assert len(covered) == HEADER_CHECKSUM_POSITION
-    return b"".join((covered, _UINT64.pack(xxhash.xxh3_64_intdigest(covered)), envelope_prefix,
-                     nonce, sealed))

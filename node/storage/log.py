@@ -565,14 +565,14 @@ class PartitionLog:
 
     # ==================================================================== encryption at rest
 
-    def to_stored(self, batch: bytes) -> bytes:
+    def to_stored(self, batch: bytes) -> bytes | bytearray:
         """The bytes this log stores for a validated, stamped plaintext batch: sealed under the
         current key with encryption on (encryption.py), else the batch itself. Compaction's
         rewrites use it, so a rewritten segment is wholly under the current key."""
         cipher = self.config.encryption
         return batch if cipher is None else cipher.seal(batch)
 
-    def from_stored(self, stored: bytes | memoryview) -> bytes | memoryview:
+    def from_stored(self, stored: bytes | memoryview) -> bytes | bytearray | memoryview:
         """The logical batch of a stored batch whose checksums were verified: an encrypted one
         unsealed (BatchAuthenticationError, EncryptionKeyError), a plaintext one as it is."""
         if not is_encrypted(stored):
@@ -1097,7 +1097,7 @@ class PartitionLog:
         view = memoryview(data)
         pos = 0
         expected = first_base
-        logical: list[bytes | memoryview] | None = None  # set at the first encrypted batch
+        logical: list[bytes | bytearray | memoryview] | None = None  # from the first sealed one
         while pos < len(view):
             if len(view) - pos < 12:
                 break
