@@ -168,3 +168,14 @@ def test_bearer_token_parsing() -> None:
     assert bearer_token((("authorization", "Bearer abc"),)) == "abc"
     assert bearer_token((("authorization", "Basic abc"),)) == ""
     assert bearer_token((("x", "y"),)) is None
+
+
+@pytest.mark.parametrize("peer, loopback", [
+    ("ipv4:127.0.0.1:5000", True), ("ipv4:127.8.0.2:5000", True), ("ipv6:[::1]:5000", True),
+    ("unix:/tmp/s", True), ("ipv4:10.0.0.7:5000", False), ("ipv6:[fe80::1]:5000", False),
+    ("ipv4:127.0.0.1.evil:5000", False), ("", False),
+])
+def test_only_loopback_peers_may_create_the_first_user(peer: str, loopback: bool) -> None:
+    from tidelog.node.security.service import is_loopback_peer
+
+    assert is_loopback_peer(peer) is loopback
