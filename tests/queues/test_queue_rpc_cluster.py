@@ -59,7 +59,10 @@ class Queues:
             self.channels[address] = grpc.insecure_channel(address)
         return queue_pb2_grpc.QueuesStub(self.channels[address])
 
-    def coordinator(self, queue: str, timeout_s: float = 60.0) -> pb.FindCoordinatorResponse:
+    def coordinator(self, queue: str, timeout_s: float = 60.0, attempt_s: float = 20.0
+                    ) -> pb.FindCoordinatorResponse:
+        """`attempt_s` bounds the wait on each node: a SIGSTOPped node is still `running` and
+        holds every call to it until the deadline."""
         deadline = time.monotonic() + timeout_s
         while True:
             for node in self.cluster.nodes:
@@ -67,19 +70,22 @@ class Queues:
                     continue
                 try:
                     return self.stub(node.address).FindQueueCoordinator(
-                        qpb.FindQueueCoordinatorRequest(queue=queue), timeout=20)
+                        qpb.FindQueueCoordinatorRequest(queue=queue), timeout=attempt_s)
                 except grpc.RpcError:
                     pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"no coordinator for {queue} within {timeout_s} s")
             time.sleep(0.2)
 
-    def call(self, method: str, request: Any, queue: str, timeout_s: float = 60.0) -> Any:
+    def call(self, method: str, request: Any, queue: str, timeout_s: float = 60.0,
+             attempt_s: float = 40.0) -> Any:
+        """Retried on the coordinator's move for `timeout_s`, each attempt given `attempt_s`
+        (short ones only for idempotent calls while a node is paused: a deadline is retried)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            found = self.coordinator(queue, timeout_s)
+            found = self.coordinator(queue, timeout_s, min(attempt_s, 20.0))
             try:
-                return getattr(self.stub(found.address), method)(request, timeout=40)
+                return getattr(self.stub(found.address), method)(request, timeout=attempt_s)
             except grpc.RpcError as exc:
                 detail = detail_of(exc)
                 retriable = (detail is not None and detail.code in RETRIABLE) or \
@@ -604,20 +610,48 @@ class CrashWindowCluster(LocalCluster):
         return [sys.executable, str(CRASH_NODE), *base[3:]]
 
 
-def test_a_dead_letter_lands_once_when_its_coordinator_dies_before_committing_it(
-        tmp_path: Path) -> None:
-    """The coordinator exits right after the DLQ write is committed and before `dead_lettered`
-    is: its successor finds the dead letter in the DLQ tail and does not write it again. With
-    the scan skipped (planted bug, `<queue>.noscan`) the same run writes it twice."""
-    markers = tmp_path / "markers"
+@dataclass(frozen=True)
+class Window:
+    """The two window tests' cluster and its marker directory."""
+
+    cluster: CrashWindowCluster
+    markers: Path
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Window]:
+    """One CrashWindowCluster for both window tests (a start and a stop fewer); their queues,
+    topics and markers have names of their own, and each test leaves every node running."""
+    directory = tmp_path_factory.mktemp("window")
+    markers = directory / "markers"
     markers.mkdir()
-    cluster = CrashWindowCluster(3, tmp_path / "cluster", env={
+    cluster = CrashWindowCluster(3, directory / "cluster", env={
         "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "4",
         "TIDELOG_TEST_MARKERS": str(markers)})
     cluster.start()
-    queues = Queues(cluster)
     try:
         cluster.wait_healthy(timeout_s=60)
+        yield Window(cluster, markers)
+    finally:
+        cluster.stop()
+
+
+def whole_again(cluster: LocalCluster) -> None:
+    """Every node resumed (SIGCONT is harmless to a running one), started and healthy."""
+    for node in cluster.nodes:
+        cluster.resume(node.id)
+    cluster.start()
+    cluster.wait_healthy(timeout_s=60)
+
+
+def test_a_dead_letter_lands_once_when_its_coordinator_dies_before_committing_it(
+        window: Window) -> None:
+    """The coordinator exits right after the DLQ write is committed and before `dead_lettered`
+    is: its successor finds the dead letter in the DLQ tail and does not write it again. With
+    the scan skipped (planted bug, `<queue>.noscan`) the same run writes it twice."""
+    cluster, markers = window.cluster, window.markers
+    queues = Queues(cluster)
+    try:
         with Admin(cluster.bootstrap) as admin:
             admin.create_topic("win", partitions=1, replication_factor=3)
         cases = (("once-q", False), ("twice-q", True))
@@ -650,7 +684,7 @@ def test_a_dead_letter_lands_once_when_its_coordinator_dies_before_committing_it
             "the dead letter should have been written twice"
     finally:
         queues.close()
-        cluster.stop()
+        whole_again(cluster)
 
 
 def _queue_apart_from_its_dlq_leader(queues: Queues, cluster: LocalCluster, prefix: str,
@@ -668,20 +702,18 @@ def _queue_apart_from_its_dlq_leader(queues: Queues, cluster: LocalCluster, pref
 
 
 def test_a_paused_coordinator_cannot_write_a_dead_letter_after_its_successor_did(
-        tmp_path: Path) -> None:
+        window: Window) -> None:
     """The coordinator stops (SIGSTOP) just before its DLQ write; a successor takes the queue
     over, bumps the queue's DLQ producer epoch, scans, writes the dead letter and commits it;
     then the zombie resumes and sends its write: PRODUCER_FENCED, so one copy. Planted bug
-    (`<queue>.nofence`: no producer epoch): the same run lands two copies."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    cluster = CrashWindowCluster(3, tmp_path / "cluster", env={
-        "TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "4",
-        "TIDELOG_TEST_MARKERS": str(markers)})
-    cluster.start()
+    (`<queue>.nofence`: no producer epoch): the same run lands two copies.
+
+    While the zombie is stopped every call is given 5 s an attempt (DescribeQueue and
+    FindQueueCoordinator are idempotent, so a deadline is retried): with the 20 s and 40 s
+    defaults, a call that reached the stopped node first waited that long for nothing."""
+    cluster, markers = window.cluster, window.markers
     queues = Queues(cluster)
     try:
-        cluster.wait_healthy(timeout_s=60)
         with Admin(cluster.bootstrap) as admin:
             admin.create_topic("zomb", partitions=1, replication_factor=3)
         produce(cluster, "zomb", [(b"zk", b"zombie body", [])])
@@ -698,9 +730,9 @@ def test_a_paused_coordinator_cannot_write_a_dead_letter_after_its_successor_did
             pid = int(paused[0].name.rsplit("-", 1)[1])
             zombie = next(n.id for n in cluster.nodes if n.pid == pid)
             wait_until(lambda name=name: queues.call("DescribeQueue", qpb.DescribeQueueRequest(
-                queue=name), name, timeout_s=90).stats.dead_lettered_total == 1, 90,
+                queue=name), name, timeout_s=90, attempt_s=5).stats.dead_lettered_total == 1, 90,
                 f"{name}'s dead letter committed by the next coordinator")
-            assert queues.coordinator(name).node_id != zombie
+            assert queues.coordinator(name, attempt_s=5).node_id != zombie
             cluster.resume(zombie)
             time.sleep(3)  # the zombie's write goes out at once when it resumes
             copies[name] = read_topic(cluster, f"{name}.dlq", 0)
@@ -712,4 +744,4 @@ def test_a_paused_coordinator_cannot_write_a_dead_letter_after_its_successor_did
             "zombie's late write should have landed a second copy"
     finally:
         queues.close()
-        cluster.stop()
+        whole_again(cluster)
