@@ -51,13 +51,14 @@ from tidelog.node.queues import state_log as sl
 from tidelog.node.queues.config import QueueConfig, QueueConfigError
 from tidelog.node.queues.core import QueueCore
 from tidelog.node.queues.dead_letters import (
-    DeadLetterScan,
-    DlqProducer,
     Writer,
+    load_sources,
+    plan_chunks,
     redrive_partition,
-    write_dead_letters,
+    write_dlq_batch,
 )
-from tidelog.node.queues.model import Acquired, OfferedRecord, Settle, SettleKind
+from tidelog.node.queues.dlq_ledger import BATCH_RECORDS_MAX, PENDING_BATCHES_MAX
+from tidelog.node.queues.model import Acquired, DlqBatchJob, OfferedRecord, Settle, SettleKind
 from tidelog.node.queues.reader import PartitionReader, decode_offered
 from tidelog.node.queues.wire import (
     WRITE_TIMEOUT_S,
@@ -98,7 +99,8 @@ RECEIVE_BYTES_DEFAULT = 4 * 1024 * 1024
 SETTLEMENTS_MAX = 10_000
 PEEK_MESSAGES_MAX = 10_000
 DLQ_RETRY_S = 1.0
-DLQ_PRODUCER_PREFIX = "__queue-dlq/"  # + queue name: the transactional id of its DLQ writer
+DLQ_PRODUCER_PREFIX = "__queue-dlq/"  # + queue name: the transactional id of its DLQ producer
+DLQ_PLAN_JOBS_MAX = 2_000     # dead-letter jobs read and planned into batches per round
 DLQ_COUNT_BYTES_MAX = 16 * 1024 * 1024
 
 
@@ -166,9 +168,7 @@ class _Queue:
     deleted: bool = False
     dlq_task: asyncio.Task[None] | None = field(default=None, repr=False)
     dlq_retry_at: float = 0.0
-    scan: DeadLetterScan = field(default_factory=DeadLetterScan)
     remote_read_at: dict[TopicPartition, float] = field(default_factory=dict)
-    dlq_producer: DlqProducer | None = None
     decoded: dict[TopicPartition, _Decoded] = field(default_factory=dict)
     record_bytes: float = 0.0      # stored bytes per record, averaged over reads (max_bytes)
     dlq_counts: dict[int, _DlqCount] = field(default_factory=dict)
@@ -303,7 +303,7 @@ class QueueCoordinator:
             await self._write(entry, queue, deltas)
             queue.notify()
         if (queue.dlq_task is None or queue.dlq_task.done()) \
-                and time.monotonic() >= queue.dlq_retry_at and queue.core.dead_letter_jobs():
+                and time.monotonic() >= queue.dlq_retry_at and queue.core.has_dead_letter_work():
             queue.dlq_task = asyncio.get_running_loop().create_task(
                 self._dead_letter(entry, queue), name=f"dlq-{queue.name}")
 
@@ -321,44 +321,18 @@ class QueueCoordinator:
         return queue.core.set_partitions(new) if new else []
 
     async def _dead_letter(self, entry: _Partition, queue: _Queue) -> None:
-        """Write the pending dead letters, then commit them as dead-lettered."""
-        config = queue.core.config
+        """Write the pending dead-letter batches in order, then plan new ones from the jobs
+        (node/queues/dlq_ledger.py): each batch is committed before it is written, and marked
+        done after, so any coordinator can write it again and it still lands once."""
         try:
-            jobs = queue.core.dead_letter_jobs()
-            if not jobs:
-                return
-            dlq = self.host.state.topics.get(config.dlq_topic)
-            if dlq is None:
-                await self._ensure_dlq_topic(config)
-                dlq = self.host.state.topics.get(config.dlq_topic)
-                if dlq is None:
-                    raise E.UnknownTopicError(f"dead-letter topic {config.dlq_topic!r} is missing")
-            if queue.dlq_producer is None:
-                queue.dlq_producer = await self._dlq_producer(queue.name)
-                queue.scan.dirty.update(range(dlq.partitions))  # scan after the fence
-            cursors = {p: queue.core.redrive_cursor(p) for p in range(dlq.partitions)}
-            try:
-                done = await write_dead_letters(
-                    reader=self.reader, writer=self.writer, queue=queue.name,
-                    dlq_topic=config.dlq_topic, dlq_partitions=dlq.partitions, jobs=jobs,
-                    redrive_cursors=cursors, scan=queue.scan, producer=queue.dlq_producer)
-            except E.BrokerError:
-                queue.dlq_producer = None  # a new epoch (and a scan) before the next attempt
-                raise
-            if queue.deleted or not done:
-                return
-            pending = {(j.tp, j.offset) for j in queue.core.dead_letter_jobs()}
-            by_tp: dict[TopicPartition, list[int]] = {}
-            for job in done:
-                if (job.tp, job.offset) in pending:  # purged meanwhile: nothing to mark
-                    by_tp.setdefault(job.tp, []).append(job.offset)
-            now = _now_ms()
-            deltas: list[Any] = []
-            for tp, offsets in by_tp.items():
-                deltas.extend(queue.core.dead_lettered(tp, sorted(offsets), now))
-            await self._write(entry, queue, deltas)
-            queue.scan.found.difference_update((j.tp, j.offset) for j in done)
-            queue.notify()
+            while not queue.deleted:
+                batches = queue.core.dlq_batches()
+                if batches:
+                    if not await self._write_dlq_batch(entry, queue, batches[0]):
+                        return
+                elif not queue.core.dead_letter_jobs() or not await self._plan_dlq_batches(
+                        entry, queue):
+                    return
         except asyncio.CancelledError:
             raise
         except E.BrokerError as exc:
@@ -368,15 +342,85 @@ class QueueCoordinator:
             queue.dlq_retry_at = time.monotonic() + DLQ_RETRY_S
             log.exception("queue %s: dead-letter job failed", queue.name)
 
+    async def _plan_dlq_batches(self, entry: _Partition, queue: _Queue) -> bool:
+        """Commit dead-letter batches for the pending jobs (the DLQ producer first, once per
+        queue). False when nothing could be planned (every DLQ partition has its maximum of
+        batches pending)."""
+        config = queue.core.config
+        dlq = self.host.state.topics.get(config.dlq_topic)
+        if dlq is None:
+            await self._ensure_dlq_topic(config)
+            dlq = self.host.state.topics.get(config.dlq_topic)
+            if dlq is None:
+                raise E.UnknownTopicError(f"dead-letter topic {config.dlq_topic!r} is missing")
+        if queue.core.dlq_producer is None:
+            producer_id, epoch = await self._allocate_dlq_producer(queue.name)
+            if queue.deleted or queue.core.dlq_producer is not None:
+                return True
+            await self._write(entry, queue, queue.core.set_dlq_producer(producer_id, epoch))
+        sources = await load_sources(self.reader, queue.core.dead_letter_jobs()[
+            :DLQ_PLAN_JOBS_MAX])
+        if queue.deleted or queue.core.config.dlq_topic != dlq.name:
+            return not queue.deleted
+        # Synchronous from here to the proposal: the jobs as they are now.
+        by_partition: dict[int, list[Any]] = {}
+        for job in queue.core.dead_letter_jobs()[:DLQ_PLAN_JOBS_MAX]:
+            by_partition.setdefault(job.tp.partition % dlq.partitions, []).append(job)
+        deltas: list[Any] = []
+        for p, jobs in sorted(by_partition.items()):
+            room = PENDING_BATCHES_MAX - queue.core.dlq_pending_count(dlq.name, p)
+            for chunk in plan_chunks(jobs, sources, BATCH_RECORDS_MAX)[:max(0, room)]:
+                deltas.extend(queue.core.plan_dlq_batch(
+                    dlq.name, p, [(j.tp, j.offset) for j in chunk]))
+        if not deltas:
+            return False
+        await self._write(entry, queue, deltas)
+        return True
+
+    async def _write_dlq_batch(self, entry: _Partition, queue: _Queue,
+                               batch: DlqBatchJob) -> bool:
+        """Write one committed batch (again, maybe: idempotent) and commit it as done. A batch
+        whose dead-letter topic is gone (and is no longer the queue's) is abandoned: its records
+        are planned again for the current topic."""
+        config = queue.core.config
+        if batch.dlq_topic not in self.host.state.topics:
+            if batch.dlq_topic == config.dlq_topic:
+                await self._ensure_dlq_topic(config)
+            else:
+                log.warning("queue %s: dead-letter topic %s is gone; %d dead letters pending "
+                            "for it go to %s instead", queue.name, batch.dlq_topic,
+                            len(batch.jobs), config.dlq_topic)
+                last = [b for b in queue.core.dlq_batches()
+                        if (b.dlq_topic, b.dlq_partition) == (batch.dlq_topic,
+                                                              batch.dlq_partition)][-1]
+                await self._write(entry, queue, queue.core.dlq_batch_done(last, written=False))
+                return True
+        producer = queue.core.dlq_producer
+        assert producer is not None, "a dead-letter batch without the queue's producer"
+        response = await write_dlq_batch(reader=self.reader, writer=self.writer,
+                                         queue=queue.name, producer=producer, batch=batch)
+        pending = queue.core.dlq_batches()
+        if queue.deleted or not pending or pending[0] != batch:
+            return False  # dropped meanwhile; whoever holds the queue now writes it again
+        log.debug("queue %s: dead-letter batch %s-%d sequence %d at offset %d%s", queue.name,
+                  batch.dlq_topic, batch.dlq_partition, batch.base_sequence,
+                  response.base_offset, " (a copy was there already)" if response.duplicate
+                  else "")
+        await self._write(entry, queue, queue.core.dlq_batch_done(batch, written=True))
+        queue.notify()
+        return True
+
     # ===================================================================== requests
 
-    async def _dlq_producer(self, queue: str) -> DlqProducer:
-        """A new epoch of the queue's dead-letter producer: every batch of an earlier epoch
-        (an earlier coordinator of this queue) is fenced from here on."""
+    async def _allocate_dlq_producer(self, queue: str) -> tuple[int, int]:
+        """The queue's dead-letter producer (id, epoch): InitProducerId once per queue, kept in
+        its durable state (SetDlqProducer) and never bumped by a takeover. (Allocated again
+        only if the coordinator died before committing it: no batch used it then. A queue
+        deleted and created again gets a new epoch, which fences the old one's writers.)"""
         result = await self.host.propose(InitProducer(
             transactional_id=f"{DLQ_PRODUCER_PREFIX}{queue}"))
         raise_result(result)
-        return DlqProducer(producer_id=result["producer_id"], epoch=result["producer_epoch"])
+        return result["producer_id"], result["producer_epoch"]
 
     async def find_coordinator(self, request: qpb.FindQueueCoordinatorRequest
                                ) -> pb.FindCoordinatorResponse:
@@ -432,7 +476,6 @@ class QueueCoordinator:
             raise E.QueueExistsError(f"queue {config.name!r} already exists")
         queue = _Queue(name=config.name, core=QueueCore(config, starts), seq=0,
                        since_snapshot=SNAPSHOT_EVERY)
-        queue.scan.known_end = {}  # a new queue has no dead letters anywhere yet
         queues[config.name] = queue
         await self._write(entry, queue, [], timeout_s, snapshot=True)
         log.info("queue %s created over %s (dead letters to %s)", config.name,
@@ -450,7 +493,6 @@ class QueueCoordinator:
         if config.dlq_topic != queue.core.config.dlq_topic:
             await self._ensure_dlq_topic(config)
             entry, queue = self._queue_for(request.queue)
-            queue.scan = DeadLetterScan(known_end={})
         await self._write(entry, queue, queue.core.set_config(config))
         queue.notify()
         return qpb.AlterQueueResponse(config=config_to_wire(queue.core.config))

@@ -54,9 +54,11 @@ from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.queues import deltas as dl
 from tidelog.node.queues.backoff import backoff_ms
 from tidelog.node.queues.config import LOCK_MS_MAX, MAX_IN_FLIGHT_MAX, QueueConfig
+from tidelog.node.queues.dlq_ledger import BATCH_RECORDS_MAX, PENDING_BATCHES_MAX, DlqLedger
 from tidelog.node.queues.model import (
     Acquired,
     DeadLetterJob,
+    DlqBatchJob,
     OfferedRecord,
     PartitionStats,
     QueueStats,
@@ -70,7 +72,7 @@ __all__ = ["REASON_EXPIRED", "REASON_MAX_DELIVERIES", "REASON_REJECTED", "QueueC
 REASON_EXPIRED = "expired"
 REASON_MAX_DELIVERIES = "max deliveries"
 REASON_REJECTED = "rejected"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2       # 2: + "dlq" (dlq_ledger.py); version 1 is still read
 MAX_MESSAGES_MAX = 10_000
 DEDUP_IDS_MAX = 200_000             # ids remembered at most (oldest forgotten first)
 
@@ -124,6 +126,7 @@ class QueueCore:
         self._order: list[_Part] = []
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._redrive: dict[int, int] = {}
+        self._dlq = DlqLedger()
         self._seen: dict[str, int] = {}
         self._seq = 0
         # Dedup window (volatile): message id -> timestamp of its first record, and a heap
@@ -140,6 +143,8 @@ class QueueCore:
             dl.Discard: self._apply_discard, dl.Advance: self._apply_advance,
             dl.Truncate: self._apply_truncate, dl.AddPartitions: self._apply_add_partitions,
             dl.SetConfig: self._apply_set_config, dl.RedriveCursor: self._apply_redrive,
+            dl.SetDlqProducer: self._apply_dlq_producer, dl.DlqBatch: self._apply_dlq_batch,
+            dl.DlqBatchDone: self._apply_dlq_batch_done,
         }
 
     # ---------------------------------------------------------------- reading the partitions
@@ -360,19 +365,80 @@ class QueueCore:
     # ---------------------------------------------------------------- dead letters, admin
 
     def dead_letter_jobs(self) -> list[DeadLetterJob]:
-        """Every DEAD_PENDING record: the shell writes each to the DLQ, then `dead_lettered`."""
+        """Every DEAD_PENDING record not in a pending dead-letter batch yet: the shell plans
+        batches of them (`plan_dlq_batch`), writes each, then `dlq_batch_done`."""
         jobs = []
+        batched = self._dlq.batched
         for p in self._order:
             for off in sorted(p.dead):
+                if batched and (p.tp, off) in batched:
+                    continue
                 e = p.entries[off]
                 jobs.append(DeadLetterJob(tp=p.tp, offset=off, reason=e.reason, attempts=e.count,
                                           first_delivery_ms=e.first_ms,
                                           last_delivery_ms=e.last_ms))
         return jobs
 
+    # The exactly-once dead-letter protocol (node/queues/dlq_ledger.py): producer, batches.
+
+    @property
+    def dlq_producer(self) -> tuple[int, int] | None:
+        """(producer id, epoch) every dead-letter batch of this queue is written with."""
+        return self._dlq.producer
+
+    def set_dlq_producer(self, producer_id: int, epoch: int) -> list[dl.Delta]:
+        """Once per queue (its first dead letter); asserts no batch is pending."""
+        out: list[dl.Delta] = []
+        if self._dlq.producer != (producer_id, epoch):
+            self._emit(out, dl.SetDlqProducer(producer_id=producer_id, epoch=epoch))
+        return out
+
+    def has_dead_letter_work(self) -> bool:
+        """A dead-letter batch to write or a DEAD_PENDING record to plan (cheap: per tick)."""
+        return bool(self._dlq.pending) or any(p.dead for p in self._order)
+
+    def dlq_pending_count(self, dlq_topic: str, dlq_partition: int) -> int:
+        """Batches pending on that DLQ partition; plan one only while < PENDING_BATCHES_MAX."""
+        return self._dlq.pending_count(dlq_topic, dlq_partition)
+
+    def dlq_batches(self) -> list[DlqBatchJob]:
+        """Committed batches not known to be written, in the order to write them."""
+        return self._dlq.batches()
+
+    def plan_dlq_batch(self, dlq_topic: str, dlq_partition: int,
+                       records: Sequence[tuple[TopicPartition, int]]) -> list[dl.Delta]:
+        """The next batch of `dlq_partition`: these records (DEAD_PENDING, not batched yet;
+        written in sorted order). Asserts the producer is set, at most BATCH_RECORDS_MAX records
+        and fewer than PENDING_BATCHES_MAX batches pending there."""
+        assert self._dlq.producer is not None, "plan_dlq_batch before set_dlq_producer"
+        assert self._dlq.pending_count(dlq_topic, dlq_partition) < PENDING_BATCHES_MAX
+        ordered = tuple(sorted(set(records)))
+        assert 0 < len(ordered) <= BATCH_RECORDS_MAX, len(ordered)
+        out: list[dl.Delta] = []
+        self._emit(out, dl.DlqBatch(
+            dlq_topic=dlq_topic, dlq_partition=dlq_partition,
+            base_sequence=self._dlq.next_sequence.get((dlq_topic, dlq_partition), 0),
+            records=ordered))
+        return out
+
+    def dlq_batch_done(self, batch: DlqBatchJob, written: bool) -> list[dl.Delta]:
+        """`written`: the DLQ partition acknowledged the batch (appended now or earlier): its
+        records still pending are done. Else the batch is abandoned (its topic is gone): its
+        records are jobs again. Batches are done in `dlq_batches()` order (abandoned: last
+        first)."""
+        out: list[dl.Delta] = []
+        self._emit(out, dl.DlqBatchDone(dlq_topic=batch.dlq_topic,
+                                        dlq_partition=batch.dlq_partition,
+                                        base_sequence=batch.base_sequence, written=written))
+        if written:
+            for tp in sorted({job.tp for job in batch.jobs}):
+                self._advance(self._parts[tp], out)
+        return out
+
     def dead_lettered(self, tp: TopicPartition, offsets: Iterable[int],
                       now_ms: int) -> list[dl.Delta]:
-        """The DLQ write of these records committed: they are done. Others are ignored."""
+        """The DLQ write of these records committed: they are done. Others are ignored. (Kept
+        for records written outside the batch protocol; the shell uses `dlq_batch_done`.)"""
         p = self._parts[tp]
         done = sorted({o for o in offsets if o in p.dead})
         out: list[dl.Delta] = []
@@ -547,15 +613,18 @@ class QueueCore:
                           "in_flight": in_flight, "waiting": waiting, "dead": dead})
         return {"v": SNAPSHOT_VERSION, "config": self.config.to_dict(), "partitions": parts,
                 "counters": dict(sorted(self.counters.items())),
-                "redrive": [[k, v] for k, v in sorted(self._redrive.items())]}
+                "redrive": [[k, v] for k, v in sorted(self._redrive.items())],
+                "dlq": self._dlq.snapshot()}
 
     @classmethod
     def restore(cls, snapshot: Mapping[str, Any]) -> QueueCore:
         """Strict inverse of snapshot(): a malformed snapshot raises ValueError."""
         _expect(isinstance(snapshot, Mapping), "snapshot: expected an object")
-        _expect(set(snapshot) == {"v", "config", "partitions", "counters", "redrive"},
+        version = snapshot.get("v")
+        _expect(version in _SNAPSHOT_FIELDS, f"snapshot: version {version!r} is not one this "
+                f"node reads ({sorted(_SNAPSHOT_FIELDS)}); upgrade the node")
+        _expect(set(snapshot) == _SNAPSHOT_FIELDS[version],
                 f"snapshot: fields {sorted(snapshot)}")
-        _expect(snapshot["v"] == SNAPSHOT_VERSION, f"snapshot: version {snapshot['v']!r}")
         config = QueueConfig.from_dict(snapshot["config"])
         parts = snapshot["partitions"]
         _expect(isinstance(parts, list), "snapshot: partitions must be a list")
@@ -602,7 +671,17 @@ class QueueCore:
             _expect(isinstance(row, list) and len(row) == 2 and _nat(row[0]) and _nat(row[1]),
                     f"snapshot: bad redrive cursor {row!r}")
             core._redrive[row[0]] = row[1]
+        if "dlq" in snapshot:
+            core._dlq = DlqLedger.restore(snapshot["dlq"])
+            for batch in core._dlq.batches():
+                for job in batch.jobs:
+                    p = core._parts.get(job.tp)
+                    _expect(p is not None, f"snapshot dlq: {job.tp} is not a partition")
+                    assert p is not None
+                    _expect(job.offset < p.start or job.offset in p.dead,
+                            f"snapshot dlq: {job.tp} {job.offset} is batched but not dead")
         return core
+
 
     # ---------------------------------------------------------------- internals
 
@@ -1012,12 +1091,38 @@ class QueueCore:
         self._redrive[d.dlq_partition] = d.offset
         self.counters["redriven"] += d.count
 
+    def _apply_dlq_producer(self, d: dl.SetDlqProducer) -> None:
+        self._dlq.apply_producer(d)
+
+    def _apply_dlq_batch(self, d: dl.DlqBatch) -> None:
+        jobs = []
+        for tp, off in d.records:
+            p = self._parts[tp]
+            assert off in p.dead, (tp, off)
+            e = p.entries[off]
+            jobs.append(DeadLetterJob(tp=tp, offset=off, reason=e.reason, attempts=e.count,
+                                      first_delivery_ms=e.first_ms, last_delivery_ms=e.last_ms))
+        self._dlq.apply_batch(d, tuple(jobs))
+
+    def _apply_dlq_batch_done(self, d: dl.DlqBatchDone) -> None:
+        batch = self._dlq.apply_done(d)
+        if not d.written:
+            return
+        n = 0
+        for job in batch.jobs:
+            p = self._parts[job.tp]
+            if job.offset in p.dead:       # not purged or lost meanwhile
+                n += self._done(p, job.offset)
+        self.counters["dead_lettered"] += n
+
 
 _COUNTERS = ("acked", "delivered", "redelivered", "dead_lettered", "expired", "redriven",
              "duplicates")
 
 
 _PART_FIELDS = ("t", "p", "start", "done", "in_flight", "waiting", "dead")
+_SNAPSHOT_V1 = frozenset({"v", "config", "partitions", "counters", "redrive"})
+_SNAPSHOT_FIELDS = {1: _SNAPSHOT_V1, 2: _SNAPSHOT_V1 | {"dlq"}}
 
 
 def _expect(ok: bool, message: str) -> None:

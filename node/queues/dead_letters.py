@@ -2,21 +2,20 @@
 
 A dead letter is the source record itself (key, value, headers) plus the context headers of
 docs/queues.md (`tidelog-dlq-*`, ASCII), written to the queue's dead-letter topic partition
-``source partition % dlq partitions`` with acks=all. Exactly once, across coordinator failover:
+``source partition % dlq partitions`` with acks=all. Exactly once, across coordinator failover
+and against a paused ("zombie") coordinator, by deterministic batches (node/queues/dlq_ledger.py):
 
-1. the record's DEAD_PENDING state is committed to `__queue_state` first (by the coordinator);
-2. this module writes the dead letter (acks=all);
-3. the coordinator commits `dead_lettered` for it.
-
-A coordinator that dies between 2 and 3 leaves a dead letter whose state still says pending; its
-successor starts with a scan (`DeadLetterScan`) of the DLQ partitions from the redrive cursor to
-the high watermark for the headers naming (queue, source topic, partition, offset) before it
-writes anything, and marks what it finds as dead-lettered without writing it again. A write that
-fails or times out (it may still commit) also makes the next attempt scan first.
+1. the coordinator commits the records' DEAD_PENDING state (settle, tick);
+2. it reads the source records (`load_sources`), cuts them into batches (`plan_chunks`) and
+   commits each as a `DlqBatch` (records, DLQ partition, base sequence) to `__queue_state`;
+3. `write_dlq_batch` sends exactly that batch with the queue's one producer id/epoch and that
+   base sequence, retried until the DLQ partition's leader acknowledges it (acks=all): a copy
+   already appended, by anyone, is answered as a Duplicate, never appended twice;
+4. the coordinator commits `DlqBatchDone`. A successor writes every batch still pending again.
 
 Redrive reads the DLQ from the redrive cursor, copies every record of this queue back to its
 source topic and partition (original key, value and headers, the `tidelog-dlq-*` ones dropped),
-and the coordinator then moves the cursor past what it examined.
+and the coordinator then moves the cursor past what it examined (at-least-once).
 
 Writes go through the node's own Produce when this node leads the target partition, else
 Broker.Produce to the leader over gRPC.
@@ -27,14 +26,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import grpc
 from tidelog.node import errors as E
 from tidelog.node.groups.assignors import TopicPartition
-from tidelog.node.queues.model import DeadLetterJob
-from tidelog.node.queues.reader import PartitionReader, find_record, iter_records
+from tidelog.node.producer_state import SEQUENCE_MODULUS
+from tidelog.node.queues.model import DeadLetterJob, DlqBatchJob
+from tidelog.node.queues.reader import PartitionReader, iter_records
 from tidelog.node.security.channels import peer_channel
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
@@ -42,12 +42,12 @@ from tidelog.proto.batch import Codec, Record, encode_batch
 
 __all__ = [
     "DLQ_HEADER_PREFIX",
-    "DeadLetterScan",
-    "DlqProducer",
     "Writer",
     "dead_letter_headers",
+    "load_sources",
+    "plan_chunks",
     "redrive_partition",
-    "write_dead_letters",
+    "write_dlq_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,38 +82,27 @@ class Writer:
         self._leader_address = leader_address
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    async def produce(self, topic: str, partition: int, batches: bytes, *,
-                      once: bool = False) -> pb.ProduceResponse:
-        """With `once`, one attempt at the partition's current leader: any failure may still
-        have written the batches (a timeout, leadership lost after proposing), so the caller
-        must find out before writing them again (dead letters: the DLQ tail scan). Without it,
-        retried until a leader accepts (redrive: at-least-once)."""
+    async def produce(self, topic: str, partition: int, batches: bytes) -> pb.ProduceResponse:
+        """Retried until a leader accepts (or PRODUCE_ATTEMPTS_MAX): only for writes that may be
+        sent twice, i.e. idempotent batches (dead letters) or at-least-once ones (redrive)."""
         request = pb.ProduceRequest(topic=topic, partition=partition, acks=pb.ACKS_ALL,
                                     timeout_ms=PRODUCE_TIMEOUT_MS, batches=batches)
-        if once:
-            address = self._leader_address(topic, partition)
-            if address is None:
-                raise E.LeaderNotAvailableError(f"{topic}-{partition} has no leader right now")
-            try:
-                if not address:
-                    return await self._local(request)
-                return await self._remote(address, request)
-            except _RemoteNotLeader:
-                raise E.LeaderNotAvailableError(
-                    f"{topic}-{partition}: the write to {address} failed; it may still "
-                    "commit") from None
-        address = ""
+        hint: str | None = None  # a leader address an error named
         for _ in range(PRODUCE_ATTEMPTS_MAX):
+            # The leader this node knows of first (no wasted local attempt, no retry sleep
+            # before a write that can go out at once); "" or None: this node's own Produce.
+            address = hint if hint else self._leader_address(topic, partition) or ""
+            hint = None
             try:
                 if not address:
                     return await self._local(request)
                 return await self._remote(address, request)
             except E.NotLeaderError as exc:
-                address = exc.leader_address
-            except E.LeaderNotAvailableError:
-                address = ""
+                hint = exc.leader_address
+            except (E.LeaderNotAvailableError, E.RequestTimedOutError):
+                pass
             except _RemoteNotLeader as exc:
-                address = exc.address
+                hint = exc.address
             await asyncio.sleep(PRODUCE_RETRY_S)
         raise E.LeaderNotAvailableError(f"{topic}-{partition}: no leader accepted the write")
 
@@ -193,43 +182,82 @@ def source_of(record: Record, queue: str) -> tuple[TopicPartition, int] | None:
     return TopicPartition(topic, partition), offset
 
 
-@dataclass(slots=True)
-class DeadLetterScan:
-    """Per queue: up to where each DLQ partition is known to hold no dead letter this
-    coordinator does not know of. `None` = never scanned (a new coordinator): scan from the
-    redrive cursor first."""
-
-    known_end: dict[int, int] | None = None
-    found: set[tuple[TopicPartition, int]] = field(default_factory=set)
-    dirty: set[int] = field(default_factory=set)  # a write failed here: it may still commit
+SourceRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]
 
 
-async def _scan(reader: PartitionReader, queue: str, dlq_topic: str, partitions: Iterable[int],
-                starts: dict[int, int], scan: DeadLetterScan) -> None:
-    """Read each DLQ partition from its start to the high watermark; remember the sources of
-    this queue's dead letters found there."""
-    known = scan.known_end if scan.known_end is not None else {}
-    for p in partitions:
-        tp = TopicPartition(dlq_topic, p)
-        offset = known.get(p, starts.get(p, 0))
-        while True:
-            result = await reader.read(tp, offset, SCAN_READ_BYTES, leader_only=True)
-            if offset < result.log_start:
-                offset = result.log_start
-                continue
-            if not result.data:
-                break
-            last = offset
-            for record in iter_records(result.data, offset, -1):
-                source = source_of(record, queue)
-                if source is not None:
-                    scan.found.add(source)
-                last = record.offset
-            offset = max(last + 1, _end_of(result.data, offset))
-            await asyncio.sleep(0)
-        known[p] = max(offset, known.get(p, 0))
-        scan.dirty.discard(p)
-    scan.known_end = known
+async def load_sources(reader: PartitionReader, jobs: Sequence[DeadLetterJob]
+                       ) -> dict[tuple[TopicPartition, int], Record]:
+    """The source records of the jobs that can be read now (one read per partition and range;
+    a record gone to retention is simply absent)."""
+    by_tp: dict[TopicPartition, list[int]] = {}
+    for job in jobs:
+        by_tp.setdefault(job.tp, []).append(job.offset)
+    out: dict[tuple[TopicPartition, int], Record] = {}
+    for tp, offsets in by_tp.items():
+        offsets.sort()
+        ranges: list[tuple[int, int]] = []
+        for off in offsets:
+            if ranges and ranges[-1][1] + 1 == off:
+                ranges[-1] = (ranges[-1][0], off)
+            else:
+                ranges.append((off, off))
+        data = await reader.batches_covering(tp, ranges)
+        wanted = set(offsets)
+        for record in iter_records(data, offsets[0], offsets[-1] + 1) if data else ():
+            if record.offset in wanted:
+                out[(tp, record.offset)] = record
+    return out
+
+
+def dead_letter(queue: str, job: DeadLetterJob, record: Record | None,
+                now_ms: int) -> SourceRecord:
+    """The DLQ record of one job: the source's key, value and headers (its own tidelog-dlq-*
+    ones dropped) plus the context headers. A source lost to retention: no key or value."""
+    if record is None:
+        return None, None, dead_letter_headers(queue, job, now_ms), now_ms
+    headers = [(k, v) for k, v in record.headers if not k.startswith(DLQ_HEADER_PREFIX)]
+    headers.extend(dead_letter_headers(queue, job, record.timestamp))
+    return record.key, record.value, headers, now_ms
+
+
+def plan_chunks(jobs: Sequence[DeadLetterJob], sources: dict[tuple[TopicPartition, int], Record],
+                records_max: int) -> list[list[DeadLetterJob]]:
+    """Consecutive runs of the jobs (sorted by partition, offset), each at most records_max
+    records and about BATCH_BYTES_MAX bytes (a single larger record is a batch of its own)."""
+    chunks: list[list[DeadLetterJob]] = []
+    chunk: list[DeadLetterJob] = []
+    size = 0
+    for job in sorted(jobs, key=lambda j: (j.tp, j.offset)):
+        record = sources.get((job.tp, job.offset))
+        item_size = 256 + len(job.reason) + (0 if record is None else (
+            len(record.key or b"") + len(record.value or b"")
+            + sum(len(k) + len(v or b"") for k, v in record.headers)))
+        if chunk and (size + item_size > BATCH_BYTES_MAX or len(chunk) >= records_max):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(job)
+        size += item_size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+async def write_dlq_batch(*, reader: PartitionReader, writer: Writer, queue: str,
+                          producer: tuple[int, int], batch: DlqBatchJob) -> pb.ProduceResponse:
+    """Write one committed dead-letter batch: its records in its order, as ONE batch with the
+    queue's producer id/epoch and its base sequence; retried until acknowledged (a copy that
+    is already in the DLQ is answered `duplicate`, and not appended again). Raises BrokerError
+    when no leader accepts it now (the batch stays pending: write it again later)."""
+    sources = await load_sources(reader, batch.jobs)
+    now = int(time.time() * 1000)
+    records = [dead_letter(queue, job, sources.get((job.tp, job.offset)), now)
+               for job in batch.jobs]
+    producer_id, epoch = producer
+    data = encode_batch(records, codec=Codec.LZ4, producer_id=producer_id,
+                        producer_epoch=epoch,
+                        base_sequence=batch.base_sequence % SEQUENCE_MODULUS
+                        if producer_id >= 0 else -1)
+    return await writer.produce(batch.dlq_topic, batch.dlq_partition, data)
 
 
 def _end_of(data: bytes, default: int) -> int:
@@ -239,84 +267,6 @@ def _end_of(data: bytes, default: int) -> int:
     for _, header in iter_batches(data, verify=False):
         end = header.last_offset + 1
     return end
-
-
-@dataclass(slots=True)
-class DlqProducer:
-    """The idempotent producer one coordinator incarnation writes a queue's dead letters with.
-    Its epoch is bumped (InitProducerId, through the metadata) when a coordinator takes the
-    queue over, BEFORE it scans the DLQ: so a zombie predecessor (paused mid-write, then
-    resumed) is refused PRODUCER_FENCED by the DLQ partitions instead of writing a second copy
-    after the scan."""
-
-    producer_id: int
-    epoch: int
-    sequences: dict[int, int] = field(default_factory=dict)  # DLQ partition -> next sequence
-
-
-async def write_dead_letters(
-    *, reader: PartitionReader, writer: Writer, queue: str, dlq_topic: str, dlq_partitions: int,
-    jobs: Sequence[DeadLetterJob], redrive_cursors: dict[int, int], scan: DeadLetterScan,
-    producer: DlqProducer,
-) -> list[DeadLetterJob]:
-    """Write the jobs' dead letters (those not already in the DLQ); returns the jobs now in the
-    DLQ, to be committed as dead-lettered. Raises BrokerError if a write fails (the jobs stay
-    pending; the next attempt scans again first, with a new producer epoch)."""
-    assert dlq_partitions > 0
-    targets = sorted({job.tp.partition % dlq_partitions for job in jobs})
-    if scan.known_end is None or any(p not in scan.known_end or p in scan.dirty
-                                     for p in targets):
-        await _scan(reader, queue, dlq_topic, targets, redrive_cursors, scan)
-    done: list[DeadLetterJob] = []
-    by_partition: dict[int, list[tuple[DeadLetterJob, tuple]]] = {}  # type: ignore[type-arg]
-    for job in jobs:
-        if (job.tp, job.offset) in scan.found:
-            done.append(job)
-            continue
-        data = await reader.batches_covering(job.tp, [(job.offset, job.offset)])
-        record = find_record(data, job.offset) if data else None
-        key = record.key if record else None
-        value = record.value if record else None
-        headers = [(k, v) for k, v in record.headers if not k.startswith(DLQ_HEADER_PREFIX)] \
-            if record else []
-        timestamp = record.timestamp if record else int(time.time() * 1000)
-        headers.extend(dead_letter_headers(queue, job, timestamp))
-        by_partition.setdefault(job.tp.partition % dlq_partitions, []).append(
-            (job, (key, value, headers, int(time.time() * 1000))))
-    for p, items in sorted(by_partition.items()):
-        for chunk in _chunks(items):
-            try:
-                sequence = producer.sequences.get(p, 0)
-                response = await writer.produce(dlq_topic, p, encode_batch(
-                    [r for _, r in chunk], codec=Codec.LZ4, producer_id=producer.producer_id,
-                    producer_epoch=producer.epoch,
-                    base_sequence=sequence if producer.producer_id >= 0 else -1), once=True)
-            except E.BrokerError:
-                scan.dirty.add(p)  # it may still commit: scan before writing again
-                raise
-            producer.sequences[p] = sequence + len(chunk)
-            for job, _ in chunk:
-                scan.found.add((job.tp, job.offset))
-                done.append(job)
-            if scan.known_end is not None:
-                scan.known_end[p] = max(scan.known_end.get(p, 0), response.last_offset + 1)
-    return done
-
-
-def _chunks(items: list[tuple[DeadLetterJob, tuple]]) -> Iterable[list]:  # type: ignore[type-arg]
-    chunk: list = []  # type: ignore[type-arg]
-    size = 0
-    for item in items:
-        _, (key, value, headers, _) = item
-        item_size = 64 + len(key or b"") + len(value or b"") + sum(
-            len(k) + len(v or b"") for k, v in headers)
-        if chunk and size + item_size > BATCH_BYTES_MAX:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += item_size
-    if chunk:
-        yield chunk
 
 
 @dataclass(frozen=True, slots=True)

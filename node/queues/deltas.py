@@ -28,11 +28,14 @@ __all__ = [
     "Delta",
     "Deliver",
     "Discard",
+    "DlqBatch",
+    "DlqBatchDone",
     "Extend",
     "Nack",
     "RedriveCursor",
     "Release",
     "SetConfig",
+    "SetDlqProducer",
     "Truncate",
     "decode_delta",
     "encode_delta",
@@ -147,8 +150,41 @@ class RedriveCursor:
     count: int                    # records redriven by this step (for redriven_total)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetDlqProducer:
+    """The queue's dead-letter producer (InitProducerId once per queue; never bumped after, so
+    every coordinator of the queue writes a batch under the same id, epoch and sequence)."""
+
+    producer_id: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DlqBatch:
+    """Committed BEFORE its write: these DEAD_PENDING records (sorted by partition, offset) are
+    the DLQ batch with `base_sequence` on (dlq_topic, dlq_partition); the next batch there
+    starts at base_sequence + len(records)."""
+
+    dlq_topic: str
+    dlq_partition: int
+    base_sequence: int
+    records: tuple[tuple[TopicPartition, int], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DlqBatchDone:
+    """The batch is in the DLQ (`written`: its records still pending are done), or abandoned
+    because its dead-letter topic is gone (its records are pending again, for a new batch)."""
+
+    dlq_topic: str
+    dlq_partition: int
+    base_sequence: int
+    written: bool
+
+
 Delta = (Deliver | Ack | Nack | Release | Extend | DeadPending | DeadLettered | Discard | Advance
-         | Truncate | AddPartitions | SetConfig | RedriveCursor)
+         | Truncate | AddPartitions | SetConfig | RedriveCursor | SetDlqProducer | DlqBatch
+         | DlqBatchDone)
 
 TRUNCATE_CAUSES = ("lost", "purged")
 DISCARD_CAUSES = ("duplicate",)
@@ -206,6 +242,14 @@ def encode_delta(delta: Delta) -> dict[str, Any]:
         case RedriveCursor():
             return {"k": "redrive", "p": delta.dlq_partition, "o": delta.offset,
                     "n": delta.count}
+        case SetDlqProducer():
+            return {"k": "dlqpid", "id": delta.producer_id, "e": delta.epoch}
+        case DlqBatch():
+            return {"k": "dlqbatch", "t": delta.dlq_topic, "p": delta.dlq_partition,
+                    "seq": delta.base_sequence, "recs": _groups(delta.records)}
+        case DlqBatchDone():
+            return {"k": "dlqdone", "t": delta.dlq_topic, "p": delta.dlq_partition,
+                    "seq": delta.base_sequence, "w": delta.written}
     raise AssertionError(f"not a delta: {delta!r}")
 
 
@@ -272,6 +316,17 @@ def decode_delta(data: Any) -> Delta:
         case "redrive":
             return RedriveCursor(dlq_partition=_int(data, "p"), offset=_int(data, "o"),
                                  count=_int(data, "n"))
+        case "dlqpid":
+            return SetDlqProducer(producer_id=_int(data, "id"), epoch=_int(data, "e"))
+        case "dlqbatch":
+            return DlqBatch(dlq_topic=_name(data), dlq_partition=_int(data, "p"),
+                            base_sequence=_int(data, "seq"), records=_records(data["recs"]))
+        case "dlqdone":
+            written = data["w"]
+            if not isinstance(written, bool):
+                raise ValueError("queue delta dlqdone: w must be a boolean")
+            return DlqBatchDone(dlq_topic=_name(data), dlq_partition=_int(data, "p"),
+                                base_sequence=_int(data, "seq"), written=written)
     raise AssertionError(kind)
 
 
@@ -290,6 +345,9 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "parts": ("s",),
     "config": ("cfg",),
     "redrive": ("p", "o", "n"),
+    "dlqpid": ("id", "e"),
+    "dlqbatch": ("t", "p", "seq", "recs"),
+    "dlqdone": ("t", "p", "seq", "w"),
 }
 
 
@@ -335,4 +393,45 @@ def _ranges(raw: Any) -> Ranges:
                              "increasing, disjoint)")
         out.append((item[0], item[1]))
         prev = item[1]
+    return tuple(out)
+
+
+def _name(data: dict[str, Any]) -> str:
+    topic = data["t"]
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"queue delta {data['k']}: bad topic {topic!r}")
+    return topic
+
+
+def _groups(records: tuple[tuple[TopicPartition, int], ...]) -> list[list[Any]]:
+    """Sorted (tp, offset) pairs as [[topic, partition, [[first, last], ...]], ...]."""
+    out: list[list[Any]] = []
+    for tp, off in records:
+        if out and (out[-1][0], out[-1][1]) == (tp.topic, tp.partition):
+            ranges = out[-1][2]
+            if ranges[-1][1] + 1 == off:
+                ranges[-1][1] = off
+            else:
+                ranges.append([off, off])
+        else:
+            out.append([tp.topic, tp.partition, [[off, off]]])
+    return out
+
+
+def _records(raw: Any) -> tuple[tuple[TopicPartition, int], ...]:
+    """Strict inverse of _groups: partitions strictly increasing, offsets as in `_ranges`."""
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("queue delta dlqbatch: recs must be a non-empty list")
+    out: list[tuple[TopicPartition, int]] = []
+    prev: TopicPartition | None = None
+    for group in raw:
+        if (not isinstance(group, list) or len(group) != 3 or not isinstance(group[0], str)
+                or not group[0] or not _is_int(group[1]) or group[1] < 0):
+            raise ValueError(f"queue delta dlqbatch: bad group {str(group)[:80]}")
+        tp = TopicPartition(group[0], group[1])
+        if prev is not None and not prev < tp:
+            raise ValueError("queue delta dlqbatch: partitions not in increasing order")
+        prev = tp
+        out.extend((tp, off) for first, last in _ranges(group[2])
+                   for off in range(first, last + 1))
     return tuple(out)

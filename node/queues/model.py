@@ -11,6 +11,7 @@ from tidelog.node.groups.assignors import TopicPartition
 __all__ = [
     "Acquired",
     "DeadLetterJob",
+    "DlqBatchJob",
     "OfferedRecord",
     "PartitionStats",
     "QueueStats",
@@ -82,6 +83,19 @@ class DeadLetterJob:
     attempts: int
     first_delivery_ms: int    # 0: never delivered (ttl, reject of ... )
     last_delivery_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DlqBatchJob:
+    """One dead-letter batch committed to the queue state and not yet known to be written:
+    written as exactly these records, in this order, as ONE produced batch with the queue's DLQ
+    producer id/epoch and this base sequence (so every copy of it, whoever sends it and when,
+    is the same batch to the DLQ partition's idempotent-producer check)."""
+
+    dlq_topic: str
+    dlq_partition: int
+    base_sequence: int                   # unbounded; sent modulo 2**31
+    jobs: tuple[DeadLetterJob, ...]      # the records' dead-letter context, in write order
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,18 +1,23 @@
-"""A real `tidelog node` whose queue coordinator dies (os._exit, no cleanup: like SIGKILL) in the
-exactly-once window of dead-lettering: after the dead letter is committed to the DLQ topic and
-before `dead_lettered` is committed to __queue_state. Test-only; the switches are files.
+"""A real `tidelog node` whose queue coordinator dies or stops in the exactly-once window of
+dead-lettering. Test-only; the switches are files.
 
 In $TIDELOG_TEST_MARKERS (a directory):
-- `<queue>.crash`: the next coordinator of <queue> that writes its dead letters exits right after
-  (the file is removed first, so its successor does not exit too);
-- `<queue>.noscan`: planted bug: the coordinator does not scan the DLQ tail before writing (it
-  believes the DLQ holds nothing it does not know of), so a dead letter written by its
-  predecessor is written again.
+- `<queue>.crash`: the next coordinator of <queue> that writes a dead-letter batch exits
+  (os._exit, no cleanup: like SIGKILL) right after the DLQ write is acknowledged and before the
+  batch is committed as done (the file is removed first, so its successor does not exit too);
+- `<queue>.loseack`: the next dead-letter write of <queue> is made, and then its reply is lost
+  (LEADER_NOT_AVAILABLE instead of the answer), so the coordinator writes the batch again;
 - `<queue>.pause`: the next coordinator of <queue> about to write its dead letters stops itself
   (SIGSTOP: a zombie) just before the write; the test resumes it (SIGCONT) once another
-  coordinator has dead-lettered the record, and the zombie's write then goes out;
-- `<queue>.nofence`: planted bug: the coordinators write dead letters without the per-queue
-  producer epoch, so nothing fences the zombie's late write.
+  coordinator has dead-lettered the record, and the zombie's write then goes out (it also leaves
+  the exact batch it was about to send in `<queue>.copy`, so a test can deliver that copy itself
+  at any later moment: a write delayed in the network, which the zombie's own resumed task may
+  or may not get out before it learns it lost the queue);
+- `<queue>.noscan`, `<queue>.nofence`, `<queue>.noidem` (the same planted bug under the names
+  of the earlier mechanisms, a DLQ tail scan and a per-takeover producer epoch, which the
+  deterministic batches replaced): the coordinators write each dead-letter batch without the
+  queue's producer id (not idempotent), so a second copy of a batch (a successor's rewrite, a
+  zombie's late write) is appended instead of being answered as a duplicate.
 
 Run as `python dlq_crash_node.py <tidelog node arguments>`.
 """
@@ -25,54 +30,45 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tidelog.node import errors as E
 from tidelog.node.queues import coordinator, dead_letters
-from tidelog.node.queues.dead_letters import DlqProducer
 
 MARKERS = Path(os.environ["TIDELOG_TEST_MARKERS"])
-_write = coordinator.write_dead_letters
-_scan = dead_letters._scan
+PLANTED = ("noscan", "nofence", "noidem")
+_write = coordinator.write_dlq_batch
 _produce = dead_letters.Writer.produce
-_fence = coordinator.QueueCoordinator._dlq_producer
 
 
-async def crash_after_write(**kwargs: Any) -> Any:
-    done = await _write(**kwargs)
-    crash = MARKERS / f"{kwargs['queue']}.crash"
-    if done and crash.exists():
+async def write_then_maybe_crash(**kwargs: Any) -> Any:
+    queue = kwargs["queue"]
+    if any((MARKERS / f"{queue}.{name}").exists() for name in PLANTED):
+        kwargs["producer"] = (-1, -1)  # planted: not idempotent
+    response = await _write(**kwargs)
+    lose = MARKERS / f"{queue}.loseack"
+    if lose.exists():
+        lose.unlink()
+        raise E.LeaderNotAvailableError("test: the reply of this dead-letter write was lost")
+    crash = MARKERS / f"{queue}.crash"
+    if crash.exists():
         crash.unlink()
         os._exit(9)
-    return done
+    return response
 
 
-async def scan_unless_planted(reader: Any, queue: str, dlq_topic: str, partitions: Any,
-                              starts: dict[int, int], scan: Any) -> None:
-    if (MARKERS / f"{queue}.noscan").exists():
-        scan.known_end = {**(scan.known_end or {}), **{p: 0 for p in partitions}}
-        scan.dirty.clear()
-        return
-    await _scan(reader, queue, dlq_topic, partitions, starts, scan)
-
-
-async def pause_before_dead_letter(self: Any, topic: str, partition: int, batches: bytes,
-                                   **kwargs: Any) -> Any:
+async def pause_before_dead_letter(self: Any, topic: str, partition: int,
+                                   batches: bytes) -> Any:
     pause = MARKERS / f"{topic.removesuffix('.dlq')}.pause"
     if topic.endswith(".dlq") and pause.exists():
         pause.unlink()
+        # The exact write it was about to send, for the test to deliver late ("the network").
+        (MARKERS / f"{topic.removesuffix('.dlq')}.copy").write_bytes(batches)
         (MARKERS / f"{topic.removesuffix('.dlq')}.paused-{os.getpid()}").touch()
         os.kill(os.getpid(), signal.SIGSTOP)  # the whole process: Raft, ticks and all
-    return await _produce(self, topic, partition, batches, **kwargs)
+    return await _produce(self, topic, partition, batches)
 
 
-async def fence_unless_planted(self: Any, queue: str) -> Any:
-    if (MARKERS / f"{queue}.nofence").exists():
-        return DlqProducer(producer_id=-1, epoch=-1)  # not idempotent: nothing is fenced
-    return await _fence(self, queue)
-
-
-coordinator.write_dead_letters = crash_after_write
-dead_letters._scan = scan_unless_planted
+coordinator.write_dlq_batch = write_then_maybe_crash
 dead_letters.Writer.produce = pause_before_dead_letter  # type: ignore[method-assign]
-coordinator.QueueCoordinator._dlq_producer = fence_unless_planted  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     from tidelog.node.main import main

@@ -450,7 +450,9 @@ def test_snapshot_round_trips_through_restore() -> None:
 
 
 @pytest.mark.parametrize("damage", [
-    lambda s: s.update(v=2),
+    lambda s: s.update(v=99),                 # a version this node does not read
+    lambda s: s.update(v=1),                  # version 1 had no "dlq"
+    lambda s: s["dlq"].update(producer=[-1, 0]),
     lambda s: s.update(extra=1),
     lambda s: s["partitions"][0].update(start=-1),
     lambda s: s["partitions"][0]["in_flight"].append([0, 0, "c", 1, 5, 1, 1]),   # overlaps
