@@ -7,6 +7,7 @@ Public API (everything else in this package is private):
   power-loss twin is `tidelog.node.sim.simfs.SimFileSystem`
 * `ensure_directory`, `remove_directory`: directories created/removed durably (dirs.py)
 * `LogConfig`, `FsyncPolicy`, `FsyncMode`
+* encryption at rest: `AtRestCipher` (LogConfig.encryption) over a `KeyProvider` (encryption.py)
 * `AppendInfo`, `RecoveryReport` and its parts
 * `write_atomic`, `write_checksummed`, `read_checksummed`, `fsync_directory` for small
   metadata files
@@ -16,13 +17,16 @@ Public API (everything else in this package is private):
 from tidelog.node.storage.config import FsyncMode, FsyncPolicy, LogConfig
 from tidelog.node.storage.damage import DamagePolicy
 from tidelog.node.storage.dirs import ensure_directory, remove_directory
+from tidelog.node.storage.encryption import AtRestCipher, KeyProvider
 from tidelog.node.storage.errors import (
+    BatchAuthenticationError,
     BatchError,
     BatchTooLargeError,
     CorruptBatchError,
     CorruptFileError,
     CorruptLogError,
     DiskFullError,
+    EncryptionKeyError,
     InvalidBatchError,
     LogClosedError,
     LogFormatError,
@@ -53,6 +57,8 @@ from tidelog.node.storage.segment import Position
 __all__ = [
     "OS_FS",
     "AppendInfo",
+    "AtRestCipher",
+    "BatchAuthenticationError",
     "BatchError",
     "BatchTooLargeError",
     "CorruptBatchError",
@@ -61,10 +67,12 @@ __all__ = [
     "CorruptRegion",
     "DamagePolicy",
     "DiskFullError",
+    "EncryptionKeyError",
     "FileSystem",
     "FsyncMode",
     "FsyncPolicy",
     "InvalidBatchError",
+    "KeyProvider",
     "LogClosedError",
     "LogConfig",
     "LogFormatError",
