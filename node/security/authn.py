@@ -19,6 +19,7 @@ the servicer: docs/security.md).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
@@ -119,7 +120,7 @@ class Sessions:
         credential = self._metadata.state.users.get(first.username)
         known = credential is not None
         if credential is None:
-            credential = scram.decoy_credential(first.username, self._decoy_secret)
+            credential = scram.decoy_credential(first.username, self._decoy_key())
         server = scram.server_first(first, credential, self._random(24))
         now = self._clock()
         self._expire(now)
@@ -142,7 +143,7 @@ class Sessions:
         credential = self._metadata.state.users.get(username)
         if exchange.stored_key is None or credential is None \
                 or credential.stored_key != exchange.stored_key:
-            credential = scram.decoy_credential(username, self._decoy_secret)
+            credential = scram.decoy_credential(username, self._decoy_key())
         try:
             final = scram.parse_client_final(client_final)
             server_final = scram.verify_client_final(exchange.server_first, final, credential)
@@ -170,6 +171,15 @@ class Sessions:
             self._tokens.pop(token, None)
             return None
         return Principal(PrincipalKind.USER, session.username)
+
+    def _decoy_key(self) -> bytes:
+        """The same on every node, and secret: derived from the StoredKey of the first user by
+        name, so that asking two nodes about an unknown user gives the same decoy salt (a
+        per-node decoy would differ and tell that the user does not exist)."""
+        users = self._metadata.state.users
+        if not users:
+            return self._decoy_secret
+        return hashlib.sha256(b"tidelog-scram-decoy:" + users[min(users)].stored_key).digest()
 
     def _expire(self, now: float) -> None:
         while self._exchanges:

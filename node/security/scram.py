@@ -42,6 +42,7 @@ NONCE_CHARS_MIN = 16
 NONCE_CHARS_MAX = 256
 MESSAGE_CHARS_MAX = 2048
 USERNAME_CHARS_MAX = 128
+DECOY_ITERATIONS = 16_384  # the client's default (tidelog.client.auth), so a decoy looks usual
 
 
 class ScramError(ValueError):
@@ -212,7 +213,7 @@ def decoy_credential(username: str, secret: bytes) -> ScramCredential:
     """A stable fake credential for an unknown user, so SaslStart answers the same way whether
     or not the user exists (RFC 5802 section 9 on user enumeration); its keys match no proof."""
     salt = _hmac(secret, b"decoy-salt:" + username.encode())[:SALT_BYTES_MIN]
-    return ScramCredential(salt=salt, iterations=ITERATIONS_MIN,
+    return ScramCredential(salt=salt, iterations=DECOY_ITERATIONS,
                            stored_key=_hmac(secret, b"decoy-stored:" + username.encode()),
                            server_key=_hmac(secret, b"decoy-server:" + username.encode()))
 

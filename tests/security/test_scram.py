@@ -143,7 +143,9 @@ def test_unknown_user_and_wrong_password_fail_alike() -> None:
     sessions, _, _ = _sessions()
     first = client_scram.client_first("mallory", "c" * 24)
     _, decoy = sessions.start("SCRAM-SHA-256", first)
-    assert decoy.startswith("r=" + "c" * 24) and ",s=" in decoy and decoy.endswith(",i=4096")
+    assert decoy.startswith("r=" + "c" * 24) and ",s=" in decoy and decoy.endswith(",i=16384")
+    other_node = Sessions(sessions._metadata, token_bytes=_tokens())  # another node's Sessions
+    assert other_node.start("SCRAM-SHA-256", first)[1].split(",")[1] == decoy.split(",")[1]
     messages = []
     for user, password in (("mallory", "x"), ("alice", "wrong")):
         with pytest.raises(LoginFailed) as refused:
