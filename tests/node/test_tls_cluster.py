@@ -76,16 +76,26 @@ def test_a_tls_client_produces_consumes_and_uses_a_queue(cluster: LocalCluster,
         while len(got) < 30 and time.monotonic() < deadline:
             got += [r.value for r in consumer.poll(1.0)]
     assert sorted(got) == sorted(f"v{i}".encode() for i in range(30))
-    # The queue's coordinator leads at most some of the 3 partitions: the others it fetches from
-    # their leaders, node to node on the peer listener (no user, no client certificate needed).
+    # One rejected record per partition: the coordinator writes each dead letter to DLQ partition
+    # `source % 3`, whose leaders are the three nodes, so at least two of the writes go node to
+    # node, to the peer listener over mTLS (the client listener would want a client certificate).
+    rejected = {b"v0", b"v1", b"v2"}
     with QueueConsumer(cluster.bootstrap, queue="tls-q", security=security) as queue:
         received: list[bytes] = []
         deadline = time.monotonic() + 30
         while len(received) < 30 and time.monotonic() < deadline:
             for message in queue.receive(max_messages=30, timeout_s=1.0):
                 received.append(message.value)
-                queue.ack(message)
+                (queue.reject if message.value in rejected else queue.ack)(message)
+        queue.flush(30)
     assert sorted(received) == sorted(f"v{i}".encode() for i in range(30))
+    with Consumer(cluster.bootstrap, auto_offset_reset="earliest", security=security) as consumer:
+        consumer.assign([TopicPartition("tls-q.dlq", p) for p in range(3)])
+        dead: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(dead) < 3 and time.monotonic() < deadline:
+            dead += [r.value for r in consumer.poll(1.0)]
+    assert sorted(dead) == sorted(rejected)
     logs = "".join(n.log_path.read_text() for n in cluster.nodes)
     assert "client certificate accepted: principal Cert:CN=alice" in logs
 
