@@ -14,8 +14,11 @@ order to even out drift. acks=all, RF=3, fsync always, 12 partitions, 1 KiB reco
 - fetch: every committed batch of the "broker lz4" topic read back from the leaders (each
   encrypted batch authenticated and decrypted on the way out).
 
-Prints msgs/s per mode and the encrypted/plaintext ratio (best round of each). Figures, never
-assertions.
+Prints msgs/s per mode and the encrypted/plaintext ratio (best round of each), and the CPU time
+the three node processes spent per record (user + system, from /proc; median round): on a
+shared machine the throughput moves by 2x with other jobs' load, the CPU cost per record much
+less, so the CPU ratio is the steadier measure of what encryption costs the nodes. Figures,
+never assertions.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -56,7 +62,7 @@ def _leaders(cluster: LocalCluster, topic: str) -> dict[int, str]:
 
 
 async def broker_produce(cluster: LocalCluster, topic: str, codec: Codec, seconds: float,
-                         in_flight: int) -> float:
+                         in_flight: int) -> tuple[float, int]:
     leaders = _leaders(cluster, topic)
     channels: dict[str, grpc.aio.Channel] = {}
 
@@ -91,10 +97,10 @@ async def broker_produce(cluster: LocalCluster, topic: str, codec: Codec, second
     rate = count / (time.perf_counter() - started)
     for channel in channels.values():
         await channel.close()
-    return rate
+    return rate, count
 
 
-async def fetch_all(cluster: LocalCluster, topic: str) -> float:
+async def fetch_all(cluster: LocalCluster, topic: str) -> tuple[float, int]:
     records = 0
     started = time.perf_counter()
     for partition, address in _leaders(cluster, topic).items():
@@ -112,10 +118,10 @@ async def fetch_all(cluster: LocalCluster, topic: str) -> float:
                     if not header.is_control:
                         records += header.record_count
                     offset = header.last_offset + 1
-    return records / (time.perf_counter() - started)
+    return records / (time.perf_counter() - started), records
 
 
-def client_produce(cluster: LocalCluster, topic: str, seconds: float) -> float:
+def client_produce(cluster: LocalCluster, topic: str, seconds: float) -> tuple[float, int]:
     payload = value(0)
     count = 0
     with Producer(cluster.bootstrap) as producer:
@@ -125,10 +131,36 @@ def client_produce(cluster: LocalCluster, topic: str, seconds: float) -> float:
                 producer.send(topic, value=payload, key=str(i).encode())
             count += 1000
         producer.flush(60)
-        return count / (time.perf_counter() - started)
+        return count / (time.perf_counter() - started), count
 
 
-def measure(encrypted: bool, directory: Path, seconds: float, in_flight: int) -> list[float]:
+def node_cpu_s(cluster: LocalCluster) -> float:
+    """User + system CPU seconds the cluster's node processes have used so far (Linux)."""
+    total = 0
+    for node in cluster.nodes:
+        fields = Path(f"/proc/{node.pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Metered:
+    """Rates and node CPU seconds per record of each workload of one cluster."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.rates: list[float] = []
+        self.cpu_us_per_record: list[float] = []
+
+    def run(self, workload: Callable[[], tuple[float, int]]) -> None:
+        before = node_cpu_s(self.cluster)
+        rate, records = workload()
+        spent = node_cpu_s(self.cluster) - before
+        self.rates.append(rate)
+        self.cpu_us_per_record.append(spent / max(records, 1) * 1e6)
+
+
+def measure(encrypted: bool, directory: Path, seconds: float,
+            in_flight: int) -> tuple[list[float], list[float]]:
     extra: tuple[str, ...] = ()
     if encrypted:
         keyring = directory / "keyring.json"
@@ -144,11 +176,14 @@ def measure(encrypted: bool, directory: Path, seconds: float, in_flight: int) ->
             for name in ("lz4", "none", "client"):
                 admin.create_topic(name, partitions=PARTITIONS, replication_factor=3)
         time.sleep(3)  # preferred leaders settle before measuring
-        lz4 = asyncio.run(broker_produce(cluster, "lz4", Codec.LZ4, seconds, in_flight))
-        none = asyncio.run(broker_produce(cluster, "none", Codec.NONE, seconds, in_flight))
-        client = client_produce(cluster, "client", seconds)
-        fetch = asyncio.run(fetch_all(cluster, "lz4"))
-    return [lz4, none, client, fetch]
+        meter = Metered(cluster)
+        meter.run(lambda: asyncio.run(
+            broker_produce(cluster, "lz4", Codec.LZ4, seconds, in_flight)))
+        meter.run(lambda: asyncio.run(
+            broker_produce(cluster, "none", Codec.NONE, seconds, in_flight)))
+        meter.run(lambda: client_produce(cluster, "client", seconds))
+        meter.run(lambda: asyncio.run(fetch_all(cluster, "lz4")))
+    return meter.rates, meter.cpu_us_per_record
 
 
 def main() -> int:
@@ -157,7 +192,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="plaintext+encrypted pairs")
     parser.add_argument("--in-flight", type=int, default=16, help="concurrent produce requests")
     args = parser.parse_args()
-    results: dict[bool, list[list[float]]] = {False: [], True: []}
+    results: dict[bool, list[tuple[list[float], list[float]]]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="tidelog-at-rest-bench-") as tmp:
         for round_number in range(args.rounds):
             order = (False, True) if round_number % 2 == 0 else (True, False)
@@ -165,20 +200,26 @@ def main() -> int:
                 directory = Path(tmp) / f"round-{round_number}"
                 results[encrypted].append(measure(encrypted, directory, args.seconds,
                                                   args.in_flight))
-                print(f"round {round_number + 1} {'encrypted' if encrypted else 'plaintext'}: "
-                      + ", ".join(f"{w} {r:,.0f}" for w, r in
-                                  zip(WORKLOADS, results[encrypted][-1], strict=True))
-                      + " msgs/s", flush=True)
+                rates, cpu = results[encrypted][-1]
+                print(f"round {round_number + 1} {'encrypted' if encrypted else 'plaintext'} "
+                      f"(load {os.getloadavg()[0]:.1f}): "
+                      + ", ".join(f"{w} {r:,.0f} msgs/s {c:.1f} us/rec" for w, r, c in
+                                  zip(WORKLOADS, rates, cpu, strict=True)), flush=True)
     rows = []
     for index, name in enumerate(WORKLOADS):
-        plain = max(r[index] for r in results[False])
-        sealed = max(r[index] for r in results[True])
-        rows.append([name, f"{plain:,.0f}", f"{sealed:,.0f}", f"{sealed / plain:.0%}"])
+        plain = max(r[0][index] for r in results[False])
+        sealed = max(r[0][index] for r in results[True])
+        plain_cpu = statistics.median(r[1][index] for r in results[False])
+        sealed_cpu = statistics.median(r[1][index] for r in results[True])
+        rows.append([name, f"{plain:,.0f}", f"{sealed:,.0f}", f"{sealed / plain:.0%}",
+                     f"{plain_cpu:.1f}", f"{sealed_cpu:.1f}", f"{plain_cpu / sealed_cpu:.0%}"])
     print()
     print(f"1 KiB records, acks=all, RF=3, fsync always, {PARTITIONS} partitions, 3 local "
-          f"nodes, {args.in_flight} requests in flight; best of {args.rounds} rounds")
-    print(render_table(["workload", "plaintext msgs/s", "encrypted msgs/s",
-                        "encrypted / plaintext"], rows))
+          f"nodes, {args.in_flight} requests in flight; best of {args.rounds} rounds (msgs/s), "
+          "median (node CPU us per record, all three nodes)")
+    print(render_table(["workload", "plaintext msgs/s", "encrypted msgs/s", "ratio",
+                        "plaintext CPU us/rec", "encrypted CPU us/rec",
+                        "plaintext / encrypted CPU"], rows))
     return 0
 
 
