@@ -512,7 +512,9 @@ class PartitionLog:
     def iter_headers(self, from_offset: int) -> Iterator[BatchHeader]:
         """Headers of the batches from the one containing from_offset to the log end (as of
         the call), header checksums verified, records neither read nor decompressed: for Raft
-        to rebuild its state."""
+        to rebuild its state. These are the stored headers: with encryption at rest their
+        batch_length is the stored size, attribute bit 5 is set and records_checksum covers
+        the envelope; offsets, term, counts, timestamps and producer fields are the batch's."""
         with self._lock:
             self._check_open()
             self._check_readable(from_offset)
@@ -530,7 +532,8 @@ class PartitionLog:
                 offset = chunk[-1].last_offset + 1
 
     def batch_header_at(self, offset: int) -> BatchHeader | None:
-        """Header of the batch containing `offset`, or None outside [log start, log end)."""
+        """Header of the batch containing `offset`, or None outside [log start, log end); the
+        stored header (see iter_headers)."""
         with self._lock:
             self._check_open()
             if not self._log_start_offset <= offset < self.log_end_offset:
