@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, Generic, TextIO, TypeVar
 
 __all__ = [
     "ConsumerRead",
@@ -60,6 +61,7 @@ __all__ = [
     "GroupCommit",
     "History",
     "HistoryWriter",
+    "JsonLinesWriter",
     "LeaderObserved",
     "METADATA_PARTITION",
     "ReplicaDigest",
@@ -71,6 +73,8 @@ __all__ = [
     "encode_value",
     "event_from_dict",
     "event_to_dict",
+    "events_from_jsonl",
+    "events_to_jsonl",
 ]
 
 
@@ -304,19 +308,11 @@ class History:
         return len(self.events)
 
     def to_jsonl(self) -> str:
-        return "".join(json.dumps(event_to_dict(e), sort_keys=True) + "\n" for e in self.events)
+        return events_to_jsonl(self.events, event_to_dict)
 
     @classmethod
     def from_jsonl(cls, text: str) -> History:
-        events = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                events.append(event_from_dict(json.loads(line)))
-            except (ValueError, json.JSONDecodeError) as exc:
-                raise ValueError(f"history line {number}: {exc}") from exc
-        return cls(tuple(events))
+        return cls(events_from_jsonl(text, event_from_dict, what="history"))
 
     def dump(self, path: Path) -> None:
         path.write_text(self.to_jsonl())
@@ -326,34 +322,90 @@ class History:
         return cls.from_jsonl(path.read_text())
 
 
-class HistoryWriter:
-    """Appends events to a JSON-lines file as they happen, so a crashed run keeps its history.
+# --- JSON lines, shared by this history and the queue history (queue_history.py) --------------
+
+E = TypeVar("E")
+
+
+def events_to_jsonl(events: Iterable[E], encode: Callable[[E], dict[str, Any]]) -> str:
+    """One JSON object per line, keys sorted (so equal histories are equal files)."""
+    return "".join(_line(encode(e)) for e in events)
+
+
+def events_from_jsonl(text: str, decode: Callable[[dict[str, Any]], E], *, what: str
+                      ) -> tuple[E, ...]:
+    """Inverse of `events_to_jsonl`; blank lines are skipped, and a bad line is a ValueError
+    naming `what` and its line number."""
+    events = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(decode(json.loads(line)))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{what} line {number}: {exc}") from exc
+    return tuple(events)
+
+
+def _line(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True) + "\n"
+
+
+class JsonLinesWriter(Generic[E]):
+    """Appends events to a JSON-lines file as they happen, so a crashed run keeps its history,
+    and keeps them in memory for the checker. Thread-safe: workload threads append at once.
 
     Bounded: more than `events_max` events is a workload bug (a runaway loop), not data to keep.
+    After `close()` events are still kept in memory but no longer written, so a thread that
+    records one last outcome after the run ended does not fail on a closed file.
+    Subclasses count what they need for a progress line in `_counted` (called under the lock).
     """
 
-    def __init__(self, path: Path, *, events_max: int = 10_000_000) -> None:
-        self._path = path
+    def __init__(self, path: Path, encode: Callable[[E], dict[str, Any]], *, events_max: int,
+                 what: str) -> None:
         self._file: TextIO = path.open("a", encoding="utf-8")
-        self._events: list[Event] = []
+        self._encode = encode
+        self._events: list[E] = []
         self._events_max = events_max
+        self._what = what
+        self._lock = threading.Lock()
 
-    def append(self, event: Event) -> None:
-        assert len(self._events) < self._events_max, f"history over {self._events_max} events"
-        self._events.append(event)
-        self._file.write(json.dumps(event_to_dict(event), sort_keys=True) + "\n")
+    def append(self, event: E) -> None:
+        line = _line(self._encode(event))
+        with self._lock:
+            assert len(self._events) < self._events_max, \
+                f"{self._what} over {self._events_max} events"
+            self._events.append(event)
+            if not self._file.closed:
+                self._file.write(line)
+            self._counted(event)
 
-    def extend(self, events: Iterable[Event]) -> None:
+    def extend(self, events: Iterable[E]) -> None:
         for event in events:
             self.append(event)
 
-    def history(self) -> History:
-        return History(tuple(self._events))
+    def events(self) -> tuple[E, ...]:
+        with self._lock:
+            return tuple(self._events)
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            self._file.close()
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                self._file.close()
+
+    def _counted(self, event: E) -> None:
+        """Live counters of a subclass; nothing here."""
+
+
+class HistoryWriter(JsonLinesWriter[Event]):
+    """The run's `history.jsonl` (workload.Recorder wraps it with the run clock)."""
+
+    def __init__(self, path: Path, *, events_max: int = 10_000_000) -> None:
+        super().__init__(path, event_to_dict, events_max=events_max, what="history")
+
+    def history(self) -> History:
+        return History(self.events())
 
     def __enter__(self) -> HistoryWriter:
         return self

@@ -39,12 +39,12 @@ it may or may not have been applied); `invoked_ms` is when ack()/nack()/... was 
 from __future__ import annotations
 
 import enum
-import json
-import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar
+
+from tidelog.chaos.history import JsonLinesWriter, events_from_jsonl, events_to_jsonl
 
 __all__ = [
     "Action",
@@ -239,20 +239,11 @@ class QueueHistory:
         return len(self.events)
 
     def to_jsonl(self) -> str:
-        return "".join(json.dumps(queue_event_to_dict(e), sort_keys=True) + "\n"
-                       for e in self.events)
+        return events_to_jsonl(self.events, queue_event_to_dict)
 
     @classmethod
     def from_jsonl(cls, text: str) -> QueueHistory:
-        events = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                events.append(queue_event_from_dict(json.loads(line)))
-            except (ValueError, json.JSONDecodeError) as exc:
-                raise ValueError(f"queue history line {number}: {exc}") from exc
-        return cls(tuple(events))
+        return cls(events_from_jsonl(text, queue_event_from_dict, what="queue history"))
 
     @classmethod
     def load(cls, path: Path) -> QueueHistory:
@@ -262,36 +253,21 @@ class QueueHistory:
         path.write_text(self.to_jsonl())
 
 
-class QueueHistoryWriter:
-    """Thread-safe: appends events to a JSON-lines file as they happen (a crashed run keeps its
-    history). Bounded: more than `events_max` events is a runaway workload, not data."""
+class QueueHistoryWriter(JsonLinesWriter[QueueEvent]):
+    """The run's `queue-history.jsonl`: history.py's JSON-lines writer (thread-safe, bounded,
+    still in memory after close) plus live counters for the progress line."""
 
     def __init__(self, path: Path, *, events_max: int = 5_000_000) -> None:
-        self._file: TextIO = path.open("a", encoding="utf-8")
-        self._events: list[QueueEvent] = []
-        self._events_max = events_max
-        self._lock = threading.Lock()
-        self.deliveries = self.acks = 0  # live counters for the progress line
-
-    def append(self, event: QueueEvent) -> None:
-        line = json.dumps(queue_event_to_dict(event), sort_keys=True) + "\n"
-        with self._lock:
-            assert len(self._events) < self._events_max, f"over {self._events_max} events"
-            self._events.append(event)
-            if not self._file.closed:
-                self._file.write(line)
-            if isinstance(event, QueueDelivery):
-                self.deliveries += 1
-            elif (isinstance(event, QueueSettlement) and event.action is Action.ACK
-                  and event.result is SettleResult.OK):
-                self.acks += 1
+        self.deliveries = self.acks = 0
+        super().__init__(path, queue_event_to_dict, events_max=events_max,
+                         what="queue history")
 
     def history(self) -> QueueHistory:
-        with self._lock:
-            return QueueHistory(tuple(self._events))
+        return QueueHistory(self.events())
 
-    def close(self) -> None:
-        with self._lock:
-            if not self._file.closed:
-                self._file.flush()
-                self._file.close()
+    def _counted(self, event: QueueEvent) -> None:
+        if isinstance(event, QueueDelivery):
+            self.deliveries += 1
+        elif (isinstance(event, QueueSettlement) and event.action is Action.ACK
+              and event.result is SettleResult.OK):
+            self.acks += 1
