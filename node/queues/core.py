@@ -66,13 +66,14 @@ from tidelog.node.queues.model import (
     SettleKind,
     SettleOutcome,
 )
+from tidelog.node.queues.recent_acks import RecentAcks
 
 __all__ = ["REASON_EXPIRED", "REASON_MAX_DELIVERIES", "REASON_REJECTED", "QueueCore"]
 
 REASON_EXPIRED = "expired"
 REASON_MAX_DELIVERIES = "max deliveries"
 REASON_REJECTED = "rejected"
-SNAPSHOT_VERSION = 2       # 2: + "dlq" (dlq_ledger.py); version 1 is still read
+SNAPSHOT_VERSION = 3       # 2: + "dlq" (dlq_ledger.py), 3: + "acked" (recent_acks.py); 1.. read
 MAX_MESSAGES_MAX = 10_000
 DEDUP_IDS_MAX = 200_000             # ids remembered at most (oldest forgotten first)
 
@@ -127,6 +128,7 @@ class QueueCore:
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._redrive: dict[int, int] = {}
         self._dlq = DlqLedger()
+        self._acked = RecentAcks()
         self._seen: dict[str, int] = {}
         self._seq = 0
         # Dedup window (volatile): message id -> timestamp of its first record, and a heap
@@ -296,6 +298,7 @@ class QueueCore:
         out: list[dl.Delta] = []
         outcomes: list[SettleOutcome] = []
         acks: dict[_Part, list[tuple[int, int]]] = {}   # keyed by identity: cheap to hash
+        counts: dict[_Part, list[tuple[int, int, int]]] = {}   # acked (first, last, count)
         cfg = self.config
         last_tp: TopicPartition | None = None
         p: _Part | None = None
@@ -310,6 +313,17 @@ class QueueCore:
                 continue
             assert p is not None
             if not self._holds(p, consumer_id, s):
+                retried = self._retried_ack(p, consumer_id, s, counts.get(p, ())) \
+                    if s.kind is SettleKind.ACK else None
+                if retried is not None:
+                    # Sent again after a lost reply: what was acked then stays acked (OK);
+                    # what is still held by this delivery is acked now.
+                    for first, last in retried:
+                        self._ack(p, first, last)
+                        counts.setdefault(p, []).append((first, last, s.delivery_count))
+                    acks.setdefault(p, []).extend(retried)
+                    outcomes.append(SettleOutcome(index=index, ok=True, lock_lost=False))
+                    continue
                 outcomes.append(SettleOutcome(
                     index=index, ok=False, lock_lost=True,
                     message=f"{s.tp.topic}/{s.tp.partition} [{s.first}, {s.last}] is not held "
@@ -323,6 +337,7 @@ class QueueCore:
                 case SettleKind.ACK:
                     self._ack(p, s.first, s.last)
                     acks[p].append((s.first, s.last))
+                    counts.setdefault(p, []).append((s.first, s.last, s.delivery_count))
                 case SettleKind.NACK:
                     if s.delivery_count >= cfg.max_deliveries:
                         self._emit(out, dl.DeadPending(tp=s.tp, ranges=ranges,
@@ -347,6 +362,9 @@ class QueueCore:
         for part, ranges in acks.items():
             if ranges:
                 out.append(dl.Ack(tp=part.tp, ranges=_merge(ranges)))
+                # Remembered in the order replay applies the merged delta (recent_acks.py).
+                for first, last, count in sorted(counts.get(part, ())):
+                    self._acked.add(part.tp, first, last, consumer_id, count)
         for part in acks:
             self._advance(part, out)
         return outcomes, out
@@ -614,7 +632,7 @@ class QueueCore:
         return {"v": SNAPSHOT_VERSION, "config": self.config.to_dict(), "partitions": parts,
                 "counters": dict(sorted(self.counters.items())),
                 "redrive": [[k, v] for k, v in sorted(self._redrive.items())],
-                "dlq": self._dlq.snapshot()}
+                "dlq": self._dlq.snapshot(), "acked": self._acked.snapshot()}
 
     @classmethod
     def restore(cls, snapshot: Mapping[str, Any]) -> QueueCore:
@@ -671,6 +689,8 @@ class QueueCore:
             _expect(isinstance(row, list) and len(row) == 2 and _nat(row[0]) and _nat(row[1]),
                     f"snapshot: bad redrive cursor {row!r}")
             core._redrive[row[0]] = row[1]
+        if "acked" in snapshot:
+            core._acked = RecentAcks.restore(snapshot["acked"])
         if "dlq" in snapshot:
             core._dlq = DlqLedger.restore(snapshot["dlq"])
             for batch in core._dlq.batches():
@@ -933,7 +953,21 @@ class QueueCore:
 
     def _apply_ack(self, d: dl.Ack) -> None:
         p = self._parts[d.tp]
+        remember = self._acked.add
+        entries = p.entries
         for first, last in d.ranges:
+            # Remember (holder, count) runs before the records become DONE, as settle does.
+            start, run = first, None
+            for off in range(first, last + 1):
+                e = entries.get(off)
+                key = (e.holder, e.count) if e is not None and e is not _DONE \
+                    and e.state == IN_FLIGHT else None
+                if key != run:
+                    if run is not None:
+                        remember(p.tp, start, off - 1, *run)
+                    start, run = off, key
+            if run is not None:
+                remember(p.tp, start, last, *run)
             self._ack(p, first, last)
 
     def _ack(self, p: _Part, first: int, last: int) -> None:
@@ -941,6 +975,29 @@ class QueueCore:
         for off in range(first, last + 1):
             n += self._done(p, off)
         self.counters["acked"] += n
+
+    def _retried_ack(self, p: _Part, consumer_id: str, s: Settle,
+                     this_call: Iterable[tuple[int, int, int]]) -> dl.Ranges | None:
+        """An ACK not held as a whole: the parts still held by (consumer, count), if every
+        other offset of it was acked by that consumer at that delivery (recent_acks.py, or
+        earlier in this call: `this_call`); else None (LOCK_LOST)."""
+        acked = self._acked.acked(p.tp, s.first, s.last, consumer_id, s.delivery_count)
+        for first, last, count in this_call:
+            if count == s.delivery_count and first <= s.last and s.first <= last:
+                acked.update(range(max(first, s.first), min(last, s.last) + 1))
+        if not acked:
+            return None
+        held = []
+        entries = p.entries
+        for off in range(s.first, s.last + 1):
+            if off in acked:
+                continue
+            e = entries.get(off)
+            if (e is None or e is _DONE or e.state != IN_FLIGHT or e.count != s.delivery_count
+                    or e.holder != consumer_id):
+                return None
+            held.append(off)
+        return dl.ranges_of(held)
 
     def _apply_nack(self, d: dl.Nack) -> None:
         p = self._parts[d.tp]
@@ -1122,7 +1179,7 @@ _COUNTERS = ("acked", "delivered", "redelivered", "dead_lettered", "expired", "r
 
 _PART_FIELDS = ("t", "p", "start", "done", "in_flight", "waiting", "dead")
 _SNAPSHOT_V1 = frozenset({"v", "config", "partitions", "counters", "redrive"})
-_SNAPSHOT_FIELDS = {1: _SNAPSHOT_V1, 2: _SNAPSHOT_V1 | {"dlq"}}
+_SNAPSHOT_FIELDS = {1: _SNAPSHOT_V1, 2: _SNAPSHOT_V1 | {"dlq"}, 3: _SNAPSHOT_V1 | {"dlq", "acked"}}
 
 
 def _expect(ok: bool, message: str) -> None:

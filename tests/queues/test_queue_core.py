@@ -107,13 +107,35 @@ def test_settle_is_fenced_and_a_lost_lock_changes_nothing(consumer: str, count: 
         assert core.snapshot() == before
 
 
-def test_settle_of_an_acked_record_is_lock_lost() -> None:
+def test_an_ack_sent_again_after_a_lost_reply_is_ok_and_changes_nothing() -> None:
+    """Issue 12, chaos isolate-leader seed 4: a Settle retried after its reply was lost found
+    the ack applied and answered LOCK_LOST (32 of 2004 acks). The same ACK by the same consumer
+    at the same delivery is OK now, also on a successor (restored from the snapshot, or
+    replayed); anyone else, another delivery, or another action is still LOCK_LOST."""
     core = make()
-    offer(core, tp(), range(2))
-    core.acquire("c", 2, T0)
-    assert settle(core, "c", tp(), 1, 1, 1, ACK, T0).ok
-    again = settle(core, "c", tp(), 1, 1, 1, ACK, T0)
-    assert again.lock_lost and not again.ok
+    offer(core, tp(), range(4))
+    core.acquire("c", 4, T0)
+    base = core.snapshot()
+    _, deltas = core.settle("c", [Settle(tp=tp(), first=1, last=2, delivery_count=1,
+                                         kind=ACK)], T0)
+    replayed = QueueCore.restore(base)
+    for d in deltas:
+        replayed.apply(d)
+    for successor in (core, QueueCore.restore(core.snapshot()), replayed):
+        before = successor.snapshot()
+        outcomes, again = successor.settle("c", [Settle(tp=tp(), first=1, last=2,
+                                                        delivery_count=1, kind=ACK)], T0 + 1)
+        assert outcomes[0].ok and not outcomes[0].lock_lost and again == []
+        assert successor.snapshot() == before
+        for consumer, count, kind in (("other", 1, ACK), ("c", 2, ACK), ("c", 1, NACK),
+                                      ("c", 1, REJECT)):
+            lost = settle(successor, consumer, tp(), 1, 1, count, kind, T0 + 1)
+            assert lost.lock_lost and not lost.ok, (consumer, count, kind)
+    # A retried range coalesced with records still held: those are acked now.
+    outcomes, deltas = core.settle("c", [Settle(tp=tp(), first=0, last=3, delivery_count=1,
+                                                kind=ACK)], T0 + 2)
+    assert outcomes[0].ok and dl.Ack(tp=tp(), ranges=((0, 0), (3, 3))) in deltas
+    assert core.counters["acked"] == 4 and core.start_offset(tp()) == 4
 
 
 def test_ack_advances_start_past_done_offsets_and_drops_their_entries() -> None:
@@ -452,6 +474,8 @@ def test_snapshot_round_trips_through_restore() -> None:
 @pytest.mark.parametrize("damage", [
     lambda s: s.update(v=99),                 # a version this node does not read
     lambda s: s.update(v=1),                  # version 1 had no "dlq"
+    lambda s: s.update(v=2),                  # version 2 had no "acked"
+    lambda s: s.update(acked=[["t", 0, 5, 4, "c", 1]]),
     lambda s: s["dlq"].update(producer=[-1, 0]),
     lambda s: s.update(extra=1),
     lambda s: s["partitions"][0].update(start=-1),

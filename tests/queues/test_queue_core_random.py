@@ -44,6 +44,7 @@ class World:
     hw: int = 600
     now: int = T0
     held: dict[tuple[TopicPartition, int], tuple[str, int]] = field(default_factory=dict)
+    resend: object = None         # a settle sent again (its reply "lost"), now and then
 
     def __post_init__(self) -> None:
         rng = self.rng
@@ -78,6 +79,8 @@ class World:
             return "tick", None
         if r < 0.5:
             return "acquire", (rng.choice("xyz"), rng.randint(1, 8))
+        if r < 0.55 and self.resend is not None and rng.random() < 0.3:
+            return "settle", self.resend
         if r < 0.85 and self.held:
             items = []
             keys = sorted(self.held, key=lambda k: (k[0].partition, k[1]))
@@ -166,6 +169,7 @@ class World:
                     for off in range(first, last + 1):
                         self.held[(a.tp, off)] = (consumer, count)
         elif op[0] == "settle":
+            self.resend = op[1] if self.rng.random() < 0.3 else self.resend
             _, items = op[1]  # type: ignore[misc]
             outcomes = seen[0]  # type: ignore[index]
             for s, o in zip(items, outcomes, strict=True):
@@ -254,6 +258,7 @@ class Model:
     keys: dict[tuple[TopicPartition, int], bytes | None]
     locks: dict[tuple[TopicPartition, int], tuple[str, int, int]] = field(default_factory=dict)
     done: set[tuple[TopicPartition, int]] = field(default_factory=set)
+    acked_by: dict[tuple[TopicPartition, int], tuple[str, int]] = field(default_factory=dict)
     deliveries: dict[tuple[TopicPartition, int], int] = field(default_factory=dict)
     floor: dict[TopicPartition, int] = field(default_factory=dict)
     by_key: dict[tuple[TopicPartition, bytes | None], list[int]] = field(default_factory=dict)
@@ -300,13 +305,17 @@ class Model:
             lock = self.locks.get(k)
             holds = (lock is not None and lock[0] == consumer and lock[1] == s.delivery_count
                      and not self.is_done(s.tp, s.first))
-            assert o.ok == holds, f"seed {seed}: settle {s} -> {o} (model lock {lock})"
-            if not o.ok:
+            # An ack sent again by its consumer for its delivery (a lost reply) is OK.
+            again = s.kind is SettleKind.ACK and \
+                self.acked_by.get(k) == (consumer, s.delivery_count)
+            assert o.ok == (holds or again), f"seed {seed}: settle {s} -> {o} (model lock {lock})"
+            if not o.ok or again:
                 continue
             if s.kind is SettleKind.EXTEND:
                 self.locks[k] = (consumer, s.delivery_count, now + s.extend_ms)
             elif s.kind is SettleKind.ACK:
                 self.done.add(k)
+                self.acked_by[k] = (consumer, s.delivery_count)
                 del self.locks[k]
             elif s.kind is SettleKind.RELEASE:
                 self.deliveries[k] -= 1          # the attempt does not count

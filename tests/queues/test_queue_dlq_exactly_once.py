@@ -203,3 +203,25 @@ def test_a_dead_letter_whose_reply_was_lost_is_written_again_and_lands_once(
     time.sleep(0.5)    # nothing else is pending: a third copy would not come later
     landed = sources(cluster, f"{name}.dlq")
     assert len(landed) == (2 if planted else 1) and len(set(landed)) == 1, landed
+
+
+def test_an_ack_sent_again_after_a_lost_reply_is_answered_ok(
+        cluster: LocalCluster, queues: Queues) -> None:
+    """Issue 12 (chaos isolate-leader seed 4): the same Settle sent again, as a client does
+    when the reply is lost, is OK, also after the queue's coordinator moved; another
+    consumer's ack of the record is still LOCK_LOST."""
+    name = "resettle-q"
+    create_queue(queues, name, ["once"], start="latest")
+    produce(cluster, "once", [(b"a", b"ack me twice", [])])
+    (m,) = receive_until(queues, name, "c", 1, ack=False)
+    for _ in range(2):
+        assert not settle(queues, name, "c", [m], qpb.ACK).results
+    coordinator = cluster.leader_of("__queue_state", queues.coordinator(name).partition)
+    cluster.kill(coordinator)
+    cluster.start(coordinator)
+    cluster.wait_healthy(timeout_s=60)
+    assert not settle(queues, name, "c", [m], qpb.ACK).results       # on the successor
+    (other,) = settle(queues, name, "other", [m], qpb.ACK).results
+    assert other.error == pb.LOCK_LOST, other
+    stats = queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue=name), name).stats
+    assert stats.acked_total == 1, stats
