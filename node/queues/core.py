@@ -560,16 +560,18 @@ class QueueCore:
         total_depth = total_in_flight = 0
         for p in self._order:
             in_flight = waiting = dead = 0
-            for e in p.entries.values():
+            for off, e in p.entries.items():
                 if e is _DONE:
                     continue
                 if e.state == IN_FLIGHT:
                     if e.at > now_ms:
                         in_flight += 1
-                    else:
-                        waiting += 1
+                    elif (e.count >= self.config.max_deliveries
+                          or e.at + self._backoff(p.tp, off, e.count) > now_ms):
+                        waiting += 1          # expired: its backoff (or the DLQ) first
                 elif e.state == WAITING:
-                    waiting += 1
+                    if e.at > now_ms:         # past its delay or backoff: available
+                        waiting += 1
                 else:
                     dead += 1
             hw = high_watermarks.get(p.tp, -1)

@@ -426,6 +426,27 @@ def test_stats_count_depth_in_flight_waiting_and_oldest_age() -> None:
     assert (s.dlq_depth, s.redriven_total) == (1, 3)
 
 
+def test_stats_count_as_waiting_only_what_is_not_available_yet() -> None:
+    """Issue 12: a nacked record past its delay still counted as waiting. Waiting = nacked,
+    released or with an expired lock, and not available before a later time."""
+    core = make(lock_ms=100, backoff_initial_ms=1000, backoff_max_ms=1000)
+    offer(core, tp(), range(3))
+    core.acquire("c", 3, T0)
+    settle(core, "c", tp(), 0, 0, 1, NACK, T0, delay_ms=50)   # available at T0 + 50
+    settle(core, "c", tp(), 1, 1, 1, RELEASE, T0)             # available at once
+    # 2: its lock expires at T0 + 100, available again at about T0 + 1100 (backoff)
+
+    def waiting(now: int) -> int:
+        [p] = core.stats(now, {tp(): 3}).partitions
+        assert p.depth == 3
+        return p.waiting
+
+    assert waiting(T0 + 10) == 1            # 0 waits for its delay; 1 is available
+    assert waiting(T0 + 60) == 0            # 0's delay is over: available, not waiting
+    assert waiting(T0 + 200) == 1           # 2's lock expired: waits for its backoff
+    assert waiting(T0 + 2000) == 0          # ... until the backoff is over
+
+
 def test_next_event_ms_is_the_earliest_availability_or_expiry() -> None:
     core = make(lock_ms=100)
     assert core.next_event_ms(T0) is None
