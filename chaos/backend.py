@@ -40,6 +40,7 @@ from typing import Protocol
 from tidelog.chaos.grudge import Grudge
 from tidelog.chaos.lazyfs import LazyMount, lazyfs_unavailable_reason
 from tidelog.chaos.process import ProcessSpec, ProcessState, Supervisor
+from tidelog.chaos.secure import ChaosSecurity
 
 __all__ = [
     "Backend",
@@ -125,7 +126,10 @@ class LocalBackend:
         node_module: str = "tidelog.node.main",
         node_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        security: ChaosSecurity | None = None,
     ) -> None:
+        """`security`: TLS, SCRAM and ACLs on every node (`chaos run --secure`); the
+        certificates are made at `start`, once the nodes' addresses are known."""
         from tidelog.chaos.netns import netns_unavailable_reason
 
         if node_count < 1:
@@ -135,6 +139,7 @@ class LocalBackend:
         self._node_module = node_module
         self._node_args = tuple(node_args)
         self._env = {"PYTHONUNBUFFERED": "1", **(env or {})}
+        self.security = security
         self.netns_reason = netns_unavailable_reason() if use_netns is not False else "disabled"
         self.use_netns = self.netns_reason is None
         if use_netns and not self.use_netns:
@@ -205,6 +210,9 @@ class LocalBackend:
             if Capability.POWER in self.capabilities:
                 self.description += ("; data dirs on LazyFS (FUSE): a power cut loses every "
                                      "write and name change not fsynced")
+            if self.security is not None:
+                self.security.make_certs([a.rsplit(":", 1)[0] for a in self._addresses.values()])
+                self.description += "; secure: TLS + mTLS, SCRAM, ACLs"
             for n in self.nodes:
                 self.start_node(n)
         except BaseException:
@@ -262,7 +270,8 @@ class LocalBackend:
         peers = ",".join(f"{node_id(n)}={self._addresses[n]}" for n in self.nodes)
         argv = (sys.executable, "-m", self._node_module, "--id", str(node_id(node)),
                 "--listen", self._addresses[node], "--advertise", self._addresses[node],
-                "--peers", peers, "--data-dir", str(self._data_dir(node)), *self._node_args)
+                "--peers", peers, "--data-dir", str(self._data_dir(node)), *self._node_args,
+                *(self.security.node_args(node_id(node)) if self.security is not None else ()))
         netns = self._topology.nodes[node].netns if self._topology is not None else None
         self._supervisor.start(ProcessSpec(name=node, argv=argv, log_path=self.log_paths()[node],
                                            env=self._env, netns=netns))

@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="log: producers and consumers of the topic; queue / queue-key-ordered: "
                           "also a queue over the topic, its consumers acking, nacking and "
                           "rejecting, judged by the queue checker (default %(default)s)")
+    _add_secure(run)
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=_run)
     suite = sub.add_parser("suite", help="run every scenario available here in turn; exit 1 "
@@ -64,7 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     suite.add_argument("--fsync", default="always", metavar="POLICY",
                        help="the nodes' fsync policy (default %(default)s)")
     suite.add_argument("--workload", choices=WORKLOADS, default="log")
+    _add_secure(suite)
     suite.set_defaults(func=_suite)
+
+
+def _add_secure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secure", action=argparse.BooleanOptionalAction,
+        default=os.environ.get("TIDELOG_CHAOS_SECURE", "").lower() in ("1", "on", "true", "yes"),
+        help="TLS on both listeners (certificates made into the report's cluster/certs), "
+             "client certificates required, --authentication scram, --authorization; the "
+             "harness creates user 'chaos' (a super user) and every client of the run logs in "
+             "as it. Local backend only (env TIDELOG_CHAOS_SECURE=on; default off)")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -122,7 +134,8 @@ def _run(args: argparse.Namespace) -> int:
         config = RunConfig(scenario=args.scenario, backend=args.backend, nodes=args.nodes,
                            duration_s=args.duration, rate_per_s=args.rate, seed=seed,
                            report_dir=args.report, progress=not args.quiet,
-                           fsync=args.fsync, queue=_queue_config(args.workload))
+                           fsync=args.fsync, queue=_queue_config(args.workload),
+                           secure=args.secure)
     except ValueError as exc:
         print(f"tidelog chaos: {exc}", file=sys.stderr)
         return 2
@@ -148,13 +161,17 @@ def _suite(args: argparse.Namespace) -> int:
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
+    if args.secure and args.backend == "docker":
+        print("tidelog chaos: --secure runs on the local backend only (see `tidelog chaos run "
+              "--help`)", file=sys.stderr)
+        return 2
     rows = []
     failed = False
     for name in names:
         config = RunConfig(scenario=name, backend=args.backend, nodes=args.nodes,
                            duration_s=args.duration, rate_per_s=args.rate, seed=seed,
                            report_dir=args.report / name, progress=False, fsync=args.fsync,
-                           queue=_queue_config(args.workload))
+                           queue=_queue_config(args.workload), secure=args.secure)
         try:
             outcome = ChaosRun(config).execute()
         except ScenarioUnavailable as exc:
@@ -177,7 +194,8 @@ def _suite(args: argparse.Namespace) -> int:
                     f"first-ack-after-heal-max={max(firsts, default=0) / 1000:.1f}s {harness}"
                     + queue)
         print(rows[-1], file=sys.stderr, flush=True)
-    print(f"\nseed {seed}, {args.nodes} nodes, {args.duration:g} s each, {args.backend} backend:")
+    print(f"\nseed {seed}, {args.nodes} nodes, {args.duration:g} s each, {args.backend} backend"
+          + (", secure (TLS, SCRAM, ACLs)" if args.secure else "") + ":")
     print("\n".join(rows))
     return 1 if failed else 0
 

@@ -29,6 +29,9 @@ log checker still judges the topic under the queue.
   bounded by `drain_s_max`. Then the consumers stop and the whole dead-letter topic is read from
   offset 0 to its high watermark, headers included (`DeadLetter` events).
 
+Security (`chaos run --secure`): the queue consumers, the Admin calls, the observers and the
+DLQ read all get the run's `ClientSecurity` (TLS, client certificate, SCRAM login).
+
 Bounds: every loop has a deadline and a maximum count; each consumer holds at most
 `receive_max` late messages at once (a late roll beyond that acks at once).
 """
@@ -63,6 +66,7 @@ from tidelog.chaos.workload import ClusterView, Snapshot
 if TYPE_CHECKING:  # the client is imported where it is used, as in workload.py
     from tidelog.client.queue import QueueConsumer, QueueMessage, SettleFuture
     from tidelog.client.queue_admin import QueueStats
+    from tidelog.client.security import ClientSecurity
     from tidelog.proto.batch import Record
 
 __all__ = ["QueueWorkload", "QueueWorkloadConfig", "create_queue"]
@@ -127,7 +131,7 @@ class CreatedQueue:
 
 
 def create_queue(bootstrap: Sequence[str], config: QueueWorkloadConfig,
-                 topic: str) -> CreatedQueue:
+                 topic: str, *, security: ClientSecurity | None = None) -> CreatedQueue:
     """Create the queue over `topic` (and its DLQ topic), retrying for up to a minute while the
     cluster settles; returns the effective configuration."""
     from tidelog.client import Admin, errors
@@ -136,7 +140,7 @@ def create_queue(bootstrap: Sequence[str], config: QueueWorkloadConfig,
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with Admin(list(bootstrap), request_timeout_ms=10_000) as admin:
+            with Admin(list(bootstrap), request_timeout_ms=10_000, security=security) as admin:
                 info = admin.create_queue(
                     config.queue, [topic], key_ordered=config.key_ordered,
                     max_deliveries=config.max_deliveries, lock_s=config.lock_s,
@@ -157,8 +161,9 @@ class CoordinatorView(ClusterView):
     """A `ClusterView` for the nemesis in which every partition is the queue's state partition:
     "the leader of partition p" is the queue's coordinator, its replicas the state group's."""
 
-    def __init__(self, addresses: Mapping[str, str], queue: str, partitions: int) -> None:
-        super().__init__(addresses, QUEUE_STATE_TOPIC)
+    def __init__(self, addresses: Mapping[str, str], queue: str, partitions: int, *,
+                 security: ClientSecurity | None = None) -> None:
+        super().__init__(addresses, QUEUE_STATE_TOPIC, security=security)
         self._queue = queue
         self._partitions = partitions
 
@@ -192,8 +197,10 @@ class QueueWorkload:
 
     def __init__(self, config: QueueWorkloadConfig, created: CreatedQueue,
                  bootstrap: Sequence[str], addresses: Mapping[str, str], *, path: Path,
-                 clock_ms: Callable[[], float], seed: int) -> None:
+                 clock_ms: Callable[[], float], seed: int,
+                 security: ClientSecurity | None = None) -> None:
         self.config = config
+        self._security = security
         self.created = created
         self._bootstrap = list(bootstrap)
         self._addresses = dict(addresses)
@@ -210,7 +217,8 @@ class QueueWorkload:
             dlq_topic=created.dlq_topic, time_ms=clock_ms()))
 
     def nemesis_view(self, partitions: int) -> ClusterView:
-        view = CoordinatorView(self._addresses, self.config.queue, partitions)
+        view = CoordinatorView(self._addresses, self.config.queue, partitions,
+                               security=self._security)
         self._views.append(view)
         return view
 
@@ -236,7 +244,7 @@ class QueueWorkload:
         deadline = start + self.config.drain_s_max
         detail = "no stats answered"
         drained = False
-        with Admin(self._bootstrap, request_timeout_ms=5_000) as admin:
+        with Admin(self._bootstrap, request_timeout_ms=5_000, security=self._security) as admin:
             while time.monotonic() < deadline:
                 try:
                     stats = admin.describe_queue(self.config.queue).stats
@@ -275,14 +283,15 @@ class QueueWorkload:
 
         topic = self.created.dlq_topic
         try:
-            with Admin(self._bootstrap, request_timeout_ms=10_000) as admin:
+            with Admin(self._bootstrap, request_timeout_ms=10_000,
+                       security=self._security) as admin:
                 partitions = len(admin.describe_topics([topic])[0].partitions)
         except errors.TidelogError as exc:
             detail = f"could not describe {topic}: {exc}"
             self.writer.append(DlqRead(topic=topic, partitions=0, complete=False, detail=detail,
                                        time_ms=self.now_ms()))
             return False, detail
-        view = ClusterView(self._addresses, topic)
+        view = ClusterView(self._addresses, topic, security=self._security)
         records = 0
         try:
             for p in range(partitions):
@@ -324,7 +333,8 @@ class QueueWorkload:
             cid = f"q{index}.{incarnation}"
             try:
                 consumer = QueueConsumer(self._bootstrap, queue=cfg.queue, consumer_id=cid,
-                                         request_timeout_s=cfg.request_timeout_s)
+                                         request_timeout_s=cfg.request_timeout_s,
+                                         security=self._security)
             except errors.TidelogError as exc:
                 log.info("queue consumer %s: %s", cid, exc)
                 self.stopping.wait(0.5)
@@ -336,7 +346,7 @@ class QueueWorkload:
                     consumer.close(timeout_s=5)
 
     def _observe(self) -> None:
-        view = ClusterView(self._addresses, QUEUE_STATE_TOPIC)
+        view = ClusterView(self._addresses, QUEUE_STATE_TOPIC, security=self._security)
         last: object = ()
         try:
             for _ in range(1_000_000):
@@ -507,8 +517,10 @@ def _left(stats: QueueStats, topic: str, high_watermarks: Mapping[int, int]) -> 
 def _read_partition(view: ClusterView, addresses: Mapping[str, str], topic: str,
                     partition: int) -> list[Record]:
     """Every record (headers included) of one partition, offset 0 to the high watermark, from
-    its leader; retried from scratch on any error for up to a minute."""
+    its leader (dialled with the view's security); retried from scratch on any error for up to
+    a minute."""
     import grpc
+    from tidelog.client import errors
 
     deadline = time.monotonic() + _DLQ_READ_S_MAX
     last_error = "no leader"
@@ -518,8 +530,8 @@ def _read_partition(view: ClusterView, addresses: Mapping[str, str], topic: str,
             time.sleep(0.3)
             continue
         try:
-            return _fetch_all(addresses[leader], topic, partition)
-        except (grpc.RpcError, _Refused) as exc:
+            return _fetch_all(addresses[leader], topic, partition, view.security)
+        except (grpc.RpcError, errors.TidelogError, _Refused) as exc:
             last_error = str(exc)[:300]
             time.sleep(0.3)
     raise TimeoutError(f"read of {topic}-{partition} failed for {_DLQ_READ_S_MAX:.0f} s: "
@@ -530,15 +542,16 @@ class _Refused(Exception):
     pass
 
 
-def _fetch_all(address: str, topic: str, partition: int) -> list[Record]:
-    import grpc
+def _fetch_all(address: str, topic: str, partition: int,
+               security: ClientSecurity | None) -> list[Record]:
+    from tidelog.client.security import make_channel
     from tidelog.proto import broker_pb2 as pb
     from tidelog.proto import broker_pb2_grpc
     from tidelog.proto.batch import decode_records, iter_batches
 
     records: list[Record] = []
     offset = 0
-    with grpc.insecure_channel(address) as channel:
+    with make_channel(address, (), security) as channel:
         stub = broker_pb2_grpc.BrokerStub(channel)
         for _ in range(_FETCHES_MAX):
             reply = stub.Fetch(pb.FetchRequest(partitions=[pb.FetchPartition(

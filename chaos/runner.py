@@ -10,6 +10,10 @@ partition led, every replica in sync), reads every partition from offset 0 (the 
 the consumer catch up, and hands the history to the checker. Besides the checker's verdicts the
 run has two harness checks, also counted in the exit code: `converged` (the cluster healed
 within `converge_s_max`) and `final-read` (every partition could be read to its high watermark).
+
+With `secure` (`--secure`), the nodes run with TLS, SCRAM and ACLs, the harness creates its user
+right after they start, and every client of the run goes through that (chaos/secure.py); the
+report's `security:` line and run.json's `security` say so.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tidelog.chaos.backend import Backend, BackendError, LocalBackend
 from tidelog.chaos.checker import check_history
@@ -39,6 +44,7 @@ from tidelog.chaos.replicas import digest_replicas
 from tidelog.chaos.report import write_report
 from tidelog.chaos.results import Results, RunVerdict, Verdict, results_to_dict, verdict_line
 from tidelog.chaos.scenarios import SCENARIOS, missing_capability, needs_power, schedule
+from tidelog.chaos.secure import ChaosSecurity
 from tidelog.chaos.workload import (
     ClusterView,
     Recorder,
@@ -47,6 +53,9 @@ from tidelog.chaos.workload import (
     read_all_partitions,
 )
 from tidelog.node.storage.config import FsyncPolicy
+
+if TYPE_CHECKING:
+    from tidelog.client.security import ClientSecurity
 
 __all__ = ["EXIT_CODES", "ChaosRun", "RunConfig", "RunOutcome", "ScenarioUnavailable"]
 
@@ -87,6 +96,9 @@ class RunConfig:
     # Queue consumers over the topic too, judged by the queue checker (None: the log workload
     # alone). `--workload queue` / `queue-key-ordered`.
     queue: QueueWorkloadConfig | None = None
+    # TLS on both listeners, SCRAM authentication and ACLs on every node; every client of the
+    # run logs in (`--secure`, chaos/secure.py).
+    secure: bool = False
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -99,12 +111,19 @@ class RunConfig:
         if not 5 <= self.duration_s <= 24 * 3600:
             raise ValueError("duration must be 5 s .. 24 h")
         FsyncPolicy.parse(self.fsync)  # ValueError names what is wrong
+        if self.secure and self.backend == "docker":
+            raise ValueError(
+                "--secure runs on the local backend only: the docker backend starts the "
+                "plain compose deployment and cannot give its nodes the harness's certificates "
+                "and super user; use --backend local (as root for network faults), or "
+                "deploy/docker-compose.secure.yml by hand (docs/chaos.md, \"Secure runs\")")
 
     def replay_command(self) -> str:
         return (f"tidelog chaos run {self.scenario} --backend {self.backend} --nodes {self.nodes} "
                 f"--duration {self.duration_s:g} --rate {self.rate_per_s:g} --seed {self.seed}"
                 + ("" if self.fsync == "always" else f" --fsync {self.fsync}")
-                + ("" if self.queue is None else f" --workload {self.queue.name}"))
+                + ("" if self.queue is None else f" --workload {self.queue.name}")
+                + (" --secure" if self.secure else ""))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +143,7 @@ class RunOutcome:
     executed: tuple[dict[str, object], ...]
     skipped: tuple[str, ...]
     queue_results: QueueResults | None = None  # a queue run's second checker
+    security: str = ""  # how the run was secured (`--secure`); "" = plaintext, no login
 
     @property
     def verdict(self) -> RunVerdict:
@@ -171,7 +191,9 @@ class ChaosRun:
         report_dir = cfg.report_dir or Path(tempfile.mkdtemp(
             prefix=f"tidelog-chaos-{cfg.scenario}-{cfg.seed}-"))
         report_dir.mkdir(parents=True, exist_ok=True)
-        backend = self._backend(scenario.name, report_dir / "cluster")
+        security = (ChaosSecurity(directory=report_dir / "cluster" / "certs",
+                                  node_count=cfg.nodes) if cfg.secure else None)
+        backend = self._backend(scenario.name, report_dir / "cluster", security)
         why = missing_capability(scenario, backend.capabilities)
         if why:
             raise ScenarioUnavailable(f"scenario {cfg.scenario} {why}, which the {cfg.backend} "
@@ -192,10 +214,18 @@ class ChaosRun:
             backend.start()
             self._out(f"chaos: {backend.description}")
             addresses = {n: backend.client_address(n) for n in backend.nodes}
-            view = ClusterView(addresses, wl.topic)
-            _create_topic(list(addresses.values()), wl)
-            created = (create_queue(list(addresses.values()), cfg.queue, wl.topic)
-                       if cfg.queue is not None else None)
+            client = None
+            if security is not None:
+                self._out(f"chaos: creating user {security.username} (secure run)")
+                try:
+                    security.create_user(list(addresses.values()), timeout_s=STARTUP_S_MAX)
+                except TimeoutError as exc:
+                    raise BackendError(str(exc)) from None
+                client = security.client_security()
+            view = ClusterView(addresses, wl.topic, security=client)
+            _create_topic(list(addresses.values()), wl, security=client)
+            created = (create_queue(list(addresses.values()), cfg.queue, wl.topic,
+                                    security=client) if cfg.queue is not None else None)
             episodes = schedule(scenario, duration_s=cfg.duration_s, seed=cfg.seed,
                                 capabilities=backend.capabilities)
             (report_dir / "schedule.json").write_text(json.dumps(
@@ -205,12 +235,12 @@ class ChaosRun:
             if cfg.queue is not None and created is not None:
                 queue = QueueWorkload(cfg.queue, created, list(addresses.values()), addresses,
                                       path=report_dir / "queue-history.jsonl",
-                                      clock_ms=recorder.now_ms, seed=cfg.seed)
+                                      clock_ms=recorder.now_ms, seed=cfg.seed, security=client)
             # A queue run aims "the leader" faults at the queue's coordinator.
             nemesis = Nemesis(backend, queue.nemesis_view(wl.partitions) if queue else view,
                               recorder, partitions=wl.partitions)
             workload = Workload(wl, list(addresses.values()), recorder, view, seed=cfg.seed,
-                                duration_s=cfg.duration_s)
+                                duration_s=cfg.duration_s, security=client)
             t0 = time.monotonic()
             workload.start()
             if queue is not None:
@@ -266,7 +296,8 @@ class ChaosRun:
             config=cfg, results=results, harness=tuple(harness), report_dir=report_dir,
             backend_description=backend.description,
             executed=tuple(nemesis.executed if nemesis else ()),
-            skipped=tuple(nemesis.skipped if nemesis else ()), queue_results=queue_results)
+            skipped=tuple(nemesis.skipped if nemesis else ()), queue_results=queue_results,
+            security=security.describe() if security is not None else "")
         preamble = render_preamble(outcome)
         write_report(report_dir, history, results, preamble=preamble)
         (report_dir / "run.json").write_text(json.dumps({
@@ -280,6 +311,10 @@ class ChaosRun:
                         for h in outcome.harness],
             "results": results_to_dict(results),
             "workload": cfg.queue.name if cfg.queue else "log",
+            "secure": cfg.secure,
+            "security": security.as_json() if security is not None else {"tls": False,
+                                                                        "authentication": "none",
+                                                                        "authorization": False},
             **({} if queue_results is None else {
                 "queue_results": queue_results_to_dict(queue_results)}),
         }, indent=2) + "\n")
@@ -324,7 +359,8 @@ class ChaosRun:
                                    "metadata log digested offline (judged by "
                                    "replica-consistency)")
 
-    def _backend(self, scenario: str, work_dir: Path) -> Backend:
+    def _backend(self, scenario: str, work_dir: Path,
+                 security: ChaosSecurity | None) -> Backend:
         cfg = self.config
         uses_disk = scenario in ("disk-full", "mixed")
         if cfg.backend == "docker":
@@ -336,7 +372,8 @@ class ChaosRun:
                                 disk_bytes_max=DISK_BYTES_MAX if uses_disk else None,
                                 power_loss=needs_power(SCENARIOS[scenario]),
                                 node_args=("--fsync", cfg.fsync),
-                                node_module=cfg.node_module, env=cfg.node_env)
+                                node_module=cfg.node_module, env=cfg.node_env,
+                                security=security)
         except BackendError as exc:
             raise ScenarioUnavailable(str(exc)) from None
 
@@ -365,14 +402,15 @@ class ChaosRun:
             sys.stderr.write("\n")
 
 
-def _create_topic(bootstrap: list[str], wl: WorkloadConfig) -> None:
+def _create_topic(bootstrap: list[str], wl: WorkloadConfig,
+                  security: ClientSecurity | None = None) -> None:
     from tidelog.client import Admin, errors
 
     deadline = time.monotonic() + STARTUP_S_MAX
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with Admin(bootstrap, request_timeout_ms=10_000) as admin:
+            with Admin(bootstrap, request_timeout_ms=10_000, security=security) as admin:
                 # TopicAlreadyExists: an earlier attempt that timed out made it
                 with contextlib.suppress(errors.TopicAlreadyExists):
                     admin.create_topic(wl.topic, partitions=wl.partitions,
@@ -414,6 +452,7 @@ def render_preamble(outcome: RunOutcome) -> str:
         f"scenario: {cfg.scenario}    seed: {cfg.seed}    verdict: {outcome.verdict_text()}",
         f"replay:   {cfg.replay_command()}",
         f"backend:  {outcome.backend_description}",
+        f"security: {outcome.security or 'off (plaintext, no authentication, no ACLs)'}",
         f"workload: {cfg.workload.producers} idempotent acks=all producers, "
         f"{cfg.rate_per_s:g} msgs/s total, {cfg.workload.partitions} partitions x RF "
         f"{min(cfg.workload.replication_factor, cfg.nodes)}, 1 manual-assignment consumer, "

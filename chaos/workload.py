@@ -22,6 +22,9 @@ never talks to the cluster (STYLE habit 16).
   the highest term wins; a change is recorded as `leader_observed`.
 - **Final read**: after the faults healed and producers stopped, every partition is read from
   offset 0 to the high watermark with raw Fetch calls to its current leader.
+- **Security** (`chaos run --secure`): every client above, the observer's channels and the final
+  read's get the run's `ClientSecurity` (TLS, a client certificate, a SCRAM login); the raw
+  channels are made by the client's own `make_channel`, as every client's are.
 
 Bounds: every loop stops at its deadline and after a maximum count; each producer keeps at most
 `inflight_max` unresolved sends (it waits instead of queueing more).
@@ -38,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tidelog.chaos.history import (
     ConsumerRead,
@@ -53,6 +57,9 @@ from tidelog.chaos.history import (
     SendOk,
     encode_value,
 )
+
+if TYPE_CHECKING:
+    from tidelog.client.security import ClientSecurity
 
 __all__ = [
     "ClusterView",
@@ -171,8 +178,10 @@ class Snapshot:
 class ClusterView:
     """Asks every node for Metadata in parallel; the highest-term claim wins per partition."""
 
-    def __init__(self, addresses: Mapping[str, str], topic: str, *, timeout_s: float = 1.0) -> None:
+    def __init__(self, addresses: Mapping[str, str], topic: str, *, timeout_s: float = 1.0,
+                 security: ClientSecurity | None = None) -> None:
         self._addresses = dict(addresses)
+        self.security = security
         self._by_id = {int(n[1:]): n for n in addresses}
         self._topic = topic
         self._timeout_s = timeout_s
@@ -224,17 +233,20 @@ class ClusterView:
 
     def _ask(self, node: str):  # noqa: ANN202 - MetadataResponse | None
         import grpc
+        from tidelog.client import errors
+        from tidelog.client.security import make_channel
         from tidelog.proto import broker_pb2 as pb
         from tidelog.proto import broker_pb2_grpc
 
         with self._lock:
             channel = self._channels.get(node)
             if channel is None:
-                channel = self._channels[node] = grpc.insecure_channel(self._addresses[node])
+                channel = self._channels[node] = make_channel(self._addresses[node], (),
+                                                              self.security)
         try:
             return broker_pb2_grpc.BrokerStub(channel).Metadata(  # type: ignore[arg-type]
                 pb.MetadataRequest(topics=[self._topic]), timeout=self._timeout_s)
-        except grpc.RpcError:
+        except (grpc.RpcError, errors.TidelogError):  # TidelogError: a SCRAM login failed
             return None
 
 
@@ -245,8 +257,10 @@ class Workload:
     """Starts the producer, consumer and observer threads; `stop_*` ends them in order."""
 
     def __init__(self, config: WorkloadConfig, bootstrap: Sequence[str], recorder: Recorder,
-                 view: ClusterView, *, seed: int, duration_s: float) -> None:
+                 view: ClusterView, *, seed: int, duration_s: float,
+                 security: ClientSecurity | None = None) -> None:
         self.config = config
+        self._security = security
         self._bootstrap = list(bootstrap)
         self._rec = recorder
         self._view = view
@@ -318,7 +332,7 @@ class Workload:
                             delivery_timeout_ms=cfg.delivery_timeout_ms,
                             max_block_ms=2_000, buffer_memory=16 << 20,
                             retry_backoff_ms=50, retry_backoff_ms_max=500,
-                            metadata_max_age_ms=5_000)
+                            metadata_max_age_ms=5_000, security=self._security)
 
         def outcome(seq: int) -> Callable[[object, BaseException | None], None]:
             def done(metadata: object, error: BaseException | None) -> None:
@@ -390,7 +404,8 @@ class Workload:
             cid = f"c0.{incarnation}"
             consumer = Consumer(self._bootstrap, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=200, request_timeout_ms=cfg.request_timeout_ms,
-                                retry_backoff_ms=100, metadata_max_age_ms=5_000)
+                                retry_backoff_ms=100, metadata_max_age_ms=5_000,
+                                security=self._security)
             try:
                 consumer.assign(tps)
                 with self._consumed_lock:
@@ -448,7 +463,8 @@ class Workload:
             consumer = Consumer(self._bootstrap, group_id=GROUP, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=200,
                                 request_timeout_ms=cfg.request_timeout_ms,
-                                retry_backoff_ms=100, metadata_max_age_ms=5_000)
+                                retry_backoff_ms=100, metadata_max_age_ms=5_000,
+                                security=self._security)
             read_upto: dict[int, int] = {}
             committed: dict[int, int] = {}
             next_commit = time.monotonic() + cfg.group_commit_interval_s
@@ -505,10 +521,12 @@ class Workload:
 
 def final_read(view: ClusterView, addresses: Mapping[str, str], topic: str, partition: int,
                *, timeout_s: float = _FINAL_READ_S_MAX) -> tuple[list[FinalRecord], int]:
-    """Every record of the partition, from offset 0 to its high watermark, from its leader.
+    """Every record of the partition, from offset 0 to its high watermark, from its leader
+    (dialled with the view's security).
 
     Returns (records, high watermark). Retries from scratch on any error until timeout_s."""
     import grpc
+    from tidelog.client import errors
 
     deadline = time.monotonic() + timeout_s
     last_error = "no leader"
@@ -518,8 +536,8 @@ def final_read(view: ClusterView, addresses: Mapping[str, str], topic: str, part
             time.sleep(0.3)
             continue
         try:
-            return _read_all(addresses[leader], topic, partition)
-        except (grpc.RpcError, _NotLeader) as exc:
+            return _read_all(addresses[leader], topic, partition, view.security)
+        except (grpc.RpcError, errors.TidelogError, _NotLeader) as exc:
             last_error = str(exc)
             time.sleep(0.3)
     raise TimeoutError(f"final read of {topic}-{partition} failed for {timeout_s:.0f} s: "
@@ -530,8 +548,9 @@ class _NotLeader(Exception):
     pass
 
 
-def _read_all(address: str, topic: str, partition: int) -> tuple[list[FinalRecord], int]:
-    import grpc
+def _read_all(address: str, topic: str, partition: int,
+              security: ClientSecurity | None) -> tuple[list[FinalRecord], int]:
+    from tidelog.client.security import make_channel
     from tidelog.proto import broker_pb2 as pb
     from tidelog.proto import broker_pb2_grpc
     from tidelog.proto.batch import decode_records, iter_batches
@@ -539,7 +558,7 @@ def _read_all(address: str, topic: str, partition: int) -> tuple[list[FinalRecor
     records: list[FinalRecord] = []
     offset = 0
     hw = -1
-    with grpc.insecure_channel(address) as channel:
+    with make_channel(address, (), security) as channel:
         stub = broker_pb2_grpc.BrokerStub(channel)
         for _ in range(_FINAL_FETCHES_MAX):
             reply = stub.Fetch(pb.FetchRequest(
