@@ -432,15 +432,17 @@ def summarize(system: str, variant: str, consumers: int, mode: str, size: int, p
 
 
 @contextlib.contextmanager
-def tidelog_cluster(bootstrap: str | None) -> Iterator[tuple[str, list[int]]]:
-    """(bootstrap, node pids): a fresh 3-node cluster, fsync always, stopped at exit."""
+def tidelog_cluster(bootstrap: str | None, env: dict[str, str] | None = None
+                    ) -> Iterator[tuple[str, list[int]]]:
+    """(bootstrap, node pids): a fresh 3-node cluster, fsync always, stopped at exit; `env`
+    is added to the nodes' environment (--node-env)."""
     if bootstrap:
         yield bootstrap, []
         return
     from tidelog.node.local_cluster import LocalCluster
 
     with tempfile.TemporaryDirectory(prefix="tidelog-qbench-") as tmp:
-        cluster = LocalCluster(3, Path(tmp), extra_args=("--fsync", "always"))
+        cluster = LocalCluster(3, Path(tmp), extra_args=("--fsync", "always"), env=env)
         with cluster:
             cluster.wait_healthy(60)
             log(f"tidelog: started 3 nodes {cluster.bootstrap} "
@@ -693,6 +695,8 @@ def profiler_hook(args: argparse.Namespace, node_pids: list[int], profiles: dict
                        "--nonblocking", "--threads", "-o", str(path)]
             if not args.profile_all_threads:
                 command.append("--gil")
+            if args.profile_native:  # py-spy refuses --native with --nonblocking
+                command = [c for c in command if c != "--nonblocking"] + ["--native"]
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
             profiles[name] = {"pid": pid, "path": str(path), "process": process,
@@ -884,6 +888,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="sample every non-idle thread, not only the one holding the GIL "
                              "(the default shows where Python's CPU goes; this also shows "
                              "threads blocked in fdatasync or select)")
+    parser.add_argument("--node-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="added to every started node's environment (repeatable)")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="py-spy --native: C frames too (what a grpc write does inside)")
     parser.add_argument("--output", choices=["table", "json"], default="table")
     return parser.parse_args(argv)
 
@@ -894,7 +902,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[CaseResult] = []
     profiles: dict[str, Any] = {}
     if not args.no_tidelog:
-        with tidelog_cluster(args.bootstrap) as (bootstrap, node_pids):
+        env = dict(item.split("=", 1) for item in args.node_env)
+        with tidelog_cluster(args.bootstrap, env) as (bootstrap, node_pids):
             results += run_tidelog(args, bootstrap, node_pids, profiles)
     if args.with_rabbit:
         results += run_rabbit(args)

@@ -3,11 +3,18 @@
 Replicas `await sync(log)` after appending; while one flush runs, new requests gather into the next,
 so under load many partitions' appends share each round of fsyncs and the event loop never blocks on
 the disk. Invariant: when `sync(log)` returns, all appended to `log` before the call is durable.
+
+Latency: when no flush is running, `sync` hands the job to the executor at once, and the job
+itself calls back into the loop when its fsyncs are done, where the waiters are resolved and the
+next round starts. No flusher task sits between a Ready and its fsync, and the executor's own
+future is not waited for: each was one more pass of the event loop per Raft round, and under load
+(a coordinator answering 16 consumers) one pass took 0.2 ms to several ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -24,7 +31,7 @@ class GroupCommitter:
         self._loop = loop
         self._pending: dict[int, Syncable] = {}
         self._waiters: list[asyncio.Future[None]] = []
-        self._flushing = False
+        self._flushing = False  # Invariant: at most one flush job runs at a time.
         self.flushes = 0
         self.synced_logs = 0
 
@@ -34,35 +41,51 @@ class GroupCommitter:
         self._pending[id(target)] = target
         self._waiters.append(future)
         if not self._flushing:
-            self._flushing = True
-            loop.create_task(self._flush_loop())
+            self._start(loop)
         await future
 
     async def run(self, work: Callable[[], object]) -> object:
         """Run blocking work (an atomic metadata write) off the loop."""
         return await asyncio.get_running_loop().run_in_executor(None, work)
 
-    async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One flush of everything that asked so far, in the executor."""
+        targets = list(self._pending.values())
+        waiters = self._waiters
+        self._pending, self._waiters = {}, []
+        self._flushing = True
         try:
-            while self._waiters:
-                targets = list(self._pending.values())
-                waiters = self._waiters
-                self._pending, self._waiters = {}, []
-                try:
-                    await loop.run_in_executor(None, _sync_all, targets)
-                except Exception as exc:  # surfaced to every writer that waited on this flush
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                    continue
-                self.flushes += 1
-                self.synced_logs += len(targets)
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-        finally:
-            self._flushing = False
+            loop.run_in_executor(None, self._job, loop, targets, waiters)
+        except RuntimeError as exc:  # the executor was shut down: the loop is closing
+            self._finished(loop, 0, waiters, exc)
+
+    def _job(self, loop: asyncio.AbstractEventLoop, targets: list[Syncable],
+             waiters: list[asyncio.Future[None]]) -> None:
+        """In the executor: the fsyncs, then straight back to the loop with the outcome (one
+        pass of the loop sooner than waiting for the executor's own future)."""
+        error: BaseException | None = None
+        try:
+            _sync_all(targets)
+        except Exception as exc:  # surfaced to every writer that waited on this flush
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(self._finished, loop, len(targets), waiters, error)
+
+    def _finished(self, loop: asyncio.AbstractEventLoop, count: int,
+                  waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+        if error is None:
+            self.flushes += 1
+            self.synced_logs += count
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(None)
+        self._flushing = False
+        if self._waiters and not loop.is_closed():
+            self._start(loop)
 
 
 def _sync_all(targets: list[Syncable]) -> None:
