@@ -2,6 +2,10 @@
 plaintext storage, in one run on one machine: the issue 13 goal is encrypted >= 80% of plaintext.
 
     .venv/bin/python benchmarks/at_rest_bench.py [--seconds 5] [--rounds 2] [--in-flight 16]
+    .venv/bin/python benchmarks/at_rest_bench.py --storage-only
+
+First the storage engine alone (append and read of the same batches, plaintext and encrypted
+alternating: the only code encryption changes), then the clusters.
 
 Each round starts a plaintext 3-node cluster, measures, stops it, then the same cluster with a
 keyring (`tidelog keyring create`), so both share the machine's state; rounds alternate the
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -36,7 +41,8 @@ from pathlib import Path
 import grpc
 from tidelog.client import Admin, Producer
 from tidelog.node.local_cluster import LocalCluster, metadata
-from tidelog.node.security.keyring import create_keyring
+from tidelog.node.security.keyring import FileKeyring, create_keyring
+from tidelog.node.storage import AtRestCipher, FsyncPolicy, LogConfig, PartitionLog
 from tidelog.node.tables import render_table
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
@@ -186,14 +192,67 @@ def measure(encrypted: bool, directory: Path, seconds: float,
     return meter.rates, meter.cpu_us_per_record
 
 
+def storage_costs(directory: Path, repeats: int = 7, batches: int = 500) -> list[list[str]]:
+    """Per-batch cost of PartitionLog.append (fsync policy interval: no fsync in the loop) and
+    of reading it back, plaintext and encrypted alternating, median of `repeats`: the only code
+    encryption changes, measured without the cluster's noise."""
+    keyring = directory / "storage-keyring.json"
+    create_keyring(keyring)
+    cipher = AtRestCipher(FileKeyring(keyring))
+    rows = []
+    for codec in (Codec.LZ4, Codec.NONE):
+        batch = encode_batch([(f"key-{i}".encode(), value(i), (), int(time.time() * 1000))
+                              for i in range(RECORDS_PER_BATCH)], codec=codec)
+        timings: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for repeat in range(repeats):
+            for encrypted in (False, True):
+                config = dataclasses.replace(
+                    LogConfig(fsync=FsyncPolicy.parse("interval:1h")),
+                    encryption=cipher if encrypted else None)
+                log = PartitionLog.open(directory / f"log-{codec.name}-{encrypted}-{repeat}",
+                                        config)
+                started = time.perf_counter()
+                for _ in range(batches):
+                    log.append(batch, term=1)
+                appended = time.perf_counter()
+                offset = 0
+                while offset < log.log_end_offset:
+                    data = log.read(offset, 1 << 20)
+                    for _, header in iter_batches(data, verify=False):
+                        offset = header.last_offset + 1
+                done = time.perf_counter()
+                log.close()
+                timings[encrypted].append(((appended - started) / batches * 1e6,
+                                           (done - appended) / batches * 1e6))
+        plain_append, plain_read = (statistics.median(t[i] for t in timings[False])
+                                    for i in (0, 1))
+        sealed_append, sealed_read = (statistics.median(t[i] for t in timings[True])
+                                      for i in (0, 1))
+        rows.append([f"{codec.name.lower()} ({len(batch):,} B)", f"{plain_append:.1f}",
+                     f"{sealed_append:.1f}", f"{plain_read:.1f}", f"{sealed_read:.1f}"])
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="plaintext+encrypted pairs")
     parser.add_argument("--in-flight", type=int, default=16, help="concurrent produce requests")
+    parser.add_argument("--storage-only", action="store_true",
+                        help="only the storage costs (no cluster)")
     args = parser.parse_args()
+    if args.storage_only:
+        with tempfile.TemporaryDirectory(prefix="tidelog-at-rest-bench-") as tmp:
+            print(render_table(["batch", "append plain", "append encrypted", "read plain",
+                                "read encrypted"], storage_costs(Path(tmp))))
+        return 0
     results: dict[bool, list[tuple[list[float], list[float]]]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="tidelog-at-rest-bench-") as tmp:
+        print(f"Storage alone, per batch of {RECORDS_PER_BATCH} x 1 KiB records, us "
+              f"(median of 7; load {os.getloadavg()[0]:.1f})")
+        print(render_table(["batch", "append plain", "append encrypted", "read plain",
+                            "read encrypted"], storage_costs(Path(tmp))), flush=True)
+        print()
         for round_number in range(args.rounds):
             order = (False, True) if round_number % 2 == 0 else (True, False)
             for encrypted in order:
