@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -337,14 +338,18 @@ class ChaosRun:
 
     def _compare_replicas(self, backend: Backend, view: ClusterView, topic: str,
                           hws: dict[int, int], recorder: Recorder, scratch: Path) -> HarnessCheck:
-        """Stop every node (SIGTERM: a clean stop), then digest each replica's committed prefix
-        offline into `replica_digest` events; the checker compares them."""
+        """Stop every node (SIGTERM: a clean stop; all at once, so no node elects itself and
+        writes after the others went, and the run waits for the slowest stop, not their sum),
+        then digest each replica's committed prefix offline into `replica_digest` events; the
+        checker compares them."""
         snap = view.snapshot()
         replicas = {p: snap.replicas[p][0] for p in hws if p in snap.replicas}
         self._out("chaos: stopping the nodes to compare their replicas offline")
         try:
-            for node in backend.nodes:
-                backend.terminate(node)
+            with ThreadPoolExecutor(max_workers=len(backend.nodes),
+                                    thread_name_prefix="chaos-stop") as pool:
+                for stopped in [pool.submit(backend.terminate, n) for n in backend.nodes]:
+                    stopped.result()  # a BackendError of any node is this check's failure
             dirs = {node: backend.data_dir(node) for node in backend.nodes}
             events = digest_replicas(dirs, topic, hws, replicas, scratch=scratch,
                                      time_ms=recorder.now_ms())
