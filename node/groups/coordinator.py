@@ -40,9 +40,10 @@ from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command, CreateTopic
 from tidelog.node.raft import NotLeader, ProposalDropped
 from tidelog.node.replica import Replica, ReplicaLostLeadership
+from tidelog.node.state_replay import replay_committed
 from tidelog.node.topics import partition_group
 from tidelog.proto import broker_pb2 as pb
-from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
+from tidelog.proto.batch import Codec, encode_batch, validate_batch
 
 __all__ = ["GroupCoordinator"]
 
@@ -56,7 +57,6 @@ OFFSETS_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": str(16 * 
 TICK_INTERVAL_S = 0.25
 TOPICS_CHECK_INTERVAL_S = 2.0
 WRITE_TIMEOUT_S = 10.0
-LOAD_READ_BYTES = 1 << 20
 COMMIT_PARTITIONS_MAX = 10_000
 DESCRIBE_GROUPS_MAX = 100
 
@@ -132,29 +132,13 @@ class GroupCoordinator:
         replica = entry.replica
         started = time.monotonic()
         try:
-            # The leader's first entry of its term commits only with everything before it.
-            target = replica.log.log_end_offset - 1
-            while replica.commit_index < target:
-                if not replica.is_leader or replica.term != entry.term:
-                    return
-                await asyncio.sleep(0.02)
             core = GroupCoordinatorCore(offsets_retention_ms=OFFSETS_RETENTION_MS,
                                         partition_counts=self._partition_counts())
             now = _now_ms()
-            offset = replica.log.log_start_offset
-            records = 0
-            while offset < replica.high_watermark:
-                data = replica.read_committed(offset, LOAD_READ_BYTES)
-                if not data:
-                    break
-                for pos, header in iter_batches(data):
-                    if not header.is_control:
-                        for record in decode_records(data[pos:pos + header.size]):
-                            if record.offset >= offset:
-                                core.replay(record.key, record.value, now)
-                                records += 1
-                    offset = header.last_offset + 1
-                await asyncio.sleep(0)
+            records = await replay_committed(
+                replica, entry.term, lambda key, value: core.replay(key, value, now))
+            if records is None:
+                return
             if self._partitions.get(entry.partition) is entry and replica.is_leader:
                 entry.core = core
                 log.info("coordinator of __consumer_offsets-%d loaded: %d records, %d groups "

@@ -74,10 +74,11 @@ from tidelog.node.queues.wire import (
 )
 from tidelog.node.raft import NotLeader, ProposalDropped
 from tidelog.node.replica import Replica, ReplicaLostLeadership
+from tidelog.node.state_replay import replay_committed
 from tidelog.node.topics import partition_group
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import queue_pb2 as qpb
-from tidelog.proto.batch import Codec, decode_records, encode_batch, iter_batches, validate_batch
+from tidelog.proto.batch import Codec, encode_batch, iter_batches, validate_batch
 
 __all__ = ["QUEUE_STATE_TOPIC", "QueueCoordinator", "QueueHost"]
 
@@ -90,7 +91,6 @@ QUEUE_STATE_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": str(16 * 10
 SNAPSHOT_EVERY = sl.SNAPSHOT_EVERY  # delta records between snapshots at most (compaction)
 TICK_INTERVAL_S = 0.1
 TOPICS_CHECK_INTERVAL_S = 2.0
-LOAD_READ_BYTES = 1 << 20
 FILL_READ_BYTES = 256 * 1024
 REMOTE_POLL_S = 0.1          # a partition read from another node is polled at most this often
 RECEIVE_MESSAGES_MAX = 10_000
@@ -233,26 +233,15 @@ class QueueCoordinator:
         replica = entry.replica
         started = time.monotonic()
         try:
-            target = replica.log.log_end_offset - 1
-            while replica.commit_index < target:
-                if not replica.is_leader or replica.term != entry.term:
-                    return
-                await asyncio.sleep(0.02)
             replay = sl.QueueReplay()
-            offset = replica.log.log_start_offset
-            records = 0
-            while offset < replica.high_watermark:
-                data = replica.read_committed(offset, LOAD_READ_BYTES)
-                if not data:
-                    break
-                for pos, header in iter_batches(data):
-                    if not header.is_control:
-                        for record in decode_records(data[pos:pos + header.size]):
-                            if record.offset >= offset and record.key is not None:
-                                replay.feed(record.key, record.value)
-                                records += 1
-                    offset = header.last_offset + 1
-                await asyncio.sleep(0)
+
+            def feed(key: bytes | None, value: bytes | None) -> None:
+                if key is not None:
+                    replay.feed(key, value)
+
+            records = await replay_committed(replica, entry.term, feed)
+            if records is None:
+                return
             if self._partitions.get(entry.partition) is not entry or not replica.is_leader:
                 return
             entry.queues = {

@@ -1,0 +1,51 @@
+"""Replay of a coordinator's state partition when this node becomes its leader.
+
+The group coordinator (`__consumer_offsets`) and the queue coordinator (`__queue_state`) keep
+their state in a partition they lead and rebuild it the same way on leadership: wait until the
+new term's first entry is committed (a Raft leader's entry of its own term commits only with
+everything before it, so the committed log then holds every write ever acknowledged), then read
+every committed data record from the log start in order and feed it to the state machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from tidelog.node.replica import Replica
+from tidelog.proto.batch import decode_records, iter_batches
+
+__all__ = ["COMMIT_POLL_S", "READ_BYTES", "replay_committed"]
+
+READ_BYTES = 1 << 20      # per read of the log while replaying
+COMMIT_POLL_S = 0.02      # how often the wait for the term's first commit looks again
+
+Feed = Callable[[bytes | None, bytes | None], None]   # (key, value) of one record
+
+
+async def replay_committed(replica: Replica, term: int, feed: Feed) -> int | None:
+    """Feed every committed data record of `replica`'s log, in offset order, once the leader's
+    first entry of `term` is committed. Returns how many records were fed, or None when the
+    replica stopped leading in `term` before that commit (the caller then gives up: whoever
+    leads next replays). Control batches are skipped; the loop yields to the event loop after
+    each read, so a long replay does not hold the node up."""
+    target = replica.log.log_end_offset - 1
+    while replica.commit_index < target:
+        if not replica.is_leader or replica.term != term:
+            return None
+        await asyncio.sleep(COMMIT_POLL_S)
+    offset = replica.log.log_start_offset
+    records = 0
+    while offset < replica.high_watermark:
+        data = replica.read_committed(offset, READ_BYTES)
+        if not data:
+            break
+        for pos, header in iter_batches(data):
+            if not header.is_control:
+                for record in decode_records(data[pos:pos + header.size]):
+                    if record.offset >= offset:
+                        feed(record.key, record.value)
+                        records += 1
+            offset = header.last_offset + 1
+        await asyncio.sleep(0)
+    return records
