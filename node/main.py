@@ -62,9 +62,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                                "(env TIDELOG_TLS_CA)")
     security.add_argument("--tls-client-auth", default=env("tls_client_auth", "none"),
                           choices=[c.value for c in ClientAuth],
-                          help="ask clients for a certificate on the client listener; peers "
-                               "always must give one (env TIDELOG_TLS_CLIENT_AUTH; "
-                               "default %(default)s)")
+                          help="required: clients must present a certificate of the CA on the "
+                               "client listener (principal Cert:<subject>); peers always must. "
+                               "'optional' is refused at start (grpcio cannot ask without "
+                               "requiring) (env TIDELOG_TLS_CLIENT_AUTH; default %(default)s)")
     security.add_argument("--authentication", default=env("authentication", "none"),
                           choices=[a.value for a in Authentication],
                           help="'scram': clients log in with SCRAM-SHA-256 users "
