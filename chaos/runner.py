@@ -13,7 +13,8 @@ within `converge_s_max`) and `final-read` (every partition could be read to its 
 
 With `secure` (`--secure`), the nodes run with TLS, SCRAM and ACLs, the harness creates its user
 right after they start, and every client of the run goes through that (chaos/secure.py); the
-report's `security:` line and run.json's `security` say so.
+report's `security:` line and run.json's `security` say so, and a third harness check,
+`security`, shows the nodes refuse a plaintext call and a certificate without a login.
 """
 
 from __future__ import annotations
@@ -225,6 +226,10 @@ class ChaosRun:
                 client = security.client_security()
             view = ClusterView(addresses, wl.topic, security=client)
             _create_topic(list(addresses.values()), wl, security=client)
+            if security is not None:
+                passed, detail = security.probe(addresses[backend.nodes[0]], wl.topic)
+                harness.append(HarnessCheck(name="security", detail=detail,
+                                            verdict=Verdict.PASS if passed else Verdict.FAIL))
             created = (create_queue(list(addresses.values()), cfg.queue, wl.topic,
                                     security=client) if cfg.queue is not None else None)
             episodes = schedule(scenario, duration_s=cfg.duration_s, seed=cfg.seed,

@@ -135,6 +135,40 @@ class ChaosSecurity:
                                        f"within {timeout_s:.0f} s: {last}")
                 time.sleep(0.3)
 
+    def probe(self, address: str, topic: str) -> tuple[bool, str]:
+        """The harness check `security`: is the node really secured? A plaintext Metadata call
+        must fail, and a Produce to `topic` with the workload certificate but no login must be
+        refused PERMISSION_DENIED (the certificate has no ACL: the workload's calls can only
+        pass with the SCRAM login). Returns (passed, detail)."""
+        import grpc
+        from tidelog.client.security import ClientSecurity, make_channel
+        from tidelog.proto import broker_pb2 as pb
+        from tidelog.proto import broker_pb2_grpc
+
+        with grpc.insecure_channel(address) as channel:
+            try:
+                broker_pb2_grpc.BrokerStub(channel).Metadata(pb.MetadataRequest(), timeout=5)
+                return False, f"{address} answered a plaintext Metadata call"
+            except grpc.RpcError as exc:
+                plaintext = exc.code().name
+        cert_only = ClientSecurity(
+            tls_ca=self.ca, tls_cert=self.directory / f"client-{self.workload_client}.pem",
+            tls_key=self.directory / f"client-{self.workload_client}-key.pem")
+        with make_channel(address, (), cert_only) as channel:
+            try:
+                broker_pb2_grpc.BrokerStub(channel).Produce(
+                    pb.ProduceRequest(topic=topic, partition=0, acks=pb.ACKS_ALL), timeout=10)
+                return False, (f"{address} took a Produce from Cert:CN={self.workload_client} "
+                               "without a login")
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                    return False, (f"a Produce without a login got {exc.code().name}, not "
+                                   f"PERMISSION_DENIED: {exc.details()}")
+        return True, (f"{address}: a plaintext call failed ({plaintext}); a Produce with "
+                      f"certificate CN={self.workload_client} and no login was refused "
+                      "(PERMISSION_DENIED); logins as "
+                      f"{self.username} worked on every node")
+
     def describe(self) -> str:
         """One line for the report."""
         return (f"TLS on both listeners (peers mutual; clients verify the nodes and present "

@@ -50,6 +50,8 @@ def _assert_secured(outcome: RunOutcome) -> None:
     assert logs and all("; TLS)" in text for text in logs)  # "node N listening on ... TLS"
     assert any("principal Cert:CN=chaos " in text for text in logs), "no workload client cert"
     assert (outcome.report_dir / "cluster" / "certs" / "ca.pem").is_file()
+    probe = next(h for h in outcome.harness if h.name == "security")
+    assert probe.verdict is Verdict.PASS and "PERMISSION_DENIED" in probe.detail, probe
 
 
 def _assert_log_clean(outcome: RunOutcome) -> None:
@@ -109,3 +111,22 @@ def test_the_cli_refuses_secure_docker_runs_with_exit_2(
     assert main(["chaos", "run", "kill-leader", "--backend", "docker"]) == 2
     assert main(["chaos", "suite", "--backend", "docker", "--report", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("--secure runs on the local backend only") == 3
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+def test_the_security_check_fails_against_a_node_that_only_has_tls(tmp_path: Path) -> None:
+    """The `security` harness check is no rubber stamp: a TLS node with client certificates
+    but without SCRAM and ACLs takes the certificate-only Produce, so the check fails."""
+    from tidelog.chaos.secure import ChaosSecurity
+    from tidelog.node.local_cluster import LocalCluster
+
+    security = ChaosSecurity(directory=tmp_path / "certs", node_count=1)
+    security.make_certs(["127.0.0.1"])
+    with LocalCluster(1, tmp_path / "cluster", tls_dir=security.directory,
+                      tls_client_auth="required") as cluster:
+        cluster.wait_healthy()
+        passed, detail = security.probe(cluster.node(1).address, "chaos")
+    print(detail)
+    assert not passed, detail
+    assert "without a login" in detail or "not PERMISSION_DENIED" in detail, detail
