@@ -225,3 +225,14 @@ def test_a_rotated_certificate_is_served_without_a_restart(cluster: LocalCluster
     # certificate (a new topic needs the metadata group, which node 1 may lead or follow).
     with Admin(node.address, security=alice(certs)) as admin:
         admin.create_topic("after-rotation", partitions=1, replication_factor=3)
+
+
+def test_health_and_cluster_status_speak_tls(cluster: LocalCluster, certs: Path) -> None:
+    from tidelog.client.health_cli import EXIT_NO_ANSWER, EXIT_SERVING, check
+    from tidelog.node.cli import gather_status
+
+    address = cluster.nodes[1].address
+    assert check(address, security=alice(certs))[0] == EXIT_SERVING
+    assert check(address, security=None)[0] == EXIT_NO_ANSWER  # plaintext: no answer
+    status = gather_status(cluster.bootstrap, [], alice(certs))
+    assert [n["healthy"] for n in status["nodes"]] == [True, True, True]
