@@ -54,6 +54,7 @@ from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.queues import deltas as dl
 from tidelog.node.queues.backoff import backoff_ms
 from tidelog.node.queues.config import LOCK_MS_MAX, MAX_IN_FLIGHT_MAX, QueueConfig
+from tidelog.node.queues.core_snapshot import restore_core, snapshot_of
 from tidelog.node.queues.dlq_ledger import BATCH_RECORDS_MAX, PENDING_BATCHES_MAX, DlqLedger
 from tidelog.node.queues.model import (
     Acquired,
@@ -66,6 +67,12 @@ from tidelog.node.queues.model import (
     SettleKind,
     SettleOutcome,
 )
+from tidelog.node.queues.part import COUNTERS as _COUNTERS
+from tidelog.node.queues.part import DEAD, IN_FLIGHT, WAITING
+from tidelog.node.queues.part import DONE as _DONE
+from tidelog.node.queues.part import Entry as _Entry
+from tidelog.node.queues.part import Part as _Part
+from tidelog.node.queues.part import offsets as _offsets
 from tidelog.node.queues.recent_acks import RecentAcks
 
 __all__ = ["REASON_EXPIRED", "REASON_MAX_DELIVERIES", "REASON_REJECTED", "QueueCore"]
@@ -73,49 +80,10 @@ __all__ = ["REASON_EXPIRED", "REASON_MAX_DELIVERIES", "REASON_REJECTED", "QueueC
 REASON_EXPIRED = "expired"
 REASON_MAX_DELIVERIES = "max deliveries"
 REASON_REJECTED = "rejected"
-SNAPSHOT_VERSION = 3       # 2: + "dlq" (dlq_ledger.py), 3: + "acked" (recent_acks.py); 1.. read
 MAX_MESSAGES_MAX = 10_000
 DEDUP_IDS_MAX = 200_000             # ids remembered at most (oldest forgotten first)
 
-IN_FLIGHT, WAITING, DEAD = 1, 2, 3
 _NOT, _TTL, _MAX = -1, -2, -3   # _classify codes; a value >= 0 is the time it is available at
-
-
-class _Entry:
-    """The durable state of one record that is not fresh. `at`: deadline (IN_FLIGHT) or
-    available-at (WAITING). Mutable and slotted: the hot path changes it in place."""
-
-    __slots__ = ("state", "holder", "count", "at", "first_ms", "last_ms", "reason")
-
-    def __init__(self, state: int, holder: str, count: int, at: int, first_ms: int,
-                 last_ms: int, reason: str) -> None:
-        self.state = state
-        self.holder = holder
-        self.count = count
-        self.at = at
-        self.first_ms = first_ms
-        self.last_ms = last_ms
-        self.reason = reason
-
-
-_DONE: Any = object()   # the entry of every DONE record (shared: DONE carries no data)
-
-
-class _Part:
-    __slots__ = ("tp", "start", "read_offset", "entries", "recs", "ready", "timers", "pending",
-                 "keys", "dead")
-
-    def __init__(self, tp: TopicPartition, start: int, key_ordered: bool) -> None:
-        self.tp = tp
-        self.start = start
-        self.read_offset = start
-        self.entries: dict[int, Any] = {}           # offset -> _Entry | _DONE
-        self.recs: dict[int, OfferedRecord] = {}    # offered, not done
-        self.ready: list[int] = []
-        self.timers: list[tuple[int, int, Any]] = []
-        self.pending: list[int] = []
-        self.keys: dict[bytes, deque[int]] | None = {} if key_ordered else None
-        self.dead: dict[int, None] = {}             # DEAD entries (an ordered set)
 
 
 class QueueCore:
@@ -612,98 +580,14 @@ class QueueCore:
         fn(delta)
 
     def snapshot(self) -> dict[str, Any]:
-        """The durable state as a JSON-able dict; consecutive equal states become ranges."""
-        parts = []
-        for p in self._order:
-            done: list[list[Any]] = []
-            in_flight: list[list[Any]] = []
-            waiting: list[list[Any]] = []
-            dead: list[list[Any]] = []
-            for off in sorted(p.entries):
-                e = p.entries[off]
-                if e is _DONE:
-                    _extend(done, off, ())
-                elif e.state == IN_FLIGHT:
-                    _extend(in_flight, off, (e.holder, e.count, e.at, e.first_ms, e.last_ms))
-                elif e.state == WAITING:
-                    _extend(waiting, off, (e.count, e.at, e.first_ms, e.last_ms))
-                else:
-                    _extend(dead, off, (e.reason, e.count, e.first_ms, e.last_ms))
-            parts.append({"t": p.tp.topic, "p": p.tp.partition, "start": p.start, "done": done,
-                          "in_flight": in_flight, "waiting": waiting, "dead": dead})
-        return {"v": SNAPSHOT_VERSION, "config": self.config.to_dict(), "partitions": parts,
-                "counters": dict(sorted(self.counters.items())),
-                "redrive": [[k, v] for k, v in sorted(self._redrive.items())],
-                "dlq": self._dlq.snapshot(), "acked": self._acked.snapshot()}
+        """The durable state as a JSON-able dict; consecutive equal states become ranges
+        (node/queues/core_snapshot.py)."""
+        return snapshot_of(self)
 
     @classmethod
     def restore(cls, snapshot: Mapping[str, Any]) -> QueueCore:
         """Strict inverse of snapshot(): a malformed snapshot raises ValueError."""
-        _expect(isinstance(snapshot, Mapping), "snapshot: expected an object")
-        version = snapshot.get("v")
-        _expect(version in _SNAPSHOT_FIELDS, f"snapshot: version {version!r} is not one this "
-                f"node reads ({sorted(_SNAPSHOT_FIELDS)}); upgrade the node")
-        _expect(set(snapshot) == _SNAPSHOT_FIELDS[version],
-                f"snapshot: fields {sorted(snapshot)}")
-        config = QueueConfig.from_dict(snapshot["config"])
-        parts = snapshot["partitions"]
-        _expect(isinstance(parts, list), "snapshot: partitions must be a list")
-        starts: dict[TopicPartition, int] = {}
-        for item in parts:
-            _expect(isinstance(item, dict) and set(item) == set(_PART_FIELDS),
-                    f"snapshot: bad partition {str(item)[:80]}")
-            _expect(isinstance(item["t"], str) and _nat(item["p"]) and _nat(item["start"]),
-                    "snapshot: bad partition topic/partition/start")
-            starts[TopicPartition(item["t"], item["p"])] = item["start"]
-        _expect(len(starts) == len(parts), "snapshot: a partition is listed twice")
-        core = cls(config, starts)
-        for item in parts:
-            p = core._parts[TopicPartition(item["t"], item["p"])]
-            for row in _rows(item["done"], ()):
-                for off in range(row[0], row[1] + 1):
-                    p.entries[off] = _DONE
-            for row in _rows(item["in_flight"], (str, int, int, int, int)):
-                holder, count, at, first_ms, last_ms = row[2:]
-                _expect(count >= 1, "snapshot: in-flight count must be >= 1")
-                for off in range(row[0], row[1] + 1):
-                    p.entries[off] = _Entry(IN_FLIGHT, holder, count, at, first_ms, last_ms, "")
-            for row in _rows(item["waiting"], (int, int, int, int)):
-                count, at, first_ms, last_ms = row[2:]
-                for off in range(row[0], row[1] + 1):
-                    p.entries[off] = _Entry(WAITING, "", count, at, first_ms, last_ms, "")
-            for row in _rows(item["dead"], (str, int, int, int)):
-                reason, count, first_ms, last_ms = row[2:]
-                for off in range(row[0], row[1] + 1):
-                    p.entries[off] = _Entry(DEAD, "", count, 0, first_ms, last_ms, reason)
-                    p.dead[off] = None
-            total = sum(r[1] - r[0] + 1 for key in ("done", "in_flight", "waiting", "dead")
-                        for r in item[key])
-            _expect(len(p.entries) == total, f"snapshot: {p.tp} has overlapping ranges")
-            _expect(all(off >= p.start for off in p.entries),
-                    f"snapshot: {p.tp} has an entry below its start {p.start}")
-        counters = snapshot["counters"]
-        _expect(isinstance(counters, dict) and set(counters) == set(_COUNTERS)
-                and all(_nat(v) for v in counters.values()), "snapshot: bad counters")
-        core.counters = dict(counters)
-        redrive = snapshot["redrive"]
-        _expect(isinstance(redrive, list), "snapshot: bad redrive cursors")
-        for row in redrive:
-            _expect(isinstance(row, list) and len(row) == 2 and _nat(row[0]) and _nat(row[1]),
-                    f"snapshot: bad redrive cursor {row!r}")
-            core._redrive[row[0]] = row[1]
-        if "acked" in snapshot:
-            core._acked = RecentAcks.restore(snapshot["acked"])
-        if "dlq" in snapshot:
-            core._dlq = DlqLedger.restore(snapshot["dlq"])
-            for batch in core._dlq.batches():
-                for job in batch.jobs:
-                    p = core._parts.get(job.tp)
-                    _expect(p is not None, f"snapshot dlq: {job.tp} is not a partition")
-                    assert p is not None
-                    _expect(job.offset < p.start or job.offset in p.dead,
-                            f"snapshot dlq: {job.tp} {job.offset} is batched but not dead")
-        return core
-
+        return restore_core(cls, snapshot)
 
     # ---------------------------------------------------------------- internals
 
@@ -1175,38 +1059,6 @@ class QueueCore:
         self.counters["dead_lettered"] += n
 
 
-_COUNTERS = ("acked", "delivered", "redelivered", "dead_lettered", "expired", "redriven",
-             "duplicates")
-
-
-_PART_FIELDS = ("t", "p", "start", "done", "in_flight", "waiting", "dead")
-_SNAPSHOT_V1 = frozenset({"v", "config", "partitions", "counters", "redrive"})
-_SNAPSHOT_FIELDS = {1: _SNAPSHOT_V1, 2: _SNAPSHOT_V1 | {"dlq"}, 3: _SNAPSHOT_V1 | {"dlq", "acked"}}
-
-
-def _expect(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _nat(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _rows(raw: Any, types: tuple[type, ...]) -> Iterable[list[Any]]:
-    _expect(isinstance(raw, list), "snapshot: entry ranges must be a list")
-    prev = -1
-    for row in raw:
-        _expect(isinstance(row, list) and len(row) == 2 + len(types)
-                and _nat(row[0]) and _nat(row[1]) and prev < row[0] <= row[1],
-                f"snapshot: bad range {str(row)[:80]}")
-        for value, kind in zip(row[2:], types, strict=True):
-            _expect(isinstance(value, kind) and not isinstance(value, bool)
-                    and (kind is str or value >= 0), f"snapshot: bad value in {str(row)[:80]}")
-        prev = row[1]
-        yield row
-
-
 def _invalid(s: Settle, known: bool) -> str:
     if not known:
         return f"{s.tp.topic}/{s.tp.partition} is not a partition of this queue"
@@ -1221,12 +1073,6 @@ def _invalid(s: Settle, known: bool) -> str:
     return ""
 
 
-def _offsets(payload: Any) -> Iterable[int]:
-    if type(payload) is int:
-        return (payload,)
-    return (off for first, last in payload for off in range(first, last + 1))
-
-
 def _merge(ranges: list[tuple[int, int]]) -> dl.Ranges:
     ranges.sort()
     out: list[tuple[int, int]] = []
@@ -1236,10 +1082,3 @@ def _merge(ranges: list[tuple[int, int]]) -> dl.Ranges:
         else:
             out.append((first, last))
     return tuple(out)
-
-
-def _extend(items: list[list[Any]], off: int, attrs: tuple[Any, ...]) -> None:
-    if items and items[-1][1] == off - 1 and tuple(items[-1][2:]) == attrs:
-        items[-1][1] = off
-    else:
-        items.append([off, off, *attrs])
