@@ -6,7 +6,9 @@ kill-leader with the log workload, and majority-minority with the queue workload
 log workload and its checker too, so the partition is judged by both checkers). Why a VALID run
 proves the clients really logged in: with `--authorization` on, the certificate every workload
 client presents (`Cert:CN=chaos`) has no ACL, so a call that arrived without the SCRAM token of
-super user `chaos` would be refused; `acked > 0` and a clean final read need the login.
+super user `chaos` would be refused; `acked > 0` and a clean final read need the login. Each run
+also has the harness check `security` (a plaintext call and a certificate without a login are
+refused), and one single-node test shows that check failing against a node with TLS only.
 """
 
 from __future__ import annotations
