@@ -21,7 +21,8 @@ Records are read from the data partitions by `PartitionReader` (local replica or
 offered to the core on Receive; Receive answers with the raw batches covering what it acquired.
 A Receive with nothing available long-polls until new data, a settlement that frees records, the
 core's next event (a lock expiry, a backoff or delay ending) or its max_wait_ms. A tick loop
-commits lock expiries that dead-letter, and runs dead-letter jobs (node/queues/dead_letters.py).
+commits lock expiries that dead-letter, and starts each queue's dead-letter work
+(node/queues/dead_letter_driver.py; dlq_depth.py counts the DLQ for stats).
 
 `__queue_state` is created by the first FindQueueCoordinator (any node), with
 `TIDELOG_QUEUE_STATE_PARTITIONS` partitions (default 16), replication factor min(3, nodes) and
@@ -45,20 +46,17 @@ from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.groups.errors import CoordinatorNotAvailableError, NotCoordinatorError
 from tidelog.node.groups.offsets_log import partition_for
 from tidelog.node.metadata import MetadataState
-from tidelog.node.metadata_commands import Command, CreateTopic, DeleteTopic, InitProducer
-from tidelog.node.metadata_service import raise_result
+from tidelog.node.metadata_commands import Command, CreateTopic, DeleteTopic
 from tidelog.node.queues import state_log as sl
 from tidelog.node.queues.config import QueueConfig, QueueConfigError
 from tidelog.node.queues.core import QueueCore
+from tidelog.node.queues.dead_letter_driver import DeadLetterDriver
 from tidelog.node.queues.dead_letters import (
     Writer,
-    load_sources,
-    plan_chunks,
     redrive_partition,
-    write_dlq_batch,
 )
-from tidelog.node.queues.dlq_ledger import BATCH_RECORDS_MAX, PENDING_BATCHES_MAX
-from tidelog.node.queues.model import Acquired, DlqBatchJob, OfferedRecord, Settle, SettleKind
+from tidelog.node.queues.dlq_depth import DlqCount, count_dead_letters, high_watermarks
+from tidelog.node.queues.model import Acquired, OfferedRecord, Settle, SettleKind
 from tidelog.node.queues.reader import PartitionReader, decode_offered
 from tidelog.node.queues.wire import (
     WRITE_TIMEOUT_S,
@@ -78,7 +76,7 @@ from tidelog.node.state_replay import replay_committed
 from tidelog.node.topics import partition_group
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import queue_pb2 as qpb
-from tidelog.proto.batch import Codec, encode_batch, iter_batches, validate_batch
+from tidelog.proto.batch import Codec, encode_batch, validate_batch
 
 __all__ = ["QUEUE_STATE_TOPIC", "QueueCoordinator", "QueueHost"]
 
@@ -98,10 +96,6 @@ RECEIVE_WAIT_MS_MAX = 30_000
 RECEIVE_BYTES_DEFAULT = 4 * 1024 * 1024
 SETTLEMENTS_MAX = 10_000
 PEEK_MESSAGES_MAX = 10_000
-DLQ_RETRY_S = 1.0
-DLQ_PRODUCER_PREFIX = "__queue-dlq/"  # + queue name: the transactional id of its DLQ producer
-DLQ_PLAN_JOBS_MAX = 2_000     # dead-letter jobs read and planned into batches per round
-DLQ_COUNT_BYTES_MAX = 16 * 1024 * 1024
 
 
 def _now_ms() -> int:
@@ -143,15 +137,6 @@ class _Decoded:
     next_offset: int    # the core's read offset these records continue from
 
 
-@dataclass(slots=True, eq=False)
-class _DlqCount:
-    """Dead letters in [cursor, position) of one DLQ partition (for dlq_depth)."""
-
-    cursor: int
-    position: int
-    count: int
-
-
 def _offset_of(record: OfferedRecord) -> int:
     return record.offset
 
@@ -171,7 +156,7 @@ class _Queue:
     remote_read_at: dict[TopicPartition, float] = field(default_factory=dict)
     decoded: dict[TopicPartition, _Decoded] = field(default_factory=dict)
     record_bytes: float = 0.0      # stored bytes per record, averaged over reads (max_bytes)
-    dlq_counts: dict[int, _DlqCount] = field(default_factory=dict)
+    dlq_counts: dict[int, DlqCount] = field(default_factory=dict)
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this queue (each took the event before checking)."""
@@ -195,6 +180,8 @@ class QueueCoordinator:
         self.host = host
         self.reader = PartitionReader(host)
         self.writer = Writer(host.produce, self._leader_address)
+        self._dead_letters = DeadLetterDriver(host, self.reader, self.writer, self._write,
+                                              self._ensure_dlq_topic)
         self._partitions: dict[int, _Partition] = {}
         self._creating: asyncio.Task[None] | None = None
 
@@ -294,7 +281,7 @@ class QueueCoordinator:
         if (queue.dlq_task is None or queue.dlq_task.done()) \
                 and time.monotonic() >= queue.dlq_retry_at and queue.core.has_dead_letter_work():
             queue.dlq_task = asyncio.get_running_loop().create_task(
-                self._dead_letter(entry, queue), name=f"dlq-{queue.name}")
+                self._dead_letters.run(entry, queue), name=f"dlq-{queue.name}")
 
     def _partition_changes(self, queue: _Queue) -> list[Any]:
         """Partitions added to the queue's topics start at their log start."""
@@ -309,107 +296,7 @@ class QueueCoordinator:
                     new[tp] = 0
         return queue.core.set_partitions(new) if new else []
 
-    async def _dead_letter(self, entry: _Partition, queue: _Queue) -> None:
-        """Write the pending dead-letter batches in order, then plan new ones from the jobs
-        (node/queues/dlq_ledger.py): each batch is committed before it is written, and marked
-        done after, so any coordinator can write it again and it still lands once."""
-        try:
-            while not queue.deleted:
-                batches = queue.core.dlq_batches()
-                if batches:
-                    if not await self._write_dlq_batch(entry, queue, batches[0]):
-                        return
-                elif not queue.core.dead_letter_jobs() or not await self._plan_dlq_batches(
-                        entry, queue):
-                    return
-        except asyncio.CancelledError:
-            raise
-        except E.BrokerError as exc:
-            queue.dlq_retry_at = time.monotonic() + DLQ_RETRY_S
-            log.warning("queue %s: dead letters not written yet: %s", queue.name, exc.message)
-        except Exception:
-            queue.dlq_retry_at = time.monotonic() + DLQ_RETRY_S
-            log.exception("queue %s: dead-letter job failed", queue.name)
-
-    async def _plan_dlq_batches(self, entry: _Partition, queue: _Queue) -> bool:
-        """Commit dead-letter batches for the pending jobs (the DLQ producer first, once per
-        queue). False when nothing could be planned (every DLQ partition has its maximum of
-        batches pending)."""
-        config = queue.core.config
-        dlq = self.host.state.topics.get(config.dlq_topic)
-        if dlq is None:
-            await self._ensure_dlq_topic(config)
-            dlq = self.host.state.topics.get(config.dlq_topic)
-            if dlq is None:
-                raise E.UnknownTopicError(f"dead-letter topic {config.dlq_topic!r} is missing")
-        if queue.core.dlq_producer is None:
-            producer_id, epoch = await self._allocate_dlq_producer(queue.name)
-            if queue.deleted or queue.core.dlq_producer is not None:
-                return True
-            await self._write(entry, queue, queue.core.set_dlq_producer(producer_id, epoch))
-        sources = await load_sources(self.reader, queue.core.dead_letter_jobs()[
-            :DLQ_PLAN_JOBS_MAX])
-        if queue.deleted or queue.core.config.dlq_topic != dlq.name:
-            return not queue.deleted
-        # Synchronous from here to the proposal: the jobs as they are now.
-        by_partition: dict[int, list[Any]] = {}
-        for job in queue.core.dead_letter_jobs()[:DLQ_PLAN_JOBS_MAX]:
-            by_partition.setdefault(job.tp.partition % dlq.partitions, []).append(job)
-        deltas: list[Any] = []
-        for p, jobs in sorted(by_partition.items()):
-            room = PENDING_BATCHES_MAX - queue.core.dlq_pending_count(dlq.name, p)
-            for chunk in plan_chunks(jobs, sources, BATCH_RECORDS_MAX)[:max(0, room)]:
-                deltas.extend(queue.core.plan_dlq_batch(
-                    dlq.name, p, [(j.tp, j.offset) for j in chunk]))
-        if not deltas:
-            return False
-        await self._write(entry, queue, deltas)
-        return True
-
-    async def _write_dlq_batch(self, entry: _Partition, queue: _Queue,
-                               batch: DlqBatchJob) -> bool:
-        """Write one committed batch (again, maybe: idempotent) and commit it as done. A batch
-        whose dead-letter topic is gone (and is no longer the queue's) is abandoned: its records
-        are planned again for the current topic."""
-        config = queue.core.config
-        if batch.dlq_topic not in self.host.state.topics:
-            if batch.dlq_topic == config.dlq_topic:
-                await self._ensure_dlq_topic(config)
-            else:
-                log.warning("queue %s: dead-letter topic %s is gone; %d dead letters pending "
-                            "for it go to %s instead", queue.name, batch.dlq_topic,
-                            len(batch.jobs), config.dlq_topic)
-                last = [b for b in queue.core.dlq_batches()
-                        if (b.dlq_topic, b.dlq_partition) == (batch.dlq_topic,
-                                                              batch.dlq_partition)][-1]
-                await self._write(entry, queue, queue.core.dlq_batch_done(last, written=False))
-                return True
-        producer = queue.core.dlq_producer
-        assert producer is not None, "a dead-letter batch without the queue's producer"
-        response = await write_dlq_batch(reader=self.reader, writer=self.writer,
-                                         queue=queue.name, producer=producer, batch=batch)
-        pending = queue.core.dlq_batches()
-        if queue.deleted or not pending or pending[0] != batch:
-            return False  # dropped meanwhile; whoever holds the queue now writes it again
-        log.debug("queue %s: dead-letter batch %s-%d sequence %d at offset %d%s", queue.name,
-                  batch.dlq_topic, batch.dlq_partition, batch.base_sequence,
-                  response.base_offset, " (a copy was there already)" if response.duplicate
-                  else "")
-        await self._write(entry, queue, queue.core.dlq_batch_done(batch, written=True))
-        queue.notify()
-        return True
-
     # ===================================================================== requests
-
-    async def _allocate_dlq_producer(self, queue: str) -> tuple[int, int]:
-        """The queue's dead-letter producer (id, epoch): InitProducerId once per queue, kept in
-        its durable state (SetDlqProducer) and never bumped by a takeover. (Allocated again
-        only if the coordinator died before committing it: no batch used it then. A queue
-        deleted and created again gets a new epoch, which fences the old one's writers.)"""
-        result = await self.host.propose(InitProducer(
-            transactional_id=f"{DLQ_PRODUCER_PREFIX}{queue}"))
-        raise_result(result)
-        return result["producer_id"], result["producer_epoch"]
 
     async def find_coordinator(self, request: qpb.FindQueueCoordinatorRequest
                                ) -> pb.FindCoordinatorResponse:
@@ -527,7 +414,7 @@ class QueueCoordinator:
         reads = await self._gather_reads(queue)
         entry, queue = self._queue_for(request.queue)
         await self._write(entry, queue, self._offer(queue, reads, _now_ms()))
-        await self._count_dead_letters(queue)
+        await count_dead_letters(self.host.state, self.reader, queue.core, queue.dlq_counts)
         entry, queue = self._queue_for(request.queue)
         stats = queue.core.stats(_now_ms(), self._high_watermarks(queue))
         return qpb.DescribeQueueResponse(config=config_to_wire(queue.core.config),
@@ -889,54 +776,7 @@ class QueueCoordinator:
             "while writing; find the coordinator again")
 
     def _high_watermarks(self, queue: _Queue) -> dict[TopicPartition, int]:
-        """Source partitions' high watermarks; for the DLQ partitions, the redrive cursor plus
-        the dead letters counted after it (the core's dlq_depth is their difference), else the
-        high watermark (an over-count by the control batches in the DLQ)."""
-        out = {tp: self.reader.high_watermark(tp) for tp in queue.core.partitions}
-        dlq = self.host.state.topics.get(queue.core.config.dlq_topic)
-        if dlq is not None:
-            for p in range(dlq.partitions):
-                tp = TopicPartition(dlq.name, p)
-                counted = queue.dlq_counts.get(p)
-                cursor = queue.core.redrive_cursor(p)
-                if counted is not None and counted.cursor == cursor:
-                    out[tp] = cursor + counted.count
-                else:
-                    out[tp] = self.reader.high_watermark(tp)
-        return out
-
-    async def _count_dead_letters(self, queue: _Queue) -> None:
-        """Count the data records after each DLQ partition's redrive cursor, incrementally
-        (batch headers only; at most DLQ_COUNT_BYTES_MAX read per call)."""
-        dlq = self.host.state.topics.get(queue.core.config.dlq_topic)
-        if dlq is None:
-            return
-        budget = DLQ_COUNT_BYTES_MAX
-        for p in range(dlq.partitions):
-            cursor = queue.core.redrive_cursor(p)
-            counted = queue.dlq_counts.get(p)
-            if counted is None or counted.cursor != cursor:
-                counted = _DlqCount(cursor=cursor, position=cursor, count=0)
-            tp = TopicPartition(dlq.name, p)
-            while budget > 0:
-                try:
-                    result = await self.reader.read(tp, counted.position, 1 << 20)
-                except E.BrokerError:
-                    return
-                if counted.position < result.log_start:
-                    counted.position = result.log_start
-                    continue
-                if not result.data:
-                    break
-                budget -= len(result.data)
-                for _, header in iter_batches(result.data, verify=False):
-                    if header.last_offset < counted.position:
-                        continue
-                    if not header.is_control:
-                        counted.count += min(header.record_count,
-                                             header.last_offset - counted.position + 1)
-                    counted.position = header.last_offset + 1
-            queue.dlq_counts[p] = counted
+        return high_watermarks(self.host.state, self.reader, queue.core, queue.dlq_counts)
 
     def _leader_address(self, topic: str, partition: int) -> str | None:
         """For Writer: "" when this node leads the partition, else its leader's client

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from tidelog.node import errors as E
-from tidelog.node.queues import coordinator, dead_letters
+from tidelog.node.queues import dead_letter_driver, dead_letters
 
 MARKERS = Path(os.environ["TIDELOG_TEST_MARKERS"])
 PLANTED = ("noscan", "nofence", "noidem")
-_write = coordinator.write_dlq_batch
+_write = dead_letter_driver.write_dlq_batch
 _produce = dead_letters.Writer.produce
 
 
@@ -67,7 +67,7 @@ async def pause_before_dead_letter(self: Any, topic: str, partition: int,
     return await _produce(self, topic, partition, batches)
 
 
-coordinator.write_dlq_batch = write_then_maybe_crash
+dead_letter_driver.write_dlq_batch = write_then_maybe_crash
 dead_letters.Writer.produce = pause_before_dead_letter  # type: ignore[method-assign]
 
 if __name__ == "__main__":
