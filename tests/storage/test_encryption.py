@@ -376,3 +376,29 @@ def test_storage_the_broker_and_raft_refuse_a_batch_that_sets_the_encrypted_bit(
                                   entries=(entry,), commit=LogIndex(3)))
     with pytest.raises(MalformedRaftMessage, match="bit 5"):
         decode_raft_message(wire, self_id=1, from_node=2, members=frozenset({1, 2, 3}))
+
+
+def test_planted_bug_a_recovery_scan_that_skips_authentication_is_caught(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the scan's GCM check, a rehashed tamper passes recovery (the xxh3 checksums
+    hold) and a replica would vote and serve with it: the tamper test above relies on the
+    check. Reads still refuse the batch, the second line of defence."""
+    cipher = cipher_for(keyring(tmp_path))
+    log = open_log(tmp_path / "p0", encrypted_config(cipher, segment_bytes_max=1 << 20))
+    for i in range(4):
+        log.append(marked_batch(i), term=1)
+    log.close()
+    path, pos, _ = stored_batches(tmp_path / "p0")[2]
+    data = bytearray(path.read_bytes())
+    data[pos + CIPHERTEXT_START] ^= 0x01
+    rewrite_checksums(data, pos)
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(PartitionLog, "_authenticate", lambda self, stored: None)
+    log = open_log(tmp_path / "p0", encrypted_config(cipher))  # the bug: nothing noticed
+    assert log.recovery.clean
+    with pytest.raises(CorruptLogError, match="AES-GCM authentication"):
+        log.read(6, 1 << 20)
+    log.close()
+    monkeypatch.undo()
+    with pytest.raises(CorruptLogError, match="AES-GCM authentication"):
+        open_log(tmp_path / "p0", encrypted_config(cipher))  # the real scan catches it
