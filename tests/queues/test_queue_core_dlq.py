@@ -366,3 +366,41 @@ def test_the_check_catches_copies_written_without_the_producer_sequence() -> Non
     caught = [s for s in seeds if protocol_failure(s, idempotent=False) is not None]
     print(f"seeds {seeds[0]}..{seeds[-1]}: planted duplicates caught in {len(caught)}")
     assert caught, "planted bug not caught: non-idempotent copies should land twice"
+
+
+def test_the_state_log_replays_the_dlq_ledger_and_the_recent_acks() -> None:
+    """Through __queue_state's record format (state_log.py): a snapshot, then delta records
+    with the new kinds; an impossible DlqBatch (a sequence out of order) names the queue."""
+    from tidelog.node.queues import state_log as sl
+
+    core = make()
+    offer(core, tp(), range(3))
+    core.acquire("c", 3, T0)
+    records = [(sl.snapshot_key("q"), sl.encode_snapshot(1, core.snapshot()))]
+    _, acked = core.settle("c", [_ack(0)], T0)
+    _, dead = core.settle("c", [_reject(tp(), 1, 2, 1)], T0)
+    deltas = [acked, dead, core.set_dlq_producer(5, 1),
+              core.plan_dlq_batch(DLQ, 0, [(tp(), 1), (tp(), 2)])]
+    records += [(sl.delta_key("q", seq), sl.encode_deltas(seq, d))
+                for seq, d in enumerate(deltas, start=2)]
+    replay = sl.QueueReplay()
+    for key, value in records:
+        replay.feed(key, value)
+    ((replayed, seq),) = replay.result().values()
+    assert seq == 5 and replayed.snapshot() == core.snapshot()
+    outcomes, _ = replayed.settle("c", [_ack(0)], T0 + 1)   # the ack sent again: OK
+    assert outcomes[0].ok
+    wrong = dl.DlqBatch(dlq_topic=DLQ, dlq_partition=0, base_sequence=7,
+                        records=((tp(), 1),))
+    replay = sl.QueueReplay()
+    for key, value in [*records[:4], (sl.delta_key("q", 5), sl.encode_deltas(5, [
+            dl.SetDlqProducer(producer_id=5, epoch=1), wrong]))]:
+        replay.feed(key, value)
+    with pytest.raises(sl.QueueReplayError, match="'q'"):
+        replay.result()
+
+
+def _ack(offset: int):  # type: ignore[no-untyped-def]
+    from tidelog.node.queues.model import Settle
+
+    return Settle(tp=tp(), first=offset, last=offset, delivery_count=1, kind=SettleKind.ACK)
