@@ -1,28 +1,26 @@
 """Produce throughput with encryption at rest on (`tidelog node --encryption-keyring`) against
 plaintext storage, in one run on one machine: the issue 13 goal is encrypted >= 80% of plaintext.
 
-    .venv/bin/python benchmarks/at_rest_bench.py [--seconds 5] [--rounds 2] [--in-flight 16]
+    .venv/bin/python benchmarks/at_rest_bench.py [--seconds 3] [--rounds 4] [--in-flight 16]
     .venv/bin/python benchmarks/at_rest_bench.py --storage-only
 
 First the storage engine alone (append and read of the same batches, plaintext and encrypted
-alternating: the only code encryption changes), then the clusters.
-
-Each round starts a plaintext 3-node cluster, measures, stops it, then the same cluster with a
-keyring (`tidelog keyring create`), so both share the machine's state; rounds alternate the
-order to even out drift. acks=all, RF=3, fsync always, 12 partitions, 1 KiB records:
+alternating: the only code encryption changes). Then a plaintext and an encrypted 3-node cluster
+(a keyring from `tidelog keyring create`) run side by side, and short bursts alternate between
+them (ABBA order), so load from anything else on the machine hits both alike; done once with
+each cluster started first, the verdict being the geometric mean of the two encrypted/plaintext
+ratios of the medians (as benchmarks/tls_bench.py does). acks=all, RF=3, fsync always, 12
+partitions, 1 KiB records:
 
 - broker lz4: pre-encoded lz4 batches of 100 records over grpc.aio, `--in-flight` requests
   (the node's cost: every replica seals each batch with AES-256-GCM before writing it);
-- broker none: the same batches uncompressed (about 3x the bytes to encrypt per record);
+- broker none: the same batches uncompressed (~50x the bytes to encrypt per batch);
 - client: the Python `Producer` (default batching, lz4), what an application sees;
-- fetch: every committed batch of the "broker lz4" topic read back from the leaders (each
-  encrypted batch authenticated and decrypted on the way out).
+- fetch (once per cluster, after the bursts): everything "broker lz4" wrote, read back from
+  the leaders (each encrypted batch authenticated and decrypted on the way out).
 
-Prints msgs/s per mode and the encrypted/plaintext ratio (best round of each), and the CPU time
-the three node processes spent per record (user + system, from /proc; median round): on a
-shared machine the throughput moves by 2x with other jobs' load, the CPU cost per record much
-less, so the CPU ratio is the steadier measure of what encryption costs the nodes. Figures,
-never assertions.
+Each burst also records the CPU time the three node processes spent per record (user + system,
+from /proc). Figures, never assertions.
 """
 
 from __future__ import annotations
@@ -31,11 +29,13 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -53,7 +53,6 @@ RECORD_BYTES = 1024
 RECORDS_PER_BATCH = 100
 OPTIONS = [("grpc.max_send_message_length", 64 << 20),
            ("grpc.max_receive_message_length", 64 << 20)]
-WORKLOADS = ("broker lz4", "broker none", "client (Producer)", "fetch")
 
 
 def value(i: int) -> bytes:
@@ -149,47 +148,66 @@ def node_cpu_s(cluster: LocalCluster) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-class Metered:
-    """Rates and node CPU seconds per record of each workload of one cluster."""
+@dataclass
+class Mode:
+    name: str
+    cluster: LocalCluster
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    cpu_us: dict[str, list[float]] = field(default_factory=dict)
 
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.rates: list[float] = []
-        self.cpu_us_per_record: list[float] = []
-
-    def run(self, workload: Callable[[], tuple[float, int]]) -> None:
+    def burst(self, workload: str, run: Callable[[], tuple[float, int]]) -> None:
         before = node_cpu_s(self.cluster)
-        rate, records = workload()
+        rate, records = run()
         spent = node_cpu_s(self.cluster) - before
-        self.rates.append(rate)
-        self.cpu_us_per_record.append(spent / max(records, 1) * 1e6)
+        self.rates.setdefault(workload, []).append(rate)
+        self.cpu_us.setdefault(workload, []).append(spent / max(records, 1) * 1e6)
 
 
-def measure(encrypted: bool, directory: Path, seconds: float,
-            in_flight: int) -> tuple[list[float], list[float]]:
+def start(encrypted: bool, directory: Path) -> Mode:
     extra: tuple[str, ...] = ()
     if encrypted:
         keyring = directory / "keyring.json"
-        if not keyring.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            create_keyring(keyring)
+        directory.mkdir(parents=True, exist_ok=True)
+        create_keyring(keyring)
         extra = ("--encryption-keyring", str(keyring))
     cluster = LocalCluster(3, directory / ("encrypted" if encrypted else "plain"),
                            extra_args=extra)
-    with cluster:
-        cluster.wait_healthy(60)
-        with Admin(cluster.bootstrap) as admin:
-            for name in ("lz4", "none", "client"):
-                admin.create_topic(name, partitions=PARTITIONS, replication_factor=3)
+    cluster.start()
+    cluster.wait_healthy(60)
+    with Admin(cluster.bootstrap) as admin:
+        for name in ("lz4", "none", "client"):
+            admin.create_topic(name, partitions=PARTITIONS, replication_factor=3)
+    return Mode("encrypted" if encrypted else "plaintext", cluster)
+
+
+def phase(encrypted_first: bool, directory: Path, args: argparse.Namespace) -> tuple[Mode, Mode]:
+    """Both clusters up (in the given order), then alternating bursts; (plaintext, encrypted)."""
+    modes: list[Mode] = []
+    try:
+        for encrypted in ((True, False) if encrypted_first else (False, True)):
+            modes.append(start(encrypted, directory))
+        modes.sort(key=lambda mode: mode.name == "encrypted")  # plaintext, encrypted
         time.sleep(3)  # preferred leaders settle before measuring
-        meter = Metered(cluster)
-        meter.run(lambda: asyncio.run(
-            broker_produce(cluster, "lz4", Codec.LZ4, seconds, in_flight)))
-        meter.run(lambda: asyncio.run(
-            broker_produce(cluster, "none", Codec.NONE, seconds, in_flight)))
-        meter.run(lambda: client_produce(cluster, "client", seconds))
-        meter.run(lambda: asyncio.run(fetch_all(cluster, "lz4")))
-    return meter.rates, meter.cpu_us_per_record
+        for round_number in range(args.rounds):
+            order = modes if round_number % 2 == 0 else modes[::-1]
+            for workload, codec in (("broker lz4", Codec.LZ4), ("broker none", Codec.NONE)):
+                for mode in order:
+                    mode.burst(workload, lambda m=mode, c=codec: asyncio.run(broker_produce(
+                        m.cluster, c.name.lower(), c, args.seconds, args.in_flight)))
+            for mode in order:
+                mode.burst("client", lambda m=mode: client_produce(m.cluster, "client",
+                                                                   args.seconds))
+            print(f"{'encrypted' if encrypted_first else 'plaintext'} first, round "
+                  f"{round_number + 1} (load {os.getloadavg()[0]:.1f}): " + "; ".join(
+                      f"{m.name} " + ", ".join(f"{w} {r[-1]:,.0f}" for w, r in m.rates.items())
+                      for m in modes), flush=True)
+        for mode in modes:  # once: everything "broker lz4" wrote, read back
+            mode.burst("fetch", lambda m=mode: asyncio.run(fetch_all(m.cluster, "lz4")))
+    finally:
+        for mode in modes:
+            mode.cluster.stop()
+    plain, sealed = modes
+    return plain, sealed
 
 
 def storage_costs(directory: Path, repeats: int = 7, batches: int = 500) -> list[list[str]]:
@@ -235,50 +253,40 @@ def storage_costs(directory: Path, repeats: int = 7, batches: int = 500) -> list
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="plaintext+encrypted pairs")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per burst")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="bursts per mode, workload and start order")
     parser.add_argument("--in-flight", type=int, default=16, help="concurrent produce requests")
     parser.add_argument("--storage-only", action="store_true",
                         help="only the storage costs (no cluster)")
     args = parser.parse_args()
-    if args.storage_only:
-        with tempfile.TemporaryDirectory(prefix="tidelog-at-rest-bench-") as tmp:
-            print(render_table(["batch", "append plain", "append encrypted", "read plain",
-                                "read encrypted"], storage_costs(Path(tmp))))
-        return 0
-    results: dict[bool, list[tuple[list[float], list[float]]]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="tidelog-at-rest-bench-") as tmp:
         print(f"Storage alone, per batch of {RECORDS_PER_BATCH} x 1 KiB records, us "
               f"(median of 7; load {os.getloadavg()[0]:.1f})")
         print(render_table(["batch", "append plain", "append encrypted", "read plain",
                             "read encrypted"], storage_costs(Path(tmp))), flush=True)
-        print()
-        for round_number in range(args.rounds):
-            order = (False, True) if round_number % 2 == 0 else (True, False)
-            for encrypted in order:
-                directory = Path(tmp) / f"round-{round_number}"
-                results[encrypted].append(measure(encrypted, directory, args.seconds,
-                                                  args.in_flight))
-                rates, cpu = results[encrypted][-1]
-                print(f"round {round_number + 1} {'encrypted' if encrypted else 'plaintext'} "
-                      f"(load {os.getloadavg()[0]:.1f}): "
-                      + ", ".join(f"{w} {r:,.0f} msgs/s {c:.1f} us/rec" for w, r, c in
-                                  zip(WORKLOADS, rates, cpu, strict=True)), flush=True)
+        if args.storage_only:
+            return 0
+        phases = [phase(first, Path(tmp) / f"encrypted-first-{first}", args)
+                  for first in (False, True)]
     rows = []
-    for index, name in enumerate(WORKLOADS):
-        plain = max(r[0][index] for r in results[False])
-        sealed = max(r[0][index] for r in results[True])
-        plain_cpu = statistics.median(r[1][index] for r in results[False])
-        sealed_cpu = statistics.median(r[1][index] for r in results[True])
-        rows.append([name, f"{plain:,.0f}", f"{sealed:,.0f}", f"{sealed / plain:.0%}",
-                     f"{plain_cpu:.1f}", f"{sealed_cpu:.1f}", f"{plain_cpu / sealed_cpu:.0%}"])
+    for workload in ("broker lz4", "broker none", "client", "fetch"):
+        ratios = []
+        for (plain, sealed), first in zip(phases, ("plaintext", "encrypted"), strict=True):
+            p, e = (statistics.median(m.rates[workload]) for m in (plain, sealed))
+            pc, ec = (statistics.median(m.cpu_us[workload]) for m in (plain, sealed))
+            ratios.append(e / p)
+            rows.append([workload, f"{first} first", f"{p:,.0f}", f"{e:,.0f}", f"{e / p:.0%}",
+                         f"{pc:.1f} / {ec:.1f}"])
+        rows.append([workload, "both (geometric mean)", "", "",
+                     f"{math.prod(ratios) ** 0.5:.0%}", ""])
     print()
-    print(f"1 KiB records, acks=all, RF=3, fsync always, {PARTITIONS} partitions, 3 local "
-          f"nodes, {args.in_flight} requests in flight; best of {args.rounds} rounds (msgs/s), "
-          "median (node CPU us per record, all three nodes)")
-    print(render_table(["workload", "plaintext msgs/s", "encrypted msgs/s", "ratio",
-                        "plaintext CPU us/rec", "encrypted CPU us/rec",
-                        "plaintext / encrypted CPU"], rows))
+    print(f"Produce 1 KiB records, acks=all, RF=3, fsync always, {PARTITIONS} partitions, two "
+          f"3-node clusters side by side; median of {args.rounds} alternating "
+          f"{args.seconds:g} s bursts per start order")
+    print(render_table(["workload", "started", "plaintext msgs/s", "encrypted msgs/s",
+                        "encrypted / plaintext", "node CPU us/record plain / encrypted"],
+                       rows))
     return 0
 
 
