@@ -11,7 +11,12 @@ from typing import Any
 from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.queues.model import OfferedRecord
 
-__all__ = ["COUNTERS", "DEAD", "DONE", "IN_FLIGHT", "WAITING", "Entry", "Part", "offsets"]
+__all__ = ["COUNTERS", "DEAD", "DONE", "IN_FLIGHT", "REASON_EXPIRED", "REASON_MAX_DELIVERIES",
+           "REASON_REJECTED", "WAITING", "Entry", "Part", "offsets"]
+
+REASON_EXPIRED = "expired"                 # dead-letter reasons the core gives
+REASON_MAX_DELIVERIES = "max deliveries"
+REASON_REJECTED = "rejected"               # a reject without a reason
 
 IN_FLIGHT, WAITING, DEAD = 1, 2, 3
 

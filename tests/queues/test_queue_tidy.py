@@ -9,7 +9,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CORE_NAMES = ("core", "config", "model", "backoff", "deltas", "state_log", "dlq_ledger",
-              "recent_acks", "part", "core_snapshot")
+              "recent_acks", "part", "core_snapshot", "core_apply")
 CORE = [ROOT / "node" / "queues" / f"{name}.py" for name in CORE_NAMES]
 ALLOWED = {"tidelog.node.queues", "tidelog.node.groups.assignors",
            *(f"tidelog.node.queues.{name}" for name in CORE_NAMES)}
