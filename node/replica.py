@@ -209,8 +209,7 @@ class Replica:
         except StorageError as exc:
             self._stop(exc)
             return
-        if self._waiters and self.core.commit > self.commit_index \
-                and self.core.role is Role.LEADER:
+        if self.core.commit > self.commit_index and self.core.role is Role.LEADER:
             self._answer_committed()
         self._wake.set()
 
@@ -220,9 +219,15 @@ class Replica:
         new commit index can only be taken once the current one is done, which includes the
         leader's own fsync. Committed means durable on a majority, which may be two followers
         while the leader's own fsync is still running (thesis §10.2.1); the 16-consumer queue
-        benchmark showed rounds held 10-17 ms by a slow local fsync this way. Only entries this
-        replica has appended are answered (the term check reads them from the local log)."""
-        self._resolve_waiters(min(int(self.core.commit), self.log.log_end_offset - 1))
+        benchmark showed rounds held 10-17 ms by a slow local fsync this way. The high watermark
+        moves with it, so a write answered here is readable here at once (from the page cache;
+        committed entries are applied locally only once durable here, by the Ready). Only entries
+        this replica has appended count (the term check reads them from the local log)."""
+        upto = min(int(self.core.commit), self.log.log_end_offset - 1)
+        if upto > self.commit_index:
+            self.commit_index = upto
+            self._resolve_waiters()
+            self._data_changed.set()
 
     def tick(self) -> None:
         if self.error is not None:
@@ -426,7 +431,7 @@ class Replica:
         if self._apply is not None:
             for entry in rd.committed_entries:
                 self._apply(self, entry)
-        if rd.commit_index != self.commit_index:
+        if rd.commit_index > self.commit_index:  # a leader may have moved it while stepping
             self.commit_index = rd.commit_index
             self._resolve_waiters()
             self._data_changed.set()
