@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -39,8 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from tidelog.client import Admin, Producer
-from tidelog.node.local_cluster import LocalCluster, metadata
+from produce_load import (  # benchmarks/produce_load.py
+    OPTIONS,
+    PARTITIONS,
+    RECORDS_PER_BATCH,
+    broker_produce,
+    client_produce,
+    leaders,
+    value,
+)
+from tidelog.client import Admin
+from tidelog.node.local_cluster import LocalCluster
 from tidelog.node.security.keyring import FileKeyring, create_keyring
 from tidelog.node.storage import AtRestCipher, FsyncPolicy, LogConfig, PartitionLog
 from tidelog.node.tables import render_table
@@ -48,67 +56,11 @@ from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
 from tidelog.proto.batch import Codec, encode_batch, iter_batches
 
-PARTITIONS = 12
-RECORD_BYTES = 1024
-RECORDS_PER_BATCH = 100
-OPTIONS = [("grpc.max_send_message_length", 64 << 20),
-           ("grpc.max_receive_message_length", 64 << 20)]
-
-
-def value(i: int) -> bytes:
-    body = json.dumps({"id": i, "user": f"user-{i % 997}", "event": "click"})
-    return (body + "x" * RECORD_BYTES)[:RECORD_BYTES].encode()
-
-
-def _leaders(cluster: LocalCluster, topic: str) -> dict[int, str]:
-    answer = metadata(cluster.nodes[0].address, [topic])
-    nodes = {n.id: n.address for n in answer.nodes}
-    return {p.partition: nodes[p.leader_id] for p in answer.topics[0].partitions}
-
-
-async def broker_produce(cluster: LocalCluster, topic: str, codec: Codec, seconds: float,
-                         in_flight: int) -> tuple[float, int]:
-    leaders = _leaders(cluster, topic)
-    channels: dict[str, grpc.aio.Channel] = {}
-
-    def stub(address: str) -> broker_pb2_grpc.BrokerStub:
-        if address not in channels:
-            channels[address] = grpc.aio.insecure_channel(address, options=OPTIONS)
-        return broker_pb2_grpc.BrokerStub(channels[address])
-
-    now = int(time.time() * 1000)
-    batch = encode_batch([(f"key-{i}".encode(), value(i), (), now)
-                          for i in range(RECORDS_PER_BATCH)], codec=codec)
-    count = 0
-    stop_at = time.monotonic() + seconds
-
-    async def worker(k: int) -> None:
-        nonlocal count
-        partition = k % PARTITIONS
-        while time.monotonic() < stop_at:
-            try:
-                await stub(leaders[partition]).Produce(pb.ProduceRequest(
-                    topic=topic, partition=partition, batches=batch, timeout_ms=30_000))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                      grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-                await asyncio.sleep(0.1)  # leadership moved; rare right after creation
-                continue
-            count += RECORDS_PER_BATCH
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(in_flight)))
-    rate = count / (time.perf_counter() - started)
-    for channel in channels.values():
-        await channel.close()
-    return rate, count
-
 
 async def fetch_all(cluster: LocalCluster, topic: str) -> tuple[float, int]:
     records = 0
     started = time.perf_counter()
-    for partition, address in _leaders(cluster, topic).items():
+    for partition, address in leaders(cluster, topic).items():
         async with grpc.aio.insecure_channel(address, options=OPTIONS) as channel:
             stub = broker_pb2_grpc.BrokerStub(channel)
             offset = 0
@@ -124,19 +76,6 @@ async def fetch_all(cluster: LocalCluster, topic: str) -> tuple[float, int]:
                         records += header.record_count
                     offset = header.last_offset + 1
     return records / (time.perf_counter() - started), records
-
-
-def client_produce(cluster: LocalCluster, topic: str, seconds: float) -> tuple[float, int]:
-    payload = value(0)
-    count = 0
-    with Producer(cluster.bootstrap) as producer:
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            for i in range(1000):
-                producer.send(topic, value=payload, key=str(i).encode())
-            count += 1000
-        producer.flush(60)
-        return count / (time.perf_counter() - started), count
 
 
 def node_cpu_s(cluster: LocalCluster) -> float:
@@ -193,7 +132,7 @@ def phase(encrypted_first: bool, directory: Path, args: argparse.Namespace) -> t
             for workload, codec in (("broker lz4", Codec.LZ4), ("broker none", Codec.NONE)):
                 for mode in order:
                     mode.burst(workload, lambda m=mode, c=codec: asyncio.run(broker_produce(
-                        m.cluster, c.name.lower(), c, args.seconds, args.in_flight)))
+                        m.cluster, c.name.lower(), args.seconds, args.in_flight, codec=c)))
             for mode in order:
                 mode.burst("client", lambda m=mode: client_produce(m.cluster, "client",
                                                                    args.seconds))

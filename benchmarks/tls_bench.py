@@ -21,89 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from tidelog.client import Admin, Producer
-from tidelog.client.security import ClientSecurity, channel_credentials
-from tidelog.node.local_cluster import LocalCluster, metadata
+from produce_load import PARTITIONS, broker_produce, client_produce  # benchmarks/produce_load.py
+from tidelog.client import Admin
+from tidelog.client.security import ClientSecurity
+from tidelog.node.local_cluster import LocalCluster
 from tidelog.node.tables import render_table
-from tidelog.proto import broker_pb2 as pb
-from tidelog.proto import broker_pb2_grpc
-from tidelog.proto.batch import encode_batch
-
-PARTITIONS = 12
-RECORD_BYTES = 1024
-RECORDS_PER_BATCH = 100
-OPTIONS = [("grpc.max_send_message_length", 64 << 20),
-           ("grpc.max_receive_message_length", 64 << 20)]
-
-
-def value(i: int) -> bytes:
-    body = json.dumps({"id": i, "user": f"user-{i % 997}", "event": "click"})
-    return (body + "x" * RECORD_BYTES)[:RECORD_BYTES].encode()
-
-
-async def broker_produce(cluster: LocalCluster, security: ClientSecurity | None, topic: str,
-                         seconds: float, in_flight: int) -> float:
-    answer = metadata(cluster.nodes[0].address, [topic], security=cluster.security)
-    nodes = {n.id: n.address for n in answer.nodes}
-    leaders = {p.partition: nodes[p.leader_id] for p in answer.topics[0].partitions}
-    channels: dict[str, grpc.aio.Channel] = {}
-
-    def stub(address: str) -> broker_pb2_grpc.BrokerStub:
-        if address not in channels:
-            channels[address] = (
-                grpc.aio.insecure_channel(address, options=OPTIONS) if security is None else
-                grpc.aio.secure_channel(address, channel_credentials(security), options=OPTIONS))
-        return broker_pb2_grpc.BrokerStub(channels[address])
-
-    now = int(time.time() * 1000)
-    batch = encode_batch([(f"key-{i}".encode(), value(i), (), now)
-                          for i in range(RECORDS_PER_BATCH)])
-    count = 0
-    stop_at = time.monotonic() + seconds
-
-    async def worker(k: int) -> None:
-        nonlocal count
-        partition = k % PARTITIONS
-        while time.monotonic() < stop_at:
-            try:
-                await stub(leaders[partition]).Produce(pb.ProduceRequest(
-                    topic=topic, partition=partition, batches=batch, timeout_ms=30_000))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                      grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-                await asyncio.sleep(0.1)  # leadership moved; rare right after creation
-                continue
-            count += RECORDS_PER_BATCH
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(in_flight)))
-    rate = count / (time.perf_counter() - started)
-    for channel in channels.values():
-        await channel.close()
-    return rate
-
-
-def client_produce(cluster: LocalCluster, security: ClientSecurity | None, topic: str,
-                   seconds: float) -> float:
-    payload = value(0)
-    count = 0
-    with Producer(cluster.bootstrap, security=security) as producer:
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            for i in range(1000):
-                producer.send(topic, value=payload, key=str(i).encode())
-            count += 1000
-        producer.flush(60)
-        return count / (time.perf_counter() - started)
 
 
 @dataclass
@@ -147,10 +75,11 @@ def phase(tls_first: bool, directory: Path, args: argparse.Namespace) -> tuple[M
             order = modes if round_number % 2 == 0 else modes[::-1]
             for mode in order:
                 mode.broker.append(asyncio.run(broker_produce(
-                    mode.cluster, mode.security, "broker", args.seconds, args.in_flight)))
+                    mode.cluster, "broker", args.seconds, args.in_flight,
+                    security=mode.security))[0])
             for mode in order:
-                mode.client.append(client_produce(mode.cluster, mode.security, "client",
-                                                  args.seconds))
+                mode.client.append(client_produce(mode.cluster, "client", args.seconds,
+                                                  security=mode.security)[0])
             print(f"{'TLS' if tls_first else 'plaintext'} started first, round "
                   f"{round_number + 1}: " + ", ".join(
                       f"{m.name} broker {m.broker[-1]:,.0f} client {m.client[-1]:,.0f} msgs/s"

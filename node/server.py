@@ -44,7 +44,7 @@ from tidelog.node.queues.service import QueuesService
 from tidelog.node.replica import Replica
 from tidelog.node.replica_manager import ReplicaManager
 from tidelog.node.security.cert_auth import PeerAuthInterceptor
-from tidelog.node.security.channels import PeerDialer
+from tidelog.node.security.channels import CHANNEL_OPTIONS, PeerDialer
 from tidelog.node.security.channels import install as install_peer_dialer
 from tidelog.node.security.interceptors import client_interceptors
 from tidelog.node.security.quota_service import add_quotas_service
@@ -52,7 +52,6 @@ from tidelog.node.security.service import add_security_service
 from tidelog.node.security.tls import client_listener_requires_cert, server_credentials
 from tidelog.node.service import BrokerService, ClusterService, add_servicer
 from tidelog.node.storage import ensure_directory
-from tidelog.node.transport import CHANNEL_OPTIONS
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto import queue_pb2 as qpb

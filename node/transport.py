@@ -23,15 +23,6 @@ from tidelog.proto import cluster_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-GRPC_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
-    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 QUEUE_MESSAGES_MAX = 20_000
 BATCH_BYTES_MAX = 16 * 1024 * 1024
 RECONNECT_BACKOFF_MS_MAX = 1000
