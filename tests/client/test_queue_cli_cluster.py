@@ -250,8 +250,7 @@ def test_queue_consumer_creates_its_queue_extends_and_loses_locks(cluster) -> No
             deadline = first.extend(got[0], 30).result(10)
             assert deadline >= int(time.time() * 1000) + 25_000
             first.ack(got[1]).result(10)
-            with pytest.raises(LockLostError):
-                first.ack(got[1]).result(10)  # acked already: not held
+            first.ack(got[1]).result(10)  # the same ack again (a retry): answered OK
             for m in got[2:]:
                 first.release(m).result(10)
             redelivered: list = []
