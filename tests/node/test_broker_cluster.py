@@ -1,20 +1,41 @@
-"""Issue 4 against real node processes on 127.0.0.1: balance, failover, catch-up, bad requests."""
+"""Issue 4 against real node processes on 127.0.0.1: balance, failover, catch-up, bad requests.
+
+One 3-node cluster serves the module (six clusters cost ~27 s of starts and stops). Each test
+has its own topic; a test that kills or stops a node starts it again before it ends, and the
+64-partition topic is deleted once its balance is checked, so it loads no later test.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import grpc
 import pytest
+from tidelog.client import Admin
 from tidelog.node.local_cluster import LocalCluster, metadata
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto.batch import decode_records, iter_batches
 
+from tests.clusters import running_cluster
+
 from .wire import batch_of, create_topic, error_detail, produce, stub
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with running_cluster(tmp_path_factory.mktemp("broker"), env={}) as running:
+        yield running
+
+
+def whole_again(cluster: LocalCluster) -> None:
+    """Every node started and healthy again, for the module's next test."""
+    cluster.start()
+    cluster.wait_healthy(timeout_s=60)
 
 
 def leader_counts(cluster: LocalCluster, topic: str) -> Counter[int]:
@@ -39,9 +60,13 @@ def test_leaders_of_64_partitions_are_balanced(cluster: LocalCluster) -> None:
         counts = leader_counts(cluster, "balanced")
         return -1 not in counts and max(counts.values()) <= limit
 
-    wait_until(balanced, 60, f"every partition led and no node leading more than {limit}")
-    counts = leader_counts(cluster, "balanced")
-    assert sum(counts.values()) == 64 and set(counts) == {1, 2, 3}
+    try:
+        wait_until(balanced, 60, f"every partition led and no node leading more than {limit}")
+        counts = leader_counts(cluster, "balanced")
+        assert sum(counts.values()) == 64 and set(counts) == {1, 2, 3}
+    finally:
+        with Admin(cluster.bootstrap) as admin:
+            admin.delete_topic("balanced")
 
 
 def read_partition(address: str, topic: str, partition: int) -> dict[int, bytes]:
@@ -79,6 +104,13 @@ def produce_with_retry(cluster: LocalCluster, topic: str, partition: int, batch:
 
 def test_acknowledged_batches_survive_killing_the_leader(cluster: LocalCluster) -> None:
     create_topic(cluster.nodes[0].address, "failover", partitions=1, rf=3)
+    try:
+        _survive_killing_the_leader(cluster)
+    finally:
+        whole_again(cluster)
+
+
+def _survive_killing_the_leader(cluster: LocalCluster) -> None:
     acked: dict[int, bytes] = {}  # offset → value, for every acknowledged record
     victim = None
     for i in range(120):
@@ -106,6 +138,13 @@ def test_restarted_node_catches_up_and_preferred_leaders_return(cluster: LocalCl
     create_topic(cluster.nodes[0].address, "returning", partitions=6, rf=3)
     wait_until(lambda: -1 not in leader_counts(cluster, "returning"), 30, "leaders")
     cluster.kill(1)
+    try:
+        _catch_up_and_return(cluster)
+    finally:
+        whole_again(cluster)
+
+
+def _catch_up_and_return(cluster: LocalCluster) -> None:
     for i in range(30):
         for partition in range(6):
             reply = produce_with_retry(cluster, "returning", partition,
@@ -202,6 +241,13 @@ def test_graceful_shutdown_hands_leadership_over(cluster: LocalCluster) -> None:
     victim = cluster.leader_of("handover", 0)
     started = time.monotonic()
     cluster.terminate(victim)
+    try:
+        _hand_over(cluster, victim, started)
+    finally:
+        whole_again(cluster)
+
+
+def _hand_over(cluster: LocalCluster, victim: int, started: float) -> None:
     survivor = next(n for n in cluster.nodes if n.id != victim)
 
     def moved() -> bool:
