@@ -9,6 +9,7 @@ zombie producer was never fenced.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -18,10 +19,20 @@ from tidelog.node.local_cluster import LocalCluster
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto.batch import encode_batch
 
+from tests.clusters import running_cluster
+
 from .test_broker_cluster import expect_error, read_partition
 from .wire import batch_of, create_topic, stub
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One cluster for the module (no test stops a node): each test has its own topic and
+    transactional id."""
+    with running_cluster(tmp_path_factory.mktemp("produce-checks"), env={}) as running:
+        yield running
 
 LAST_OFFSET_DELTA_AT, RECORDS_CHECKSUM_AT, HEADER_CHECKSUM_AT, RECORDS_AT = 23, 61, 69, 77
 
