@@ -191,7 +191,15 @@ class PolicyViolation(TidelogError):
 
 
 class Unauthorized(TidelogError):
+    """Refused: the caller may not do this (no ACL allows it), or is not logged in at all
+    (then the subclass AuthenticationFailed)."""
+
     code = 22
+
+
+class AuthenticationFailed(Unauthorized):
+    """The node requires a login and none was valid (gRPC UNAUTHENTICATED): give the client
+    ClientSecurity(username=..., password=...) or a client certificate (docs/security.md)."""
 
 
 class UnknownMemberId(TidelogError):
@@ -344,6 +352,10 @@ def from_rpc_error(error: grpc.RpcError, *, subject: str = "", address: str = ""
             break
     status = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else "") or ""
+    if status == grpc.StatusCode.UNAUTHENTICATED:
+        failed = AuthenticationFailed(f"{subject + ': ' if subject else ''}{details}")
+        failed.retriable = bool(detail is not None and detail.retriable)
+        return failed
     if detail is not None and detail.code != 0:
         mapped = from_code(
             detail.code, details, subject=subject, leader_id=detail.leader_id,

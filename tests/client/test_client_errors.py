@@ -84,6 +84,26 @@ def test_retriable_flag_from_the_broker_wins() -> None:
     assert isinstance(error, errors.StorageError) and error.retriable
 
 
+def test_a_missing_login_is_authentication_failed_and_a_missing_acl_is_unauthorized() -> None:
+    """Both carry the UNAUTHORIZED code on the wire; the gRPC status tells them apart, so a
+    program can ask the user for credentials only when credentials are what is missing."""
+    how_to = "no credentials: this node requires authentication (--authentication scram)"
+    login = errors.from_rpc_error(FakeRpcError(
+        grpc.StatusCode.UNAUTHENTICATED, how_to, detail(broker_pb2.UNAUTHORIZED)), subject="t")
+    assert isinstance(login, errors.AuthenticationFailed)
+    assert isinstance(login, errors.Unauthorized) and not login.retriable
+    assert str(login) == f"t: {how_to}"
+    expired = errors.from_rpc_error(FakeRpcError(
+        grpc.StatusCode.UNAUTHENTICATED, "session expired",
+        detail(broker_pb2.UNAUTHORIZED, retriable=True)))
+    assert isinstance(expired, errors.AuthenticationFailed) and expired.retriable
+    denied = errors.from_rpc_error(FakeRpcError(
+        grpc.StatusCode.PERMISSION_DENIED, "User:alice may not WRITE on topic 'orders'",
+        detail(broker_pb2.UNAUTHORIZED)))
+    assert type(denied) is errors.Unauthorized
+    assert "may not WRITE on topic 'orders'" in str(denied)
+
+
 @pytest.mark.parametrize(("status", "cls"), [
     (grpc.StatusCode.UNAVAILABLE, errors.NodeUnavailable),
     (grpc.StatusCode.DEADLINE_EXCEEDED, errors.Timeout),
