@@ -261,16 +261,29 @@ def test_create_describe_list_delete(cluster: LocalCluster, admin: Admin,
         config=qpb.QueueConfig(name="adm-q", topics=["adm"], lock_ms=9999), if_not_exists=True),
         "adm-q")
     assert again.config.lock_ms == 5000, "if_not_exists keeps the existing config"
-    described = queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue="adm-q"), "adm-q")
-    found = queues.coordinator("adm-q")
-    assert described.coordinator_id == found.node_id
+
+    def described_by_its_coordinator() -> Any:
+        """DescribeQueue, once it names the coordinator FindQueueCoordinator names (the leader
+        balancer may move it between the two calls right after the cluster starts)."""
+        answer = queues.call("DescribeQueue", qpb.DescribeQueueRequest(queue="adm-q"), "adm-q")
+        return answer if answer.coordinator_id == queues.coordinator("adm-q").node_id else None
+
+    described = wait_until(described_by_its_coordinator, 30, "DescribeQueue naming the coordinator")
     assert described.config.topics == ["adm"]
     assert {(p.topic, p.partition) for p in described.stats.partitions} == {("adm", 0),
                                                                              ("adm", 1)}
-    listed = [q for node in cluster.nodes for q in queues.stub(node.address).ListQueues(
-        qpb.ListQueuesRequest(), timeout=10).queues]
-    assert [(q.name, q.coordinator_id) for q in listed if q.name == "adm-q"] == \
-        [("adm-q", found.node_id)]
+
+    def every_listing_names_the_coordinator() -> bool:
+        """ListQueues on each node names the queue once, with the coordinator FindQueueCoordinator
+        names. Asked until they agree: right after the cluster starts, the leader balancer may
+        move the queue's __queue_state partition (its coordinator) between two of the calls."""
+        now = queues.coordinator("adm-q").node_id
+        listed = [q for node in cluster.nodes for q in queues.stub(node.address).ListQueues(
+            qpb.ListQueuesRequest(), timeout=10).queues]
+        return [(q.name, q.coordinator_id) for q in listed if q.name == "adm-q"] == \
+            [("adm-q", now)]
+
+    wait_until(every_listing_names_the_coordinator, 30, "ListQueues naming the coordinator")
     altered = queues.call("AlterQueue", qpb.AlterQueueRequest(
         queue="adm-q", set={"max_deliveries": "4"}), "adm-q")
     assert altered.config.max_deliveries == 4
