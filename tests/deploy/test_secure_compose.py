@@ -14,13 +14,9 @@ from pathlib import Path
 
 import pytest
 from docker_helpers import COMPOSE_FILE, DEPLOY, ComposeProject
-
-try:
-    from tidelog.client import Admin, Consumer, Producer, TopicPartition
-    from tidelog.client.errors import TidelogError
-    from tidelog.client.security import ClientSecurity
-except ImportError as exc:
-    pytest.skip(f"the Python client is not importable: {exc}", allow_module_level=True)
+from tidelog.client import Admin, Consumer, Producer, TopicPartition
+from tidelog.client.errors import TidelogError
+from tidelog.client.security import ClientSecurity
 
 pytestmark = [pytest.mark.docker, pytest.mark.cluster]
 
