@@ -37,6 +37,13 @@ def peer_address(client_address: str, offset: int) -> str:
     return f"{host}:{port + offset}"
 
 
+METRICS_PORT_OFFSET = 1_000
+"""Default distance of the Prometheus endpoint's port from the client port (9091 → 10091), so
+every node on one host gets its own without a flag (docs/metrics.md)."""
+
+METRICS_OFF = "off"
+
+
 def parse_peers(text: str) -> dict[int, str]:
     """'1=host:port,2=host:port' → {1: 'host:port', 2: 'host:port'}."""
     peers: dict[int, str] = {}
@@ -79,6 +86,9 @@ class NodeConfig:
     peer_listen: str = ""  # empty: the --listen host, port + peer_port_offset
     peer_port_offset: int = PEER_PORT_OFFSET
     security: SecurityConfig = field(default_factory=SecurityConfig)  # docs/security.md
+    # The Prometheus endpoint (docs/metrics.md): "" = the --listen host, port + METRICS_PORT_OFFSET;
+    # "off" = none; else HOST:PORT.
+    metrics_listen: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +109,8 @@ class NodeConfig:
             raise ConfigError("--peer-port-offset must not be 0: the peer listener needs a port "
                               "of its own")
         parse_address(self.peer_listen_address)
+        if self.metrics_address is not None:
+            parse_address(self.metrics_address)
         self.peer_addresses  # noqa: B018 - validates every derived peer port
         if parse_address(self.peer_listen_address) == parse_address(self.listen):
             raise ConfigError(f"--peer-listen {self.peer_listen_address} is the client "
@@ -108,6 +120,19 @@ class NodeConfig:
     def peer_listen_address(self) -> str:
         """Where this node serves its peers."""
         return self.peer_listen or peer_address(self.listen, self.peer_port_offset)
+
+    @property
+    def metrics_address(self) -> str | None:
+        """Where this node serves Prometheus metrics (HTTP GET /metrics); None when turned off."""
+        if self.metrics_listen == METRICS_OFF:
+            return None
+        return self.metrics_listen or peer_address(self.listen, METRICS_PORT_OFFSET)
+
+    @property
+    def metrics_explicit(self) -> bool:
+        """An address the operator chose: failing to bind it stops the node (a derived default
+        that is taken only logs a warning)."""
+        return self.metrics_listen not in ("", METRICS_OFF)
 
     @property
     def peer_addresses(self) -> dict[int, str]:

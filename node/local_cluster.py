@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tidelog.node.config import PEER_PORT_OFFSET, peer_address
+from tidelog.node.config import METRICS_PORT_OFFSET, PEER_PORT_OFFSET, peer_address
 from tidelog.node.security.channels import ChannelTls, TlsClientFiles, blocking_channel
 
 HOST = "127.0.0.1"
 # Client ports are drawn below the kernel's ephemeral range (32768+ on Linux) so that neither they
-# nor their peer ports (+ PEER_PORT_OFFSET) collide with outgoing connections' ports.
+# nor their peer ports (+ PEER_PORT_OFFSET) collide with outgoing connections' ports; the metrics
+# port (+ METRICS_PORT_OFFSET) sits between them.
 PORT_RANGE_LOW = 12_000
 PORT_RANGE_HIGH = 32_768 - PEER_PORT_OFFSET
 PORT_ATTEMPTS_MAX = 50
@@ -31,7 +32,8 @@ PORT_ATTEMPTS_MAX = 50
 def free_ports(count: int, host: str = HOST, *,
                peer_port_offset: int = PEER_PORT_OFFSET) -> list[int]:
     """Client ports free right now whose peer ports (port + peer_port_offset, the default every
-    node derives) are free too; all held open together so they are distinct."""
+    node derives) and metrics ports (port + METRICS_PORT_OFFSET) are free too; all held open
+    together so they are distinct."""
     sockets: list[socket.socket] = []
     ports: list[int] = []
     rng = random.Random()
@@ -41,7 +43,8 @@ def free_ports(count: int, host: str = HOST, *,
                 break
             port = rng.randrange(PORT_RANGE_LOW, PORT_RANGE_HIGH)
             pair = []
-            for candidate in (port, port + peer_port_offset):
+            candidates = (port, port + peer_port_offset, port + METRICS_PORT_OFFSET)
+            for candidate in candidates:
                 sock = socket.socket()
                 try:
                     sock.bind((host, candidate))
@@ -50,7 +53,7 @@ def free_ports(count: int, host: str = HOST, *,
                     break
                 pair.append(sock)
             sockets.extend(pair)
-            if len(pair) == 2:
+            if len(pair) == len(candidates):
                 ports.append(port)
         if len(ports) < count:
             raise RuntimeError(f"found only {len(ports)} of {count} free port pairs on {host}")
@@ -83,6 +86,11 @@ class LocalNode:
     def peer_address(self) -> str:
         """Its node-to-node listener (Cluster service), derived as every node derives it."""
         return peer_address(self.address, PEER_PORT_OFFSET)
+
+    @property
+    def metrics_address(self) -> str:
+        """Its Prometheus endpoint (HOST:PORT, GET /metrics), the default every node derives."""
+        return peer_address(self.address, METRICS_PORT_OFFSET)
 
     @property
     def pid(self) -> int | None:

@@ -9,7 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tidelog.node.config import PEER_PORT_OFFSET, NodeConfig, env_default, parse_peers
+from tidelog.node.config import (
+    METRICS_PORT_OFFSET,
+    PEER_PORT_OFFSET,
+    NodeConfig,
+    env_default,
+    parse_peers,
+)
 from tidelog.node.errors import ConfigError
 from tidelog.node.security.config import Authentication, ClientAuth, SecurityConfig
 
@@ -81,6 +87,11 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     security.add_argument("--encryption-keyring", default=env("encryption_keyring"),
                           help="keyring file for encryption at rest; new batches are encrypted "
                                "with its newest key (env TIDELOG_ENCRYPTION_KEYRING)")
+    parser.add_argument("--metrics-listen", default=env("metrics_listen", ""),
+                        help="HOST:PORT of the Prometheus endpoint (GET /metrics), or 'off' "
+                             "(env TIDELOG_METRICS_LISTEN; default: the --listen host, port + "
+                             f"{METRICS_PORT_OFFSET}, e.g. 9091 -> {9091 + METRICS_PORT_OFFSET}; "
+                             "docs/metrics.md)")
     parser.add_argument("--log-level", default=env("log_level", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="(env TIDELOG_LOG_LEVEL; default %(default)s)")
@@ -96,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         peers=parse_peers(args.peers), data_dir=Path(args.data_dir), fsync=args.fsync,
         tick_ms=args.tick_ms, election_ticks=args.election_ticks,
         peer_listen=args.peer_listen or "", peer_port_offset=args.peer_port_offset,
-        security=security_from_args(args),
+        security=security_from_args(args), metrics_listen=args.metrics_listen or "",
     )
 
 

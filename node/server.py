@@ -38,6 +38,8 @@ from tidelog.node.groups.coordinator import GroupCoordinator
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command
 from tidelog.node.metadata_service import METADATA_GROUP, MetadataService
+from tidelog.node.metrics.collectors import node_collectors
+from tidelog.node.metrics.exporter import MetricsExporter
 from tidelog.node.queues.coordinator import QueueCoordinator
 from tidelog.node.queues.host import NodeQueueHost
 from tidelog.node.queues.service import QueuesService
@@ -85,6 +87,7 @@ class Node:
         self._server: grpc.aio.Server | None = None  # clients: Broker, Health
         self._peer_server: grpc.aio.Server | None = None  # peers only: Cluster, Health
         self._health_servicer = health.aio.HealthServicer()
+        self.metrics = MetricsExporter(config)  # GET /metrics (docs/metrics.md)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         # Every node-to-node channel (Raft, forwarded proposals, queue produce/fetch) dials the
@@ -135,6 +138,7 @@ class Node:
                 self._peer_dialer.tls, require_client_auth=client_listener_requires_cert(security)))
         await self._peer_server.start()
         await self._server.start()
+        self.metrics.start(node_collectors(self))
         self.metadata.start()
         self.replicas.start()
         loop = asyncio.get_running_loop()
@@ -175,6 +179,7 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.metrics.stop()
         if self._server is not None:
             await self._server.stop(grace=1.0)
         if self._peer_server is not None:
