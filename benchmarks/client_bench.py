@@ -76,7 +76,7 @@ def bench_producer(bootstrap: str, topic: str, *, count: int, value_bytes: int,
         producer.flush(300)
         elapsed = time.perf_counter() - started
         failed = sum(1 for f in futures if f.exception(0) is not None)
-        requests = producer.metrics["requests_sent"]
+        requests = producer.metrics()["requests_sent"]
     rate = count / elapsed
     print(f"produce {value_bytes} B linger_ms={linger_ms:<4} "
           f"batch_size={batch_size // 1024:>4} KiB:"

@@ -303,6 +303,30 @@ class Consumer:
         waited the throttle time out before its next fetch from that node)."""
         return self._fetcher.throttle.stats
 
+    def metrics(self) -> dict[str, object]:
+        """A snapshot of this consumer's counters, like kafka-python's ``metrics()``: a new
+        plain dict each call, keys listed in docs/client.md ("Metrics"). Thread-safe, no I/O,
+        and it never waits for a poll() in progress. ``lag`` maps "topic/partition" to the
+        records between the position and the high watermark of the partition's last fetch
+        reply (partitions not fetched yet are left out)."""
+        states = list(self._fetcher.states.items())  # assign() replaces the dict, never edits it
+        lag: dict[str, int] = {}
+        for tp, st in states:
+            position, high_watermark = st.position, st.high_watermark
+            if position is not None and high_watermark >= 0:
+                lag[f"{tp.topic}/{tp.partition}"] = max(0, high_watermark - position)
+        out: dict[str, object] = {
+            "partitions_assigned": len(states),
+            "buffered_bytes": sum(st.raw_bytes for _, st in states),
+        }
+        out.update(self._fetcher.counters.snapshot())
+        out["lag"] = lag
+        out["lag_max"] = max(lag.values(), default=0)
+        throttle = self.throttle
+        out["throttled_responses"] = throttle.throttled_responses
+        out["throttle_time_ms_total"] = throttle.throttle_time_ms_total
+        return out
+
     # --- reading --------------------------------------------------------------------------------
 
     def poll(self, timeout_s: float = 1.0, max_records: int | None = None) -> list[ConsumerRecord]:
@@ -487,8 +511,14 @@ class Consumer:
 
     def _send_commit(self, request: Any) -> None:
         assert self._coordinator is not None
-        self._coordinator.call("OffsetCommit", request,
-                               timeout_s=self.config.request_timeout_ms / 1000)
+        started = time.monotonic()
+        try:
+            self._coordinator.call("OffsetCommit", request,
+                                   timeout_s=self.config.request_timeout_ms / 1000)
+        except BaseException as exc:
+            self._fetcher.counters.committed(time.monotonic() - started, exc)
+            raise
+        self._fetcher.counters.committed(time.monotonic() - started, None)
 
     def _fetch_committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         from tidelog.proto import broker_pb2

@@ -36,6 +36,7 @@ from tidelog.client import errors
 from tidelog.client.config import ConsumerConfig
 from tidelog.client.connection import Connections
 from tidelog.client.metadata import Metadata
+from tidelog.client.metrics import ConsumerCounters
 from tidelog.client.records import ConsumerRecord, TopicPartition
 from tidelog.client.throttle import ThrottleTracker
 
@@ -143,6 +144,8 @@ class Fetcher:
         self._rotation = 0
         #: quotas: no fetch goes to a node until its last throttle time has passed
         self.throttle = ThrottleTracker()
+        #: Consumer.metrics(): per request, per partition result, per take (client/metrics.py)
+        self.counters = ConsumerCounters()
 
     # --- assignment and positions ---------------------------------------------------------------
 
@@ -199,6 +202,7 @@ class Fetcher:
                 partitions=parts, max_wait_ms=self._config.fetch_max_wait_ms,
                 min_bytes=self._config.fetch_min_bytes, max_bytes=reserved)
             timeout_s = (self._config.request_timeout_ms + self._config.fetch_max_wait_ms) / 1000
+            sent_at = self._clock()
             try:
                 future = self._connections.call_async(
                     leader, "Fetch", request, timeout_s=timeout_s + _DEADLINE_MARGIN_S)
@@ -207,9 +211,11 @@ class Fetcher:
                     self.states[tp].inflight = False
                 raise
             self._inflight[leader] = (reserved, future)
+            self.counters.fetch_sent()
 
             def done(f: grpc.Future, leader: str = leader,
-                     asked: dict[TopicPartition, int] = asked) -> None:
+                     asked: dict[TopicPartition, int] = asked, sent_at: float = sent_at) -> None:
+                self.counters.fetch_latency.observe(self._clock() - sent_at)
                 self._replies.put((leader, asked, f))
                 self._wakeup.set()
 
@@ -250,6 +256,7 @@ class Fetcher:
         error = (errors.from_rpc_error(exc, address=leader) if isinstance(exc, grpc.RpcError)
                  else errors.ClientClosed("fetch cancelled"))
         _log.info("fetch from %s failed: %s", leader, error)
+        self.counters.fetch_errors.add(error)
         retry_at = self._clock() + self._config.retry_backoff_ms / 1000
         for tp, epoch in asked.items():
             st = self.states.get(tp)
@@ -265,6 +272,7 @@ class Fetcher:
         if code:
             error = errors.from_code(code, result.error_message,  # type: ignore[attr-defined]
                                      subject=str(tp), leader_id=result.leader_id)  # type: ignore[attr-defined]
+            self.counters.fetch_errors.add(error)
             if isinstance(error, errors.OffsetOutOfRange):
                 st.out_of_range = errors.OffsetOutOfRange(
                     f"{tp}: offset {st.fetch_offset} is out of range (log start "
@@ -285,6 +293,7 @@ class Fetcher:
         data = result.batches  # type: ignore[attr-defined]
         if not data:
             return
+        self.counters.fetched(len(data))
         assert st.fetch_offset is not None
         spans, next_offset = complete_batches(data, st.fetch_offset)
         if next_offset == st.fetch_offset and not spans and len(data) > 0:
@@ -339,6 +348,8 @@ class Fetcher:
                 st.position = out[-1].offset + 1
             if len(out) >= max_records:
                 break
+        if out:
+            self.counters.consumed(len(out))
         return out
 
     def out_of_range(self) -> list[tuple[TopicPartition, errors.OffsetOutOfRange]]:

@@ -182,17 +182,24 @@ class Producer:
     ) -> None:
         self.close()
 
-    @property
-    def metrics(self) -> dict[str, int]:
-        """Counters: requests sent, retries sent, bytes reserved in the buffer."""
-        assert self._sender is not None
-        return {
-            "requests_sent": self._sender.requests_sent,
-            "retries_sent": self._sender.retries_sent,
+    def metrics(self) -> dict[str, object]:
+        """A snapshot of this producer's counters, like kafka-python's ``metrics()``: a new
+        plain dict each call, keys listed in docs/client.md ("Metrics"). Thread-safe and cheap
+        (no I/O); counters only grow, so rates are differences between two snapshots."""
+        sender = self._sender
+        assert sender is not None
+        out: dict[str, object] = {
             "buffer_used_bytes": self._accumulator.used_bytes,
-            "throttled_responses": self.throttle.throttled_responses,
-            "throttle_time_ms_total": self.throttle.throttle_time_ms_total,
+            "buffer_limit_bytes": self.config.buffer_memory,
+            "batches_waiting": self._accumulator.waiting_count(),
+            "requests_sent": sender.requests_sent,
+            "retries_sent": sender.retries_sent,
         }
+        out.update(sender.counters.snapshot())
+        throttle = self.throttle
+        out["throttled_responses"] = throttle.throttled_responses
+        out["throttle_time_ms_total"] = throttle.throttle_time_ms_total
+        return out
 
     @property
     def throttle(self) -> ThrottleStats:

@@ -53,6 +53,7 @@ from tidelog.client import errors
 from tidelog.client.config import parse_bootstrap
 from tidelog.client.connection import Connections
 from tidelog.client.metadata import Metadata
+from tidelog.client.metrics import QueueCounters
 from tidelog.client.security import ClientSecurity
 
 __all__ = [
@@ -516,6 +517,8 @@ class _SettleSender:
         self.requests_sent = 0
         self.ranges_sent = 0
         self.items_sent = 0
+        #: QueueConsumer.metrics() (client/metrics.py); thread-safe by itself
+        self.counters = QueueCounters()
         self._pool = ThreadPoolExecutor(in_flight_max, thread_name_prefix=f"{name}-call")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -649,8 +652,10 @@ class _SettleSender:
             self.requests_sent += 1
             self.ranges_sent += len(ranges)
             self.items_sent += sum(len(r.items) for r in ranges)
+        started = time.monotonic()
         try:
             results = self._transport(ranges, self._timeout_s)
+            self.counters.settle_latency.observe(time.monotonic() - started)
         except errors.TidelogError as exc:
             return [(exc, None)] * len(ranges)
         except Exception as exc:  # a bug must fail the futures, not hang them
@@ -672,14 +677,21 @@ class _SettleSender:
         """Set the futures, then (same lock) retire request `number`: its offsets may go out
         again only once their earlier settlement is answered."""
         callbacks: list[tuple[Callable, SettleFuture]] = []
+        ok = [0] * len(QueueCounters.ACTION_KEYS)
+        failures: list[BaseException] = []
         with self.cond:
             for item, error, deadline in done:
                 if not item.future.done():
                     callbacks += [(fn, item.future) for fn in item.future._set(error, deadline)]
+                    if error is None:
+                        ok[item.action] += 1
+                    else:
+                        failures.append(error)
             if number is not None:
                 for it in self._in_flight.pop(number, ()):
                     self._busy.discard((it.topic, it.partition, it.offset))
             self.cond.notify_all()
+        self.counters.settlements_done(ok, failures)
         for fn, future in callbacks:
             _run_callback(fn, future)
 
@@ -753,7 +765,8 @@ class QueueConsumer:
             raise errors.ConfigError(
                 f"max_messages must be 1..{RECEIVE_MESSAGES_MAX}, not {max_messages}")
         self._check_open()
-        wait_until = time.monotonic() + max(0.0, timeout_s)
+        started = time.monotonic()
+        wait_until = started + max(0.0, timeout_s)
 
         def attempt_s(left: float) -> float:
             return max(0.0, wait_until - time.monotonic()) + min(
@@ -773,7 +786,9 @@ class QueueConsumer:
             self._create_queue()
             response = self._coordinator.call("Receive", request(), timeout_s=self._timeout_s
                                               + timeout_s, attempt_s=attempt_s)
-        return self._messages(response)
+        messages = self._messages(response)
+        self._sender.counters.receive_answered(len(messages), time.monotonic() - started)
+        return messages
 
     # --- settling --------------------------------------------------------------------------------
 
@@ -841,15 +856,21 @@ class QueueConsumer:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    @property
-    def metrics(self) -> dict[str, int]:
-        """Settle requests sent, wire ranges in them, settlements (messages) in them, messages
-        held (received, not settled)."""
+    def metrics(self) -> dict[str, object]:
+        """A snapshot of this consumer's counters, like kafka-python's ``metrics()``: a new
+        plain dict each call, keys listed in docs/client.md ("Metrics"): messages received and
+        held (received, not settled), settlements answered OK per action (acked, nacked,
+        rejected, released, extended) and failed by kind, Settle requests / wire ranges /
+        settlements sent, receive and settle (ack) latency. Thread-safe, no I/O."""
         with self._lock:
             held = len(self._held)
-        return {"settle_requests_sent": self._sender.requests_sent,
-                "settle_ranges_sent": self._sender.ranges_sent,
-                "settlements_sent": self._sender.items_sent, "held": held}
+        out: dict[str, object] = {"held": held}
+        out.update(self._sender.counters.snapshot())
+        with self._sender.cond:
+            out.update({"settle_requests_sent": self._sender.requests_sent,
+                        "settle_ranges_sent": self._sender.ranges_sent,
+                        "settlements_sent": self._sender.items_sent})
+        return out
 
     # --- helpers -----------------------------------------------------------------------------
 

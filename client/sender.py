@@ -27,6 +27,7 @@ from tidelog.client.config import ProducerConfig
 from tidelog.client.connection import Connections
 from tidelog.client.delivery import DeliveryState, Failure
 from tidelog.client.metadata import Metadata
+from tidelog.client.metrics import ProducerCounters
 from tidelog.client.records import TopicPartition
 from tidelog.client.throttle import ThrottleTracker
 
@@ -69,6 +70,8 @@ class Sender(threading.Thread):
         #: counters for benchmarks and tests
         self.requests_sent = 0
         self.retries_sent = 0
+        #: Producer.metrics(): outcomes per request and per batch (client/metrics.py)
+        self.counters = ProducerCounters()
         #: quotas: nothing is sent to a node until its last throttle time has passed
         self.throttle = ThrottleTracker()
         self._throttled_until: float | None = None  # the earliest end of a skipped node's wait
@@ -209,6 +212,7 @@ class Sender(threading.Thread):
         )
         self.delivery.sent(batch)
         self.requests_sent += 1
+        sent_at = self._clock()
         try:
             future = self._connections.call_async(
                 leader, "Produce", request, timeout_s=timeout_ms / 1000 + _DEADLINE_MARGIN_S)
@@ -216,8 +220,10 @@ class Sender(threading.Thread):
             self._fail_all(self.delivery.failed(batch, exc, self._clock()))
             return
         self._inflight_futures.add(future)
+        self.counters.request_sent(batch.record_count)
 
         def done(f: grpc.Future, batch: ProducerBatch = batch, leader: str = leader) -> None:
+            self.counters.latency.observe(self._clock() - sent_at)
             self._replies.put((batch, leader, f))
             self._wakeup.set()
 
@@ -238,14 +244,18 @@ class Sender(threading.Thread):
                 error: errors.TidelogError = errors.ClientClosed(
                     f"{batch.tp}: request cancelled by close(); the batch may or may not "
                     "have been written")
+                self.counters.request_answered(batch.record_count, error)
                 self._fail_all(self.delivery.failed(batch, error, float("inf")))
                 continue
             except grpc.RpcError as exc:
                 error = errors.from_rpc_error(exc, subject=str(batch.tp), address=leader)
+                self.counters.request_answered(batch.record_count, error)
                 self._on_error(batch, error)
                 continue
             self.throttle.record(leader, response.throttle_time_ms, self._clock())
             self.delivery.succeeded(batch)
+            self.counters.request_answered(batch.record_count, None)
+            self.counters.acknowledged(batch.record_count, len(batch.encoded or b""))
             self._complete(batch, response.base_offset)
 
     def _on_error(self, batch: ProducerBatch, error: errors.TidelogError) -> None:
@@ -268,6 +278,7 @@ class Sender(threading.Thread):
     def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
         timestamps = batch.timestamps_ms if batch.encoded is not None else [
             r[3] for r in batch.records]
+        self.counters.given_up(batch.record_count)
         batch.result.fail(error, timestamps)
         self._accumulator.release(batch)
 

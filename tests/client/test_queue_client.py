@@ -200,9 +200,9 @@ def test_settlements_made_within_the_linger_travel_as_ranges_in_one_request() ->
         assert twin.requests == [[("t", 0, 0, 49, "ACK"), ("t", 0, 50, 59, "NACK"),
                                   ("t", 0, 60, 61, "REJECT"), ("t", 0, 70, 70, "RELEASE"),
                                   ("t", 0, 72, 72, "RELEASE")]]
-        assert consumer.metrics["settle_requests_sent"] == 1
-        assert consumer.metrics["settle_ranges_sent"] == 5
-        assert consumer.metrics["settlements_sent"] == 64
+        assert consumer.metrics()["settle_requests_sent"] == 1
+        assert consumer.metrics()["settle_ranges_sent"] == 5
+        assert consumer.metrics()["settlements_sent"] == 64
 
 
 def test_a_refused_range_is_asked_again_per_offset_so_each_future_has_its_own_outcome() -> None:
@@ -298,7 +298,7 @@ def test_many_threads_acking_at_once_settle_each_message_exactly_once() -> None:
         for w in workers:
             w.join(60)
         consumer.flush(30)
-        metrics = consumer.metrics
+        metrics = consumer.metrics()
     assert all(len(o) == per_thread and all(r is None for r in o) for o in outcomes), seed
     acked = sorted((p, o) for _, p, o, _ in twin.applied)
     assert acked == sorted((o * 2 // total, o) for o in range(total)), f"seed {seed}: not once each"
@@ -321,7 +321,7 @@ def test_close_releases_the_messages_received_and_not_settled() -> None:
         (0, b"a", 2), (1, b"b", 2), (2, b"c", 2), (3, b"d", 2)]
     consumer.ack(messages[0]).result(10)
     consumer.extend(messages[1], 10).result(10)  # an extend keeps it held
-    assert consumer.metrics["held"] == 3
+    assert consumer.metrics()["held"] == 3
     consumer.close()
     assert sorted(twin.applied) == [("t", 0, 0, "ACK"), ("t", 0, 1, "EXTEND"),
                                     ("t", 0, 1, "RELEASE"), ("t", 0, 2, "RELEASE"),
@@ -429,7 +429,7 @@ def test_a_damaged_partition_of_a_receive_is_released_and_the_rest_delivered() -
         assert [(m.partition, m.value) for m in messages] == [(1, b"g0"), (1, b"g1")]
         consumer.flush(10)
         assert sorted(twin.applied) == [("t", 0, 0, "RELEASE"), ("t", 0, 1, "RELEASE")]
-        assert consumer.metrics["held"] == 2
+        assert consumer.metrics()["held"] == 2
 
 
 def overlapping_settlements() -> tuple[HoldTwin, dict[int, list[str]]]:
