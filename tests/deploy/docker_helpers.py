@@ -58,15 +58,21 @@ class ComposeProject:
     nodes: int
     name: str = field(default_factory=lambda: f"tidelogtest{os.getpid()}{secrets.token_hex(3)}")
     ports: list[int] = field(default_factory=list)
+    metrics_ports: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.ports:
             self.ports = free_ports(self.nodes)
+        if not self.metrics_ports:  # the nodes publish GET /metrics too (TIDELOG_METRICS_PORT_N)
+            self.metrics_ports = [p for p in free_ports(self.nodes * 2) if p not in self.ports
+                                  ][:self.nodes]
 
     @property
     def env(self) -> dict[str, str]:
         env = {"TIDELOG_IMAGE": self.image, "TIDELOG_ADVERTISE_HOST": "127.0.0.1"}
         env.update({f"TIDELOG_PORT_{i + 1}": str(port) for i, port in enumerate(self.ports)})
+        env.update({f"TIDELOG_METRICS_PORT_{i + 1}": str(port)
+                    for i, port in enumerate(self.metrics_ports)})
         return env
 
     @property
