@@ -24,6 +24,7 @@ from tidelog.node.metadata_commands import (
     InitProducer,
 )
 from tidelog.node.metadata_service import raise_result
+from tidelog.node.metrics.produce import record_committed, record_produced
 from tidelog.node.produce_validation import ProduceLimits, validate_produce
 from tidelog.node.producer_state import Duplicate
 from tidelog.node.raft import NotLeader, ProposalDropped
@@ -112,7 +113,7 @@ class ClientApi:
                 leader_term=hint.term if hint else 0, replicas=replicas,
                 high_watermark=-1, log_end_offset=-1, log_start_offset=-1)
             if replica is not None and replica.is_leader:
-                meta.in_sync.extend(replica.in_sync_replicas())
+                meta.in_sync.extend(replica.in_sync_replicas(self._replicas.alive))
                 meta.high_watermark = replica.high_watermark
                 meta.log_end_offset = replica.log.log_end_offset
                 meta.log_start_offset = replica.log.log_start_offset
@@ -257,6 +258,7 @@ class ClientApi:
                  if dup is None]
         try:
             proposed = iter(replica.propose(fresh) if fresh else [])
+            proposed_at_s = time.perf_counter()  # tidelog_commit_latency_seconds
         except (NotLeader, ProposalDropped):
             raise self._not_leader(request.topic, request.partition, replica) from None
         offsets: list[tuple[int, int]] = []
@@ -282,6 +284,8 @@ class ClientApi:
                 wait_term = wait_term if wait_term is not None else term
             if request.acks == pb.ACKS_ALL:
                 await replica.wait_committed(last, wait_term, timeout_s)
+                if fresh:
+                    record_committed(proposed_at_s)
                 for _, dup in dups:  # committed already (below last): checks the term at once
                     if dup.term >= 0:
                         await replica.wait_committed(dup.last_offset, dup.term, timeout_s)
@@ -299,6 +303,8 @@ class ClientApi:
                 "the write may still commit (retry with the same idempotent producer)") from None
         except StorageError as exc:
             raise E.StorageRequestError(f"{request.topic}-{request.partition}: {exc}") from None
+        record_produced(request.topic, sum(b.header.record_count for b in batches),
+                        len(request.batches))
         return pb.ProduceResponse(
             base_offset=offsets[0][0], last_offset=last, high_watermark=replica.high_watermark,
             log_start_offset=replica.log.log_start_offset, duplicate=duplicate)

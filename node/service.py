@@ -30,6 +30,7 @@ from tidelog.node.errors import (
     NotLeaderError,
     StorageRequestError,
 )
+from tidelog.node.metrics.produce import observed_fetch, observed_produce
 from tidelog.node.security.cert_auth import forged_from_node
 from tidelog.node.security.principal import current_principal
 from tidelog.node.storage import StorageError
@@ -203,11 +204,11 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
 
     @_unary
     async def Produce(self, request, context):  # noqa: N802
-        return await self.api.produce(request)
+        return await observed_produce(self.api.produce, request)
 
     @_unary
     async def Fetch(self, request, context):  # noqa: N802
-        return await self.api.fetch(request)
+        return await observed_fetch(self.api.fetch, request)
 
     @_unary
     async def ListOffsets(self, request, context):  # noqa: N802

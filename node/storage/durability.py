@@ -50,13 +50,16 @@ class DirtyTracker:
 
     policy: FsyncPolicy
     unsynced_bytes: int = 0
+    unsynced_batches: int = 0  # for tidelog_fsync_batches (batches made durable per fsync)
     last_sync_ms: int = 0
 
     def on_append(self, size_bytes: int) -> None:
         self.unsynced_bytes += size_bytes
+        self.unsynced_batches += 1
 
-    def on_sync(self, *, synced_bytes: int, now_ms: int) -> None:
+    def on_sync(self, *, synced_bytes: int, now_ms: int, synced_batches: int = 0) -> None:
         self.unsynced_bytes = max(0, self.unsynced_bytes - synced_bytes)
+        self.unsynced_batches = max(0, self.unsynced_batches - synced_batches)
         self.last_sync_ms = now_ms
 
     def needs_sync(self, now_ms: int) -> bool:

@@ -20,7 +20,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from time import perf_counter
 from typing import Protocol
+
+from tidelog.node.metrics.storage import FSYNC_SECONDS
 
 __all__ = ["OS_FS", "FileSystem", "OsFileSystem", "SequentialReader", "SequentialWriter",
            "pread_all", "pwrite_all", "read_file", "unlink_quietly"]
@@ -74,10 +77,14 @@ class OsFileSystem:
         os.ftruncate(fd, length)
 
     def fsync(self, fd: int) -> None:
+        started = perf_counter()
         os.fsync(fd)
+        FSYNC_SECONDS.observe(perf_counter() - started)  # tidelog_fsync_seconds
 
     def fdatasync(self, fd: int) -> None:
+        started = perf_counter()
         (getattr(os, "fdatasync", None) or os.fsync)(fd)
+        FSYNC_SECONDS.observe(perf_counter() - started)
 
     def fstat_size(self, fd: int) -> int:
         return os.fstat(fd).st_size

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tidelog.node.metrics.storage import FSYNC_BATCHES
 from tidelog.node.storage import metafile
 from tidelog.node.storage.config import LogConfig
 from tidelog.node.storage.damage import QUARANTINE_DIR, DamagePolicy, quarantine_copy
@@ -457,6 +458,7 @@ class PartitionLog:
             end = self.log_end_offset
             generation = self._generation
             unsynced = self._dirty.unsynced_bytes
+            unsynced_batches = self._dirty.unsynced_batches
             segment = self._active
             size = segment.size_bytes
             fd = segment.dup_writer()
@@ -469,13 +471,16 @@ class PartitionLog:
                 raise StorageIOError(f"fsync of {self.directory} failed: {exc}") from exc
             finally:
                 self.fs.close(fd)
+            if unsynced_batches:
+                FSYNC_BATCHES.observe(unsynced_batches)
         with self._lock:
             if generation == self._generation and segment.durable_size_bytes < size:
                 segment.durable_size_bytes = size
             now_ms = self._now_ms()
             if generation == self._generation and end > self._durable_end_offset:
                 self._durable_end_offset = end
-            self._dirty.on_sync(synced_bytes=unsynced, now_ms=now_ms)
+            self._dirty.on_sync(synced_bytes=unsynced, now_ms=now_ms,
+                                synced_batches=unsynced_batches)
             if generation == self._generation and end > self._recovery_point and \
                     now_ms - self._recovery_point_written_ms >= RECOVERY_POINT_INTERVAL_MS:
                 # Under the lock so a concurrent truncate_after cannot interleave; costs one
