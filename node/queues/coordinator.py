@@ -56,7 +56,7 @@ from tidelog.node.queues.dead_letters import (
     redrive_partition,
 )
 from tidelog.node.queues.dlq_depth import DlqCount, count_dead_letters, high_watermarks
-from tidelog.node.queues.model import Acquired, OfferedRecord, Settle, SettleKind
+from tidelog.node.queues.model import Acquired, OfferedRecord, QueueStats, Settle, SettleKind
 from tidelog.node.queues.reader import PartitionReader, decode_offered
 from tidelog.node.queues.wire import (
     WRITE_TIMEOUT_S,
@@ -408,18 +408,30 @@ class QueueCoordinator:
 
     async def describe_queue(self, request: qpb.DescribeQueueRequest
                              ) -> qpb.DescribeQueueResponse:
-        """Reads what is new first (so read offsets are past control batches), and counts the
-        dead letters after the redrive cursor (dlq_depth counts records, not offsets)."""
+        stats = await self.fresh_stats(request.queue)
         entry, queue = self._queue_for(request.queue)
-        reads = await self._gather_reads(queue)
-        entry, queue = self._queue_for(request.queue)
-        await self._write(entry, queue, self._offer(queue, reads, _now_ms()))
-        await count_dead_letters(self.host.state, self.reader, queue.core, queue.dlq_counts)
-        entry, queue = self._queue_for(request.queue)
-        stats = queue.core.stats(_now_ms(), self._high_watermarks(queue))
         return qpb.DescribeQueueResponse(config=config_to_wire(queue.core.config),
                                          stats=stats_to_wire(stats),
                                          coordinator_id=self.host.node_id)
+
+    async def fresh_stats(self, name: str) -> QueueStats:
+        """The stats of `tidelog queue stats` (DescribeQueue) and of the queue metrics
+        (node/metrics/queues.py). Reads what is new first (so read offsets are past control
+        batches), and counts the dead letters after the redrive cursor (dlq_depth counts
+        records, not offsets)."""
+        entry, queue = self._queue_for(name)
+        reads = await self._gather_reads(queue)
+        entry, queue = self._queue_for(name)
+        await self._write(entry, queue, self._offer(queue, reads, _now_ms()))
+        await count_dead_letters(self.host.state, self.reader, queue.core, queue.dlq_counts)
+        entry, queue = self._queue_for(name)
+        return queue.core.stats(_now_ms(), self._high_watermarks(queue))
+
+    def coordinated_queues(self) -> list[str]:
+        """The loaded queues this node coordinates now (it leads their state partition)."""
+        return sorted(name for entry in self._partitions.values()
+                      if entry.queues is not None and entry.replica.is_leader
+                      for name, queue in entry.queues.items() if not queue.deleted)
 
     async def receive(self, request: qpb.ReceiveRequest) -> qpb.ReceiveResponse:
         check_consumer(request.consumer_id)

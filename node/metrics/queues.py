@@ -1,0 +1,132 @@
+"""Queue metrics, exported by the node that coordinates each queue (docs/metrics.md, "Queues").
+
+The numbers are those of `tidelog queue stats`: `QueueCoordinator.fresh_stats`, the DescribeQueue
+code path. That path awaits (it reads what is new in the topics, so control batches are not
+counted as depth, and counts the dead letters after the redrive cursor), and a scrape-time
+collector runs on the event loop and must not await. So a background task refreshes a snapshot
+of every coordinated queue's stats every STATS_REFRESH_INTERVAL_S, and a scrape reports that
+snapshot: the values are at most one interval (plus one refresh) old.
+
+The task starts with the metrics endpoint and stops itself after SCRAPE_IDLE_S without a scrape
+(a node nobody scrapes does no work for metrics); the next scrape starts it again. A scrape
+reports only the queues this node coordinates at that moment, so a node that lost a queue's
+coordination stops exporting it at once, without waiting for the next refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from tidelog.node import errors as E
+from tidelog.node.groups.errors import CoordinatorNotAvailableError, NotCoordinatorError
+from tidelog.node.metrics.on_loop import MetricsFunction
+from tidelog.node.queues.model import QueueStats
+
+if TYPE_CHECKING:
+    from tidelog.node.queues.coordinator import QueueCoordinator
+    from tidelog.node.server import Node
+
+__all__ = ["STATS_REFRESH_INTERVAL_S", "QueueMetrics", "queue_collector"]
+
+log = logging.getLogger(__name__)
+
+STATS_REFRESH_INTERVAL_S = 2.0
+SCRAPE_IDLE_S = 60.0           # no scrape for this long: the refresher stops until the next
+REFRESH_QUEUE_TIMEOUT_S = 5.0  # Bound: one queue's stats may take this long, then it is skipped
+
+
+class QueueMetrics:
+    """The stats snapshot and its refresher (one per node)."""
+
+    def __init__(self, coordinator: QueueCoordinator, *,
+                 interval_s: float = STATS_REFRESH_INTERVAL_S) -> None:
+        self._coordinator = coordinator
+        self._interval_s = interval_s
+        self._snapshot: dict[str, QueueStats] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._scraped_at = time.monotonic()
+
+    def start(self) -> None:
+        """Start the refresher on the running loop, unless it runs already."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._refresh_loop(), name="metrics-queue-stats")
+
+    def collect(self) -> Iterator[Metric]:
+        """On the event loop, at scrape time: the snapshot of the queues coordinated now."""
+        self._scraped_at = time.monotonic()
+        self.start()
+        coordinated = set(self._coordinator.coordinated_queues())
+        return iter(families({name: stats for name, stats in self._snapshot.items()
+                              if name in coordinated}))
+
+    async def refresh(self) -> None:
+        """Replace the snapshot with every coordinated queue's fresh stats. A queue that moved
+        or went away meanwhile is left out; one that fails is left out and logged (debug)."""
+        snapshot: dict[str, QueueStats] = {}
+        for name in self._coordinator.coordinated_queues():
+            try:
+                snapshot[name] = await asyncio.wait_for(self._coordinator.fresh_stats(name),
+                                                        REFRESH_QUEUE_TIMEOUT_S)
+            except (NotCoordinatorError, CoordinatorNotAvailableError, E.BrokerError,
+                    TimeoutError) as exc:
+                log.debug("queue metrics: no stats for %s this round: %s", name, exc)
+        self._snapshot = snapshot
+
+    async def _refresh_loop(self) -> None:
+        while time.monotonic() - self._scraped_at < SCRAPE_IDLE_S:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a metrics bug must not take the node down
+                log.exception("queue metrics: refresh failed")
+            await asyncio.sleep(self._interval_s)
+
+
+def queue_collector(node: Node) -> tuple[str, MetricsFunction]:
+    """The ("queues", function) entry of node_collectors; starts the refresher when the node
+    serves metrics, so the first scrape already has numbers."""
+    metrics = QueueMetrics(node.queues)
+    if node.config.metrics_address is not None:
+        with contextlib.suppress(RuntimeError):  # no running loop: started by the first scrape
+            metrics.start()
+    return "queues", metrics.collect
+
+
+def families(snapshot: dict[str, QueueStats]) -> list[Metric]:
+    """The metric families of a stats snapshot (queue name -> stats). Names are a contract
+    (alert rules, the dashboard and `tidelog top` use them)."""
+    depth = GaugeMetricFamily(
+        "tidelog_queue_depth", "Messages ready or waiting (backoff, delay), not in flight",
+        labels=["queue"])
+    in_flight = GaugeMetricFamily(
+        "tidelog_queue_in_flight", "Messages locked to a consumer now", labels=["queue"])
+    age = GaugeMetricFamily(
+        "tidelog_queue_oldest_unacked_age_seconds",
+        "Now minus the timestamp of the oldest message not done (0 when none)", labels=["queue"])
+    redeliveries = CounterMetricFamily(
+        "tidelog_queue_redeliveries", "Deliveries with a delivery count above 1",
+        labels=["queue"])
+    dead_lettered = CounterMetricFamily(
+        "tidelog_queue_dead_lettered", "Messages sent to the dead-letter topic",
+        labels=["queue"])
+    dlq_depth = GaugeMetricFamily(
+        "tidelog_queue_dlq_depth", "Dead letters after the redrive cursor", labels=["queue"])
+    acked = CounterMetricFamily("tidelog_queue_acked", "Messages acked", labels=["queue"])
+    for name, s in sorted(snapshot.items()):
+        # stats.depth counts every record not done, in flight included (docs/queues.md).
+        depth.add_metric([name], max(0, s.depth - s.in_flight))
+        in_flight.add_metric([name], s.in_flight)
+        age.add_metric([name], s.oldest_unacked_age_ms / 1000)
+        redeliveries.add_metric([name], s.redelivered_total)
+        dead_lettered.add_metric([name], s.dead_lettered_total)
+        dlq_depth.add_metric([name], s.dlq_depth)
+        acked.add_metric([name], s.acked_total)
+    return [depth, in_flight, age, redeliveries, dead_lettered, dlq_depth, acked]
