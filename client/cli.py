@@ -35,6 +35,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.client.cli_security",  # tidelog user ..., tidelog acl ...
     "tidelog.client.cli_quota",  # tidelog quota ...
     "tidelog.node.keyring_cli",  # tidelog keyring ... (encryption at rest)
+    "tidelog.client.cli_top",  # tidelog top (live view)
 )
 
 
