@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from tidelog.node.clock import SYSTEM_CLOCK, Clock
 from tidelog.node.group_commit import GroupCommitter
+from tidelog.node.metrics.raft import record_dropped_proposal
 from tidelog.node.producer_state import ProducerStateTable
 from tidelog.node.raft import (
     Entry,
@@ -36,6 +37,8 @@ from tidelog.node.raft import (
     LogReader,
     Message,
     NodeId,
+    NotLeader,
+    ProposalDropped,
     RaftConfig,
     RaftCore,
     Ready,
@@ -250,7 +253,11 @@ class Replica:
 
     def propose(self, batches: list[tuple[bytes, BatchHeader]]) -> list[tuple[int, int]]:
         """Propose data batches (leader only); returns (base, last) offsets. Raises NotLeader."""
-        firsts = self.core.propose_many([(b, h.last_offset_delta + 1) for b, h in batches])
+        try:
+            firsts = self.core.propose_many([(b, h.last_offset_delta + 1) for b, h in batches])
+        except (NotLeader, ProposalDropped):
+            record_dropped_proposal()
+            raise
         self._wake.set()
         offsets = []
         for first, (_, header) in zip(firsts, batches, strict=True):
@@ -327,13 +334,15 @@ class Replica:
     def high_watermark(self) -> int:
         return self.commit_index + 1
 
-    def in_sync_replicas(self) -> list[int]:
-        """Replicas whose match is at the commit index (the leader's view)."""
+    def in_sync_replicas(self, alive: Callable[[int], bool] = lambda node: True) -> list[int]:
+        """Replicas whose match is at the commit index and that `alive` says were heard from
+        recently (the leader's view; the node passes its liveness view, ReplicaManager.alive:
+        a stopped follower of an idle partition keeps its match and would look in sync)."""
         if not self.is_leader:
             return []
         out = {int(self.core.id)}
         for node_id, progress in self.core.progress.items():
-            if progress.match >= self.commit_index:
+            if progress.match >= self.commit_index and alive(int(node_id)):
                 out.add(int(node_id))
         return sorted(out)
 

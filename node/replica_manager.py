@@ -22,8 +22,10 @@ from typing import Protocol
 
 from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
+from tidelog.node.log_events import CatchUpWatch, group_label
 from tidelog.node.metadata import MetadataState, TopicInfo
 from tidelog.node.metadata_service import METADATA_GROUP
+from tidelog.node.metrics.raft import RaftObserver
 from tidelog.node.raft import Message, NodeId, RemoteProtocolError
 from tidelog.node.raft_validation import MalformedRaftMessage, decode_raft_message
 from tidelog.node.raft_wire import to_wire
@@ -74,6 +76,8 @@ class ReplicaManager:
         self._reconcile_pending = False
         self._reported_dirs: set[str] = set()
         self._deleting: set[str] = set()  # directories of replicas being closed and deleted
+        self.catch_up = CatchUpWatch(config.tick_ms)  # "replica ... caught up" log lines
+        self.raft_metrics = RaftObserver()  # elections, leader changes, append round trips
 
     # ------------------------------------------------------------------ queries
 
@@ -232,6 +236,7 @@ class ReplicaManager:
     # ------------------------------------------------------------------ raft plumbing
 
     def send_raft(self, group: str, message: Message) -> None:
+        self.raft_metrics.sent(group, message)
         self.transport.send(message.to, to_wire(group, message))
 
     def receive_raft(self, batch: cpb.RaftBatch) -> None:
@@ -258,6 +263,7 @@ class ReplicaManager:
                 log.warning("dropped a malformed raft message from node %d for %s: %s",
                             sender, wire.group, exc)
                 continue
+            self.raft_metrics.received(wire.group, message)
             try:
                 replica.step(message)
             except RemoteProtocolError as exc:
@@ -290,20 +296,27 @@ class ReplicaManager:
                   exc_info=exc)
 
     def _on_unreachable(self, peer: int) -> None:
+        self.raft_metrics.unreachable(peer)
         for replica in self.all_replicas():
             replica.report_unreachable(peer)
 
     def on_soft_state(self, replica: Replica) -> None:
         """A replica's role or leader changed: remember and announce it, then tell the node."""
+        self.raft_metrics.on_soft_state(replica)
         leader = replica.leader_id
         if leader is not None:
             self._note_leader(replica.group, leader, replica.term)
         if replica.is_leader:
-            log.info("node %d leads %s in term %d", self.id, self.group_name(replica.group),
-                     replica.term)
+            log.info("leader elected for %s in term %d (node %d)", self.log_label(replica.group),
+                     replica.term, self.id)
             self.transport.broadcast_leader(
                 cpb.LeaderInfo(group=replica.group, leader_id=self.id, term=replica.term))
         self._on_soft_state_hook(replica)
+
+    def log_label(self, group: str) -> str:
+        """How log lines name a group: "<topic>/<partition>", or "the metadata group"."""
+        topic = self.topic_of(group)
+        return group_label(group, topic.name if topic else None, metadata_group=METADATA_GROUP)
 
     def _note_leader(self, group: str, leader_id: int, term: int) -> None:
         known = self.leader_hints.get(group)
@@ -323,6 +336,7 @@ class ReplicaManager:
             for replica in self.all_replicas():
                 if replica.error is None:
                     replica.tick()
+            self.catch_up.tick(self.all_replicas(), self.log_label, self.id)
 
     async def announce_loop(self) -> None:
         while True:
