@@ -11,6 +11,7 @@ from tidelog.client import errors, offsets
 from tidelog.client.config import AdminConfig, parse_bootstrap
 from tidelog.client.connection import Connections
 from tidelog.client.group import CoordinatorClient, tps_from_wire, tps_to_wire
+from tidelog.client.group_lag import PartitionLag, first_unconsumed
 from tidelog.client.metadata import (
     ClusterDescription,
     Metadata,
@@ -25,7 +26,7 @@ from tidelog.client.security_admin import SecurityAdmin
 from tidelog.client.throttle import check_client_id
 
 __all__ = ["Admin", "GroupDescription", "GroupListing", "GroupMemberDescription",
-           "OffsetAndMetadata"]
+           "OffsetAndMetadata", "PartitionLag"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +247,21 @@ class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
         return {TopicPartition(p.topic, p.partition): OffsetAndMetadata(
             offset=p.offset, metadata=p.metadata, commit_timestamp_ms=p.commit_timestamp_ms)
             for p in response.partitions if p.offset >= 0}
+
+    def list_group_lag(
+        self, group_id: str, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, PartitionLag]:
+        """Lag of the group's committed partitions (all, or these): committed, end_offset (the
+        leader's high watermark), lag (records), lag_seconds (now minus the timestamp of the
+        first record not consumed; 0.0 when caught up) and first_unconsumed_timestamp_ms.
+        One OffsetFetch, then one Fetch of one batch per partition (tidelog.client.group_lag)."""
+        committed = self.list_group_offsets(group_id, partitions)
+        if not committed:
+            return {}
+        return first_unconsumed(self._metadata, self._connections,
+                                {tp: c.offset for tp, c in committed.items()},
+                                timeout_s=self._timeout_s,
+                                backoff_s=self.config.retry_backoff_ms / 1000)
 
     def alter_group_offsets(self, group_id: str, offsets: Mapping[TopicPartition, int],
                             metadata: str = "") -> None:

@@ -230,6 +230,9 @@ class _GroupsHost:
     def leader_of(self, group: str) -> tuple[int, str] | None:
         return self._replicas.leader_of(group)
 
+    def local_replica(self, group: str) -> Replica | None:  # group lag reads (groups/lag.py)
+        return self._replicas.partitions.get(group)
+
     async def propose(self, command: Command, timeout_s: float = 10.0) -> dict[str, Any]:
         return await self._metadata.propose(command, timeout_s)
 

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,8 +31,10 @@ from tidelog.node import errors as E
 from tidelog.node.groups import offsets_log as ol
 from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.groups.errors import CoordinatorNotAvailableError, NotCoordinatorError
+from tidelog.node.groups.lag import GroupLagRefresher
 from tidelog.node.groups.state import (
     CommittedOffset,
+    Group,
     GroupCoordinatorCore,
     Heartbeat,
     Record,
@@ -97,12 +100,16 @@ class CoordinatorHost(Protocol):
 
     async def wait_for_leaders(self, names: list[str], timeout_s: float) -> None: ...
 
+    def local_replica(self, group: str) -> Replica | None: ...
+
 
 class GroupCoordinator:
     def __init__(self, host: CoordinatorHost) -> None:
         self.host = host
         self._partitions: dict[int, _Partition] = {}
         self._creating: asyncio.Task[None] | None = None
+        # Lag in records and seconds of the groups coordinated here, for metrics (lag.py).
+        self.lag = GroupLagRefresher(host, self.committed_offsets)
 
     # ============================================================== leadership (soft state)
 
@@ -157,7 +164,29 @@ class GroupCoordinator:
     # ================================================================== periodic work
 
     async def run(self) -> None:
-        """Session timeouts, group expiry, topic changes: for every loaded partition."""
+        """Session timeouts, group expiry, topic changes: for every loaded partition; the lag
+        refresher beside it."""
+        lag = asyncio.get_running_loop().create_task(self.lag.run(), name="groups-lag")
+        try:
+            await self._tick_loop()
+        finally:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
+
+    def loaded_groups(self) -> list[Group]:
+        """The groups of every loaded partition this node leads, from memory (metrics)."""
+        return [group for entry in self._partitions.values()
+                if entry.core is not None and entry.replica.is_leader
+                for group in entry.core.groups.values()]
+
+    def committed_offsets(self) -> Iterator[tuple[str, TopicPartition, int]]:
+        """(group, partition, committed offset) of every group coordinated here."""
+        for group in self.loaded_groups():
+            for tp, committed in group.offsets.items():
+                yield group.group_id, tp, committed.offset
+
+    async def _tick_loop(self) -> None:
         last_topics_check = 0.0
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
