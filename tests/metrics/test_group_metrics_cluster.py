@@ -101,11 +101,13 @@ def partition_labels(p: int) -> dict[str, str]:
 
 
 def produce(cluster: LocalCluster, per_partition: int, first_ms: int) -> None:
-    """`per_partition` records on each partition, the i-th stamped first_ms + i ms."""
+    """`per_partition` records on each partition, the i-th stamped first_ms + i s (apart, so a
+    lag in seconds taken from the batch's max timestamp, or the wrong record, is seconds off)."""
     with Producer(cluster.bootstrap, linger_ms=5) as producer:
         for p in range(PARTITIONS):
             for i in range(per_partition):
-                producer.send(TOPIC, value=f"{p}-{i}", partition=p, timestamp=first_ms + i)
+                producer.send(TOPIC, value=f"{p}-{i}", partition=p,
+                              timestamp=first_ms + i * 1000)
         producer.flush()
 
 
