@@ -305,7 +305,8 @@ class ChaosRun:
             skipped=tuple(nemesis.skipped if nemesis else ()), queue_results=queue_results,
             security=security.describe() if security is not None else "")
         preamble = render_preamble(outcome)
-        write_report(report_dir, history, results, preamble=preamble)
+        write_report(report_dir, history, results, preamble=preamble,
+                     queue_history=queue.history() if queue is not None else None)
         (report_dir / "run.json").write_text(json.dumps({
             "scenario": cfg.scenario, "seed": cfg.seed, "backend": cfg.backend,
             "nodes": cfg.nodes, "duration_s": cfg.duration_s, "rate_per_s": cfg.rate_per_s,
