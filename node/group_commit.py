@@ -16,10 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
+from tidelog.node.log_events import SlowFsyncLog
+
 log = logging.getLogger(__name__)
+#: "fsync took X ms (slower than 100 ms) for ..." warnings, rate-limited (node/log_events.py)
+SLOW_FSYNCS = SlowFsyncLog()
 
 
 class Syncable(Protocol):
@@ -90,4 +95,6 @@ class GroupCommitter:
 
 def _sync_all(targets: list[Syncable]) -> None:
     for target in targets:
+        started = time.monotonic()
         target.sync()
+        SLOW_FSYNCS.observe(time.monotonic() - started, target)

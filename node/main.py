@@ -95,6 +95,11 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=env("log_level", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="(env TIDELOG_LOG_LEVEL; default %(default)s)")
+    parser.add_argument("--log-format", default=env("log_format", "text"),
+                        choices=["text", "json"],
+                        help="'json': one JSON object per line (ts, level, logger, node, msg, "
+                             "exc) for log shippers (env TIDELOG_LOG_FORMAT; default "
+                             "%(default)s; docs/metrics.md \"Logs\")")
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -131,10 +136,10 @@ def run_node(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"tidelog node: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level,
-        format=f"%(asctime)s node-{config.node_id} %(levelname)s %(name)s: %(message)s",
-    )
+    from tidelog.node.logging_setup import configure_logging
+
+    configure_logging(node_id=config.node_id, level=args.log_level,
+                      log_format=args.log_format)
     raise_open_files_limit()
     from tidelog.node.server import Node
     from tidelog.node.storage import StorageError

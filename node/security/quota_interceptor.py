@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, assert_never
 
 import grpc
+from tidelog.node.log_events import ThrottleLog
 from tidelog.node.metadata import MetadataState
 from tidelog.node.security.principal import PrincipalKind, current_principal
 from tidelog.node.security.quotas import (
@@ -68,6 +69,7 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):
         self._metadata = metadata
         self.tracker = QuotaTracker(window)
         self._clock_ms = clock_ms
+        self._throttle_log = ThrottleLog()  # "throttling client ...", once per client per 10 s
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
@@ -89,9 +91,13 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):
             await self._hold(matches, context)
             self._account_request(matches, request)  # no await since the hold: no race
             response = await inner(request, context)
-            throttle_ms = self._account_response(matches, response)
+            throttle_ms, worst = self._account_response(matches, response)
             if throttle_ms and hasattr(response, "throttle_time_ms"):
                 response.throttle_time_ms = max(response.throttle_time_ms, throttle_ms)
+            if throttle_ms and worst is not None:
+                self._throttle_log.throttled(
+                    f"{client_id or '(no client id)'} ({current_principal.get()})",
+                    f"{worst.kind.value} (limit {worst.limit}/s)", throttle_ms)
             return response
 
         return grpc.unary_unary_rpc_method_handler(
@@ -141,16 +147,20 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):
                     assert_never(match.kind)
             self.tracker.throttle(match, now_ms)
 
-    def _account_response(self, matches: list[QuotaMatch], response: Any) -> int:
-        """Count a Fetch's batch bytes; the throttle time to answer with (the longest)."""
+    def _account_response(self, matches: list[QuotaMatch], response: Any
+                          ) -> tuple[int, QuotaMatch | None]:
+        """Count a Fetch's batch bytes; the throttle time to answer with (the longest) and the
+        quota that set it."""
         now_ms = self._clock_ms()
-        throttle_ms = 0
+        throttle_ms, worst = 0, None
         for match in matches:
             if match.kind is QuotaKind.CONSUMER_BYTE_RATE:
                 self.tracker.record(match, sum(len(p.batches) for p in response.partitions),
                                     now_ms)
-            throttle_ms = max(throttle_ms, self.tracker.throttle(match, now_ms))
-        return throttle_ms
+            this_ms = self.tracker.throttle(match, now_ms)
+            if this_ms > throttle_ms:
+                throttle_ms, worst = this_ms, match
+        return throttle_ms, worst
 
 
 def _client_id(metadata: Any) -> str | None:
