@@ -7,8 +7,9 @@ collector runs on the event loop and must not await. So a background task refres
 of every coordinated queue's stats every STATS_REFRESH_INTERVAL_S, and a scrape reports that
 snapshot: the values are at most one interval (plus one refresh) old.
 
-The task starts with the metrics endpoint and stops itself after SCRAPE_IDLE_S without a scrape
-(a node nobody scrapes does no work for metrics); the next scrape starts it again. A scrape
+The task starts at the first scrape and stops itself after SCRAPE_IDLE_S without one (a node nobody
+scrapes does no work for queue metrics, not even reads); the next scrape starts it again, and the
+series are back from the scrape after its first refresh (a scrape never waits for one). A scrape
 reports only the queues this node coordinates at that moment, so a node that lost a queue's
 coordination stops exporting it at once, without waiting for the next refresh.
 """
@@ -16,7 +17,6 @@ coordination stops exporting it at once, without waiting for the next refresh.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -88,16 +88,13 @@ class QueueMetrics:
             except Exception:  # noqa: BLE001 - a metrics bug must not take the node down
                 log.exception("queue metrics: refresh failed")
             await asyncio.sleep(self._interval_s)
+        self._snapshot = {}  # too old to report when scrapes come back
 
 
 def queue_collector(node: Node) -> tuple[str, MetricsFunction]:
-    """The ("queues", function) entry of node_collectors; starts the refresher when the node
-    serves metrics, so the first scrape already has numbers."""
-    metrics = QueueMetrics(node.queues)
-    if node.config.metrics_address is not None:
-        with contextlib.suppress(RuntimeError):  # no running loop: started by the first scrape
-            metrics.start()
-    return "queues", metrics.collect
+    """The ("queues", function) entry of node_collectors. The refresher starts at the first
+    scrape: a node nobody scrapes does no work for queue metrics."""
+    return "queues", QueueMetrics(node.queues).collect
 
 
 def families(snapshot: dict[str, QueueStats]) -> list[Metric]:
