@@ -23,12 +23,12 @@ Theory of operation (the model is docs/queues.md; the wire contract proto/queue.
   at a time, so each message's future tells that message's own outcome. The future of a refused
   settlement raises `LockLostError`: the lock expired and the message went (or will go) to
   someone else. Delivery is at-least-once.
-* Ambiguity, stated: a Settle whose reply is lost (timeout, node crash) is sent again; an ack
-  the first attempt already applied is answered OK (the coordinator remembers its newest 1024
-  acked ranges, durably, so a new coordinator answers the same). A retried nack, reject,
-  release or extend of an applied settlement still reports LOCK_LOST. A Receive whose reply is
-  lost the same way leaves its records locked to this consumer until the lock expires; they are
-  then delivered again, the lost delivery counted.
+* Ambiguity, stated: a Settle whose reply is lost (timeout, node crash) is sent again; any
+  settlement the first attempt already applied (ack, nack, reject, release, extend) is answered
+  OK (the coordinator remembers its newest 1024 acked ranges and 1024 ranges of the others,
+  durably, so a new coordinator answers the same; docs/queues.md has the limits). A Receive
+  whose reply is lost the same way leaves its records locked to this consumer until the lock
+  expires; they are then delivered again, the lost delivery counted.
 * ``close()`` flushes, then releases every message received and not settled (so other consumers
   get them at once instead of after the lock duration), then stops the thread.
 """

@@ -79,7 +79,7 @@ from tidelog.node.queues.part import (
 from tidelog.node.queues.part import DONE as _DONE
 from tidelog.node.queues.part import Part as _Part
 from tidelog.node.queues.part import offsets as _offsets
-from tidelog.node.queues.recent_acks import RecentAcks
+from tidelog.node.queues.recent_acks import RecentAcks, RecentSettles
 
 __all__ = ["REASON_EXPIRED", "REASON_MAX_DELIVERIES", "REASON_REJECTED", "QueueCore"]
 
@@ -100,6 +100,7 @@ class QueueCore(Appliers):
         self._redrive: dict[int, int] = {}
         self._dlq = DlqLedger()
         self._acked = RecentAcks()
+        self._settled = RecentSettles()
         self._seen: dict[str, int] = {}
         self._seq = 0
         # Dedup window (volatile): message id -> timestamp of its first record, and a heap
@@ -283,56 +284,60 @@ class QueueCore(Appliers):
                                               message=problem))
                 continue
             assert p is not None
+            ranges: dl.Ranges = ((s.first, s.last),)
+            remembered = 0    # EXTEND: the earliest deadline of the parts applied before
             if not self._holds(p, consumer_id, s):
-                retried = self._retried_ack(p, consumer_id, s, counts.get(p, ())) \
-                    if s.kind is SettleKind.ACK else None
-                if retried is not None:
-                    # Sent again after a lost reply: what was acked then stays acked (OK);
-                    # what is still held by this delivery is acked now.
-                    for first, last in retried:
-                        self._ack(p, first, last)
-                        counts.setdefault(p, []).append((first, last, s.delivery_count))
-                    acks.setdefault(p, []).extend(retried)
-                    outcomes.append(SettleOutcome(index=index, ok=True, lock_lost=False))
+                retried = self._retried(p, consumer_id, s, counts.get(p, ()))
+                if retried is None:
+                    outcomes.append(SettleOutcome(
+                        index=index, ok=False, lock_lost=True,
+                        message=f"{s.tp.topic}/{s.tp.partition} [{s.first}, {s.last}] is not "
+                                f"held by this consumer at delivery {s.delivery_count}"))
                     continue
-                outcomes.append(SettleOutcome(
-                    index=index, ok=False, lock_lost=True,
-                    message=f"{s.tp.topic}/{s.tp.partition} [{s.first}, {s.last}] is not held "
-                            f"by this consumer at delivery {s.delivery_count}"))
-                continue
-            ranges = ((s.first, s.last),)
+                # Sent again after a lost reply: what was settled then stays settled (OK,
+                # nothing changes); what is still held by this delivery is settled now.
+                ranges, remembered = retried
+                if not ranges:
+                    outcomes.append(SettleOutcome(index=index, ok=True, lock_lost=False,
+                                                  lock_deadline_ms=remembered))
+                    continue
             deadline = 0
             if p not in acks:
                 acks[p] = []
             match s.kind:
                 case SettleKind.ACK:
-                    self._ack(p, s.first, s.last)
-                    acks[p].append((s.first, s.last))
-                    counts.setdefault(p, []).append((s.first, s.last, s.delivery_count))
+                    for first, last in ranges:
+                        self._ack(p, first, last)
+                        acks[p].append((first, last))
+                        counts.setdefault(p, []).append((first, last, s.delivery_count))
                 case SettleKind.NACK:
                     if s.delivery_count >= cfg.max_deliveries:
                         self._emit(out, dl.DeadPending(tp=s.tp, ranges=ranges,
                                                        reason=REASON_MAX_DELIVERIES,
-                                                       now_ms=now_ms))
+                                                       now_ms=now_ms, consumer_id=consumer_id,
+                                                       settle=SettleKind.NACK.value))
                     else:
                         self._emit(out, dl.Nack(tp=s.tp, ranges=ranges, now_ms=now_ms,
                                                 delay_ms=max(s.delay_ms, -1)))
                 case SettleKind.REJECT:
                     self._emit(out, dl.DeadPending(tp=s.tp, ranges=ranges,
                                                    reason=s.reason or REASON_REJECTED,
-                                                   now_ms=now_ms))
+                                                   now_ms=now_ms, consumer_id=consumer_id,
+                                                   settle=SettleKind.REJECT.value))
                 case SettleKind.RELEASE:
                     self._emit(out, dl.Release(tp=s.tp, ranges=ranges, now_ms=now_ms))
                 case SettleKind.EXTEND:
                     deadline = now_ms + s.extend_ms
                     self._emit(out, dl.Extend(tp=s.tp, ranges=ranges, deadline_ms=deadline))
+                    if remembered:
+                        deadline = min(deadline, remembered)
             outcomes.append(SettleOutcome(index=index, ok=True, lock_lost=False,
                                           lock_deadline_ms=deadline))
         # Acks were applied at once (later items are fenced against them) and are written as
         # one delta per partition: nothing else can touch a record after its ack.
-        for part, ranges in acks.items():
-            if ranges:
-                out.append(dl.Ack(tp=part.tp, ranges=_merge(ranges)))
+        for part, acked in acks.items():
+            if acked:
+                out.append(dl.Ack(tp=part.tp, ranges=_merge(acked)))
                 # Remembered in the order replay applies the merged delta (recent_acks.py).
                 for first, last, count in sorted(counts.get(part, ())):
                     self._acked.add(part.tp, first, last, consumer_id, count)
@@ -784,28 +789,36 @@ class QueueCore(Appliers):
         if new > p.start:
             self._emit(out, dl.Advance(tp=p.tp, start=new))
 
-    def _retried_ack(self, p: _Part, consumer_id: str, s: Settle,
-                     this_call: Iterable[tuple[int, int, int]]) -> dl.Ranges | None:
-        """An ACK not held as a whole: the parts still held by (consumer, count), if every
-        other offset of it was acked by that consumer at that delivery (recent_acks.py, or
-        earlier in this call: `this_call`); else None (LOCK_LOST)."""
-        acked = self._acked.acked(p.tp, s.first, s.last, consumer_id, s.delivery_count)
-        for first, last, count in this_call:
-            if count == s.delivery_count and first <= s.last and s.first <= last:
-                acked.update(range(max(first, s.first), min(last, s.last) + 1))
-        if not acked:
+    def _retried(self, p: _Part, consumer_id: str, s: Settle,
+                 this_call: Iterable[tuple[int, int, int]]) -> tuple[dl.Ranges, int] | None:
+        """A settlement not held as a whole: (the parts still held by (consumer, count), the
+        earliest remembered EXTEND deadline or 0), if every other offset of it was settled the
+        same way by that consumer at that delivery (recent_acks.py; for acks also earlier in
+        this call: `this_call`); else None (LOCK_LOST)."""
+        count = s.delivery_count
+        if s.kind is SettleKind.ACK:
+            done: Mapping[int, int] = dict.fromkeys(
+                self._acked.acked(p.tp, s.first, s.last, consumer_id, count), 0)
+            for first, last, c in this_call:
+                if c == count and first <= s.last and s.first <= last:
+                    done = {**done, **dict.fromkeys(
+                        range(max(first, s.first), min(last, s.last) + 1), 0)}
+        else:
+            done = self._settled.settled(p.tp, s.first, s.last, consumer_id, count,
+                                         s.kind.value)
+        if not done:
             return None
         held = []
         entries = p.entries
         for off in range(s.first, s.last + 1):
-            if off in acked:
+            if off in done:
                 continue
             e = entries.get(off)
-            if (e is None or e is _DONE or e.state != IN_FLIGHT or e.count != s.delivery_count
+            if (e is None or e is _DONE or e.state != IN_FLIGHT or e.count != count
                     or e.holder != consumer_id):
                 return None
             held.append(off)
-        return dl.ranges_of(held)
+        return dl.ranges_of(held), min(done.values())
 
 
 def _invalid(s: Settle, known: bool) -> str:

@@ -23,7 +23,7 @@ from tidelog.node.queues.part import DONE as _DONE
 from tidelog.node.queues.part import Entry as _Entry
 from tidelog.node.queues.part import Part as _Part
 from tidelog.node.queues.part import offsets as _offsets
-from tidelog.node.queues.recent_acks import RecentAcks
+from tidelog.node.queues.recent_acks import EXTEND, NACK, RELEASE, RecentAcks, RecentSettles
 
 __all__ = ["Appliers"]
 
@@ -38,6 +38,7 @@ class Appliers:
     _redrive: dict[int, int]
     _dlq: DlqLedger
     _acked: RecentAcks
+    _settled: RecentSettles
 
     # Provided by QueueCore: timers, backoff, partitions.
     def _timer(self, p: _Part, at: int, payload: Any) -> None:
@@ -131,8 +132,26 @@ class Appliers:
             n += self._done(p, off)
         self.counters["acked"] += n
 
+    def _remember(self, p: _Part, ranges: dl.Ranges, kind: int, deadline: int = 0) -> None:
+        """Settled by the records' holder at their delivery count (before the delta changes
+        them): runs of equal (holder, count) into RecentSettles, so a retry answers OK."""
+        entries, remember = p.entries, self._settled.add
+        for first, last in ranges:
+            start, run = first, None
+            for off in range(first, last + 1):
+                e = entries.get(off)
+                key = (e.holder, e.count) if e is not None and e is not _DONE \
+                    and e.state == IN_FLIGHT and e.holder else None
+                if key != run:
+                    if run is not None:
+                        remember(p.tp, start, off - 1, *run, kind, deadline)
+                    start, run = off, key
+            if run is not None:
+                remember(p.tp, start, last, *run, kind, deadline)
+
     def _apply_nack(self, d: dl.Nack) -> None:
         p = self._parts[d.tp]
+        self._remember(p, d.ranges, NACK)
         for off in _offsets(d.ranges):
             e = p.entries[off]
             assert e is not _DONE and e.state == IN_FLIGHT, (d.tp, off)
@@ -148,6 +167,7 @@ class Appliers:
 
     def _apply_release(self, d: dl.Release) -> None:
         p = self._parts[d.tp]
+        self._remember(p, d.ranges, RELEASE)
         for off in _offsets(d.ranges):
             e = p.entries[off]
             assert e is not _DONE and e.state == IN_FLIGHT, (d.tp, off)
@@ -160,6 +180,7 @@ class Appliers:
 
     def _apply_extend(self, d: dl.Extend) -> None:
         p = self._parts[d.tp]
+        self._remember(p, d.ranges, EXTEND, d.deadline_ms)
         for off in _offsets(d.ranges):
             e = p.entries[off]
             assert e is not _DONE and e.state == IN_FLIGHT, (d.tp, off)
@@ -168,6 +189,8 @@ class Appliers:
 
     def _apply_dead(self, d: dl.DeadPending) -> None:
         p = self._parts[d.tp]
+        if d.consumer_id:      # a REJECT, or a NACK at the limit
+            self._remember(p, d.ranges, d.settle)
         n = 0
         for off in _offsets(d.ranges):
             e = p.entries.get(off)

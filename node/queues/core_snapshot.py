@@ -2,8 +2,8 @@
 
 Consecutive offsets in the same state become one range row; restore refuses anything malformed
 (ValueError naming the problem). Versions: 1 (the first), 2 (+ "dlq": dlq_ledger.py), 3
-(+ "acked": recent_acks.py); each older one is still read, anything else is refused with a
-message saying so. Sans-I/O.
+(+ "acked": recent_acks.py), 4 (+ "settled": recent_acks.RecentSettles); each older one is still
+read, anything else is refused with a message saying so. Sans-I/O.
 """
 
 from __future__ import annotations
@@ -15,18 +15,20 @@ from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.queues.config import QueueConfig
 from tidelog.node.queues.dlq_ledger import DlqLedger
 from tidelog.node.queues.part import COUNTERS, DEAD, DONE, IN_FLIGHT, WAITING, Entry
-from tidelog.node.queues.recent_acks import RecentAcks
+from tidelog.node.queues.recent_acks import RecentAcks, RecentSettles
 
 if TYPE_CHECKING:
     from tidelog.node.queues.core import QueueCore
 
 __all__ = ["SNAPSHOT_VERSION", "restore_core", "snapshot_of"]
 
-SNAPSHOT_VERSION = 3       # 2: + "dlq" (dlq_ledger.py), 3: + "acked" (recent_acks.py); 1.. read
+SNAPSHOT_VERSION = 4       # 2: + "dlq" (dlq_ledger.py), 3: + "acked" (recent_acks.py),
+                           # 4: + "settled" (RecentSettles); 1.. read
 
 _PART_FIELDS = ("t", "p", "start", "done", "in_flight", "waiting", "dead")
 _SNAPSHOT_V1 = frozenset({"v", "config", "partitions", "counters", "redrive"})
-_SNAPSHOT_FIELDS = {1: _SNAPSHOT_V1, 2: _SNAPSHOT_V1 | {"dlq"}, 3: _SNAPSHOT_V1 | {"dlq", "acked"}}
+_SNAPSHOT_FIELDS = {1: _SNAPSHOT_V1, 2: _SNAPSHOT_V1 | {"dlq"}, 3: _SNAPSHOT_V1 | {"dlq", "acked"},
+                    4: _SNAPSHOT_V1 | {"dlq", "acked", "settled"}}
 
 
 def snapshot_of(core: QueueCore) -> dict[str, Any]:
@@ -52,7 +54,8 @@ def snapshot_of(core: QueueCore) -> dict[str, Any]:
     return {"v": SNAPSHOT_VERSION, "config": core.config.to_dict(), "partitions": parts,
             "counters": dict(sorted(core.counters.items())),
             "redrive": [[k, v] for k, v in sorted(core._redrive.items())],
-            "dlq": core._dlq.snapshot(), "acked": core._acked.snapshot()}
+            "dlq": core._dlq.snapshot(), "acked": core._acked.snapshot(),
+            "settled": core._settled.snapshot()}
 
 
 def restore_core(cls: type[QueueCore], snapshot: Mapping[str, Any]) -> QueueCore:
@@ -111,6 +114,8 @@ def restore_core(cls: type[QueueCore], snapshot: Mapping[str, Any]) -> QueueCore
         core._redrive[row[0]] = row[1]
     if "acked" in snapshot:
         core._acked = RecentAcks.restore(snapshot["acked"])
+    if "settled" in snapshot:
+        core._settled = RecentSettles.restore(snapshot["settled"])
     if "dlq" in snapshot:
         core._dlq = DlqLedger.restore(snapshot["dlq"])
         for batch in core._dlq.batches():

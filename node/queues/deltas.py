@@ -91,12 +91,17 @@ class Extend:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadPending:
-    """Bound for the dead-letter topic (reject, max deliveries, ttl "expired")."""
+    """Bound for the dead-letter topic (reject, max deliveries, ttl "expired"). From a
+    settlement (a REJECT, or a NACK at the delivery limit): `consumer_id` and `settle` (its
+    SettleKind value) say which, so a retry of it is answered OK (recent_acks.RecentSettles);
+    "" and 0 otherwise (tick, TTL). Encoded only when set, so older records still decode."""
 
     tp: TopicPartition
     ranges: Ranges
     reason: str
     now_ms: int
+    consumer_id: str = ""
+    settle: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,8 +228,11 @@ def encode_delta(delta: Delta) -> dict[str, Any]:
         case Extend():
             return {"k": "extend", **_tpr(delta.tp, delta.ranges), "dl": delta.deadline_ms}
         case DeadPending():
-            return {"k": "dead", **_tpr(delta.tp, delta.ranges), "why": delta.reason,
-                    "now": delta.now_ms}
+            out = {"k": "dead", **_tpr(delta.tp, delta.ranges), "why": delta.reason,
+                   "now": delta.now_ms}
+            if delta.consumer_id:
+                out["s"] = [delta.consumer_id, delta.settle]
+            return out
         case DeadLettered():
             return {"k": "dlq", **_tpr(delta.tp, delta.ranges)}
         case Discard():
@@ -261,7 +269,7 @@ def decode_delta(data: Any) -> Delta:
     spec = _FIELDS.get(kind) if isinstance(kind, str) else None
     if spec is None:
         raise ValueError(f"queue delta: unknown kind {kind!r}")
-    if set(data) != {"k", *spec}:
+    if set(data) - _OPTIONAL.get(kind, set()) != {"k", *spec}:
         raise ValueError(f"queue delta {kind}: fields {sorted(data)}, expected "
                          f"{sorted({'k', *spec})}")
     match kind:
@@ -281,8 +289,13 @@ def decode_delta(data: Any) -> Delta:
             reason = _str(data, "why")
             if len(reason) > REASON_CHARS_MAX:
                 raise ValueError("queue delta dead: reason too long")
+            by = data.get("s", ["", 0])
+            if "s" in data and not (isinstance(by, list) and len(by) == 2
+                                    and isinstance(by[0], str) and by[0]
+                                    and by[1] in _DEAD_SETTLES):
+                raise ValueError(f"queue delta dead: bad settlement {str(by)[:80]}")
             return DeadPending(tp=_tp(data), ranges=_ranges(data["r"]), reason=reason,
-                               now_ms=_int(data, "now"))
+                               now_ms=_int(data, "now"), consumer_id=by[0], settle=by[1])
         case "dlq":
             return DeadLettered(tp=_tp(data), ranges=_ranges(data["r"]))
         case "discard":
@@ -349,6 +362,9 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "dlqbatch": ("t", "p", "seq", "recs"),
     "dlqdone": ("t", "p", "seq", "w"),
 }
+
+_OPTIONAL: dict[str, set[str]] = {"dead": {"s"}}   # fields written only when set
+_DEAD_SETTLES = (1, 2)                             # SettleKind NACK, REJECT
 
 
 def _tpr(tp: TopicPartition, ranges: Ranges) -> dict[str, Any]:

@@ -148,6 +148,7 @@ def test_replay_rebuilds_the_ledger_and_a_version_1_snapshot_still_restores() ->
     old = dict(base)
     old.pop("dlq")
     old.pop("acked")
+    old.pop("settled")
     old["v"] = 1                                   # written before the DLQ ledger existed
     restored = QueueCore.restore(old)
     assert restored.dlq_producer is None and restored.dlq_batches() == []

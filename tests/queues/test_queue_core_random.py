@@ -258,7 +258,9 @@ class Model:
     keys: dict[tuple[TopicPartition, int], bytes | None]
     locks: dict[tuple[TopicPartition, int], tuple[str, int, int]] = field(default_factory=dict)
     done: set[tuple[TopicPartition, int]] = field(default_factory=set)
-    acked_by: dict[tuple[TopicPartition, int], tuple[str, int]] = field(default_factory=dict)
+    # (consumer, delivery count, kind) of every settlement applied to a record
+    settled_by: dict[tuple[TopicPartition, int], set[tuple[str, int, SettleKind]]] = field(
+        default_factory=dict)
     deliveries: dict[tuple[TopicPartition, int], int] = field(default_factory=dict)
     floor: dict[TopicPartition, int] = field(default_factory=dict)
     by_key: dict[tuple[TopicPartition, bytes | None], list[int]] = field(default_factory=dict)
@@ -305,17 +307,18 @@ class Model:
             lock = self.locks.get(k)
             holds = (lock is not None and lock[0] == consumer and lock[1] == s.delivery_count
                      and not self.is_done(s.tp, s.first))
-            # An ack sent again by its consumer for its delivery (a lost reply) is OK.
-            again = s.kind is SettleKind.ACK and \
-                self.acked_by.get(k) == (consumer, s.delivery_count)
+            # A settlement sent again by its consumer for its delivery (a lost reply), after
+            # it was applied, is OK and changes nothing; held records are settled again.
+            again = not holds and \
+                (consumer, s.delivery_count, s.kind) in self.settled_by.get(k, ())
             assert o.ok == (holds or again), f"seed {seed}: settle {s} -> {o} (model lock {lock})"
             if not o.ok or again:
                 continue
+            self.settled_by.setdefault(k, set()).add((consumer, s.delivery_count, s.kind))
             if s.kind is SettleKind.EXTEND:
                 self.locks[k] = (consumer, s.delivery_count, now + s.extend_ms)
             elif s.kind is SettleKind.ACK:
                 self.done.add(k)
-                self.acked_by[k] = (consumer, s.delivery_count)
                 del self.locks[k]
             elif s.kind is SettleKind.RELEASE:
                 self.deliveries[k] -= 1          # the attempt does not count
