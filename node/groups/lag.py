@@ -23,6 +23,10 @@ warning once), `TIMESTAMP_READS_PER_ROUND_MAX` batch reads per round (the rest n
 `READ_CONCURRENCY` reads at once, `REMOTE_TIMEOUT_S` per remote call, `ROUND_TIMEOUT_S` per round.
 A partition that could not be asked keeps its previous figures while its committed offset is
 unchanged, and is left out otherwise.
+
+Idle: after `IDLE_AFTER_S` without a scrape (`wanted()`, called by the collector) the refresher
+stops asking and drops its snapshot (old figures must not pass for new ones); the next scrape
+wakes it, and that scrape has no lag series yet.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ REMOTE_TIMEOUT_S = 2.0
 ROUND_TIMEOUT_S = 10.0
 FOLLOW_READS_MAX = 4  # batch reads past control batches / compaction gaps before giving up
 LIST_OFFSETS_CHUNK = 1000  # below the node's request_partitions_max default (1024)
+IDLE_AFTER_S = 60.0
 
 CommittedOffsets = Callable[[], Iterable[tuple[str, TopicPartition, int]]]
 """(group, partition, committed offset) of every group this node coordinates, from memory."""
@@ -103,13 +108,26 @@ class GroupLagRefresher:
         self._reader = PartitionReader(host, cache_bytes_max=0)  # timestamps are kept instead
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._timestamps: dict[tuple[TopicPartition, int], int] = {}
-        # Invariant: only refreshes replace it (a whole new dict), so a scrape sees one round.
+        # Invariant: replaced whole (a new dict per round, {} when idle), never changed in place,
+        # so a scrape sees one round.
         self.snapshot: dict[tuple[str, TopicPartition], PartitionLag] = {}
         self._warned_partitions_max = False
+        self._wanted_at: float | None = None  # monotonic time of the last scrape
+        self._wake = asyncio.Event()
+
+    def wanted(self) -> None:
+        """A scrape read the snapshot: keep refreshing (wake up if idle). On the loop."""
+        self._wanted_at = time.monotonic()
+        self._wake.set()
 
     async def run(self) -> None:
         try:
             while True:
+                if self._wanted_at is None or \
+                        time.monotonic() - self._wanted_at > IDLE_AFTER_S:
+                    self.snapshot, self._timestamps = {}, {}
+                    self._wake.clear()
+                    await self._wake.wait()
                 try:
                     await asyncio.wait_for(self.refresh_once(), ROUND_TIMEOUT_S)
                 except asyncio.CancelledError:

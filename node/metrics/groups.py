@@ -49,6 +49,7 @@ def group_metrics(coordinator: GroupCoordinator) -> Iterable[Metric]:
         "tidelog_consumer_group_lag_seconds",
         "Now minus the timestamp of the first record not yet consumed; 0 when caught up",
         labels=_PARTITION_LABELS)
+    coordinator.lag.wanted()  # the refresher works only while someone scrapes
     snapshot = coordinator.lag.snapshot
     now_ms = int(time.time() * 1000)
     for group in groups:
