@@ -5,7 +5,8 @@ code path. That path awaits (it reads what is new in the topics, so control batc
 counted as depth, and counts the dead letters after the redrive cursor), and a scrape-time
 collector runs on the event loop and must not await. So a background task refreshes a snapshot
 of every coordinated queue's stats every STATS_REFRESH_INTERVAL_S, and a scrape reports that
-snapshot: the values are at most one interval (plus one refresh) old.
+snapshot: the values are at most one interval (plus one refresh) old; a queue whose refresh
+fails keeps its previous stats up to STATS_AGE_MS_MAX old, so a slow round leaves no gap.
 
 The task starts at the first scrape and stops itself after SCRAPE_IDLE_S without one (a node nobody
 scrapes does no work for queue metrics, not even reads); the next scrape starts it again, and the
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from tidelog.node import errors as E
-from tidelog.node.groups.errors import CoordinatorNotAvailableError, NotCoordinatorError
 from tidelog.node.metrics.on_loop import MetricsFunction
 from tidelog.node.queues.model import QueueStats
 
@@ -37,8 +37,9 @@ __all__ = ["STATS_REFRESH_INTERVAL_S", "QueueMetrics", "queue_collector"]
 log = logging.getLogger(__name__)
 
 STATS_REFRESH_INTERVAL_S = 2.0
-SCRAPE_IDLE_S = 60.0           # no scrape for this long: the refresher stops until the next
+SCRAPE_IDLE_S = 300.0          # no scrape for this long (> any sane scrape interval): it stops
 REFRESH_QUEUE_TIMEOUT_S = 5.0  # Bound: one queue's stats may take this long, then it is skipped
+STATS_AGE_MS_MAX = 10_000      # Bound: the oldest stats a scrape may report (failed refreshes)
 
 
 class QueueMetrics:
@@ -67,16 +68,23 @@ class QueueMetrics:
                               if name in coordinated}))
 
     async def refresh(self) -> None:
-        """Replace the snapshot with every coordinated queue's fresh stats. A queue that moved
-        or went away meanwhile is left out; one that fails is left out and logged (debug)."""
-        snapshot: dict[str, QueueStats] = {}
+        """Replace the snapshot with every coordinated queue's fresh stats. A queue whose stats
+        fail this round (it moved, a read timed out) keeps its previous ones while they are at
+        most STATS_AGE_MS_MAX old, so one slow round leaves no gap in its series; else it is
+        left out until a round succeeds."""
+        previous, snapshot = self._snapshot, {}
         for name in self._coordinator.coordinated_queues():
             try:
                 snapshot[name] = await asyncio.wait_for(self._coordinator.fresh_stats(name),
                                                         REFRESH_QUEUE_TIMEOUT_S)
-            except (NotCoordinatorError, CoordinatorNotAvailableError, E.BrokerError,
-                    TimeoutError) as exc:
+                continue
+            except (E.BrokerError, TimeoutError) as exc:  # NotCoordinator... are BrokerErrors
                 log.debug("queue metrics: no stats for %s this round: %s", name, exc)
+            except Exception:  # noqa: BLE001 - a metrics bug must not stop the other queues
+                log.exception("queue metrics: the stats of %s failed", name)
+            kept = previous.get(name)
+            if kept is not None and int(time.time() * 1000) - kept.now_ms <= STATS_AGE_MS_MAX:
+                snapshot[name] = kept
         self._snapshot = snapshot
 
     async def _refresh_loop(self) -> None:
