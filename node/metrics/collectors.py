@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from tidelog.node.metrics.groups import group_metrics
 from tidelog.node.metrics.on_loop import MetricsFunction
-from tidelog.node.metrics.queues import queue_collector
 from tidelog.node.metrics.partitions import partitions_collector
 from tidelog.node.metrics.queues import queue_collector
 from tidelog.node.metrics.storage import disk_metrics
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
 def node_collectors(node: Node) -> list[tuple[str, MetricsFunction]]:
     """The node's scrape-time collectors. Add a part's collector here, nowhere else."""
     collectors: list[tuple[str, MetricsFunction]] = []
-    collectors.append(queue_collector(node))  # queues this node coordinates
     collectors.append(queue_collector(node))  # queues this node coordinates
     collectors.append(("disk", lambda: disk_metrics(node.data_dir)))
     collectors.append(("groups", lambda: group_metrics(node.groups)))  # groups coordinated here
