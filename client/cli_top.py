@@ -86,7 +86,9 @@ def _once(gatherer: Gatherer, args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(snapshot_to_dict(current, rates(previous, current)), indent=2))
     else:
-        Console(soft_wrap=False).print(render(previous, current, height=10_000, footer=""))
+        # highlight=False: rich would colour every number and address in the cells by itself
+        console = Console(soft_wrap=False, highlight=False)
+        console.print(render(previous, current, height=10_000, footer=""))
     return 0 if current.reachable else 1
 
 
@@ -101,7 +103,7 @@ def _live(gatherer: Gatherer, interval_s: float) -> int:
     from tidelog.client.top_view import render
 
     poller = _Poller(gatherer, interval_s)
-    console = Console()
+    console = Console(highlight=False)
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         poller.start()
