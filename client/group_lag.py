@@ -6,7 +6,9 @@ record at its committed offset (or the first data record after it, past compacti
 control batches). One Fetch per leader asks every partition at its committed offset for ONE
 batch (max_bytes 1: the node answers the whole batch holding that offset) and the leader's high
 watermark, so the end offset and the timestamp come from the same answer. Never a scan: at most
-`FOLLOW_READS_MAX` batches per partition.
+`FOLLOW_READS_MAX` batches per partition. An answer holds at most `FETCH_BYTES_MAX` (the node
+always sends the first partition's batch whole, and nothing for the partitions after the budget
+ran out), so partitions answered without a batch are asked again, fewer at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from tidelog.client.records import TopicPartition
 __all__ = ["PartitionLag", "first_record_timestamp", "first_unconsumed"]
 
 FOLLOW_READS_MAX = 4
+EMPTY_ANSWERS_MAX = 16  # a leader's answer with no batch below its end: its byte budget ran out
+FETCH_BYTES_MAX = 1024 * 1024  # per answer: `tidelog top` asks every second; one batch is enough
+PARTITIONS_PER_FETCH_MAX = 1000  # below the node's request_partitions_max default (1024)
 _OFFSET_OUT_OF_RANGE = 13  # tidelog.v1.ErrorCode OFFSET_OUT_OF_RANGE
 
 
@@ -69,6 +74,7 @@ def first_unconsumed(
     deadline = time.monotonic() + timeout_s
     positions = dict(committed)
     reads = dict.fromkeys(committed, 0)
+    empties = dict.fromkeys(committed, 0)
     out: dict[TopicPartition, PartitionLag] = {}
     last_error: errors.TidelogError | None = None
     for topic in {tp.topic for tp in positions}:
@@ -88,8 +94,8 @@ def first_unconsumed(
                 stalled = True
                 continue
             by_leader.setdefault(leader, []).append(tp)
-        for leader, tps in by_leader.items():
-            request = broker_pb2.FetchRequest(max_wait_ms=0, partitions=[
+        for leader, tps in _chunked(by_leader):
+            request = broker_pb2.FetchRequest(max_wait_ms=0, max_bytes=FETCH_BYTES_MAX, partitions=[
                 broker_pb2.FetchPartition(topic=tp.topic, partition=tp.partition,
                                           offset=positions[tp], max_bytes=1) for tp in tps])
             try:
@@ -125,8 +131,13 @@ def first_unconsumed(
                                         or "")
                     continue
                 end = result.high_watermark
-                if not result.batches or position >= end:
+                if position >= end:
                     done(tp, end, None, True)
+                    continue
+                if not result.batches:  # the answer's byte budget went to other partitions:
+                    empties[tp] += 1    # asked again, with fewer partitions beside it
+                    if empties[tp] >= EMPTY_ANSWERS_MAX:
+                        done(tp, end, None, False)
                     continue
                 ts, after = first_record_timestamp(bytes(result.batches), position)
                 reads[tp] += 1
@@ -149,6 +160,12 @@ def first_unconsumed(
             except errors.TidelogError as exc:
                 last_error = exc
     return out
+
+
+def _chunked(by_leader: dict[str, list[TopicPartition]]
+             ) -> list[tuple[str, list[TopicPartition]]]:
+    return [(leader, tps[i:i + PARTITIONS_PER_FETCH_MAX]) for leader, tps in by_leader.items()
+            for i in range(0, len(tps), PARTITIONS_PER_FETCH_MAX)]
 
 
 def first_record_timestamp(data: bytes, offset: int) -> tuple[int | None, int]:

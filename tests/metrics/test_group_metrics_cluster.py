@@ -10,16 +10,18 @@ scrape time minus the first unconsumed record's timestamp.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tidelog.client import Admin, Consumer, Producer
+from tidelog.client import Admin, Consumer, Producer, TopicPartition, group_lag
 from tidelog.node.local_cluster import LocalCluster
 
 from tests.clusters import running_cluster
@@ -234,3 +236,56 @@ def test_only_the_coordinator_exports_a_group_and_a_join_counts_a_rebalance(
         assert after is not None and after > before
     finally:
         second.close()
+
+
+def test_partitions_left_out_of_an_answer_by_its_byte_budget_are_asked_again(
+        cluster: LocalCluster, admin: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two 1.2 MB batches on one leader exceed one Fetch answer's budget (the client asks for
+    1 MiB): the node sends the first partition's batch and none for the next. Every partition
+    still gets its exact timestamp, on the coordinator's /metrics (one partition per read) and
+    from Admin.list_group_lag (asked again); giving up at the first empty answer loses one."""
+    topic, group, partitions = "wide", "wide-g", 4
+    admin.create_topic(topic, partitions=partitions, replication_factor=1)
+    leaders = Counter(p.leader_id for p in admin.describe_topics([topic])[0].partitions)
+    assert max(leaders.values()) >= 2, leaders  # 4 partitions on 3 nodes
+    stamp = int(time.time() * 1000) - BEHIND_S * 1000
+    with Producer(cluster.bootstrap) as producer:
+        for p in range(partitions):
+            producer.send(topic, value=os.urandom(1_200_000), partition=p,
+                          timestamp=stamp + p * 1000)
+        producer.flush()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    admin.alter_group_offsets(group, dict.fromkeys(tps, 0))  # 0: the leader's no-op, then ours
+
+    asked = time.time()
+    lags = admin.list_group_lag(group)
+    answered = time.time()
+    assert sorted(lags) == tps
+    for tp, lag in lags.items():
+        first_ms = stamp + tp.partition * 1000
+        assert lag.lag >= 1 and lag.first_unconsumed_timestamp_ms == first_ms, (tp, lag)
+        assert lag.lag_seconds is not None
+        assert asked - first_ms / 1000 - 0.01 <= lag.lag_seconds \
+            <= answered - first_ms / 1000 + 0.01, (tp, lag)
+
+    def exported() -> Scrape | None:
+        got = scrape(cluster, admin.describe_group(group).coordinator_id)
+        labels = [{"group": group, "topic": topic, "partition": str(p)}
+                  for p in range(partitions)]
+        ok = all(got.value("tidelog_consumer_group_lag_seconds", **one) is not None
+                 for one in labels)
+        return got if ok else None
+
+    metrics = wait_for("lag in seconds of every wide partition", exported)
+    assert isinstance(metrics, Scrape)
+    for p in range(partitions):
+        first_ms = stamp + p * 1000
+        seconds = metrics.value("tidelog_consumer_group_lag_seconds", group=group, topic=topic,
+                                partition=str(p))
+        assert seconds is not None
+        assert metrics.before_s - first_ms / 1000 - 0.01 <= seconds \
+            <= metrics.after_s - first_ms / 1000 + 0.01, (p, seconds)
+
+    monkeypatch.setattr(group_lag, "EMPTY_ANSWERS_MAX", 1)  # planted: no second ask
+    starved = admin.list_group_lag(group)
+    assert any(lag.lag_seconds is None for lag in starved.values()), starved
