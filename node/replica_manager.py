@@ -231,6 +231,7 @@ class ReplicaManager:
             log.error("could not delete replica %s: %s; left on disk", replica.directory, exc)
         finally:
             self.leader_hints.pop(replica.group, None)
+            self.raft_metrics.forget(replica.group)
             self._deleting.discard(replica.directory.name)
 
     # ------------------------------------------------------------------ raft plumbing

@@ -112,6 +112,13 @@ class RaftObserver:
             if elapsed < ROUND_TRIP_S_MAX:
                 APPEND_ROUND_TRIP.observe(elapsed)
 
+    def forget(self, group: str) -> None:
+        """The local replica of `group` was deleted (its topic was): drop what was kept of it."""
+        self._leader_seen.pop(group, None)
+        self._election_term.pop(group, None)
+        for key in [k for k in self._timed if k[0] == group]:
+            del self._timed[key]
+
     def unreachable(self, peer: int) -> None:
         """The transport lost `peer`: its timed rounds will not be answered."""
         for key in [k for k in self._timed if k[1] == peer]:

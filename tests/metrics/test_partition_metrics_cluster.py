@@ -18,8 +18,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.local_cluster import LocalCluster, LocalNode, metadata
+from tidelog.node.metrics.raft import RaftObserver
 from tidelog.node.metrics.registry import REGISTRY
-from tidelog.node.raft import NodeId, NotLeader, RaftConfig
+from tidelog.node.raft import (
+    Entry,
+    EntryKind,
+    LogIndex,
+    Message,
+    MessageType,
+    NodeId,
+    NotLeader,
+    RaftConfig,
+    Term,
+)
 from tidelog.node.replica import Replica
 from tidelog.node.storage import LogConfig
 from tidelog.proto import broker_pb2 as pb
@@ -237,3 +248,45 @@ def test_a_proposal_to_a_follower_is_counted_as_dropped(tmp_path: Path) -> None:
     before = REGISTRY.get_sample_value("tidelog_raft_proposals_dropped_total") or 0
     asyncio.run(propose_to_follower())
     assert REGISTRY.get_sample_value("tidelog_raft_proposals_dropped_total") == before + 1
+
+
+def test_an_append_round_is_timed_once_per_follower_and_ends_only_on_its_ack() -> None:
+    """RaftObserver on real Raft messages: one timed append per (group, follower); a later
+    append while it runs is not timed; an ack below it does not end it; a refusal or an ack of
+    another term ends it unmeasured; an ack covering it is one observation."""
+    observer = RaftObserver()
+    leader, follower = NodeId(1), NodeId(2)
+
+    def append(last: int, term: int = 3) -> Message:
+        entry = Entry(term=Term(term), index=LogIndex(last), count=1, kind=EntryKind.DATA)
+        return Message(type=MessageType.APPEND, frm=leader, to=follower, term=Term(term),
+                       entries=(entry,))
+
+    def ack(index: int, term: int = 3, reject: bool = False) -> Message:
+        return Message(type=MessageType.APPEND_RESP, frm=follower, to=leader, term=Term(term),
+                       index=LogIndex(index), reject=reject)
+
+    def observed() -> float:
+        return REGISTRY.get_sample_value("tidelog_raft_append_round_trip_seconds_count") or 0
+
+    start = observed()
+    observer.sent("g", append(10))
+    observer.sent("g", append(20))  # a round is running for this follower: not timed
+    observer.received("g", ack(5))  # below the timed append: still running
+    assert observed() == start
+    observer.received("g", ack(10))  # covers it
+    assert observed() == start + 1
+    observer.received("g", ack(20))  # nothing timed any more
+    assert observed() == start + 1
+    observer.sent("g", append(30))
+    observer.received("g", ack(25, reject=True))  # refused: the round ends unmeasured
+    observer.received("g", ack(30))
+    assert observed() == start + 1
+    observer.sent("g", append(40))
+    observer.received("g", ack(40, term=4))  # another term: not this round's answer
+    observer.received("g", ack(40))
+    assert observed() == start + 1
+    observer.sent("g", append(50))
+    observer.unreachable(int(follower))  # the transport lost it: forgotten
+    observer.received("g", ack(50))
+    assert observed() == start + 1
