@@ -19,7 +19,8 @@ The result is `snapshot`, read by the collector (node/metrics/groups.py) and by 
 between refreshes; the offsets in it are as old as the last refresh (<= interval + its run time).
 
 Bounds: `LAG_PARTITIONS_MAX` (group, partition) pairs per round (the rest are left out, with a
-warning once), `TIMESTAMP_READS_PER_ROUND_MAX` batch reads per round (the rest next round),
+warning once), `TIMESTAMP_READS_PER_ROUND_MAX` batch reads and `READ_BYTES_PER_ROUND_MAX` bytes
+read per round (the rest next round; a batch is up to max.message.bytes, 8 MiB by default),
 `READ_CONCURRENCY` reads at once, `REMOTE_TIMEOUT_S` per remote call, `ROUND_TIMEOUT_S` per round.
 A partition that could not be asked keeps its previous figures while its committed offset is
 unchanged, and is left out otherwise.
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 LAG_REFRESH_INTERVAL_S = 2.0
 LAG_PARTITIONS_MAX = 10_000
 TIMESTAMP_READS_PER_ROUND_MAX = 256
+READ_BYTES_PER_ROUND_MAX = 64 * 1024 * 1024
 READ_CONCURRENCY = 8
 REMOTE_TIMEOUT_S = 2.0
 ROUND_TIMEOUT_S = 10.0
@@ -112,6 +114,7 @@ class GroupLagRefresher:
         # so a scrape sees one round.
         self.snapshot: dict[tuple[str, TopicPartition], PartitionLag] = {}
         self._warned_partitions_max = False
+        self._read_bytes = 0  # read in the current round, against READ_BYTES_PER_ROUND_MAX
         self._wanted_at: float | None = None  # monotonic time of the last scrape
         self._wake = asyncio.Event()
 
@@ -241,10 +244,13 @@ class GroupLagRefresher:
         """{(tp, offset): timestamp of the first data record at or after offset, or None when
         there is none below the end}; a read that failed is left out."""
         limit = asyncio.Semaphore(READ_CONCURRENCY)
+        self._read_bytes = 0
         out: dict[tuple[TopicPartition, int], int | None] = {}
 
         async def one(tp: TopicPartition, offset: int) -> None:
             async with limit:
+                if self._read_bytes >= READ_BYTES_PER_ROUND_MAX:
+                    return  # this round's byte budget is spent: the next round reads it
                 try:
                     found, ts = await asyncio.wait_for(
                         self._first_unconsumed(tp, offset, ends[tp]), REMOTE_TIMEOUT_S * 2)
@@ -264,6 +270,7 @@ class GroupLagRefresher:
         position = offset
         for _ in range(FOLLOW_READS_MAX):
             result = await self._reader.read(tp, position, 1)
+            self._read_bytes += len(result.data)
             if position < result.log_start:  # retention took it: the first kept record is next
                 position = result.log_start
                 continue
