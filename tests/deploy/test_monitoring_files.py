@@ -3,8 +3,10 @@
 promtool (Debian's `prometheus` package, installed by .ci/run) checks the Prometheus configs and
 the alert rules and runs alerts_test.yml, the rules' unit tests; Compose itself renders the
 `monitoring` profile. Every metric a dashboard query or an alert names must be in docs/metrics.md,
-so a renamed metric breaks here instead of leaving an empty panel. Grafana itself does not run in
-CI (its image cannot be pulled there); its dashboard and provisioning files are checked as data.
+so a renamed metric breaks here instead of leaving an empty panel. With a Docker engine (marker
+`docker`), the profile runs for real: the node image and Debian's prometheus binary in an image of
+its own, since no registry image can be pulled there. Grafana itself does not run in CI; its
+dashboard and provisioning files are checked as data.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import os
 import re
 import shutil
 import subprocess
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from docker_helpers import ComposeProject, free_ports, run
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -288,3 +295,94 @@ def test_grafana_provisioning_matches_the_compose_mounts() -> None:
     prometheus_mounts = dict(volume.split(":")[:2] for volume in compose["prometheus"]["volumes"]
                              if volume.startswith("./"))
     assert prometheus_mounts["./monitoring"] == "/etc/tidelog-monitoring"
+
+
+# the profile for real (Docker) ---------------------------------------------------------------
+
+PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
+PROMETHEUS_TEST_IMAGE = "tidelog/prometheus-debian:test"
+BASE_IMAGE = "tidelog/base:bookworm"  # made by deploy/offline-image.sh with the node image
+SCRAPED_S_MAX = 120
+
+
+@dataclass
+class MonitoredProject(ComposeProject):
+    """A compose project whose Prometheus is the given image, on a free host port."""
+
+    prometheus_image: str = PROMETHEUS_TEST_IMAGE
+    prometheus_port: int = field(default_factory=lambda: free_ports(1)[0])
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "TIDELOG_PROMETHEUS_IMAGE": self.prometheus_image,
+                "TIDELOG_PROMETHEUS_PORT": str(self.prometheus_port)}
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        url = (f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?"
+               + urllib.parse.urlencode({"query": promql}))
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - loopback
+            body = json.load(answer)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+
+def prometheus_image(tmp_path: Path) -> str:
+    """Debian's prometheus binary (it needs only libc) on the node image's Debian base."""
+    if not PROMETHEUS_BINARY.is_file():
+        pytest.skip("Debian's prometheus package is not installed (.ci/run installs it)")
+    if run(["docker", "image", "inspect", BASE_IMAGE], check=False).returncode != 0:
+        pytest.fail(f"{BASE_IMAGE} is missing: deploy/offline-image.sh makes it")
+    shutil.copy(PROMETHEUS_BINARY, tmp_path / "prometheus")
+    (tmp_path / "Dockerfile").write_text(
+        f'FROM {BASE_IMAGE}\nCOPY prometheus /bin/prometheus\nENTRYPOINT ["/bin/prometheus"]\n')
+    run(["docker", "build", "-q", "--network", "none", "-t", PROMETHEUS_TEST_IMAGE,
+         str(tmp_path)], timeout_s=300)
+    return PROMETHEUS_TEST_IMAGE
+
+
+def wait_until(what: str, check: Any, timeout_s: float = SCRAPED_S_MAX) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, ValueError, AssertionError) as exc:  # Prometheus not up yet
+            last = exc
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
+
+
+@pytest.mark.docker
+@pytest.mark.cluster
+def test_compose_prometheus_scrapes_every_node(compose_command: list[str], tidelog_image: str,
+                                               tmp_path: Path) -> None:
+    """`--profile monitoring up` with the shipped prometheus.yml and alerts.yml: Prometheus in
+    the compose network scrapes all three nodes by service name and loads the rules, and each
+    node's metrics port is published on the host."""
+    project = MonitoredProject(command=compose_command, image=tidelog_image, files=[COMPOSE_3],
+                               nodes=3, prometheus_image=prometheus_image(tmp_path))
+    try:
+        project.compose("--profile", "monitoring", "up", "-d", "--no-build",
+                        "node1", "node2", "node3", "prometheus")
+        wait_until("Prometheus scraping all three nodes",
+                   lambda: [float(r["value"][1]) for r in project.query('up{job="tidelog"}')]
+                   == [1.0, 1.0, 1.0])
+        instances = {r["metric"]["instance"] for r in project.query("tidelog_partitions_led")}
+        assert instances == {"node1:10091", "node2:10091", "node3:10091"}
+        wait_until("one metadata leader",
+                   lambda: project.query("sum(tidelog_metadata_leader) == 1"))
+        rules_url = f"http://127.0.0.1:{project.prometheus_port}/api/v1/rules"
+        with urllib.request.urlopen(rules_url, timeout=5) as answer:  # noqa: S310 - loopback
+            groups = json.load(answer)["data"]["groups"]
+        assert {rule["name"] for group in groups for rule in group["rules"]} >= REQUIRED_ALERTS
+        for port in project.metrics_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",  # noqa: S310
+                                        timeout=5) as answer:
+                assert b"tidelog_partitions_led" in answer.read()
+    finally:
+        project.dump_logs()
+        project.compose("--profile", "monitoring", "down", "--volumes", "--remove-orphans",
+                        "--timeout", "10", timeout_s=300, check=False)
+    assert not project.volumes(), f"volumes left behind by {project.name}"
