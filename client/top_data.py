@@ -48,8 +48,8 @@ GROUPS_MAX = 100
 QUEUES_MAX = 100
 #: lag-seconds Fetches per poll (the partitions lagging most in records first)
 LAG_FETCHES_MAX = 64
-#: bytes asked per lag-seconds Fetch: the node sends at least the batch holding the offset
-LAG_FETCH_BYTES = 16 * 1024
+#: bytes one lag-seconds Fetch answer may hold (each partition is asked for one batch)
+LAG_FETCH_BYTES_MAX = 1024 * 1024
 #: (topic, partition, offset) -> timestamp entries kept; cleared whole when full
 TIMESTAMP_CACHE_MAX = 4096
 PROBLEMS_MAX = 8
@@ -83,6 +83,8 @@ class Gatherer:
         self._queues = QueueRpc(self._connections, metadata, self._bootstrap)
         self._known: dict[str, int] = {}  # address -> node id, from earlier answers
         self._timestamps: dict[tuple[str, int, int], int] = {}
+        # (topic, partition, committed) -> where to read on: its batch held only control records
+        self._follow: dict[tuple[str, int, int], int] = {}
         self._failures: dict[str, str] = {}  # address -> why its last Metadata call failed
         self._pool = ThreadPoolExecutor(max_workers=_THREADS_MAX,
                                         thread_name_prefix="tidelog-top")
@@ -244,53 +246,65 @@ class Gatherer:
             if leader is not None:
                 by_leader.setdefault(leader, []).append(key)
         found: dict[tuple[str, int, int], int] = {}
+        waiting_none: set[tuple[str, int, int]] = set()  # only control records: 0 s this poll
         for leader, (got, error) in self._each(list(by_leader), lambda a: self._timestamps_at(
                 a, by_leader[a])).items():
             if error is not None:
                 problems.append(f"lag seconds from {leader}: {_short(error)}")
-            else:
-                found.update(got)
+                continue
+            for key, stamp in got.items():
+                if stamp is None:
+                    waiting_none.add(key)
+                else:
+                    found[key] = stamp
         if len(self._timestamps) + len(found) > TIMESTAMP_CACHE_MAX:
             self._timestamps.clear()
         self._timestamps.update(found)
         out = []
         for g in lags:
-            stamp = self._timestamps.get((g.topic, g.partition, g.committed))
-            if g.lag_seconds is None and stamp is not None:
-                g = GroupLag(group=g.group, topic=g.topic, partition=g.partition,
-                             committed=g.committed, end_offset=g.end_offset,
-                             lag_records=g.lag_records,
-                             lag_seconds=max(0.0, (wall_ms - stamp) / 1000))
-            out.append(g)
+            key = (g.topic, g.partition, g.committed)
+            stamp = self._timestamps.get(key)
+            seconds = g.lag_seconds
+            if seconds is None and stamp is not None:
+                seconds = max(0.0, (wall_ms - stamp) / 1000)
+            elif seconds is None and key in waiting_none:
+                seconds = 0.0
+            out.append(g if seconds == g.lag_seconds else GroupLag(
+                group=g.group, topic=g.topic, partition=g.partition, committed=g.committed,
+                end_offset=g.end_offset, lag_records=g.lag_records, lag_seconds=seconds))
         return out
 
     def _timestamps_at(self, leader: str, keys: list[tuple[str, int, int]]
-                       ) -> dict[tuple[str, int, int], int]:
-        """One Fetch at the leader: the timestamp of the record at each (topic, partition,
-        offset), for those whose batch came back."""
-        from tidelog.client.fetcher import complete_batches, decode_fetched
+                       ) -> dict[tuple[str, int, int], int | None]:
+        """One Fetch at the leader: the timestamp of the first data record at or after each
+        (topic, partition, committed offset), for those it could be read for. The decoding is
+        the Admin's (tidelog.client.group_lag.first_record_timestamp: control batches passed
+        over); where the batch held none, the next poll reads on from the batch after it. None:
+        nothing but control records up to the end, so nothing waits (0 s, not cached: the next
+        data record will wait from its own timestamp)."""
+        from tidelog.client.group_lag import first_record_timestamp
         from tidelog.proto import broker_pb2
 
-        request = broker_pb2.FetchRequest(
-            partitions=[broker_pb2.FetchPartition(topic=t, partition=p, offset=o,
-                                                  max_bytes=LAG_FETCH_BYTES)
-                        for t, p, o in keys],
-            max_wait_ms=0, min_bytes=0, max_bytes=LAG_FETCH_BYTES * len(keys))
+        at = {key: self._follow.get(key, key[2]) for key in keys}
+        request = broker_pb2.FetchRequest(  # max_bytes 1: the node sends the batch holding it
+            partitions=[broker_pb2.FetchPartition(topic=t, partition=p, offset=at[(t, p, c)],
+                                                  max_bytes=1) for t, p, c in keys],
+            max_wait_ms=0, min_bytes=0, max_bytes=LAG_FETCH_BYTES_MAX)
         response = self._connections.call(leader, "Fetch", request, timeout_s=self._timeout_s)
-        offset_of = {(t, p): o for t, p, o in keys}
+        key_of = {(t, p): (t, p, c) for t, p, c in keys}
         out: dict[tuple[str, int, int], int] = {}
         for result in response.partitions:
-            offset = offset_of.get((result.topic, result.partition))
-            if result.error or offset is None:
-                continue
-            view = memoryview(result.batches)
-            batches, _ = complete_batches(view, offset)
-            for pos, size in batches:
-                records = decode_fetched(result.topic, result.partition, view[pos:pos + size],
-                                         offset)
-                if records:
-                    out[(result.topic, result.partition, offset)] = records[0].timestamp
-                    break
+            key = key_of.get((result.topic, result.partition))
+            if key is None or result.error or not result.batches:
+                continue  # not led there any more, or the answer's budget ran out: next poll
+            stamp, after = first_record_timestamp(bytes(result.batches), at[key])
+            if stamp is not None:
+                out[key] = stamp
+                self._follow.pop(key, None)
+            elif after >= result.high_watermark:  # only control records up to the end
+                out[key] = None
+            elif len(self._follow) < TIMESTAMP_CACHE_MAX:
+                self._follow[key] = after
         return out
 
     # --- queues ----------------------------------------------------------------------------------

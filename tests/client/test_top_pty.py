@@ -4,8 +4,12 @@ DOWN and still quits at once, quits on q / Ctrl-C / SIGTERM with the terminal gi
 alternate screen left, `stty` showing echo and canonical mode again), and says plainly when no
 node answers.
 
-One cluster serves the module; each test has its own topic and group, and the test that pauses
-a node resumes it before it ends.
+The poll itself (tidelog.client.top_data.Gatherer) is checked in-process on the same cluster:
+lag in seconds exact against the records' own timestamps, and a paused node bounding a poll by
+one RPC deadline (then by the shorter one of a node already seen down).
+
+One cluster serves the module; each test has its own topic and group, and the tests that pause
+a node resume it before they end.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from tidelog.client import Admin, Consumer, Producer
+from tidelog.client import Admin, Consumer, Producer, TopicPartition
+from tidelog.client.top_data import DOWN_NODE_TIMEOUT_S, Gatherer
+from tidelog.client.top_model import NodeState
 from tidelog.node.local_cluster import LocalCluster, free_ports
 
 from tests.clusters import running_cluster
@@ -218,3 +224,58 @@ def test_top_once_json_is_one_snapshot_with_rates(cluster: LocalCluster, topic: 
     assert data["rates"]["produce_by_topic"][topic] > 0
     ends = [p["end_offset"] for p in data["partitions"] if p["topic"] == topic]
     assert len(ends) == 2 and sum(ends) >= 20
+
+
+def test_gatherer_lag_seconds_are_now_minus_the_first_unconsumed_records_timestamp(
+        cluster: LocalCluster, topic: str) -> None:
+    for partition in (0, 1):  # no leader moving meanwhile (its NOOP would lag partition 1)
+        cluster.settled_leader_of(topic, partition)
+    base_ms = int(time.time() * 1000) - 600_000  # ten minutes ago, a second apart
+    with Producer(cluster.bootstrap) as producer:
+        futures = [producer.send(topic, value=b"%d" % i, partition=0, timestamp=base_ms + i * 1000)
+                   for i in range(10)]
+        producer.send(topic, value=b"p1", partition=1).result(timeout=10)
+        offsets = [f.result(timeout=10).offset for f in futures]
+    group = f"{topic}-lag"
+    with Admin(cluster.bootstrap) as admin:
+        ends = admin.list_offsets({TopicPartition(topic, 0): "latest",
+                                   TopicPartition(topic, 1): "latest"})
+        admin.alter_group_offsets(group, {TopicPartition(topic, 0): offsets[4],
+                                          TopicPartition(topic, 1): ends[TopicPartition(topic, 1)]})
+    gatherer = Gatherer(cluster.bootstrap, rpc_timeout_s=2.0)
+    try:
+        snapshot = gatherer.take()
+        again = gatherer.take()  # the timestamp now comes from the cache: the same figure
+    finally:
+        gatherer.close()
+    lags = {g.partition: g for g in snapshot.lags if g.group == group}
+    assert set(lags) == {0, 1}, snapshot.problems
+    assert lags[0].committed == offsets[4]
+    assert lags[0].lag_records == ends[TopicPartition(topic, 0)] - offsets[4]
+    assert lags[0].lag_seconds == (snapshot.wall_ms - (base_ms + 4000)) / 1000
+    assert (lags[1].lag_records, lags[1].lag_seconds) == (0, 0.0)
+    cached = next(g for g in again.lags if g.group == group and g.partition == 0)
+    assert cached.lag_seconds == (again.wall_ms - (base_ms + 4000)) / 1000
+
+
+def test_gatherer_poll_is_bounded_while_a_node_is_paused(cluster: LocalCluster) -> None:
+    rpc_timeout_s = 1.0
+    gatherer = Gatherer(cluster.bootstrap, rpc_timeout_s=rpc_timeout_s)
+    try:
+        assert all(n.state is NodeState.UP for n in gatherer.take().nodes)
+        cluster.pause(2)
+        try:
+            first, second = gatherer.take(), gatherer.take()
+        finally:
+            cluster.resume(2)
+    finally:
+        gatherer.close()
+    for snapshot in (first, second):
+        assert [n.state for n in snapshot.nodes] == [NodeState.UP, NodeState.DOWN, NodeState.UP]
+    print(f"polls with node 2 paused: {first.poll_s:.2f} s, then {second.poll_s:.2f} s")
+    # Metadata waits one deadline for the paused node; the other phases ask only nodes that
+    # answered, unless a coordinator was there (one more deadline). Then the short deadline.
+    slack_s = 1.0  # two loaded CI cores
+    assert first.poll_s <= 2 * rpc_timeout_s + slack_s
+    assert second.poll_s <= DOWN_NODE_TIMEOUT_S + rpc_timeout_s + slack_s
+    cluster.wait_healthy(timeout_s=30)
