@@ -50,7 +50,7 @@ from tidelog.node.metadata_commands import Command, CreateTopic, DeleteTopic
 from tidelog.node.queues import state_log as sl
 from tidelog.node.queues.config import QueueConfig, QueueConfigError
 from tidelog.node.queues.core import QueueCore
-from tidelog.node.queues.dead_letter_driver import DeadLetterDriver
+from tidelog.node.queues.dead_letter_driver import DeadLetterDriver, compacted_topic_problem
 from tidelog.node.queues.dead_letters import (
     Writer,
     redrive_partition,
@@ -337,6 +337,8 @@ class QueueCoordinator:
             if request.if_not_exists:
                 return qpb.CreateQueueResponse(config=config_to_wire(existing.core.config))
             raise E.QueueExistsError(f"queue {config.name!r} already exists")
+        if problem := compacted_topic_problem(self.host.state, config.dlq_topic):
+            raise E.InvalidQueueConfigError(problem)
         await self._ensure_dlq_topic(config, timeout_s)
         starts: dict[TopicPartition, int] = {}
         for topic in topics:
@@ -367,6 +369,8 @@ class QueueCoordinator:
         if config.dlq_topic.startswith("__"):
             raise E.InvalidQueueConfigError(f"{config.dlq_topic!r} is an internal topic")
         if config.dlq_topic != queue.core.config.dlq_topic:
+            if problem := compacted_topic_problem(self.host.state, config.dlq_topic):
+                raise E.InvalidQueueConfigError(problem)
             await self._ensure_dlq_topic(config)
             entry, queue = self._queue_for(request.queue)
         await self._write(entry, queue, queue.core.set_config(config))

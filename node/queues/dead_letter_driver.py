@@ -25,14 +25,32 @@ from tidelog.node.queues.dead_letters import Writer, load_sources, plan_chunks, 
 from tidelog.node.queues.dlq_ledger import BATCH_RECORDS_MAX, PENDING_BATCHES_MAX
 from tidelog.node.queues.model import DlqBatchJob
 from tidelog.node.queues.reader import PartitionReader
+from tidelog.node.topics import effective_configs
 
-__all__ = ["DLQ_PLAN_JOBS_MAX", "DLQ_PRODUCER_PREFIX", "DLQ_RETRY_S", "DeadLetterDriver"]
+__all__ = ["DLQ_HELD_RETRY_S", "DLQ_PLAN_JOBS_MAX", "DLQ_PRODUCER_PREFIX", "DLQ_RETRY_S",
+           "DeadLetterDriver", "compacted_topic_problem"]
 
 log = logging.getLogger(__name__)
 
 DLQ_RETRY_S = 1.0             # after a failed round, the next one waits this long
 DLQ_PRODUCER_PREFIX = "__queue-dlq/"  # + queue name: the transactional id of its DLQ producer
 DLQ_PLAN_JOBS_MAX = 2_000     # dead-letter jobs read and planned into batches per round
+DLQ_HELD_RETRY_S = 10.0       # a compacted dead-letter topic is looked at again this often
+
+
+def compacted_topic_problem(state: MetadataState, topic: str) -> str:
+    """Why `topic` cannot take dead letters, or "": a compacted topic (cleanup.policy compact
+    or compact,delete) keeps only the newest record per key, so the cleaner would drop every
+    earlier dead letter whose source record had the same key (and exactly-once rests on the
+    queue's batches staying in the DLQ log)."""
+    info = state.topics.get(topic)
+    if info is None:
+        return ""
+    policy = effective_configs(info.configs)["cleanup.policy"]
+    if "compact" not in policy.split(","):
+        return ""
+    return (f"dead-letter topic {topic!r} has cleanup.policy={policy}: compaction would drop "
+            "dead letters that share a key; use a topic with cleanup.policy=delete")
 
 Write = Callable[[Any, Any, Sequence[Any]], Awaitable[None]]   # (entry, queue, deltas)
 
@@ -64,6 +82,16 @@ class DeadLetterDriver:
         try:
             while not queue.deleted:
                 batches = queue.core.dlq_batches()
+                topic = batches[0].dlq_topic if batches else queue.core.config.dlq_topic
+                problem = compacted_topic_problem(self._host.state, topic)
+                if problem:
+                    # Made compacted after the queue was created (create and alter refuse
+                    # it): the letters stay dead-letter pending (stats) until it is not.
+                    queue.dlq_retry_at = time.monotonic() + DLQ_HELD_RETRY_S
+                    log.warning("queue %s: %d dead letters held: %s", queue.name,
+                                len(queue.core.dead_letter_jobs())
+                                + sum(len(b.jobs) for b in batches), problem)
+                    return
                 if batches:
                     if not await self._write_batch(entry, queue, batches[0]):
                         return

@@ -1,0 +1,137 @@
+"""Issue 12's correctness edges on one real 3-node cluster (module-scoped):
+
+* a settlement whose reply is lost is sent again and answered OK: a reject through a TCP proxy
+  that drops the reply (the real QueueConsumer retries by itself), and every kind of settlement
+  sent again to the successor of a SIGKILLed coordinator;
+* a compacted dead-letter topic is refused at create and alter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from tidelog.client import Admin, QueueConsumer, errors
+from tidelog.node.local_cluster import LocalCluster
+from tidelog.proto import broker_pb2 as pb
+from tidelog.proto import queue_pb2 as qpb
+
+from tests.client.conftest import CuttingProxy
+from tests.clusters import running_cluster
+
+from .test_queue_rpc_cluster import (
+    Queues,
+    create_queue,
+    expect_error,
+    produce,
+    read_topic,
+    receive_until,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with running_cluster(tmp_path_factory.mktemp("queue-edges"),
+                         env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2",
+                              "TIDELOG_QUEUE_STATE_PARTITIONS": "4"}) as running:
+        yield running
+
+
+@pytest.fixture
+def queues(cluster: LocalCluster) -> Iterator[Queues]:
+    q = Queues(cluster)
+    yield q
+    q.close()
+
+
+REASON = "lost reply " + "r" * 880   # makes the Settle request recognisable by its size
+
+
+def test_a_reject_whose_reply_was_lost_is_retried_by_the_client_and_answered_ok(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    """The proxy passes the Settle to the coordinator and drops its reply, then cuts the
+    connection; the client sends the Settle again. The reject was applied, so the retry must
+    say OK (it said LOCK_LOST before), and the DLQ has the letter once."""
+    admin.create_topic("lost", partitions=1, replication_factor=3)
+    create_queue(queues, "lost-q", ["lost"])
+    found = queues.coordinator("lost-q")
+    state_leader = cluster.settled_leader_of("__queue_state", found.partition)
+    address = cluster.node(state_leader).address
+    produce(cluster, "lost", [(b"k", b"poison", [])])
+    proxy = CuttingProxy(address, hold_s=0.5)
+    try:
+        with QueueConsumer(cluster.bootstrap, queue="lost-q", ack_linger_ms=0,
+                           request_timeout_s=30) as consumer:
+            consumer._connections.redirect(address, proxy.address)
+            (message,) = consumer.receive(max_messages=1, timeout_s=10)
+            proxy.arm(len(REASON))
+            started = time.monotonic()
+            consumer.reject(message, reason=REASON).result(30)   # raised LockLostError before
+            held = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1 and held >= 0.4, (proxy.cuts, held)  # the reply really was lost
+    letters = []
+    deadline = time.monotonic() + 20
+    while not letters and time.monotonic() < deadline:
+        letters = read_topic(cluster, "lost-q.dlq", 0)
+        time.sleep(0.2)
+    assert [(r.value, dict(r.headers)["tidelog-dlq-reason"]) for r in letters] == [
+        (b"poison", REASON.encode())]
+
+
+def test_every_settlement_sent_again_to_the_next_coordinator_is_ok(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    """Nack, reject, release, extend (and ack) answered OK, then the coordinator is SIGKILLed
+    before the client heard of it: the same Settle sent to its successor is OK and changes
+    nothing (before: LOCK_LOST for all but the ack)."""
+    admin.create_topic("again", partitions=1, replication_factor=3)
+    create_queue(queues, "again-q", ["again"], lock_ms=60_000, backoff_initial_ms=60_000,
+                 backoff_max_ms=60_000)
+    produce(cluster, "again", [(None, f"m{i}".encode(), []) for i in range(5)])
+    msgs = sorted(receive_until(queues, "again-q", "c", 5, ack=False), key=lambda m: m.offset)
+    actions = [qpb.NACK, qpb.REJECT, qpb.RELEASE, qpb.EXTEND, qpb.ACK]
+    request = qpb.SettleRequest(queue="again-q", consumer_id="c", settlements=[
+        qpb.Settlement(topic=m.topic, partition=m.partition, first_offset=m.offset,
+                       last_offset=m.offset, delivery_count=m.delivery_count, action=action,
+                       delay_ms=60_000, reason="bad", extend_ms=120_000)
+        for m, action in zip(msgs, actions, strict=True)])
+    first = queues.call("Settle", request, "again-q")
+    assert [r.error for r in first.results] == [pb.NONE]   # only the extend's deadline
+    deadline = first.results[0].lock_deadline_ms
+    victim = queues.coordinator("again-q").node_id
+    cluster.kill(victim)
+    try:
+        second = queues.call("Settle", request, "again-q", timeout_s=90)
+        assert queues.coordinator("again-q").node_id != victim
+        # The extended record is still held, so its extend simply applies again from now.
+        assert [(r.index, r.error) for r in second.results] == [(3, pb.NONE)], second
+        assert second.results[0].lock_deadline_ms >= deadline
+        # Changed nothing: the released record is the only one available (the nacked one
+        # waits a minute, the extended one is still locked), and it comes with count 1.
+        again = receive_until(queues, "again-q", "d", 1, ack=False)
+        assert [(m.offset, m.delivery_count) for m in again] == [(msgs[2].offset, 1)]
+    finally:
+        cluster.start(victim)
+        cluster.wait_healthy(timeout_s=60)
+
+
+def test_a_compacted_dead_letter_topic_is_refused(admin: Admin, queues: Queues) -> None:
+    """A compacted DLQ would keep only the newest letter per key: refused with
+    INVALID_QUEUE_CONFIG at create and at alter; a queue with a plain DLQ is unaffected."""
+    admin.create_topic("cq", partitions=1, replication_factor=3)
+    admin.create_topic("cq-compacted", partitions=1, replication_factor=3,
+                       configs={"cleanup.policy": "compact,delete"})
+    message = expect_error(lambda: create_queue(queues, "cq-q", ["cq"],
+                                                dead_letter_topic="cq-compacted"),
+                           grpc.StatusCode.INVALID_ARGUMENT,
+                           pb.INVALID_QUEUE_CONFIG)
+    assert "cleanup.policy=compact,delete" in message and "cq-compacted" in message
+    admin.create_queue("cq-q", ["cq"])
+    with pytest.raises(errors.InvalidQueueConfig, match="compaction would drop"):
+        admin.alter_queue("cq-q", dead_letter_topic="cq-compacted")
+    assert admin.describe_queue("cq-q").config.dead_letter_topic in ("", "cq-q.dlq")
