@@ -166,10 +166,12 @@ def busy_cluster() -> tuple[Snapshot, Snapshot]:
                  problems=("group g9: Timeout: no answer",)))
 
 
-def test_screen_fits_the_terminal_and_says_how_many_rows_did_not() -> None:
+@pytest.mark.parametrize("width", [80, 170])
+def test_screen_fits_the_terminal_and_says_how_many_rows_did_not(width: int) -> None:
     before, after = busy_cluster()
     for height in (24, 40, 60):
-        lines = screen(render(before, after, height=height), height=height)
+        lines = screen(render(before, after, height=height), width=width, height=height)
+        assert max(len(line) for line in lines) <= width
         assert len(lines) <= height, (height, len(lines))
         more = [int(m) for line in lines for m in re.findall(r"\.\.\. (\d+) more", line)]
         shown_topics = sum(1 for line in lines if re.match(r"topic-\d\d ", line))
