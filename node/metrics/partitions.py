@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 from tidelog.node.metrics.on_loop import MetricsFunction
 from tidelog.node.topics import partition_group
 
@@ -78,21 +79,23 @@ def _families(replicas: ReplicaManager, held: Iterable[_Held],
     term = _gauge("tidelog_raft_term", "Raft term of the local replica")
     led = under = offline = 0
     for h in held:
-        labels = [h.topic, h.partition]
+        # One labels dict shared by the partition's samples (the exposition only reads it):
+        # add_metric would build one per sample, the larger part of the cost at 1,000 partitions.
+        labels = {"topic": h.topic, "partition": h.partition}
         replica, plog = h.replica, h.replica.log
-        start.add_metric(labels, plog.log_start_offset)
-        end.add_metric(labels, plog.log_end_offset)
-        hw.add_metric(labels, replica.high_watermark)
-        size.add_metric(labels, plog.size_bytes)
-        segments.add_metric(labels, len(plog.segment_base_offsets))
-        assigned.add_metric(labels, h.assigned)
-        term.add_metric(labels, replica.term)
+        _add(start, labels, plog.log_start_offset)
+        _add(end, labels, plog.log_end_offset)
+        _add(hw, labels, replica.high_watermark)
+        _add(size, labels, plog.size_bytes)
+        _add(segments, labels, len(plog.segment_base_offsets))
+        _add(assigned, labels, h.assigned)
+        _add(term, labels, replica.term)
         leads = replica.is_leader and replica.error is None
-        leader.add_metric(labels, 1 if leads else 0)
+        _add(leader, labels, 1 if leads else 0)
         if leads:
             led += 1
             count = len(replica.in_sync_replicas(replicas.alive))
-            in_sync.add_metric(labels, count)
+            _add(in_sync, labels, count)
             under += count < h.assigned
         if replica.leader_id is None:
             offline += 1
@@ -105,6 +108,10 @@ def _families(replicas: ReplicaManager, held: Iterable[_Held],
                       "Partitions this node holds a replica of that know no leader", offline)
     yield _node_gauge("tidelog_metadata_leader", "1 on the metadata group's leader, else 0",
                       1 if metadata_leader else 0)
+
+
+def _add(family: GaugeMetricFamily, labels: dict[str, str], value: int) -> None:
+    family.samples.append(Sample(family.name, labels, float(value)))
 
 
 def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
