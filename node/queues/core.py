@@ -118,7 +118,7 @@ class QueueCore(Appliers):
             dl.Truncate: self._apply_truncate, dl.AddPartitions: self._apply_add_partitions,
             dl.SetConfig: self._apply_set_config, dl.RedriveCursor: self._apply_redrive,
             dl.SetDlqProducer: self._apply_dlq_producer, dl.DlqBatch: self._apply_dlq_batch,
-            dl.DlqBatchDone: self._apply_dlq_batch_done,
+            dl.DlqBatchDone: self._apply_dlq_batch_done, dl.DlqResync: self._apply_dlq_resync,
         }
 
     # ---------------------------------------------------------------- reading the partitions
@@ -429,6 +429,20 @@ class QueueCore(Appliers):
                 self._advance(self._parts[tp], out)
         return out
 
+    def dlq_resync(self, dlq_topic: str, dlq_partition: int,
+                   next_sequence: int) -> list[dl.Delta]:
+        """The DLQ partition expects `next_sequence` (< the first pending batch's base
+        sequence): it lost the letters of [next_sequence, base) that it had acknowledged (data
+        loss). Its pending batches are given up and planned again from `next_sequence`."""
+        pending = [b for b in self._dlq.batches()
+                   if (b.dlq_topic, b.dlq_partition) == (dlq_topic, dlq_partition)]
+        assert pending and 0 <= next_sequence < pending[0].base_sequence, next_sequence
+        out: list[dl.Delta] = []
+        self._emit(out, dl.DlqResync(dlq_topic=dlq_topic, dlq_partition=dlq_partition,
+                                     next_sequence=next_sequence,
+                                     lost=pending[0].base_sequence - next_sequence))
+        return out
+
     def dead_lettered(self, tp: TopicPartition, offsets: Iterable[int],
                       now_ms: int) -> list[dl.Delta]:
         """The DLQ write of these records committed: they are done. Others are ignored. (Kept
@@ -576,7 +590,8 @@ class QueueCore(Appliers):
             redelivered_total=c["redelivered"], dead_lettered_total=c["dead_lettered"],
             expired_total=c["expired"], dlq_depth=dlq_depth, redriven_total=c["redriven"],
             consumers=sum(1 for t in self._seen.values() if t >= horizon),
-            partitions=tuple(parts), now_ms=now_ms, deduplicated_total=c["duplicates"])
+            partitions=tuple(parts), now_ms=now_ms, deduplicated_total=c["duplicates"],
+            dead_letters_lost_total=c["dlq_lost"])
 
     # ---------------------------------------------------------------- durability
 

@@ -316,6 +316,10 @@ class Appliers:
                                       first_delivery_ms=e.first_ms, last_delivery_ms=e.last_ms))
         self._dlq.apply_batch(d, tuple(jobs))
 
+    def _apply_dlq_resync(self, d: dl.DlqResync) -> None:
+        self._dlq.apply_resync(d)
+        self.counters["dlq_lost"] += d.lost
+
     def _apply_dlq_batch_done(self, d: dl.DlqBatchDone) -> None:
         batch = self._dlq.apply_done(d)
         if not d.written:

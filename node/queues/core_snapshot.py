@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.queues.config import QueueConfig
 from tidelog.node.queues.dlq_ledger import DlqLedger
-from tidelog.node.queues.part import COUNTERS, DEAD, DONE, IN_FLIGHT, WAITING, Entry
+from tidelog.node.queues.part import COUNTERS, COUNTERS_V3, DEAD, DONE, IN_FLIGHT, WAITING, Entry
 from tidelog.node.queues.recent_acks import RecentAcks, RecentSettles
 
 if TYPE_CHECKING:
@@ -103,9 +103,9 @@ def restore_core(cls: type[QueueCore], snapshot: Mapping[str, Any]) -> QueueCore
         _expect(all(off >= p.start for off in p.entries),
                 f"snapshot: {p.tp} has an entry below its start {p.start}")
     counters = snapshot["counters"]
-    _expect(isinstance(counters, dict) and set(counters) == set(COUNTERS)
+    _expect(isinstance(counters, dict) and set(counters) in (set(COUNTERS), set(COUNTERS_V3))
             and all(_nat(v) for v in counters.values()), "snapshot: bad counters")
-    core.counters = dict(counters)
+    core.counters = dict.fromkeys(COUNTERS, 0) | counters
     redrive = snapshot["redrive"]
     _expect(isinstance(redrive, list), "snapshot: bad redrive cursors")
     for row in redrive:

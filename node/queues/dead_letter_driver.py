@@ -20,8 +20,15 @@ from tidelog.node import errors as E
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command, InitProducer
 from tidelog.node.metadata_service import raise_result
+from tidelog.node.producer_state import SEQUENCE_MODULUS
 from tidelog.node.queues.config import QueueConfig
-from tidelog.node.queues.dead_letters import Writer, load_sources, plan_chunks, write_dlq_batch
+from tidelog.node.queues.dead_letters import (
+    Writer,
+    expected_sequence,
+    load_sources,
+    plan_chunks,
+    write_dlq_batch,
+)
 from tidelog.node.queues.dlq_ledger import BATCH_RECORDS_MAX, PENDING_BATCHES_MAX
 from tidelog.node.queues.model import DlqBatchJob
 from tidelog.node.queues.reader import PartitionReader
@@ -160,8 +167,11 @@ class DeadLetterDriver:
                 return True
         producer = queue.core.dlq_producer
         assert producer is not None, "a dead-letter batch without the queue's producer"
-        response = await write_dlq_batch(reader=self._reader, writer=self._writer,
-                                         queue=queue.name, producer=producer, batch=batch)
+        try:
+            response = await write_dlq_batch(reader=self._reader, writer=self._writer,
+                                             queue=queue.name, producer=producer, batch=batch)
+        except E.OutOfOrderSequenceError as exc:
+            return await self._resync(entry, queue, batch, exc)
         pending = queue.core.dlq_batches()
         if queue.deleted or not pending or pending[0] != batch:
             return False  # dropped meanwhile; whoever holds the queue now writes it again
@@ -171,6 +181,31 @@ class DeadLetterDriver:
                   else "")
         await self._write(entry, queue, queue.core.dlq_batch_done(batch, written=True))
         queue.notify()
+        return True
+
+    async def _resync(self, entry: Any, queue: Any, batch: DlqBatchJob,
+                      exc: E.OutOfOrderSequenceError) -> bool:
+        """The DLQ partition refused the first pending batch's sequence. By the protocol the
+        only way it expects an earlier one is that it lost batches it had acknowledged (the tail
+        of its log: an unclean loss of its replicas' data), so waiting would keep the batch
+        pending forever: its letters are planned again from the sequence it expects (resync),
+        and the loss is logged and counted (stats: dead_letters_lost_total). Anything else is
+        raised again (retried later, with a warning)."""
+        expected = expected_sequence(exc)
+        base = batch.base_sequence
+        if expected is None:
+            raise exc
+        lost = (base - expected) % SEQUENCE_MODULUS
+        pending = queue.core.dlq_batches()
+        if queue.deleted or not pending or pending[0] != batch or not 0 < lost <= base:
+            raise exc
+        await self._write(entry, queue, queue.core.dlq_resync(
+            batch.dlq_topic, batch.dlq_partition, base - lost))
+        log.error("queue %s: dead-letter partition %s-%d lost %d dead letters it had "
+                  "acknowledged (it expects sequence %d, the queue had written up to %d: its "
+                  "log lost data); the %d pending letters there are written again from "
+                  "sequence %d", queue.name, batch.dlq_topic, batch.dlq_partition, lost,
+                  expected, base - 1, len(queue.core.dead_letter_jobs()), base - lost)
         return True
 
     async def _allocate_producer(self, queue: str) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ __all__ = [
     "DLQ_HEADER_PREFIX",
     "Writer",
     "dead_letter_headers",
+    "expected_sequence",
     "load_sources",
     "plan_chunks",
     "redrive_partition",
@@ -118,6 +120,8 @@ class Writer:
             detail = _error_detail(exc)
             if detail is not None and detail.code == pb.NOT_LEADER:
                 raise _RemoteNotLeader(detail.leader_address) from None
+            if detail is not None and detail.code == pb.OUT_OF_ORDER_SEQUENCE:
+                raise E.OutOfOrderSequenceError(exc.details() or "") from None
             if detail is not None and detail.retriable or exc.code() in (
                     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise _RemoteNotLeader("") from None
@@ -144,6 +148,17 @@ def _error_detail(exc: grpc.aio.AioRpcError) -> pb.ErrorDetail | None:
             except Exception:  # noqa: BLE001 - a peer's bad detail is just no detail
                 return None
     return None
+
+
+_EXPECTED = re.compile(r"sent sequence (\d+) but (\d+) was expected next")
+
+
+def expected_sequence(error: E.BrokerError) -> int | None:
+    """The sequence a partition's idempotent-producer check expected, from its refusal
+    (node/producer_state.py words it "... sent sequence S but X was expected next"); None
+    when the refusal is of another kind (a new epoch not starting at 0)."""
+    match = _EXPECTED.search(error.message)
+    return int(match.group(2)) if match else None
 
 
 def dead_letter_headers(queue: str, job: DeadLetterJob, source_timestamp_ms: int

@@ -30,6 +30,7 @@ __all__ = [
     "Discard",
     "DlqBatch",
     "DlqBatchDone",
+    "DlqResync",
     "Extend",
     "Nack",
     "RedriveCursor",
@@ -187,9 +188,22 @@ class DlqBatchDone:
     written: bool
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DlqResync:
+    """The DLQ partition lost the tail of its log (data loss): it expects `next_sequence` from
+    the queue's producer, below the next pending batch. Every pending batch of the partition is
+    given up (its records are jobs again, planned from `next_sequence` on) and `lost` letters
+    it had acknowledged are counted as lost (counters "dlq_lost")."""
+
+    dlq_topic: str
+    dlq_partition: int
+    next_sequence: int
+    lost: int
+
+
 Delta = (Deliver | Ack | Nack | Release | Extend | DeadPending | DeadLettered | Discard | Advance
          | Truncate | AddPartitions | SetConfig | RedriveCursor | SetDlqProducer | DlqBatch
-         | DlqBatchDone)
+         | DlqBatchDone | DlqResync)
 
 TRUNCATE_CAUSES = ("lost", "purged")
 DISCARD_CAUSES = ("duplicate",)
@@ -258,6 +272,9 @@ def encode_delta(delta: Delta) -> dict[str, Any]:
         case DlqBatchDone():
             return {"k": "dlqdone", "t": delta.dlq_topic, "p": delta.dlq_partition,
                     "seq": delta.base_sequence, "w": delta.written}
+        case DlqResync():
+            return {"k": "dlqresync", "t": delta.dlq_topic, "p": delta.dlq_partition,
+                    "seq": delta.next_sequence, "lost": delta.lost}
     raise AssertionError(f"not a delta: {delta!r}")
 
 
@@ -340,6 +357,9 @@ def decode_delta(data: Any) -> Delta:
                 raise ValueError("queue delta dlqdone: w must be a boolean")
             return DlqBatchDone(dlq_topic=_name(data), dlq_partition=_int(data, "p"),
                                 base_sequence=_int(data, "seq"), written=written)
+        case "dlqresync":
+            return DlqResync(dlq_topic=_name(data), dlq_partition=_int(data, "p"),
+                             next_sequence=_int(data, "seq"), lost=_int(data, "lost"))
     raise AssertionError(kind)
 
 
@@ -361,6 +381,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "dlqpid": ("id", "e"),
     "dlqbatch": ("t", "p", "seq", "recs"),
     "dlqdone": ("t", "p", "seq", "w"),
+    "dlqresync": ("t", "p", "seq", "lost"),
 }
 
 _OPTIONAL: dict[str, set[str]] = {"dead": {"s"}}   # fields written only when set

@@ -113,6 +113,19 @@ class DlqLedger:
             self.batched.discard((job.tp, job.offset))
         return batch
 
+    def apply_resync(self, d: dl.DlqResync) -> list[DlqBatchJob]:
+        """The partition lost batches it had acknowledged: every pending batch there is given
+        up (returned; their records are jobs again) and the next sequence is the one the
+        partition expects, so the next batch continues what it still has."""
+        key = (d.dlq_topic, d.dlq_partition)
+        dropped = self.pending.pop(key, [])
+        assert d.next_sequence <= self.next_sequence.get(key, 0), (key, d.next_sequence)
+        for batch in dropped:
+            for job in batch.jobs:
+                self.batched.discard((job.tp, job.offset))
+        self.next_sequence[key] = d.next_sequence
+        return dropped
+
     # ------------------------------------------------------------------ durability
 
     def snapshot(self) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 from tidelog.node.groups.assignors import TopicPartition
 from tidelog.node.queues.model import OfferedRecord
 
-__all__ = ["COUNTERS", "DEAD", "DONE", "IN_FLIGHT", "REASON_EXPIRED", "REASON_MAX_DELIVERIES",
-           "REASON_REJECTED", "WAITING", "Entry", "Part", "offsets"]
+__all__ = ["COUNTERS", "COUNTERS_V3", "DEAD", "DONE", "IN_FLIGHT", "REASON_EXPIRED",
+           "REASON_MAX_DELIVERIES", "REASON_REJECTED", "WAITING", "Entry", "Part", "offsets"]
 
 REASON_EXPIRED = "expired"                 # dead-letter reasons the core gives
 REASON_MAX_DELIVERIES = "max deliveries"
@@ -59,7 +59,8 @@ class Part:
 
 
 COUNTERS = ("acked", "delivered", "redelivered", "dead_lettered", "expired", "redriven",
-             "duplicates")
+             "duplicates", "dlq_lost")
+COUNTERS_V3 = COUNTERS[:-1]   # snapshots up to v4 have no "dlq_lost" (0)
 
 
 def offsets(payload: Any) -> Iterable[int]:
