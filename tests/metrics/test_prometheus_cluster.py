@@ -9,7 +9,8 @@ shipped, so the shipped rules and the dashboard's queries are exercised against 
   that must have data here do;
 - lag in seconds grows while a group's consumer is paused and falls to 0 once it resumes;
 - under-replicated partitions go above 0 after a node is SIGKILLed (and the node-down and
-  under-replicated alerts go pending) and back to 0 after it restarts.
+  under-replicated alerts go pending) and back to 0 after it restarts;
+- a rejected queue message fires the dead-letter alert.
 
 One cluster and one Prometheus serve the module; both are stopped by their PIDs, pass or fail.
 """
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from tidelog.client import Admin, Consumer, Producer, TopicPartition
+from tidelog.client import Admin, Consumer, Producer, QueueConsumer, TopicPartition
 from tidelog.node.local_cluster import LocalCluster
 
 from tests.clusters import running_cluster
@@ -50,11 +51,9 @@ LAG_GROUP = "lag-watch"
 KILL_TOPIC = "replicated"
 KILL_PARTITIONS = 3
 KILLED_NODE = 3
-# Dashboard panels with no series on this cluster: it has no queue, and no produce is refused.
-PANELS_WITHOUT_DATA_HERE = {
-    "Queue depth and in flight", "Oldest unacked message age", "Dead letters",
-    "Produce errors/s by code",
-}
+QUEUE = "jobs"
+# Dashboard panels with no series on this cluster: no produce request is refused.
+PANELS_WITHOUT_DATA_HERE = {"Produce errors/s by code"}
 
 T = TypeVar("T")
 
@@ -289,9 +288,35 @@ def test_under_replicated_after_a_kill_and_back_after_restart(
     assert prometheus.scalar('sum(up{job="tidelog"})') == 3
 
 
+def firing(prometheus: PrometheusServer) -> set[tuple[str, str | None]]:
+    return {(a["labels"]["alertname"], a["labels"].get("queue"))
+            for a in prometheus.get("/api/v1/alerts")["alerts"] if a["state"] == "firing"}
+
+
+def test_a_dead_letter_fires_the_dlq_alert(cluster: LocalCluster,
+                                           prometheus: PrometheusServer) -> None:
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_queue(QUEUE, [QUEUE], partitions=1)
+    dead_lettered = f'tidelog_queue_dead_lettered_total{{queue="{QUEUE}"}}'
+    # The queue's series exist before anything is dead-lettered: an increase needs a start.
+    wait_for("the queue's series", lambda: prometheus.scalar(f"max({dead_lettered})"),
+             lambda n: n == 0)
+    with Producer(cluster.bootstrap, acks="all") as producer:
+        for value in (b"bad input", b"waiting"):
+            producer.send(QUEUE, value).result(timeout=30)
+    assert ("TidelogDeadLettersGrowing", QUEUE) not in firing(prometheus)
+    with QueueConsumer(cluster.bootstrap, queue=QUEUE) as consumer:
+        [message] = wait_for("a message", lambda: consumer.receive(max_messages=1, timeout_s=1),
+                             lambda got: len(got) == 1)
+        consumer.reject(message, reason="cannot parse").result(timeout=30)
+    wait_for("TidelogDeadLettersGrowing firing", lambda: firing(prometheus),
+             lambda alerts: ("TidelogDeadLettersGrowing", QUEUE) in alerts)
+    assert prometheus.scalar(f'max(tidelog_queue_dlq_depth{{queue="{QUEUE}"}})') == 1
+
+
 def test_dashboard_queries_answer(cluster: LocalCluster, prometheus: PrometheusServer) -> None:
-    """Runs last: by now the cluster has a consumer group. Produces and fetches until both
-    rates are above 0 (a counter's first sample is no increase, so it takes two rounds)."""
+    """Runs last: by now the cluster has a consumer group and a queue. Produces and fetches
+    until both rates are above 0 (a counter's first sample is no increase: two rounds)."""
     rates = [f"sum(rate({c}[{RATE_WINDOW}])) > 0"
              for c in ("tidelog_produce_records_total", "tidelog_fetch_records_total")]
     with Producer(cluster.bootstrap, linger_ms=1) as producer, \
