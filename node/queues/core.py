@@ -164,10 +164,17 @@ class QueueCore(Appliers):
                 break
             read_offset = off + 1
             e = entries.get(off)
+            if rec.message_id is not None:
+                # A fresh record is checked against the window; one with a state (re-offered
+                # after a restore: delivered, waiting, done) was checked when it was fresh and
+                # only puts its id back, so its later duplicates are still caught.
+                if e is None:
+                    if self._is_duplicate(rec):
+                        duplicates.append(off)
+                        continue
+                else:
+                    self._is_duplicate(rec, remember_only=True)
             if e is _DONE:
-                continue
-            if rec.message_id is not None and e is None and self._is_duplicate(rec):
-                duplicates.append(off)
                 continue
             recs[off] = rec
             heapq.heappush(pending, off)
@@ -629,20 +636,21 @@ class QueueCore(Appliers):
         self._seq += 1
         heapq.heappush(p.timers, (at, self._seq, payload))
 
-    def _is_duplicate(self, rec: OfferedRecord) -> bool:
+    def _is_duplicate(self, rec: OfferedRecord, remember_only: bool = False) -> bool:
         """Dedup window: another record with this message id and a timestamp within the
         queue's dedup_window_ms (-1: off) was offered before (any partition of the queue). The
         first one seen is kept. The ids are volatile: after a restore they are rebuilt from the
-        records re-offered (from `start` on), so a duplicate of a record already below `start` at a
-        failover is delivered (at-least-once still holds)."""
+        records re-offered (from `start` on; `remember_only` for those that have a state), so a
+        duplicate of a record already below `start` at a failover is delivered (at-least-once
+        still holds; docs/queues.md)."""
         assert rec.message_id is not None
         window = self.config.dedup_window_ms
         if window < 0:
             return False
         ids = self._ids
         seen = ids.get(rec.message_id)
-        if seen is not None and abs(rec.timestamp_ms - seen) <= window:
-            return True
+        if seen is not None and (remember_only or abs(rec.timestamp_ms - seen) <= window):
+            return not remember_only
         ids[rec.message_id] = rec.timestamp_ms
         heap = self._id_times
         heapq.heappush(heap, (rec.timestamp_ms, rec.message_id))
