@@ -18,6 +18,7 @@ One cluster and one Prometheus serve the module; both are stopped by their PIDs,
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -336,3 +337,8 @@ def test_dashboard_queries_answer(cluster: LocalCluster, prometheus: PrometheusS
     assert len(queries) >= 25
     empty = {title for title, expr in queries if not prometheus.query(expr)}
     assert empty <= PANELS_WITHOUT_DATA_HERE, f"no data: {empty - PANELS_WITHOUT_DATA_HERE}"
+    # The Node variable: Grafana's label_values(SELECTOR, LABEL) is Prometheus's label API.
+    [variable] = json.loads(DASHBOARD.read_text())["templating"]["list"]
+    selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]).groups()
+    values = prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": selector})
+    assert sorted(values) == sorted(node.metrics_address for node in cluster.nodes)
