@@ -1,20 +1,47 @@
-"""`tidelog consume TOPIC`: print records of one or all partitions."""
+"""`tidelog consume TOPIC`: print records of one or all partitions.
+
+Where to start (and stop) is an rpk-like `--offset` spec (client/offset_spec.py), resolved per
+partition once at the start; `-e` stops each partition at the high watermark it had then, so a
+script's consume ends by itself. SIGTERM closes the consumer like Ctrl-C does, so a group member
+stopped by systemd, `docker stop` or Kubernetes leaves its group at once instead of holding its
+partitions for the session timeout.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
+import signal
 import sys
+import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tidelog.client import offset_spec as spec_mod
+from tidelog.client.offset_spec import OffsetSpec, OffsetSpecError, OutOfRange, PartitionRange
+from tidelog.client.record_format import HELP as FORMAT_HELP
+from tidelog.client.record_format import FormatError, compile_format, text
+
+_NEGATIVE_OR_DURATION = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+(ms|s|m|h|d)(:.*)?$|^-\d+:.*$")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "consume", help="print records of a topic",
         description="Print records of every partition of TOPIC (or one with --partition). "
-        "Starts at the end (new records only) unless --offset, --from-beginning or --from-time.",
+        "Starts at the end (new records only) unless --offset, --from-beginning or --from-time; "
+        "runs until Ctrl-C/SIGTERM, --max-messages, --timeout, the B of --offset A:B, or with "
+        "-e the end of what the partitions held when it started.",
+        epilog="examples: -o start -e (everything, then exit); -o -10 (the last 10 offsets, "
+        "then follow); -o -1h:end (the last hour); -o @2026-12-01T10:00:00Z:@2026-12-01T11:00:00Z; "
+        "--partition 0 -o 42 -f '%p@%o %k=%v\\n'",
     )
+    # `-o -1h` must read -1h as the value, as `-o -10` is: argparse takes a word starting with
+    # "-" for an option unless it looks like a negative number, so durations count as numbers.
+    parser._negative_number_matcher = _NEGATIVE_OR_DURATION
     parser.add_argument("topic")
     parser.add_argument("--partition", type=int, help="read only this partition")
     parser.add_argument("--group", metavar="G",
@@ -22,124 +49,238 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "group's other members and progress is committed (auto-commit); starts "
                         "at the group's committed offsets, else as --from-beginning says")
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--offset", type=int, help="start at this offset (needs --partition)")
+    start.add_argument("--offset", "-o", metavar="SPEC", help=spec_mod.HELP)
     start.add_argument("--from-beginning", action="store_true",
-                       help="start at the log start of each partition")
+                       help="start at the log start of each partition (= --offset start)")
     start.add_argument("--from-time", metavar="ISO8601",
                        help="start at the first record at or after this time "
-                       "(e.g. 2025-01-31T12:00:00Z; a time without zone is UTC)")
+                       "(e.g. 2025-01-31T12:00:00Z; a time without zone is UTC; = --offset @TIME)")
+    parser.add_argument("--exit-at-end", "-e", action="store_true",
+                        help="exit once every partition read reached the high watermark it had "
+                        "when consuming started (kcat -e; rpk -o :end)")
+    parser.add_argument("--reset", choices=("earliest", "latest", "error"),
+                        help="an offset outside a partition's [log start, high watermark]: start "
+                        "at its log start, at its end, or stop with an error naming the range "
+                        "(default: error for an absolute --offset N, else latest)")
     parser.add_argument("--max-messages", type=int, metavar="N", help="exit after N records")
     parser.add_argument("--output", choices=("text", "json"), default="text",
-                        help="text: the value per line; json: one object per record")
+                        help="text: the value per line (or -f); json: one object per record")
+    parser.add_argument("--format", "-f", metavar="FMT",
+                        help=FORMAT_HELP)
     parser.add_argument("--timeout", type=float, metavar="S",
                         help="exit when no record arrives for S seconds (default: never)")
+    parser.add_argument("--timeout-s", type=float, dest="timeout", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tidelog.client import errors
-    from tidelog.client.consumer import Consumer
 
-    if args.offset is not None and args.partition is None:
-        print("error: --offset needs --partition", file=sys.stderr)
+    try:
+        spec = _start_spec(args)
+        render = _renderer(args)
+    except (OffsetSpecError, FormatError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.group is not None and (args.partition is not None or args.offset is not None
+                                   or args.from_time is not None):
+        print("error: --group takes no --partition, --offset or --from-time (the group "
+              "decides; use `tidelog group reset-offsets`)", file=sys.stderr)
         return 2
     try:
-        since_ms = _parse_time(args.from_time) if args.from_time else None
-    except ValueError as exc:
-        print(f"error: --from-time: {exc}", file=sys.stderr)
+        with _sigterm_closes():
+            if args.group is not None:
+                return _consume_group(args, render)
+            return _consume_assigned(args, spec, render)
+    except OutOfRange as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.group is not None:
-        if args.partition is not None or args.offset is not None or since_ms is not None:
-            print("error: --group takes no --partition, --offset or --from-time (the group "
-                  "decides; use `tidelog group reset-offsets`)", file=sys.stderr)
-            return 2
-        return _consume_group(args)
-    try:
-        with Consumer(args.bootstrap, security=args.security,
-                      auto_offset_reset="latest") as consumer:
-            tps = consumer.partitions_for(args.topic)
-            if args.partition is not None:
-                tps = [tp for tp in tps if tp.partition == args.partition]
-                if not tps:
-                    print(f"error: topic {args.topic!r} has no partition {args.partition}",
-                          file=sys.stderr)
-                    return 2
-            consumer.assign(tps)
-            if args.offset is not None:
-                consumer.seek(tps[0], args.offset)
-            elif args.from_beginning:
-                consumer.seek_to_beginning()
-            elif since_ms is not None:
-                found = consumer.offsets_for_times({tp: since_ms for tp in tps})
-                for tp, offset in found.items():
-                    if offset is None:
-                        consumer.seek_to_end([tp])
-                    else:
-                        consumer.seek(tp, offset)
-            else:
-                consumer.seek_to_end()
-            _print_records(consumer, args)
     except errors.TidelogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0
-    return 0
 
 
-def _consume_group(args: argparse.Namespace) -> int:
-    from tidelog.client import errors
+def _start_spec(args: argparse.Namespace) -> OffsetSpec:
+    now_ms = int(time.time() * 1000)
+    if args.offset is not None:
+        return spec_mod.parse_offset_spec(args.offset, now_ms)
+    if args.from_beginning:
+        return spec_mod.START
+    if args.from_time is not None:
+        try:
+            at = spec_mod.parse_time_ms(args.from_time)
+        except ValueError as exc:
+            raise OffsetSpecError(f"--from-time: {exc}") from None
+        return OffsetSpec(spec_mod.Bound(spec_mod.Kind.TIME, at), None, args.from_time)
+    return spec_mod.END
+
+
+def _renderer(args: argparse.Namespace) -> Callable[[Any], str]:
+    if args.format is not None:
+        if args.output == "json":
+            raise FormatError("--format and --output json exclude each other")
+        return compile_format(args.format)
+    return _json if args.output == "json" else _value_line
+
+
+def _consume_assigned(args: argparse.Namespace, spec: OffsetSpec,
+                      render: Callable[[Any], str]) -> int:
     from tidelog.client.consumer import Consumer
 
-    reset = "earliest" if args.from_beginning else "latest"
-    try:
-        with Consumer(args.bootstrap, security=args.security, group_id=args.group,
-                      topics=[args.topic],
-                      auto_offset_reset=reset, client_id="tidelog-cli") as consumer:
-            _print_records(consumer, args)
-    except errors.TidelogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
+    reset = args.reset or ("error" if spec.explicit_offset else "latest")
+    with Consumer(args.bootstrap, security=args.security, auto_offset_reset=reset) as consumer:
+        tps = consumer.partitions_for(args.topic)
+        if args.partition is not None:
+            tps = [tp for tp in tps if tp.partition == args.partition]
+            if not tps:
+                print(f"error: topic {args.topic!r} has no partition {args.partition}",
+                      file=sys.stderr)
+                return 2
+        consumer.assign(tps)
+        starts, stops = _plan(consumer, tps, spec, reset, args.exit_at_end)
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        _print_records(consumer, args, render, stops, lambda _tps: {})
     return 0
 
 
-def _print_records(consumer: object, args: argparse.Namespace) -> int:
-    """Poll and print until --max-messages, or until --timeout seconds pass with no record."""
+def _plan(consumer: Any, tps: list[Any], spec: OffsetSpec, reset: str, exit_at_end: bool
+          ) -> tuple[dict[Any, int], dict[Any, int]]:
+    """Each partition's start offset and, when the spec or -e bounds it, its stop offset."""
+    held = _ranges(consumer, tps)
+    times: dict[int, dict[Any, int | None]] = {}
+
+    def first_at(tp: Any) -> Callable[[int], int | None]:
+        def lookup(ms: int) -> int | None:
+            if ms not in times:
+                times[ms] = consumer.offsets_for_times({p: ms for p in tps})
+            return times[ms].get(tp)
+        return lookup
+
+    starts: dict[Any, int] = {}
+    stops: dict[Any, int] = {}
+    for tp in tps:
+        start = spec_mod.resolve(spec.start, held[tp], first_at(tp))
+        if spec.explicit_offset:
+            start = spec_mod.checked_start(start, held[tp], reset, f"{tp.topic}/{tp.partition}")
+        starts[tp] = start
+        if spec.stop is not None:
+            stops[tp] = spec_mod.resolve(spec.stop, held[tp], first_at(tp))
+        if exit_at_end:
+            stops[tp] = min(stops.get(tp, held[tp].high_watermark), held[tp].high_watermark)
+    return starts, stops
+
+
+def _ranges(consumer: Any, tps: list[Any]) -> dict[Any, PartitionRange]:
+    if not tps:
+        return {}
+    begins = consumer.beginning_offsets(tps)
+    ends = consumer.end_offsets(tps)
+    return {tp: PartitionRange(begins[tp], ends[tp]) for tp in tps}
+
+
+def _consume_group(args: argparse.Namespace, render: Callable[[Any], str]) -> int:
+    from tidelog.client.consumer import Consumer
+
+    reset = args.reset or ("earliest" if args.from_beginning else "latest")
+    with Consumer(args.bootstrap, security=args.security, group_id=args.group,
+                  topics=[args.topic],
+                  auto_offset_reset=reset, client_id="tidelog-cli") as consumer:
+        def ends_of(new: list[Any]) -> dict[Any, int]:
+            return consumer.end_offsets(new) if args.exit_at_end else {}
+        _print_records(consumer, args, render, {}, ends_of)
+    return 0
+
+
+def _print_records(consumer: Any, args: argparse.Namespace, render: Callable[[Any], str],
+                   stops: dict[Any, int], ends_of: Callable[[list[Any]], dict[Any, int]]) -> int:
+    """Poll and print until --max-messages, --timeout seconds without a record, or every
+    partition reached its stop offset (given in `stops`, or for a group's partitions asked of
+    `ends_of` when they are first assigned). A partition at its stop is paused."""
     count = 0
     idle_since = time.monotonic()
+    done: set[Any] = set()
+    bounded = bool(stops) or args.exit_at_end
+    if bounded and args.group is None and _all_done(consumer, stops, done):
+        return 0
     while args.max_messages is None or count < args.max_messages:
         want = None if args.max_messages is None else args.max_messages - count
-        records = consumer.poll(timeout_s=0.5, max_records=want)  # type: ignore[attr-defined]
-        if not records:
-            if args.timeout is not None and time.monotonic() - idle_since >= args.timeout:
-                break
-            continue
-        idle_since = time.monotonic()
-        for record in records:
-            sys.stdout.write(_format(record, args.output))
-        count += len(records)
-        sys.stdout.flush()
+        records = consumer.poll(timeout_s=0.5, max_records=want)
+        if args.group is not None and args.exit_at_end:
+            new = [tp for tp in consumer.assignment() if tp not in stops]
+            if new:
+                stops.update(ends_of(new))
+        shown = [r for r in records if _before_stop(r, stops)]
+        for record in shown:
+            sys.stdout.write(render(record))
+        if shown:
+            sys.stdout.flush()
+            idle_since = time.monotonic()
+        count += len(shown)
+        if bounded and _all_done(consumer, stops, done):
+            break
+        if not records and args.timeout is not None \
+                and time.monotonic() - idle_since >= args.timeout:
+            break
     return count
 
 
-def _parse_time(text: str) -> int:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+def _before_stop(record: Any, stops: dict[Any, int]) -> bool:
+    from tidelog.client import TopicPartition
+
+    stop = stops.get(TopicPartition(record.topic, record.partition))
+    return stop is None or record.offset < stop
 
 
-def _text(data: bytes | None) -> str | None:
-    return None if data is None else data.decode("utf-8", errors="backslashreplace")
+def _all_done(consumer: Any, stops: dict[Any, int], done: set[Any]) -> bool:
+    """Whether every partition read (with a stop) is at or past it; finished ones are paused so
+    their newer records are not fetched for nothing."""
+    assigned = consumer.assignment()
+    if not assigned:
+        return False
+    for tp in assigned:
+        if tp in done:
+            continue
+        stop = stops.get(tp)
+        if stop is None:
+            return False
+        if consumer.position(tp) >= stop:
+            done.add(tp)
+            consumer.pause(tp)
+    return all(tp in done for tp in assigned)
 
 
-def _format(record, output: str) -> str:  # noqa: ANN001 - ConsumerRecord
-    if output == "text":
-        return (_text(record.value) or "") + "\n"
+@contextlib.contextmanager
+def _sigterm_closes() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does: the `with Consumer`
+    block closes the consumer (final commit, LeaveGroup) on the way out and main() returns 130.
+    Without it Python dies at once and the group waits session_timeout_ms (45 s) for the member."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _value_line(record: Any) -> str:
+    return text(record.value) + "\n"
+
+
+def _json(record: Any) -> str:
+    def optional(data: bytes | None) -> str | None:
+        return None if data is None else text(data)
     return json.dumps({
         "topic": record.topic, "partition": record.partition, "offset": record.offset,
-        "timestamp": record.timestamp, "key": _text(record.key), "value": _text(record.value),
-        "headers": {name: _text(value) for name, value in record.headers},
+        "timestamp": record.timestamp, "key": optional(record.key),
+        "value": optional(record.value),
+        "headers": {name: optional(value) for name, value in record.headers},
     }) + "\n"

@@ -21,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--key", help="key of every record")
     keys.add_argument("--key-separator", metavar="SEP",
-                      help="split each input line at the first SEP into key and value")
+                      help="split each input line at the first SEP into key and value; a line "
+                      "without SEP is an error (rc 2: the lines before it are sent, nothing "
+                      "after it) unless --allow-null-key")
+    parser.add_argument("--allow-null-key", action="store_true",
+                        help="with --key-separator: send a line without SEP whole, with a null key")
     parser.add_argument("--value", help="send this one value instead of reading stdin")
     parser.add_argument("--partition", type=int, help="send to this partition")
     parser.add_argument("--header", action="append", default=[], metavar="K=V",
@@ -30,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--partitioner", choices=("xxh3", "murmur2"), default="xxh3")
     parser.add_argument("--linger-ms", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=120.0, metavar="S",
-                        help="give up waiting for acknowledgements after S seconds")
+                        help="give up waiting for acknowledgements after S seconds "
+                        "(default %(default)s)")
+    parser.add_argument("--timeout-s", type=float, dest="timeout", help=argparse.SUPPRESS)
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="print TOPIC/PARTITION@OFFSET of each acknowledged record")
     parser.set_defaults(func=run)
@@ -48,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         headers.append((name, value.encode()))
     failures = 0
+    bad_line: MissingKeySeparator | None = None
+    sent = 0
     pending: deque[RecordFuture] = deque()
 
     def report(done_only: bool) -> None:
@@ -67,17 +75,30 @@ def run(args: argparse.Namespace) -> int:
         with Producer(args.bootstrap, security=args.security, acks=args.acks,
                       linger_ms=args.linger_ms,
                       partitioner=args.partitioner) as producer:
-            for key, value in _records(args):
-                pending.append(producer.send(args.topic, value, key=key, headers=headers,
-                                             partition=args.partition))
-                if len(pending) >= 1000:
-                    report(done_only=True)
+            try:
+                for key, value in _records(args):
+                    pending.append(producer.send(args.topic, value, key=key, headers=headers,
+                                                 partition=args.partition))
+                    sent += 1
+                    if len(pending) >= 1000:
+                        report(done_only=True)
+            except MissingKeySeparator as exc:
+                bad_line = exc  # what was read before it still goes out, and is reported
             producer.flush(args.timeout)
             report(done_only=False)
     except errors.TidelogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if bad_line is not None:
+        print(f"error: {bad_line}; the {sent - failures} record(s) before it were "
+              "acknowledged, nothing after it was sent (--allow-null-key sends such lines with "
+              "a null key)", file=sys.stderr)
+        return 2
     return 1 if failures else 0
+
+
+class MissingKeySeparator(Exception):
+    """A stdin line without the --key-separator: refused rather than sent with a null key."""
 
 
 def _records(args: argparse.Namespace):  # noqa: ANN202 - Iterator[tuple[bytes|None, bytes]]
@@ -85,7 +106,7 @@ def _records(args: argparse.Namespace):  # noqa: ANN202 - Iterator[tuple[bytes|N
     if args.value is not None:
         yield key, args.value.encode()
         return
-    for line in sys.stdin.buffer:
+    for number, line in enumerate(sys.stdin.buffer, start=1):
         line = line.rstrip(b"\r\n")
         if args.key_separator is not None:
             sep = args.key_separator.encode()
@@ -93,6 +114,9 @@ def _records(args: argparse.Namespace):  # noqa: ANN202 - Iterator[tuple[bytes|N
                 k, _, v = line.partition(sep)
                 yield k, v
                 continue
+            if not args.allow_null_key:
+                raise MissingKeySeparator(
+                    f"line {number} has no key separator {args.key_separator!r}")
             yield None, line
             continue
         yield key, line
