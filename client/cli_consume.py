@@ -271,6 +271,10 @@ def _sigterm_closes() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# `tidelog group reset-offsets --to-time` parses its time with this.
+_parse_time = spec_mod.parse_time_ms
+
+
 def _value_line(record: Any) -> str:
     return text(record.value) + "\n"
 
