@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from tidelog.node import errors as E
 from tidelog.node.config import NodeConfig
+from tidelog.node.listeners import address_for_client
 from tidelog.node.metadata import INTERNAL_TOPIC_PREFIX, MetadataState, TopicInfo
 from tidelog.node.metadata_commands import (
     AlterConfigs,
@@ -78,6 +79,14 @@ class ClientApi:
         self._metadata = metadata
         self._replicas = replicas
 
+    def address_for_client(self, node_id: int, fallback: str | None = None) -> str:
+        """Node `node_id`'s address for the client of the current call: its address on the
+        listener the call came in on (node/listeners.py), else its advertised address."""
+        default = self._metadata.state.nodes.get(node_id)
+        if default is None:
+            default = fallback if fallback is not None else self._replicas.client_address(node_id)
+        return address_for_client(self._metadata.state.listeners, node_id, default)
+
     def metadata_response(self, topics: list[str], include_internal: bool) -> pb.MetadataResponse:
         leader = self._metadata.leader_id
         response = pb.MetadataResponse(cluster_id=self.config.cluster_id,
@@ -85,7 +94,7 @@ class ClientApi:
         voters = set(self.config.metadata_voters)
         for node_id, peer_address in sorted(self.config.peers.items()):
             response.nodes.append(pb.NodeInfo(
-                id=node_id, address=self._metadata.state.nodes.get(node_id, peer_address),
+                id=node_id, address=self.address_for_client(node_id, peer_address),
                 alive=self._replicas.alive(node_id),
                 voter=node_id in voters))
         names = topics or sorted(self._metadata.state.topics)
@@ -224,7 +233,7 @@ class ClientApi:
             raise E.NotLeaderError(
                 f"node {self.id} is not the leader of {topic_name}-{partition}; "
                 f"node {leader_id} is",
-                leader_id=leader_id, leader_address=self._replicas.client_address(leader_id))
+                leader_id=leader_id, leader_address=self.address_for_client(leader_id))
         return topic, replica
 
     async def produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
@@ -317,7 +326,7 @@ class ClientApi:
         return E.NotLeaderError(
             f"node {self.id} is no longer the leader of {topic}-{partition}; node {leader} is",
             leader_id=leader,
-            leader_address=self._replicas.client_address(leader))
+            leader_address=self.address_for_client(leader))
 
     # ---------------------------------------------------------------- fetch
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidelog.node.errors import ConfigError
+from tidelog.node.listeners import Listener
 from tidelog.node.security.config import SecurityConfig
 
 
@@ -89,6 +90,8 @@ class NodeConfig:
     # The Prometheus endpoint (docs/metrics.md): "" = the --listen host, port + METRICS_PORT_OFFSET;
     # "off" = none; else HOST:PORT.
     metrics_listen: str = ""
+    # Named client listeners besides the default one (node/listeners.py), e.g. one per network.
+    listeners: tuple[Listener, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +118,29 @@ class NodeConfig:
         if parse_address(self.peer_listen_address) == parse_address(self.listen):
             raise ConfigError(f"--peer-listen {self.peer_listen_address} is the client "
                               "listener's address; it needs a port of its own")
+        self._check_listeners()
+
+    def _check_listeners(self) -> None:
+        """Every named listener binds a port no other listener of this node binds."""
+        bound = {parse_address(self.listen): "--listen",
+                 parse_address(self.peer_listen_address): "--peer-listen"}
+        if self.metrics_address is not None:
+            bound[parse_address(self.metrics_address)] = "--metrics-listen"
+        for listener in self.listeners:
+            parse_address(listener.advertise)
+            address = parse_address(listener.listen)
+            clash = bound.get(address) or next(
+                (what for (host, port), what in bound.items()
+                 if port == address[1] and "0.0.0.0" in (host, address[0])), None)
+            if clash:
+                raise ConfigError(f"listener {listener.name} ({listener.listen}) takes the "
+                                  f"address of {clash}; it needs a port of its own")
+            bound[address] = f"listener {listener.name}"
+
+    @property
+    def advertised_listeners(self) -> dict[str, str]:
+        """listener name → the address this node tells that listener's clients."""
+        return {listener.name: listener.advertise for listener in self.listeners}
 
     @property
     def peer_listen_address(self) -> str:

@@ -17,6 +17,7 @@ from tidelog.node.config import (
     parse_peers,
 )
 from tidelog.node.errors import ConfigError
+from tidelog.node.listeners import parse_listeners
 from tidelog.node.security.config import Authentication, ClientAuth, SecurityConfig
 
 
@@ -31,6 +32,15 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise", default=env("advertise"),
                         help="HOST:PORT clients are told to use (env TIDELOG_ADVERTISE; "
                              "default: the --listen address)")
+    parser.add_argument("--listeners", default=env("listeners", ""),
+                        help="named client listeners besides --listen, one per network, "
+                             "NAME=HOST:PORT,... e.g. internal=0.0.0.0:9092,external=0.0.0.0:19092"
+                             " (env TIDELOG_LISTENERS; node/listeners.py)")
+    parser.add_argument("--advertised-listeners", default=env("advertised_listeners", ""),
+                        help="NAME=HOST:PORT,...: the address each named listener's clients are "
+                             "told, for this node and, in Metadata answers, for every node "
+                             "(env TIDELOG_ADVERTISED_LISTENERS; default: each listener's "
+                             "--listeners address)")
     parser.add_argument("--peer-listen", default=env("peer_listen", ""),
                         help="HOST:PORT to serve the node-to-node API on, never to be reachable "
                              "by clients (env TIDELOG_PEER_LISTEN; default: the --listen host, "
@@ -113,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         tick_ms=args.tick_ms, election_ticks=args.election_ticks,
         peer_listen=args.peer_listen or "", peer_port_offset=args.peer_port_offset,
         security=security_from_args(args), metrics_listen=args.metrics_listen or "",
+        listeners=parse_listeners(args.listeners or "", args.advertised_listeners or ""),
     )
 
 

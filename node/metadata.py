@@ -73,6 +73,9 @@ class MetadataState:
     """What the committed metadata log says. Mutated only by `apply`."""
 
     nodes: dict[int, str] = field(default_factory=dict)  # node id → client address
+    #: node id → its named listeners' advertised addresses (node/listeners.py); only nodes that
+    #: registered some.
+    listeners: dict[int, dict[str, str]] = field(default_factory=dict)
     topics: dict[str, TopicInfo] = field(default_factory=dict)
     deleted_topic_ids: set[int] = field(default_factory=set)
     next_topic_id: int = 1
@@ -138,6 +141,10 @@ class MetadataState:
 
     def _register_node(self, command: RegisterNode) -> dict[str, Any]:
         self.nodes[command.node_id] = command.address
+        if command.listeners:
+            self.listeners[command.node_id] = dict(command.listeners)
+        else:
+            self.listeners.pop(command.node_id, None)
         return {}
 
     def _create_topic(self, command: CreateTopic) -> dict[str, Any]:

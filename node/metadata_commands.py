@@ -44,10 +44,12 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegisterNode:
-    """A node's client-facing (advertised) address."""
+    """A node's client-facing (advertised) address, and those of its named listeners
+    (node/listeners.py; sorted (name, address) pairs, none for a node without any)."""
 
     node_id: int
     address: str
+    listeners: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,8 +174,10 @@ def command_op(command: Command) -> str:
 def encode_command(command: Command) -> bytes:
     body: dict[str, Any] = {"op": command_op(command)}
     match command:
-        case RegisterNode(node_id=node_id, address=address):
+        case RegisterNode(node_id=node_id, address=address, listeners=listeners):
             body.update(node_id=node_id, address=address)
+            if listeners:  # absent when none: the records of older nodes stay byte-identical
+                body["listeners"] = dict(listeners)
         case CreateTopic():
             body.update(name=command.name, partitions=command.partitions,
                         replication_factor=command.replication_factor,
@@ -227,7 +231,8 @@ def decode_command(data: bytes) -> Command:
         case "register_node":
             command: Command = RegisterNode(
                 node_id=fields.integer("node_id", 1, NODE_ID_MAX),
-                address=fields.string("address", ADDRESS_CHARS_MAX))
+                address=fields.string("address", ADDRESS_CHARS_MAX),
+                listeners=fields.string_map("listeners"))
         case "create_topic":
             node_ids = fields.int_list("node_ids", 1, NODE_ID_MAX, NODE_IDS_MAX, optional=True)
             command = CreateTopic(

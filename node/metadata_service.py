@@ -146,13 +146,16 @@ class MetadataService:
 
     async def register_loop(self) -> None:
         """Tell the cluster our client-facing address (retried until the metadata group answers)."""
+        me, listeners = self.config.node_id, self.config.advertised_listeners
         while True:
-            if self.state.nodes.get(self.config.node_id) == self.config.advertise:
+            if (self.state.nodes.get(me) == self.config.advertise
+                    and self.state.listeners.get(me, {}) == listeners):
                 return
             try:
-                await self.propose(
-                    RegisterNode(node_id=self.config.node_id, address=self.config.advertise))
-                log.info("node %d registered as %s", self.config.node_id, self.config.advertise)
+                await self.propose(RegisterNode(node_id=me, address=self.config.advertise,
+                                                listeners=tuple(sorted(listeners.items()))))
+                log.info("node %d registered as %s%s", me, self.config.advertise,
+                         "".join(f", {n}={a}" for n, a in sorted(listeners.items())))
                 return
             except (E.BrokerError, grpc.RpcError, TimeoutError) as exc:
                 log.debug("registration not yet possible: %s", exc)

@@ -35,6 +35,7 @@ from tidelog.node.client_api import ClientApi
 from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.groups.coordinator import GroupCoordinator
+from tidelog.node.listeners import ListenerInterceptor
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command
 from tidelog.node.metadata_service import METADATA_GROUP, MetadataService
@@ -86,6 +87,7 @@ class Node:
             NodeQueueHost(self.metadata, self.replicas, self.api, config))
         self._server: grpc.aio.Server | None = None  # clients: Broker, Health
         self._peer_server: grpc.aio.Server | None = None  # peers only: Cluster, Health
+        self._listener_servers: list[grpc.aio.Server] = []  # named listeners (node/listeners.py)
         self._health_servicer = health.aio.HealthServicer()
         self.metrics = MetricsExporter(config)  # GET /metrics (docs/metrics.md)
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,25 +121,24 @@ class Node:
         add_servicer(self._peer_server, BrokerService(self.api, self.groups),
                      pb.DESCRIPTOR.services_by_name["Broker"])
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._peer_server)
-        self._server = grpc.aio.server(
-            options=CHANNEL_OPTIONS, interceptors=client_interceptors(self.config, self.metadata))
-        add_servicer(self._server, BrokerService(self.api, self.groups),
-                     pb.DESCRIPTOR.services_by_name["Broker"])
-        add_servicer(self._server, QueuesService(self.queues),
-                     qpb.DESCRIPTOR.services_by_name["Queues"])
-        add_quotas_service(self._server, self.metadata)
-        add_security_service(self._server, self.config, self.metadata)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._server)
+        # The default client listener (--listen), then one server per named listener
+        # (node/listeners.py): the same services and interceptors, each call marked with its
+        # listener so that addresses handed out are those of the caller's network.
+        interceptors = client_interceptors(self.config, self.metadata)
+        self._server = self._client_server(interceptors, self.config.listen)
+        self._listener_servers = [
+            self._client_server([ListenerInterceptor(listener.name), *interceptors],
+                                listener.listen)
+            for listener in self.config.listeners]
         if self._peer_dialer.tls is None:
             self._peer_server.add_insecure_port(self.config.peer_listen_address)
-            self._server.add_insecure_port(self.config.listen)
-        else:  # TLS on both; peers always present a certificate of our CA (mTLS)
+        else:  # TLS on every listener; peers always present a certificate of our CA (mTLS)
             self._peer_server.add_secure_port(self.config.peer_listen_address, server_credentials(
                 self._peer_dialer.tls, require_client_auth=True))
-            self._server.add_secure_port(self.config.listen, server_credentials(
-                self._peer_dialer.tls, require_client_auth=client_listener_requires_cert(security)))
         await self._peer_server.start()
         await self._server.start()
+        for server in self._listener_servers:
+            await server.start()
         self.metrics.start(node_collectors(self))
         self.metadata.start()
         self.replicas.start()
@@ -154,11 +155,33 @@ class Node:
         ]
         await self._health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health_servicer.set("tidelog.v1.Broker", health_pb2.HealthCheckResponse.SERVING)
-        log.info("node %d listening on %s (advertised %s; peers on %s; %s), peers %s, data in %s",
-                 self.id, self.config.listen, self.config.advertise,
+        log.info("node %d listening on %s (advertised %s%s; peers on %s; %s), peers %s, "
+                 "data in %s", self.id, self.config.listen, self.config.advertise,
+                 "".join(f"; listener {li.name} on {li.listen}, advertised {li.advertise}"
+                         for li in self.config.listeners),
                  self.config.peer_listen_address,
                  "TLS" if security.tls else "plaintext",
                  ",".join(f"{k}={v}" for k, v in sorted(self.config.peers.items())), self.data_dir)
+
+    def _client_server(self, interceptors: list[grpc.aio.ServerInterceptor],
+                       address: str) -> grpc.aio.Server:
+        """A server of the client services (Broker, Queues, Quotas, Security, Health) bound to
+        `address`, with TLS when the node has it."""
+        server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
+        add_servicer(server, BrokerService(self.api, self.groups),
+                     pb.DESCRIPTOR.services_by_name["Broker"])
+        add_servicer(server, QueuesService(self.queues),
+                     qpb.DESCRIPTOR.services_by_name["Queues"])
+        add_quotas_service(server, self.metadata)
+        add_security_service(server, self.config, self.metadata)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
+        if self._peer_dialer.tls is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, server_credentials(
+                self._peer_dialer.tls,
+                require_client_auth=client_listener_requires_cert(self.config.security)))
+        return server
 
     async def run_until_signal(self) -> None:
         loop = asyncio.get_running_loop()
@@ -180,6 +203,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.metrics.stop()
+        for server in self._listener_servers:
+            await server.stop(grace=1.0)
         if self._server is not None:
             await self._server.stop(grace=1.0)
         if self._peer_server is not None:

@@ -222,7 +222,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
 
     @_unary
     async def FindCoordinator(self, request, context):  # noqa: N802
-        return await self.groups.find_coordinator(request)
+        response = await self.groups.find_coordinator(request)
+        if response.address:  # the coordinator's address on this call's listener
+            response.address = self.api.address_for_client(response.node_id, response.address)
+        return response
 
     @_unary
     async def ConsumerGroupHeartbeat(self, request, context):  # noqa: N802

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tidelog.node.listeners import address_for_client
 from tidelog.node.service import _unary
 from tidelog.proto import queue_pb2_grpc
 
@@ -26,7 +27,11 @@ class QueuesService(queue_pb2_grpc.QueuesServicer):
 
     @_unary
     async def FindQueueCoordinator(self, request, context):  # noqa: N802 - gRPC method names
-        return await self.queues.find_coordinator(request)
+        response = await self.queues.find_coordinator(request)
+        if response.address:  # the coordinator's address on this call's listener
+            response.address = address_for_client(
+                self.queues.host.state.listeners, response.node_id, response.address)
+        return response
 
     @_unary
     async def CreateQueue(self, request, context):  # noqa: N802
