@@ -173,6 +173,10 @@ class _Partition:
     term: int
     queues: dict[str, _Queue] | None = None  # None while loading
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # (last offset, term) of the newest state write proposed: an answer that rests on state
+    # already changed in memory but proposed by an earlier request (a retried settlement
+    # answered from the memory of recent ones) waits for it to commit first.
+    last_proposed: tuple[int, int] | None = None
 
 
 class QueueCoordinator:
@@ -491,7 +495,9 @@ class QueueCoordinator:
             indexes.append(index)
         if items:
             outcomes, deltas = queue.core.settle(request.consumer_id, items, _now_ms())
-            waiter = self._propose(entry, queue, deltas)
+            # No deltas: answered from state an earlier, maybe uncommitted, write made (a retry
+            # answered OK from the memory of recent settlements): that write commits first.
+            waiter = self._propose(entry, queue, deltas) or self._not_committed(entry)
             for outcome in outcomes:
                 result = settle_result(indexes[outcome.index], outcome,
                                         items[outcome.index].kind)
@@ -748,6 +754,7 @@ class QueueCoordinator:
             batch = encode_batch([(k, v, (), now) for k, v in records], codec=Codec.LZ4)
             header = validate_batch(batch, max_bytes=self.host.batch_bytes_max)
             ((_, last),) = replica.propose([(batch, header)])
+            entry.last_proposed = (last, term)
         except (NotLeader, ProposalDropped):
             self._lost(entry)
         except Exception as exc:
@@ -761,6 +768,13 @@ class QueueCoordinator:
                 f"{QUEUE_STATE_TOPIC}-{entry.partition}: state write failed ({exc}); the "
                 "coordinator is reloading, retry shortly") from None
         return last, term
+
+    @staticmethod
+    def _not_committed(entry: _Partition) -> tuple[int, int] | None:
+        """The newest write proposed in this term, if it is not committed yet (a committed one
+        needs no wait, and its entry may since have been compacted)."""
+        last = entry.last_proposed
+        return last if last is not None and entry.replica.commit_index < last[0] else None
 
     async def _await_commit(self, entry: _Partition, waiter: tuple[int, int] | None,
                             timeout_s: float = WRITE_TIMEOUT_S) -> None:

@@ -195,3 +195,40 @@ def test_dead_letters_on_a_short_retention_dlq_land_once_across_dlq_leader_resta
     assert msgs[2].offset in got and set(got) <= {m.offset for m in msgs}
     stats = admin.describe_queue("ret-q").stats
     assert [p.dead_letter_pending for p in stats.partitions] == [0]
+
+
+def test_a_retry_answered_from_memory_waits_for_the_first_attempts_commit(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    """The first attempt of an ack is applied in the coordinator's memory and proposed, but
+    cannot commit: both followers of its __queue_state partition are SIGSTOPped. Its retry
+    finds the ack in the memory of recent settlements. It must not answer OK before that
+    write commits (before: OK at once, an ack no majority had, which a failover could lose).
+    Once the followers are back, the retry is answered OK."""
+    admin.create_topic("commit", partitions=1, replication_factor=3)
+    create_queue(queues, "commit-q", ["commit"])
+    produce(cluster, "commit", [(None, b"once", [])])
+    (m,) = receive_until(queues, "commit-q", "c", 1, ack=False)
+    found = queues.coordinator("commit-q")
+    leader = cluster.settled_leader_of("__queue_state", found.partition)
+    stub = queues.stub(cluster.node(leader).address)
+    request = qpb.SettleRequest(queue="commit-q", consumer_id="c", settlements=[
+        qpb.Settlement(topic=m.topic, partition=m.partition, first_offset=m.offset,
+                       last_offset=m.offset, delivery_count=m.delivery_count,
+                       action=qpb.ACK)])
+    followers = [n.id for n in cluster.nodes if n.id != leader]
+    for node_id in followers:
+        cluster.pause(node_id)
+    outcomes = []
+    try:
+        for _ in range(2):   # well within the leader's CheckQuorum (one election timeout)
+            try:
+                stub.Settle(request, timeout=0.3)
+                outcomes.append("OK")
+            except grpc.RpcError as exc:
+                outcomes.append(exc.code().name)  # type: ignore[attr-defined]
+    finally:
+        for node_id in followers:
+            cluster.resume(node_id)
+    assert "OK" not in outcomes, f"answered before a majority had it: {outcomes}"
+    final = queues.call("Settle", request, "commit-q", timeout_s=60)
+    assert not final.results, final
