@@ -1,0 +1,238 @@
+"""The asyncio consumer's fetcher: one long-poll Fetch task per leader, a bounded prefetch
+buffer, and the sync client's sans-I/O decoding (client/fetcher.py `PartitionFetchState`,
+`complete_batches`, `decode_fetched`).
+
+Positions, fetch offsets, epochs (a seek discards replies for an older epoch), the prefetch
+bound and the round-robin hand-out are the sync fetcher's (see its theory of operation). Two
+differences, both about failures:
+* a reply is applied partition by partition, and a partition whose result raises records the
+  error for the next ``getmany`` without keeping the reply's other partitions in flight;
+* a damaged batch stays at the head of its partition: every ``getmany`` raises CorruptBatch
+  again until the user seeks past it (as Kafka does), it is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from tidelog.client import errors
+from tidelog.client.aio.metadata import AioMetadata
+from tidelog.client.aio.waiting import wait_event
+from tidelog.client.config import ConsumerConfig
+from tidelog.client.fetcher import PartitionFetchState, complete_batches, decode_fetched
+from tidelog.client.records import ConsumerRecord, TopicPartition
+
+__all__ = ["AioFetcher"]
+
+_log = logging.getLogger(__name__)
+_DEADLINE_MARGIN_S = 5.0
+
+
+class AioFetcher:
+    def __init__(self, config: ConsumerConfig, metadata: AioMetadata) -> None:
+        self._config = config
+        self._metadata = metadata
+        self.states: dict[TopicPartition, PartitionFetchState] = {}
+        self._inflight: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self.arrived = asyncio.Event()
+        self._errors: list[errors.TidelogError] = []
+        self._rotation = 0
+
+    # --- assignment and positions ---------------------------------------------------------------
+
+    def assign(self, tps: Iterable[TopicPartition]) -> None:
+        wanted = list(dict.fromkeys(tps))
+        self.states = {tp: self.states.get(tp) or PartitionFetchState() for tp in wanted}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        st = self.states[tp]
+        st.clear()
+        st.position = st.fetch_offset = offset
+
+    def buffered_bytes(self) -> int:
+        return (sum(st.raw_bytes for st in self.states.values())
+                + sum(reserved for reserved, _ in self._inflight.values()))
+
+    def raise_errors(self) -> None:
+        if self._errors:
+            error = self._errors.pop(0)
+            raise error
+
+    # --- fetching --------------------------------------------------------------------------------
+
+    def send_fetches(self) -> None:
+        from tidelog.proto import broker_pb2
+
+        now = time.monotonic()
+        budget = self._config.prefetch_bytes_max - self.buffered_bytes()
+        per_partition = self._config.partition_fetch_bytes_max
+        by_leader: dict[str, list[TopicPartition]] = {}
+        for tp, st in self.states.items():
+            if (st.paused or st.inflight or st.fetch_offset is None or st.out_of_range
+                    or now < st.retry_at_s or st.raw_bytes >= per_partition):
+                continue
+            leader = self._metadata.leader_address(tp.topic, tp.partition)
+            if leader is None:
+                self._metadata.mark_stale(tp.topic)
+                st.retry_at_s = now + self._config.retry_backoff_ms / 1000
+                continue
+            if leader not in self._inflight:
+                by_leader.setdefault(leader, []).append(tp)
+        loop = asyncio.get_running_loop()
+        for leader, tps in by_leader.items():
+            if budget < per_partition:
+                return
+            request_bytes = min(self._config.fetch_max_bytes, budget)
+            parts = []
+            asked: dict[TopicPartition, int] = {}
+            for tp in tps[: max(1, request_bytes // per_partition)]:
+                st = self.states[tp]
+                parts.append(broker_pb2.FetchPartition(
+                    topic=tp.topic, partition=tp.partition, offset=st.fetch_offset,
+                    max_bytes=per_partition))
+                st.inflight = True
+                asked[tp] = st.epoch
+            reserved = min(request_bytes, per_partition * len(parts))
+            budget -= reserved
+            request = broker_pb2.FetchRequest(
+                partitions=parts, max_wait_ms=self._config.fetch_max_wait_ms,
+                min_bytes=self._config.fetch_min_bytes, max_bytes=reserved)
+            task = loop.create_task(self._fetch(leader, asked, request))
+            self._inflight[leader] = (reserved, task)
+
+    async def _fetch(self, leader: str, asked: dict[TopicPartition, int], request: object) -> None:
+        timeout_s = (self._config.request_timeout_ms + self._config.fetch_max_wait_ms) / 1000
+        try:
+            response = await self._metadata.aio.call(leader, "Fetch", request,
+                                                     timeout_s=timeout_s + _DEADLINE_MARGIN_S)
+        except errors.TidelogError as exc:
+            _log.info("fetch from %s failed: %s", leader, exc)
+            retry_at = time.monotonic() + self._config.retry_backoff_ms / 1000
+            for tp in asked:
+                st = self.states.get(tp)
+                if st is not None and st.epoch == asked[tp]:
+                    st.retry_at_s = retry_at
+                self._metadata.mark_stale(tp.topic)
+            return
+        finally:
+            self._inflight.pop(leader, None)
+            for tp, epoch in asked.items():  # every partition asked is free again, whatever
+                st = self.states.get(tp)
+                if st is not None and st.epoch == epoch:
+                    st.inflight = False
+            self.arrived.set()
+        for result in response.partitions:
+            tp = TopicPartition(result.topic, result.partition)
+            st = self.states.get(tp)
+            if st is None or asked.get(tp) != st.epoch:
+                continue  # unassigned or sought since: stale
+            try:
+                self._apply(tp, st, result)
+            except errors.TidelogError as exc:
+                self._errors.append(exc)
+                st.retry_at_s = time.monotonic() + self._config.retry_backoff_ms / 1000
+
+    def _apply(self, tp: TopicPartition, st: PartitionFetchState, result: object) -> None:
+        code = result.error  # type: ignore[attr-defined]
+        st.high_watermark = result.high_watermark  # type: ignore[attr-defined]
+        st.log_start_offset = result.log_start_offset  # type: ignore[attr-defined]
+        if code:
+            leader_id = result.leader_id  # type: ignore[attr-defined]
+            error = errors.from_code(code, result.error_message,  # type: ignore[attr-defined]
+                                     subject=str(tp), leader_id=leader_id)
+            if isinstance(error, errors.OffsetOutOfRange):
+                st.out_of_range = errors.OffsetOutOfRange(
+                    f"{tp}: offset {st.fetch_offset} is out of range (log start "
+                    f"{st.log_start_offset}, high watermark {st.high_watermark})",
+                    topic=tp.topic, partition=tp.partition, offset=st.fetch_offset or -1,
+                    log_start_offset=st.log_start_offset, high_watermark=st.high_watermark)
+                return
+            if not error.retriable and not isinstance(error, errors.TopicNotFound):
+                raise error
+            self._metadata.mark_stale(
+                tp.topic, partition=tp.partition, leader_id=leader_id,
+                leader_address=self._metadata.node_address(leader_id) or "")
+            st.retry_at_s = time.monotonic() + self._config.retry_backoff_ms / 1000
+            return
+        data = result.batches  # type: ignore[attr-defined]
+        if not data:
+            return
+        assert st.fetch_offset is not None
+        spans, next_offset = complete_batches(data, st.fetch_offset)
+        if next_offset == st.fetch_offset and not spans:
+            from tidelog.proto import batch as codec
+
+            header = codec.decode_header(data)
+            if header.size > len(data):
+                raise errors.MessageTooLarge(
+                    f"{tp}: the batch at offset {header.base_offset} is {header.size} bytes, "
+                    f"more than partition_fetch_bytes_max "
+                    f"({self._config.partition_fetch_bytes_max}); raise it to read on")
+        view = memoryview(data)
+        for pos, size in spans:
+            st.raw.append(view[pos: pos + size])
+            st.raw_bytes += size
+        st.fetch_offset = next_offset
+
+    # --- handing out records ------------------------------------------------------------------
+
+    def take(self, max_records: int) -> list[ConsumerRecord]:
+        """Up to max_records buffered records, round-robin over unpaused partitions. A damaged
+        head batch raises, and raises again on the next call (until a seek)."""
+        out: list[ConsumerRecord] = []
+        for st in self.states.values():
+            if (not st.ready and not st.raw and st.fetch_offset is not None
+                    and st.position is not None and st.fetch_offset > st.position):
+                st.position = st.fetch_offset  # past control batches: commits reach the end
+        tps = [tp for tp, st in self.states.items() if not st.paused and (st.ready or st.raw)]
+        if not tps:
+            return out
+        self._rotation = (self._rotation + 1) % len(tps)
+        tps = tps[self._rotation:] + tps[: self._rotation]
+        for tp in tps:
+            st = self.states[tp]
+            while len(out) < max_records:
+                if not st.ready:
+                    if not st.raw:
+                        break
+                    assert st.position is not None
+                    if out:  # hand out what we have before a possibly damaged batch
+                        try:
+                            decoded = decode_fetched(tp.topic, tp.partition, st.raw[0],
+                                                     st.position)
+                        except errors.TidelogError:
+                            return out
+                    else:
+                        decoded = decode_fetched(tp.topic, tp.partition, st.raw[0], st.position)
+                    raw = st.raw.popleft()
+                    st.raw_bytes -= len(raw)
+                    st.ready.extend(decoded)
+                    continue
+                want = max_records - len(out)
+                if len(st.ready) <= want:
+                    out.extend(st.ready)
+                    st.ready.clear()
+                else:
+                    out.extend(st.ready.popleft() for _ in range(want))
+                st.position = out[-1].offset + 1
+            if len(out) >= max_records:
+                break
+        return out
+
+    def out_of_range(self) -> list[tuple[TopicPartition, errors.OffsetOutOfRange]]:
+        return [(tp, st.out_of_range) for tp, st in self.states.items() if st.out_of_range]
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until a reply arrives or timeout_s passes."""
+        await wait_event(self.arrived, timeout_s)
+        self.arrived.clear()
+
+    async def close(self) -> None:
+        tasks = [task for _, task in self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._inflight.clear()

@@ -1,0 +1,126 @@
+"""The asyncio client's metadata cache: the sync client's `Metadata` cache (leaders, nodes,
+staleness, NOT_LEADER hints: no I/O) with its four I/O methods awaited instead of blocking.
+
+The cache methods (`cached_topic`, `leader_address`, `node_address`, `nodes`, `mark_stale`,
+`stale_topics`) are inherited unchanged; the blocking ones (`describe`, `refresh`, `topic`,
+`call_any`) raise, so nothing on the event loop can block on them by mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from tidelog.client import errors
+from tidelog.client.aio.connection import AioConnections
+from tidelog.client.metadata import (
+    ClusterDescription,
+    Metadata,
+    TopicDescription,
+    _description_from,
+)
+
+__all__ = ["AioMetadata"]
+
+
+class AioMetadata(Metadata):
+    def __init__(self, connections: AioConnections, bootstrap: tuple[str, ...], *,
+                 request_timeout_ms: int, max_age_ms: int, retry_backoff_ms: int) -> None:
+        super().__init__(None, bootstrap, request_timeout_ms=request_timeout_ms,  # type: ignore[arg-type]
+                         max_age_ms=max_age_ms, retry_backoff_ms=retry_backoff_ms)
+        self.aio = connections
+
+    # --- awaited I/O ------------------------------------------------------------------------------
+
+    async def describe_async(self, topics: Iterable[str] | None = None, *,
+                             include_internal: bool = False) -> ClusterDescription:
+        """One Metadata call; updates the cache like Metadata.describe."""
+        from tidelog.proto import broker_pb2
+
+        request = broker_pb2.MetadataRequest(topics=list(topics or ()),
+                                             include_internal=include_internal)
+        description = _description_from(await self.call_any_async("Metadata", request))
+        now = self._clock()
+        with self._lock:
+            for node in description.nodes:
+                self._nodes[node.id] = node
+            for topic in description.topics:
+                self._topics[topic.name] = topic
+                self._refreshed_at[topic.name] = now
+                self._stale.discard(topic.name)
+            for name, error in description.topic_errors.items():
+                if isinstance(error, errors.TopicNotFound):
+                    self._topics.pop(name, None)
+                self._refreshed_at[name] = now
+        return description
+
+    async def refresh_async(self, topics: Iterable[str]) -> None:
+        """Refresh these topics unless refreshed within retry_backoff_ms."""
+        now = self._clock()
+        due = [n for n in sorted(set(topics))
+               if now - self._refreshed_at.get(n, -1e18) >= self._backoff_s]
+        if due:
+            await self.describe_async(due)
+
+    async def topic_async(self, name: str, *, timeout_s: float) -> TopicDescription:
+        """Like Metadata.topic: TopicNotFound when the cluster says so, Timeout when it cannot
+        be reached within timeout_s."""
+        cached = self._topics.get(name)
+        if cached is not None and not self._is_old(name):
+            return cached
+        deadline = time.monotonic() + timeout_s
+        last_error: errors.TidelogError | None = None
+        while True:
+            try:
+                description = await self.describe_async([name])
+            except errors.TidelogError as exc:
+                if not exc.retriable:
+                    raise
+                last_error = exc
+            else:
+                error = description.topic_errors.get(name)
+                if error is not None and not error.retriable:
+                    raise error
+                last_error = error
+                found = self._topics.get(name)
+                if error is None and found is not None:
+                    return found
+            if time.monotonic() >= deadline:
+                raise errors.Timeout(f"topic {name!r}: no usable metadata after "
+                                     f"{timeout_s:.1f} s (last error: {last_error})")
+            await asyncio.sleep(self._backoff_s)
+
+    async def call_any_async(self, method: str, request: object, *,
+                             service: str = "broker") -> Any:
+        """The call on the first node that answers (last good, known alive, bootstrap)."""
+        failures: list[str] = []
+        for address in self._candidates():
+            try:
+                response = await self.aio.call(address, method, request,
+                                               timeout_s=self._timeout_s, service=service)
+            except errors.TidelogError as exc:
+                if not exc.retriable:
+                    raise
+                failures.append(f"{address}: {exc}")
+                continue
+            self._last_good = address
+            return response
+        raise errors.NoBrokersAvailable(
+            f"no node answered {method}; tried " + "; ".join(failures)
+            + " (check the bootstrap addresses and that the cluster is up)")
+
+    # --- the blocking twins must not run on the loop --------------------------------------------
+
+    def describe(self, *args: object, **kwargs: object) -> ClusterDescription:
+        raise TypeError("AioMetadata: use `await describe_async(...)`")
+
+    def refresh(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("AioMetadata: use `await refresh_async(...)`")
+
+    def topic(self, *args: object, **kwargs: object) -> TopicDescription:
+        raise TypeError("AioMetadata: use `await topic_async(...)`")
+
+    def call_any(self, *args: object, **kwargs: object) -> object:
+        raise TypeError("AioMetadata: use `await call_any_async(...)`")

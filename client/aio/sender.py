@@ -1,0 +1,262 @@
+"""The asyncio producer's sender: one task that drains the sync client's RecordAccumulator and
+drives its DeliveryState (sequence numbers, in-flight window, retries in order, abandon and
+fencing: client/delivery.py's rules 1-6, unchanged), with one task per Produce request.
+
+Everything runs on the event loop, so no state is shared with another thread. Each round:
+1. get a producer id if idempotent and there is none (a task of its own: a slow node does not
+   hold up the sends of partitions whose leaders answer);
+2. refresh stale metadata (a task of its own, one at a time);
+3. for each partition with a retry or a ready batch whose leader is known: send what the delivery
+   rules allow (retries first, then new batches);
+4. expire batches past delivery_timeout_ms;
+5. wait for the next linger deadline, backoff end, reply or new batch (at most 100 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from tidelog.client import errors
+from tidelog.client.accumulator import ProducerBatch, RecordAccumulator
+from tidelog.client.aio.metadata import AioMetadata
+from tidelog.client.aio.waiting import wait_event
+from tidelog.client.config import ProducerConfig
+from tidelog.client.delivery import DeliveryState, Failure
+from tidelog.client.records import TopicPartition
+
+__all__ = ["AioSender"]
+
+_log = logging.getLogger(__name__)
+_IDLE_WAIT_S = 0.1
+_DEADLINE_MARGIN_S = 0.5  # as the sync sender: the broker's REQUEST_TIMED_OUT comes first
+_LEADERSHIP_ERRORS = (errors.NotLeader, errors.LeaderNotAvailable, errors.NodeUnavailable,
+                      errors.Timeout, errors.TopicNotFound)
+
+
+class AioSender:
+    def __init__(self, config: ProducerConfig, accumulator: RecordAccumulator,
+                 metadata: AioMetadata, *, transactional_id: str = "") -> None:
+        from tidelog.proto import batch as codec
+        from tidelog.proto import broker_pb2
+
+        self._config = config
+        self._accumulator = accumulator
+        self._metadata = metadata
+        self.delivery = DeliveryState(
+            idempotent=config.idempotent, max_in_flight=config.max_in_flight,
+            retries=config.retries, retry_backoff_ms=config.retry_backoff_ms,
+            retry_backoff_ms_max=config.retry_backoff_ms_max)
+        self.delivery.transactional_id = transactional_id
+        self._codec = codec.Codec.LZ4 if config.compression == "lz4" else codec.Codec.NONE
+        self._acks = broker_pb2.ACKS_ALL if config.acks == "all" else broker_pb2.ACKS_LEADER
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._forced = False
+        self._pid_task: asyncio.Task[None] | None = None
+        self._pid_retry_at = 0.0
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.requests_sent = 0
+        self.retries_sent = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tidelog-aio-sender")
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def stop(self, *, timeout_s: float | None) -> None:
+        """Deliver what is queued (up to timeout_s), then fail the rest with ClientClosed."""
+        self._stopping = True
+        self.wake()
+        assert self._task is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            self._forced = True
+            self.wake()
+            await self._task
+        for task in (self._pid_task, self._refresh_task):
+            if task is not None and not task.done():
+                task.cancel()
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                timeout = self._run_once()
+                if self._stopping and self._finished():
+                    return
+                if timeout > 0:
+                    await wait_event(self._wakeup, timeout)
+                else:
+                    await asyncio.sleep(0)
+                self._wakeup.clear()
+        except Exception:  # pragma: no cover - a bug; make it loud and fail what is pending
+            _log.exception("asyncio producer sender crashed")
+            self._fail_everything(errors.TidelogError("the producer's sender crashed; see log"))
+            raise
+
+    def _finished(self) -> bool:
+        if self._forced:
+            self._fail_everything(errors.ClientClosed("producer closed before delivery"))
+            return not self._inflight
+        return not self._accumulator.has_incomplete()
+
+    def _run_once(self) -> float:
+        now = time.monotonic()
+        if (self._config.idempotent and not self._forced and now >= self._pid_retry_at
+                and (self.delivery.producer_id < 0 or self.delivery.needs_new_producer_id)
+                and (self._pid_task is None or self._pid_task.done())):
+            self._pid_task = asyncio.get_running_loop().create_task(self._init_producer_id())
+        stale = self._metadata.stale_topics()
+        if stale and not self._forced and (self._refresh_task is None
+                                           or self._refresh_task.done()):
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh(stale))
+        ready, next_wake = self._accumulator.ready(now)
+        if not self._forced:
+            with_retries = [tp for tp, st in self.delivery.partitions.items() if st.retry]
+            for tp in dict.fromkeys([*with_retries, *ready]):
+                self._send_partition(tp, now)
+        for batch in self._accumulator.expire(now):
+            self._fail(batch, errors.Timeout(
+                f"{batch.tp}: batch of {batch.record_count} records expired after "
+                f"delivery_timeout_ms ({self._config.delivery_timeout_ms} ms) without being "
+                "sent (no leader reachable?)"))
+        self._fail_all(self.delivery.expire(now))
+        for st in self.delivery.partitions.values():
+            if st.retry and st.backoff_until_s > now:
+                next_wake = st.backoff_until_s if next_wake is None else min(
+                    next_wake, st.backoff_until_s)
+        if next_wake is None:
+            return _IDLE_WAIT_S
+        return max(0.0, min(_IDLE_WAIT_S, next_wake - time.monotonic()))
+
+    async def _refresh(self, topics: set[str]) -> None:
+        try:
+            await self._metadata.refresh_async(topics)
+        except errors.TidelogError as exc:
+            _log.info("metadata refresh failed: %s", exc)
+        self.wake()
+
+    def _send_partition(self, tp: TopicPartition, now: float) -> None:
+        leader = self._metadata.leader_address(tp.topic, tp.partition)
+        if leader is None:
+            self._metadata.mark_stale(tp.topic)
+            return
+        batch = self.delivery.next_retry(tp, now)
+        if batch is not None:
+            self.retries_sent += 1
+            self._send(batch, leader)
+            return
+        while self.delivery.can_send_new(tp, now):
+            batch = self._accumulator.drain(tp, now)
+            if batch is None:
+                return
+            self.delivery.assign(batch)
+            if self._encode(batch):
+                self._send(batch, leader)
+
+    def _encode(self, batch: ProducerBatch) -> bool:
+        from tidelog.proto import batch as codec
+
+        try:
+            encoded = codec.encode_batch(
+                batch.records, codec=self._codec, producer_id=batch.producer_id,
+                producer_epoch=batch.producer_epoch, base_sequence=batch.base_sequence)
+        except codec.BatchError as exc:
+            self._fail_unsent(batch, errors.InvalidBatch(f"{batch.tp}: cannot encode: {exc}"))
+            return False
+        if len(encoded) > self._config.request_bytes_max:
+            self._fail_unsent(batch, errors.MessageTooLarge(
+                f"{batch.tp}: encoded batch of {len(encoded)} bytes exceeds request_bytes_max "
+                f"({self._config.request_bytes_max})"))
+            return False
+        batch.set_encoded(encoded)
+        return True
+
+    def _fail_unsent(self, batch: ProducerBatch, error: BaseException) -> None:
+        # a sequenced batch that never left: a failed send, so the sequences stay coherent
+        self.delivery.sent(batch)
+        later = self.delivery.failed(batch, errors.InvalidBatch("not sent"), float("inf"))
+        self._fail_all([(batch, error), *[f for f in later if f[0] is not batch]])
+
+    def _send(self, batch: ProducerBatch, leader: str) -> None:
+        self.delivery.sent(batch)
+        self.requests_sent += 1
+        task = asyncio.get_running_loop().create_task(self._produce(batch, leader))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _produce(self, batch: ProducerBatch, leader: str) -> None:
+        from tidelog.proto import broker_pb2
+
+        remaining_s = batch.deadline_s - time.monotonic()
+        timeout_ms = max(1, int(min(self._config.request_timeout_ms, remaining_s * 1000)))
+        request = broker_pb2.ProduceRequest(
+            topic=batch.tp.topic, partition=batch.tp.partition, acks=self._acks,
+            timeout_ms=timeout_ms, batches=batch.encoded)
+        try:
+            response = await self._metadata.aio.call(
+                leader, "Produce", request, timeout_s=timeout_ms / 1000 + _DEADLINE_MARGIN_S,
+                subject=str(batch.tp))
+        except errors.TidelogError as exc:
+            self._on_error(batch, exc)
+        except asyncio.CancelledError:
+            self._fail_all(self.delivery.failed(batch, errors.ClientClosed(
+                f"{batch.tp}: request cancelled by close(); the batch may or may not have "
+                "been written"), float("inf")))
+            raise
+        else:
+            self.delivery.succeeded(batch)
+            batch.result.complete(response.base_offset, batch.timestamps_ms)
+            self._accumulator.release(batch)
+        finally:
+            self.wake()
+
+    def _on_error(self, batch: ProducerBatch, error: errors.TidelogError) -> None:
+        if isinstance(error, _LEADERSHIP_ERRORS):
+            hint = error if isinstance(error, errors.NotLeader) else None
+            self._metadata.mark_stale(
+                batch.tp.topic, partition=batch.tp.partition,
+                leader_id=hint.leader_id if hint else -1,
+                leader_address=hint.leader_address if hint else "")
+        _log.debug("%s: attempt %d failed: %s", batch.tp, batch.attempts, error)
+        self._fail_all(self.delivery.failed(batch, error, time.monotonic()))
+        if self.delivery.fenced is not None:  # delivery.py rule 6
+            self._fail_everything(self.delivery.fenced)
+
+    def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
+        timestamps = batch.timestamps_ms if batch.encoded is not None else [
+            r[3] for r in batch.records]
+        batch.result.fail(error, timestamps)
+        self._accumulator.release(batch)
+
+    def _fail_all(self, failures: list[Failure]) -> None:
+        for batch, error in failures:
+            self._fail(batch, error)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        for batch in self._accumulator.abort_all():
+            self._fail(batch, error)
+        self._fail_all(self.delivery.abort(error))
+        for task in list(self._inflight):
+            task.cancel()
+
+    async def _init_producer_id(self) -> None:
+        from tidelog.proto import broker_pb2
+
+        try:
+            response = await self._metadata.call_any_async(
+                "InitProducerId", broker_pb2.InitProducerIdRequest(
+                    transactional_id=self.delivery.transactional_id))
+        except errors.TidelogError as exc:
+            _log.info("InitProducerId failed (will retry): %s", exc)
+            self._pid_retry_at = time.monotonic() + self._config.retry_backoff_ms / 1000
+            return
+        self.delivery.set_producer_id(response.producer_id, response.producer_epoch)
+        self.wake()
