@@ -35,8 +35,6 @@ import yaml
 from tidelog.client import Admin, Consumer, Producer, QueueConsumer, TopicPartition
 from tidelog.node.local_cluster import LocalCluster
 
-from tests.clusters import running_cluster
-
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +64,7 @@ def free_port() -> int:
 
 
 def wait_for(what: str, probe: Callable[[], T], done: Callable[[T], bool],
-             timeout_s: float = WAIT_S_MAX, every_s: float = 0.5) -> T:
+             timeout_s: float = WAIT_S_MAX, every_s: float = 0.25) -> T:
     """probe() until done(value); fails naming the last value (or error) after timeout_s."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -136,24 +134,10 @@ def scrape_config(cluster: LocalCluster) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("prometheus-cluster"),
-                         env={"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2",
-                              "TIDELOG_QUEUE_STATE_PARTITIONS": "2"}) as running:
-        with Admin(running.bootstrap) as admin:
-            admin.create_topic(LAG_TOPIC, partitions=1, replication_factor=3)
-            admin.create_topic(KILL_TOPIC, partitions=KILL_PARTITIONS, replication_factor=3)
-        yield running
+CLUSTER_ENV = {"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "2"}
 
 
-@pytest.fixture(scope="module")
-def prometheus(cluster: LocalCluster,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    if not Path(PROMETHEUS).is_file() or shutil.which("promtool") is None:
-        pytest.skip("Debian's prometheus package is not installed (as root: apt-get install "
-                    "prometheus; .ci/run does it)")
-    directory = tmp_path_factory.mktemp("prometheus")
+def start_prometheus(cluster: LocalCluster, directory: Path) -> PrometheusServer:
     config_path = directory / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(scrape_config(cluster)))
     address = f"127.0.0.1:{free_port()}"
@@ -164,17 +148,47 @@ def prometheus(cluster: LocalCluster,
              f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address={address}",
              "--storage.tsdb.retention.time=1h", "--log.level=warn"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = PrometheusServer(process, address, log_path)
+    return PrometheusServer(process, address, log_path)
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[LocalCluster, PrometheusServer]]:
+    """The cluster and its Prometheus, started together (Prometheus's first scrapes take a few
+    seconds to begin, the nodes too); both stopped by their PIDs whatever happens."""
+    if not Path(PROMETHEUS).is_file() or shutil.which("promtool") is None:
+        pytest.skip("Debian's prometheus package is not installed (as root: apt-get install "
+                    "prometheus; .ci/run does it)")
+    directory = tmp_path_factory.mktemp("prometheus-cluster")
+    running = LocalCluster(3, directory / "cluster", env=CLUSTER_ENV)
+    server = start_prometheus(running, directory)
     try:
-        wait_for("Prometheus to be ready", lambda: server.get("/api/v1/status/buildinfo"),
-                 lambda info: bool(info["version"]), timeout_s=READY_S_MAX)
-        # Every node scraped successfully at least once.
-        wait_for("all three nodes up", lambda: server.scalar('sum(up{job="tidelog"})'),
-                 lambda up: up == 3, timeout_s=READY_S_MAX)
-        yield server
+        running.start()
+        try:
+            running.wait_healthy(timeout_s=60)
+            with Admin(running.bootstrap) as admin:
+                admin.create_topic(LAG_TOPIC, partitions=1, replication_factor=3)
+                admin.create_topic(KILL_TOPIC, partitions=KILL_PARTITIONS, replication_factor=3)
+            wait_for("Prometheus to be ready", lambda: server.get("/api/v1/status/buildinfo"),
+                     lambda info: bool(info["version"]), timeout_s=READY_S_MAX)
+            wait_for("all three nodes up", lambda: server.scalar('sum(up{job="tidelog"})'),
+                     lambda up: up == 3, timeout_s=READY_S_MAX)
+            yield running, server
+        finally:
+            running.stop()
     finally:
         server.stop()
-        print(f"prometheus log ({log_path}):\n{log_path.read_text()[-3000:]}")
+        print(f"prometheus log ({server.log_path}):\n{server.log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def cluster(monitored: tuple[LocalCluster, PrometheusServer]) -> LocalCluster:
+    return monitored[0]
+
+
+@pytest.fixture(scope="module")
+def prometheus(monitored: tuple[LocalCluster, PrometheusServer]) -> PrometheusServer:
+    return monitored[1]
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -240,9 +254,9 @@ def test_lag_seconds_grows_while_paused_and_falls_when_resumed(
         # Paused, polled (so it stays in the group), and never handed a record: the lag in
         # seconds keeps growing with the clock.
         assert consumer.poll(timeout_s=0.2) == []
-        later = wait_for("lag in seconds to grow by 2 s",
+        later = wait_for("lag in seconds to grow by 1.5 s",
                          lambda: (consumer.poll(timeout_s=0.2), group_lag_seconds(prometheus))[1],
-                         lambda lag: lag is not None and lag >= first + 2)
+                         lambda lag: lag is not None and lag >= first + 1.5)
         # ...and it is the age of the first record not consumed, no older.
         assert later <= time.monotonic() - produce_started + 1.0, (later, first)
 
@@ -287,6 +301,35 @@ def test_under_replicated_after_a_kill_and_back_after_restart(
     wait_for("under-replicated partitions back to 0", lambda: prometheus.scalar(under),
              lambda n: n == 0, timeout_s=40)
     assert prometheus.scalar('sum(up{job="tidelog"})') == 3
+
+
+def test_majority_loss_takes_partitions_offline_and_the_metadata_leader(
+        cluster: LocalCluster, prometheus: PrometheusServer) -> None:
+    """Two of three nodes SIGKILLed: the survivor's partitions know no leader, no node leads the
+    metadata group, and both critical alerts go pending; all is well again after the restart."""
+    survivor = cluster.node(1)
+    offline = f'max(tidelog_partitions_offline{{instance="{survivor.metrics_address}"}})'
+    for node_id in (2, 3):
+        cluster.kill(node_id)
+    try:
+        wait_for("partitions offline on the survivor", lambda: prometheus.scalar(offline),
+                 lambda n: n is not None and n > 0)
+        wait_for("no metadata leader", lambda: prometheus.scalar("sum(tidelog_metadata_leader)"),
+                 lambda n: n == 0)
+        wait_for(
+            "offline and no-metadata-leader alerts pending",
+            lambda: {a["labels"]["alertname"] for a in prometheus.get("/api/v1/alerts")["alerts"]},
+            lambda seen: {"TidelogPartitionsOffline", "TidelogNoMetadataLeader"} <= seen)
+    finally:
+        for node_id in (2, 3):
+            cluster.start(node_id)
+    cluster.wait_healthy(timeout_s=30)
+    wait_for("a metadata leader, and every partition led and in sync",
+             lambda: prometheus.query(
+                 "(sum(tidelog_metadata_leader) == 1)"
+                 " and on() (max(tidelog_partitions_offline) == 0)"
+                 " and on() (max(tidelog_partitions_under_replicated) == 0)"),
+             lambda result: len(result) == 1, timeout_s=40)
 
 
 def firing(prometheus: PrometheusServer) -> set[tuple[str, str | None]]:
