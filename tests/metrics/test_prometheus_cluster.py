@@ -10,6 +10,8 @@ shipped, so the shipped rules and the dashboard's queries are exercised against 
 - lag in seconds grows while a group's consumer is paused and falls to 0 once it resumes;
 - under-replicated partitions go above 0 after a node is SIGKILLed (and the node-down and
   under-replicated alerts go pending) and back to 0 after it restarts;
+- with two of three nodes killed, partitions go offline and no node leads the metadata group
+  (both critical alerts go pending);
 - a rejected queue message fires the dead-letter alert.
 
 One cluster and one Prometheus serve the module; both are stopped by their PIDs, pass or fail.
