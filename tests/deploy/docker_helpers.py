@@ -127,6 +127,20 @@ class ComposeProject:
                 raise AssertionError(f"not healthy within {timeout_s} s: {detail}")
             time.sleep(1)
 
+    def client(self, *args: str, stdin: str | None = None, entrypoint: str = "tidelog",
+               timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run `tidelog ARGS` (or another entrypoint) in a fresh container of the same image on the
+        project's `clients` network: a client in another container, as users run one."""
+        cmd = ["docker", "run", "--rm", "-i", "--network", self.network("clients"),
+               "--entrypoint", entrypoint, self.image, *args]
+        proc = subprocess.run(cmd, input=stdin or "", capture_output=True, text=True,
+                              timeout=timeout_s)
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+                f"\n--- stderr\n{proc.stderr[-4000:]}")
+        return proc
+
     def dump_logs(self) -> None:
         proc = self.compose("logs", "--no-color", "--tail", "200", check=False)
         print(f"--- logs of compose project {self.name}\n{proc.stdout}{proc.stderr}")

@@ -8,6 +8,7 @@ engine (skipped with the reason when none answers) and the Python client.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 
@@ -71,14 +72,62 @@ def _confirmed_leaders(project: ComposeProject, topic: str) -> dict[int, object]
     return views
 
 
+# What a client in another container runs to see the node addresses it is told (Metadata on
+# the default listener, node1:9091).
+LIST_NODES = ("import json; from tidelog.client import Admin\n"
+              "with Admin('node1:9091') as admin:\n"
+              "    print(json.dumps({n.id: n.address for n in admin.list_nodes()}))")
+
+
+def _clients_in_a_container_and_on_the_host(project: ComposeProject) -> None:
+    """Issue 15: a client container on the compose network (`--bootstrap node1:9091`) is told the
+    nodes' nodeN:9091 addresses and lists, produces and consumes with the CLI; a host client on
+    the published ports reads what it wrote and writes back; the container reads that too."""
+    deadline = time.monotonic() + 60
+    inside = {str(i): f"node{i}:9091" for i in range(1, project.nodes + 1)}
+    while (seen := json.loads(project.client(
+            "-c", LIST_NODES, entrypoint="/opt/tidelog/bin/python").stdout)) != inside:
+        assert time.monotonic() < deadline, f"a client container was told {seen}"
+        time.sleep(1)
+    cli = ("--bootstrap", "node1:9091")
+    project.client(*cli, "topic", "create", "boxed", "--partitions", "3",
+                   "--replication-factor", "3")
+    assert "boxed" in project.client(*cli, "topic", "list").stdout.split()
+    lines = [f"k{i}:from-container-{i}" for i in range(20)]
+    project.client(*cli, "produce", "boxed", "--key-separator", ":",
+                   stdin="".join(f"{line}\n" for line in lines))
+
+    tps = [TopicPartition("boxed", p) for p in range(3)]
+    values: list[bytes] = []
+    with Consumer(project.bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign(tps)
+        deadline = time.monotonic() + 30
+        while len(values) < len(lines):
+            assert time.monotonic() < deadline, f"the host read {values}"
+            values.extend(r.value for r in consumer.poll(timeout_s=1.0))
+    assert sorted(values) == sorted(line.split(":", 1)[1].encode() for line in lines)
+    with Producer(project.bootstrap, acks="all") as producer:
+        for i in range(10):
+            producer.send("boxed", f"from-host-{i}".encode(),
+                          key=f"h{i}".encode()).result(timeout=30)
+
+    out = project.client(*cli, "consume", "boxed", "--from-beginning", "--max-messages", "30",
+                         "--timeout", "30").stdout.split()
+    assert sorted(out) == sorted([line.split(":", 1)[1] for line in lines]
+                                 + [f"from-host-{i}" for i in range(10)]), out
+
+
 def test_three_nodes_come_up_healthy_and_advertise_host_reachable_addresses(
     compose_project: type[ComposeProject],
 ) -> None:
-    """Healthchecks pass; Metadata tells host clients 127.0.0.1:<published port>; peers reach
-    each other as peerN on the internal network only, so disconnecting it is a real partition."""
+    """Healthchecks pass; Metadata tells host clients 127.0.0.1:<published port> and containers
+    nodeN:9091 (per-network listeners), and clients on both sides work; peers reach each other
+    as peerN on the internal network only, so disconnecting it is a real partition."""
+    started = time.monotonic()
     project = compose_project()
     project.up()
     project.wait_healthy(_services(3), timeout_s=HEALTHY_S_MAX)
+    print(f"healthy after {time.monotonic() - started:.1f} s")
     # One data volume per node (v1 also creates the idle volumes of the `monitoring` profile).
     assert {f"{project.name}_node{i}-data" for i in (1, 2, 3)} <= set(project.volumes())
 
@@ -88,6 +137,10 @@ def test_three_nodes_come_up_healthy_and_advertise_host_reachable_addresses(
         while {n.id: n.address for n in admin.list_nodes()} != expected:
             assert time.monotonic() < deadline, f"advertised: {admin.list_nodes()}"
             time.sleep(1)
+
+    started = time.monotonic()
+    _clients_in_a_container_and_on_the_host(project)
+    print(f"clients in a container and on the host: {time.monotonic() - started:.1f} s")
 
     assert _health_exit_code(project, "node1", "peer2:9091") == 0
     assert _health_exit_code(project, "node1", "peer3:9091") == 0
