@@ -126,6 +126,27 @@ class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
                 raise errors.from_code(result.error, result.error_message,
                                        subject=f"topic {result.name!r}")
 
+    def create_partitions(self, topic: str, total: int, *, validate_only: bool = False,
+                          wait: bool = True) -> None:
+        """Grow `topic` to `total` partitions (Kafka's createPartitions); raises InvalidPartitions
+        when `total` is not more than it has (partitions never shrink: their records cannot
+        move), TopicNotFound, PolicyViolation for an internal topic. The new partitions are
+        placed like create_topic's. Producers and consumers see them at their next metadata
+        refresh (a keyed record may then go to another partition than before). With `wait`,
+        returns once every partition has a leader."""
+        from tidelog.proto import broker_pb2
+
+        request = broker_pb2.CreatePartitionsRequest(
+            topics=[broker_pb2.PartitionsSpec(topic=topic, total=total)],
+            validate_only=validate_only, timeout_ms=int(self._timeout_s * 1000))
+        response = self._retrying("CreatePartitions", request)
+        for result in response.results:
+            if result.error:
+                raise errors.from_code(result.error, result.error_message,
+                                       subject=f"topic {result.name!r}")
+        if wait and not validate_only:
+            self._wait_for_leaders(topic, partitions=total)
+
     def list_topics(self, *, include_internal: bool = False) -> list[str]:
         description = self._metadata.describe(None, include_internal=include_internal)
         return sorted(t.name for t in description.topics)
@@ -343,12 +364,14 @@ class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
                                      f"(last error: {error})")
             time.sleep(self.config.retry_backoff_ms / 1000)
 
-    def _wait_for_leaders(self, name: str) -> None:
+    def _wait_for_leaders(self, name: str, *, partitions: int = 1) -> None:
+        """Until the topic has at least `partitions` partitions, each with a leader (the node
+        answering may apply the metadata change a moment after the one that committed it)."""
         deadline = time.monotonic() + self._timeout_s
         while True:
             description = self._metadata.describe([name])
             topic = next((t for t in description.topics if t.name == name), None)
-            if topic is not None and topic.partitions and all(
+            if topic is not None and len(topic.partitions) >= partitions and all(
                     p.leader_id >= 0 for p in topic.partitions):
                 return
             if time.monotonic() >= deadline:

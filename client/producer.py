@@ -122,8 +122,9 @@ class Producer:
         if isinstance(key, str):
             key = key.encode()
         tps = self._tps.get(topic)
-        if tps is None or self._metadata.cached_topic(topic) is None:
-            tps = self._load_topic(topic)
+        cached = self._metadata.cached_topic(topic)
+        if tps is None or cached is None or len(cached.partitions) != len(tps):
+            tps = self._load_topic(topic)  # first send, or the topic grew (a refresh saw it)
         count = len(tps)
         if partition is None:
             partition = (self._hash(key, count) if key is not None

@@ -20,6 +20,7 @@ from tidelog.node.metadata import INTERNAL_TOPIC_PREFIX, MetadataState, TopicInf
 from tidelog.node.metadata_commands import (
     AlterConfigs,
     Command,
+    CreatePartitions,
     CreateTopic,
     DeleteTopic,
     InitProducer,
@@ -185,6 +186,29 @@ class ClientApi:
             delete=tuple(request.delete), validate_only=request.validate_only))
         raise_result(result)
         return pb.AlterConfigsResponse(result=_topic_result(request.topic, result))
+
+    async def create_partitions(
+            self, request: pb.CreatePartitionsRequest) -> pb.CreatePartitionsResponse:
+        """Grow topics through the metadata log; answers once the new partitions have leaders
+        (best effort, like create_topics), so a producer that refreshes can use them at once."""
+        response = pb.CreatePartitionsResponse()
+        timeout_s = _timeout_s(request.timeout_ms, 10_000)
+        self._check_topic_count(len(request.topics))
+        grown = []
+        for spec in request.topics:
+            try:
+                _refuse_internal(spec.topic, "given partitions")
+                result = await self._metadata.propose(CreatePartitions(
+                    name=spec.topic, total=spec.total,
+                    node_ids=tuple(sorted(self.config.peers)),
+                    validate_only=request.validate_only), timeout_s)
+            except (E.InvalidRequestError, E.PolicyViolationError) as exc:
+                result = {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
+            response.results.append(_topic_result(spec.topic, result))
+            if "error" not in result and not request.validate_only:
+                grown.append(spec.topic)
+        await self._replicas.wait_for_leaders(grown, min(timeout_s, 10.0))
+        return response
 
     async def init_producer_id(
             self, request: pb.InitProducerIdRequest) -> pb.InitProducerIdResponse:

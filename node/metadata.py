@@ -14,6 +14,7 @@ from typing import Any
 
 from tidelog.node.errors import (
     BrokerError,
+    InvalidPartitionsError,
     InvalidRequestError,
     ProducerFencedError,
     TopicExistsError,
@@ -25,6 +26,7 @@ from tidelog.node.metadata_commands import (
     Command,
     CommandError,
     CreateAcls,
+    CreatePartitions,
     CreateTopic,
     DeleteAcls,
     DeleteTopic,
@@ -114,6 +116,8 @@ class MetadataState:
                     return self._delete_topic(command)
                 case AlterConfigs():
                     return self._alter_configs(command)
+                case CreatePartitions():
+                    return self._create_partitions(command)
                 case AllocateProducerId():
                     return self._new_producer()
                 case InitProducer():
@@ -187,6 +191,27 @@ class MetadataState:
         if not command.validate_only:
             topic.configs = merged
         return {"configs": effective_configs(merged)}
+
+    def _create_partitions(self, command: CreatePartitions) -> dict[str, Any]:
+        """Grow only: a partition's records cannot move, so shrinking would lose them. The
+        new partitions continue create_topic's round-robin from the topic's rotation (its id),
+        on the topic's replication factor."""
+        topic = self.topics.get(command.name)
+        if topic is None:
+            raise UnknownTopicError(f"topic {command.name!r} does not exist")
+        current = topic.partitions
+        if command.total <= current:
+            raise InvalidPartitionsError(
+                f"topic {command.name!r} has {current} partitions; it can only grow (asked for "
+                f"{command.total}): a partition's records cannot be moved to others")
+        node_ids = sorted(set(command.node_ids) if command.node_ids is not None else self.nodes)
+        replication_factor = len(topic.replicas[0])
+        validate_layout(command.total, replication_factor, len(node_ids))
+        if command.validate_only:
+            return {"partitions": current}
+        layout = assign_replicas(command.total, replication_factor, node_ids, topic.topic_id)
+        topic.replicas.extend(layout[current:])
+        return {"partitions": command.total, "previous": current}
 
     def _new_producer(self) -> dict[str, Any]:
         producer_id = self.next_producer_id

@@ -68,6 +68,18 @@ class DeleteTopic:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CreatePartitions:
+    """Grow a topic to `total` partitions; the new ones are placed on `node_ids` (None: every
+    registered node) as create_topic would have placed them, so a grown topic looks like one
+    created with `total` partitions."""
+
+    name: str
+    total: int
+    node_ids: tuple[int, ...] | None = None
+    validate_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AlterConfigs:
     name: str
     set: tuple[tuple[str, str], ...] = ()
@@ -148,14 +160,15 @@ class RemoveQuota:
 
 
 Command = (RegisterNode | CreateTopic | DeleteTopic | AlterConfigs | AllocateProducerId
-           | InitProducer | SetQuota | RemoveQuota | UpsertUser | DeleteUser | CreateAcls
-           | DeleteAcls)
+           | CreatePartitions | InitProducer | SetQuota | RemoveQuota | UpsertUser | DeleteUser
+           | CreateAcls | DeleteAcls)
 
 _OPS: dict[type, str] = {
     RegisterNode: "register_node",
     CreateTopic: "create_topic",
     DeleteTopic: "delete_topic",
     AlterConfigs: "alter_configs",
+    CreatePartitions: "create_partitions",
     AllocateProducerId: "allocate_producer_id",
     InitProducer: "init_producer",
     SetQuota: "set_quota",
@@ -189,6 +202,11 @@ def encode_command(command: Command) -> bytes:
         case AlterConfigs():
             body.update(name=command.name, set=dict(command.set), delete=list(command.delete),
                         validate_only=command.validate_only)
+        case CreatePartitions():
+            body.update(name=command.name, total=command.total,
+                        validate_only=command.validate_only)
+            if command.node_ids is not None:
+                body["node_ids"] = list(command.node_ids)
         case AllocateProducerId():
             pass
         case InitProducer():
@@ -248,6 +266,13 @@ def decode_command(data: bytes) -> Command:
             command = AlterConfigs(
                 name=fields.string("name", NAME_CHARS_MAX), set=fields.string_map("set"),
                 delete=tuple(fields.string_list("delete")),
+                validate_only=fields.boolean("validate_only"))
+        case "create_partitions":
+            node_ids = fields.int_list("node_ids", 1, NODE_ID_MAX, NODE_IDS_MAX, optional=True)
+            command = CreatePartitions(
+                name=fields.string("name", NAME_CHARS_MAX),
+                total=fields.integer("total", -INT32_MAX, INT32_MAX),
+                node_ids=tuple(node_ids) if node_ids is not None else None,
                 validate_only=fields.boolean("validate_only"))
         case "allocate_producer_id":
             command = AllocateProducerId()

@@ -203,6 +203,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
         return await self.api.alter_configs(request)
 
     @_unary
+    async def CreatePartitions(self, request, context):  # noqa: N802
+        return await self.api.create_partitions(request)
+
+    @_unary
     async def Produce(self, request, context):  # noqa: N802
         return await observed_produce(self.api.produce, request)
 

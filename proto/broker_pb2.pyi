@@ -296,6 +296,30 @@ class AlterConfigsResponse(_message.Message):
     result: TopicResult
     def __init__(self, result: _Optional[_Union[TopicResult, _Mapping]] = ...) -> None: ...
 
+class PartitionsSpec(_message.Message):
+    __slots__ = ("topic", "total")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    total: int
+    def __init__(self, topic: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
+
+class CreatePartitionsRequest(_message.Message):
+    __slots__ = ("topics", "validate_only", "timeout_ms")
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    topics: _containers.RepeatedCompositeFieldContainer[PartitionsSpec]
+    validate_only: bool
+    timeout_ms: int
+    def __init__(self, topics: _Optional[_Iterable[_Union[PartitionsSpec, _Mapping]]] = ..., validate_only: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class CreatePartitionsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TopicResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[TopicResult, _Mapping]]] = ...) -> None: ...
+
 class ProduceRequest(_message.Message):
     __slots__ = ("topic", "partition", "acks", "timeout_ms", "batches")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class BrokerStub:
                 request_serializer=tidelog_dot_proto_dot_broker__pb2.AlterConfigsRequest.SerializeToString,
                 response_deserializer=tidelog_dot_proto_dot_broker__pb2.AlterConfigsResponse.FromString,
                 _registered_method=True)
+        self.CreatePartitions = channel.unary_unary(
+                '/tidelog.v1.Broker/CreatePartitions',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.CreatePartitionsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.CreatePartitionsResponse.FromString,
+                _registered_method=True)
         self.Produce = channel.unary_unary(
                 '/tidelog.v1.Broker/Produce',
                 request_serializer=tidelog_dot_proto_dot_broker__pb2.ProduceRequest.SerializeToString,
@@ -146,6 +151,14 @@ class BrokerServicer:
 
     def AlterConfigs(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePartitions(self, request, context):
+        """Grow topics to `total` partitions each (never shrink: INVALID_PARTITIONS); the new
+        partitions are placed like CreateTopics places a topic's. Answers once they have leaders.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -252,6 +265,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.AlterConfigs,
                     request_deserializer=tidelog_dot_proto_dot_broker__pb2.AlterConfigsRequest.FromString,
                     response_serializer=tidelog_dot_proto_dot_broker__pb2.AlterConfigsResponse.SerializeToString,
+            ),
+            'CreatePartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePartitions,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.CreatePartitionsRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.CreatePartitionsResponse.SerializeToString,
             ),
             'Produce': grpc.unary_unary_rpc_method_handler(
                     servicer.Produce,
@@ -444,6 +462,33 @@ class Broker:
             '/tidelog.v1.Broker/AlterConfigs',
             tidelog_dot_proto_dot_broker__pb2.AlterConfigsRequest.SerializeToString,
             tidelog_dot_proto_dot_broker__pb2.AlterConfigsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/CreatePartitions',
+            tidelog_dot_proto_dot_broker__pb2.CreatePartitionsRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.CreatePartitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

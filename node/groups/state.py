@@ -273,12 +273,16 @@ class GroupCoordinatorCore:
 
     def set_partition_counts(self, counts: Mapping[str, int], now_ms: int) -> list[Record]:
         """Topic metadata changed: recompute groups whose subscribed topics changed size, and
-        drop the offsets of topics that no longer exist (tombstones)."""
+        drop the offsets of topics that no longer exist (tombstones). A group whose target
+        does not cover exactly its subscribed partitions is recomputed too: a coordinator
+        loaded after a topic grew starts with the new counts, so comparing counts alone missed
+        it and the group never got the new partitions (issue 15)."""
         old, self.partition_counts = self.partition_counts, dict(counts)
         records: list[Record] = []
         for group in self.groups.values():
             topics = self._subscribed_topics(group)
-            if any(old.get(t, 0) != counts.get(t, 0) for t in topics):
+            if any(old.get(t, 0) != counts.get(t, 0) for t in topics) or \
+                    not self._target_covers(group, topics):
                 self._bump_epoch(group, now_ms)
                 records.append(self._snapshot_record(group))
             gone = [tp for tp in group.offsets if tp.topic not in counts]
@@ -419,6 +423,15 @@ class GroupCoordinatorCore:
             topics.update(t for t in self.partition_counts
                           if not t.startswith("__") and pattern.fullmatch(t))
         return topics
+
+    def _target_covers(self, group: Group, topics: set[str]) -> bool:
+        """Whether the target assigns exactly the subscribed topics' partitions (every
+        assignor's contract), i.e. it was computed with the current partition counts."""
+        if not group.members:
+            return True
+        targeted = {tp for tps in group.target.values() for tp in tps}
+        return targeted == {TopicPartition(t, p) for t in topics
+                            for p in range(self.partition_counts.get(t, 0))}
 
     def _bump_epoch(self, group: Group, now_ms: int) -> None:
         """Membership or subscriptions changed: new group epoch, new target assignment."""
