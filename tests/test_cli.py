@@ -43,3 +43,30 @@ def test_demo_kills_a_leader_and_loses_nothing() -> None:
     header, rule, row = [line for line in done.stdout.splitlines() if line.strip()][-4:-1]
     assert header.split()[:5] == ["sent", "acknowledged", "failed", "read", "back"]
     assert row.split()[4] == "0", done.stdout  # lost
+
+
+def test_every_command_module_loads() -> None:
+    """A module that fails to import is only reported when parsing fails; here it fails CI."""
+    from tidelog.client import cli
+
+    cli._broken.clear()
+    parser = build_parser()
+    assert cli._broken == []
+    names = {name for path in subcommand_paths() for name in path[:1]}
+    assert {"profile", "completion", "topic", "consume"} <= names, names
+    assert parser.prog == "tidelog"
+
+
+def test_the_docs_name_every_global_flag_and_variable() -> None:
+    from pathlib import Path
+
+    from tidelog.client.cli import GLOBAL_OPTIONS
+    from tidelog.client.profiles import ENV_VARS
+
+    docs = (Path(__file__).parent.parent / "docs" / "client.md").read_text()
+    section = docs.split("## Configuration: bootstrap, profiles, environment", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    for option in GLOBAL_OPTIONS:
+        assert f"`{option.flag}" in section, option.flag
+    for variable in ENV_VARS.values():
+        assert f"`{variable}`" in section, variable
