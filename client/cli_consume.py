@@ -48,11 +48,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="consume as a member of group G: partitions are shared with the "
                         "group's other members and progress is committed (auto-commit); starts "
                         "at the group's committed offsets, else as --from-beginning says")
+    # Specs and formats are parsed by argparse (type=): a bad one is a usage error, rc 2, before
+    # anything is asked of a node (cli.py probes the cluster before calling run()).
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--offset", "-o", metavar="SPEC", help=spec_mod.HELP)
+    start.add_argument("--offset", "-o", metavar="SPEC", type=_offset_spec, help=spec_mod.HELP)
     start.add_argument("--from-beginning", action="store_true",
                        help="start at the log start of each partition (= --offset start)")
-    start.add_argument("--from-time", metavar="ISO8601",
+    start.add_argument("--from-time", metavar="ISO8601", type=_time_spec,
                        help="start at the first record at or after this time "
                        "(e.g. 2025-01-31T12:00:00Z; a time without zone is UTC; = --offset @TIME)")
     parser.add_argument("--exit-at-end", "-e", action="store_true",
@@ -63,10 +65,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "at its log start, at its end, or stop with an error naming the range "
                         "(default: error for an absolute --offset N, else latest)")
     parser.add_argument("--max-messages", type=int, metavar="N", help="exit after N records")
-    parser.add_argument("--output", choices=("text", "json"), default="text",
-                        help="text: the value per line (or -f); json: one object per record")
-    parser.add_argument("--format", "-f", metavar="FMT",
-                        help=FORMAT_HELP)
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--output", choices=("text", "json"), default="text",
+                       help="text: the value per line; json: one object per record")
+    shape.add_argument("--format", "-f", metavar="FMT", type=_format, help=FORMAT_HELP)
     parser.add_argument("--timeout", type=float, metavar="S",
                         help="exit when no record arrives for S seconds (default: never)")
     parser.add_argument("--timeout-s", type=float, dest="timeout", help=argparse.SUPPRESS)
@@ -76,12 +78,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     from tidelog.client import errors
 
-    try:
-        spec = _start_spec(args)
-        render = _renderer(args)
-    except (OffsetSpecError, FormatError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    spec = _start_spec(args)
+    render = args.format or (_json if args.output == "json" else _value_line)
     if args.group is not None and (args.partition is not None or args.offset is not None
                                    or args.from_time is not None):
         print("error: --group takes no --partition, --offset or --from-time (the group "
@@ -103,26 +101,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_spec(args: argparse.Namespace) -> OffsetSpec:
-    now_ms = int(time.time() * 1000)
     if args.offset is not None:
-        return spec_mod.parse_offset_spec(args.offset, now_ms)
-    if args.from_beginning:
-        return spec_mod.START
+        return args.offset
     if args.from_time is not None:
-        try:
-            at = spec_mod.parse_time_ms(args.from_time)
-        except ValueError as exc:
-            raise OffsetSpecError(f"--from-time: {exc}") from None
-        return OffsetSpec(spec_mod.Bound(spec_mod.Kind.TIME, at), None, args.from_time)
-    return spec_mod.END
+        return args.from_time
+    return spec_mod.START if args.from_beginning else spec_mod.END
 
 
-def _renderer(args: argparse.Namespace) -> Callable[[Any], str]:
-    if args.format is not None:
-        if args.output == "json":
-            raise FormatError("--format and --output json exclude each other")
-        return compile_format(args.format)
-    return _json if args.output == "json" else _value_line
+def _offset_spec(text: str) -> OffsetSpec:
+    try:
+        return spec_mod.parse_offset_spec(text, int(time.time() * 1000))
+    except OffsetSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time_spec(text: str) -> OffsetSpec:
+    try:
+        at = spec_mod.parse_time_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return OffsetSpec(spec_mod.Bound(spec_mod.Kind.TIME, at), None, text)
+
+
+def _format(text: str) -> Callable[[Any], str]:
+    try:
+        return compile_format(text)
+    except FormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _consume_assigned(args: argparse.Namespace, spec: OffsetSpec,

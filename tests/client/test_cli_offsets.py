@@ -6,7 +6,7 @@ test_cli_consume_produce_cluster.py."""
 from __future__ import annotations
 
 import pytest
-from tidelog.client.cli import main
+from tidelog.client.cli import build_parser, main
 from tidelog.client.offset_spec import (
     INT64_MAX,
     Bound,
@@ -114,26 +114,31 @@ def test_format_errors(fmt: str, message: str) -> None:
         compile_format(fmt)
 
 
-@pytest.mark.parametrize("argv", [
-    ["consume", "t", "--offset", "999999999999999999999999"],
-    ["consume", "t", "-o", "soon"],
-    ["consume", "t", "-f", "%x"],
-    ["consume", "t", "-f", "%v", "--output", "json"],
-    ["consume", "t", "--group", "g", "-o", "start"],
+@pytest.mark.parametrize(("argv", "message"), [
+    (["consume", "t", "--offset", "999999999999999999999999"], "larger than the largest offset"),
+    (["consume", "t", "-o", "soon"], "'soon' is not an offset: expected start"),
+    (["consume", "t", "--from-time", "noon"], "argument --from-time: 'noon'"),
+    (["consume", "t", "-f", "%x"], "unknown field %x"),
+    (["consume", "t", "-f", "%v", "--output", "json"], "not allowed with argument"),
 ])
-def test_bad_arguments_are_rc_2_before_any_connection(
-        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    # The bootstrap is a closed port: rc 2 with a line proves nothing was asked of a node.
-    assert main(["--bootstrap", "127.0.0.1:1", *argv]) == 2
+def test_bad_arguments_are_usage_errors_before_any_connection(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """rc 2 from argparse: raised while parsing, so before the CLI probes or asks any node."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--bootstrap", "127.0.0.1:1", *argv])
+    assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert "tidelog consume: error: " in err and message in err and "Traceback" not in err
 
 
-def test_negative_and_duration_values_are_taken_after_o(capsys: pytest.CaptureFixture[str]
-                                                        ) -> None:
-    """argparse reads a word starting with '-' as an option: `-o -1h` and `-o -10:end` must be
-    the option's value (rc 2 here comes from `--group` refusing -o, not from argparse)."""
-    for value in ("-1h", "-10", "-10:end", "-15m:end"):
-        assert main(["--bootstrap", "127.0.0.1:1", "consume", "t", "--group", "g",
-                     "-o", value]) == 2
-        assert "--group takes no" in capsys.readouterr().err
+@pytest.mark.parametrize(("value", "start"), [
+    ("-1h", Bound(Kind.TIME, 0)), ("-10", Bound(Kind.BEFORE_END, 10)),
+    ("-10:end", Bound(Kind.BEFORE_END, 10)), ("-15m:end", Bound(Kind.TIME, 0)),
+])
+def test_negative_and_duration_values_are_taken_after_o(value: str, start: Bound) -> None:
+    """argparse reads a word starting with '-' as an option unless it looks like a negative
+    number: `-o -1h` and `-o -10:end` must still be the option's value."""
+    args = build_parser().parse_args(["consume", "t", "-o", value])
+    assert args.offset.start.kind is start.kind
+    if start.kind is Kind.BEFORE_END:
+        assert args.offset.start == start
