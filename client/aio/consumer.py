@@ -166,7 +166,12 @@ class AIOConsumer:
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             fetcher.raise_errors()
-            await self._reset_positions()
+            try:
+                await self._reset_positions()
+            except errors.TidelogError as exc:
+                if not exc.retriable:
+                    raise
+                _log.info("looking up positions failed (will retry): %s", exc)
             paused: list[TopicPartition] = []
             if tps:
                 paused = [tp for tp, st in fetcher.states.items() if tp not in tps

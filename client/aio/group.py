@@ -57,9 +57,12 @@ class AioCoordinator:
                 return await self._metadata.aio.call(
                     address, method, request, timeout_s=max(0.1, remaining),
                     subject=f"group {self.group_id!r}")
-            except _COORDINATOR_ERRORS as exc:
-                last = exc
-                self._address = None
+            except errors.TidelogError as exc:
+                if not exc.retriable and not isinstance(exc, _COORDINATOR_ERRORS):
+                    raise
+                last = exc  # e.g. the offsets topic still being created: retry until timeout
+                if isinstance(exc, _COORDINATOR_ERRORS):
+                    self._address = None
             await asyncio.sleep(min(self._backoff_s, max(0.0, deadline - time.monotonic())))
 
     async def _coordinator(self) -> str:

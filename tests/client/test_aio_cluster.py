@@ -7,7 +7,7 @@ offsets their futures reported, and seek/offsets_for_times find them; two AIOCon
 group split the partitions and between them read each record once, and the group's lag is 0
 after their commits; queue receive + ack settles every message (none redelivered); the admin
 calls; an idempotent producer keeps every record exactly once across a SIGKILL of the
-partition's leader (last: it restarts the node).
+partition's leader (the module's last test: the node is not restarted).
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def test_queue_receive_and_ack(cluster: LocalCluster, security: ClientSecurity) 
             assert await consumer.receive(max_messages=10, timeout_s=0.5) == []
         with Admin(cluster.bootstrap, security=security) as sync_admin:
             stats = sync_admin.describe_queue(queue).stats
-        assert getattr(stats, "acked", count) == count or stats.to_dict()
+        assert (stats.acked_total, stats.in_flight, stats.redelivered_total) == (count, 0, 0), \
+            stats.to_dict()
 
     asyncio.run(run())
 
@@ -226,7 +227,7 @@ def test_admin_topics(cluster: LocalCluster, security: ClientSecurity) -> None:
 def test_idempotent_produce_survives_a_leader_kill(cluster: LocalCluster,
                                                    security: ClientSecurity) -> None:
     topic = name("aio-failover")
-    total = 600
+    total = 400
     seed = random.randrange(2**32)
     print(f"seed={seed}")
     rng = random.Random(seed)
@@ -248,7 +249,8 @@ def test_idempotent_produce_survives_a_leader_kill(cluster: LocalCluster,
                     await asyncio.sleep(0.01)
             await producer.flush(90)
             metas = [f.result() for f in futures]
-            assert producer.metrics()["retries_sent"] + producer.metrics()["requests_sent"] > 0
+            print("producer metrics:", producer.metrics())
+            assert producer.metrics()["retries_sent"] >= 1  # batches sent to the dead leader
         offsets = [m.offset for m in metas]
         assert offsets == sorted(offsets) and len(set(offsets)) == total
         assert cluster.leader_of(topic, 0) != leader
@@ -261,8 +263,4 @@ def test_idempotent_produce_survives_a_leader_kill(cluster: LocalCluster,
         assert values == list(range(total))  # none lost, no duplicate, in order
         assert [r.offset for r in records] == offsets
 
-    try:
-        asyncio.run(run())
-    finally:
-        cluster.start()
-        cluster.wait_healthy(timeout_s=60)
+    asyncio.run(run())  # the module's last test: the killed node stays down (module teardown)
