@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from tidelog.client import cli_common
 from tidelog.client import offset_spec as spec_mod
 from tidelog.client.offset_spec import OffsetSpec, OffsetSpecError, OutOfRange, PartitionRange
 from tidelog.client.record_format import HELP as FORMAT_HELP
@@ -82,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     render = args.format or (_json if args.output == "json" else _value_line)
     if args.group is not None and (args.partition is not None or args.offset is not None
                                    or args.from_time is not None):
-        print("error: --group takes no --partition, --offset or --from-time (the group "
-              "decides; use `tidelog group reset-offsets`)", file=sys.stderr)
+        cli_common.error(args, "--group takes no --partition, --offset or --from-time (the "
+                         "group decides; use `tidelog group reset-offsets`)")
         return 2
     try:
         with _sigterm_closes():
@@ -91,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
                 return _consume_group(args, render)
             return _consume_assigned(args, spec, render)
     except OutOfRange as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        cli_common.error(args, str(exc))
         return 2
     except errors.TidelogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        cli_common.error(args, str(exc))
         return 1
     except BrokenPipeError:
         return 0
@@ -140,8 +141,7 @@ def _consume_assigned(args: argparse.Namespace, spec: OffsetSpec,
         if args.partition is not None:
             tps = [tp for tp in tps if tp.partition == args.partition]
             if not tps:
-                print(f"error: topic {args.topic!r} has no partition {args.partition}",
-                      file=sys.stderr)
+                cli_common.error(args, f"topic {args.topic!r} has no partition {args.partition}")
                 return 2
         consumer.assign(tps)
         starts, stops = _plan(consumer, tps, spec, reset, args.exit_at_end)

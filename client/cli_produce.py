@@ -7,6 +7,8 @@ import sys
 from collections import deque
 from typing import TYPE_CHECKING
 
+from tidelog.client import cli_common
+
 if TYPE_CHECKING:
     from tidelog.client.future import RecordFuture
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     for item in args.header:
         name, sep, value = item.partition("=")
         if not sep:
-            print(f"error: --header {item!r} is not K=V", file=sys.stderr)
+            cli_common.error(args, f"--header {item!r} is not K=V")
             return 2
         headers.append((name, value.encode()))
     failures = 0
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                 meta = future.result(args.timeout)
             except errors.TidelogError as exc:
                 failures += 1
-                print(f"error: {exc}", file=sys.stderr)
+                cli_common.error(args, str(exc))
                 continue
             if args.verbose:
                 print(f"{meta.topic}/{meta.partition}@{meta.offset}")
@@ -87,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
             producer.flush(args.timeout)
             report(done_only=False)
     except errors.TidelogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        cli_common.error(args, str(exc))
         return 1
     if bad_line is not None:
-        print(f"error: {bad_line}; the {sent - failures} record(s) before it were "
-              "acknowledged, nothing after it was sent (--allow-null-key sends such lines with "
-              "a null key)", file=sys.stderr)
+        cli_common.error(args, f"{bad_line}; the {sent - failures} record(s) before it were "
+                         "acknowledged, nothing after it was sent (--allow-null-key sends such "
+                         "lines with a null key)")
         return 2
     return 1 if failures else 0
 
