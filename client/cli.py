@@ -18,10 +18,11 @@ command, for commands that define their own --output.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,24 @@ class _OwnDefault(str):
     (help's %(default)s, comparisons), and main() replaces it by a plain str."""
 
     choices: Sequence[str] | None = None
+
+    @classmethod
+    def of(cls, value: str, choices: object) -> _OwnDefault:
+        marker = cls(value)
+        marker.choices = [str(c) for c in choices] if choices else None
+        return marker
+
+
+def _keep_marker(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """argparse runs an unset option's str default through its type: keep the mark on it."""
+    @functools.wraps(convert)
+    def converted(value: str) -> object:
+        result = convert(value)
+        if isinstance(value, _OwnDefault) and isinstance(result, str):
+            return _OwnDefault.of(result, value.choices)
+        return result
+
+    return converted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,9 +269,9 @@ def _prepare_subcommand(path: tuple[str, ...], sub: argparse.ArgumentParser, dep
     for action in sub._actions:
         if action.dest == "output" and isinstance(action.default, str) \
                 and not isinstance(action.default, _OwnDefault):
-            marker = _OwnDefault(action.default)
-            marker.choices = list(action.choices) if action.choices else None
-            action.default = marker
+            action.default = _OwnDefault.of(action.default, action.choices)
+            if action.type is not None:
+                action.type = _keep_marker(action.type)
 
 
 def _is_local(path: tuple[str, ...]) -> bool:

@@ -142,6 +142,24 @@ def test_output_before_the_command_applies_to_its_own_output() -> None:
         parsed(["--output", "yaml", "group", "list"])
 
 
+def test_output_before_the_command_survives_a_typed_output_option() -> None:
+    """argparse passes an unset option's default through its `type` (W2-C's --output maps
+    'text' to 'table'): the mark that says "not given after the command" must survive it."""
+    from tidelog.client.cli import _apply_output, _prepare_subcommand
+
+    parser = argparse.ArgumentParser(prog="tidelog")
+    parser.add_argument("--output", dest="_g0_output", default=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command").add_parser("x")
+    sub.add_argument("--output", type=lambda t: "table" if t == "text" else t,
+                     choices=("table", "json"), default="text")
+    _prepare_subcommand(("x",), sub, 1)
+    for argv, expected in ((["x"], "table"), (["--output", "json", "x"], "json"),
+                           (["--output", "json", "x", "--output", "text"], "table")):
+        args = parser.parse_args(argv)
+        _apply_output(args)
+        assert (args.output, type(args.output)) == (expected, str), argv
+
+
 # --- 2. profiles ---------------------------------------------------------------------------
 
 def test_profile_commands_write_a_private_file_and_pick_per_call(
