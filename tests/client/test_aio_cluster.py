@@ -6,13 +6,15 @@ What each test shows: 1,000 records sent with acks=all come back in order per pa
 offsets their futures reported, and seek/offsets_for_times find them; two AIOConsumers of one
 group split the partitions and between them read each record once, and the group's lag is 0
 after their commits; queue receive + ack settles every message (none redelivered); the admin
-calls; an idempotent producer keeps every record exactly once across a SIGKILL of the
+calls; a SCRAM login over mTLS (awaited, once per node) names the user, a wrong password is
+refused; an idempotent producer keeps every record exactly once across a SIGKILL of the
 partition's leader (the module's last test: the node is not restarted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 from tidelog.client import Admin, TopicPartition
 from tidelog.client.aio import AIOAdmin, AIOConsumer, AIOProducer, AIOQueueConsumer
+from tidelog.client.auth import AuthenticationFailed
 from tidelog.client.errors import InvalidReplicationFactor, TopicAlreadyExists, TopicNotFound
 from tidelog.client.security import ClientSecurity
 from tidelog.node.local_cluster import LocalCluster
@@ -29,7 +32,10 @@ from tidelog.node.security.certs import make_dev_certs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
-ENV = {"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "2"}
+# SCRAM on as well: a client certificate alone authenticates (Cert:CN=alice); a SCRAM login over
+# mTLS names the user (test_scram_login_over_mtls)
+ENV = {"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "2",
+       "TIDELOG_AUTHENTICATION": "scram"}
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +226,37 @@ def test_admin_topics(cluster: LocalCluster, security: ClientSecurity) -> None:
                 await asyncio.sleep(0.1)
             with pytest.raises(TopicNotFound):
                 await admin.describe_topics([topic])
+
+    asyncio.run(run())
+
+
+def test_scram_login_over_mtls(cluster: LocalCluster, security: ClientSecurity) -> None:
+    topic = name("aio-scram")
+    with Admin(cluster.bootstrap, security=security) as sync_admin:
+        sync_admin.create_user("bob", "bob-password")
+    bob = dataclasses.replace(security, username="bob", password="bob-password")
+    wrong = dataclasses.replace(security, username="bob", password="not-it")
+
+    async def run() -> None:
+        from tidelog.proto import security_pb2
+
+        async with AIOAdmin(cluster.bootstrap, security=bob) as admin:
+            await admin.create_topic(topic, partitions=1, replication_factor=3)
+            connections = admin.metadata.aio
+            answer = await connections.call(cluster.nodes[0].address, "WhoAmI",
+                                            security_pb2.WhoAmIRequest(), timeout_s=10,
+                                            service="security")
+            assert answer.principal == "User:bob"
+            assert connections.logins >= 1
+        async with AIOProducer(cluster.bootstrap, security=bob) as producer:
+            sent = await producer.send(topic, b"as bob")
+        async with AIOConsumer(cluster.bootstrap, topics=[topic], security=bob,
+                               auto_offset_reset="earliest") as consumer:
+            (record,) = await read_all(consumer, 1)
+            assert (record.offset, record.value) == (sent.offset, b"as bob")
+        async with AIOAdmin(cluster.bootstrap, security=wrong) as admin:
+            with pytest.raises(AuthenticationFailed):
+                await admin.list_topics()
 
     asyncio.run(run())
 
