@@ -8,12 +8,15 @@ group split the partitions and between them read each record once, and the group
 after their commits; queue receive + ack settles every message (none redelivered); the admin
 calls; a SCRAM login over mTLS (awaited, once per node) names the user, a wrong password is
 refused; an idempotent producer keeps every record exactly once across a SIGKILL of the
-partition's leader (the module's last test: the node is not restarted).
+partition's leader (the module's last test: the node is not restarted). Without a cluster: a
+damaged fetched batch raises CorruptBatch on every take until a seek, while another partition's
+records still come out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import time
@@ -301,3 +304,40 @@ def test_idempotent_produce_survives_a_leader_kill(cluster: LocalCluster,
         assert [r.offset for r in records] == offsets
 
     asyncio.run(run())  # the module's last test: the killed node stays down (module teardown)
+
+
+def test_a_damaged_batch_raises_until_seek_and_does_not_hold_back_others() -> None:
+    """No cluster: real encoded batches in the fetcher's buffer, one with a flipped byte in its
+    records area (the checksum catches it)."""
+    from tidelog.client.aio.connection import AioConnections
+    from tidelog.client.aio.fetcher import AioFetcher
+    from tidelog.client.aio.metadata import AioMetadata
+    from tidelog.client.config import ConsumerConfig
+    from tidelog.client.errors import CorruptBatch
+    from tidelog.proto import batch as codec
+
+    config = ConsumerConfig(bootstrap=("127.0.0.1:1",))
+    fetcher = AioFetcher(config, AioMetadata(AioConnections(), config.bootstrap,
+                                             request_timeout_ms=1000, max_age_ms=1000,
+                                             retry_backoff_ms=10))
+    bad, good = TopicPartition("t", 0), TopicPartition("t", 1)
+    fetcher.assign([bad, good])
+    records = [(None, f"v{i}".encode(), (), 1_700_000_000_000 + i) for i in range(3)]
+    damaged = bytearray(codec.encode_batch(records, codec=codec.Codec.NONE))
+    damaged[-2] ^= 0xFF
+    for tp, data in ((bad, bytes(damaged)), (good, codec.encode_batch(records))):
+        fetcher.seek(tp, 0)
+        st = fetcher.states[tp]
+        st.raw.append(memoryview(data))
+        st.raw_bytes, st.fetch_offset = len(data), 3
+    taken: list = []
+    for _ in range(2):  # the good partition's records come out whichever is asked first
+        with contextlib.suppress(CorruptBatch):
+            taken += fetcher.take(10)
+    assert [(r.partition, r.value) for r in taken] == [(1, b"v0"), (1, b"v1"), (1, b"v2")]
+    for _ in range(2):  # never skipped silently
+        with pytest.raises(CorruptBatch):
+            fetcher.take(10)
+    fetcher.seek(bad, 3)  # past it
+    assert fetcher.take(10) == []
+    assert fetcher.states[bad].position == 3
