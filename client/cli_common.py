@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TextIO
 
@@ -82,30 +82,57 @@ def probe(addresses: Sequence[str], security: ClientSecurity | None,
         if security == ClientSecurity():
             security = None
 
-    def ask(address: str) -> str:
+    def reason_of(call: grpc.Future) -> str:
         """"" when the node answered, else why not."""
         try:
-            with make_channel(address, (), security) as channel:
-                health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=deadline_s, wait_for_ready=False)
+            call.result()
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return ""  # it answered (NOT_FOUND, UNAUTHENTICATED, ...): someone is there
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             return _short_reason(code, details or "", deadline_s)
-        except ValueError as exc:  # a malformed target
-            return f"bad address ({exc})"
+        except grpc.FutureCancelledError:
+            return "cancelled"
         return ""
 
-    with ThreadPoolExecutor(max_workers=min(16, len(addresses)) or 1) as pool:
-        futures = {address: pool.submit(ask, address) for address in addresses}
-        failures = []
-        for address, future in futures.items():
-            reason = future.result()
-            if not reason:
-                return ProbeRound(answered=address)
-            failures.append((address, reason))
+    # Non-blocking calls, one per address; the first answer ends the round at once (a paused
+    # node first in the list must not cost its whole deadline), then every channel is closed,
+    # which cancels the calls still waiting.
+    done = threading.Condition()
+    finished: list[tuple[str, str]] = []
+    channels = []
+    try:
+        for address in addresses:
+            try:
+                channel = make_channel(address, (), security)
+            except ValueError as exc:  # a malformed target
+                finished.append((address, f"bad address ({exc})"))
+                continue
+            channels.append(channel)
+            call = health_pb2_grpc.HealthStub(channel).Check.future(
+                health_pb2.HealthCheckRequest(), timeout=deadline_s)
+
+            def on_done(call: grpc.Future, address: str = address) -> None:
+                reason = reason_of(call)
+                with done:
+                    finished.append((address, reason))
+                    done.notify_all()
+
+            call.add_done_callback(on_done)
+        with done:
+            done.wait_for(lambda: len(finished) == len(addresses)
+                          or any(not reason for _, reason in finished),
+                          timeout=deadline_s + 1.0)
+            answered = [address for address, reason in finished if not reason]
+            reasons = dict(finished)
+    finally:
+        for channel in channels:
+            channel.close()
+    if answered:
+        return ProbeRound(answered=answered[0])
+    failures = [(address, reasons.get(address, f"no answer within {deadline_s:g} s"))
+                for address in addresses]
     return ProbeRound(failures=tuple(failures))
 
 
@@ -144,6 +171,8 @@ def _short_reason(code: object, details: str, deadline_s: float) -> str:
     lowered = details.lower()
     for needle, reason in (("connection refused", "connection refused"),
                            ("dns resolution failed", "unknown host"),
+                           ("errors resolving", "unknown host"),
+                           ("lookup failed", "unknown host"),
                            ("name or service not known", "unknown host"),
                            ("handshake", "TLS handshake failed"),
                            ("ssl", "TLS handshake failed"),
