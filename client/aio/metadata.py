@@ -22,7 +22,11 @@ from tidelog.client.metadata import (
     _description_from,
 )
 
-__all__ = ["AioMetadata"]
+__all__ = ["METADATA_ATTEMPT_S_MAX", "AioMetadata"]
+
+#: a Metadata call is cheap: a node that has not answered in this long is paused or cut off, and
+#: the next one is asked (a paused node must not hold leader discovery for request_timeout_ms)
+METADATA_ATTEMPT_S_MAX = 5.0
 
 
 class AioMetadata(Metadata):
@@ -41,7 +45,8 @@ class AioMetadata(Metadata):
 
         request = broker_pb2.MetadataRequest(topics=list(topics or ()),
                                              include_internal=include_internal)
-        description = _description_from(await self.call_any_async("Metadata", request))
+        description = _description_from(await self.call_any_async(
+            "Metadata", request, attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX)))
         now = self._clock()
         with self._lock:
             for node in description.nodes:
@@ -92,14 +97,16 @@ class AioMetadata(Metadata):
                                      f"{timeout_s:.1f} s (last error: {last_error})")
             await asyncio.sleep(self._backoff_s)
 
-    async def call_any_async(self, method: str, request: object, *,
-                             service: str = "broker") -> Any:
-        """The call on the first node that answers (last good, known alive, bootstrap)."""
+    async def call_any_async(self, method: str, request: object, *, service: str = "broker",
+                             attempt_s: float | None = None) -> Any:
+        """The call on the first node that answers (last good, known alive, bootstrap); each
+        node gets `attempt_s` (default request_timeout_ms)."""
         failures: list[str] = []
         for address in self._candidates():
             try:
                 response = await self.aio.call(address, method, request,
-                                               timeout_s=self._timeout_s, service=service)
+                                               timeout_s=attempt_s or self._timeout_s,
+                                               service=service)
             except errors.TidelogError as exc:
                 if not exc.retriable:
                     raise

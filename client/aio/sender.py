@@ -20,7 +20,7 @@ import time
 
 from tidelog.client import errors
 from tidelog.client.accumulator import ProducerBatch, RecordAccumulator
-from tidelog.client.aio.metadata import AioMetadata
+from tidelog.client.aio.metadata import METADATA_ATTEMPT_S_MAX, AioMetadata
 from tidelog.client.aio.waiting import wait_event
 from tidelog.client.config import ProducerConfig
 from tidelog.client.delivery import DeliveryState, Failure
@@ -253,7 +253,8 @@ class AioSender:
         try:
             response = await self._metadata.call_any_async(
                 "InitProducerId", broker_pb2.InitProducerIdRequest(
-                    transactional_id=self.delivery.transactional_id))
+                    transactional_id=self.delivery.transactional_id),
+                attempt_s=min(self._config.request_timeout_ms / 1000, METADATA_ATTEMPT_S_MAX))
         except errors.TidelogError as exc:
             _log.info("InitProducerId failed (will retry): %s", exc)
             self._pid_retry_at = time.monotonic() + self._config.retry_backoff_ms / 1000
