@@ -9,7 +9,9 @@ a script can grep one pattern. Without a command (top-level problems) the prefix
 it; a subcommand opts out with ``set_defaults(needs_cluster=False)``): a dead or mistyped
 bootstrap used to make produce/consume hang silently for 30-60 s inside the client's own
 retries. It asks every bootstrap address at once for its gRPC health (a short deadline each),
-prints one line per failed round on stderr, and gives up with a clear line after `timeout_s`.
+prints one line per failed round on stderr, and gives up with a clear line after `timeout_s`
+(with ``--output json``: no progress lines, and the failure as the JSON error object
+``{"error": {"type", "code", "message"}}`` that `tidelog queue` prints).
 Any answer counts, even NOT_SERVING or UNAUTHENTICATED: the node is there, and the command
 itself reports what is wrong more precisely than a probe could.
 """
@@ -17,6 +19,7 @@ itself reports what is wrong more precisely than a probe could.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -144,6 +147,7 @@ def reach_cluster(args: argparse.Namespace, timeout_s: float) -> bool:
         error(args, "no bootstrap address (give --bootstrap HOST:PORT[,HOST:PORT...])")
         return False
     where = ",".join(addresses)
+    as_json = getattr(args, "output", "") == "json"  # a script reads stderr: one JSON object
     interval_s = timeout_s / PROBE_ROUNDS
     start = time.monotonic()
     last = ProbeRound()
@@ -153,17 +157,22 @@ def reach_cluster(args: argparse.Namespace, timeout_s: float) -> bool:
                       max(0.05, min(PROBE_DEADLINE_S_MAX, interval_s)))
         if last.answered:
             return True
-        if attempt < PROBE_ROUNDS:
+        if attempt < PROBE_ROUNDS and not as_json:
             error(args, f"no node answers at {where}: {last.reason()}; "
                         f"retrying ({attempt + 1}/{PROBE_ROUNDS})")
+        if attempt < PROBE_ROUNDS:
             time.sleep(max(0.0, interval_s - (time.monotonic() - round_start)))
     source = getattr(args, "bootstrap_source", "")
     told = f" (bootstrap from {source})" if source else ""
-    error(args, f"no node answers at {where}{told}: {last.reason()}; gave up after "
-                f"{PROBE_ROUNDS} tries in {time.monotonic() - start:.1f} s. Is the cluster up "
-                "(`make run`)? "
-                "Set the addresses with --bootstrap, TIDELOG_BOOTSTRAP or a profile "
-                "(`tidelog profile create`)")
+    message = (f"no node answers at {where}{told}: {last.reason()}; gave up after "
+               f"{PROBE_ROUNDS} tries in {time.monotonic() - start:.1f} s. Is the cluster up "
+               "(`make run`)? Set the addresses with --bootstrap, TIDELOG_BOOTSTRAP or a "
+               "profile (`tidelog profile create`)")
+    if as_json:
+        print(json.dumps({"error": {"type": "NoBrokersAvailable", "code": 0,
+                                    "message": message}}), file=sys.stderr, flush=True)
+    else:
+        error(args, message)
     return False
 
 

@@ -264,6 +264,16 @@ def test_a_dead_bootstrap_fails_fast_with_retries_on_stderr(
     assert len(err) == 5
 
 
+def test_with_output_json_a_dead_bootstrap_is_one_json_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    dead = dead_address()
+    assert main(["queue", "list", "--output", "json", "--bootstrap", dead,
+                 "--connect-timeout", "0.5"]) == 1
+    err = capsys.readouterr().err
+    problem = json.loads(err)["error"]  # the whole of stderr: no progress lines
+    assert problem["type"] == "NoBrokersAvailable" and dead in problem["message"]
+
+
 @pytest.fixture
 def silent_listener() -> Iterator[str]:
     """Accepts TCP connections (the kernel does) and never says a word: a hung node."""
