@@ -83,18 +83,19 @@ def docker_engine() -> None:
 
 @pytest.fixture(scope="session")
 def tidelog_image(docker_engine: None) -> str:
-    """The node image ($TIDELOG_IMAGE, default tidelog:local), built from this checkout by
-    deploy/offline-image.sh (no registry needed) once per session: cached base image and
-    wheelhouse plus Docker's layer cache make a warm build about 15 s. TIDELOG_TEST_REUSE_IMAGE=1
-    uses an existing image as it is, without rebuilding."""
+    """The node image ($TIDELOG_IMAGE, default tidelog:local), built from this checkout once per
+    session by deploy/build-image.sh: the ordinary Dockerfile build when a registry answers,
+    deploy/offline-image.sh when not (cached base image and wheelhouse plus Docker's layer cache
+    make a warm offline build about 15 s). TIDELOG_TEST_REUSE_IMAGE=1 uses an existing image as
+    it is, without rebuilding."""
     reuse = os.environ.get("TIDELOG_TEST_REUSE_IMAGE") == "1"
     if reuse and run(["docker", "image", "inspect", IMAGE], check=False).returncode == 0:
         return IMAGE
     started = time.monotonic()
-    proc = run([str(DEPLOY / "offline-image.sh"), "--image", IMAGE],
+    proc = run([str(DEPLOY / "build-image.sh"), "--image", IMAGE],
                timeout_s=IMAGE_BUILD_S_MAX, check=False)
     if proc.returncode != 0:
-        pytest.fail(f"deploy/offline-image.sh failed (exit {proc.returncode}):\n"
+        pytest.fail(f"deploy/build-image.sh failed (exit {proc.returncode}):\n"
                     f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     print(f"image {IMAGE} ready in {time.monotonic() - started:.0f} s")
     return IMAGE
