@@ -342,8 +342,9 @@ def complete_bash(words: list[str], tmp_path: Path) -> list[str]:
     quoted = " ".join(f"'{w}'" for w in ["tidelog", *words])
     program = (f"source {completion}; COMP_WORDS=({quoted}); COMP_CWORD={len(words)}; "
                "_tidelog; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     done = subprocess.run(["bash", "-c", program], capture_output=True, text=True, timeout=30,
-                          cwd=tmp_path)
+                          cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     return [line for line in done.stdout.splitlines() if line]
 
@@ -357,6 +358,8 @@ def test_bash_completion_walks_the_real_parser(tmp_path: Path) -> None:
     assert complete_bash(["cluster", "status", "--output", ""], tmp_path) == ["table", "json"]
     assert complete_bash(["completion", ""], tmp_path) == ["bash", "zsh", "fish"]
     assert "--partitions" in complete_bash(["topic", "create", "--"], tmp_path)
+    assert main(["profile", "create", "staging", "--bootstrap", "s:1", "--no-use"]) == 0
+    assert complete_bash(["topic", "list", "--profile", "st"], tmp_path) == ["staging"]
 
 
 def test_zsh_and_fish_scripts_cover_every_command() -> None:
