@@ -165,7 +165,7 @@ mkdir -p "$WHEELHOUSE"
 # change with each edit).
 SRC=$(mktemp -d /tmp/tidelog-src.XXXXXX)
 trap 'rm -rf "$SRC"' EXIT
-tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -c pyproject.toml README.md node client \
+tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -c pyproject.toml README.md LICENSE node client \
     chaos proto | tar -C "$SRC" -x
 # SOURCE_DATE_EPOCH: fixed timestamps inside the wheel, so unchanged sources give identical bytes.
 SOURCE_DATE_EPOCH=315532800 "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$SRC/dist" "$SRC"
