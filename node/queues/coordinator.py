@@ -49,7 +49,7 @@ from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command, CreateTopic, DeleteTopic
 from tidelog.node.queues import state_log as sl
 from tidelog.node.queues.config import QueueConfig, QueueConfigError
-from tidelog.node.queues.core import QueueCore
+from tidelog.node.queues.core import DEDUP_IDS_MAX, QueueCore
 from tidelog.node.queues.dead_letter_driver import DeadLetterDriver, compacted_topic_problem
 from tidelog.node.queues.dead_letters import (
     Writer,
@@ -96,6 +96,7 @@ RECEIVE_WAIT_MS_MAX = 30_000
 RECEIVE_BYTES_DEFAULT = 4 * 1024 * 1024
 SETTLEMENTS_MAX = 10_000
 PEEK_MESSAGES_MAX = 10_000
+DEDUP_CLOCK_SLACK_MS = 60_000   # ids read back from this much before the window (clock skew)
 
 
 def _now_ms() -> int:
@@ -157,6 +158,10 @@ class _Queue:
     decoded: dict[TopicPartition, _Decoded] = field(default_factory=dict)
     record_bytes: float = 0.0      # stored bytes per record, averaged over reads (max_bytes)
     dlq_counts: dict[int, DlqCount] = field(default_factory=dict)
+    # Loaded by a new coordinator: the dedup ids of records already below `start` are read
+    # back from the topics (the dedup window's worth) before anything is offered.
+    ids_pending: bool = False
+    ids_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this queue (each took the event before checking)."""
@@ -239,7 +244,8 @@ class QueueCoordinator:
                 name: _Queue(name=name, core=core, seq=seq,
                              # The next write is a snapshot: how many deltas follow the
                              # replayed one is not tracked across leaders.
-                             since_snapshot=SNAPSHOT_EVERY)
+                             since_snapshot=SNAPSHOT_EVERY,
+                             ids_pending=core.config.dedup_window_ms >= 0)
                 for name, (core, seq) in replay.result().items()}
             log.info("coordinator of %s-%d loaded: %d records, %d queues in %.0f ms",
                      QUEUE_STATE_TOPIC, entry.partition, records, len(entry.queues),
@@ -590,7 +596,13 @@ class QueueCoordinator:
                             ) -> list[tuple[TopicPartition, int, bytes, int]]:
         """I/O only: committed data after each partition's read offset, from the cache or the
         source, for the partitions whose decoded records are used up. (tp, offset asked,
-        data, log start); nothing of the core changes here."""
+        data, log start); nothing of the core changes here (but the dedup ids a new coordinator
+        reads back first)."""
+        if queue.ids_pending:
+            if queue.ids_task is None:
+                queue.ids_task = asyncio.get_running_loop().create_task(
+                    self._read_ids(queue), name=f"dedup-ids-{queue.name}")
+            await asyncio.shield(queue.ids_task)
         out = []
         for tp, offset in queue.core.reads_wanted().items():
             decoded = queue.decoded.get(tp)
@@ -621,6 +633,43 @@ class QueueCoordinator:
                 continue
             out.append((tp, offset, result.data, result.log_start))
         return out
+
+    async def _read_ids(self, queue: _Queue) -> None:
+        """Put back the dedup ids of the records already done below `start` (a new coordinator
+        only re-offers from `start`): each partition is read from the offset of the window's
+        horizon (time index) up to `start`, at most DEDUP_IDS_MAX records in all. A partition
+        that cannot be read now keeps its hole (logged; at-least-once still holds)."""
+        core = queue.core
+        started = time.monotonic()
+        horizon = _now_ms() - core.config.dedup_window_ms - DEDUP_CLOCK_SLACK_MS
+        budget = DEDUP_IDS_MAX
+        try:
+            for tp in core.partitions:
+                end = core.start_offset(tp)
+                try:
+                    offset = await self.reader.offset_for_time(tp, horizon)
+                    while offset is not None and offset < end and budget > 0:
+                        result = await self.reader.read(tp, offset, FILL_READ_BYTES)
+                        if offset < result.log_start:
+                            offset = result.log_start
+                            continue
+                        records, read_to = decode_offered(result.data, offset)
+                        if read_to <= offset:
+                            break
+                        core.remember_ids(r for r in records
+                                          if r.offset < end and r.timestamp_ms >= horizon)
+                        budget -= len(records)
+                        offset = read_to
+                except E.BrokerError as exc:
+                    log.warning("queue %s: dedup ids of %s-%d below its start not read back "
+                                "(%s): duplicates of records done before the failover may be "
+                                "delivered", queue.name, tp.topic, tp.partition, exc.message)
+        except Exception:
+            log.exception("queue %s: reading its dedup ids back failed", queue.name)
+        finally:
+            queue.ids_pending = False
+        log.debug("queue %s: dedup ids read back in %.0f ms", queue.name,
+                  (time.monotonic() - started) * 1000)
 
     @staticmethod
     def _offer(queue: _Queue, reads: Sequence[tuple[TopicPartition, int, bytes, int]],

@@ -29,8 +29,9 @@ Per partition (`_Part`):
   `ready`. Null keys are independent. Keys are volatile: restore + re-offer rebuilds them.
 * Dedup window (`_is_duplicate`): a fresh record whose `tidelog-message-id` was seen on another
   record of the queue within the queue's dedup_window_ms (by record timestamp; -1: off) is
-  discarded (Discard delta: DONE, never delivered). The ids are volatile, rebuilt from the
-  re-offered records.
+  discarded (Discard delta: DONE, never delivered). The ids are volatile, rebuilt after a
+  restore from the records below `start` the shell reads back (`remember_ids`) and from the
+  re-offered ones.
 
 The window: the shell may offer a record only while `offset - start < max_in_flight`
 (`reads_wanted` stops asking beyond it, `offer` ignores records beyond it). Overflow behaviour:
@@ -210,6 +211,16 @@ class QueueCore(Appliers):
                                        cause="duplicate"))
         self._advance(p, out)
         return out
+
+    def remember_ids(self, records: Iterable[OfferedRecord]) -> None:
+        """Put back the dedup ids of records already done below `start` (the shell re-reads
+        the window after a restore), so their later duplicates are still dropped. Volatile,
+        like every id: changes no durable state."""
+        if self.config.dedup_window_ms < 0:
+            return
+        for rec in records:
+            if rec.message_id is not None:
+                self._is_duplicate(rec, remember_only=True)
 
     def log_start_moved(self, tp: TopicPartition, log_start: int) -> list[dl.Delta]:
         """Retention deleted the log below `log_start`: those records are lost (done)."""
@@ -640,9 +651,8 @@ class QueueCore(Appliers):
         """Dedup window: another record with this message id and a timestamp within the
         queue's dedup_window_ms (-1: off) was offered before (any partition of the queue). The
         first one seen is kept. The ids are volatile: after a restore they are rebuilt from the
-        records re-offered (from `start` on; `remember_only` for those that have a state), so a
-        duplicate of a record already below `start` at a failover is delivered (at-least-once
-        still holds; docs/queues.md)."""
+        window below `start` the shell reads back (`remember_ids`) and from the records
+        re-offered (`remember_only` for those that have a state; docs/queues.md)."""
         assert rec.message_id is not None
         window = self.config.dedup_window_ms
         if window < 0:

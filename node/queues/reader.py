@@ -142,6 +142,35 @@ class PartitionReader:
             b"", replica.log.log_start_offset, replica.high_watermark)
         return result.log_start, result.high_watermark
 
+    async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
+        """The first offset whose batch holds a timestamp >= timestamp_ms (the time index; the
+        leader's by ListOffsets when this node has no replica), None if none."""
+        replica = self.local_replica(tp)
+        if replica is not None:
+            return replica.log.offset_for_timestamp(timestamp_ms)
+        topic = self.host.state.topics.get(tp.topic)
+        leader = None if topic is None else self.host.leader_of(
+            partition_group(topic.topic_id, tp.partition))
+        if leader is None or leader[0] == self.host.node_id or not leader[1]:
+            raise E.LeaderNotAvailableError(f"{tp.topic}-{tp.partition} has no leader to ask")
+        channel = self._channels.get(leader[1])
+        if channel is None:
+            channel = peer_channel(leader[0])
+            self._channels[leader[1]] = channel
+        try:
+            response = await broker_pb2_grpc.BrokerStub(channel).ListOffsets(
+                pb.ListOffsetsRequest(partitions=[pb.ListOffsetsPartition(
+                    topic=tp.topic, partition=tp.partition, spec=pb.TIMESTAMP,
+                    timestamp_ms=timestamp_ms)]), timeout=REMOTE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise E.LeaderNotAvailableError(
+                f"{tp.topic}-{tp.partition}: ListOffsets at node {leader[0]} failed: "
+                f"{exc.code().name} {exc.details()}") from None
+        (result,) = response.results
+        if result.error:
+            raise E.LeaderNotAvailableError(f"{tp.topic}-{tp.partition}: {result.error_message}")
+        return None if result.offset < 0 else result.offset
+
     def cached_from(self, tp: TopicPartition, offset: int, max_bytes: int) -> bytes:
         """Cached contiguous batches from the one holding `offset` (b"" if that one is not
         cached): what was prefetched or read before, without I/O."""

@@ -2,9 +2,10 @@
 coordinator failover the window has a hole"): the ids are rebuilt from the re-offered records,
 so a successor (restored from the snapshot, then offered the partition from `start` again, as
 the shell does) still drops a duplicate of an original it re-reads, whatever that original's
-state: in flight, waiting, or done above `start`. Before, only fresh records put their ids back,
-so a duplicate of a delivered record arriving after a failover was delivered too. The hole that
-is left, an original already below `start`, is pinned here as documented. Real QueueCore."""
+state: in flight, waiting, or done above `start`; and, once the shell has read the window below
+`start` back (`remember_ids`), an original already below it. Before, only fresh records put their
+ids back, so a duplicate of a delivered or acked record arriving after a failover was delivered
+too. Real QueueCore."""
 
 from __future__ import annotations
 
@@ -37,16 +38,24 @@ def test_a_successor_drops_duplicates_of_originals_it_re_reads_in_any_state() ->
     assert successor.counters["duplicates"] == 4
 
 
-def test_the_documented_hole_a_duplicate_of_an_original_below_start() -> None:
-    """The original was acked and `start` moved past it before the failover: the successor
-    never re-reads it, so its duplicate is delivered (at-least-once; docs/queues.md)."""
+def test_ids_below_start_are_put_back_by_remember_ids() -> None:
+    """The original was acked and `start` moved past it before the failover: re-offering
+    from `start` never sees it, so its duplicate would be delivered. The shell reads the
+    window below `start` back and hands those records to `remember_ids` first
+    (coordinator._read_ids); then the duplicate is dropped, as the old coordinator would."""
     core = make()
     core.offer(tp(), [_mid(0, b"m")], 1, T0)
     core.acquire("c", 1, T0)
     assert settle(core, "c", tp(), 0, 0, 1, SettleKind.ACK, T0).ok
     assert core.start_offset(tp()) == 1
-    live = QueueCore.restore(core.snapshot())
-    # The same coordinator, had it kept running, would drop it:
+    without = QueueCore.restore(core.snapshot())
+    successor = QueueCore.restore(core.snapshot())
+    successor.remember_ids([_mid(0, b"m")])
+    assert successor.snapshot() == without.snapshot()      # volatile: nothing durable changed
     assert core.offer(tp(), [_mid(1, b"m", T0 + 1)], 2, T0 + 2)[0].cause == "duplicate"
-    assert live.offer(tp(), [_mid(1, b"m", T0 + 1)], 2, T0 + 2) == []
-    assert flat(live.acquire("c", 1, T0 + 2)[0]) == [(0, 1, 1)]
+    assert successor.offer(tp(), [_mid(1, b"m", T0 + 1)], 2, T0 + 2)[0].cause == "duplicate"
+    assert without.offer(tp(), [_mid(1, b"m", T0 + 1)], 2, T0 + 2) == []   # the hole
+    assert flat(without.acquire("c", 1, T0 + 2)[0]) == [(0, 1, 1)]
+    off = make(dedup_window_ms=-1)
+    off.remember_ids([_mid(0, b"m")])                       # dedup off: nothing remembered
+    assert off.offer(tp(), [_mid(0, b"m")], 1, T0) == []
