@@ -165,6 +165,8 @@ class AIOConsumer:
         limit = max_records or self.config.max_poll_records
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
+            if self._membership is not None:  # a long wait in getmany is polling too
+                self._membership.polled()
             fetcher.raise_errors()
             try:
                 await self._reset_positions()

@@ -7,7 +7,9 @@ assignment it reconciles at once, on the loop: revoked partitions are committed 
 and dropped, assigned ones get their committed positions, then the next heartbeat tells the
 coordinator, which only then hands the revoked partitions to their new owners. Fencing
 (UNKNOWN_MEMBER_ID, FENCED_MEMBER_EPOCH) drops every owned partition without committing and joins
-again with epoch 0. `leave()` sends epoch -1 so the partitions move on at once.
+again with epoch 0. `leave()` sends epoch -1 so the partitions move on at once, and so does a
+member whose consumer has not called getmany() for max_poll_interval_ms (it joins again on the
+next getmany()).
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class AioMembership:
         self._interval_s = min(1.0, session_timeout_ms / 5000)
         self._wake = asyncio.Event()
         self._stopping = False
+        self._last_poll = time.monotonic()
+        self._poll_timed_out = False
         self._task: asyncio.Task[None] | None = None
         self.last_error: errors.TidelogError | None = None
         #: set whenever the owned partitions changed (tests and getmany wait on it)
@@ -119,13 +123,44 @@ class AioMembership:
                           self.coordinator.group_id, exc)
             self.epoch = LEAVE_EPOCH
 
+    def polled(self) -> None:
+        """getmany() was called: alive as far as max_poll_interval_ms goes (a member that left
+        for not polling joins again now)."""
+        self._last_poll = time.monotonic()
+        if self._poll_timed_out:
+            self._poll_timed_out = False
+            self._wake.set()
+
     async def _run(self) -> None:
         while not self._stopping:
+            if self._poll_timed_out:  # left the group: wait for the next getmany()
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            if time.monotonic() - self._last_poll > self._max_poll_interval_ms / 1000:
+                await self._leave_for_not_polling()
+                continue
             await self._heartbeat()
             if self._stopping:
                 return
             await wait_event(self._wake, self._interval_s)
             self._wake.clear()
+
+    async def _leave_for_not_polling(self) -> None:
+        """max_poll_interval_ms passed without getmany(): leave, so the partitions move on to
+        members that make progress; they are lost here (no commit: this member stalled)."""
+        _log.warning("group %s: getmany() not called for max_poll_interval_ms=%d; leaving the "
+                     "group (the next getmany joins again)", self.coordinator.group_id,
+                     self._max_poll_interval_ms)
+        self._poll_timed_out = True
+        if self.epoch > 0:
+            try:
+                await self._send(LEAVE_EPOCH, frozenset(), min(5.0, self._request_timeout_s))
+            except errors.TidelogError as exc:
+                self.last_error = exc
+        lost, self.owned, self.epoch = self.owned, frozenset(), JOIN_EPOCH
+        await self._reconcile(lost, frozenset(), True)
+        self.changed.set()
 
     async def _heartbeat(self) -> None:
         timeout_s = max(1.0, min(self._request_timeout_s, self._session_timeout_ms / 2000))

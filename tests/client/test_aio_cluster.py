@@ -5,7 +5,8 @@ client certificate, through grpc.aio channels.
 What each test shows: 1,000 records sent with acks=all come back in order per partition, at the
 offsets their futures reported, and seek/offsets_for_times find them; two AIOConsumers of one
 group split the partitions and between them read each record once, and the group's lag is 0
-after their commits; queue receive + ack settles every message (none redelivered); the admin
+after their commits, and one that stops calling getmany leaves it (max_poll_interval_ms);
+queue receive + ack settles every message (none redelivered); the admin
 calls; a SCRAM login over mTLS (awaited, once per node) names the user, a wrong password is
 refused; an idempotent producer keeps every record exactly once across a SIGKILL of the
 partition's leader (the module's last test: the node is not restarted). Without a cluster: a
@@ -139,8 +140,8 @@ def test_two_group_members_split_the_partitions(cluster: LocalCluster,
                 await producer.flush(30)
             options = {"group_id": group, "topics": [topic], "security": security,
                        "auto_offset_reset": "earliest", "session_timeout_ms": 6000}
-            one, two = AIOConsumer(cluster.bootstrap, **options), \
-                AIOConsumer(cluster.bootstrap, **options)
+            one = AIOConsumer(cluster.bootstrap, **options)
+            two = AIOConsumer(cluster.bootstrap, max_poll_interval_ms=1500, **options)
             await one.start()
             await two.start()
             try:
@@ -159,10 +160,16 @@ def test_two_group_members_split_the_partitions(cluster: LocalCluster,
                 assert len({(p, o) for _, p, o in seen}) == total  # each record once
                 by_member = {m for m, _, _ in seen}
                 assert by_member == {one.member_id, two.member_id}
-                await one.commit()
                 await two.commit()
+                await one.commit()
                 lag = await admin.list_group_lag(group)
                 assert len(lag) == 4 and all(p.lag == 0 for p in lag.values()), lag
+                # `two` stops calling getmany: after max_poll_interval_ms it leaves the group
+                # and `one` gets every partition
+                deadline = time.monotonic() + 20
+                while len(one.assignment()) < 4 and time.monotonic() < deadline:
+                    assert await one.getmany(timeout_ms=100) == {}  # nothing new, no replay
+                assert len(one.assignment()) == 4 and two.assignment() == set()
             finally:
                 await one.close()
                 await two.close()
