@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,6 +100,8 @@ def test_1000_records_acks_all_read_back_in_order(cluster: LocalCluster,
             assert all(f.done() for f in futures)
             metas = [f.result() for f in futures]
             assert producer.metrics()["requests_sent"] < 200  # batched, not one per record
+            # no sender thread (the sync client's are tidelog-*): tasks on this loop
+            assert not [t.name for t in threading.enumerate() if t.name.startswith("tidelog")]
         sent: dict[int, list[tuple[int, bytes]]] = {0: [(0, b"first")], 1: [], 2: []}
         for i, meta in enumerate(metas):
             sent[meta.partition].append((meta.offset, f"{i}".encode()))
