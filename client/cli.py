@@ -98,6 +98,7 @@ GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (
     GlobalOption("--password", "password",
                  "the user's password (prefer TIDELOG_PASSWORD: flags show in ps)", "PASSWORD"),
 )
+_DEPTH_MAX = 8  # levels of subcommands (`tidelog queue create` is 2); an assert in the walk
 _GROUP_TITLE = ("global options (before or after the command; each also as its TIDELOG_* "
                 "variable or in a profile: docs/client.md)")
 
@@ -169,12 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             cli_common.error(args, str(exc))
             return 2
-        if getattr(args, "needs_cluster", True) and not cli_common.reach_cluster(
-                args, args.settings.connect_timeout_s):
-            return 1
     try:
+        if getattr(args, "needs_cluster", True) and "settings" in args and \
+                not cli_common.reach_cluster(args, args.settings.connect_timeout_s):
+            return 1
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C while waiting for the cluster too: no traceback
         return 130
 
 
@@ -182,7 +183,7 @@ def global_flags(args: argparse.Namespace) -> dict[str, str]:
     """The global options given on the command line, at any level: the deepest wins (a
     subcommand's own option of the same name, e.g. `top --bootstrap`, deepest of all)."""
     given: dict[str, str] = {}
-    for depth in range(8):
+    for depth in range(_DEPTH_MAX):
         for option in GLOBAL_OPTIONS:
             value = getattr(args, f"_g{depth}_{option.dest}", None)
             if value is not None:
@@ -252,6 +253,7 @@ def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = (), de
 
 
 def _prepare_subcommand(path: tuple[str, ...], sub: argparse.ArgumentParser, depth: int) -> None:
+    assert depth < _DEPTH_MAX, path
     sub.set_defaults(command_path=" ".join(path))
     if path in NO_PROBE_COMMANDS and sub.get_default("needs_cluster") is None:
         sub.set_defaults(needs_cluster=False)

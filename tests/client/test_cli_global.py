@@ -274,6 +274,25 @@ def test_with_output_json_a_dead_bootstrap_is_one_json_error(
     assert problem["type"] == "NoBrokersAvailable" and dead in problem["message"]
 
 
+def test_ctrl_c_while_waiting_for_the_cluster_exits_130_without_a_traceback() -> None:
+    import signal
+
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "tidelog.client.cli", "topic", "list", "--bootstrap",
+         dead_address(), "--connect-timeout", "20"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stderr is not None
+        first = waiting.stderr.readline()  # the first "retrying" line: it is waiting now
+        assert "retrying (2/5)" in first, first
+        waiting.send_signal(signal.SIGINT)
+        rest = waiting.stderr.read()
+        assert waiting.wait(timeout=10) == 130 and "Traceback" not in rest, rest
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+
+
 @pytest.fixture
 def silent_listener() -> Iterator[str]:
     """Accepts TCP connections (the kernel does) and never says a word: a hung node."""
