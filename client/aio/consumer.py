@@ -188,11 +188,7 @@ class AIOConsumer:
                         fetcher.states[tp].paused = False
             fetcher.send_fetches()
             if records:
-                out: dict[TopicPartition, list[ConsumerRecord]] = {}
-                for record in records:
-                    out.setdefault(TopicPartition(record.topic, record.partition),
-                                   []).append(record)
-                return out
+                return _by_partition(records)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return {}
@@ -372,3 +368,17 @@ class AIOConsumer:
                 await self.commit()
             except errors.TidelogError as exc:
                 _log.info("auto-commit failed: %s", exc)
+
+
+def _by_partition(records: list[ConsumerRecord]) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """Records (in runs per partition, as take() hands them out) grouped by partition; one
+    TopicPartition per run, not per record."""
+    out: dict[TopicPartition, list[ConsumerRecord]] = {}
+    run: list[ConsumerRecord] = []
+    topic, partition = None, -1
+    for record in records:
+        if record.partition != partition or record.topic != topic:
+            topic, partition = record.topic, record.partition
+            run = out.setdefault(TopicPartition(topic, partition), [])
+        run.append(record)
+    return out

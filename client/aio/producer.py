@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
+from typing import NamedTuple
 
 from tidelog.client import errors
 from tidelog.client.accumulator import RecordAccumulator, record_size
@@ -35,6 +37,19 @@ from tidelog.client.throttle import check_client_id
 __all__ = ["AIOProducer"]
 
 Headers = Sequence[tuple[str, bytes | None]]
+
+
+class _Waiting(NamedTuple):
+    """A record sent while its topic's metadata or buffer space was not there yet."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    partition: int | None
+    timestamp: int
+    size: int
+    future: asyncio.Future[RecordMetadata]
 
 
 class AIOProducer:
@@ -62,8 +77,10 @@ class AIOProducer:
         self._tps: dict[str, list[TopicPartition]] = {}
         self._closed = False
         self._started = False
-        self._slow = 0  # records waiting for metadata or buffer space (they keep call order)
-        self._order = asyncio.Lock()
+        # Records waiting for their topic's metadata or for buffer space, in call order; one
+        # task admits them (no task per record), and while any waits, later records queue too.
+        self._backlog: deque[_Waiting] = deque()
+        self._backlog_task: asyncio.Task[None] | None = None
         self._space = asyncio.Event()
         self._accumulator = RecordAccumulator(
             batch_size=config.batch_size, linger_ms=config.linger_ms,
@@ -73,6 +90,7 @@ class AIOProducer:
         self._connections: AioConnections | None = None
         self._metadata: AioMetadata | None = None
         self._sender: AioSender | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Bind to the running loop and start the sender (done by `async with` or the first
@@ -83,13 +101,15 @@ class AIOProducer:
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
         config = self.config
         self._connections = AioConnections(config.security, client_id=config.client_id)
         self._metadata = AioMetadata(
             self._connections, config.bootstrap, request_timeout_ms=config.request_timeout_ms,
             max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms)
         self._sender = AioSender(config, self._accumulator, self._metadata,
-                                 transactional_id=self._transactional_id)
+                                 transactional_id=self._transactional_id,
+                                 on_release=self._space.set)
         self._sender.start()
 
     # --- sending ------------------------------------------------------------------------------
@@ -120,25 +140,27 @@ class AIOProducer:
         if size > self.config.request_bytes_max:
             raise errors.MessageTooLarge(f"record of {size} bytes exceeds request_bytes_max "
                                          f"({self.config.request_bytes_max})")
-        loop = asyncio.get_running_loop()
         self._start_now()
-        assert self._metadata is not None
-        fast = (self._slow == 0 and topic in self._tps
+        loop = self._loop
+        assert self._metadata is not None and loop is not None
+        future: asyncio.Future[RecordMetadata] = loop.create_future()
+        if (not self._backlog and topic in self._tps
                 and self._metadata.cached_topic(topic) is not None
-                and self._accumulator.used_bytes + size <= self._accumulator.buffer_memory)
-        if fast:
-            return self._append(loop, topic, key, value, headers, partition, timestamp)
-        self._slow += 1
-        return loop.create_task(self._slow_send(topic, key, value, headers, partition, timestamp,
-                                                size))
+                and self._accumulator.used_bytes + size <= self._accumulator.buffer_memory):
+            self._append(future, topic, key, value, headers, partition, timestamp)
+            return future
+        self._backlog.append(_Waiting(topic, key, value, headers, partition, timestamp, size,
+                                      future))
+        if self._backlog_task is None or self._backlog_task.done():
+            self._backlog_task = loop.create_task(self._admit_backlog())
+        return future
 
     async def flush(self, timeout: float | None = None) -> None:
         """Send everything queued now (ignoring linger_ms) and wait until each record queued
         before this call is acknowledged or failed. Raises Timeout after `timeout` seconds."""
         if not self._started:
             return
-        while self._slow:  # records still waiting for metadata are "queued before" too
-            await asyncio.sleep(0.001)
+        await self._backlog_admitted()  # records waiting for metadata were queued before too
         results = self._accumulator.begin_flush()
         self._wake()
         try:
@@ -162,8 +184,7 @@ class AIOProducer:
         self._closed = True
         if not self._started:
             return
-        while self._slow:
-            await asyncio.sleep(0.001)
+        await self._backlog_admitted()
         self._accumulator.close()
         assert self._sender is not None and self._connections is not None
         await self._sender.stop(timeout_s=timeout)
@@ -200,19 +221,34 @@ class AIOProducer:
             raise errors.ProducerFenced(f"this producer was fenced and sends nothing more: "
                                         f"{fenced}")
 
-    async def _slow_send(self, topic: str, key: bytes | None, value: bytes | None,
-                         headers: Headers, partition: int | None, timestamp: int,
-                         size: int) -> RecordMetadata:
-        try:
-            async with self._order:  # FIFO: records keep their call order
+    async def _admit_backlog(self) -> None:
+        """Queue the waiting records in call order, each once its topic is known and its bytes
+        fit in buffer_memory; a record that cannot be queued fails its own future."""
+        while self._backlog:
+            item = self._backlog[0]
+            try:
                 self._check_open_for_queued()
-                await self._load_topic(topic)
-                await self._wait_for_space(size)
-                future = self._append(asyncio.get_running_loop(), topic, key, value, headers,
-                                      partition, timestamp)
-        finally:
-            self._slow -= 1
-        return await future
+                if item.topic not in self._tps or self._metadata_or_fail().cached_topic(
+                        item.topic) is None:
+                    await self._load_topic(item.topic)
+                await self._wait_for_space(item.size)
+                self._append(item.future, item.topic, item.key, item.value, item.headers,
+                             item.partition, item.timestamp)
+            except Exception as exc:  # the record's own outcome
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            self._backlog.popleft()
+            if len(self._backlog) % 1024 == 0:
+                await asyncio.sleep(0)  # let the sender run while a long backlog drains
+
+    async def _backlog_admitted(self) -> None:
+        task = self._backlog_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+
+    def _metadata_or_fail(self) -> AioMetadata:
+        assert self._metadata is not None
+        return self._metadata
 
     def _check_open_for_queued(self) -> None:
         fenced = self._sender.delivery.fenced if self._sender is not None else None
@@ -234,9 +270,9 @@ class AIOProducer:
             self._space.clear()
             await wait_event(self._space, min(remaining, 0.05))
 
-    def _append(self, loop: asyncio.AbstractEventLoop, topic: str, key: bytes | None,
+    def _append(self, future: asyncio.Future[RecordMetadata], topic: str, key: bytes | None,
                 value: bytes | None, headers: Headers, partition: int | None,
-                timestamp: int) -> asyncio.Future[RecordMetadata]:
+                timestamp: int) -> None:
         tps = self._tps[topic]
         count = len(tps)
         if partition is None:
@@ -245,10 +281,8 @@ class AIOProducer:
         elif not 0 <= partition < count:
             raise errors.TopicNotFound(
                 f"topic {topic!r} has partitions 0..{count - 1}; there is no partition {partition}")
-        future: asyncio.Future[RecordMetadata] = loop.create_future()
 
         def settle(metadata: RecordMetadata | None, error: BaseException | None) -> None:
-            self._space.set()
             if future.done():
                 return
             if error is not None:
@@ -257,7 +291,6 @@ class AIOProducer:
                 future.set_result(metadata)  # type: ignore[arg-type]
 
         self._accumulator.append(tps[partition], key, value, headers, timestamp, settle)
-        return future
 
     async def _load_topic(self, topic: str) -> list[TopicPartition]:
         assert self._metadata is not None

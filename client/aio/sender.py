@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from tidelog.client import errors
 from tidelog.client.accumulator import ProducerBatch, RecordAccumulator
@@ -37,13 +38,16 @@ _LEADERSHIP_ERRORS = (errors.NotLeader, errors.LeaderNotAvailable, errors.NodeUn
 
 class AioSender:
     def __init__(self, config: ProducerConfig, accumulator: RecordAccumulator,
-                 metadata: AioMetadata, *, transactional_id: str = "") -> None:
+                 metadata: AioMetadata, *, transactional_id: str = "",
+                 on_release: Callable[[], object] = lambda: None) -> None:
+        """`on_release()`: a batch completed and gave its buffer memory back."""
         from tidelog.proto import batch as codec
         from tidelog.proto import broker_pb2
 
         self._config = config
         self._accumulator = accumulator
         self._metadata = metadata
+        self._on_release = on_release
         self.delivery = DeliveryState(
             idempotent=config.idempotent, max_in_flight=config.max_in_flight,
             retries=config.retries, retry_backoff_ms=config.retry_backoff_ms,
@@ -215,6 +219,7 @@ class AioSender:
             self.delivery.succeeded(batch)
             batch.result.complete(response.base_offset, batch.timestamps_ms)
             self._accumulator.release(batch)
+            self._on_release()
         finally:
             self.wake()
 
@@ -235,6 +240,7 @@ class AioSender:
             r[3] for r in batch.records]
         batch.result.fail(error, timestamps)
         self._accumulator.release(batch)
+        self._on_release()
 
     def _fail_all(self, failures: list[Failure]) -> None:
         for batch, error in failures:

@@ -88,8 +88,9 @@ def test_1000_records_acks_all_read_back_in_order(cluster: LocalCluster,
     async def run() -> None:
         async with AIOAdmin(cluster.bootstrap, security=security) as admin:
             await admin.create_topic(topic, partitions=3, replication_factor=3)
+        # buffer_memory well below the 1,000 records' bytes: most wait (not the loop) for space
         async with AIOProducer(cluster.bootstrap, security=security, linger_ms=5,
-                               batch_size=4096) as producer:
+                               batch_size=4096, buffer_memory=8192) as producer:
             assert producer.config.acks == "all"
             first = await producer.send(topic, b"first", key=b"k0", headers=[("h", b"v")],
                                         partition=0)
@@ -100,6 +101,7 @@ def test_1000_records_acks_all_read_back_in_order(cluster: LocalCluster,
             assert all(f.done() for f in futures)
             metas = [f.result() for f in futures]
             assert producer.metrics()["requests_sent"] < 200  # batched, not one per record
+            assert producer.metrics()["buffer_used_bytes"] == 0
             # no sender thread (the sync client's are tidelog-*): tasks on this loop
             assert not [t.name for t in threading.enumerate() if t.name.startswith("tidelog")]
         sent: dict[int, list[tuple[int, bytes]]] = {0: [(0, b"first")], 1: [], 2: []}
