@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from tidelog.client import errors, offsets
 from tidelog.client.config import AdminConfig, parse_bootstrap
@@ -159,6 +160,51 @@ class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
             if name in description.topic_errors:
                 raise description.topic_errors[name]
         return sorted(description.topics, key=lambda t: t.name)
+
+    def describe_topics_from_leaders(
+            self, names: Iterable[str] | None = None) -> list[TopicDescription]:
+        """describe_topics, with each partition's in-sync replicas and offsets as its leader
+        reports them: only a leader knows them, so the node answering describe_topics fills
+        them for the partitions it leads and leaves the others empty (`topic describe` showed
+        IN-SYNC '-' where `cluster status`, which asks the leaders, showed 1,2,3). One Metadata
+        call per leader node, a few seconds at most each; a leader that does not answer leaves
+        its partitions as the first answer had them."""
+        import dataclasses
+
+        from tidelog.proto import broker_pb2
+
+        topics = self.describe_topics(names)
+        wanted = [t.name for t in topics]
+        leaders = sorted({p.leader_id for t in topics for p in t.partitions if p.leader_id >= 0})
+        views: dict[tuple[str, int], Any] = {}
+        for leader_id in leaders:
+            address = self._metadata.node_address(leader_id)
+            if address is None:
+                continue
+            try:
+                response = self._connections.call(
+                    address, "Metadata",
+                    broker_pb2.MetadataRequest(topics=wanted, include_internal=True),
+                    timeout_s=min(self._timeout_s, 5.0))
+            except errors.TidelogError:
+                continue
+            for t in response.topics:
+                for p in t.partitions:
+                    if p.leader_id == leader_id and p.high_watermark >= 0:
+                        views[(t.name, p.partition)] = p
+        out = []
+        for topic in topics:
+            partitions = []
+            for p in topic.partitions:
+                view = views.get((topic.name, p.partition))
+                if view is not None:
+                    p = dataclasses.replace(
+                        p, leader_term=view.leader_term, in_sync=tuple(view.in_sync),
+                        high_watermark=view.high_watermark, log_end_offset=view.log_end_offset,
+                        log_start_offset=view.log_start_offset)
+                partitions.append(p)
+            out.append(dataclasses.replace(topic, partitions=tuple(partitions)))
+        return out
 
     def describe_cluster(self) -> ClusterDescription:
         return self._metadata.describe([])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from tidelog.client.cli_tables import add_output_option, emit, table
+
+DEFAULT_TIMEOUT_S = 30.0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = commands.add_parser(
         "list", help="every group with its state, member count, lag and lag in seconds")
-    listing.add_argument("--output", choices=("text", "json"), default="text")
+    add_output_option(listing)
     listing.set_defaults(func=_list)
 
     describe = commands.add_parser(
@@ -25,13 +27,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "watermark); LAG-SECONDS is now minus the timestamp of the first record not consumed "
         "(the one at the committed offset), 0 when caught up.")
     describe.add_argument("group")
-    describe.add_argument("--output", choices=("text", "json"), default="text")
+    add_output_option(describe)
     describe.set_defaults(func=_describe)
 
     reset = commands.add_parser(
         "reset-offsets", help="move a group's committed offsets (dry run unless --execute)",
         description="Compute new committed offsets for every partition of TOPIC and print them; "
-        "with --execute, commit them. Refused while the group has members.")
+        "with --execute, commit them. Refused while the group has members, and for a group "
+        "the cluster does not know (a mistyped name would create it) unless "
+        "--allow-new-group.")
     reset.add_argument("group")
     reset.add_argument("--topic", required=True)
     where = reset.add_mutually_exclusive_group(required=True)
@@ -42,24 +46,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="the first record at or after this time (ISO 8601, UTC when no "
                        "zone, or ms since the epoch); the end when there is none")
     reset.add_argument("--execute", action="store_true", help="commit (default: dry run)")
+    reset.add_argument("--allow-new-group", action="store_true",
+                       help="set offsets for a group that does not exist yet (creates it)")
+    add_output_option(reset)
     reset.set_defaults(func=_reset)
 
     delete = commands.add_parser("delete", help="delete an empty group and its offsets")
     delete.add_argument("group")
     delete.set_defaults(func=_delete)
+    for sub in (listing, describe, reset, delete):
+        sub.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                         help="give up after S seconds of retrying (default %(default)g)")
+        sub.add_argument("--timeout-s", type=float, dest="timeout", help=argparse.SUPPRESS)
 
 
 def _run(func):  # type: ignore[no-untyped-def]
     def wrapper(args: argparse.Namespace) -> int:
         from tidelog.client import errors
         from tidelog.client.admin import Admin
+        from tidelog.client.cli_common import fail
 
         try:
-            with Admin(args.bootstrap, security=args.security) as admin:
+            with Admin(args.bootstrap, security=args.security,
+                       request_timeout_ms=int(max(0.1, args.timeout) * 1000)) as admin:
                 return func(admin, args)
         except errors.TidelogError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return fail(args, str(exc))
 
     return wrapper
 
@@ -67,7 +79,6 @@ def _run(func):  # type: ignore[no-untyped-def]
 @_run
 def _list(admin, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     from tidelog.client import errors
-    from tidelog.client.cli_topic import table
 
     groups = admin.list_groups()
     rows = []
@@ -80,19 +91,14 @@ def _list(admin, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-de
                      "coordinator": g.coordinator_id,
                      "lag": sum(p.lag for p in lags.values()) if lags is not None else None,
                      "lag_seconds": _max_seconds(lags.values()) if lags is not None else None})
-    if args.output == "json":
-        print(json.dumps(rows))
-        return 0
-    print(table(["GROUP", "STATE", "MEMBERS", "COORDINATOR", "LAG", "LAG-SECONDS"],
-                [[r["group"], r["state"], r["members"], r["coordinator"], _cell(r["lag"]),
-                  _seconds(r["lag_seconds"])] for r in rows]))
+    emit(args, rows, table(["GROUP", "STATE", "MEMBERS", "COORDINATOR", "LAG", "LAG-SECONDS"],
+                           [[r["group"], r["state"], r["members"], r["coordinator"], r["lag"],
+                             _seconds(r["lag_seconds"])] for r in rows]))
     return 0
 
 
 @_run
 def _describe(admin, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from tidelog.client.cli_topic import table
-
     group = admin.describe_group(args.group)
     lags = admin.list_group_lag(args.group)
     owner = {tp: m.member_id for m in group.members for tp in m.assignment}
@@ -117,10 +123,10 @@ def _describe(admin, args: argparse.Namespace) -> int:  # type: ignore[no-untype
              "lag": sum(p.lag for p in lags.values()),
              "lag_seconds": _max_seconds(lags.values())}
     if args.output == "json":
-        print(json.dumps({"group": group.group_id, "state": group.state,
-                          "group_epoch": group.group_epoch, "assignor": group.assignor,
-                          "coordinator": group.coordinator_id, "members": len(group.members),
-                          "partitions": partitions, "total": total}))
+        emit(args, {"group": group.group_id, "state": group.state,
+                    "group_epoch": group.group_epoch, "assignor": group.assignor,
+                    "coordinator": group.coordinator_id, "members": len(group.members),
+                    "partitions": partitions, "total": total}, "")
         return 0
     print(f"group {group.group_id}: {group.state}, epoch {group.group_epoch}, assignor "
           f"{group.assignor}, coordinator node {group.coordinator_id}, "
@@ -152,10 +158,18 @@ def _seconds(value: float | None) -> str:
 
 @_run
 def _reset(admin, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from tidelog.client import errors
+    from tidelog.client.cli_common import fail
     from tidelog.client.cli_consume import _parse_time
-    from tidelog.client.cli_topic import table
     from tidelog.client.records import TopicPartition
 
+    if not args.allow_new_group:
+        try:
+            admin.describe_group(args.group)
+        except errors.GroupIdNotFound:
+            return fail(args, f"group {args.group!r} does not exist (check the name with "
+                              "`tidelog group list`); add --allow-new-group to create it with "
+                              "these offsets")
     topic = admin.describe_topics([args.topic])[0]
     tps = [TopicPartition(args.topic, p.partition) for p in topic.partitions]
     ends = admin.list_offsets({tp: "latest" for tp in tps})
@@ -172,14 +186,21 @@ def _reset(admin, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-d
         found = admin.list_offsets({tp: ms for tp in tps})
         found = {tp: ends[tp] if off is None else off for tp, off in found.items()}
     current = admin.list_group_offsets(args.group, tps)
+    rows = [{"topic": tp.topic, "partition": tp.partition,
+             "current": current[tp].offset if tp in current else None,
+             "new": int(found[tp] or 0)} for tp in tps]
+    if args.execute:
+        admin.alter_group_offsets(args.group, {tp: int(found[tp] or 0) for tp in tps})
+    if args.output == "json":
+        emit(args, {"group": args.group, "executed": bool(args.execute), "partitions": rows},
+             "")
+        return 0
     print(table(["TOPIC", "PARTITION", "CURRENT", "NEW"],
-                [[tp.topic, tp.partition, current[tp].offset if tp in current else "-",
-                  found[tp]] for tp in tps]))
+                [[r["topic"], r["partition"], r["current"], r["new"]] for r in rows]))
     if not args.execute:
         print("dry run: nothing changed (add --execute to commit these offsets)")
-        return 0
-    admin.alter_group_offsets(args.group, {tp: int(found[tp] or 0) for tp in tps})
-    print(f"committed new offsets of {len(tps)} partitions for group {args.group}")
+    else:
+        print(f"committed new offsets of {len(tps)} partitions for group {args.group}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """`tidelog queue create|list|describe|delete|alter|send|receive|peek|purge|redrive|stats`.
 
-Every action takes ``--output text|json``: text prints tables and sentences; json prints one JSON
+Every action takes ``--output table|json`` (tidelog.client.cli_tables; ``text`` is ``table``):
+table prints tables and sentences; json prints one JSON
 document (``receive`` and ``peek``: one JSON object per message and line, like `tidelog consume`),
 and on failure a JSON object ``{"error": {"type", "code", "message"}}`` on stderr.
 
@@ -18,6 +19,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from tidelog.client.cli_common import error as print_error
+from tidelog.client.cli_tables import add_output_option, emit, table
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -44,8 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             description: str | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=description or help_text,
                                   epilog=_EPILOG)
-        sub.add_argument("--output", choices=("text", "json"), default="text",
-                         help="text (default) or json")
+        add_output_option(sub)
         sub.set_defaults(func=_runner(func))
         return sub
 
@@ -91,14 +94,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="a header of every message (repeatable)")
 
     receive = add("receive", "receive messages, print them, then settle them", _receive,
-                  "Receive up to --max messages (waiting up to --timeout-s in all) and print "
+                  "Receive up to --max messages (waiting up to --timeout in all) and print "
                   "them; then --ack, --nack or --reject them. Without one of those they are "
                   "released at exit (available again at once, the delivery not counted).")
     receive.add_argument("name")
     receive.add_argument("--max", type=int, default=1, metavar="N",
                          help="at most N messages (default 1)")
-    receive.add_argument("--timeout-s", type=float, default=5.0, metavar="S",
+    receive.add_argument("--timeout", type=float, default=5.0, metavar="S", dest="timeout_s",
                          help="stop waiting for messages after S seconds (default 5)")
+    receive.add_argument("--timeout-s", type=float, dest="timeout_s", help=argparse.SUPPRESS)
     action = receive.add_mutually_exclusive_group()
     action.add_argument("--ack", action="store_true", help="ack each message printed")
     action.add_argument("--nack", action="store_true",
@@ -205,17 +209,15 @@ def _fail(args: argparse.Namespace, kind: str, code: int, message: str, exit_cod
         print(json.dumps({"error": {"type": kind, "code": code, "message": message}}),
               file=sys.stderr)
     else:
-        print(f"error: {message}", file=sys.stderr)
+        print_error(args, message)
     return exit_code
 
 
 def _emit(args: argparse.Namespace, document: object, text: str) -> None:
-    print(json.dumps(document) if args.output == "json" else text)
+    emit(args, document, text)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    from tidelog.client.cli_topic import table
-
     return table(header, rows)
 
 
@@ -333,7 +335,7 @@ def _send(admin: Any, args: argparse.Namespace) -> int:
                 meta = pending.popleft().result(120.0)
             except errors.TidelogError as exc:
                 failures += 1
-                print(f"error: {exc}", file=sys.stderr)
+                print_error(args, str(exc))
                 continue
             count += 1
             if len(sent) < SEND_LISTED_MAX:
@@ -396,8 +398,8 @@ def _receive(admin: Any, args: argparse.Namespace) -> int:
                     except errors.TidelogError as exc:
                         error = exc
                         failures += 1
-                        print(f"error: {args.name} {message.topic}/{message.partition}@"
-                              f"{message.offset}: {exc}", file=sys.stderr)
+                        print_error(args, f"{args.name} {message.topic}/{message.partition}@"
+                                          f"{message.offset}: {exc}")
                 sys.stdout.write(_message_line(message, args.output, _settled(args), error))
             sys.stdout.flush()
     return EXIT_ERROR if failures else EXIT_OK
@@ -432,7 +434,7 @@ def _text(data: bytes | None) -> str | None:
 
 def _message_line(message: Any, output: str, settled: str | None = None,
                   error: BaseException | None = None) -> str:
-    if output == "text":
+    if output != "json":
         return (_text(message.value) or "") + "\n"
     document: dict[str, Any] = {
         "queue": message.queue, "topic": message.topic, "partition": message.partition,

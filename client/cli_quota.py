@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -87,7 +86,9 @@ def _entity_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _output_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", choices=("text", "json"), default="text")
+    from tidelog.client.cli_tables import add_output_option
+
+    add_output_option(parser)
 
 
 def _entity_kwargs(args: argparse.Namespace) -> dict[str, object]:
@@ -111,7 +112,9 @@ def _run(args: argparse.Namespace, action) -> int:  # noqa: ANN001
         with Admin(args.bootstrap, security=args.security) as admin:
             action(admin)
     except errors.TidelogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from tidelog.client.cli_common import error
+
+        error(args, str(exc))
         return 1
     return 0
 
@@ -141,7 +144,7 @@ def _set(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     def action(admin) -> None:  # noqa: ANN001
-        from tidelog.client.cli_topic import table
+        from tidelog.client.cli_tables import table
         from tidelog.client.quota_admin import QUOTA_KINDS
 
         entries = admin.describe_quotas()

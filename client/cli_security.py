@@ -93,7 +93,9 @@ def _resource_options(parser: argparse.ArgumentParser, *, required: bool) -> Non
 
 
 def _output_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", choices=("text", "json"), default="text")
+    from tidelog.client.cli_tables import add_output_option
+
+    add_output_option(parser)
 
 
 def _run(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
@@ -104,7 +106,9 @@ def _run(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
         with Admin(args.bootstrap, security=args.security) as admin:
             action(admin)
     except errors.TidelogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from tidelog.client.cli_common import error
+
+        error(args, str(exc))
         return 1
     return 0
 
@@ -164,7 +168,7 @@ def _user_delete(args: argparse.Namespace) -> int:
 
 def _user_list(args: argparse.Namespace) -> int:
     def action(admin: Any) -> None:
-        from tidelog.client.cli_topic import table
+        from tidelog.client.cli_tables import table
 
         users = admin.list_users()
         if args.output == "json":
@@ -227,7 +231,7 @@ def _acl_list(args: argparse.Namespace) -> int:
     resource_type, name = _resource(args)
 
     def action(admin: Any) -> None:
-        from tidelog.client.cli_topic import table
+        from tidelog.client.cli_tables import table
 
         acls = admin.list_acls(principal=args.principal, resource_type=resource_type,
                                resource_name=name)

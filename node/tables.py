@@ -1,14 +1,22 @@
-"""Plain-text tables for status commands (no dependency: aligned columns, a rule under the head)."""
+"""The one table style of every `tidelog` command (tidelog.client.cli_tables uses it; it lives
+here because the node-side commands, `cluster status` among them, must not import the client).
+
+A header of upper-case names (spaces become '-'), columns left-aligned and separated by two
+spaces, no rule, no trailing blanks; an unknown value (None) is shown as '-'.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 
+def cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    names = [str(h).upper().replace(" ", "-") for h in headers]
+    cells = [names] + [[cell(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(names))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)

@@ -40,8 +40,8 @@ def test_demo_kills_a_leader_and_loses_nothing() -> None:
                           capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "killing node" in done.stdout
-    header, rule, row = [line for line in done.stdout.splitlines() if line.strip()][-4:-1]
-    assert header.split()[:5] == ["sent", "acknowledged", "failed", "read", "back"]
+    header, row = [line for line in done.stdout.splitlines() if line.strip()][-3:-1]
+    assert header.split()[:5] == ["SENT", "ACKNOWLEDGED", "FAILED", "READ-BACK", "LOST"]
     assert row.split()[4] == "0", done.stdout  # lost
 
 

@@ -1,0 +1,58 @@
+"""One output style for every `tidelog` admin command: a table for people, JSON for scripts.
+
+Tables (node/tables.py, shared with the node-side commands): a header of upper-case names
+(spaces become '-'), columns left-aligned and separated by two spaces, no rule, no trailing
+blanks; an unknown value (None) is shown as '-'. This is rpk's
+and kafka-topics' plain style: it pipes through `grep`/`awk`/`column` unharmed (a rich table's
+box characters do not), which is why rich is kept for the live `tidelog top` screen only.
+
+JSON (`--output json`): one document on one line of stdout; a `list` command prints a JSON array of
+objects (one per row, the same fields as the table's columns in snake_case, never pre-formatted
+text), a `describe`/`status` command one JSON object. Numbers stay numbers and an unknown value
+is null, so `jq '.[] | select(.lag > 100)'` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tidelog.node.tables import cell, render_table
+
+__all__ = ["OUTPUT_CHOICES", "add_output_option", "cell", "emit", "table", "to_json",
+           "wants_json"]
+
+OUTPUT_CHOICES = ("table", "json")
+
+
+def _output_format(text: str) -> str:
+    """'text' is the table's older name (group, queue, quota, user and acl had it)."""
+    return "table" if text == "text" else text
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    """`--output table|json` (default table; `text` is accepted for table)."""
+    parser.add_argument("--output", type=_output_format, choices=OUTPUT_CHOICES,
+                        default="table",
+                        help="table (default; 'text' is the same) or json: an array of "
+                             "objects for a list, one object for describe/status")
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    return getattr(args, "output", "table") == "json"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """The table, as one string (no final newline); the style is node/tables.py's."""
+    return render_table(header, rows)
+
+
+def to_json(document: Any) -> str:
+    return json.dumps(document)
+
+
+def emit(args: argparse.Namespace, document: Any, text: str) -> None:
+    """Print `document` as JSON with --output json, else the human `text`."""
+    print(to_json(document) if wants_json(args) else text)
