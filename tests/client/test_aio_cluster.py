@@ -134,15 +134,23 @@ def test_1000_records_acks_all_read_back_in_order(cluster: LocalCluster,
 def test_two_group_members_split_the_partitions(cluster: LocalCluster,
                                                 security: ClientSecurity) -> None:
     topic, group = name("aio-group"), name("g")
-    total = 200
+    half = 100
+
+    async def poll(members: tuple[AIOConsumer, ...], seen: list, until: object,
+                   timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not until() and time.monotonic() < deadline:  # type: ignore[operator]
+            for consumer in members:
+                for batch in (await consumer.getmany(timeout_ms=100)).values():
+                    seen += [(consumer.member_id, r.partition, r.offset) for r in batch]
 
     async def run() -> None:
-        async with AIOAdmin(cluster.bootstrap, security=security) as admin:
+        async with AIOAdmin(cluster.bootstrap, security=security) as admin, \
+                AIOProducer(cluster.bootstrap, security=security) as producer:
             await admin.create_topic(topic, partitions=4, replication_factor=3)
-            async with AIOProducer(cluster.bootstrap, security=security) as producer:
-                for i in range(total):
-                    producer.send_nowait(topic, f"{i}".encode(), key=f"{i}".encode())
-                await producer.flush(30)
+            for i in range(half):  # read by whoever owns the partition while the group forms
+                producer.send_nowait(topic, f"{i}".encode(), key=f"{i}".encode())
+            await producer.flush(30)
             options = {"group_id": group, "topics": [topic], "security": security,
                        "auto_offset_reset": "earliest", "session_timeout_ms": 6000}
             one = AIOConsumer(cluster.bootstrap, **options)
@@ -150,21 +158,24 @@ def test_two_group_members_split_the_partitions(cluster: LocalCluster,
             await one.start()
             await two.start()
             try:
-                deadline = time.monotonic() + 30
                 seen: list = []
-                while time.monotonic() < deadline:
+
+                def split() -> bool:
                     a, b = one.assignment(), two.assignment()
-                    if a and b and len(a | b) == 4 and not a & b and len(seen) >= total:
-                        break
-                    for consumer in (one, two):
-                        for batch in (await consumer.getmany(timeout_ms=100)).values():
-                            seen += [(consumer.member_id, r.partition, r.offset) for r in batch]
-                a, b = one.assignment(), two.assignment()
-                assert a and b and not a & b and len(a | b) == 4, (a, b)
-                assert len(seen) == total
-                assert len({(p, o) for _, p, o in seen}) == total  # each record once
-                by_member = {m for m, _, _ in seen}
-                assert by_member == {one.member_id, two.member_id}
+                    return bool(a and b and len(a | b) == 4 and not a & b)
+
+                await poll((one, two), seen, split)
+                assert split(), (one.assignment(), two.assignment())
+                owner = {tp.partition: c.member_id for c in (one, two) for tp in c.assignment()}
+                for i in range(half, 2 * half):  # read by the partition's owner only
+                    producer.send_nowait(topic, f"{i}".encode(), key=f"{i}".encode())
+                await producer.flush(30)
+                mark = len(seen)
+                await poll((one, two), seen, lambda: len(seen) >= 2 * half)
+                assert len({(p, o) for _, p, o in seen}) == len(seen) == 2 * half  # each once
+                late = seen[mark:]
+                assert late and all(owner[p] == m for m, p, _ in late), (owner, late)
+                assert {m for m, _, _ in late} == {one.member_id, two.member_id}
                 await two.commit()
                 await one.commit()
                 lag = await admin.list_group_lag(group)
