@@ -54,8 +54,14 @@ class ProducerConfig:
     partitioner: str = "xxh3"
     request_bytes_max: int = 8 * MIB
     client_id: str = ""  # sent on every call; quotas may be set per client id
+    #: fail with ClusterUnreachable when no bootstrap address answered for this long
+    bootstrap_timeout_s: float = 10.0
+    #: at interpreter exit, an unclosed producer delivers for at most this long (close(timeout))
+    exit_flush_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
+        _check(self.bootstrap_timeout_s > 0, "bootstrap_timeout_s must be > 0")
+        _check(self.exit_flush_timeout_s >= 0, "exit_flush_timeout_s must be >= 0")
         _check(self.acks in ("all", "leader"), f"acks must be 'all' or 'leader', not {self.acks!r}")
         _check(self.linger_ms >= 0, "linger_ms must be >= 0")
         _check(self.batch_size > 0, "batch_size must be > 0")
@@ -107,8 +113,10 @@ class ConsumerConfig:
     max_poll_interval_ms: int = 300_000
     group_assignor: str = ""  # uniform | range | sticky; empty: the group's (sticky by default)
     client_id: str = ""
+    bootstrap_timeout_s: float = 10.0  # as ProducerConfig's
 
     def __post_init__(self) -> None:
+        _check(self.bootstrap_timeout_s > 0, "bootstrap_timeout_s must be > 0")
         _check(self.group_id is None or 0 < len(self.group_id) <= 255,
                "group_id must be 1..255 characters")
         _check(self.auto_commit_interval_ms > 0, "auto_commit_interval_ms must be > 0")
@@ -140,6 +148,8 @@ class AdminConfig:
     request_timeout_ms: int = 30_000
     retry_backoff_ms: int = 100
     client_id: str = ""  # sent on every call; quotas may be set per client id
+    bootstrap_timeout_s: float = 10.0  # as ProducerConfig's
 
     def __post_init__(self) -> None:
         _check(self.request_timeout_ms > 0, "request_timeout_ms must be > 0")
+        _check(self.bootstrap_timeout_s > 0, "bootstrap_timeout_s must be > 0")

@@ -88,13 +88,19 @@ class Connections:
         try:
             return rpc(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            error = errors.from_rpc_error(exc, subject=subject, address=address)
-            hint = tls_hint(error.message, self._security) \
-                if isinstance(error, errors.NodeUnavailable) else ""
-            if hint:  # a plaintext client at a TLS node, an unknown CA, no client certificate
-                error.message = error.message + hint
-                error.args = (error.message,)
-            raise error from None
+            raise self.error_of(exc, address, subject=subject) from None
+
+    def error_of(
+        self, exc: grpc.RpcError, address: str, *, subject: str = ""
+    ) -> errors.TidelogError:
+        """The typed error of a failed call to `address` (with a TLS hint where one helps)."""
+        error = errors.from_rpc_error(exc, subject=subject, address=address)
+        hint = tls_hint(error.message, self._security) \
+            if isinstance(error, errors.NodeUnavailable) else ""
+        if hint:  # a plaintext client at a TLS node, an unknown CA, no client certificate
+            error.message = error.message + hint
+            error.args = (error.message,)
+        return error
 
     def call_async(
         self, address: str, method: str, request: Any, *, timeout_s: float

@@ -270,6 +270,18 @@ class NoBrokersAvailable(NodeUnavailable):
     """None of the bootstrap nodes answered."""
 
 
+class ClusterUnreachable(NoBrokersAvailable):
+    """No bootstrap address answered within ``bootstrap_timeout_s`` and the client never reached
+    the cluster: the addresses are wrong or the cluster is down. Not retriable (waiting longer
+    would only hide the mistake); ``last_errors`` maps each address to why it failed last."""
+
+    retriable = False
+
+    def __init__(self, message: str, *, last_errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.last_errors = dict(last_errors or {})
+
+
 _BY_CODE: dict[int, type[TidelogError]] = {
     1: UnknownError,
     2: NotLeader,

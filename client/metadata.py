@@ -4,10 +4,19 @@ The view is a cache refreshed by a Metadata call to any reachable node (the last
 first, then the other known nodes, then the bootstrap list). Producer and consumer refresh it when a
 request fails with NOT_LEADER / LEADER_NOT_AVAILABLE / an unreachable node, at most once per
 retry_backoff_ms, and in any case every metadata_max_age_ms.
+
+A paused or partitioned node answers nothing and keeps its connection open, so a call to it lasts
+its whole deadline. Hence (issue 15) a Metadata call gets at most METADATA_ATTEMPT_S_MAX per node
+and is hedged: without an answer after HEDGE_AFTER_S the next node is asked too, and the first
+answer wins (client/hedged.py). A node that timed out or was overtaken is *slow* for SLOW_FOR_S:
+asked last. Until the client first reached the cluster, rounds repeat (each logged at INFO on the
+``tidelog.client`` logger) for at most bootstrap_timeout_s, then ClusterUnreachable names every
+address and its last error: a wrong address or a cluster that is down fails fast and says so.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -15,14 +24,32 @@ from dataclasses import dataclass
 
 from tidelog.client import errors
 from tidelog.client.connection import Connections
+from tidelog.client.hedged import first_answer
 
 __all__ = [
+    "BOOTSTRAP_TIMEOUT_S",
+    "HEDGE_AFTER_S",
+    "METADATA_ATTEMPT_S_MAX",
+    "SLOW_FOR_S",
     "ClusterDescription",
     "Metadata",
     "NodeDescription",
     "PartitionDescription",
     "TopicDescription",
 ]
+
+#: the logger whose INFO lines a CLI shows on stderr while it waits (client/cli_common.py)
+_client_log = logging.getLogger("tidelog.client")
+
+#: a Metadata call is cheap: a node that has not answered in this long is paused or cut off
+METADATA_ATTEMPT_S_MAX = 5.0
+#: without an answer after this long, the same Metadata request also goes to the next node
+HEDGE_AFTER_S = 0.3
+#: a node that timed out or was overtaken is asked last for this long
+SLOW_FOR_S = 30.0
+#: default of the clients' bootstrap_timeout_s: how long to look for a first answering node
+BOOTSTRAP_TIMEOUT_S = 10.0
+_BOOTSTRAP_BACKOFF_MAX_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +96,7 @@ class Metadata:
     def __init__(
         self, connections: Connections, bootstrap: tuple[str, ...], *, request_timeout_ms: int,
         max_age_ms: int, retry_backoff_ms: int, clock: Callable[[], float] = time.monotonic,
+        bootstrap_timeout_s: float = BOOTSTRAP_TIMEOUT_S,
     ) -> None:
         self._connections = connections
         self._bootstrap = bootstrap
@@ -83,6 +111,11 @@ class Metadata:
         self._refreshed_at: dict[str, float] = {}
         self._stale: set[str] = set()
         self._last_good: str | None = None
+        self._bootstrap_timeout_s = bootstrap_timeout_s
+        self._reached = False  # some node answered once: past the bootstrap phase
+        self._first_call_at: float | None = None
+        self._last_errors: dict[str, str] = {}  # per address, for ClusterUnreachable
+        self._slow_until: dict[str, float] = {}
 
     # --- I/O ------------------------------------------------------------------------------------
 
@@ -94,7 +127,9 @@ class Metadata:
 
         wanted = list(topics or ())
         request = broker_pb2.MetadataRequest(topics=wanted, include_internal=include_internal)
-        response = self.call_any("Metadata", request)
+        response = self.call_any("Metadata", request,
+                                 attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX),
+                                 hedge_after_s=HEDGE_AFTER_S)
         description = _description_from(response)
         now = self._clock()
         with self._lock:
@@ -206,6 +241,14 @@ class Metadata:
                 internal=description.internal,
             )
 
+    def mark_slow(self, address: str) -> None:
+        """`address` did not answer in time: ask it last for SLOW_FOR_S."""
+        with self._lock:
+            self._slow_until[address] = self._clock() + SLOW_FOR_S
+
+    def is_slow(self, address: str) -> bool:
+        return self._slow_until.get(address, 0.0) > self._clock()
+
     def stale_topics(self) -> set[str]:
         with self._lock:
             now = self._clock()
@@ -220,6 +263,8 @@ class Metadata:
         return refreshed is None or self._clock() - refreshed >= self._max_age_s
 
     def _candidates(self) -> list[str]:
+        """Addresses to ask, in order: the last that answered, the known live nodes, the bootstrap
+        list; slow nodes last (still asked: they may be the only ones left)."""
         ordered: list[str] = []
         if self._last_good:
             ordered.append(self._last_good)
@@ -227,26 +272,72 @@ class Metadata:
             ordered.extend(n.address for n in self._nodes.values() if n.alive)
         ordered.extend(self._bootstrap)
         seen: set[str] = set()
-        return [a for a in ordered if not (a in seen or seen.add(a))]
+        unique = [a for a in ordered if not (a in seen or seen.add(a))]
+        return sorted(unique, key=self.is_slow)  # stable: the order above within each part
 
-    def call_any(self, method: str, request: object) -> object:
-        failures: list[str] = []
-        for address in self._candidates():
-            try:
-                response = self._connections.call(
-                    address, method, request, timeout_s=self._timeout_s
-                )
-            except errors.TidelogError as exc:
-                if not exc.retriable:
-                    raise
-                failures.append(f"{address}: {exc}")
-                continue
-            self._last_good = address
-            return response
-        raise errors.NoBrokersAvailable(
-            "no node answered a Metadata request; tried " + "; ".join(failures)
-            + " (check --bootstrap / TIDELOG_BOOTSTRAP and that the cluster is up)"
-        )
+    def call_any(
+        self, method: str, request: object, *, attempt_s: float | None = None,
+        hedge_after_s: float | None = None, timeout_s: float | None = None,
+    ) -> object:
+        """The call on the first node that answers (I/O). Each node gets `attempt_s` (default
+        request_timeout_ms); with `hedge_after_s` the next node is asked when the last one has
+        not answered that long (only for requests safe to send twice), else once it failed.
+        Raises NoBrokersAvailable (retriable) when no node answered; before the client ever
+        reached the cluster it first retries for bootstrap_timeout_s (at most `timeout_s`),
+        then raises ClusterUnreachable."""
+        started = self._clock()
+        if self._first_call_at is None:
+            self._first_call_at = started
+        caller_limit = float("inf") if timeout_s is None else started + timeout_s
+        attempt = attempt_s or self._timeout_s
+        tries = 0
+        while True:
+            limit = caller_limit if self._reached else min(caller_limit,
+                                                           self._bootstrap_deadline())
+            budget = max(0.05, min(attempt, limit - self._clock()))
+            if not self._reached:  # a silent address must leave time for further rounds
+                budget = min(budget, max(0.5, self._bootstrap_timeout_s / 3))
+            addresses = self._candidates()
+            result = first_answer(self._connections, addresses, method, request,
+                                  attempt_s=budget, hedge_after_s=hedge_after_s,
+                                  clock=self._clock)
+            for address in result.slow:
+                self.mark_slow(address)
+            if result.address is not None:
+                self._last_good = result.address
+                self._reached = True
+                return result.answer
+            tries += 1
+            with self._lock:
+                self._last_errors.update((a, str(e)) for a, e in result.failures.items())
+            failures = "; ".join(f"{a}: {e}" for a, e in result.failures.items())
+            now = self._clock()
+            if not self._reached and now >= self._bootstrap_deadline():
+                raise self._unreachable(now - self._first_call_at)
+            if self._reached or now >= caller_limit:
+                raise errors.NoBrokersAvailable(
+                    f"no node answered {method}; tried {failures} (check the bootstrap "
+                    "addresses (--bootstrap / TIDELOG_BOOTSTRAP) and that the cluster is up)")
+            delay = min(limit - now, self._backoff_s * 2 ** min(tries - 1, 10),
+                        _BOOTSTRAP_BACKOFF_MAX_S)
+            _client_log.info("no node answers at %s (%s); retry %d in %.1f s (gives up %.1f s "
+                             "after the first try: bootstrap_timeout_s)", ",".join(addresses),
+                             failures, tries, delay, self._bootstrap_timeout_s)
+            time.sleep(delay)
+
+    def _bootstrap_deadline(self) -> float:
+        return (self._first_call_at or 0.0) + self._bootstrap_timeout_s
+
+    def _unreachable(self, waited_s: float) -> errors.ClusterUnreachable:
+        with self._lock:
+            last = {a: self._last_errors.get(a, "not tried") for a in self._bootstrap}
+            last.update((a, e) for a, e in self._last_errors.items() if a not in last)
+        per_address = "; ".join(f"{a}: {e}" for a, e in last.items())
+        return errors.ClusterUnreachable(
+            f"no node answers at {','.join(self._bootstrap)} after {waited_s:.1f} s "
+            f"(bootstrap_timeout_s={self._bootstrap_timeout_s:g}); last error per address: "
+            f"{per_address}. Check the bootstrap addresses (--bootstrap / TIDELOG_BOOTSTRAP) and "
+            "that the cluster is up", last_errors=last)
 
 
 def _description_from(response: object) -> ClusterDescription:

@@ -2,11 +2,20 @@
 
 Thread-safe: any number of threads may call ``send`` and ``flush``; one background thread
 (tidelog.client.sender) batches, sends and retries. See docs/client.md for every option.
+
+A program that ends without ``close()`` still gets its records delivered (kafka-python's
+promise): an exit hook closes every open producer, for at most exit_flush_timeout_s, and what
+is still pending then fails with ClientClosed through its future and callback. The hook and
+the sender hold no reference to the Producer (a `_Lifecycle` holds the parts), so an unclosed
+producer can still be garbage-collected; its finalizer then starts the same graceful close.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -25,6 +34,80 @@ from tidelog.client.throttle import ThrottleStats, check_client_id
 __all__ = ["Producer"]
 
 Headers = Sequence[tuple[str, bytes | None]]
+
+_log = logging.getLogger(__name__)
+#: after close(timeout) gave up: how long the forced stop (cancel in-flight calls) may take
+_FORCED_STOP_S = 5.0
+
+
+class _Lifecycle:
+    """The producer's closing, apart from the Producer so that neither the exit hook nor the
+    sender thread keeps the Producer alive. ``close`` may be interrupted (Ctrl-C) at any point
+    and called again: it resumes where it was."""
+
+    def __init__(self, accumulator: RecordAccumulator, sender: Sender,
+                 connections: Connections, exit_timeout_s: float) -> None:
+        self.accumulator = accumulator
+        self.sender = sender
+        self.connections = connections
+        self.exit_timeout_s = exit_timeout_s
+        self.done = False
+
+    def begin(self) -> None:
+        """Stop taking records and deliver what is queued (idempotent, never blocks)."""
+        self.accumulator.close()
+        self.sender.stop(force=False)
+
+    def close(self, timeout: float | None) -> None:
+        if self.done:
+            return
+        self.begin()
+        # Event.wait, not Thread.join: an interrupted join marks the thread stopped (3.11)
+        if not self.sender.finished.wait(timeout):
+            self.sender.stop(force=True)
+            if not self.sender.finished.wait(_FORCED_STOP_S):
+                _log.warning("producer sender thread did not stop within %.0f s",
+                             _FORCED_STOP_S)
+        self.connections.close()
+        self.done = True
+        _OPEN.discard(self)
+
+
+#: every producer not closed yet (a strong set of lifecycles, not of producers)
+_OPEN: set[_Lifecycle] = set()
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _close_open_producers() -> None:
+    """The exit hook: close every open producer at once, each within its exit timeout."""
+    open_now = list(_OPEN)
+    for lifecycle in open_now:
+        lifecycle.begin()
+    for lifecycle in open_now:
+        try:
+            lifecycle.close(lifecycle.exit_timeout_s)
+        except Exception:  # pragma: no cover - never let one producer stop the others
+            _log.exception("closing a producer at exit failed")
+
+
+def _install_exit_hook() -> None:
+    """Once per process. threading's exit hooks run when the main thread ends, before atexit
+    handlers and while new threads may still start (gRPC needs some); atexit is the fallback."""
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        register = getattr(threading, "_register_atexit", None)
+        try:
+            if register is None:
+                raise RuntimeError("no threading._register_atexit")
+            register(_close_open_producers)
+        except RuntimeError:  # already shutting down, or another Python
+            import atexit
+
+            atexit.register(_close_open_producers)
+        _hook_installed = True
 
 
 class Producer:
@@ -58,6 +141,8 @@ class Producer:
         transactional_id: str | None = None,
         security: ClientSecurity | None = None,
         client_id: str = "",
+        bootstrap_timeout_s: float = 10.0,
+        exit_flush_timeout_s: float = 10.0,
     ) -> None:
         self.config = ProducerConfig(
             bootstrap=parse_bootstrap(bootstrap), security=security, acks=acks, linger_ms=linger_ms,
@@ -67,29 +152,44 @@ class Producer:
             request_timeout_ms=request_timeout_ms, retry_backoff_ms=retry_backoff_ms,
             retry_backoff_ms_max=retry_backoff_ms_max, metadata_max_age_ms=metadata_max_age_ms,
             partitioner=partitioner, request_bytes_max=request_bytes_max,
-            client_id=check_client_id(client_id),
+            client_id=check_client_id(client_id), bootstrap_timeout_s=bootstrap_timeout_s,
+            exit_flush_timeout_s=exit_flush_timeout_s,
         )
         config = self.config
         self._connections = Connections(config.security, client_id=config.client_id)
         self._metadata = Metadata(
             self._connections, config.bootstrap, request_timeout_ms=config.request_timeout_ms,
             max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms,
+            bootstrap_timeout_s=config.bootstrap_timeout_s,
         )
         self._hash = PARTITIONERS[config.partitioner]
         self._sticky = StickyPartitioner()
         self._tps: dict[str, list[TopicPartition]] = {}
         self._closed = False
         self._sender: Sender | None = None
+        # The accumulator's hooks must not hold the Producer (see _Lifecycle): plain closures
+        wake: list[Sender] = []
+        sticky, tps_of = self._sticky, self._tps
+
+        def batch_closed(tp: TopicPartition) -> None:
+            sticky.batch_closed(tp.topic, tp.partition, len(tps_of.get(tp.topic, ())) or 1)
+
         self._accumulator = RecordAccumulator(
             batch_size=config.batch_size, linger_ms=config.linger_ms,
             buffer_memory=config.buffer_memory, max_block_ms=config.max_block_ms,
             delivery_timeout_ms=config.delivery_timeout_ms,
-            on_new_batch=self._wake_sender, on_batch_closed=self._batch_closed,
+            on_new_batch=lambda: wake and wake[0].wake(), on_batch_closed=batch_closed,
         )
         self._sender = Sender(config, self._accumulator, self._metadata, self._connections)
+        wake.append(self._sender)
         # An identity that survives restarts: each new instance bumps the producer's epoch,
         # which fences the previous one (a zombie's writes fail with ProducerFenced).
         self._sender.delivery.transactional_id = transactional_id or ""
+        self._lifecycle = _Lifecycle(self._accumulator, self._sender, self._connections,
+                                     config.exit_flush_timeout_s)
+        _install_exit_hook()
+        _OPEN.add(self._lifecycle)
+        weakref.finalize(self, self._lifecycle.begin)  # collected unclosed: deliver, then stop
         self._sender.start()
 
     # --- public API -----------------------------------------------------------------------------
@@ -160,19 +260,10 @@ class Producer:
 
     def close(self, timeout: float | None = None) -> None:
         """Deliver what is queued (up to `timeout` seconds, None = until delivery_timeout_ms
-        expires it), then stop. Records still pending after the timeout fail with ClientClosed."""
-        if self._closed:
-            return
+        expires it), then stop. Records still pending after the timeout fail with ClientClosed.
+        Interrupted (Ctrl-C), it can be called again and goes on where it was."""
         self._closed = True
-        self._accumulator.close()
-        sender = self._sender
-        assert sender is not None
-        sender.stop(force=False)
-        sender.join(timeout)
-        if sender.is_alive():
-            sender.stop(force=True)
-            sender.join(5.0)
-        self._connections.close()
+        self._lifecycle.close(timeout)
 
     def __enter__(self) -> Producer:
         return self
@@ -222,6 +313,3 @@ class Producer:
     def _wake_sender(self) -> None:
         if self._sender is not None:
             self._sender.wake()
-
-    def _batch_closed(self, tp: TopicPartition) -> None:
-        self._sticky.batch_closed(tp.topic, tp.partition, len(self._tps.get(tp.topic, ())) or 1)

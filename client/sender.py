@@ -4,7 +4,9 @@ One thread owns all delivery state (tidelog.client.delivery); gRPC completion ca
 the reply on a queue and wake the thread, so no state is shared with gRPC's threads. Each loop:
 
 1. handle finished requests (complete futures, or schedule retries / fail batches);
-2. get a producer id if idempotent and there is none (or a partition retired the old one);
+2. get a producer id if idempotent and there is none (or a partition retired the old one): on a
+   helper thread, so a slow InitProducerId (a paused node, a metadata election) holds up only the
+   partitions that need the new id, never replies or the partitions that still have one;
 3. refresh metadata for topics found stale (NOT_LEADER, unreachable node, age);
 4. for each partition with a retry or a ready batch whose leader is known: send what the delivery
    rules allow (retries first, then new batches, up to max_in_flight per partition);
@@ -26,7 +28,7 @@ from tidelog.client.accumulator import ProducerBatch, RecordAccumulator
 from tidelog.client.config import ProducerConfig
 from tidelog.client.connection import Connections
 from tidelog.client.delivery import DeliveryState, Failure
-from tidelog.client.metadata import Metadata
+from tidelog.client.metadata import HEDGE_AFTER_S, METADATA_ATTEMPT_S_MAX, Metadata
 from tidelog.client.metrics import ProducerCounters
 from tidelog.client.records import TopicPartition
 from tidelog.client.throttle import ThrottleTracker
@@ -64,6 +66,11 @@ class Sender(threading.Thread):
         self._stopping = False  # finish what is queued, then exit
         self._forced = False  # fail what is queued, then exit
         self._pid_retry_at = 0.0
+        self._pid_call: threading.Thread | None = None  # InitProducerId under way
+        self._pid_outcome: object | None = None  # its reply or TidelogError, for the loop
+        #: set when run() returns: wait on this, not on join() (an interrupted join() marks a
+        #: running thread stopped on Python 3.11, bpo-45274, so a second join() returns at once)
+        self.finished = threading.Event()
         self._codec = None
         self._acks = None
         self._inflight_futures: set[grpc.Future] = set()
@@ -94,6 +101,12 @@ class Sender(threading.Thread):
             codec_module.Codec.NONE)
         self._acks = broker_pb2.ACKS_ALL if self._config.acks == "all" else broker_pb2.ACKS_LEADER
         try:
+            self._loop()
+        finally:
+            self.finished.set()
+
+    def _loop(self) -> None:
+        try:
             while True:
                 timeout = self._run_once()
                 if self._stopping and self._finished():
@@ -116,10 +129,11 @@ class Sender(threading.Thread):
     def _run_once(self) -> float:
         self._handle_replies()
         now = self._clock()
+        self._apply_producer_id(now)
         if self._config.idempotent and (
             self.delivery.producer_id < 0 or self.delivery.needs_new_producer_id
-        ) and now >= self._pid_retry_at and not self._forced:
-            self._init_producer_id(now)
+        ) and now >= self._pid_retry_at and not self._forced and self._pid_call is None:
+            self._init_producer_id()
         stale = self._metadata.stale_topics()
         if stale and not self._forced:
             try:
@@ -295,14 +309,35 @@ class Sender(threading.Thread):
 
     # --- producer id ----------------------------------------------------------------------------
 
-    def _init_producer_id(self, now: float) -> None:
+    def _init_producer_id(self) -> None:
+        """Start InitProducerId on a helper thread; _apply_producer_id takes its outcome."""
         from tidelog.proto import broker_pb2
 
-        try:
-            response = self._metadata.call_any("InitProducerId", broker_pb2.InitProducerIdRequest(
-                transactional_id=self.delivery.transactional_id))
-        except errors.TidelogError as exc:
-            _log.info("InitProducerId failed (will retry): %s", exc)
+        transactional_id = self.delivery.transactional_id
+        request = broker_pb2.InitProducerIdRequest(transactional_id=transactional_id)
+        timeout_s = self._config.request_timeout_ms / 1000
+        # Without a transactional id a second answer only wastes a producer id: ask the next
+        # node when one is slow. With one, each call bumps the epoch: one call at a time.
+        hedged = dict(attempt_s=min(timeout_s, METADATA_ATTEMPT_S_MAX),
+                      hedge_after_s=HEDGE_AFTER_S) if not transactional_id else {}
+
+        def call() -> None:
+            try:
+                self._pid_outcome = self._metadata.call_any("InitProducerId", request, **hedged)
+            except errors.TidelogError as exc:
+                self._pid_outcome = exc
+            self.wake()
+
+        self._pid_call = threading.Thread(target=call, name="tidelog-producer-init",
+                                          daemon=True)
+        self._pid_call.start()
+
+    def _apply_producer_id(self, now: float) -> None:
+        if self._pid_call is None or (self._pid_outcome is None and self._pid_call.is_alive()):
+            return
+        outcome, self._pid_outcome, self._pid_call = self._pid_outcome, None, None
+        if isinstance(outcome, errors.TidelogError) or outcome is None:
+            _log.info("InitProducerId failed (will retry): %s", outcome)
             self._pid_retry_at = now + self._config.retry_backoff_ms / 1000
             return
-        self.delivery.set_producer_id(response.producer_id, response.producer_epoch)
+        self.delivery.set_producer_id(outcome.producer_id, outcome.producer_epoch)  # type: ignore[attr-defined]
