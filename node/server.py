@@ -6,8 +6,8 @@ narrow Protocol:
 - `ReplicaManager` (node/replica_manager.py): local partition replicas matched to the metadata,
   Raft traffic in and out, leaders of every group, ticks, leader balancing and hand-over;
 - `ClientApi` (node/client_api.py): the Broker operations (topics, produce, fetch, offsets);
-- `GroupCoordinator` (node/groups/coordinator.py), `QueueCoordinator` (node/queues/coordinator.py)
-  and the log cleaner (node/cleaner.py).
+- `GroupCoordinator` (node/groups/coordinator.py), `QueueCoordinator` (node/queues/coordinator.py),
+  the log cleaner (node/cleaner.py) and retention (node/retention.py).
 
 Two gRPC listeners: clients reach Broker (and Health) on `--listen`; peers reach Cluster (Raft
 streams, metadata forwarding) on `--peer-listen`, which clients must never reach.
@@ -46,6 +46,7 @@ from tidelog.node.queues.host import NodeQueueHost
 from tidelog.node.queues.service import QueuesService
 from tidelog.node.replica import Replica
 from tidelog.node.replica_manager import ReplicaManager
+from tidelog.node.retention import run_retention
 from tidelog.node.security.cert_auth import PeerAuthInterceptor
 from tidelog.node.security.channels import CHANNEL_OPTIONS, PeerDialer
 from tidelog.node.security.channels import install as install_peer_dialer
@@ -151,6 +152,7 @@ class Node:
             loop.create_task(self.groups.run(), name="groups"),
             loop.create_task(self.queues.run(), name="queues"),
             loop.create_task(run_cleaner(self.replicas), name="cleaner"),
+            loop.create_task(run_retention(self.replicas), name="retention"),
             loop.create_task(self._replica_health_loop(), name="replica-health"),
         ]
         await self._health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

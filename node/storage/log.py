@@ -710,6 +710,26 @@ class PartitionLog:
             count = sum(1 for s in self._segments[:-1] if s.end_offset <= new_start_offset)
             return self._delete_prefix(count, new_start_offset)
 
+    def retention_start(self, now_ms: int, *, retention_ms: int | None,
+                        retention_bytes: int | None) -> int:
+        """The log start retention would leave (the base offset of the first segment it keeps;
+        the current log start when it deletes nothing). Deletes nothing: a Raft replica cuts
+        through Replica.truncate_prefix, which records the cut in raft.state first."""
+        with self._lock:
+            self._check_open()
+            count = self._retention_count(now_ms, retention_ms, retention_bytes)
+            if count == 0:
+                return self._log_start_offset
+            return max(self._segments[count].base_offset, self._log_start_offset)
+
+    def _retention_count(self, now_ms: int, retention_ms: int | None,
+                         retention_bytes: int | None) -> int:
+        sealed = [SegmentStat(base_offset=s.base_offset, size_bytes=s.size_bytes,
+                              max_timestamp_ms=s.max_timestamp_ms)
+                  for s in self._segments[:-1]]
+        return segments_to_delete(sealed, total_bytes=self.size_bytes, now_ms=now_ms,
+                                  retention_ms=retention_ms, retention_bytes=retention_bytes)
+
     def apply_retention(self, now_ms: int) -> list[int]:
         """Delete whole sealed segments by age and total size; returns their base offsets."""
         cfg = self.config
@@ -717,12 +737,7 @@ class PartitionLog:
             return []
         with self._lock:
             self._check_open()
-            sealed = [SegmentStat(base_offset=s.base_offset, size_bytes=s.size_bytes,
-                                  max_timestamp_ms=s.max_timestamp_ms)
-                      for s in self._segments[:-1]]
-            count = segments_to_delete(sealed, total_bytes=self.size_bytes, now_ms=now_ms,
-                                       retention_ms=cfg.retention_ms,
-                                       retention_bytes=cfg.retention_bytes)
+            count = self._retention_count(now_ms, cfg.retention_ms, cfg.retention_bytes)
             if count == 0:
                 return []
             new_start = max(self._segments[count].base_offset, self._log_start_offset)
