@@ -255,13 +255,16 @@ class AIOQueueConsumer:
             await self.flush(timeout_s if timeout_s is not None else self._timeout_s)
         except errors.Timeout as exc:
             _log.warning("queue %s: closing with settlements unanswered: %s", self.queue, exc)
-        self._task.cancel()
-        for task in [self._task, *self._requests]:
+        requests = list(self._requests)
+        for task in [self._task, *requests]:
             task.cancel()
-        await asyncio.gather(self._task, *self._requests, return_exceptions=True)
-        for item in self._pending:
+        await asyncio.gather(self._task, *requests, return_exceptions=True)
+        for item in [*self._pending, *(it for task in requests
+                                       for it in getattr(task, "items", ()))]:
             if not item.future.done():
-                item.future.set_exception(errors.ClientClosed("queue consumer closed"))
+                item.future.set_exception(errors.ClientClosed(
+                    "queue consumer closed before the settlement was answered"))
+                item.future.exception()  # retrieved: a fire-and-forget ack must not warn
         assert self._connections is not None
         await self._connections.close()
 
