@@ -120,16 +120,18 @@ class Metadata:
     # --- I/O ------------------------------------------------------------------------------------
 
     def describe(
-        self, topics: Iterable[str] | None = None, *, include_internal: bool = False
+        self, topics: Iterable[str] | None = None, *, include_internal: bool = False,
+        timeout_s: float | None = None,
     ) -> ClusterDescription:
-        """One Metadata call (I/O); also updates the cache. topics=None: all topics."""
+        """One Metadata call (I/O); also updates the cache. topics=None: all topics.
+        `timeout_s` bounds the whole call (a poll's budget); default: the per-node limits."""
         from tidelog.proto import broker_pb2
 
         wanted = list(topics or ())
         request = broker_pb2.MetadataRequest(topics=wanted, include_internal=include_internal)
         response = self.call_any("Metadata", request,
                                  attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX),
-                                 hedge_after_s=HEDGE_AFTER_S)
+                                 hedge_after_s=HEDGE_AFTER_S, timeout_s=timeout_s)
         description = _description_from(response)
         now = self._clock()
         with self._lock:
@@ -145,8 +147,9 @@ class Metadata:
                 self._refreshed_at[name] = now
         return description
 
-    def refresh(self, topics: Iterable[str]) -> None:
-        """Refresh these topics unless refreshed within retry_backoff_ms (I/O)."""
+    def refresh(self, topics: Iterable[str], *, timeout_s: float | None = None) -> None:
+        """Refresh these topics unless refreshed within retry_backoff_ms (I/O, bounded by
+        `timeout_s` when given)."""
         names = sorted(set(topics))
         now = self._clock()
         with self._lock:
@@ -154,7 +157,7 @@ class Metadata:
         if not due:
             return
         with self._refresh_lock:
-            self.describe(due)
+            self.describe(due, timeout_s=timeout_s)
 
     def topic(self, name: str, *, timeout_s: float) -> TopicDescription:
         """The topic's description, fetched if missing or old (may do I/O).
