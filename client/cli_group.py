@@ -64,14 +64,14 @@ def _run(func):  # type: ignore[no-untyped-def]
     def wrapper(args: argparse.Namespace) -> int:
         from tidelog.client import errors
         from tidelog.client.admin import Admin
-        from tidelog.client.cli_common import fail
+        from tidelog.client.cli_tables import fail
 
         try:
             with Admin(args.bootstrap, security=args.security,
                        request_timeout_ms=int(max(0.1, args.timeout) * 1000)) as admin:
                 return func(admin, args)
         except errors.TidelogError as exc:
-            return fail(args, str(exc))
+            return fail(args, exc)
 
     return wrapper
 
@@ -159,7 +159,6 @@ def _seconds(value: float | None) -> str:
 @_run
 def _reset(admin, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     from tidelog.client import errors
-    from tidelog.client.cli_common import fail
     from tidelog.client.cli_consume import _parse_time
     from tidelog.client.records import TopicPartition
 
@@ -167,9 +166,9 @@ def _reset(admin, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-d
         try:
             admin.describe_group(args.group)
         except errors.GroupIdNotFound:
-            return fail(args, f"group {args.group!r} does not exist (check the name with "
-                              "`tidelog group list`); add --allow-new-group to create it with "
-                              "these offsets")
+            raise errors.GroupIdNotFound(
+                f"group {args.group!r} does not exist (check the name with `tidelog group "
+                "list`); add --allow-new-group to create it with these offsets") from None
     topic = admin.describe_topics([args.topic])[0]
     tps = [TopicPartition(args.topic, p.partition) for p in topic.partitions]
     ends = admin.list_offsets({tp: "latest" for tp in tps})

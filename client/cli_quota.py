@@ -112,10 +112,9 @@ def _run(args: argparse.Namespace, action) -> int:  # noqa: ANN001
         with Admin(args.bootstrap, security=args.security) as admin:
             action(admin)
     except errors.TidelogError as exc:
-        from tidelog.client.cli_common import error
+        from tidelog.client.cli_tables import fail
 
-        error(args, str(exc))
-        return 1
+        return fail(args, exc)
     return 0
 
 

@@ -91,7 +91,7 @@ class _Usage(Exception):
 def _run(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
     from tidelog.client import errors
     from tidelog.client.admin import Admin
-    from tidelog.client.cli_common import fail
+    from tidelog.client.cli_tables import fail
 
     try:
         with Admin(args.bootstrap, security=args.security,
@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
     except _Usage as exc:
         return fail(args, str(exc), 2)
     except errors.TidelogError as exc:
-        return fail(args, str(exc))
+        return fail(args, exc)
     return 0
 
 

@@ -219,7 +219,11 @@ def cluster_status(args: argparse.Namespace) -> int:
         status = gather_status(args.bootstrap, args.topic, getattr(args, "security", None),
                                timeout_s=max(0.1, args.timeout))
     except ConnectionError as exc:
-        print(f"tidelog cluster status: {exc}", file=sys.stderr)
+        if args.output == "json":  # the form of every --output json failure (cli_tables.fail)
+            print(json.dumps({"error": {"type": "NoBrokersAvailable", "code": 0,
+                                        "message": str(exc)}}), file=sys.stderr)
+        else:
+            print(f"tidelog cluster status: {exc}", file=sys.stderr)
         return STATUS_UNREACHABLE
     problems = status_problems(status)
     status["healthy"] = not problems

@@ -206,6 +206,8 @@ def test_reset_offsets_refuses_an_unknown_group_unless_allowed(tidelog, cluster)
     rc, out, err = tidelog("group", "reset-offsets", "ordres-typo", *args)
     assert rc == 1 and "does not exist" in err and "--allow-new-group" in err
     assert err.startswith("tidelog group reset-offsets: ")
+    rc, _, err = tidelog("group", "reset-offsets", "ordres-typo", *args, "--output", "json")
+    assert rc == 1 and json.loads(err)["error"]["type"] == "GroupIdNotFound"
     rc, out, _ = tidelog("group", "list", "--output", "json")
     assert "ordres-typo" not in {g["group"] for g in json.loads(out)}  # nothing created
     rc, out, err = tidelog("group", "reset-offsets", "billing", *args, "--allow-new-group",

@@ -1,0 +1,56 @@
+"""One output convention for the admin commands (issue 15: two table styles, --output json on
+only two commands). The parser itself is walked, so a new list/describe command without
+--output, or with other choices, fails here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tidelog.client.cli import _subcommands, build_parser, main
+from tidelog.client.cli_tables import table
+from tidelog.node.tables import render_table
+
+CLIENT_ADMIN = ("topic", "group", "queue", "user", "acl", "quota", "cluster")
+
+
+def admin_views() -> list[tuple[str, ...]]:
+    return [path for path, _, _ in _subcommands(build_parser())
+            if path[0] in CLIENT_ADMIN and path[-1] in ("list", "describe", "status", "stats")]
+
+
+def test_every_admin_list_and_describe_has_output_table_or_json() -> None:
+    views = admin_views()
+    assert {("topic", "list"), ("topic", "describe"), ("group", "list"), ("group", "describe"),
+            ("queue", "list"), ("queue", "describe"), ("queue", "stats"), ("user", "list"),
+            ("acl", "list"), ("quota", "list"), ("cluster", "status")} <= set(views)
+    parsers = {path: sub for path, sub, _ in _subcommands(build_parser())}
+    for path in views:
+        (output,) = [a for a in parsers[path]._actions if a.dest == "output"]
+        assert list(output.choices) == ["table", "json"], path
+        assert output.default == "table", path
+
+
+@pytest.mark.parametrize("given", ["text", "table"])
+def test_text_is_the_tables_other_name(given: str) -> None:
+    args = build_parser().parse_args(["topic", "list", "--output", given])
+    assert args.output == "table"
+
+
+def test_one_table_style_for_client_and_node_commands() -> None:
+    rows = [["orders", 3, None], ["a-much-longer-name", 12, "x"]]
+    text = table(["topic", "partitions", "in sync"], rows)
+    assert text == render_table(["topic", "partitions", "in sync"], rows)
+    assert text.splitlines() == ["TOPIC               PARTITIONS  IN-SYNC",
+                                 "orders              3           -",
+                                 "a-much-longer-name  12          x"]
+
+
+def test_cluster_status_with_no_node_answering_is_rc_2(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    argv = ["cluster", "status", "--bootstrap", "127.0.0.1:1", "--timeout", "0.2"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("tidelog cluster status: no node answered")
+    assert main([*argv, "--output", "json"]) == 2
+    error = json.loads(capsys.readouterr().err)["error"]  # one object, like every json failure
+    assert error["type"] == "NoBrokersAvailable" and "no node answered" in error["message"]
