@@ -4,14 +4,14 @@ client certificate, through grpc.aio channels.
 
 What each test shows: 1,000 records sent with acks=all come back in order per partition, at the
 offsets their futures reported, and seek/offsets_for_times find them; two AIOConsumers of one
-group split the partitions and between them read each record once, and the group's lag is 0
-after their commits, and one that stops calling getmany leaves it (max_poll_interval_ms);
-queue receive + ack settles every message (none redelivered); the admin
-calls; a SCRAM login over mTLS (awaited, once per node) names the user, a wrong password is
-refused; an idempotent producer keeps every record exactly once across a SIGKILL of the
-partition's leader (the module's last test: the node is not restarted). Without a cluster: a
-damaged fetched batch raises CorruptBatch on every take until a seek, while another partition's
-records still come out.
+group split the partitions and between them read each record once, the group's lag is 0 after
+their commits, and one that stops calling getmany leaves the group (max_poll_interval_ms); queue
+receive + ack settles every message (none redelivered); the admin calls; a SCRAM login over mTLS
+(awaited, once per node) names the user, a wrong password is refused; a zombie producer (same
+transactional_id) is fenced by its successor; an idempotent producer keeps every record exactly
+once across a SIGKILL of the partition's leader (the module's last cluster test: the node is not
+restarted). Without a cluster: a damaged fetched batch raises CorruptBatch on every take until a
+seek, while another partition's records still come out.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ import pytest
 from tidelog.client import Admin, TopicPartition
 from tidelog.client.aio import AIOAdmin, AIOConsumer, AIOProducer, AIOQueueConsumer
 from tidelog.client.auth import AuthenticationFailed
-from tidelog.client.errors import InvalidReplicationFactor, TopicAlreadyExists, TopicNotFound
+from tidelog.client.errors import (
+    InvalidReplicationFactor,
+    ProducerFenced,
+    TopicAlreadyExists,
+    TopicNotFound,
+)
 from tidelog.client.security import ClientSecurity
 from tidelog.node.local_cluster import LocalCluster
 from tidelog.node.security.certs import make_dev_certs
@@ -283,6 +288,32 @@ def test_scram_login_over_mtls(cluster: LocalCluster, security: ClientSecurity) 
         async with AIOAdmin(cluster.bootstrap, security=wrong) as admin:
             with pytest.raises(AuthenticationFailed):
                 await admin.list_topics()
+
+    asyncio.run(run())
+
+
+def test_a_zombie_aio_producer_is_fenced_by_its_successor(cluster: LocalCluster,
+                                                          security: ClientSecurity) -> None:
+    topic, identity = name("aio-fenced"), name("orders")
+
+    async def run() -> None:
+        async with AIOAdmin(cluster.bootstrap, security=security) as admin:
+            await admin.create_topic(topic, partitions=1, replication_factor=3)
+        options = {"security": security, "transactional_id": identity, "linger_ms": 0}
+        async with AIOProducer(cluster.bootstrap, **options) as zombie:
+            await zombie.send(topic, b"zombie-1")
+            async with AIOProducer(cluster.bootstrap, **options) as successor:
+                await successor.send(topic, b"successor-1")
+                with pytest.raises(ProducerFenced):
+                    await zombie.send(topic, b"zombie-2")
+                with pytest.raises(ProducerFenced):
+                    zombie.send_nowait(topic, b"zombie-3")  # it stops: nothing more is sent
+                await successor.send(topic, b"successor-2")
+        async with AIOConsumer(cluster.bootstrap, topics=[topic], security=security,
+                               auto_offset_reset="earliest") as consumer:
+            values = [r.value for r in await read_all(consumer, 3)]
+            assert await consumer.getmany(timeout_ms=200) == {}
+        assert values == [b"zombie-1", b"successor-1", b"successor-2"]
 
     asyncio.run(run())
 
