@@ -3,8 +3,9 @@
 Every node serves its default listener (--listen/--advertise 127.0.0.1:P) and a named listener
 `alt` on a port of its own, advertised under another spelling (localhost:Q), as a node on two
 networks would be. A call that arrives on `alt` must be told every node's `alt` address (Metadata
-nodes, FindCoordinator), a call on the default listener the default ones; and a client given only
-`alt` addresses produces and consumes, so it follows `alt` addresses to the leaders.
+nodes, FindCoordinator, a NOT_LEADER hint), a call on the default listener the default ones;
+and a client given only `alt` addresses produces and consumes, so it follows `alt` addresses to
+the leaders.
 The test fails on the previous code: a node there refuses --listeners.
 """
 
@@ -19,6 +20,8 @@ import pytest
 from tidelog.client import Admin, Consumer, Producer, TopicPartition
 from tidelog.node.local_cluster import LocalCluster, LocalNode, free_ports
 from tidelog.proto import broker_pb2, broker_pb2_grpc
+
+from tests.node.wire import batch_of, create_topic, error_detail, produce
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -126,3 +129,33 @@ def test_a_client_given_only_alt_addresses_produces_and_consumes(
             assert time.monotonic() < deadline, f"read {len(read)} of {RECORDS}"
             read.extend(r.value for r in consumer.poll(timeout_s=1.0))
     assert sorted(read) == sorted(f"v{i}".encode() for i in range(RECORDS))
+
+
+def test_a_not_leader_hint_names_the_leader_on_the_listener_of_the_call(
+    cluster: TwoListenerCluster,
+) -> None:
+    """Produce to a follower: the NOT_LEADER detail's leader_address is the leader's address on
+    the listener the produce came in on."""
+    first = cluster.nodes[0]
+    assert not create_topic(first.address, "hints", 1).results[0].error
+    alt = {n.id: cluster.alt_advertised(n) for n in cluster.nodes}
+    default = {n.id: n.address for n in cluster.nodes}
+    deadline = time.monotonic() + 30
+    for via, expected in ((cluster.alt_bind, alt), (lambda n: n.address, default)):
+        while True:
+            leaders = [p.leader_id for t in broker_pb2_grpc.BrokerStub(
+                grpc.insecure_channel(first.address)).Metadata(
+                broker_pb2.MetadataRequest(topics=["hints"]), timeout=5).topics
+                for p in t.partitions]
+            follower = next((n for n in cluster.nodes if leaders and leaders[0] > 0
+                             and n.id != leaders[0]), None)
+            try:
+                if follower is not None:
+                    produce(via(follower), "hints", 0, batch_of([b"x"]))
+            except grpc.RpcError as error:
+                detail = error_detail(error)
+                if detail.code == broker_pb2.NOT_LEADER and detail.leader_id > 0:
+                    assert detail.leader_address == expected[detail.leader_id], detail
+                    break
+            assert time.monotonic() < deadline, f"no NOT_LEADER answer (leaders {leaders})"
+            time.sleep(0.3)
