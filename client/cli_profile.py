@@ -9,12 +9,12 @@ the current one). No command writes a password: use TIDELOG_PASSWORD.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from tidelog.client.cli_common import fail
+from tidelog.client.cli_tables import add_output_option, table, to_json, wants_json
 from tidelog.client.errors import ConfigError
 from tidelog.client.profiles import (
     ConfigFile,
@@ -53,12 +53,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     use.add_argument("name", metavar="NAME")
     use.set_defaults(func=_use)
     listing = commands.add_parser("list", help="every profile; the current one marked")
-    listing.add_argument("--output", choices=("text", "json"), default="text")
+    add_output_option(listing)
     listing.add_argument("--names", action="store_true", help=argparse.SUPPRESS)  # completion
     listing.set_defaults(func=_list)
     show = commands.add_parser("show", help="one profile's settings (default: the active one)")
     show.add_argument("name", metavar="NAME", nargs="?", default="")
-    show.add_argument("--output", choices=("text", "json"), default="text")
+    add_output_option(show)
     show.set_defaults(func=_show)
     delete = commands.add_parser("delete", help="remove a profile")
     delete.add_argument("name", metavar="NAME")
@@ -117,20 +117,15 @@ def _list(args: argparse.Namespace) -> int:
     names = sorted(config.profiles)
     if args.names:
         print("\n".join(names))
-    elif args.output == "json":
-        print(json.dumps({"file": str(config.path), "current": config.current,
-                          "profiles": [_as_json(config.profiles[n], config) for n in names]},
-                         indent=2))
+    elif wants_json(args):  # an array of objects, as every `list --output json`
+        print(to_json([_as_json(config.profiles[n], config) for n in names]))
     elif not names:
         print(f"no profiles in {config.path} (`tidelog profile create NAME --bootstrap ...`)")
     else:
-        from tidelog.node.tables import render_table
-
-        print(render_table(["current", "name", "bootstrap", "tls", "user"],
-                           [["*" if n == config.current else "", n,
-                             config.profiles[n].bootstrap,
-                             "yes" if config.profiles[n].tls_ca else "no",
-                             config.profiles[n].user or "-"] for n in names]))
+        print(table(["current", "name", "bootstrap", "tls", "user"],
+                    [["*" if n == config.current else "", n, config.profiles[n].bootstrap,
+                      "yes" if config.profiles[n].tls_ca else "no",
+                      config.profiles[n].user or None] for n in names]))
     return 0
 
 
@@ -145,8 +140,8 @@ def _show(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail(args, str(exc), 2)
     shown = _as_json(profile, config)
-    if args.output == "json":
-        print(json.dumps(shown, indent=2))
+    if wants_json(args):
+        print(to_json(shown))
     else:
         width = max(len(key) for key in shown)
         for key, value in shown.items():

@@ -181,8 +181,12 @@ def test_profile_commands_write_a_private_file_and_pick_per_call(
     capsys.readouterr()
     assert main(["profile", "list", "--output", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(p["name"], p["current"]) for p in listed["profiles"]] == [("dev", False),
-                                                                      ("prod", True)]
+    assert [(p["name"], p["current"]) for p in listed] == [("dev", False), ("prod", True)]
+    assert main(["profile", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "CURRENT  NAME  BOOTSTRAP        TLS  USER",
+        "         dev   d:9091           no   -",
+        "*        prod  p1:9091,p2:9091  yes  alice"]
     assert main(["profile", "show", "dev", "--output", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["bootstrap"] == "d:9091"
     monkeypatch.setenv("TIDELOG_PASSWORD", "secret")
