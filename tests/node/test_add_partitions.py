@@ -8,7 +8,11 @@ CI ~10 s.
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tidelog.node.errors import InvalidPartitionsError
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import (
@@ -63,3 +67,23 @@ def test_create_partitions_of_a_missing_topic_and_validate_only() -> None:
     assert state.topics["t"].partitions == 1
     command = CreatePartitions(name="t", total=4, node_ids=(1, 2), validate_only=True)
     assert decode_command(encode_command(command)) == command
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.builds(CreatePartitions, name=st.text(max_size=20), total=st.integers(-5, 5000),
+                 node_ids=st.none() | st.lists(st.integers(1, 9), max_size=4).map(tuple),
+                 validate_only=st.booleans()),
+       st.dictionaries(st.sampled_from(["name", "total", "node_ids", "validate_only", "x"]),
+                       st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+                       max_size=4))
+def test_create_partitions_wire_form_and_any_shape_on_every_replica(
+        command: CreatePartitions, body: dict) -> None:
+    """Its wire form round-trips; any other body with its op is a command or a rejected no-op,
+    the same on two replicas (never an exception out of apply)."""
+    assert decode_command(encode_command(command)) == command
+    raw = json.dumps({**body, "op": "create_partitions"}).encode()
+    states = [_state(), _state()]
+    for state in states:
+        state.apply(10, CreateTopic(name="t", partitions=1, replication_factor=1))
+    results = [state.apply_encoded(11, raw) for state in states]
+    assert results[0] == results[1] and states[0] == states[1]
