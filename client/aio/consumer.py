@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
@@ -115,6 +116,12 @@ class AIOConsumer:
         assert self._fetcher is not None and self._connections is not None
         await self._fetcher.close()
         await self._connections.close()
+
+    def __del__(self) -> None:
+        if self._started and not self._closed:  # like an unclosed file: say so, at least
+            warnings.warn(f"unclosed {type(self).__name__}: call `await close()` or use "
+                          "`async with` (its group keeps its partitions until the session expires)",
+                          ResourceWarning, stacklevel=1)
 
     async def __aenter__(self) -> AIOConsumer:
         await self.start()

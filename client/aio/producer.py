@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
@@ -189,6 +190,12 @@ class AIOProducer:
         assert self._sender is not None and self._connections is not None
         await self._sender.stop(timeout_s=timeout)
         await self._connections.close()
+
+    def __del__(self) -> None:
+        if self._started and not self._closed:  # like an unclosed file: say so, at least
+            warnings.warn(f"unclosed {type(self).__name__}: call `await close()` or use "
+                          "`async with` (records still queued are lost)",
+                          ResourceWarning, stacklevel=1)
 
     async def __aenter__(self) -> AIOProducer:
         await self.start()
