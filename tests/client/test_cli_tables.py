@@ -54,3 +54,23 @@ def test_cluster_status_with_no_node_answering_is_rc_2(capsys: pytest.CaptureFix
     assert main([*argv, "--output", "json"]) == 2
     error = json.loads(capsys.readouterr().err)["error"]  # one object, like every json failure
     assert error["type"] == "NoBrokersAvailable" and "no node answered" in error["message"]
+
+
+def test_status_problems_name_leaderless_and_under_replicated_partitions() -> None:
+    """The issue's case: rc 0 while every partition showed `leader none`."""
+    from tidelog.node.cli import status_problems
+
+    def status(*partitions: dict) -> dict:
+        nodes = [{"id": i, "address": f"h:{i}", "voter": True, "healthy": True}
+                 for i in (1, 2, 3)]
+        return {"metadata_leader": 1, "nodes": nodes, "partitions": list(partitions)}
+
+    def part(n: int, leader: int, in_sync: list[int]) -> dict:
+        return {"topic": "t", "partition": n, "replicas": [1, 2, 3], "leader": leader,
+                "in_sync": in_sync, "log_end": 0, "high_watermark": 0}
+
+    assert status_problems(status(part(0, 1, [3, 1, 2]))) == []
+    assert status_problems(status(part(0, -1, []), part(1, -1, []))) == [
+        "t-0 has no leader", "t-1 has no leader"]
+    assert status_problems(status(part(0, 2, [2, 3]))) == [
+        "t-0 is under-replicated (in sync 2,3 of 1,2,3)"]
