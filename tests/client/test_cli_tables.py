@@ -74,3 +74,15 @@ def test_status_problems_name_leaderless_and_under_replicated_partitions() -> No
         "t-0 has no leader", "t-1 has no leader"]
     assert status_problems(status(part(0, 2, [2, 3]))) == [
         "t-0 is under-replicated (in sync 2,3 of 1,2,3)"]
+
+
+@pytest.mark.parametrize(("argv", "dest"), [
+    (["topic", "list"], "timeout"), (["group", "list"], "timeout"),
+    (["cluster", "status"], "timeout"), (["queue", "receive", "q"], "timeout_s"),
+    (["health"], "timeout_s")])
+def test_timeout_is_the_name_and_timeout_s_a_hidden_alias(argv: list[str], dest: str) -> None:
+    parser = build_parser()
+    assert getattr(parser.parse_args([*argv, "--timeout", "7.5"]), dest) == 7.5
+    assert getattr(parser.parse_args([*argv, "--timeout-s", "2"]), dest) == 2.0
+    sub = {path: p for path, p, _ in _subcommands(parser)}[tuple(a for a in argv if a != "q")]
+    assert "--timeout-s" not in sub.format_help() and "--timeout S" in sub.format_help()
