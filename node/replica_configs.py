@@ -41,4 +41,5 @@ def raft_config(config: NodeConfig, voters: Sequence[int],
         learners=tuple(NodeId(v) for v in learners),
         election_ticks=config.election_ticks,
         heartbeat_ticks=config.heartbeat_ticks,
+        noop_on_committed_log=False,  # a fresh topic starts at offset 0 (docs/raft.md)
     )

@@ -31,6 +31,11 @@ class RaftConfig:
     check_quorum: bool = True
     promote_lag_max: int = 0
     """A learner may be promoted once its match is within this many offsets of the commit index."""
+    noop_on_committed_log: bool = True
+    """A new leader appends its NOOP even when its whole log is already committed (the paper's
+    rule, which the transcripts and paper tests follow). False (partition replicas): only when an
+    entry of an older term may still need committing, so a fresh topic starts at offset 0 and
+    an idle leader change adds no offset (docs/raft.md, "The leader's no-op")."""
 
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1:

@@ -416,8 +416,16 @@ class RaftCore:
             if p != self.id
         }
         # §5.4.2 / §8: a leader commits entries of earlier terms only by committing one of its own;
-        # the NOOP (control batch) does that at once, and also unblocks membership changes.
-        self._append_own([Entry(term=self.term, index=nxt, count=1, kind=EntryKind.NOOP)])
+        # the NOOP (control batch) does that at once. A leader that already knows its whole log
+        # committed (a fresh partition's empty log; an idle one handed or failed over) has nothing
+        # to commit and may skip it (config.noop_on_committed_log False): safety never rested on
+        # the NOOP, since only entries of the current term are counted (_maybe_commit), and a
+        # membership change still waits for a committed entry of this term (_propose_config
+        # writes the NOOP then). docs/raft.md, "The leader's no-op".
+        if self.config.noop_on_committed_log or self.commit < self.log.last_index():
+            self._append_noop()
+        else:
+            self._bcast_pending = True  # empty appends at once: followers learn the new leader
 
     # ------------------------------------------------------------------ per-role step functions
 
@@ -619,6 +627,10 @@ class RaftCore:
 
     # ------------------------------------------------------------------ replication (leader)
 
+    def _append_noop(self) -> None:
+        nxt = LogIndex(self.log.last_index() + 1)
+        self._append_own([Entry(term=self.term, index=nxt, count=1, kind=EntryKind.NOOP)])
+
     def _append_own(self, entries: list[Entry]) -> None:
         self.log.append(entries)
         self._note_configs(entries)
@@ -700,7 +712,10 @@ class RaftCore:
                 self._send_append(m.frm)
             return
         was_paused = pr.is_paused()
-        if not pr.maybe_update(m.index):
+        # A probe acknowledged at the match we already had (etcd does the same) also ends the
+        # probe: a leader that skipped its NOOP on an empty log hears an ack of offset -1.
+        if not pr.maybe_update(m.index) and not (
+                pr.state == ProgressState.PROBE and m.index == pr.match):
             return
         match pr.state:
             case ProgressState.PROBE:
@@ -947,6 +962,10 @@ class RaftCore:
         if self.log.term_at(self.commit) != self.term:
             # Ongaro's single-server-change bug: a new leader must commit an entry of its own
             # term before changing membership, or two leaders could use non-overlapping majorities.
+            # A leader that skipped its NOOP (its log was all committed) appends it now, so the
+            # retry does not wait for a client's write.
+            if self.log.term_at(self.log.last_index()) != self.term:
+                self._append_noop()
             raise ConfigChangeRejected(
                 "the leader has not committed an entry of its term yet; retry"
             )

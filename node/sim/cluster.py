@@ -301,6 +301,7 @@ class Cluster:
             max_inflight_msgs=16, max_append_bytes=self.opt.max_append_bytes,
             pre_vote=self.opt.pre_vote, check_quorum=self.opt.check_quorum,
             max_committed_bytes=self._max_committed_bytes, promote_lag_max=self._promote_lag_max,
+            noop_on_committed_log=False,  # as the node's replicas (replica_configs.raft_config)
         )
 
     def _start(self, node: SimNode) -> None:
