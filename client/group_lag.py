@@ -9,6 +9,11 @@ watermark, so the end offset and the timestamp come from the same answer. Never 
 `FOLLOW_READS_MAX` batches per partition. An answer holds at most `FETCH_BYTES_MAX` (the node
 always sends the first partition's batch whole, and nothing for the partitions after the budget
 ran out), so partitions answered without a batch are asked again, fewer at a time.
+
+Lag counts records, not offsets: the leader's answer at the committed offset also says how many
+control records (a leader's no-op, membership changes: one offset each, no data) lie between it
+and the high watermark (`control_records`), and they are subtracted. Compaction gaps are still
+counted, as Kafka counts them.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class PartitionLag:
 
     committed: int
     end_offset: int  # the leader's high watermark
-    lag: int  # end_offset - committed, never negative
+    lag: int  # records between committed and end_offset (control records not counted), >= 0
     first_unconsumed_timestamp_ms: int | None
     lag_seconds: float | None
 
@@ -49,9 +54,10 @@ class PartitionLag:
 
 
 def lag_of(committed: int, end_offset: int, timestamp_ms: int | None, found: bool,
-           now_ms: int) -> PartitionLag:
-    """The figures of one partition: `found` False means the timestamp is unknown."""
-    lag = max(0, end_offset - committed)
+           now_ms: int, control_records: int = 0) -> PartitionLag:
+    """The figures of one partition: `found` False means the timestamp is unknown;
+    `control_records` between committed and end_offset are not records and not lag."""
+    lag = max(0, end_offset - committed - control_records)
     if lag == 0 or (found and timestamp_ms is None):
         seconds: float | None = 0.0
     elif timestamp_ms is None:
@@ -75,13 +81,15 @@ def first_unconsumed(
     positions = dict(committed)
     reads = dict.fromkeys(committed, 0)
     empties = dict.fromkeys(committed, 0)
+    controls: dict[TopicPartition, int] = {}  # from the first answer at the committed offset
     out: dict[TopicPartition, PartitionLag] = {}
     last_error: errors.TidelogError | None = None
     for topic in {tp.topic for tp in positions}:
         metadata.topic(topic, timeout_s=timeout_s)
 
     def done(tp: TopicPartition, end: int, ts: int | None, found: bool) -> None:
-        out[tp] = lag_of(committed[tp], end, ts, found, int(time.time() * 1000))
+        out[tp] = lag_of(committed[tp], end, ts, found, int(time.time() * 1000),
+                         controls.get(tp, 0))
         del positions[tp]
 
     while positions:
@@ -131,6 +139,8 @@ def first_unconsumed(
                                         or "")
                     continue
                 end = result.high_watermark
+                if position == committed[tp]:
+                    controls[tp] = result.control_records
                 if position >= end:
                     done(tp, end, None, True)
                     continue

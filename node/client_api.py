@@ -397,6 +397,8 @@ class ClientApi:
                     raise E.OffsetOutOfRangeRequestError(
                         f"offset {want.offset} is outside {want.topic}-{want.partition}'s "
                         f"range [{replica.log.log_start_offset}, {replica.high_watermark}]")
+                result.control_records = replica.control_records_between(
+                    want.offset, replica.high_watermark)
                 if budget > 0:
                     data = replica.read_committed(
                         want.offset, min(want.max_bytes or FETCH_PARTITION_BYTES_DEFAULT, budget))

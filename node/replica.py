@@ -148,6 +148,11 @@ class Replica:
         self._apply = apply
         self.producers = ProducerStateTable()
         self._producers_upto = -1  # producer table reflects the log up to this offset
+        # Base offsets of the control batches (Raft NOOP, CONFIG; one offset each) in the log,
+        # ascending: lag counts records, not offsets (records_between). Rebuilt from the batch
+        # headers with the producer table, kept up to date by every append. A few per leader
+        # change: small.
+        self._control_offsets: list[int] = []
         self._rebuild_producer_state()
         self.commit_index = self.core.commit
         self._waiters: list[_CommitWaiter] = []
@@ -199,6 +204,7 @@ class Replica:
         await self._write_state(log_start=upto + 1, prefix_term=int(term), reset=False)
         self.log.truncate_prefix(upto + 1)  # on the loop: the core reads the log start live
         self.raft_log.prefix_term = int(term)
+        del self._control_offsets[:bisect.bisect_left(self._control_offsets, upto + 1)]
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -346,6 +352,20 @@ class Replica:
                 out.add(int(node_id))
         return sorted(out)
 
+    def records_between(self, start: int, end: int) -> int:
+        """Offsets in [start, end) that hold records, i.e. without the control batches (a
+        leader's NOOP, membership changes): what a consumer at `start` still has to read up to
+        `end` (compaction gaps aside). Only this log's part of the range is known: control
+        batches beyond its end are not counted. Two bisections."""
+        return max(0, end - start) - self.control_records_between(start, end)
+
+    def control_records_between(self, start: int, end: int) -> int:
+        """Control batches (one offset each) of this log in [start, end)."""
+        if end <= start:
+            return 0
+        controls = self._control_offsets
+        return bisect.bisect_left(controls, end) - bisect.bisect_left(controls, start)
+
     def read_committed(self, offset: int, max_bytes: int) -> bytes:
         """Whole committed batches from the one containing offset, at most ~max_bytes."""
         hw = self.high_watermark
@@ -461,6 +481,8 @@ class Replica:
                 cut = True
             info = self.log.append(to_batch(entry), term=entry.term, base_offset=entry.index)
             assert info.base_offset == entry.index
+            if entry.kind is not EntryKind.DATA:
+                self._control_offsets.append(entry.index)  # appends ascend; cuts rebuild
             if entry.kind is EntryKind.DATA and entry.last > self._producers_upto:
                 self._record_producer(entry)
         self._appended.set()
@@ -564,12 +586,15 @@ class Replica:
     def _rebuild_producer_state(self) -> None:
         """From the batch headers in the log (no decompression): after open or truncation."""
         self.producers.clear()
+        self._control_offsets = []
         if self.log.log_end_offset == self.log.log_start_offset:
             self._producers_upto = self.log.log_end_offset - 1
             return
         for header in self.log.iter_headers(self.log.log_start_offset):
             if not header.is_control:
                 self.producers.record(header, header.base_offset, header.term)
+            else:
+                self._control_offsets.append(header.base_offset)
         self._producers_upto = self.log.log_end_offset - 1
 
     def _finish_log_start(self, state: RaftStateFile) -> RaftStateFile:

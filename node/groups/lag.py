@@ -14,6 +14,12 @@ await. So every `LAG_REFRESH_INTERVAL_S` this task asks, for every committed (gr
   delta). Never a scan. A record's offset and timestamp do not change, so the answer is kept
   while the committed offset stays: a lagging partition costs one batch read per commit.
 
+Lag counts records, not offsets: the control batches (a leader's no-op, membership changes, one
+offset each) between the committed offset and the end are subtracted, counted by the local
+replica of the partition (leader or follower: `Replica.control_records_between`, two bisections
+of an in-memory list), as far as its log reaches. A node without a replica of the partition
+counts offsets.
+
 The result is `snapshot`, read by the collector (node/metrics/groups.py) and by nothing else.
 `lag_seconds` is computed at scrape time against the scrape's clock, so it grows smoothly
 between refreshes; the offsets in it are as old as the last refresh (<= interval + its run time).
@@ -82,12 +88,13 @@ class PartitionLag:
     first_unconsumed_ms: int | None
     timestamp_known: bool
     refreshed_ms: int
+    control_records: int = 0  # between committed and end_offset: offsets that are not records
 
     @property
     def lag(self) -> int:
-        """Records between the committed offset and the end (never negative: a new leader's end
-        can briefly trail a commit made against the old one)."""
-        return max(0, self.end_offset - self.committed)
+        """Records between the committed offset and the end, control records not counted (never
+        negative: a new leader's end can briefly trail a commit made against the old one)."""
+        return max(0, self.end_offset - self.committed - self.control_records)
 
     def lag_seconds(self, now_ms: int) -> float | None:
         """now - the first unconsumed record's timestamp; 0 when caught up; None if unknown.
@@ -179,9 +186,11 @@ class GroupLagRefresher:
                 ts, known = None, True
             else:
                 ts, known = None, False
+            replica = self._reader.local_replica(tp)
+            controls = replica.control_records_between(offset, end) if replica else 0
             snapshot[(group, tp)] = PartitionLag(committed=offset, end_offset=end,
                                                  first_unconsumed_ms=ts, timestamp_known=known,
-                                                 refreshed_ms=now)
+                                                 refreshed_ms=now, control_records=controls)
         self.snapshot = snapshot
 
     async def close(self) -> None:
