@@ -7,6 +7,8 @@ unchanged, afterwards.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import grpc
@@ -51,6 +53,22 @@ def test_internal_topics_cannot_be_touched_through_the_client_api(cluster: Local
         broker.Produce(pb.ProduceRequest(topic=OFFSETS, partition=0,
                                          batches=batch_of([b"junk"])), timeout=10)
     assert error_detail(written.value).code == pb.POLICY_VIOLATION
+
+    # Every internal name, existing or not, and a validate-only alter: refused before anything
+    # is proposed (the check does not depend on the caller, so a super user is refused too).
+    for name in ("__queue_state", "__metadata", "__consumer_offsets"):
+        refused = broker.DeleteTopics(pb.DeleteTopicsRequest(topics=[name]), timeout=10)
+        assert refused.results[0].error == pb.POLICY_VIOLATION, name
+    with pytest.raises(grpc.RpcError) as checked:
+        broker.AlterConfigs(pb.AlterConfigsRequest(topic="__queue_state", validate_only=True,
+                                                   set={"retention.ms": "1"}), timeout=10)
+    assert error_detail(checked.value).code == pb.POLICY_VIOLATION
+
+    # What a CLI user sees: a non-zero exit and the reason.
+    for args in (["delete", OFFSETS], ["alter", OFFSETS, "--config", "retention.ms=1"]):
+        cli = subprocess.run([sys.executable, "-m", "tidelog.client.cli", "--bootstrap", address,
+                              "topic", *args], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 1 and "internal topics" in cli.stderr, (args, cli.stderr)
 
     created = broker.CreateTopics(pb.CreateTopicsRequest(topics=[
         pb.TopicSpec(name="__mine", partitions=1, replication_factor=1)]), timeout=10)
