@@ -22,6 +22,7 @@ from tidelog.client.metadata import (
 from tidelog.client.queue_admin import QueueAdmin
 from tidelog.client.quota_admin import QuotaAdmin
 from tidelog.client.records import TopicPartition
+from tidelog.client.routing import call_metadata_leader
 from tidelog.client.security import ClientSecurity
 from tidelog.client.security_admin import SecurityAdmin
 from tidelog.client.throttle import check_client_id
@@ -80,16 +81,18 @@ class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
     def __init__(
         self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100, security: ClientSecurity | None = None,
-        client_id: str = "",
+        client_id: str = "", bootstrap_timeout_s: float = 10.0,
     ) -> None:
         self.config = AdminConfig(bootstrap=parse_bootstrap(bootstrap), security=security,
                                   request_timeout_ms=request_timeout_ms,
                                   retry_backoff_ms=retry_backoff_ms,
-                                  client_id=check_client_id(client_id))
+                                  client_id=check_client_id(client_id),
+                                  bootstrap_timeout_s=bootstrap_timeout_s)
         self._connections = Connections(security, client_id=client_id)
         self._metadata = Metadata(
             self._connections, self.config.bootstrap, request_timeout_ms=request_timeout_ms,
-            max_age_ms=0, retry_backoff_ms=retry_backoff_ms)
+            max_age_ms=0, retry_backoff_ms=retry_backoff_ms,
+            bootstrap_timeout_s=bootstrap_timeout_s)
         self._timeout_s = request_timeout_ms / 1000
 
     # --- topics ----------------------------------------------------------------------------------
@@ -388,27 +391,10 @@ class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
 
     def _retrying(self, method: str, request: object) -> object:
         """Call any node; follow a NOT_LEADER hint (a metadata change must reach the metadata
-        leader) and retry retriable failures until request_timeout_ms."""
-        deadline = time.monotonic() + self._timeout_s
-        hint: str | None = None
-        while True:
-            try:
-                if hint:
-                    return self._connections.call(
-                        hint, method, request, timeout_s=max(0.1, deadline - time.monotonic()))
-                return self._metadata.call_any(method, request)
-            except errors.NotLeader as exc:
-                hint = exc.leader_address or None
-                error: errors.TidelogError = exc
-            except errors.TidelogError as exc:
-                if not exc.retriable:
-                    raise
-                hint = None
-                error = exc
-            if time.monotonic() >= deadline:
-                raise errors.Timeout(f"{method} did not succeed within {self._timeout_s:.1f} s "
-                                     f"(last error: {error})")
-            time.sleep(self.config.retry_backoff_ms / 1000)
+        leader) and retry retriable failures until request_timeout_ms (client/routing.py)."""
+        return call_metadata_leader(self._metadata, self._connections, method, request,
+                                    timeout_s=self._timeout_s,
+                                    backoff_s=self.config.retry_backoff_ms / 1000)
 
     def _wait_for_leaders(self, name: str, *, partitions: int = 1) -> None:
         """Until the topic has at least `partitions` partitions, each with a leader (the node

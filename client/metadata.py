@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from tidelog.client import errors
 from tidelog.client.connection import Connections
 from tidelog.client.hedged import first_answer
+from tidelog.client.routing import retrying
 
 __all__ = [
     "BOOTSTRAP_TIMEOUT_S",
@@ -167,31 +168,18 @@ class Metadata:
         cached = self._topics.get(name)
         if cached is not None and not self._is_old(name):
             return cached
-        deadline = self._clock() + timeout_s
-        last_error: errors.TidelogError | None = None
-        while True:
-            try:
-                description = self.describe([name])
-            except errors.TidelogError as exc:
-                if not exc.retriable:
-                    raise
-                last_error = exc
-            else:
-                if name in description.topic_errors:
-                    error = description.topic_errors[name]
-                    if not error.retriable:
-                        raise error
-                    last_error = error
-                else:
-                    found = self._topics.get(name)
-                    if found is not None:
-                        return found
-            if self._clock() >= deadline:
-                raise errors.Timeout(
-                    f"topic {name!r}: no usable metadata after {timeout_s:.1f} s "
-                    f"(last error: {last_error})"
-                )
-            time.sleep(self._backoff_s)
+        def attempt(left_s: float) -> TopicDescription:
+            description = self.describe([name], timeout_s=left_s)
+            error = description.topic_errors.get(name)
+            if error is not None:
+                raise error  # TopicNotFound is final; a retriable one is tried again
+            found = self._topics.get(name)
+            if found is None:
+                raise errors.LeaderNotAvailable(f"topic {name!r} missing from the answer")
+            return found
+
+        return retrying(attempt, what=f"metadata of topic {name!r}", timeout_s=timeout_s,
+                        backoff_s=self._backoff_s, clock=self._clock)
 
     # --- cache reads (no I/O) ------------------------------------------------------------------
 
@@ -291,6 +279,15 @@ class Metadata:
         started = self._clock()
         if self._first_call_at is None:
             self._first_call_at = started
+        if not self._reached and method != "Metadata":
+            # Find a node with a cheap hedged Metadata call first: the bootstrap phase's short
+            # attempts must not cut a request that takes long by design (CreateTopics waits
+            # for leaders) and may not be sent twice.
+            from tidelog.proto import broker_pb2
+
+            self.call_any("Metadata", broker_pb2.MetadataRequest(topics=[]),
+                          attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX),
+                          hedge_after_s=HEDGE_AFTER_S, timeout_s=timeout_s)
         caller_limit = float("inf") if timeout_s is None else started + timeout_s
         attempt = attempt_s or self._timeout_s
         tries = 0
