@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -179,7 +180,13 @@ def gather_status(bootstrap: str, topics: list[str], security: object = None, *,
             break
     if first is None:
         raise ConnectionError(f"no node answered at {bootstrap}")
-    views = {n.id: ask(n.address) for n in first.nodes}
+    return merge_views(first, {n.id: ask(n.address) for n in first.nodes})
+
+
+def merge_views(first: Any, views: dict[int, Any]) -> dict:
+    """The status document from the first Metadata answer (nodes, topics, leaders) and each
+    node's own answer (None: it did not answer); a partition's in-sync set and offsets come
+    from its leader's answer."""
     nodes = [{"id": n.id, "address": n.address, "voter": n.voter,
               "healthy": views.get(n.id) is not None} for n in first.nodes]
     partitions = []
@@ -188,12 +195,14 @@ def gather_status(bootstrap: str, topics: list[str], security: object = None, *,
             row = {"topic": topic.name, "partition": p.partition, "replicas": list(p.replicas),
                    "leader": p.leader_id, "in_sync": [], "log_end": -1, "high_watermark": -1}
             view = views.get(p.leader_id)
-            if view is not None:
-                for t in view.topics:
-                    if t.name == topic.name:
-                        lp = t.partitions[p.partition]
-                        row.update(leader=lp.leader_id, in_sync=list(lp.in_sync),
-                                   log_end=lp.log_end_offset, high_watermark=lp.high_watermark)
+            # By partition number, not position: a node that has not applied a topic's growth
+            # yet (just restarted, say) lists fewer partitions than the first answer did.
+            lp = next((lp for t in (view.topics if view is not None else ())
+                       if t.name == topic.name for lp in t.partitions
+                       if lp.partition == p.partition), None)
+            if lp is not None:
+                row.update(leader=lp.leader_id, in_sync=list(lp.in_sync),
+                           log_end=lp.log_end_offset, high_watermark=lp.high_watermark)
             partitions.append(row)
     return {"metadata_leader": first.metadata_leader_id, "nodes": nodes, "partitions": partitions}
 

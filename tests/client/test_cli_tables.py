@@ -86,3 +86,28 @@ def test_timeout_is_the_name_and_timeout_s_a_hidden_alias(argv: list[str], dest:
     assert getattr(parser.parse_args([*argv, "--timeout-s", "2"]), dest) == 2.0
     sub = {path: p for path, p, _ in _subcommands(parser)}[tuple(a for a in argv if a != "q")]
     assert "--timeout-s" not in sub.format_help() and "--timeout S" in sub.format_help()
+
+
+def test_status_merges_a_leader_that_lists_fewer_partitions() -> None:
+    """Seen in test_cli_admin_cluster: node 3, just restarted, had not applied a topic's growth
+    2 -> 4 yet and led partition 1; `cluster status` indexed its list by partition number and
+    died with IndexError for partitions 2 and 3."""
+    from tidelog.node.cli import merge_views
+    from tidelog.proto import broker_pb2 as pb
+
+    def part(n: int, leader: int, hw: int = -1) -> pb.PartitionMetadata:
+        return pb.PartitionMetadata(partition=n, leader_id=leader, replicas=[1, 2, 3],
+                                    in_sync=[1, 2, 3] if hw >= 0 else [], high_watermark=hw,
+                                    log_end_offset=hw)
+
+    nodes = [pb.NodeInfo(id=i, address=f"h:{i}") for i in (1, 2, 3)]
+    first = pb.MetadataResponse(nodes=nodes, metadata_leader_id=1, topics=[pb.TopicMetadata(
+        name="t", partitions=[part(0, 1), part(1, 3), part(2, 3), part(3, 1)])])
+    lagging = pb.MetadataResponse(nodes=nodes, topics=[pb.TopicMetadata(
+        name="t", partitions=[part(0, 1), part(1, 3, hw=5)])])
+    leader = pb.MetadataResponse(nodes=nodes, topics=[pb.TopicMetadata(
+        name="t", partitions=[part(0, 1, hw=7), part(1, 3), part(2, 3), part(3, 1, hw=2)])])
+    status = merge_views(first, {1: leader, 2: None, 3: lagging})
+    assert [(p["partition"], p["high_watermark"], p["in_sync"]) for p in status["partitions"]] \
+        == [(0, 7, [1, 2, 3]), (1, 5, [1, 2, 3]), (2, -1, []), (3, 2, [1, 2, 3])]
+    assert [n["healthy"] for n in status["nodes"]] == [True, False, True]
