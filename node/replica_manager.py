@@ -76,6 +76,9 @@ class ReplicaManager:
         self._reconcile_pending = False
         self._reported_dirs: set[str] = set()
         self._deleting: set[str] = set()  # directories of replicas being closed and deleted
+        # The delete tasks themselves: the loop keeps only weak references to tasks, and close()
+        # lets them finish, so a node stopped right after a delete does not leave it half done.
+        self._delete_tasks: set[asyncio.Task[None]] = set()
         self.catch_up = CatchUpWatch(config.tick_ms)  # "replica ... caught up" log lines
         self.raft_metrics = RaftObserver()  # elections, leader changes, append round trips
 
@@ -146,6 +149,8 @@ class ReplicaManager:
 
     async def close(self) -> None:
         await self.transport.close()
+        if self._delete_tasks:
+            await asyncio.gather(*self._delete_tasks, return_exceptions=True)
         for replica in list(self.partitions.values()):
             await replica.close()
 
@@ -175,7 +180,10 @@ class ReplicaManager:
             if topic_id in self.state.deleted_topic_ids:
                 replica = self.partitions.pop(group)
                 self._deleting.add(replica.directory.name)
-                asyncio.get_running_loop().create_task(self._delete_replica(replica))
+                task = asyncio.get_running_loop().create_task(
+                    self._delete_replica(replica), name=f"delete-{replica.directory.name}")
+                self._delete_tasks.add(task)
+                task.add_done_callback(self._delete_tasks.discard)
         self._sweep_partition_dirs()
 
     def _sweep_partition_dirs(self) -> None:
@@ -227,7 +235,7 @@ class ReplicaManager:
             await asyncio.get_running_loop().run_in_executor(
                 None, shutil.rmtree, replica.directory, True)
             log.info("deleted replica %s (its topic was deleted)", replica.directory.name)
-        except OSError as exc:
+        except (OSError, StorageError) as exc:  # a failed fsync at close is a StorageError
             log.error("could not delete replica %s: %s; left on disk", replica.directory, exc)
         finally:
             self.leader_hints.pop(replica.group, None)
