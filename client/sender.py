@@ -7,7 +7,8 @@ the reply on a queue and wake the thread, so no state is shared with gRPC's thre
 2. get a producer id if idempotent and there is none (or a partition retired the old one): on a
    helper thread, so a slow InitProducerId (a paused node, a metadata election) holds up only the
    partitions that need the new id, never replies or the partitions that still have one;
-3. refresh metadata for topics found stale (NOT_LEADER, unreachable node, age);
+3. refresh metadata for topics found stale (NOT_LEADER, unreachable node, age), also on a helper
+   thread (one at a time): sends go on with the cached leaders meanwhile;
 4. for each partition with a retry or a ready batch whose leader is known: send what the delivery
    rules allow (retries first, then new batches, up to max_in_flight per partition);
 5. expire batches past delivery_timeout_ms;
@@ -68,6 +69,8 @@ class Sender(threading.Thread):
         self._pid_retry_at = 0.0
         self._pid_call: threading.Thread | None = None  # InitProducerId under way
         self._pid_outcome: object | None = None  # its reply or TidelogError, for the loop
+        self._refreshing: threading.Thread | None = None  # a metadata refresh under way
+        self._refresh_at = 0.0  # after a failed refresh: not before retry_backoff_ms
         #: set when run() returns: wait on this, not on join() (an interrupted join() marks a
         #: running thread stopped on Python 3.11, bpo-45274, so a second join() returns at once)
         self.finished = threading.Event()
@@ -135,11 +138,11 @@ class Sender(threading.Thread):
         ) and now >= self._pid_retry_at and not self._forced and self._pid_call is None:
             self._init_producer_id()
         stale = self._metadata.stale_topics()
-        if stale and not self._forced:
-            try:
-                self._metadata.refresh(stale)
-            except errors.TidelogError as exc:
-                _log.info("metadata refresh failed: %s", exc)
+        if stale and not self._forced and now >= self._refresh_at and (
+                self._refreshing is None or not self._refreshing.is_alive()):
+            self._refreshing = threading.Thread(target=self._refresh, args=(stale,),
+                                                name="tidelog-producer-metadata", daemon=True)
+            self._refreshing.start()
         now = self._clock()
         ready, next_linger = self._accumulator.ready(now)
         with_retries = [tp for tp, st in self.delivery.partitions.items() if st.retry]
@@ -308,6 +311,16 @@ class Sender(threading.Thread):
             future.cancel()
 
     # --- producer id ----------------------------------------------------------------------------
+
+    def _refresh(self, topics: set[str]) -> None:
+        """On the helper thread: Metadata is thread-safe; the loop reads the new leaders."""
+        try:
+            self._metadata.refresh(topics)
+        except errors.TidelogError as exc:
+            _log.info("metadata refresh failed: %s", exc)
+            self._refresh_at = self._clock() + self._config.retry_backoff_ms / 1000
+            return
+        self.wake()
 
     def _init_producer_id(self) -> None:
         """Start InitProducerId on a helper thread; _apply_producer_id takes its outcome."""
