@@ -173,3 +173,27 @@ def test_close_interrupted_by_sigint_can_be_called_again(cluster: LocalCluster) 
     assert f"closed {RECORDS} 0" in out, (out, err)  # the second close delivered everything
     assert values_in(cluster, topic, RECORDS + 1) == [
         b"first", *(b"%d" % i for i in range(RECORDS))]
+
+
+def test_an_unclosed_producer_is_collected_and_still_delivers(cluster: LocalCluster) -> None:
+    """The exit hook must not keep producers alive: dropped unclosed, one is garbage-collected,
+    and its finalizer starts the graceful close (its records still arrive, callbacks run)."""
+    import gc
+    import threading
+    import weakref
+
+    from tidelog.client import Producer
+
+    topic = make_topic(cluster, "exit-collected")
+    delivered = threading.Semaphore(0)
+    producer = Producer(cluster.bootstrap, linger_ms=5000)
+    for i in range(20):
+        producer.send(topic, b"%d" % i, callback=lambda m, e: e is None and delivered.release())
+    sender = producer._sender
+    assert sender is not None
+    gone = weakref.ref(producer)
+    del producer
+    gc.collect()
+    assert gone() is None, gc.get_referrers(gone())
+    assert all(delivered.acquire(timeout=10) for _ in range(20))  # linger 5 s skipped
+    assert sender.finished.wait(10), "the sender of a collected producer never stopped"
