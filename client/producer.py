@@ -80,20 +80,36 @@ _hook_installed = False
 
 
 def _close_open_producers() -> None:
-    """The exit hook: close every open producer at once, each within its exit timeout."""
+    """The exit hook: once the program's other (non-daemon) threads are done, as Python itself
+    would wait for them next (they may still be sending), close every open producer at once,
+    each within its exit timeout. Ctrl-C here skips the wait; a second one the delivery."""
+    if not _OPEN:
+        return
+    try:
+        current = threading.current_thread()
+        for thread in threading.enumerate():
+            if not thread.daemon and thread is not current \
+                    and thread is not threading.main_thread():
+                thread.join()
+    except KeyboardInterrupt:
+        pass
     open_now = list(_OPEN)
     for lifecycle in open_now:
         lifecycle.begin()
-    for lifecycle in open_now:
-        try:
-            lifecycle.close(lifecycle.exit_timeout_s)
-        except Exception:  # pragma: no cover - never let one producer stop the others
-            _log.exception("closing a producer at exit failed")
+    try:
+        for lifecycle in open_now:
+            try:
+                lifecycle.close(lifecycle.exit_timeout_s)
+            except Exception:  # pragma: no cover - never let one producer stop the others
+                _log.exception("closing a producer at exit failed")
+    except KeyboardInterrupt:
+        pass
 
 
 def _install_exit_hook() -> None:
     """Once per process. threading's exit hooks run when the main thread ends, before atexit
-    handlers and while new threads may still start (gRPC needs some); atexit is the fallback."""
+    handlers and while new threads may still start (gRPC and the sender start some; Python 3.12
+    refuses new threads in atexit handlers); atexit is the fallback."""
     global _hook_installed
     with _hook_lock:
         if _hook_installed:

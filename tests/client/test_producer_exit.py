@@ -101,11 +101,19 @@ class Script:
 def test_records_sent_without_close_are_delivered_at_exit(cluster: LocalCluster) -> None:
     topic = make_topic(cluster, "exit-no-close")
     started = time.monotonic()
-    # linger 5 s: nothing would leave before the interpreter ends unless the exit flushes it
+    # linger 5 s: nothing would leave before the interpreter ends unless the exit flushes it.
+    # The main thread returns first; a worker thread (non-daemon) still sends the second half
+    # after that: the exit flush must wait for it, as Python waits for such threads.
     rc, out, err = Script("""
+        import threading, time
         producer = Producer(bootstrap, acks="all", linger_ms=5000, delivery_timeout_ms=60_000)
-        for i in range(count):
+        for i in range(count // 2):
             producer.send(topic, b"%d" % i, callback=callback)
+        def later():
+            time.sleep(0.3)
+            for i in range(count // 2, count):
+                producer.send(topic, b"%d" % i, callback=callback)
+        threading.Thread(target=later).start()
     """, cluster.bootstrap, topic, str(RECORDS)).finish(60)
     elapsed = time.monotonic() - started
     assert rc == 0, err
