@@ -50,7 +50,6 @@ HEDGE_AFTER_S = 0.3
 SLOW_FOR_S = 30.0
 #: default of the clients' bootstrap_timeout_s: how long to look for a first answering node
 BOOTSTRAP_TIMEOUT_S = 10.0
-_BOOTSTRAP_BACKOFF_MAX_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,12 +272,12 @@ class Metadata:
         """The call on the first node that answers (I/O). Each node gets `attempt_s` (default
         request_timeout_ms); with `hedge_after_s` the next node is asked when the last one has
         not answered that long (only for requests safe to send twice), else once it failed.
-        Raises NoBrokersAvailable (retriable) when no node answered; before the client ever
-        reached the cluster it first retries for bootstrap_timeout_s (at most `timeout_s`),
-        then raises ClusterUnreachable."""
-        started = self._clock()
+        Raises NoBrokersAvailable (retriable: the caller's loop tries again) when no node
+        answered; ClusterUnreachable instead once bootstrap_timeout_s passed since the first
+        call without any node ever answering. Before that, each failed round is logged at INFO
+        on the ``tidelog.client`` logger (a CLI shows these retries)."""
         if self._first_call_at is None:
-            self._first_call_at = started
+            self._first_call_at = self._clock()
         if not self._reached and method != "Metadata":
             # Find a node with a cheap hedged Metadata call first: the bootstrap phase's short
             # attempts must not cut a request that takes long by design (CreateTopics waits
@@ -288,42 +287,33 @@ class Metadata:
             self.call_any("Metadata", broker_pb2.MetadataRequest(topics=[]),
                           attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX),
                           hedge_after_s=HEDGE_AFTER_S, timeout_s=timeout_s)
-        caller_limit = float("inf") if timeout_s is None else started + timeout_s
-        attempt = attempt_s or self._timeout_s
-        tries = 0
-        while True:
-            limit = caller_limit if self._reached else min(caller_limit,
-                                                           self._bootstrap_deadline())
-            budget = max(0.05, min(attempt, limit - self._clock()))
-            if not self._reached:  # a silent address must leave time for further rounds
-                budget = min(budget, max(0.5, self._bootstrap_timeout_s / 3))
-            addresses = self._candidates()
-            result = first_answer(self._connections, addresses, method, request,
-                                  attempt_s=budget, hedge_after_s=hedge_after_s,
-                                  clock=self._clock)
-            for address in result.slow:
-                self.mark_slow(address)
-            if result.address is not None:
-                self._last_good = result.address
-                self._reached = True
-                return result.answer
-            tries += 1
-            with self._lock:
-                self._last_errors.update((a, str(e)) for a, e in result.failures.items())
-            failures = "; ".join(f"{a}: {e}" for a, e in result.failures.items())
-            now = self._clock()
-            if not self._reached and now >= self._bootstrap_deadline():
-                raise self._unreachable(now - self._first_call_at)
-            if self._reached or now >= caller_limit:
-                raise errors.NoBrokersAvailable(
-                    f"no node answered {method}; tried {failures} (check the bootstrap "
-                    "addresses (--bootstrap / TIDELOG_BOOTSTRAP) and that the cluster is up)")
-            delay = min(limit - now, self._backoff_s * 2 ** min(tries - 1, 10),
-                        _BOOTSTRAP_BACKOFF_MAX_S)
-            _client_log.info("no node answers at %s (%s); retry %d in %.1f s (gives up %.1f s "
-                             "after the first try: bootstrap_timeout_s)", ",".join(addresses),
-                             failures, tries, delay, self._bootstrap_timeout_s)
-            time.sleep(delay)
+        budget = min(attempt_s or self._timeout_s,
+                     float("inf") if timeout_s is None else max(0.05, timeout_s))
+        if not self._reached:  # a silent address must leave time for further rounds
+            budget = min(budget, max(0.5, self._bootstrap_timeout_s / 3),
+                         max(0.05, self._bootstrap_deadline() - self._clock()))
+        addresses = self._candidates()
+        result = first_answer(self._connections, addresses, method, request,
+                              attempt_s=budget, hedge_after_s=hedge_after_s, clock=self._clock)
+        for address in result.slow:
+            self.mark_slow(address)
+        if result.address is not None:
+            self._last_good = result.address
+            self._reached = True
+            return result.answer
+        with self._lock:
+            self._last_errors.update((a, str(e)) for a, e in result.failures.items())
+        failures = "; ".join(f"{a}: {e}" for a, e in result.failures.items())
+        if not self._reached:
+            left = self._bootstrap_deadline() - self._clock()
+            if left <= 0:
+                raise self._unreachable(self._clock() - self._first_call_at)
+            _client_log.info("no node answers at %s (%s); retrying for up to %.1f s more "
+                             "(bootstrap_timeout_s=%g)", ",".join(addresses), failures, left,
+                             self._bootstrap_timeout_s)
+        raise errors.NoBrokersAvailable(
+            f"no node answered {method}; tried {failures} (check the bootstrap addresses "
+            "(--bootstrap / TIDELOG_BOOTSTRAP) and that the cluster is up)")
 
     def _bootstrap_deadline(self) -> float:
         return (self._first_call_at or 0.0) + self._bootstrap_timeout_s
