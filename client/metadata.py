@@ -9,9 +9,10 @@ A paused or partitioned node answers nothing and keeps its connection open, so a
 its whole deadline. Hence (issue 15) a Metadata call gets at most METADATA_ATTEMPT_S_MAX per node
 and is hedged: without an answer after HEDGE_AFTER_S the next node is asked too, and the first
 answer wins (client/hedged.py). A node that timed out or was overtaken is *slow* for SLOW_FOR_S:
-asked last. Until the client first reached the cluster, rounds repeat (each logged at INFO on the
-``tidelog.client`` logger) for at most bootstrap_timeout_s, then ClusterUnreachable names every
-address and its last error: a wrong address or a cluster that is down fails fast and says so.
+asked last. Until the client first reached the cluster, each failed round is logged at INFO on the
+``tidelog.client`` logger, and once bootstrap_timeout_s passed ClusterUnreachable (not retriable:
+the callers' retry loops stop) names every address and its last error, so a wrong address or a
+cluster that is down fails fast and says so.
 """
 
 from __future__ import annotations
