@@ -141,7 +141,7 @@ def test_a_dead_bootstrap_fails_fast_naming_each_address(
         caplog.set_level(logging.INFO, logger="tidelog.client")
         started = time.monotonic()
         with pytest.raises(errors.NoBrokersAvailable) as caught, \
-                Producer(",".join(dead), bootstrap_timeout_s=2.0) as producer:
+                Producer(",".join(dead), bootstrap_timeout_s=1.0) as producer:
             producer.send("anything", b"x")
         elapsed = time.monotonic() - started
     finally:
@@ -149,7 +149,7 @@ def test_a_dead_bootstrap_fails_fast_naming_each_address(
         silent.close()
     message = str(caught.value)
     print(f"dead bootstrap failed after {elapsed:.2f} s: {message}")
-    assert elapsed < 2.0 + 2.0, elapsed
+    assert 1.0 <= elapsed < 1.0 + 2.0, elapsed
     assert not caught.value.retriable
     for address in dead:
         assert address in message
