@@ -8,7 +8,11 @@ new ones start at the group's committed offset (else ``auto_offset_reset``) — 
 the thread that calls ``poll``. See docs/consumer-groups.md for the delivery guarantees.
 
 Thread-safety: every public method takes one lock, so a consumer may be shared between threads,
-but records are handed out once: two threads polling the same consumer split the stream.
+but records are handed out once: two threads polling the same consumer split the stream. poll()
+releases the lock while it waits for fetch replies, and metadata refreshes run on a background
+thread, so poll(timeout_s) returns within timeout_s (plus one ListOffsets/commit round when
+positions must be resolved or partitions change hands) even with a node paused. ``wakeup()``
+from any thread makes a waiting (or the next) poll raise WakeupError.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ _SLICE_S = 0.1  # poll() re-checks metadata and out-of-range partitions this oft
 ASYNC_COMMITS_IN_FLIGHT_MAX = 16  # commit_async blocks while this many are unanswered
 
 PartitionsCallback = Callable[[set[TopicPartition]], None]
+Deserializer = Callable[[bytes], Any]
 
 
 class Consumer:
@@ -84,12 +89,16 @@ class Consumer:
         on_lost: PartitionsCallback | None = None,
         listener: Any = None,
         security: ClientSecurity | None = None,
+        key_deserializer: Deserializer | None = None,
+        value_deserializer: Deserializer | None = None,
     ) -> None:
         """With `group_id`, the consumer joins that group for `topics` (or the regex `pattern`;
         or call subscribe() later). Callbacks get sets of TopicPartition and run inside poll();
         `listener` may instead be an object with on_partitions_assigned/_revoked/_lost methods.
         on_lost (fenced: the partitions already belong to someone else, commits would be refused)
-        defaults to on_revoke."""
+        defaults to on_revoke. `key_deserializer`/`value_deserializer` turn each non-None key /
+        value into what poll() returns in the record (None stays None: tombstones)."""
+        self._key_deserializer, self._value_deserializer = key_deserializer, value_deserializer
         self.config = ConsumerConfig(
             bootstrap=parse_bootstrap(bootstrap), security=security,
             auto_offset_reset=auto_offset_reset,
@@ -112,6 +121,12 @@ class Consumer:
         self._fetcher = Fetcher(self.config, self._metadata, self._connections)
         self._lock = threading.RLock()
         self._closed = False
+        self._closing = False
+        self._wakeup = threading.Event()
+        # Metadata refreshes run here, never on the poll thread: a paused node must not hold
+        # poll() for a request timeout. At most one refresh at a time.
+        self._refresher = ThreadPoolExecutor(1, thread_name_prefix="tidelog-metadata")
+        self._refreshing: Future[None] | None = None
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         if listener is not None:
             self._set_listener(listener)
@@ -159,20 +174,22 @@ class Consumer:
     def subscribe(self, topics: Sequence[str] = (), *, pattern: str | None = None,
                   listener: Any = None) -> None:
         """Join the group (group_id) for these topics or the topics matching `pattern` (a Python
-        regex, full match). Partitions arrive through poll(). Subscribing again is not
-        supported yet: close() and make a new consumer."""
+        regex, full match). Partitions arrive through poll(). Subscribing again replaces the
+        subscription (the same member; the next heartbeat carries it, and the coordinator's new
+        assignment arrives through poll() as revocations and assignments, callbacks included)."""
         with self._lock:
             self._check_open()
             if self._coordinator is None:
                 raise errors.ConfigError("subscribe() needs a group_id")
-            if self._group is not None:
-                raise errors.TidelogError("already subscribed; close() and subscribe anew")
             if not topics and not pattern:
                 raise errors.ConfigError("subscribe to at least one topic, or a pattern")
-            if self._fetcher.states:
+            if self._group is None and self._fetcher.states:
                 raise errors.TidelogError("assign() and subscribe() cannot be mixed")
             if listener is not None:
                 self._set_listener(listener)
+            if self._group is not None:
+                self._group.resubscribe(topics, pattern or "")
+                return
             self._group = Membership(
                 self._coordinator, topics=topics, pattern=pattern or "",
                 assignor=self.config.group_assignor,
@@ -337,38 +354,68 @@ class Consumer:
         position is outside the log and auto_offset_reset='error'."""
         limit = max_records or self.config.max_poll_records
         deadline = time.monotonic() + max(0.0, timeout_s)
-        with self._lock:
-            self._check_open()
-            if self._group is not None:
-                self._group.polled()
-                self._apply_group_changes()
+        first = True
+        while True:
+            with self._lock:
+                self._check_open()
+                if self._wakeup.is_set():
+                    self._wakeup.clear()
+                    raise errors.WakeupError("poll() interrupted by wakeup()")
+                records = self._poll_round(limit, deadline, first=first)
+            first = False
+            if records:
+                return self._deserialized(records)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self._fetcher.wait(min(remaining, _SLICE_S))  # without the lock: others may run
+
+    def wakeup(self) -> None:
+        """Interrupt a poll() waiting in another thread (safe from any thread, no lock): it
+        raises WakeupError; with no poll() waiting, the next one raises it (Kafka's wakeup())."""
+        self._wakeup.set()
+        self._fetcher.interrupt()
+
+    def _poll_round(self, limit: int, deadline: float, *, first: bool) -> list[ConsumerRecord]:
+        """One round of poll() under the lock: group changes, positions, replies, records."""
+        if self._group is not None:
+            self._group.polled()  # waiting inside poll() counts as polling
+            self._apply_group_changes()
+            if first:
                 self._maybe_auto_commit()
-            unknown = [tp for tp, st in self._fetcher.states.items() if st.position is None]
-            if unknown:
-                self._reset_positions(unknown)
-            while True:
-                if self._group is not None:
-                    self._group.polled()  # waiting inside poll() counts as polling
-                if self._group is not None and self._apply_group_changes():
-                    unknown = [tp for tp, st in self._fetcher.states.items()
-                               if st.position is None]
-                    if unknown:
-                        self._reset_positions(unknown)
-                self._fetcher.handle_replies()
-                self._handle_out_of_range()
-                records = self._fetcher.take(limit)
-                stale = self._metadata.stale_topics()
-                if stale:
-                    # a failure is retried on the next round; fetches wait for a leader
-                    with contextlib.suppress(errors.TidelogError):
-                        self._metadata.refresh(stale)
-                self._fetcher.send_fetches()  # prefetch while the caller works on `records`
-                if records:
-                    return records
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                self._fetcher.wait(min(remaining, _SLICE_S))
+        unknown = [tp for tp, st in self._fetcher.states.items() if st.position is None]
+        if unknown:
+            self._reset_positions(unknown, deadline=deadline)
+        self._fetcher.handle_replies()
+        self._handle_out_of_range(deadline)
+        try:
+            return self._fetcher.take(limit)  # may raise one partition's error
+        finally:
+            # even then: the other partitions keep being fetched (prefetch while the caller
+            # works on the records)
+            self._refresh_in_background()
+            self._fetcher.send_fetches()
+
+    def _refresh_in_background(self) -> None:
+        """Refresh stale metadata on the refresher thread; fetches wait for a leader meanwhile
+        (a failure is retried on a later round)."""
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        stale = self._metadata.stale_topics()
+        if stale:
+            self._refreshing = self._refresher.submit(self._refresh_quietly, stale)
+
+    def _refresh_quietly(self, topics: set[str]) -> None:
+        with contextlib.suppress(errors.TidelogError):
+            self._metadata.refresh(topics)
+
+    def _deserialized(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        kd, vd = self._key_deserializer, self._value_deserializer
+        if kd is None and vd is None:
+            return records
+        return [r._replace(key=r.key if kd is None or r.key is None else kd(r.key),
+                           value=r.value if vd is None or r.value is None else vd(r.value))
+                for r in records]
 
     def __iter__(self) -> Iterator[ConsumerRecord]:
         """Yield records forever (until close()); each poll waits up to 1 s."""
@@ -376,19 +423,27 @@ class Consumer:
             yield from self.poll(timeout_s=1.0)
 
     def close(self) -> None:
-        """Leave the group (committing first when auto-commit is on) and release everything."""
+        """Leave the group (committing first when auto-commit is on) and release everything.
+
+        Waits for pending commit_async calls *without* the consumer's lock, so their callbacks
+        may still call the consumer (position(), assignment(), ...); the consumer is closed
+        (ClientClosed) only after they ran."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._closing:
                 return
+            self._closing = True
+            if self._group is not None and self.config.enable_auto_commit:
+                try:
+                    self.commit()
+                except errors.TidelogError as exc:
+                    _log.warning("final auto-commit failed: %s", exc)
+            pool = self._commit_pool
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self._refresher.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
             if self._group is not None:
-                if self.config.enable_auto_commit:
-                    try:
-                        self.commit()
-                    except errors.TidelogError as exc:
-                        _log.warning("final auto-commit failed: %s", exc)
                 self._group.leave()
-            if self._commit_pool is not None:
-                self._commit_pool.shutdown(wait=True)
             self._closed = True
             self._fetcher.close()
             self._connections.close()
@@ -414,11 +469,12 @@ class Consumer:
             raise errors.TidelogError(f"{tp} is not assigned to this consumer; assign() it first")
         return st
 
-    def _list(self, specs: dict[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, int]:
+    def _list(self, specs: dict[TopicPartition, tuple[int, int]],
+              timeout_s: float | None = None) -> dict[TopicPartition, int]:
         self._check_open()
         return offsets.list_offsets(
             self._metadata, self._connections, specs,
-            timeout_s=self.config.request_timeout_ms / 1000,
+            timeout_s=self.config.request_timeout_ms / 1000 if timeout_s is None else timeout_s,
             backoff_s=self.config.retry_backoff_ms / 1000)
 
     def _seek_to(self, partitions: Iterable[TopicPartition] | None, spec: int) -> None:
@@ -429,14 +485,24 @@ class Consumer:
             for tp, offset in self._list({tp: (spec, 0) for tp in tps}).items():
                 self._fetcher.seek(tp, offset)
 
-    def _reset_positions(self, tps: list[TopicPartition]) -> None:
+    def _reset_positions(self, tps: list[TopicPartition], *,
+                         deadline: float | None = None) -> None:
+        """Resolve positions by auto_offset_reset. With a `deadline` (poll's), a ListOffsets
+        that cannot finish by then is left for the next poll instead of overrunning it."""
         policy = self.config.auto_offset_reset
         if policy == "error":
             raise errors.OffsetOutOfRange(
                 f"no position for {', '.join(map(str, tps))}: call seek(), seek_to_beginning() "
                 "or seek_to_end() first, or set auto_offset_reset to 'earliest' or 'latest'")
         spec = offsets.EARLIEST if policy == "earliest" else offsets.LATEST
-        for tp, offset in self._list({tp: (spec, 0) for tp in tps}).items():
+        timeout_s = None if deadline is None else max(0.05, deadline - time.monotonic())
+        try:
+            found = self._list({tp: (spec, 0) for tp in tps}, timeout_s)
+        except errors.Timeout:
+            if deadline is None:
+                raise
+            return  # still unknown: the next poll tries again
+        for tp, offset in found.items():
             self._fetcher.seek(tp, offset)
 
     def _set_listener(self, listener: Any) -> None:
@@ -532,10 +598,10 @@ class Consumer:
         return {TopicPartition(p.topic, p.partition): p.offset
                 for p in response.partitions if p.offset >= 0}  # type: ignore[attr-defined]
 
-    def _handle_out_of_range(self) -> None:
+    def _handle_out_of_range(self, deadline: float | None = None) -> None:
         bad = self._fetcher.out_of_range()
         if not bad:
             return
         if self.config.auto_offset_reset == "error":
             raise bad[0][1]
-        self._reset_positions([tp for tp, _ in bad])
+        self._reset_positions([tp for tp, _ in bad], deadline=deadline)

@@ -262,6 +262,23 @@ class ClientClosed(TidelogError):
     """The producer, consumer or admin client was closed."""
 
 
+class CorruptRecordError(CorruptBatch):
+    """A fetched batch of one partition cannot be decoded (checksum mismatch, malformed).
+
+    Consumer.poll raises it on every call until the caller seeks that partition past
+    `offset` (Kafka's behaviour): skipping it silently would lose records unseen."""
+
+    retriable = False
+
+    def __init__(self, message: str, *, topic: str, partition: int, offset: int) -> None:
+        super().__init__(message)
+        self.topic, self.partition, self.offset = topic, partition, offset
+
+
+class WakeupError(TidelogError):
+    """Consumer.wakeup() was called: the blocking poll() it interrupted raises this once."""
+
+
 class ConfigError(TidelogError, ValueError):
     """A client option is out of range or inconsistent with another."""
 

@@ -96,6 +96,17 @@ def decode_fetched(
     ]
 
 
+def _undecodable(tp: TopicPartition, batch: memoryview,
+                 cause: errors.TidelogError) -> errors.CorruptRecordError:
+    from tidelog.proto import batch as codec
+
+    header = codec.decode_header(batch)  # whole and size-checked by complete_batches
+    return errors.CorruptRecordError(
+        f"{cause} (the batch of offsets {header.base_offset}..{header.last_offset}); poll() "
+        f"raises this until you seek {tp} past it, e.g. seek(tp, {header.last_offset + 1})",
+        topic=tp.topic, partition=tp.partition, offset=header.base_offset)
+
+
 @dataclass(slots=True)
 class PartitionFetchState:
     #: next offset poll() returns; None until reset by seek / auto_offset_reset
@@ -114,12 +125,16 @@ class PartitionFetchState:
     retry_at_s: float = 0.0
     #: an OFFSET_OUT_OF_RANGE to raise (auto_offset_reset="error") or resolve
     out_of_range: errors.OffsetOutOfRange | None = None
+    #: a fatal error of this partition's fetch (corrupt reply, non-retriable code): poll()
+    #: raises it every time, once the records before it are handed out, until a seek clears it
+    error: errors.TidelogError | None = None
 
     def clear(self) -> None:
         self.raw.clear()
         self.raw_bytes = 0
         self.ready.clear()
         self.out_of_range = None
+        self.error = None
         self.epoch += 1
         self.inflight = False
 
@@ -173,7 +188,8 @@ class Fetcher:
         by_leader: dict[str, list[TopicPartition]] = {}
         for tp, st in self.states.items():
             if (st.paused or st.inflight or st.fetch_offset is None or st.out_of_range
-                    or now < st.retry_at_s or st.raw_bytes >= per_partition):
+                    or st.error is not None or now < st.retry_at_s
+                    or st.raw_bytes >= per_partition):
                 continue
             leader = self._metadata.leader_address(tp.topic, tp.partition)
             if leader is None:
@@ -226,6 +242,10 @@ class Fetcher:
         self._wakeup.wait(max(0.0, timeout_s))
         self._wakeup.clear()
 
+    def interrupt(self) -> None:
+        """Make a wait() in progress (or the next one) return at once; any thread."""
+        self._wakeup.set()
+
     def handle_replies(self) -> None:
         while True:
             try:
@@ -245,7 +265,17 @@ class Fetcher:
                 if st is None or asked.get(tp) != st.epoch:
                     continue  # unassigned or sought since: stale
                 st.inflight = False
-                self._apply(tp, st, result)
+                # Each partition's outcome stands alone: one that fails must not leave the
+                # others of this reply unapplied (and in flight forever).
+                try:
+                    self._apply(tp, st, result)
+                except errors.TidelogError as exc:
+                    st.error = exc
+                except Exception as exc:  # noqa: BLE001 - undecodable bytes from the wire
+                    st.error = errors.CorruptRecordError(
+                        f"{tp}: the fetch reply at offset {st.fetch_offset} cannot be read "
+                        f"({type(exc).__name__}: {exc}); seek past it to read on",
+                        topic=tp.topic, partition=tp.partition, offset=st.fetch_offset or 0)
             for tp, epoch in asked.items():  # partitions the reply left out
                 st = self.states.get(tp)
                 if st is not None and st.epoch == epoch:
@@ -295,7 +325,13 @@ class Fetcher:
             return
         self.counters.fetched(len(data))
         assert st.fetch_offset is not None
-        spans, next_offset = complete_batches(data, st.fetch_offset)
+        try:
+            spans, next_offset = complete_batches(data, st.fetch_offset)
+        except errors.CorruptBatch as exc:
+            raise errors.CorruptRecordError(
+                f"{tp}: the fetched batches from offset {st.fetch_offset} are damaged ({exc}); "
+                "seek past them to read on",
+                topic=tp.topic, partition=tp.partition, offset=st.fetch_offset) from None
         if next_offset == st.fetch_offset and not spans and len(data) > 0:
             from tidelog.proto import batch as codec
 
@@ -323,7 +359,7 @@ class Fetcher:
                     and st.position is not None and st.fetch_offset > st.position):
                 st.position = st.fetch_offset
         tps = [tp for tp, st in self.states.items()
-               if not st.paused and (st.ready or st.raw)]
+               if not st.paused and (st.ready or st.raw or st.error is not None)]
         if not tps:
             return out
         self._rotation = (self._rotation + 1) % len(tps)
@@ -333,11 +369,20 @@ class Fetcher:
             while len(out) < max_records:
                 if not st.ready:
                     if not st.raw:
+                        if st.error is not None and not out:
+                            raise st.error  # again on every poll until a seek clears it
                         break
+                    assert st.position is not None
+                    try:
+                        decoded = decode_fetched(tp.topic, tp.partition, st.raw[0], st.position)
+                    except (errors.CorruptBatch, errors.InvalidBatch) as exc:
+                        # Kept at the head of the buffer: the next poll raises again.
+                        if out:
+                            break
+                        raise _undecodable(tp, st.raw[0], exc) from None
                     raw = st.raw.popleft()
                     st.raw_bytes -= len(raw)
-                    assert st.position is not None
-                    st.ready.extend(decode_fetched(tp.topic, tp.partition, raw, st.position))
+                    st.ready.extend(decoded)
                     continue
                 want = max_records - len(out)
                 if len(st.ready) <= want:

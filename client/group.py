@@ -185,6 +185,14 @@ class Membership:
             return Changes(revoked=self._owned - self._assignment,
                            assigned=self._assignment - self._owned)
 
+    def resubscribe(self, topics: Iterable[str], pattern: str) -> None:
+        """Change what this member subscribes to; the next heartbeat (sent at once) tells the
+        coordinator, whose new assignment reaches poll() as ordinary revocations/assignments."""
+        with self._lock:
+            self._topics = tuple(sorted(set(topics)))
+            self._pattern = pattern
+        self._wake.set()
+
     def acknowledge(self, owned: Iterable[TopicPartition], *, lost: bool = False) -> None:
         """poll() now owns exactly `owned`; tell the coordinator at once."""
         with self._lock:
@@ -272,9 +280,11 @@ class Membership:
     def _send(self, epoch: int, owned: frozenset[TopicPartition], timeout_s: float) -> object:
         from tidelog.proto import broker_pb2
 
+        with self._lock:
+            topics, pattern = self._topics, self._pattern
         request = broker_pb2.ConsumerGroupHeartbeatRequest(
             group_id=self.coordinator.group_id, member_id=self.member_id, member_epoch=epoch,
-            subscribed_topic_names=self._topics, subscribed_topic_regex=self._pattern,
+            subscribed_topic_names=topics, subscribed_topic_regex=pattern,
             server_assignor=self._assignor, owned=tps_to_wire(owned), owned_sent=True,
             session_timeout_ms=self._session_timeout_ms,
             rebalance_timeout_ms=self._max_poll_interval_ms, client_id=self._client_id)

@@ -16,8 +16,9 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import Any
 
 from tidelog.client import errors
 from tidelog.client.accumulator import RecordAccumulator, record_size
@@ -159,7 +160,11 @@ class Producer:
         client_id: str = "",
         bootstrap_timeout_s: float = 10.0,
         exit_flush_timeout_s: float = 10.0,
+        key_serializer: Callable[[Any], bytes | str | None] | None = None,
+        value_serializer: Callable[[Any], bytes | str | None] | None = None,
     ) -> None:
+        # send() applies them to every non-None key/value before the str -> UTF-8 step
+        self._key_serializer, self._value_serializer = key_serializer, value_serializer
         self.config = ProducerConfig(
             bootstrap=parse_bootstrap(bootstrap), security=security, acks=acks, linger_ms=linger_ms,
             batch_size=batch_size, compression=compression, idempotent=idempotent,
@@ -233,6 +238,10 @@ class Producer:
         if fenced is not None:
             raise errors.ProducerFenced(f"this producer was fenced and sends nothing more: "
                                         f"{fenced}")
+        if self._value_serializer is not None and value is not None:
+            value = self._value_serializer(value)
+        if self._key_serializer is not None and key is not None:
+            key = self._key_serializer(key)
         if isinstance(value, str):
             value = value.encode()
         if isinstance(key, str):
