@@ -492,4 +492,4 @@ def test_every_cli_action_has_help_with_json_output_and_exit_codes(action: str, 
         main(["queue", action, "--help"])
     assert exited.value.code == 0
     text = capsys.readouterr().out
-    assert "--output {text,json}" in text and "exit codes" in text, text
+    assert "--output {table,json}" in text and "exit codes" in text, text
