@@ -161,6 +161,27 @@ class ProducerStateTable:
     def clear(self) -> None:
         self._producers.clear()
 
+    def snapshot_below(self, offset: int) -> dict[int, ProducerEntry]:
+        """A copy of the state the batches ending before `offset` left: what retention must
+        keep when it deletes them (node/producer_snapshot.py). Restoring it and replaying the
+        batches from `offset` on gives this table again: each producer's newest records below
+        `offset` are all still here unless newer ones pushed them out, and replaying those newer
+        ones pushes them out again."""
+        out: dict[int, ProducerEntry] = {}
+        for producer_id, entry in self._producers.items():
+            kept = [r for r in entry.recent if r.last_offset < offset]
+            if kept:
+                out[producer_id] = ProducerEntry(
+                    epoch=entry.epoch, recent=deque(kept, maxlen=RECENT_BATCHES_MAX))
+        return out
+
+    def restore(self, producers: dict[int, ProducerEntry]) -> None:
+        """Replace the table by a snapshot (then replay the log after it)."""
+        self._producers = {
+            producer_id: ProducerEntry(epoch=entry.epoch,
+                                       recent=deque(entry.recent, maxlen=RECENT_BATCHES_MAX))
+            for producer_id, entry in producers.items()}
+
 
 def _last_sequence(header: BatchHeader) -> int:
     return (header.base_sequence + header.record_count - 1) % SEQUENCE_MODULUS

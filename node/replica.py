@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from tidelog.node.clock import SYSTEM_CLOCK, Clock
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.metrics.raft import record_dropped_proposal
+from tidelog.node.producer_snapshot import ProducerSnapshot, read_snapshot, write_snapshot
 from tidelog.node.producer_state import ProducerStateTable
 from tidelog.node.raft import (
     Entry,
@@ -197,11 +198,20 @@ class Replica:
 
     async def truncate_prefix(self, upto: int) -> None:
         """Retention: drop the entries ending at or before the entry boundary ``upto``, which
-        must be applied. The new log start and its term are recorded in raft.state first, so a
-        crash between the two writes is finished on restart."""
+        must be applied. The producer state of the deleted batches is written first
+        (producers.snapshot), then the new log start and its term in raft.state, so a crash
+        between those and the log's cut is finished on restart. Both under the state lock: a
+        log reset (INSTALL_LOG_START) or another cut that got there first makes this one moot."""
         term = self.raft_log.term_at(upto)
         assert term is not None and upto <= self.core.applied, (upto, term, self.core.applied)
-        await self._write_state(log_start=upto + 1, prefix_term=int(term), reset=False)
+        async with self._state_lock:
+            if self._state.log_start > upto:
+                return
+            snapshot = ProducerSnapshot(upto + 1, self.producers.snapshot_below(upto + 1))
+            await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(write_snapshot, self.directory, snapshot, self._fs))
+            await self._store_state(dataclasses.replace(
+                self._state, log_start=upto + 1, prefix_term=int(term), reset=False))
         self.log.truncate_prefix(upto + 1)  # on the loop: the core reads the log start live
         self.raft_log.prefix_term = int(term)
         del self._control_offsets[:bisect.bisect_left(self._control_offsets, upto + 1)]
@@ -564,6 +574,8 @@ class Replica:
                 waiter.future.set_exception(exc)
 
     def _check_term(self, last_offset: int, term: int) -> None:
+        if last_offset < self.log.log_start_offset:
+            return  # deleted by retention, which deletes applied entries only: never replaced
         if self.raft_log.term_at(last_offset) != term:
             raise ReplicaLostLeadership(
                 f"{self.group}: the entry at offset {last_offset} was replaced after a "
@@ -585,17 +597,29 @@ class Replica:
 
     def _rebuild_producer_state(self) -> None:
         """From the batch headers in the log (no decompression): after open or truncation."""
-        self.producers.clear()
+        replay_from = self._restore_producers()
         self._control_offsets = []
         if self.log.log_end_offset == self.log.log_start_offset:
             self._producers_upto = self.log.log_end_offset - 1
             return
         for header in self.log.iter_headers(self.log.log_start_offset):
             if not header.is_control:
-                self.producers.record(header, header.base_offset, header.term)
+                if header.base_offset >= replay_from:  # older ones are in the snapshot
+                    self.producers.record(header, header.base_offset, header.term)
             else:
                 self._control_offsets.append(header.base_offset)
         self._producers_upto = self.log.log_end_offset - 1
+
+    def _restore_producers(self) -> int:
+        """The producer table of the batches retention deleted (producers.snapshot, ignored
+        when stale: the log was reset past it); returns the offset the log replays from."""
+        snapshot = read_snapshot(self.directory, self._fs)
+        start = self.log.log_start_offset
+        if snapshot is None or snapshot.start < start:
+            self.producers.clear()
+            return start
+        self.producers.restore(snapshot.producers)
+        return snapshot.start
 
     def _finish_log_start(self, state: RaftStateFile) -> RaftStateFile:
         """raft.state records a log reset or a retention cut before the log does it: finish a
