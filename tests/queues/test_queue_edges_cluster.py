@@ -173,8 +173,9 @@ def test_dead_letters_on_a_short_retention_dlq_land_once_across_dlq_leader_resta
     partition's leader is SIGKILLed (its successor rebuilds the producer state from its log)
     and another letter is rejected while it is down, then it comes back and a third follows.
     Each letter is in the DLQ at most once, none is pending, and none written after the last
-    time retention could have deleted it is missing. (The node applies no retention today:
-    the log start it prints stays 0; the checks hold either way.)"""
+    time retention could have deleted it is missing. (Retention runs every
+    TIDELOG_RETENTION_CHECK_MS, 5 min here: the log start it prints stays 0; the checks hold
+    either way.)"""
     from tidelog.client.records import TopicPartition
 
     admin.create_topic("ret", partitions=1, replication_factor=3)
