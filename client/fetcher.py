@@ -23,6 +23,7 @@ below the fetch offset are skipped, and so are control batches. A trailing parti
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -83,17 +84,19 @@ def decode_fetched(
     """Decode one whole batch into records, skipping those below `position` (checksum-verified)."""
     from tidelog.proto import batch as codec
 
+    # One object per record: the codec builds each ConsumerRecord straight from the decoded
+    # fields (building a codec Record first, then copying it, cost twice as much).
     try:
-        records = codec.decode_records(batch)
+        header, records = codec.decode_records_with(
+            batch, functools.partial(ConsumerRecord, topic, partition))
     except codec.CorruptBatchError as exc:
         raise errors.CorruptBatch(f"{topic}/{partition}: fetched batch is damaged: {exc}") from None
     except codec.BatchError as exc:
         raise errors.InvalidBatch(
             f"{topic}/{partition}: fetched batch is malformed: {exc}") from None
-    return [
-        ConsumerRecord(topic, partition, r.offset, r.timestamp, r.key, r.value, r.headers)
-        for r in records if r.offset >= position
-    ]
+    if position <= header.base_offset:
+        return records
+    return [r for r in records if r.offset >= position]
 
 
 def _undecodable(tp: TopicPartition, batch: memoryview,

@@ -39,10 +39,10 @@ one, for `tidelog storage migrate`). This module imports no grpc.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NewType
+from typing import NewType, TypeVar
 
 import lz4.block
 import xxhash
@@ -67,6 +67,7 @@ __all__ = [
     "assemble_batch",
     "decode_header",
     "decode_records",
+    "decode_records_with",
     "decode_verified_header",
     "encode_batch",
     "encode_control_batch",
@@ -442,6 +443,32 @@ def decode_records(
     return _decode_record_area(raw, header)
 
 
+_R = TypeVar("_R")
+MakeRecord = Callable[[int, int, "bytes | None", "bytes | None",
+                       "tuple[tuple[str, bytes | None], ...]"], _R]
+"""make(offset, timestamp, key, value, headers) -> a caller's own record object."""
+
+
+def decode_records_with(
+    batch: bytes | bytearray | memoryview, make: MakeRecord[_R], *,
+    decompressed_bytes_max: int = DECOMPRESSED_BYTES_MAX,
+) -> tuple[BatchHeader, list[_R]]:
+    """decode_records (same checks), each record built by `make` instead of as a Record: a
+    caller with its own record type (the consumer's ConsumerRecord) builds one object per
+    record, not two (a frozen dataclass costs about half the decode). Returns the header too."""
+    view = memoryview(batch)
+    header = decode_header(view)
+    if header.magic != MAGIC:
+        _refuse_other_format(view, 0, header)
+    _check_header_checksum(view, header, 0)
+    if header.size != len(view):
+        raise CorruptBatchError(f"batch_length says {header.size} bytes, buffer has {len(view)}")
+    _check_records_checksum(view, header, 0)
+    _check_semantics(header)
+    raw = _decompress(view[HEADER_SIZE:], header.codec, decompressed_bytes_max)
+    return header, _decode_record_area(raw, header, make)
+
+
 def upgrade_v1_batch(batch: bytes | bytearray | memoryview) -> bytes:
     """Convert one intact format-v1 batch to v2, keeping every field and the records as they are.
 
@@ -580,8 +607,9 @@ def _decompress(area: memoryview, codec: Codec, limit: int) -> bytes | memoryvie
         raise InvalidBatchError(f"lz4 records do not decompress: {exc}") from None
 
 
-def _decode_record_area(raw: bytes | memoryview, header: BatchHeader) -> list[Record]:
-    records: list[Record] = []
+def _decode_record_area(raw: bytes | memoryview, header: BatchHeader,
+                        make: MakeRecord[_R] | None = None) -> list[Record] | list[_R]:
+    records: list = []
     pos = 0
     end = len(raw)
     fixed = _RECORD_FIXED.size
@@ -598,21 +626,28 @@ def _decode_record_area(raw: bytes | memoryview, header: BatchHeader) -> list[Re
             value, pos = _take(raw, pos + 4, value_length, record_end)
             (header_count,) = _UINT16.unpack_from(raw, pos)
             pos += 2
-            headers: list[tuple[str, bytes | None]] = []
-            for _ in range(header_count):
-                (name_length,) = _UINT16.unpack_from(raw, pos)
-                name, pos = _take(raw, pos + 2, name_length, record_end)
-                (hvalue_length,) = _INT32.unpack_from(raw, pos)
-                hvalue, pos = _take(raw, pos + 4, hvalue_length, record_end)
-                headers.append((bytes(name or b"").decode("utf-8"), hvalue))
+            headers: tuple[tuple[str, bytes | None], ...] = ()
+            if header_count:
+                pairs: list[tuple[str, bytes | None]] = []
+                for _ in range(header_count):
+                    (name_length,) = _UINT16.unpack_from(raw, pos)
+                    name, pos = _take(raw, pos + 2, name_length, record_end)
+                    (hvalue_length,) = _INT32.unpack_from(raw, pos)
+                    hvalue, pos = _take(raw, pos + 4, hvalue_length, record_end)
+                    pairs.append((bytes(name or b"").decode("utf-8"), hvalue))
+                headers = tuple(pairs)
             if pos != record_end:
                 raise InvalidBatchError(f"record ends at {pos}, its length says {record_end}")
             if not 0 <= offset_delta <= header.last_offset_delta:
                 raise InvalidBatchError(f"offset_delta {offset_delta} outside the batch")
+            if make is not None:
+                records.append(make(header.base_offset + offset_delta,
+                                    header.first_timestamp + ts_delta, key, value, headers))
+                continue
             records.append(Record(
                 offset=header.base_offset + offset_delta,
                 timestamp=header.first_timestamp + ts_delta,
-                key=key, value=value, headers=tuple(headers),
+                key=key, value=value, headers=headers,
             ))
     except (struct.error, UnicodeDecodeError) as exc:
         raise InvalidBatchError(f"malformed record area: {exc}") from None

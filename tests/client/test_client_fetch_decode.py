@@ -67,3 +67,32 @@ def test_a_damaged_batch_raises_corrupt_batch() -> None:
     buf[-1] ^= 0xFF
     with pytest.raises(errors.CorruptBatch, match="t/0"):
         decode_fetched("t", 0, bytes(buf), 0)
+
+
+def test_decoded_records_equal_the_codecs_records_field_for_field() -> None:
+    """The one-object decode (ConsumerRecord built by the codec) against decode_records as the
+    oracle: same offsets, timestamps, keys, values and headers, none and several, null values."""
+    records = [(None if i % 3 == 0 else f"k{i}".encode(), None if i % 4 == 0 else b"v" * i,
+                [(f"h{j}", None if j == 1 else bytes([j])) for j in range(i % 3)], 7000 + i)
+               for i in range(40)]
+    for compression in (codec.Codec.NONE, codec.Codec.LZ4):
+        buf = codec.encode_batch(records, base_offset=100, codec=compression)
+        oracle = [(r.offset, r.timestamp, r.key, r.value, r.headers)
+                  for r in codec.decode_records(buf) if r.offset >= 110]
+        got = decode_fetched("t", 2, buf, 110)
+        assert [(r.offset, r.timestamp, r.key, r.value, r.headers) for r in got] == oracle
+        assert {(r.topic, r.partition) for r in got} == {("t", 2)} and len(got) == 30
+
+
+def test_a_malformed_record_area_raises_invalid_batch_naming_the_partition() -> None:
+    buf = make_batch(0, 3)
+    header = codec.decode_header(buf)
+    # record_count says 4 but the batch holds 3: re-checksummed, so only the walk catches it
+    forged = codec.assemble_batch(
+        base_offset=0, term=header.term, attributes=header.attributes,
+        last_offset_delta=header.last_offset_delta, record_count=4,
+        first_timestamp=header.first_timestamp, max_timestamp=header.max_timestamp,
+        producer_id=header.producer_id, producer_epoch=header.producer_epoch,
+        base_sequence=header.base_sequence, records=buf[codec.HEADER_SIZE:])
+    with pytest.raises(errors.InvalidBatch, match="t/5"):
+        decode_fetched("t", 5, forged, 0)
