@@ -1,5 +1,10 @@
 """The Consumer: read records of manually assigned partitions, or as a member of a group.
 
+Modules (issue 15's split, after aiokafka): this file is the public facade, the lock and
+poll(); tidelog.client.subscription holds the assignment and positions, tidelog.client
+.group_membership the group side (subscription, rebalance callbacks, commits) and
+tidelog.client.fetcher the fetches, prefetch buffer and decoding.
+
 Manual: ``assign`` + ``seek``. Group (``group_id`` + ``topics``/``subscribe``): the group's
 coordinator decides which partitions this consumer owns (tidelog.client.group runs the heartbeat
 thread); ``poll`` applies assignment changes before it returns records — revoked partitions get
@@ -30,25 +35,25 @@ from tidelog.client import errors, offsets
 from tidelog.client.config import ConsumerConfig, parse_bootstrap
 from tidelog.client.connection import Connections
 from tidelog.client.fetcher import Fetcher
-from tidelog.client.group import CoordinatorClient, Membership, tps_to_wire
+from tidelog.client.group_membership import (
+    ASYNC_COMMITS_IN_FLIGHT_MAX,
+    CommitCallback,
+    GroupCoordination,
+    Listeners,
+    PartitionsCallback,
+)
 from tidelog.client.metadata import Metadata
 from tidelog.client.records import ConsumerRecord, TopicPartition
 from tidelog.client.security import ClientSecurity
+from tidelog.client.subscription import SubscriptionState
 from tidelog.client.throttle import ThrottleStats, check_client_id
 
-__all__ = ["Consumer"]
+__all__ = ["ASYNC_COMMITS_IN_FLIGHT_MAX", "Consumer", "PartitionsCallback"]
 
 _log = logging.getLogger(__name__)
 
-
-def _log_commit_failure(offsets: dict[TopicPartition, int], error: BaseException | None) -> None:
-    if error is not None:
-        _log.warning("auto-commit of %d partitions failed: %s", len(offsets), error)
-
 _SLICE_S = 0.1  # poll() re-checks metadata and out-of-range partitions this often while waiting
-ASYNC_COMMITS_IN_FLIGHT_MAX = 16  # commit_async blocks while this many are unanswered
 
-PartitionsCallback = Callable[[set[TopicPartition]], None]
 Deserializer = Callable[[bytes], Any]
 
 
@@ -127,17 +132,15 @@ class Consumer:
         # poll() for a request timeout. At most one refresh at a time.
         self._refresher = ThreadPoolExecutor(1, thread_name_prefix="tidelog-metadata")
         self._refreshing: Future[None] | None = None
-        self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
+        self._subscription = SubscriptionState(self.config, self._metadata, self._connections,
+                                               self._fetcher)
+        self._listeners = Listeners(on_assign, on_revoke, on_lost)
         if listener is not None:
-            self._set_listener(listener)
-        self._coordinator: CoordinatorClient | None = None
-        self._group: Membership | None = None
-        self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000
-        self._commit_slots = threading.BoundedSemaphore(ASYNC_COMMITS_IN_FLIGHT_MAX)
-        self._commit_pool: ThreadPoolExecutor | None = None
+            self._listeners.set_listener(listener)
+        self._group: GroupCoordination | None = None
         if group_id is not None:
-            self._coordinator = CoordinatorClient(group_id, self._metadata, self._connections,
-                                                  backoff_s=retry_backoff_ms / 1000)
+            self._group = GroupCoordination(self.config, self._metadata, self._connections,
+                                            self._fetcher, self._listeners)
             if topics or pattern:
                 self.subscribe(topics or (), pattern=pattern)
 
@@ -149,21 +152,14 @@ class Consumer:
         tps = list(partitions)
         with self._lock:
             self._check_open()
-            if self._group is not None:
+            if self._group is not None and self._group.membership is not None:
                 raise errors.TidelogError("this consumer is subscribed to a group: the group "
                                           "assigns its partitions (use assign() without group)")
-            for tp in tps:
-                description = self._metadata.topic(
-                    tp.topic, timeout_s=self.config.request_timeout_ms / 1000)
-                if not 0 <= tp.partition < len(description.partitions):
-                    raise errors.TopicNotFound(
-                        f"{tp}: topic {tp.topic!r} has partitions "
-                        f"0..{len(description.partitions) - 1}")
-            self._fetcher.assign(tps)
+            self._subscription.assign_checked(tps)
 
     def assignment(self) -> set[TopicPartition]:
         with self._lock:
-            return set(self._fetcher.states)
+            return self._subscription.assignment()
 
     def partitions_for(self, topic: str) -> list[TopicPartition]:
         with self._lock:
@@ -179,25 +175,15 @@ class Consumer:
         assignment arrives through poll() as revocations and assignments, callbacks included)."""
         with self._lock:
             self._check_open()
-            if self._coordinator is None:
+            if self._group is None:
                 raise errors.ConfigError("subscribe() needs a group_id")
             if not topics and not pattern:
                 raise errors.ConfigError("subscribe to at least one topic, or a pattern")
-            if self._group is None and self._fetcher.states:
+            if self._group.membership is None and self._fetcher.states:
                 raise errors.TidelogError("assign() and subscribe() cannot be mixed")
             if listener is not None:
-                self._set_listener(listener)
-            if self._group is not None:
-                self._group.resubscribe(topics, pattern or "")
-                return
-            self._group = Membership(
-                self._coordinator, topics=topics, pattern=pattern or "",
-                assignor=self.config.group_assignor,
-                session_timeout_ms=self.config.session_timeout_ms,
-                max_poll_interval_ms=self.config.max_poll_interval_ms,
-                request_timeout_ms=self.config.request_timeout_ms,
-                client_id=self.config.client_id)
-            self._group.start()
+                self._listeners.set_listener(listener)
+            self._group.subscribe(topics, pattern or "")
 
     # --- committed offsets (groups) ---------------------------------------------------------------
 
@@ -207,51 +193,27 @@ class Consumer:
         last record poll() returned) and return once they are committed through Raft.
         Raises FencedMemberEpoch / UnknownMemberId when this member lost the partitions."""
         with self._lock:
-            request = self._commit_request(offsets, metadata)
+            group = self._member()
+            request = group.commit_request(offsets, metadata)
         if request is not None:
-            self._send_commit(request)
+            group.send_commit(request)
 
     def commit_async(
         self, offsets: Mapping[TopicPartition, int] | None = None, metadata: str = "",
-        callback: Callable[[dict[TopicPartition, int], BaseException | None], None] | None
-        = None,
+        callback: CommitCallback | None = None,
     ) -> Future[None]:
         """Like commit() but in the background; `callback(offsets, error)` runs on the commit
         thread. Not retried on fencing. Blocks while ASYNC_COMMITS_IN_FLIGHT_MAX are pending."""
         with self._lock:
-            request = self._commit_request(offsets, metadata)
-            if self._commit_pool is None:
-                self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="tidelog-commit")
-            pool = self._commit_pool
-        done: Future[None] = Future()
-        if request is None:
-            done.set_result(None)
-            return done
-        committed = {TopicPartition(p.topic, p.partition): p.offset
-                     for p in request.partitions}  # type: ignore[attr-defined]
-        self._commit_slots.acquire()
-
-        def run() -> None:
-            error: BaseException | None = None
-            try:
-                self._send_commit(request)
-            except BaseException as exc:  # handed to the callback and the future
-                error = exc
-            finally:
-                self._commit_slots.release()
-            if callback is not None:
-                callback(committed, error)
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
-
-        pool.submit(run)
-        return done
+            group = self._member()
+            request = group.commit_request(offsets, metadata)
+        return group.commit_async(request, callback)
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of tp (I/O), None when nothing is committed."""
-        return self._fetch_committed([tp]).get(tp)
+        if self._group is None:
+            raise errors.ConfigError("committed offsets need a group_id")
+        return self._group.fetch_committed([tp]).get(tp)
 
     # --- positions -------------------------------------------------------------------------------
 
@@ -263,56 +225,50 @@ class Consumer:
             raise errors.OffsetOutOfRange(f"{tp}: offset must be >= 0, not {offset}",
                                           topic=tp.topic, partition=tp.partition, offset=offset)
         with self._lock:
-            self._state(tp)
-            self._fetcher.seek(tp, offset)
+            self._subscription.seek(tp, offset)
 
     def seek_to_beginning(self, partitions: Iterable[TopicPartition] | None = None) -> None:
-        self._seek_to(partitions, offsets.EARLIEST)
+        with self._lock:
+            self._check_open()
+            self._subscription.seek_to(partitions, offsets.EARLIEST)
 
     def seek_to_end(self, partitions: Iterable[TopicPartition] | None = None) -> None:
-        self._seek_to(partitions, offsets.LATEST)
+        with self._lock:
+            self._check_open()
+            self._subscription.seek_to(partitions, offsets.LATEST)
 
     def position(self, tp: TopicPartition) -> int:
         """The offset of the next record poll() will return for tp (resolving it if unknown)."""
         with self._lock:
-            st = self._state(tp)
-            if st.position is None:
-                self._reset_positions([tp])
-            assert st.position is not None
-            return st.position
+            return self._subscription.position(tp)
 
     def offsets_for_times(
         self, timestamps: Mapping[TopicPartition, int]
     ) -> dict[TopicPartition, int | None]:
         """For each partition, the first offset whose timestamp is >= the given ms since the
         epoch, or None when there is no such record."""
-        with self._lock:
-            found = self._list({tp: (offsets.TIMESTAMP, ts) for tp, ts in timestamps.items()})
+        found = self._list({tp: (offsets.TIMESTAMP, ts) for tp, ts in timestamps.items()})
         return {tp: (None if offset < 0 else offset) for tp, offset in found.items()}
 
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        with self._lock:
-            return self._list({tp: (offsets.EARLIEST, 0) for tp in partitions})
+        return self._list({tp: (offsets.EARLIEST, 0) for tp in partitions})
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The high watermark of each partition: the offset the next committed record gets."""
-        with self._lock:
-            return self._list({tp: (offsets.LATEST, 0) for tp in partitions})
+        return self._list({tp: (offsets.LATEST, 0) for tp in partitions})
 
     def pause(self, *partitions: TopicPartition) -> None:
         """Stop fetching and returning these partitions (their buffered records are kept)."""
         with self._lock:
-            for tp in partitions:
-                self._state(tp).paused = True
+            self._subscription.set_paused(partitions, True)
 
     def resume(self, *partitions: TopicPartition) -> None:
         with self._lock:
-            for tp in partitions:
-                self._state(tp).paused = False
+            self._subscription.set_paused(partitions, False)
 
     def paused(self) -> set[TopicPartition]:
         with self._lock:
-            return {tp for tp, st in self._fetcher.states.items() if st.paused}
+            return self._subscription.paused()
 
     @property
     def throttle(self) -> ThrottleStats:
@@ -326,15 +282,11 @@ class Consumer:
         and it never waits for a poll() in progress. ``lag`` maps "topic/partition" to the
         records between the position and the high watermark of the partition's last fetch
         reply (partitions not fetched yet are left out)."""
-        states = list(self._fetcher.states.items())  # assign() replaces the dict, never edits it
-        lag: dict[str, int] = {}
-        for tp, st in states:
-            position, high_watermark = st.position, st.high_watermark
-            if position is not None and high_watermark >= 0:
-                lag[f"{tp.topic}/{tp.partition}"] = max(0, high_watermark - position)
+        states = list(self._fetcher.states.values())  # assign() replaces the dict, never edits it
+        lag = self._subscription.lag()
         out: dict[str, object] = {
             "partitions_assigned": len(states),
-            "buffered_bytes": sum(st.raw_bytes for _, st in states),
+            "buffered_bytes": sum(st.raw_bytes for st in states),
         }
         out.update(self._fetcher.counters.snapshot())
         out["lag"] = lag
@@ -351,7 +303,9 @@ class Consumer:
 
         Returns [] on timeout. Per partition, records come in offset order and each is returned
         once; poll moves the position past what it returns. Raises OffsetOutOfRange when a
-        position is outside the log and auto_offset_reset='error'."""
+        position is outside the log and auto_offset_reset='error'; CorruptRecordError (every
+        time, until a seek past it) for a partition whose fetched batch cannot be decoded;
+        WakeupError after wakeup()."""
         limit = max_records or self.config.max_poll_records
         deadline = time.monotonic() + max(0.0, timeout_s)
         first = True
@@ -376,18 +330,59 @@ class Consumer:
         self._wakeup.set()
         self._fetcher.interrupt()
 
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        """Yield records forever (until close()); each poll waits up to 1 s."""
+        while not self._closed:
+            yield from self.poll(timeout_s=1.0)
+
+    def close(self) -> None:
+        """Leave the group (committing first when auto-commit is on) and release everything.
+
+        Waits for pending commit_async calls *without* the consumer's lock, so their callbacks
+        may still call the consumer (position(), assignment(), ...); the consumer is closed
+        (ClientClosed) only after they ran."""
+        with self._lock:
+            if self._closed or self._closing:
+                return
+            self._closing = True
+            group = self._group
+            if group is not None and group.membership is not None \
+                    and self.config.enable_auto_commit:
+                try:
+                    group.commit(None)
+                except errors.TidelogError as exc:
+                    _log.warning("final auto-commit failed: %s", exc)
+        if group is not None:
+            group.drain_commits()
+        self._refresher.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            if group is not None:
+                group.leave()
+            self._closed = True
+            self._fetcher.close()
+            self._connections.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- helpers -----------------------------------------------------------------------------
+
     def _poll_round(self, limit: int, deadline: float, *, first: bool) -> list[ConsumerRecord]:
         """One round of poll() under the lock: group changes, positions, replies, records."""
         if self._group is not None:
             self._group.polled()  # waiting inside poll() counts as polling
-            self._apply_group_changes()
+            self._group.apply_changes()
             if first:
-                self._maybe_auto_commit()
-        unknown = [tp for tp, st in self._fetcher.states.items() if st.position is None]
-        if unknown:
-            self._reset_positions(unknown, deadline=deadline)
+                self._group.maybe_auto_commit()
+        self._subscription.reset_unknown(deadline)
         self._fetcher.handle_replies()
-        self._handle_out_of_range(deadline)
+        self._subscription.handle_out_of_range(deadline)
         try:
             return self._fetcher.take(limit)  # may raise one partition's error
         finally:
@@ -417,191 +412,17 @@ class Consumer:
                            value=r.value if vd is None or r.value is None else vd(r.value))
                 for r in records]
 
-    def __iter__(self) -> Iterator[ConsumerRecord]:
-        """Yield records forever (until close()); each poll waits up to 1 s."""
-        while not self._closed:
-            yield from self.poll(timeout_s=1.0)
-
-    def close(self) -> None:
-        """Leave the group (committing first when auto-commit is on) and release everything.
-
-        Waits for pending commit_async calls *without* the consumer's lock, so their callbacks
-        may still call the consumer (position(), assignment(), ...); the consumer is closed
-        (ClientClosed) only after they ran."""
-        with self._lock:
-            if self._closed or self._closing:
-                return
-            self._closing = True
-            if self._group is not None and self.config.enable_auto_commit:
-                try:
-                    self.commit()
-                except errors.TidelogError as exc:
-                    _log.warning("final auto-commit failed: %s", exc)
-            pool = self._commit_pool
-        if pool is not None:
-            pool.shutdown(wait=True)
-        self._refresher.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            if self._group is not None:
-                self._group.leave()
-            self._closed = True
-            self._fetcher.close()
-            self._connections.close()
-
-    def __enter__(self) -> Consumer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # --- helpers -----------------------------------------------------------------------------
-
     def _check_open(self) -> None:
         if self._closed:
             raise errors.ClientClosed("the consumer is closed")
 
-    def _state(self, tp: TopicPartition):  # noqa: ANN202 - PartitionFetchState
-        st = self._fetcher.states.get(tp)
-        if st is None:
-            raise errors.TidelogError(f"{tp} is not assigned to this consumer; assign() it first")
-        return st
-
-    def _list(self, specs: dict[TopicPartition, tuple[int, int]],
-              timeout_s: float | None = None) -> dict[TopicPartition, int]:
+    def _member(self) -> GroupCoordination:
         self._check_open()
-        return offsets.list_offsets(
-            self._metadata, self._connections, specs,
-            timeout_s=self.config.request_timeout_ms / 1000 if timeout_s is None else timeout_s,
-            backoff_s=self.config.retry_backoff_ms / 1000)
-
-    def _seek_to(self, partitions: Iterable[TopicPartition] | None, spec: int) -> None:
-        with self._lock:
-            tps = list(self._fetcher.states) if partitions is None else list(partitions)
-            for tp in tps:
-                self._state(tp)
-            for tp, offset in self._list({tp: (spec, 0) for tp in tps}).items():
-                self._fetcher.seek(tp, offset)
-
-    def _reset_positions(self, tps: list[TopicPartition], *,
-                         deadline: float | None = None) -> None:
-        """Resolve positions by auto_offset_reset. With a `deadline` (poll's), a ListOffsets
-        that cannot finish by then is left for the next poll instead of overrunning it."""
-        policy = self.config.auto_offset_reset
-        if policy == "error":
-            raise errors.OffsetOutOfRange(
-                f"no position for {', '.join(map(str, tps))}: call seek(), seek_to_beginning() "
-                "or seek_to_end() first, or set auto_offset_reset to 'earliest' or 'latest'")
-        spec = offsets.EARLIEST if policy == "earliest" else offsets.LATEST
-        timeout_s = None if deadline is None else max(0.05, deadline - time.monotonic())
-        try:
-            found = self._list({tp: (spec, 0) for tp in tps}, timeout_s)
-        except errors.Timeout:
-            if deadline is None:
-                raise
-            return  # still unknown: the next poll tries again
-        for tp, offset in found.items():
-            self._fetcher.seek(tp, offset)
-
-    def _set_listener(self, listener: Any) -> None:
-        self._on_assign = getattr(listener, "on_partitions_assigned", None) or self._on_assign
-        self._on_revoke = getattr(listener, "on_partitions_revoked", None) or self._on_revoke
-        self._on_lost = getattr(listener, "on_partitions_lost", None) or self._on_lost
-
-    def _apply_group_changes(self) -> bool:
-        """Apply what the coordinator decided since the last call; True if anything changed."""
-        assert self._group is not None
-        changes = self._group.changes()
-        if not changes:
-            return False
-        owned = set(self._fetcher.states)
-        if changes.lost:
-            callback = self._on_lost or self._on_revoke
-            if callback is not None:
-                callback(set(changes.lost))
-            owned -= changes.lost
-            self._fetcher.assign(sorted(owned))
-            self._group.acknowledge(owned, lost=True)
-            return True
-        if changes.revoked:
-            if self._on_revoke is not None:
-                self._on_revoke(set(changes.revoked))
-            if self.config.enable_auto_commit:
-                try:
-                    self.commit({tp: pos for tp in changes.revoked
-                                 if (pos := self._fetcher.states[tp].position) is not None})
-                except errors.TidelogError as exc:
-                    _log.warning("commit of revoked partitions failed: %s", exc)
-            owned -= changes.revoked
-            self._fetcher.assign(sorted(owned))
-        if changes.assigned:
-            for topic in {tp.topic for tp in changes.assigned}:
-                self._metadata.topic(topic, timeout_s=self.config.request_timeout_ms / 1000)
-            committed = self._fetch_committed(changes.assigned)
-            owned |= changes.assigned
-            self._fetcher.assign(sorted(owned))
-            for tp, offset in committed.items():
-                self._fetcher.seek(tp, offset)
-            if self._on_assign is not None:
-                self._on_assign(set(changes.assigned))
-        self._group.acknowledge(owned)
-        return True
-
-    def _maybe_auto_commit(self) -> None:
-        if not self.config.enable_auto_commit or time.monotonic() < self._next_auto_commit:
-            return
-        self._next_auto_commit = time.monotonic() + self.config.auto_commit_interval_ms / 1000
-        self.commit_async(callback=_log_commit_failure)
-
-    def _commit_request(self, offsets: Mapping[TopicPartition, int] | None,
-                        metadata: str) -> object | None:
-        from tidelog.proto import broker_pb2
-
-        self._check_open()
-        if self._coordinator is None or self._group is None:
+        if self._group is None or self._group.membership is None:
             raise errors.ConfigError("commit() needs a group_id and a subscription")
-        if offsets is None:
-            offsets = {tp: st.position for tp, st in self._fetcher.states.items()
-                       if st.position is not None}
-        if not offsets:
-            return None
-        return broker_pb2.OffsetCommitRequest(
-            group_id=self._coordinator.group_id, member_id=self._group.member_id,
-            member_epoch=self._group.epoch,
-            partitions=[broker_pb2.OffsetCommitPartition(
-                topic=tp.topic, partition=tp.partition, offset=offset, metadata=metadata)
-                for tp, offset in sorted(offsets.items())],
-            timeout_ms=self.config.request_timeout_ms)
+        return self._group
 
-    def _send_commit(self, request: Any) -> None:
-        assert self._coordinator is not None
-        started = time.monotonic()
-        try:
-            self._coordinator.call("OffsetCommit", request,
-                                   timeout_s=self.config.request_timeout_ms / 1000)
-        except BaseException as exc:
-            self._fetcher.counters.committed(time.monotonic() - started, exc)
-            raise
-        self._fetcher.counters.committed(time.monotonic() - started, None)
-
-    def _fetch_committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        from tidelog.proto import broker_pb2
-
-        if self._coordinator is None:
-            raise errors.ConfigError("committed offsets need a group_id")
-        response = self._coordinator.call(
-            "OffsetFetch", broker_pb2.OffsetFetchRequest(
-                group_id=self._coordinator.group_id, partitions=tps_to_wire(tps)),
-            timeout_s=self.config.request_timeout_ms / 1000)
-        return {TopicPartition(p.topic, p.partition): p.offset
-                for p in response.partitions if p.offset >= 0}  # type: ignore[attr-defined]
-
-    def _handle_out_of_range(self, deadline: float | None = None) -> None:
-        bad = self._fetcher.out_of_range()
-        if not bad:
-            return
-        if self.config.auto_offset_reset == "error":
-            raise bad[0][1]
-        self._reset_positions([tp for tp, _ in bad], deadline=deadline)
+    def _list(self, specs: dict[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, int]:
+        """ListOffsets without the lock: it touches no consumer state (I/O)."""
+        self._check_open()
+        return self._subscription.list_offsets(specs)
