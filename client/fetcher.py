@@ -39,6 +39,7 @@ from tidelog.client.connection import Connections
 from tidelog.client.metadata import Metadata
 from tidelog.client.metrics import ConsumerCounters
 from tidelog.client.records import ConsumerRecord, TopicPartition
+from tidelog.client.routing import note_failure
 from tidelog.client.throttle import ThrottleTracker
 
 __all__ = ["Fetcher", "PartitionFetchState", "complete_batches", "decode_fetched"]
@@ -316,11 +317,8 @@ class Fetcher:
                 return
             if not error.retriable and not isinstance(error, errors.TopicNotFound):
                 raise error
-            leader_address = (self._metadata.node_address(result.leader_id)  # type: ignore[attr-defined]
-                              or "")
-            self._metadata.mark_stale(tp.topic, partition=tp.partition,
-                                      leader_id=result.leader_id,  # type: ignore[attr-defined]
-                                      leader_address=leader_address)
+            note_failure(self._metadata, tp, error,
+                         leader_id=result.leader_id)  # type: ignore[attr-defined]
             st.retry_at_s = self._clock() + self._config.retry_backoff_ms / 1000
             return
         data = result.batches  # type: ignore[attr-defined]

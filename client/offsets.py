@@ -1,7 +1,9 @@
 """ListOffsets, shared by Consumer (seek_to_*, offsets_for_times, auto_offset_reset) and Admin.
 
 Requests go to each partition's leader (one request per leader); NOT_LEADER and unreachable
-leaders refresh the metadata and retry with backoff until the timeout.
+leaders refresh the metadata and retry with backoff until the timeout. Grouping by leader and
+marking a failure (a NOT_LEADER hint applied at once) are tidelog.client.routing's, shared with
+the fetcher and the admin client.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from tidelog.client import errors
 from tidelog.client.connection import Connections
 from tidelog.client.metadata import Metadata
 from tidelog.client.records import TopicPartition
+from tidelog.client.routing import by_leader, note_failure
 
 __all__ = ["EARLIEST", "LATEST", "TIMESTAMP", "list_offsets"]
 
@@ -36,7 +39,6 @@ def list_offsets(
     for topic in {tp.topic for tp in pending}:
         metadata.topic(topic, timeout_s=timeout_s)
     while pending:
-        by_leader: dict[str, list[TopicPartition]] = {}
         for tp in pending:
             description = metadata.cached_topic(tp.topic)
             if description is None:
@@ -44,12 +46,7 @@ def list_offsets(
             if not 0 <= tp.partition < len(description.partitions):
                 raise errors.TopicNotFound(
                     f"{tp}: topic {tp.topic!r} has {len(description.partitions)} partitions")
-            leader = metadata.leader_address(tp.topic, tp.partition)
-            if leader is None:
-                metadata.mark_stale(tp.topic)
-                continue
-            by_leader.setdefault(leader, []).append(tp)
-        for leader, tps in by_leader.items():
+        for leader, tps in by_leader(metadata, pending).items():
             request = broker_pb2.ListOffsetsRequest(partitions=[
                 broker_pb2.ListOffsetsPartition(
                     topic=tp.topic, partition=tp.partition, spec=pending[tp][0],
@@ -65,7 +62,7 @@ def list_offsets(
                     raise
                 last_error = exc
                 for tp in tps:
-                    metadata.mark_stale(tp.topic)
+                    note_failure(metadata, tp, exc)
                 continue
             for result in response.results:
                 tp = TopicPartition(result.topic, result.partition)
@@ -77,10 +74,7 @@ def list_offsets(
                     if not error.retriable:
                         raise error
                     last_error = error
-                    metadata.mark_stale(tp.topic, partition=tp.partition,
-                                        leader_id=result.leader_id,
-                                        leader_address=metadata.node_address(result.leader_id)
-                                        or "")
+                    note_failure(metadata, tp, error, leader_id=result.leader_id)
                     continue
                 found[tp] = result.offset
                 del pending[tp]
