@@ -91,9 +91,13 @@ class Connections:
             raise self.error_of(exc, address, subject=subject) from None
 
     def error_of(
-        self, exc: grpc.RpcError, address: str, *, subject: str = ""
+        self, exc: BaseException, address: str, *, subject: str = ""
     ) -> errors.TidelogError:
-        """The typed error of a failed call to `address` (with a TLS hint where one helps)."""
+        """The typed error of a failed call to `address` (with a TLS hint where one helps). An
+        error typed already (the SCRAM login of a channel raises AuthenticationFailed inside the
+        call) is returned as it is."""
+        if isinstance(exc, errors.TidelogError):
+            return exc
         error = errors.from_rpc_error(exc, subject=subject, address=address)
         hint = tls_hint(error.message, self._security) \
             if isinstance(error, errors.NodeUnavailable) else ""
