@@ -1,5 +1,10 @@
 """The Prometheus endpoint: GET /metrics over HTTP on `--metrics-listen`, served in a thread by
-prometheus_client (its WSGI server), reading the node's registry."""
+prometheus_client (its WSGI server), reading the node's registry. Plain HTTP, never TLS, even on a
+node with TLS (docs/metrics.md, docs/security.md).
+
+Background work that metrics code starts (the queue stats refresher, the loop-lag probe) is
+stopped here, at the node's stop: a refresher that outlived the node would read its closed
+replicas and readers."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -28,6 +34,13 @@ class MetricsExporter:
         self._thread: threading.Thread | None = None
         self._collectors: list[OnLoopCollector] = []
         self._lag_task: asyncio.Task[None] | None = None
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
+
+    def on_stop(self, stop: Callable[[], Awaitable[None]]) -> None:
+        """Register the stop of background work a collector starts (it cancels and awaits its
+        task, and starts none after). Run by `stop`, after the endpoint and the collectors are
+        gone, so no scrape can start the work again."""
+        self._on_stop.append(stop)
 
     @property
     def address(self) -> str | None:
@@ -74,3 +87,9 @@ class MetricsExporter:
             with contextlib.suppress(KeyError):
                 REGISTRY.unregister(collector)
         self._collectors.clear()
+        stops, self._on_stop = self._on_stop, []
+        for stop in stops:
+            try:
+                await stop()
+            except Exception:  # noqa: BLE001 - one failing stop must not skip the others
+                log.exception("metrics: stopping background work failed")

@@ -10,7 +10,9 @@ fails keeps its previous stats up to STATS_AGE_MS_MAX old, so a slow round leave
 
 The task starts at the first scrape and stops itself after SCRAPE_IDLE_S without one (a node nobody
 scrapes does no work for queue metrics, not even reads); the next scrape starts it again, and the
-series are back from the scrape after its first refresh (a scrape never waits for one). A scrape
+series are back from the scrape after its first refresh (a scrape never waits for one). The node's
+stop ends it (`QueueMetrics.stop`, registered with the MetricsExporter): it must not read the
+node's closed replicas and readers after that. A scrape
 reports only the queues this node coordinates at that moment, so a node that lost a queue's
 coordination stops exporting it at once, without waiting for the next refresh.
 """
@@ -18,6 +20,7 @@ coordination stops exporting it at once, without waiting for the next refresh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -52,12 +55,26 @@ class QueueMetrics:
         self._snapshot: dict[str, QueueStats] = {}
         self._task: asyncio.Task[None] | None = None
         self._scraped_at = time.monotonic()
+        self._stopped = False
 
     def start(self) -> None:
-        """Start the refresher on the running loop, unless it runs already."""
+        """Start the refresher on the running loop, unless it runs already or `stop` ran (a
+        scrape already in the HTTP thread may still call collect as the node stops)."""
+        if self._stopped:
+            return
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._refresh_loop(), name="metrics-queue-stats")
+
+    async def stop(self) -> None:
+        """Cancel the refresher and wait for it; none is started after this."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._snapshot = {}
 
     def collect(self) -> Iterator[Metric]:
         """On the event loop, at scrape time: the snapshot of the queues coordinated now."""
@@ -101,8 +118,10 @@ class QueueMetrics:
 
 def queue_collector(node: Node) -> tuple[str, MetricsFunction]:
     """The ("queues", function) entry of node_collectors. The refresher starts at the first
-    scrape: a node nobody scrapes does no work for queue metrics."""
-    return "queues", QueueMetrics(node.queues).collect
+    scrape: a node nobody scrapes does no work for queue metrics; the node's stop ends it."""
+    metrics = QueueMetrics(node.queues)
+    node.metrics.on_stop(metrics.stop)
+    return "queues", metrics.collect
 
 
 def families(snapshot: dict[str, QueueStats]) -> list[Metric]:
