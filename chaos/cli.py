@@ -100,6 +100,12 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefix(args: argparse.Namespace) -> str:
+    """The common error prefix, the action named ("tidelog chaos run:"), written by hand as
+    tidelog.client.cli_common's error_prefix does (chaos/ keeps to the node's side)."""
+    return f"tidelog {getattr(args, 'command_path', '') or 'chaos'}:"
+
+
 def _capabilities_here(backend: str):  # noqa: ANN202 - frozenset[Capability]
     from tidelog.chaos.backend import Capability
     from tidelog.chaos.netns import netns_unavailable_reason
@@ -126,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     from tidelog.chaos.scenarios import SCENARIOS
 
     if args.scenario not in SCENARIOS:
-        print(f"tidelog chaos: unknown scenario {args.scenario!r}; one of: "
+        print(f"{_prefix(args)} unknown scenario {args.scenario!r}; one of: "
               f"{', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -137,13 +143,13 @@ def _run(args: argparse.Namespace) -> int:
                            fsync=args.fsync, queue=_queue_config(args.workload),
                            secure=args.secure)
     except ValueError as exc:
-        print(f"tidelog chaos: {exc}", file=sys.stderr)
+        print(f"{_prefix(args)} {exc}", file=sys.stderr)
         return 2
     print(f"seed {seed}; replay: {config.replay_command()}", file=sys.stderr)
     try:
         outcome = ChaosRun(config).execute()
     except ScenarioUnavailable as exc:
-        print(f"tidelog chaos: {exc}", file=sys.stderr)
+        print(f"{_prefix(args)} {exc}", file=sys.stderr)
         return 2
     summary = (outcome.report_dir / "summary.txt").read_text()
     print(summary)
@@ -162,7 +168,7 @@ def _suite(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
     if args.secure and args.backend == "docker":
-        print("tidelog chaos: --secure runs on the local backend only (see `tidelog chaos run "
+        print(f"{_prefix(args)} --secure runs on the local backend only (see `tidelog chaos run "
               "--help`)", file=sys.stderr)
         return 2
     rows = []

@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from tidelog.node.tables import render_table
 
     if args.messages < 10:
-        print("tidelog demo: --messages must be at least 10")
-        return 2
+        from tidelog.client.cli_common import fail
+
+        return fail(args, "--messages must be at least 10", 2)
     folder = Path(tempfile.mkdtemp(prefix="tidelog-demo-"))
     cluster = LocalCluster(3, folder)
     try:

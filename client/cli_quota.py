@@ -91,15 +91,24 @@ def _output_option(parser: argparse.ArgumentParser) -> None:
     add_output_option(parser)
 
 
+def _usage(args: argparse.Namespace, message: str) -> int:
+    """A usage error in the common style (``tidelog quota set: ...``, or the JSON error object
+    with --output json); rc 2 as argparse's own usage errors."""
+    from tidelog.client.cli_tables import fail
+
+    return fail(args, message, 2)
+
+
 def _entity_kwargs(args: argparse.Namespace) -> dict[str, object]:
     user_default = "user" in args.quota_defaults
     client_default = "client-id" in args.quota_defaults
     if user_default and args.quota_user:
-        raise SystemExit("error: give --user NAME or --default user, not both")
+        raise SystemExit(_usage(args, "give --user NAME or --default user, not both"))
     if client_default and args.quota_client_id:
-        raise SystemExit("error: give --client-id ID or --default client-id, not both")
+        raise SystemExit(_usage(args, "give --client-id ID or --default client-id, not both"))
     if not (args.quota_user or args.quota_client_id or user_default or client_default):
-        raise SystemExit("error: name the quota's entity: --user, --client-id and/or --default")
+        raise SystemExit(_usage(args, "name the quota's entity: --user, --client-id and/or "
+                                      "--default"))
     return {"user": args.quota_user, "client_id": args.quota_client_id,
             "user_default": user_default, "client_id_default": client_default}
 
@@ -124,8 +133,8 @@ def _set(args: argparse.Namespace) -> int:
               "consumer_byte_rate": args.consumer_byte_rate, "request_rate": args.request_rate}
     limits = {k: v for k, v in limits.items() if v is not None}
     if not limits:
-        raise SystemExit("error: give at least one of --producer-byte-rate, "
-                         "--consumer-byte-rate, --request-rate")
+        raise SystemExit(_usage(args, "give at least one of --producer-byte-rate, "
+                                      "--consumer-byte-rate, --request-rate"))
 
     def action(admin) -> None:  # noqa: ANN001
         from tidelog.client.quota_admin import QuotaEntity, principal_name

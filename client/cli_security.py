@@ -115,6 +115,14 @@ def _run(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
 # -- users -------------------------------------------------------------------------------------
 
 
+def _usage(args: argparse.Namespace, message: str) -> int:
+    """A usage error in the common style (``tidelog user create: ...``, or the JSON error
+    object with --output json); rc 2 as argparse's own usage errors."""
+    from tidelog.client.cli_tables import fail
+
+    return fail(args, message, 2)
+
+
 def new_password(args: argparse.Namespace, *, stdin: Any = None) -> str:
     """--password-stdin, else TIDELOG_NEW_PASSWORD, else a prompt (twice; never echoed)."""
     stream = stdin if stdin is not None else sys.stdin
@@ -125,12 +133,13 @@ def new_password(args: argparse.Namespace, *, stdin: Any = None) -> str:
     elif stream.isatty():
         password = getpass.getpass(f"new password for {args.name}: ")
         if getpass.getpass("again: ") != password:
-            raise SystemExit("error: the passwords differ")
+            raise SystemExit(_usage(args, "the passwords differ"))
     else:
-        raise SystemExit(f"error: give the new password with --password-stdin or "
-                         f"{NEW_PASSWORD_ENV} (stdin is not a terminal to prompt on)")
+        raise SystemExit(_usage(args, f"give the new password with --password-stdin or "
+                                      f"{NEW_PASSWORD_ENV} (stdin is not a terminal to "
+                                      "prompt on)"))
     if not password:
-        raise SystemExit("error: the password must not be empty")
+        raise SystemExit(_usage(args, "the password must not be empty"))
     return password
 
 

@@ -21,25 +21,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tidelog.node.tables import cell, render_table
+from tidelog.node.tables import OUTPUT_CHOICES, add_output_option, cell, render_table
 
 __all__ = ["OUTPUT_CHOICES", "add_output_option", "cell", "emit", "fail", "table", "to_json",
            "wants_json"]
-
-OUTPUT_CHOICES = ("table", "json")
-
-
-def _output_format(text: str) -> str:
-    """'text' is the table's older name (group, queue, quota, user and acl had it)."""
-    return "table" if text == "text" else text
-
-
-def add_output_option(parser: argparse.ArgumentParser) -> None:
-    """`--output table|json` (default table; `text` is accepted for table)."""
-    parser.add_argument("--output", type=_output_format, choices=OUTPUT_CHOICES,
-                        default="table",
-                        help="table (default; 'text' is the same) or json: an array of "
-                             "objects for a list, one object for describe/status")
 
 
 def wants_json(args: argparse.Namespace) -> bool:

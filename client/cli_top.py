@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from tidelog.client.top_data import Gatherer
 
     if args.output == "json" and not args.once:
-        print("error: --output json needs --once", file=sys.stderr)
-        return 2
+        from tidelog.client.cli_common import fail
+
+        return fail(args, "--output json needs --once", 2)
     gatherer = Gatherer(args.bootstrap, security=args.security, rpc_timeout_s=args.rpc_timeout)
     try:
         if args.once:

@@ -3,8 +3,9 @@
 The keyring (node/security/keyring.py) holds every key a node needs to read its data; the
 newest is the one new writes use. `create` makes a keyring with one key (mode 0600, refuses to
 overwrite), `rotate` adds a key that becomes current (older ones stay: their data is still on
-disk), `list` shows ids, creation times and fingerprints, never the keys. A running node picks
-up a rotation within about a second. docs/security.md "Encryption at rest" says how to use it.
+disk), `list` shows ids, creation times and fingerprints, never the keys: the common table of
+node/tables.py, or with --output json an array of objects. A running node picks up a rotation
+within about a second. docs/security.md "Encryption at rest" says how to use it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from tidelog.node.tables import add_output_option, render_table
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,8 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             ("list", _list, "key ids, creation times, fingerprints; the current key marked")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("file", type=Path, metavar="FILE", help="the keyring file")
-        sub.add_argument("--output", choices=("text", "json"), default="text",
-                         help="text (default) or one JSON object")
+        add_output_option(sub)
         sub.set_defaults(func=func)
 
 
@@ -72,15 +74,19 @@ def _list(args: argparse.Namespace) -> int:
     except (KeyringError, OSError) as exc:
         return _fail(args, exc)
     current = entries[-1].key_id
-    keys = [{"id": e.key_id, "created_ms": e.created_ms, "fingerprint": e.fingerprint,
-             "current": e.key_id == current} for e in entries]
-    lines = [f"{'ID':>6}  {'CREATED (UTC)':<20}  FINGERPRINT"]
-    for k in keys:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(k["created_ms"]) / 1000))
-        lines.append(f"{k['id']:>6}  {created:<20}  {k['fingerprint']}"
-                     + ("  (current)" if k["current"] else ""))
-    return _say(args, {"file": str(args.file), "current_key_id": current, "keys": keys},
-                "\n".join(lines))
+    keys = [{"id": e.key_id, "created_ms": e.created_ms, "created": _utc(e.created_ms),
+             "fingerprint": e.fingerprint, "current": e.key_id == current} for e in entries]
+    if args.output == "json":  # a list: an array of objects, one per row (client/cli_tables.py)
+        print(json.dumps(keys))
+        return 0
+    print(render_table(("id", "created utc", "fingerprint", "current"),
+                       [(k["id"], k["created"], k["fingerprint"], "yes" if k["current"] else "")
+                        for k in keys]))
+    return 0
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
 
 
 def _say(args: argparse.Namespace, doc: dict[str, object], text: str) -> int:
@@ -89,7 +95,11 @@ def _say(args: argparse.Namespace, doc: dict[str, object], text: str) -> int:
 
 
 def _fail(args: argparse.Namespace, exc: Exception) -> int:
-    if args.output == "json":
-        print(json.dumps({"error": str(exc)}))
-    print(f"tidelog keyring: {exc}", file=sys.stderr)
+    if args.output == "json":  # the common JSON error object on stderr (client/cli_tables.py)
+        print(json.dumps({"error": {"type": type(exc).__name__, "code": 0,
+                                    "message": str(exc)}}), file=sys.stderr)
+        return 1
+    # The common prefix by hand (tidelog.client.cli_common's error_prefix; the node must not
+    # import the client): "tidelog keyring create: ...", the action named.
+    print(f"tidelog {getattr(args, 'command_path', 'keyring')}: {exc}", file=sys.stderr)
     return 1

@@ -7,7 +7,23 @@ spaces, no rule, no trailing blanks; an unknown value (None) is shown as '-'.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+
+OUTPUT_CHOICES = ("table", "json")
+
+
+def _output_format(text: str) -> str:
+    """'text' is the table's older name (group, queue, quota, user, acl and keyring had it)."""
+    return "table" if text == "text" else text
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    """`--output table|json` (default table; `text` is accepted for table)."""
+    parser.add_argument("--output", type=_output_format, choices=OUTPUT_CHOICES,
+                        default="table",
+                        help="table (default; 'text' is the same) or json: an array of "
+                             "objects for a list, one object for describe/status")
 
 
 def cell(value: object) -> str:

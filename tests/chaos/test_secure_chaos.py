@@ -112,7 +112,10 @@ def test_the_cli_refuses_secure_docker_runs_with_exit_2(
     monkeypatch.setenv("TIDELOG_CHAOS_SECURE", "on")
     assert main(["chaos", "run", "kill-leader", "--backend", "docker"]) == 2
     assert main(["chaos", "suite", "--backend", "docker", "--report", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.count("--secure runs on the local backend only") == 3
+    err = capsys.readouterr().err
+    assert err.count("--secure runs on the local backend only") == 3
+    assert err.count("tidelog chaos run: --secure") == 2  # the action named, as every command
+    assert err.count("tidelog chaos suite: --secure") == 1
 
 
 @pytest.mark.cluster

@@ -221,6 +221,40 @@ def test_a_profile_problem_is_one_clear_line(
     assert config.profiles["a"].tls_ca == str(clean_env.parent / "ca.pem")  # next to the file
 
 
+def test_usage_errors_of_every_command_use_the_common_prefix(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """quota, user, top and demo printed "error: ..." (or on stdout); now "tidelog COMMAND: ..."
+    on stderr with rc 2, as argparse's own usage errors. The commands' functions are called with
+    the real parser's arguments: each refuses before it would dial a cluster."""
+    import io
+
+    from tidelog.client.cli_security import NEW_PASSWORD_ENV, new_password
+
+    def refused(argv: list[str]) -> str:
+        args = parsed(argv)
+        with pytest.raises(SystemExit) as exit_:
+            args.func(args)
+        assert exit_.value.code == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        return err
+
+    assert refused(["quota", "set", "--producer-byte-rate", "1MB"]) == \
+        "tidelog quota set: name the quota's entity: --user, --client-id and/or --default\n"
+    assert refused(["quota", "set", "--user", "bob"]).startswith(
+        "tidelog quota set: give at least one of --producer-byte-rate")
+    monkeypatch.delenv(NEW_PASSWORD_ENV, raising=False)
+    args = parsed(["user", "create", "bob"])
+    with pytest.raises(SystemExit) as exit_:
+        new_password(args, stdin=io.StringIO(""))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("tidelog user create: give the new password with ")
+    assert main(["top", "--output", "json"]) == 2
+    assert capsys.readouterr().err == "tidelog top: --output json needs --once\n"
+    assert main(["demo", "--messages", "3"]) == 2
+    assert capsys.readouterr() == ("", "tidelog demo: --messages must be at least 10\n")
+
+
 def test_a_broken_config_file_does_not_stop_local_commands(
         clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     clean_env.parent.mkdir(parents=True)

@@ -118,12 +118,20 @@ def test_the_cli_creates_rotates_and_lists_without_showing_keys(
     assert json.loads(capsys.readouterr().out)["current_key_id"] == 2
     assert tidelog(["keyring", "list", str(path), "--output", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(k["id"], k["current"]) for k in listed["keys"]] == [(1, False), (2, True)]
+    assert [(k["id"], k["current"]) for k in listed] == [(1, False), (2, True)]
     secrets = [e.key for e in load_keyring(path)]
     assert tidelog(["keyring", "list", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "(current)" in text
+    header, first, second = text.splitlines()  # the common table (node/tables.py)
+    assert header.split() == ["ID", "CREATED-UTC", "FINGERPRINT", "CURRENT"]
+    assert first.split()[0] == "1" and not first.endswith("yes")
+    assert second.split()[0] == "2" and second.endswith("yes")
     for key in secrets:
         assert base64.b64encode(key).decode() not in text + json.dumps(listed)
+    assert tidelog(["keyring", "list", str(path), "--output", "text"]) == 0  # the older name
+    assert capsys.readouterr().out == text
+    assert tidelog(["keyring", "create", str(path)]) == 1
+    assert capsys.readouterr().err.startswith(f"tidelog keyring create: keyring {path} exists")
     assert tidelog(["keyring", "create", str(path), "--output", "json"]) == 1
-    assert "exists already" in json.loads(capsys.readouterr().out)["error"]
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert error["type"] == "KeyringError" and "exists already" in error["message"]
