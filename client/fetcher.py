@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from tidelog.client import errors
@@ -42,7 +43,8 @@ from tidelog.client.records import ConsumerRecord, TopicPartition
 from tidelog.client.routing import note_failure
 from tidelog.client.throttle import ThrottleTracker
 
-__all__ = ["Fetcher", "PartitionFetchState", "complete_batches", "decode_fetched"]
+__all__ = ["FetchPlan", "Fetcher", "PartitionFetchState", "apply_fetch_result", "complete_batches",
+           "decode_fetched", "plan_fetches"]
 
 _log = logging.getLogger(__name__)
 _DEADLINE_MARGIN_S = 5.0
@@ -143,6 +145,125 @@ class PartitionFetchState:
         self.inflight = False
 
 
+@dataclass(frozen=True)
+class FetchPlan:
+    """One Fetch to send to `leader`: `asked` maps each partition to its epoch when asked (a
+    reply for an older epoch is stale); `reserved` is the prefetch budget the reply may fill."""
+
+    leader: str
+    asked: dict[TopicPartition, int]
+    request: Any
+    reserved: int
+
+
+def plan_fetches(states: dict[TopicPartition, PartitionFetchState], metadata: Any,
+                 config: ConsumerConfig, now: float, budget: int,
+                 skip_leader: Callable[[str], bool]) -> list[FetchPlan]:
+    """The Fetch requests to send now, one per leader (sans-I/O: the sync and the asyncio
+    fetchers send them their own way). A partition is asked for when it is not paused, not in
+    flight, has a fetch offset, no pending error and room in its buffer; one with no known leader
+    marks its topic stale and backs off. Every partition asked is marked in flight: a caller that
+    cannot send a plan must clear that. `skip_leader(address)` leaves out a leader already asked
+    (or throttled); the plans stop when `budget` (prefetch bytes left) cannot take a partition."""
+    from tidelog.proto import broker_pb2
+
+    per_partition = config.partition_fetch_bytes_max
+    grouped: dict[str, list[TopicPartition]] = {}
+    for tp, st in states.items():
+        if (st.paused or st.inflight or st.fetch_offset is None or st.out_of_range
+                or st.error is not None or now < st.retry_at_s
+                or st.raw_bytes >= per_partition):
+            continue
+        leader = metadata.leader_address(tp.topic, tp.partition)
+        if leader is None:
+            metadata.mark_stale(tp.topic)
+            st.retry_at_s = now + config.retry_backoff_ms / 1000
+            continue
+        if skip_leader(leader):
+            continue
+        grouped.setdefault(leader, []).append(tp)
+    plans: list[FetchPlan] = []
+    for leader, tps in grouped.items():
+        if budget < per_partition:
+            break
+        request_bytes = min(config.fetch_max_bytes, budget)
+        parts = []
+        asked: dict[TopicPartition, int] = {}
+        for tp in tps[: max(1, request_bytes // per_partition)]:
+            st = states[tp]
+            parts.append(broker_pb2.FetchPartition(
+                topic=tp.topic, partition=tp.partition, offset=st.fetch_offset,
+                max_bytes=per_partition))
+            st.inflight = True
+            asked[tp] = st.epoch
+        reserved = min(request_bytes, per_partition * len(parts))
+        budget -= reserved
+        request = broker_pb2.FetchRequest(
+            partitions=parts, max_wait_ms=config.fetch_max_wait_ms,
+            min_bytes=config.fetch_min_bytes, max_bytes=reserved)
+        plans.append(FetchPlan(leader, asked, request, reserved))
+    return plans
+
+
+def apply_fetch_result(tp: TopicPartition, st: PartitionFetchState, result: Any, *,
+                       config: ConsumerConfig, metadata: Any, now: float,
+                       counters: ConsumerCounters | None = None) -> None:
+    """One partition's result of a Fetch reply into its state (sans-I/O, shared by the sync and
+    the asyncio fetchers): the watermarks; an error code (out of range: kept for the consumer's
+    reset; retriable: the metadata marked stale, NOT_LEADER's hint applied, a backoff; other:
+    raised); or the whole batches buffered and the fetch offset moved past them. A damaged
+    buffer raises CorruptRecordError, a batch larger than partition_fetch_bytes_max
+    MessageTooLarge."""
+    code = result.error
+    st.high_watermark = result.high_watermark
+    st.log_start_offset = result.log_start_offset
+    if code:
+        error = errors.from_code(code, result.error_message, subject=str(tp),
+                                 leader_id=result.leader_id)
+        if counters is not None:
+            counters.fetch_errors.add(error)
+        if isinstance(error, errors.OffsetOutOfRange):
+            st.out_of_range = errors.OffsetOutOfRange(
+                f"{tp}: offset {st.fetch_offset} is out of range (log start "
+                f"{st.log_start_offset}, high watermark {st.high_watermark}); seek to an "
+                "offset in that range, or use auto_offset_reset='earliest' or 'latest'",
+                topic=tp.topic, partition=tp.partition, offset=st.fetch_offset or -1,
+                log_start_offset=st.log_start_offset, high_watermark=st.high_watermark)
+            return
+        if not error.retriable and not isinstance(error, errors.TopicNotFound):
+            raise error
+        note_failure(metadata, tp, error, leader_id=result.leader_id)
+        st.retry_at_s = now + config.retry_backoff_ms / 1000
+        return
+    data = result.batches
+    if not data:
+        return
+    if counters is not None:
+        counters.fetched(len(data))
+    assert st.fetch_offset is not None
+    try:
+        spans, next_offset = complete_batches(data, st.fetch_offset)
+    except errors.CorruptBatch as exc:
+        raise errors.CorruptRecordError(
+            f"{tp}: the fetched batches from offset {st.fetch_offset} are damaged ({exc}); "
+            "seek past them to read on",
+            topic=tp.topic, partition=tp.partition, offset=st.fetch_offset) from None
+    if next_offset == st.fetch_offset and not spans:
+        from tidelog.proto import batch as codec
+
+        header = codec.decode_header(data)
+        if header.size > len(data):
+            raise errors.MessageTooLarge(
+                f"{tp}: the batch at offset {header.base_offset} is {header.size} bytes, "
+                f"more than partition_fetch_bytes_max "
+                f"({config.partition_fetch_bytes_max}); raise it to read on")
+    view = memoryview(data)
+    for pos, size in spans:
+        st.raw.append(view[pos: pos + size])
+        st.raw_bytes += size
+    st.fetch_offset = next_offset
+
+
 class Fetcher:
     """Not thread-safe by itself: the Consumer serialises calls."""
 
@@ -184,51 +305,23 @@ class Fetcher:
     # --- fetching ------------------------------------------------------------------------------
 
     def send_fetches(self) -> None:
-        from tidelog.proto import broker_pb2
-
         now = self._clock()
-        budget = self._config.prefetch_bytes_max - self.buffered_bytes()
-        per_partition = self._config.partition_fetch_bytes_max
-        by_leader: dict[str, list[TopicPartition]] = {}
-        for tp, st in self.states.items():
-            if (st.paused or st.inflight or st.fetch_offset is None or st.out_of_range
-                    or st.error is not None or now < st.retry_at_s
-                    or st.raw_bytes >= per_partition):
-                continue
-            leader = self._metadata.leader_address(tp.topic, tp.partition)
-            if leader is None:
-                self._metadata.mark_stale(tp.topic)
-                st.retry_at_s = now + self._config.retry_backoff_ms / 1000
-                continue
-            if leader in self._inflight or self.throttle.ready_at(leader, now) is not None:
-                continue
-            by_leader.setdefault(leader, []).append(tp)
-        for leader, tps in by_leader.items():
-            if budget < per_partition:
-                return
-            request_bytes = min(self._config.fetch_max_bytes, budget)
-            parts = []
-            asked: dict[TopicPartition, int] = {}
-            for tp in tps[: max(1, request_bytes // per_partition)]:
-                st = self.states[tp]
-                parts.append(broker_pb2.FetchPartition(
-                    topic=tp.topic, partition=tp.partition, offset=st.fetch_offset,
-                    max_bytes=per_partition))
-                st.inflight = True
-                asked[tp] = st.epoch
-            reserved = min(request_bytes, per_partition * len(parts))
-            budget -= reserved
-            request = broker_pb2.FetchRequest(
-                partitions=parts, max_wait_ms=self._config.fetch_max_wait_ms,
-                min_bytes=self._config.fetch_min_bytes, max_bytes=reserved)
+        plans = plan_fetches(
+            self.states, self._metadata, self._config, now,
+            self._config.prefetch_bytes_max - self.buffered_bytes(),
+            lambda leader: (leader in self._inflight
+                            or self.throttle.ready_at(leader, now) is not None))
+        for i, plan in enumerate(plans):
+            leader, asked, request, reserved = plan.leader, plan.asked, plan.request, plan.reserved
             timeout_s = (self._config.request_timeout_ms + self._config.fetch_max_wait_ms) / 1000
             sent_at = self._clock()
             try:
                 future = self._connections.call_async(
                     leader, "Fetch", request, timeout_s=timeout_s + _DEADLINE_MARGIN_S)
             except errors.TidelogError:
-                for tp in asked:
-                    self.states[tp].inflight = False
+                for unsent in plans[i:]:
+                    for tp in unsent.asked:
+                        self.states[tp].inflight = False
                 raise
             self._inflight[leader] = (reserved, future)
             self.counters.fetch_sent()
@@ -300,53 +393,8 @@ class Fetcher:
             self._metadata.mark_stale(tp.topic)
 
     def _apply(self, tp: TopicPartition, st: PartitionFetchState, result: object) -> None:
-        code = result.error  # type: ignore[attr-defined]
-        st.high_watermark = result.high_watermark  # type: ignore[attr-defined]
-        st.log_start_offset = result.log_start_offset  # type: ignore[attr-defined]
-        if code:
-            error = errors.from_code(code, result.error_message,  # type: ignore[attr-defined]
-                                     subject=str(tp), leader_id=result.leader_id)  # type: ignore[attr-defined]
-            self.counters.fetch_errors.add(error)
-            if isinstance(error, errors.OffsetOutOfRange):
-                st.out_of_range = errors.OffsetOutOfRange(
-                    f"{tp}: offset {st.fetch_offset} is out of range (log start "
-                    f"{st.log_start_offset}, high watermark {st.high_watermark}); seek to an "
-                    "offset in that range, or use auto_offset_reset='earliest' or 'latest'",
-                    topic=tp.topic, partition=tp.partition, offset=st.fetch_offset or -1,
-                    log_start_offset=st.log_start_offset, high_watermark=st.high_watermark)
-                return
-            if not error.retriable and not isinstance(error, errors.TopicNotFound):
-                raise error
-            note_failure(self._metadata, tp, error,
-                         leader_id=result.leader_id)  # type: ignore[attr-defined]
-            st.retry_at_s = self._clock() + self._config.retry_backoff_ms / 1000
-            return
-        data = result.batches  # type: ignore[attr-defined]
-        if not data:
-            return
-        self.counters.fetched(len(data))
-        assert st.fetch_offset is not None
-        try:
-            spans, next_offset = complete_batches(data, st.fetch_offset)
-        except errors.CorruptBatch as exc:
-            raise errors.CorruptRecordError(
-                f"{tp}: the fetched batches from offset {st.fetch_offset} are damaged ({exc}); "
-                "seek past them to read on",
-                topic=tp.topic, partition=tp.partition, offset=st.fetch_offset) from None
-        if next_offset == st.fetch_offset and not spans and len(data) > 0:
-            from tidelog.proto import batch as codec
-
-            header = codec.decode_header(data)
-            if header.size > len(data):
-                raise errors.MessageTooLarge(
-                    f"{tp}: the batch at offset {header.base_offset} is {header.size} bytes, "
-                    f"more than partition_fetch_bytes_max "
-                    f"({self._config.partition_fetch_bytes_max}); raise it to read on")
-        view = memoryview(data)
-        for pos, size in spans:
-            st.raw.append(view[pos: pos + size])
-            st.raw_bytes += size
-        st.fetch_offset = next_offset
+        apply_fetch_result(tp, st, result, config=self._config, metadata=self._metadata,
+                           now=self._clock(), counters=self.counters)
 
     # --- handing out records ----------------------------------------------------------------------
 

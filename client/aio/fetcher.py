@@ -1,6 +1,6 @@
 """The asyncio consumer's fetcher: one long-poll Fetch task per leader, a bounded prefetch
-buffer, and the sync client's sans-I/O decoding (client/fetcher.py `PartitionFetchState`,
-`complete_batches`, `decode_fetched`).
+buffer, and the sync client's sans-I/O parts (client/fetcher.py `PartitionFetchState`,
+`plan_fetches` to build the requests, `apply_fetch_result` to apply a reply, `decode_fetched`).
 
 Positions, fetch offsets, epochs (a seek discards replies for an older epoch), the prefetch
 bound and the round-robin hand-out are the sync fetcher's (see its theory of operation). Two
@@ -22,7 +22,12 @@ from tidelog.client import errors
 from tidelog.client.aio.metadata import AioMetadata
 from tidelog.client.aio.waiting import wait_event
 from tidelog.client.config import ConsumerConfig
-from tidelog.client.fetcher import PartitionFetchState, complete_batches, decode_fetched
+from tidelog.client.fetcher import (
+    PartitionFetchState,
+    apply_fetch_result,
+    decode_fetched,
+    plan_fetches,
+)
 from tidelog.client.records import ConsumerRecord, TopicPartition
 
 __all__ = ["AioFetcher"]
@@ -64,44 +69,13 @@ class AioFetcher:
     # --- fetching --------------------------------------------------------------------------------
 
     def send_fetches(self) -> None:
-        from tidelog.proto import broker_pb2
-
-        now = time.monotonic()
-        budget = self._config.prefetch_bytes_max - self.buffered_bytes()
-        per_partition = self._config.partition_fetch_bytes_max
-        by_leader: dict[str, list[TopicPartition]] = {}
-        for tp, st in self.states.items():
-            if (st.paused or st.inflight or st.fetch_offset is None or st.out_of_range
-                    or now < st.retry_at_s or st.raw_bytes >= per_partition):
-                continue
-            leader = self._metadata.leader_address(tp.topic, tp.partition)
-            if leader is None:
-                self._metadata.mark_stale(tp.topic)
-                st.retry_at_s = now + self._config.retry_backoff_ms / 1000
-                continue
-            if leader not in self._inflight:
-                by_leader.setdefault(leader, []).append(tp)
+        plans = plan_fetches(self.states, self._metadata, self._config, time.monotonic(),
+                             self._config.prefetch_bytes_max - self.buffered_bytes(),
+                             lambda leader: leader in self._inflight)
         loop = asyncio.get_running_loop()
-        for leader, tps in by_leader.items():
-            if budget < per_partition:
-                return
-            request_bytes = min(self._config.fetch_max_bytes, budget)
-            parts = []
-            asked: dict[TopicPartition, int] = {}
-            for tp in tps[: max(1, request_bytes // per_partition)]:
-                st = self.states[tp]
-                parts.append(broker_pb2.FetchPartition(
-                    topic=tp.topic, partition=tp.partition, offset=st.fetch_offset,
-                    max_bytes=per_partition))
-                st.inflight = True
-                asked[tp] = st.epoch
-            reserved = min(request_bytes, per_partition * len(parts))
-            budget -= reserved
-            request = broker_pb2.FetchRequest(
-                partitions=parts, max_wait_ms=self._config.fetch_max_wait_ms,
-                min_bytes=self._config.fetch_min_bytes, max_bytes=reserved)
-            task = loop.create_task(self._fetch(leader, asked, request))
-            self._inflight[leader] = (reserved, task)
+        for plan in plans:
+            task = loop.create_task(self._fetch(plan.leader, plan.asked, plan.request))
+            self._inflight[plan.leader] = (plan.reserved, task)
 
     async def _fetch(self, leader: str, asked: dict[TopicPartition, int], request: object) -> None:
         timeout_s = (self._config.request_timeout_ms + self._config.fetch_max_wait_ms) / 1000
@@ -136,46 +110,8 @@ class AioFetcher:
                 st.retry_at_s = time.monotonic() + self._config.retry_backoff_ms / 1000
 
     def _apply(self, tp: TopicPartition, st: PartitionFetchState, result: object) -> None:
-        code = result.error  # type: ignore[attr-defined]
-        st.high_watermark = result.high_watermark  # type: ignore[attr-defined]
-        st.log_start_offset = result.log_start_offset  # type: ignore[attr-defined]
-        if code:
-            leader_id = result.leader_id  # type: ignore[attr-defined]
-            error = errors.from_code(code, result.error_message,  # type: ignore[attr-defined]
-                                     subject=str(tp), leader_id=leader_id)
-            if isinstance(error, errors.OffsetOutOfRange):
-                st.out_of_range = errors.OffsetOutOfRange(
-                    f"{tp}: offset {st.fetch_offset} is out of range (log start "
-                    f"{st.log_start_offset}, high watermark {st.high_watermark})",
-                    topic=tp.topic, partition=tp.partition, offset=st.fetch_offset or -1,
-                    log_start_offset=st.log_start_offset, high_watermark=st.high_watermark)
-                return
-            if not error.retriable and not isinstance(error, errors.TopicNotFound):
-                raise error
-            self._metadata.mark_stale(
-                tp.topic, partition=tp.partition, leader_id=leader_id,
-                leader_address=self._metadata.node_address(leader_id) or "")
-            st.retry_at_s = time.monotonic() + self._config.retry_backoff_ms / 1000
-            return
-        data = result.batches  # type: ignore[attr-defined]
-        if not data:
-            return
-        assert st.fetch_offset is not None
-        spans, next_offset = complete_batches(data, st.fetch_offset)
-        if next_offset == st.fetch_offset and not spans:
-            from tidelog.proto import batch as codec
-
-            header = codec.decode_header(data)
-            if header.size > len(data):
-                raise errors.MessageTooLarge(
-                    f"{tp}: the batch at offset {header.base_offset} is {header.size} bytes, "
-                    f"more than partition_fetch_bytes_max "
-                    f"({self._config.partition_fetch_bytes_max}); raise it to read on")
-        view = memoryview(data)
-        for pos, size in spans:
-            st.raw.append(view[pos: pos + size])
-            st.raw_bytes += size
-        st.fetch_offset = next_offset
+        apply_fetch_result(tp, st, result, config=self._config, metadata=self._metadata,
+                           now=time.monotonic())
 
     # --- handing out records ------------------------------------------------------------------
 
