@@ -89,6 +89,7 @@ class Consumer:
         max_poll_interval_ms: int = 300_000,
         group_assignor: str = "",
         client_id: str = "",
+        bootstrap_timeout_s: float = 10.0,
         on_assign: PartitionsCallback | None = None,
         on_revoke: PartitionsCallback | None = None,
         on_lost: PartitionsCallback | None = None,
@@ -115,6 +116,7 @@ class Consumer:
             enable_auto_commit=enable_auto_commit, auto_commit_interval_ms=auto_commit_interval_ms,
             session_timeout_ms=session_timeout_ms, max_poll_interval_ms=max_poll_interval_ms,
             group_assignor=group_assignor, client_id=client_id,
+            bootstrap_timeout_s=bootstrap_timeout_s,
         )
         self._connections = Connections(self.config.security,
                                         client_id=check_client_id(self.config.client_id))
@@ -122,6 +124,7 @@ class Consumer:
             self._connections, self.config.bootstrap,
             request_timeout_ms=request_timeout_ms, max_age_ms=metadata_max_age_ms,
             retry_backoff_ms=retry_backoff_ms,
+            bootstrap_timeout_s=self.config.bootstrap_timeout_s,
         )
         self._fetcher = Fetcher(self.config, self._metadata, self._connections)
         self._lock = threading.RLock()

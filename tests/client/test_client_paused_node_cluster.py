@@ -158,3 +158,24 @@ def test_a_dead_bootstrap_fails_fast_naming_each_address(
                if r.name == "tidelog.client" and r.levelno == logging.INFO and "retry" in
                r.getMessage()]
     assert retries, [r.getMessage() for r in caplog.records]
+
+
+def test_a_consumer_bounds_a_dead_bootstrap_by_its_bootstrap_timeout() -> None:
+    """Consumer(bootstrap_timeout_s=) reaches its Metadata (it was ConsumerConfig's only: the
+    consumer looked for the cluster for the default 10 s whatever it was given)."""
+    from tidelog.client import Consumer, TopicPartition
+
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+    address = f"127.0.0.1:{refused.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.ClusterUnreachable) as caught, \
+                Consumer(address, bootstrap_timeout_s=1.0) as consumer:
+            consumer.end_offsets([TopicPartition("anything", 0)])
+        elapsed = time.monotonic() - started
+    finally:
+        refused.close()
+    print(f"consumer's dead bootstrap failed after {elapsed:.2f} s")
+    assert 1.0 <= elapsed < 1.0 + 2.0, elapsed
+    assert address in str(caught.value) and "bootstrap_timeout_s=1" in str(caught.value)
