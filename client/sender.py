@@ -21,7 +21,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 from tidelog.client import errors
@@ -34,7 +35,8 @@ from tidelog.client.metrics import ProducerCounters
 from tidelog.client.records import TopicPartition
 from tidelog.client.throttle import ThrottleTracker
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "attempt_failed", "batches_to_send", "encode_for_send",
+           "expired_failures", "produce_request", "retry_wake"]
 
 _log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.1
@@ -43,6 +45,106 @@ _IDLE_WAIT_S = 0.1
 _DEADLINE_MARGIN_S = 0.5
 _LEADERSHIP_ERRORS = (errors.NotLeader, errors.LeaderNotAvailable, errors.NodeUnavailable,
                       errors.Timeout, errors.TopicNotFound)
+
+
+
+# --- sans-I/O steps shared with the asyncio sender (client/aio/sender.py) ---------------------
+
+def batches_to_send(delivery: DeliveryState, accumulator: RecordAccumulator, tp: TopicPartition,
+                    now: float) -> Iterator[tuple[ProducerBatch, bool]]:
+    """The batches of `tp` to send now, each with True for a retry: the partition's due retry
+    alone (order first), else new batches while delivery.py allows more in flight. Lazy: each
+    next batch is chosen after the caller has sent the one before."""
+    batch = delivery.next_retry(tp, now)
+    if batch is not None:
+        yield batch, True
+        return
+    while delivery.can_send_new(tp, now):
+        batch = accumulator.drain(tp, now)
+        if batch is None:
+            return
+        delivery.assign(batch)
+        yield batch, False
+
+
+def encode_for_send(batch: ProducerBatch, codec: int, request_bytes_max: int,
+                    delivery: DeliveryState) -> list[Failure]:
+    """Encode `batch` into its wire bytes; [] when it can be sent. A batch that cannot be
+    encoded or is larger than request_bytes_max fails, and (a sequenced batch that never left
+    counts as a failed send, so sequences stay coherent) so do the later ones delivery.py fails
+    with it: the failures returned, the batch first."""
+    from tidelog.proto import batch as codec_module
+
+    try:
+        encoded = codec_module.encode_batch(
+            batch.records, codec=codec, producer_id=batch.producer_id,
+            producer_epoch=batch.producer_epoch, base_sequence=batch.base_sequence,
+        )
+    except codec_module.BatchError as exc:
+        return [(batch, errors.InvalidBatch(f"{batch.tp}: cannot encode: {exc}")),
+                *_abandon_unsent(delivery, batch)]
+    if len(encoded) > request_bytes_max:
+        error = errors.MessageTooLarge(
+            f"{batch.tp}: encoded batch of {len(encoded)} bytes exceeds request_bytes_max "
+            f"({request_bytes_max}); lower batch_size or send smaller records")
+        return [(batch, error), *_abandon_unsent(delivery, batch)]
+    batch.set_encoded(encoded)
+    return []
+
+
+def _abandon_unsent(delivery: DeliveryState, batch: ProducerBatch) -> list[Failure]:
+    delivery.sent(batch)
+    return [f for f in delivery.failed(batch, errors.InvalidBatch("not sent"), float("inf"))
+            if f[0] is not batch]
+
+
+def produce_request(batch: ProducerBatch, acks: int, request_timeout_ms: int,
+                    now: float) -> tuple[Any, int]:
+    """The ProduceRequest for an encoded batch and its timeout in ms: request_timeout_ms, cut to
+    what is left of the batch's delivery deadline (at least 1 ms)."""
+    from tidelog.proto import broker_pb2
+
+    remaining_s = batch.deadline_s - now
+    timeout_ms = max(1, int(min(request_timeout_ms, remaining_s * 1000)))
+    return broker_pb2.ProduceRequest(
+        topic=batch.tp.topic, partition=batch.tp.partition, acks=acks,
+        timeout_ms=timeout_ms, batches=batch.encoded,
+    ), timeout_ms
+
+
+def attempt_failed(delivery: DeliveryState, metadata: Any, batch: ProducerBatch,
+                   error: errors.TidelogError, now: float) -> list[Failure]:
+    """A Produce attempt failed: a leadership error marks the partition stale (NOT_LEADER's
+    hint applied at once); delivery.py decides what fails now (the failures returned) and what
+    is retried. The caller then checks delivery.fenced (rule 6)."""
+    if isinstance(error, _LEADERSHIP_ERRORS):
+        hint = error if isinstance(error, errors.NotLeader) else None
+        metadata.mark_stale(
+            batch.tp.topic, partition=batch.tp.partition,
+            leader_id=hint.leader_id if hint else -1,
+            leader_address=hint.leader_address if hint else "",
+        )
+    _log.debug("%s: attempt %d failed: %s", batch.tp, batch.attempts, error)
+    return delivery.failed(batch, error, now)
+
+
+def expired_failures(accumulator: RecordAccumulator, delivery: DeliveryState,
+                     delivery_timeout_ms: int, now: float) -> list[Failure]:
+    """Batches past delivery_timeout_ms: the unsent ones (with a Timeout), then delivery.py's."""
+    unsent: list[Failure] = [(batch, errors.Timeout(
+        f"{batch.tp}: batch of {batch.record_count} records expired after "
+        f"delivery_timeout_ms ({delivery_timeout_ms} ms) without being "
+        "sent (no leader reachable?)")) for batch in accumulator.expire(now)]
+    return [*unsent, *delivery.expire(now)]
+
+
+def retry_wake(delivery: DeliveryState, now: float, next_wake: float | None) -> float | None:
+    """`next_wake`, made earlier by any partition's retry backoff that ends after `now`."""
+    for st in delivery.partitions.values():
+        if st.retry and st.backoff_until_s > now:
+            next_wake = st.backoff_until_s if next_wake is None else min(
+                next_wake, st.backoff_until_s)
+    return next_wake
 
 
 class Sender(threading.Thread):
@@ -151,19 +253,12 @@ class Sender(threading.Thread):
         if not self._forced:
             for tp in dict.fromkeys([*with_retries, *ready]):
                 self._send_partition(tp, now)
-        for batch in self._accumulator.expire(now):
-            self._fail(batch, errors.Timeout(
-                f"{batch.tp}: batch of {batch.record_count} records expired after "
-                f"delivery_timeout_ms ({self._config.delivery_timeout_ms} ms) without being "
-                "sent (no leader reachable?)"))
-        self._fail_all(self.delivery.expire(now))
+        self._fail_all(expired_failures(self._accumulator, self.delivery,
+                                        self._config.delivery_timeout_ms, now))
         if self._throttled_until is not None:
             next_wake = self._throttled_until if next_wake is None else min(
                 next_wake, self._throttled_until)
-        for st in self.delivery.partitions.values():
-            if st.retry and st.backoff_until_s > now:
-                next_wake = st.backoff_until_s if next_wake is None else min(
-                    next_wake, st.backoff_until_s)
+        next_wake = retry_wake(self.delivery, now, next_wake)
         if next_wake is None:
             return _IDLE_WAIT_S
         return max(0.0, min(_IDLE_WAIT_S, next_wake - self._clock()))
@@ -177,56 +272,18 @@ class Sender(threading.Thread):
         if ready_at is not None:  # wait out the node's throttle time (quotas), like Kafka
             self._throttled_until = min(ready_at, self._throttled_until or ready_at)
             return
-        batch = self.delivery.next_retry(tp, now)
-        if batch is not None:
-            self.retries_sent += 1
-            self._send(batch, leader)
-            return
-        while self.delivery.can_send_new(tp, now):
-            batch = self._accumulator.drain(tp, now)
-            if batch is None:
-                return
-            self.delivery.assign(batch)
-            if not self._encode(batch):
+        for batch, retry in batches_to_send(self.delivery, self._accumulator, tp, now):
+            if retry:
+                self.retries_sent += 1
+            elif failures := encode_for_send(batch, self._codec, self._config.request_bytes_max,
+                                             self.delivery):
+                self._fail_all(failures)
                 continue
             self._send(batch, leader)
 
-    def _encode(self, batch: ProducerBatch) -> bool:
-        from tidelog.proto import batch as codec_module
-
-        try:
-            encoded = codec_module.encode_batch(
-                batch.records, codec=self._codec, producer_id=batch.producer_id,
-                producer_epoch=batch.producer_epoch, base_sequence=batch.base_sequence,
-            )
-        except codec_module.BatchError as exc:
-            self._fail_all([(batch, errors.InvalidBatch(f"{batch.tp}: cannot encode: {exc}")),
-                            *self._abandon_unsent(batch)])
-            return False
-        if len(encoded) > self._config.request_bytes_max:
-            error = errors.MessageTooLarge(
-                f"{batch.tp}: encoded batch of {len(encoded)} bytes exceeds request_bytes_max "
-                f"({self._config.request_bytes_max}); lower batch_size or send smaller records")
-            self._fail_all([(batch, error), *self._abandon_unsent(batch)])
-            return False
-        batch.set_encoded(encoded)
-        return True
-
-    def _abandon_unsent(self, batch: ProducerBatch) -> list[Failure]:
-        # A sequenced batch that never left: treat like a failed send so sequences stay coherent.
-        self.delivery.sent(batch)
-        return [f for f in self.delivery.failed(batch, errors.InvalidBatch("not sent"),
-                                                float("inf")) if f[0] is not batch]
-
     def _send(self, batch: ProducerBatch, leader: str) -> None:
-        from tidelog.proto import broker_pb2
-
-        remaining_s = batch.deadline_s - self._clock()
-        timeout_ms = max(1, int(min(self._config.request_timeout_ms, remaining_s * 1000)))
-        request = broker_pb2.ProduceRequest(
-            topic=batch.tp.topic, partition=batch.tp.partition, acks=self._acks,
-            timeout_ms=timeout_ms, batches=batch.encoded,
-        )
+        request, timeout_ms = produce_request(batch, self._acks, self._config.request_timeout_ms,
+                                              self._clock())
         self.delivery.sent(batch)
         self.requests_sent += 1
         sent_at = self._clock()
@@ -276,15 +333,7 @@ class Sender(threading.Thread):
             self._complete(batch, response.base_offset)
 
     def _on_error(self, batch: ProducerBatch, error: errors.TidelogError) -> None:
-        if isinstance(error, _LEADERSHIP_ERRORS):
-            hint = error if isinstance(error, errors.NotLeader) else None
-            self._metadata.mark_stale(
-                batch.tp.topic, partition=batch.tp.partition,
-                leader_id=hint.leader_id if hint else -1,
-                leader_address=hint.leader_address if hint else "",
-            )
-        _log.debug("%s: attempt %d failed: %s", batch.tp, batch.attempts, error)
-        self._fail_all(self.delivery.failed(batch, error, self._clock()))
+        self._fail_all(attempt_failed(self.delivery, self._metadata, batch, error, self._clock()))
         if self.delivery.fenced is not None:  # delivery.py rule 6: fail what is still queued
             self._fail_everything(self.delivery.fenced)
 

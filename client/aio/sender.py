@@ -26,14 +26,20 @@ from tidelog.client.aio.waiting import wait_event
 from tidelog.client.config import ProducerConfig
 from tidelog.client.delivery import DeliveryState, Failure
 from tidelog.client.records import TopicPartition
+from tidelog.client.sender import (
+    attempt_failed,
+    batches_to_send,
+    encode_for_send,
+    expired_failures,
+    produce_request,
+    retry_wake,
+)
 
 __all__ = ["AioSender"]
 
 _log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.1
 _DEADLINE_MARGIN_S = 0.5  # as the sync sender: the broker's REQUEST_TIMED_OUT comes first
-_LEADERSHIP_ERRORS = (errors.NotLeader, errors.LeaderNotAvailable, errors.NodeUnavailable,
-                      errors.Timeout, errors.TopicNotFound)
 
 
 class AioSender:
@@ -126,16 +132,9 @@ class AioSender:
             with_retries = [tp for tp, st in self.delivery.partitions.items() if st.retry]
             for tp in dict.fromkeys([*with_retries, *ready]):
                 self._send_partition(tp, now)
-        for batch in self._accumulator.expire(now):
-            self._fail(batch, errors.Timeout(
-                f"{batch.tp}: batch of {batch.record_count} records expired after "
-                f"delivery_timeout_ms ({self._config.delivery_timeout_ms} ms) without being "
-                "sent (no leader reachable?)"))
-        self._fail_all(self.delivery.expire(now))
-        for st in self.delivery.partitions.values():
-            if st.retry and st.backoff_until_s > now:
-                next_wake = st.backoff_until_s if next_wake is None else min(
-                    next_wake, st.backoff_until_s)
+        self._fail_all(expired_failures(self._accumulator, self.delivery,
+                                        self._config.delivery_timeout_ms, now))
+        next_wake = retry_wake(self.delivery, now, next_wake)
         if next_wake is None:
             return _IDLE_WAIT_S
         return max(0.0, min(_IDLE_WAIT_S, next_wake - time.monotonic()))
@@ -152,42 +151,14 @@ class AioSender:
         if leader is None:
             self._metadata.mark_stale(tp.topic)
             return
-        batch = self.delivery.next_retry(tp, now)
-        if batch is not None:
-            self.retries_sent += 1
+        for batch, retry in batches_to_send(self.delivery, self._accumulator, tp, now):
+            if retry:
+                self.retries_sent += 1
+            elif failures := encode_for_send(batch, self._codec, self._config.request_bytes_max,
+                                             self.delivery):
+                self._fail_all(failures)
+                continue
             self._send(batch, leader)
-            return
-        while self.delivery.can_send_new(tp, now):
-            batch = self._accumulator.drain(tp, now)
-            if batch is None:
-                return
-            self.delivery.assign(batch)
-            if self._encode(batch):
-                self._send(batch, leader)
-
-    def _encode(self, batch: ProducerBatch) -> bool:
-        from tidelog.proto import batch as codec
-
-        try:
-            encoded = codec.encode_batch(
-                batch.records, codec=self._codec, producer_id=batch.producer_id,
-                producer_epoch=batch.producer_epoch, base_sequence=batch.base_sequence)
-        except codec.BatchError as exc:
-            self._fail_unsent(batch, errors.InvalidBatch(f"{batch.tp}: cannot encode: {exc}"))
-            return False
-        if len(encoded) > self._config.request_bytes_max:
-            self._fail_unsent(batch, errors.MessageTooLarge(
-                f"{batch.tp}: encoded batch of {len(encoded)} bytes exceeds request_bytes_max "
-                f"({self._config.request_bytes_max})"))
-            return False
-        batch.set_encoded(encoded)
-        return True
-
-    def _fail_unsent(self, batch: ProducerBatch, error: BaseException) -> None:
-        # a sequenced batch that never left: a failed send, so the sequences stay coherent
-        self.delivery.sent(batch)
-        later = self.delivery.failed(batch, errors.InvalidBatch("not sent"), float("inf"))
-        self._fail_all([(batch, error), *[f for f in later if f[0] is not batch]])
 
     def _send(self, batch: ProducerBatch, leader: str) -> None:
         self.delivery.sent(batch)
@@ -197,13 +168,8 @@ class AioSender:
         task.add_done_callback(self._inflight.discard)
 
     async def _produce(self, batch: ProducerBatch, leader: str) -> None:
-        from tidelog.proto import broker_pb2
-
-        remaining_s = batch.deadline_s - time.monotonic()
-        timeout_ms = max(1, int(min(self._config.request_timeout_ms, remaining_s * 1000)))
-        request = broker_pb2.ProduceRequest(
-            topic=batch.tp.topic, partition=batch.tp.partition, acks=self._acks,
-            timeout_ms=timeout_ms, batches=batch.encoded)
+        request, timeout_ms = produce_request(batch, self._acks, self._config.request_timeout_ms,
+                                              time.monotonic())
         try:
             response = await self._metadata.aio.call(
                 leader, "Produce", request, timeout_s=timeout_ms / 1000 + _DEADLINE_MARGIN_S,
@@ -224,14 +190,8 @@ class AioSender:
             self.wake()
 
     def _on_error(self, batch: ProducerBatch, error: errors.TidelogError) -> None:
-        if isinstance(error, _LEADERSHIP_ERRORS):
-            hint = error if isinstance(error, errors.NotLeader) else None
-            self._metadata.mark_stale(
-                batch.tp.topic, partition=batch.tp.partition,
-                leader_id=hint.leader_id if hint else -1,
-                leader_address=hint.leader_address if hint else "")
-        _log.debug("%s: attempt %d failed: %s", batch.tp, batch.attempts, error)
-        self._fail_all(self.delivery.failed(batch, error, time.monotonic()))
+        self._fail_all(attempt_failed(self.delivery, self._metadata, batch, error,
+                                      time.monotonic()))
         if self.delivery.fenced is not None:  # delivery.py rule 6
             self._fail_everything(self.delivery.fenced)
 
