@@ -6,6 +6,14 @@ One series per local replica, internal topics included, and the metadata group a
 counts (kept by PartitionLog as it appends, never a stat), the Raft core's role, leader, term and
 progress. "In sync" is `Replica.in_sync_replicas` with the node's liveness view, the same
 definition `tidelog cluster status` and `topic describe` show.
+
+The metadata leader alone also exports the cluster-wide view (`tidelog_cluster_*`): the nodes of
+the cluster, those alive, and the partitions that cannot have a leader because fewer than a
+majority of their assigned replicas are on alive nodes. `tidelog_partitions_offline` cannot see a
+partition whose replicas are all down (no node holds a running replica of it to report it); Kafka's
+controller reports OfflinePartitionsCount for the same reason. Every node is a voter or a learner
+of the metadata group, so its leader hears from every live node each heartbeat and its
+`ReplicaManager.alive` view covers them all.
 """
 
 from __future__ import annotations
@@ -44,7 +52,10 @@ def partitions_collector(replicas: ReplicaManager, metadata: MetadataService) ->
     def collect() -> Iterable[Metric]:
         own = metadata.replica
         metadata_leader = own is not None and own.is_leader and own.error is None
-        return list(_families(replicas, _held(replicas, metadata), metadata_leader))
+        families = list(_families(replicas, _held(replicas, metadata), metadata_leader))
+        if metadata_leader:
+            families.extend(_cluster_families(replicas, metadata))
+        return families
 
     return collect
 
@@ -108,6 +119,29 @@ def _families(replicas: ReplicaManager, held: Iterable[_Held],
                       "Partitions this node holds a replica of that know no leader", offline)
     yield _node_gauge("tidelog_metadata_leader", "1 on the metadata group's leader, else 0",
                       1 if metadata_leader else 0)
+
+
+def _cluster_families(replicas: ReplicaManager, metadata: MetadataService) -> Iterator[Metric]:
+    """The metadata leader's view of the whole cluster. Nodes: those of `--peers` (every one a
+    metadata voter or learner); alive: heard from within the liveness window (3 election timeouts,
+    3 s by default; this node always). A partition is offline when fewer than a majority of its
+    assigned replicas are on alive nodes: Raft can elect no leader for it (all of them down is
+    the case no node's `tidelog_partitions_offline` shows). Internal topics are included."""
+    nodes = set(replicas.config.peers)
+    alive = {node_id for node_id in nodes if replicas.alive(node_id)}
+    offline = 0
+    for topic in metadata.state.topics.values():
+        for assigned in topic.replicas:
+            up = sum(1 for node_id in assigned if node_id in alive)
+            offline += up <= len(assigned) // 2
+    yield _node_gauge("tidelog_cluster_nodes", "Nodes of the cluster (metadata leader only)",
+                      len(nodes))
+    yield _node_gauge("tidelog_cluster_nodes_alive",
+                      "Nodes the metadata leader heard from within its liveness window, itself "
+                      "included (metadata leader only)", len(alive))
+    yield _node_gauge("tidelog_cluster_partitions_offline",
+                      "Partitions with fewer than a majority of their assigned replicas on alive "
+                      "nodes: no leader possible (metadata leader only)", offline)
 
 
 def _add(family: GaugeMetricFamily, labels: dict[str, str], value: int) -> None:

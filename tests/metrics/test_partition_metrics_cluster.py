@@ -229,6 +229,56 @@ def test_killing_a_leader_counts_an_election_and_leader_changes(cluster: LocalCl
         cluster.wait_healthy(timeout_s=60)
 
 
+def cluster_views(nodes: list[LocalNode]) -> dict[int, Series]:
+    """Scrapes of the nodes that answer and export the cluster-wide view (`tidelog_cluster_*`,
+    the metadata leader only); each must call itself the metadata leader."""
+    views = {}
+    for node in nodes:
+        try:
+            series = scrape(node)
+        except OSError:  # stopping or starting
+            continue
+        if get(series, "tidelog_cluster_nodes") is not None:
+            assert get(series, "tidelog_metadata_leader") == 1, f"node {node.id} is no leader"
+            views[node.id] = series
+    return views
+
+
+def one_view_with(nodes: list[LocalNode], alive: int, offline: int) -> bool:
+    views = cluster_views(nodes)
+    return len(views) == 1 and all(
+        get(s, "tidelog_cluster_nodes") == 3 and get(s, "tidelog_cluster_nodes_alive") == alive
+        and get(s, "tidelog_cluster_partitions_offline") == offline for s in views.values())
+
+
+@cluster_test
+def test_a_partition_whose_only_replica_is_down_is_offline_on_the_metadata_leader(
+        cluster: LocalCluster) -> None:
+    """RF=1, its node SIGKILLed: no node holds a replica of it any more, so no node's
+    `tidelog_partitions_offline` can count it; the metadata leader's cluster view does (a new
+    metadata leader's, when the killed node led the metadata group)."""
+    topic = "metrics-cluster-offline"
+    assert create_topic(cluster.nodes[0].address, topic, partitions=1, rf=1) \
+        .results[0].error == pb.NONE
+    owner = cluster.node(metadata(cluster.nodes[0].address, [topic])
+                         .topics[0].partitions[0].replicas[0])
+    survivors = [n for n in cluster.nodes if n.id != owner.id]
+    wait_for("one metadata leader's view: 3 nodes alive, nothing offline", CAUGHT_UP_WAIT_S,
+             lambda: one_view_with(cluster.nodes, alive=3, offline=0))
+    cluster.kill(owner.id)
+    try:
+        took = wait_for("the partition offline in the metadata leader's view", CAUGHT_UP_WAIT_S,
+                        lambda: one_view_with(survivors, alive=2, offline=1))
+        print(f"cluster view: offline 1 {took:.1f} s after killing node {owner.id}")
+        for node in survivors:  # nobody holds a replica of it: the per-node count misses it
+            assert get(scrape(node), "tidelog_partition_leader", **of(topic)) is None
+    finally:
+        cluster.start(owner.id)
+        cluster.wait_healthy(timeout_s=60)
+    wait_for("nothing offline once the node is back", CAUGHT_UP_WAIT_S,
+             lambda: one_view_with(cluster.nodes, alive=3, offline=0))
+
+
 def test_a_proposal_to_a_follower_is_counted_as_dropped(tmp_path: Path) -> None:
     """A real Replica that has not won an election refuses proposals (NotLeader), and the
     refusal is counted; the cluster cannot aim one at a follower on purpose (the Produce handler
