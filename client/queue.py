@@ -699,6 +699,121 @@ class _SettleSender:
 # --- the consumer --------------------------------------------------------------------------------
 
 
+# --- sans-I/O rules shared with the asyncio consumer (client/aio/queue.py) -------------------
+
+def check_consumer_args(queue: str, ack_linger_ms: float, settle_in_flight_max: int,
+                        request_timeout_s: float) -> None:
+    """ConfigError for a queue consumer's arguments out of range."""
+    if not queue:
+        raise errors.ConfigError("queue: give the queue's name")
+    if ack_linger_ms < 0:
+        raise errors.ConfigError(f"ack_linger_ms must be >= 0, not {ack_linger_ms}")
+    if not 1 <= settle_in_flight_max <= 64:
+        raise errors.ConfigError(
+            f"settle_in_flight_max must be 1..64, not {settle_in_flight_max}")
+    if request_timeout_s <= 0:
+        raise errors.ConfigError(f"request_timeout_s must be > 0, not {request_timeout_s}")
+
+
+def check_max_messages(max_messages: int) -> None:
+    if not 1 <= max_messages <= RECEIVE_MESSAGES_MAX:
+        raise errors.ConfigError(
+            f"max_messages must be 1..{RECEIVE_MESSAGES_MAX}, not {max_messages}")
+
+
+def nack_delay_ms(delay_s: float | None) -> int:
+    """A nack's delay on the wire: -1 (the queue's backoff) for None."""
+    if delay_s is not None and delay_s < 0:
+        raise errors.ConfigError(f"nack: delay_s must be >= 0, not {delay_s}")
+    return -1 if delay_s is None else round(delay_s * 1000)
+
+
+def check_reject_reason(reason: str) -> None:
+    if len(reason) > REASON_CHARS_MAX:
+        raise errors.ConfigError(f"reject: reason has {len(reason)} characters, at most "
+                                 f"{REASON_CHARS_MAX}")
+
+
+def extend_ms(seconds: float) -> int:
+    """An extend's lock time on the wire (at least 1 ms)."""
+    if seconds <= 0:
+        raise errors.ConfigError(f"extend: seconds must be > 0, not {seconds}")
+    return max(1, round(seconds * 1000))
+
+
+def unhold(queue: str, held: dict[tuple[str, int, int], QueueMessage], message: QueueMessage,
+           action: SettleAction) -> None:
+    """A settlement of `message` is made: it is no longer held (an extend keeps it held; a
+    message of an older delivery does not unhold the newer). ConfigError for another queue's."""
+    if message.queue != queue:
+        raise errors.ConfigError(f"message of queue {message.queue!r} settled on the "
+                                 f"consumer of queue {queue!r}")
+    if action is not SettleAction.EXTEND:
+        where = (message.topic, message.partition, message.offset)
+        current = held.get(where)
+        if current is not None and current.delivery_count == message.delivery_count:
+            del held[where]
+
+
+def settle_item(message: QueueMessage, action: SettleAction, future: Any, *, delay_ms: int = -1,
+                reason: str = "", extend_ms: int = 0) -> _Item:
+    """The settlement as the sender queues it: only its action's own argument kept."""
+    return _Item(message.topic, message.partition, message.offset, message.delivery_count,
+                 action, delay_ms if action is SettleAction.NACK else -1,
+                 reason if action is SettleAction.REJECT else "",
+                 extend_ms if action is SettleAction.EXTEND else 0, future)
+
+
+def stand_ins(queue: str, topic: str, partition: int,
+              ranges: Sequence[tuple[int, int, int]]) -> list[QueueMessage]:
+    """Empty messages for acquired offsets whose batches could not be decoded, to release."""
+    return [QueueMessage(queue=queue, topic=topic, partition=partition, offset=offset, key=None,
+                         value=None, headers=(), timestamp_ms=0, delivery_count=count,
+                         lock_deadline_ms=0)
+            for first, last, count in ranges for offset in range(first, last + 1)]
+
+
+def received_messages(queue: str, response: Any, cache: DecodedBatches | None,
+                      release: Callable[[QueueMessage], object]) -> list[QueueMessage]:
+    """The messages of a ReceiveResponse. A partition whose batches are damaged is logged and
+    its acquired offsets given to `release` (else they stay locked until the lock expires)."""
+    out: list[QueueMessage] = []
+    for part in response.partitions:
+        ranges = [(r.first_offset, r.last_offset, r.delivery_count) for r in part.acquired]
+        try:
+            messages = decode_partition(queue, part.topic, part.partition, part.batches,
+                                        ranges, part.lock_deadline_ms, cache)
+        except (errors.CorruptBatch, errors.InvalidBatch) as exc:
+            _log.warning("%s; releasing its %d acquired ranges", exc, len(ranges))
+            for message in stand_ins(queue, part.topic, part.partition, ranges):
+                release(message)
+            continue
+        missing = sum(last - first + 1 for first, last, _ in ranges) - len(messages)
+        if missing:  # the coordinator acquires only offsets it read records at
+            _log.warning("queue %s: %s/%d: %d acquired offsets had no record in the batches",
+                         queue, part.topic, part.partition, missing)
+        out += messages
+    return out
+
+
+def settle_request(queue: str, consumer_id: str, ranges: Sequence[Coalesced],
+                   timeout_s: float) -> Any:
+    from tidelog.proto import queue_pb2
+
+    return queue_pb2.SettleRequest(
+        queue=queue, consumer_id=consumer_id, timeout_ms=int(timeout_s * 1000),
+        settlements=[queue_pb2.Settlement(
+            topic=r.topic, partition=r.partition, first_offset=r.first, last_offset=r.last,
+            delivery_count=r.delivery_count, action=int(r.action), delay_ms=r.delay_ms,
+            reason=r.reason, extend_ms=r.extend_ms) for r in ranges])
+
+
+def settle_results(response: Any) -> dict[int, tuple[int, str, int]]:
+    """A SettleResponse's results by request index: (error code, message, lock deadline)."""
+    return {res.index: (res.error, res.error_message, res.lock_deadline_ms)
+            for res in response.results}
+
+
 class QueueConsumer:
     """Receive and settle messages of one queue.
 
@@ -723,15 +838,7 @@ class QueueConsumer:
         """`settle_in_flight_max`: Settle requests sent before the first is answered (more
         overlap the coordinator's Raft commits, so an ack made while one is in flight need not
         wait for it). `_settle_transport` is a test seam (the Settle call); leave it None."""
-        if not queue:
-            raise errors.ConfigError("queue: give the queue's name")
-        if ack_linger_ms < 0:
-            raise errors.ConfigError(f"ack_linger_ms must be >= 0, not {ack_linger_ms}")
-        if not 1 <= settle_in_flight_max <= 64:
-            raise errors.ConfigError(
-                f"settle_in_flight_max must be 1..64, not {settle_in_flight_max}")
-        if request_timeout_s <= 0:
-            raise errors.ConfigError(f"request_timeout_s must be > 0, not {request_timeout_s}")
+        check_consumer_args(queue, ack_linger_ms, settle_in_flight_max, request_timeout_s)
         self.queue = queue
         self.topics = tuple(topics) if topics else ()
         self.consumer_id = consumer_id or uuid.uuid4().hex
@@ -761,9 +868,7 @@ class QueueConsumer:
         the coordinator moves, retries for up to request_timeout_s, then raises Timeout."""
         from tidelog.proto import queue_pb2
 
-        if not 1 <= max_messages <= RECEIVE_MESSAGES_MAX:
-            raise errors.ConfigError(
-                f"max_messages must be 1..{RECEIVE_MESSAGES_MAX}, not {max_messages}")
+        check_max_messages(max_messages)
         self._check_open()
         started = time.monotonic()
         wait_until = started + max(0.0, timeout_s)
@@ -799,16 +904,11 @@ class QueueConsumer:
     def nack(self, message: QueueMessage, delay_s: float | None = None) -> SettleFuture:
         """Failed: redeliver after delay_s, or after the queue's backoff when None. The delivery
         that reaches max_deliveries is dead-lettered instead."""
-        if delay_s is not None and delay_s < 0:
-            raise errors.ConfigError(f"nack: delay_s must be >= 0, not {delay_s}")
-        delay_ms = -1 if delay_s is None else round(delay_s * 1000)
-        return self._settle(message, SettleAction.NACK, delay_ms=delay_ms)
+        return self._settle(message, SettleAction.NACK, delay_ms=nack_delay_ms(delay_s))
 
     def reject(self, message: QueueMessage, reason: str = "") -> SettleFuture:
         """Poison: straight to the dead-letter topic, with `reason` (at most 1000 characters)."""
-        if len(reason) > REASON_CHARS_MAX:
-            raise errors.ConfigError(f"reject: reason has {len(reason)} characters, at most "
-                                     f"{REASON_CHARS_MAX}")
+        check_reject_reason(reason)
         return self._settle(message, SettleAction.REJECT, reason=reason)
 
     def release(self, message: QueueMessage) -> SettleFuture:
@@ -818,9 +918,7 @@ class QueueConsumer:
     def extend(self, message: QueueMessage, seconds: float) -> SettleFuture:
         """Keep the lock `seconds` from now; the future gives the new deadline (ms since the
         epoch)."""
-        if seconds <= 0:
-            raise errors.ConfigError(f"extend: seconds must be > 0, not {seconds}")
-        return self._settle(message, SettleAction.EXTEND, extend_ms=max(1, round(seconds * 1000)))
+        return self._settle(message, SettleAction.EXTEND, extend_ms=extend_ms(seconds))
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Send every settlement made so far at once and wait until each is answered (its future
@@ -879,21 +977,8 @@ class QueueConsumer:
             raise errors.ClientClosed("the queue consumer is closed")
 
     def _messages(self, response: Any) -> list[QueueMessage]:
-        out: list[QueueMessage] = []
-        for part in response.partitions:
-            ranges = [(r.first_offset, r.last_offset, r.delivery_count) for r in part.acquired]
-            try:
-                messages = decode_partition(self.queue, part.topic, part.partition, part.batches,
-                                            ranges, part.lock_deadline_ms, self._decoded)
-            except (errors.CorruptBatch, errors.InvalidBatch) as exc:
-                _log.warning("%s; releasing its %d acquired ranges", exc, len(ranges))
-                self._release_ranges(part.topic, part.partition, ranges)
-                continue
-            missing = sum(last - first + 1 for first, last, _ in ranges) - len(messages)
-            if missing:  # the coordinator acquires only offsets it read records at
-                _log.warning("queue %s: %s/%d: %d acquired offsets had no record in the batches",
-                           self.queue, part.topic, part.partition, missing)
-            out += messages
+        out = received_messages(self.queue, response, self._decoded,
+                                lambda message: self._settle(message, SettleAction.RELEASE))
         with self._lock:
             if len(self._held) + len(out) > HELD_MAX:
                 self._forget_expired()
@@ -907,27 +992,11 @@ class QueueConsumer:
         for where in [w for w, m in self._held.items() if m.lock_deadline_ms < cutoff]:
             del self._held[where]
 
-    def _release_ranges(self, topic: str, partition: int,
-                        ranges: Sequence[tuple[int, int, int]]) -> None:
-        for first, last, count in ranges:
-            for offset in range(first, last + 1):
-                self._settle(QueueMessage(
-                    queue=self.queue, topic=topic, partition=partition, offset=offset, key=None,
-                    value=None, headers=(), timestamp_ms=0, delivery_count=count,
-                    lock_deadline_ms=0), SettleAction.RELEASE)
-
     def _settle(self, message: QueueMessage, action: SettleAction, *, delay_ms: int = -1,
                 reason: str = "", extend_ms: int = 0) -> SettleFuture:
-        if message.queue != self.queue:
-            raise errors.ConfigError(f"message of queue {message.queue!r} settled on the "
-                                     f"consumer of queue {self.queue!r}")
         with self._lock:
+            unhold(self.queue, self._held, message, action)  # (a closed one holds nothing)
             self._check_open()
-            if action is not SettleAction.EXTEND:
-                where = (message.topic, message.partition, message.offset)
-                held = self._held.get(where)
-                if held is not None and held.delivery_count == message.delivery_count:
-                    del self._held[where]
         item = self._item(message, action, delay_ms=delay_ms, reason=reason,
                           extend_ms=extend_ms)
         self._sender.put(item)
@@ -936,24 +1005,13 @@ class QueueConsumer:
     def _item(self, message: QueueMessage, action: SettleAction, *, delay_ms: int = -1,
               reason: str = "", extend_ms: int = 0) -> _Item:
         future = SettleFuture(message, action, self._sender.cond)
-        return _Item(message.topic, message.partition, message.offset, message.delivery_count,
-                     action, delay_ms if action is SettleAction.NACK else -1,
-                     reason if action is SettleAction.REJECT else "",
-                     extend_ms if action is SettleAction.EXTEND else 0, future)
+        return settle_item(message, action, future, delay_ms=delay_ms, reason=reason,
+                           extend_ms=extend_ms)
 
     def _settle_rpc(self, ranges: Sequence[Coalesced],
                     timeout_s: float) -> dict[int, tuple[int, str, int]]:
-        from tidelog.proto import queue_pb2
-
-        request = queue_pb2.SettleRequest(
-            queue=self.queue, consumer_id=self.consumer_id, timeout_ms=int(timeout_s * 1000),
-            settlements=[queue_pb2.Settlement(
-                topic=r.topic, partition=r.partition, first_offset=r.first, last_offset=r.last,
-                delivery_count=r.delivery_count, action=int(r.action), delay_ms=r.delay_ms,
-                reason=r.reason, extend_ms=r.extend_ms) for r in ranges])
-        response = self._coordinator.call("Settle", request, timeout_s=timeout_s)
-        return {res.index: (res.error, res.error_message, res.lock_deadline_ms)
-                for res in response.results}
+        request = settle_request(self.queue, self.consumer_id, ranges, timeout_s)
+        return settle_results(self._coordinator.call("Settle", request, timeout_s=timeout_s))
 
     def _create_queue(self) -> None:
         from tidelog.client.queue_admin import create_queue_request

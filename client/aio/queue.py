@@ -29,8 +29,6 @@ from tidelog.client.aio.metadata import AioMetadata
 from tidelog.client.config import parse_bootstrap
 from tidelog.client.queue import (
     ATTEMPT_S_MIN,
-    REASON_CHARS_MAX,
-    RECEIVE_MESSAGES_MAX,
     SETTLE_IN_FLIGHT_MAX,
     SETTLEMENTS_PER_REQUEST_MAX,
     Coalesced,
@@ -38,8 +36,17 @@ from tidelog.client.queue import (
     SettleAction,
     _Item,
     _range,
+    check_consumer_args,
+    check_max_messages,
+    check_reject_reason,
     coalesce,
-    decode_partition,
+    extend_ms,
+    nack_delay_ms,
+    received_messages,
+    settle_item,
+    settle_request,
+    settle_results,
+    unhold,
 )
 from tidelog.client.security import ClientSecurity
 
@@ -110,15 +117,7 @@ class AIOQueueConsumer:
                  ack_linger_ms: float = 1.0, request_timeout_s: float = 30.0,
                  retry_backoff_ms: int = 100, settle_in_flight_max: int = SETTLE_IN_FLIGHT_MAX,
                  security: ClientSecurity | None = None) -> None:
-        if not queue:
-            raise errors.ConfigError("queue: give the queue's name")
-        if ack_linger_ms < 0:
-            raise errors.ConfigError(f"ack_linger_ms must be >= 0, not {ack_linger_ms}")
-        if not 1 <= settle_in_flight_max <= 64:
-            raise errors.ConfigError(
-                f"settle_in_flight_max must be 1..64, not {settle_in_flight_max}")
-        if request_timeout_s <= 0:
-            raise errors.ConfigError(f"request_timeout_s must be > 0, not {request_timeout_s}")
+        check_consumer_args(queue, ack_linger_ms, settle_in_flight_max, request_timeout_s)
         self.queue = queue
         self.topics = tuple(topics or ())
         self.consumer_id = consumer_id or uuid.uuid4().hex
@@ -163,9 +162,7 @@ class AIOQueueConsumer:
         from tidelog.client.queue_admin import create_queue_request
         from tidelog.proto import queue_pb2
 
-        if not 1 <= max_messages <= RECEIVE_MESSAGES_MAX:
-            raise errors.ConfigError(
-                f"max_messages must be 1..{RECEIVE_MESSAGES_MAX}, not {max_messages}")
+        check_max_messages(max_messages)
         self._check_open()
         self._start()
         assert self._coordinator is not None
@@ -204,16 +201,11 @@ class AIOQueueConsumer:
     def nack(self, message: QueueMessage, delay_s: float | None = None
              ) -> asyncio.Future[int | None]:
         """Failed: redeliver after delay_s (None: the queue's backoff)."""
-        if delay_s is not None and delay_s < 0:
-            raise errors.ConfigError(f"nack: delay_s must be >= 0, not {delay_s}")
-        return self._settle(message, SettleAction.NACK,
-                            delay_ms=-1 if delay_s is None else round(delay_s * 1000))
+        return self._settle(message, SettleAction.NACK, delay_ms=nack_delay_ms(delay_s))
 
     def reject(self, message: QueueMessage, reason: str = "") -> asyncio.Future[int | None]:
         """Poison: straight to the dead-letter topic, with `reason`."""
-        if len(reason) > REASON_CHARS_MAX:
-            raise errors.ConfigError(f"reject: reason has {len(reason)} characters, at most "
-                                     f"{REASON_CHARS_MAX}")
+        check_reject_reason(reason)
         return self._settle(message, SettleAction.REJECT, reason=reason)
 
     def release(self, message: QueueMessage) -> asyncio.Future[int | None]:
@@ -222,9 +214,7 @@ class AIOQueueConsumer:
 
     def extend(self, message: QueueMessage, seconds: float) -> asyncio.Future[int | None]:
         """Keep the lock `seconds` from now; the future gives the new deadline (ms)."""
-        if seconds <= 0:
-            raise errors.ConfigError(f"extend: seconds must be > 0, not {seconds}")
-        return self._settle(message, SettleAction.EXTEND, extend_ms=max(1, round(seconds * 1000)))
+        return self._settle(message, SettleAction.EXTEND, extend_ms=extend_ms(seconds))
 
     async def flush(self, timeout_s: float | None = None) -> None:
         """Send every settlement made so far now and wait until each is answered."""
@@ -288,44 +278,20 @@ class AIOQueueConsumer:
             raise errors.ClientClosed("the queue consumer is closed")
 
     def _messages(self, response: Any) -> list[QueueMessage]:
-        out: list[QueueMessage] = []
-        for part in response.partitions:
-            ranges = [(r.first_offset, r.last_offset, r.delivery_count) for r in part.acquired]
-            try:
-                messages = decode_partition(self.queue, part.topic, part.partition,
-                                            part.batches, ranges, part.lock_deadline_ms)
-            except (errors.CorruptBatch, errors.InvalidBatch) as exc:
-                _log.warning("%s; releasing its %d acquired ranges", exc, len(ranges))
-                for first, last, count in ranges:
-                    for offset in range(first, last + 1):
-                        self._settle(QueueMessage(
-                            queue=self.queue, topic=part.topic, partition=part.partition,
-                            offset=offset, key=None, value=None, headers=(), timestamp_ms=0,
-                            delivery_count=count, lock_deadline_ms=0), SettleAction.RELEASE)
-                continue
-            out += messages
+        out = received_messages(self.queue, response, None,
+                                lambda message: self._settle(message, SettleAction.RELEASE))
         for message in out:
             self._held[(message.topic, message.partition, message.offset)] = message
         return out
 
     def _settle(self, message: QueueMessage, action: SettleAction, *, delay_ms: int = -1,
                 reason: str = "", extend_ms: int = 0) -> asyncio.Future[int | None]:
-        if message.queue != self.queue:
-            raise errors.ConfigError(f"message of queue {message.queue!r} settled on the "
-                                     f"consumer of queue {self.queue!r}")
+        unhold(self.queue, self._held, message, action)  # (a closed one holds nothing)
         self._check_open()
         self._start()
-        if action is not SettleAction.EXTEND:
-            where = (message.topic, message.partition, message.offset)
-            held = self._held.get(where)
-            if held is not None and held.delivery_count == message.delivery_count:
-                del self._held[where]
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Item(
-            message.topic, message.partition, message.offset, message.delivery_count, action,
-            delay_ms if action is SettleAction.NACK else -1,
-            reason if action is SettleAction.REJECT else "",
-            extend_ms if action is SettleAction.EXTEND else 0, future))  # type: ignore[arg-type]
+        self._pending.append(settle_item(message, action, future, delay_ms=delay_ms,
+                                         reason=reason, extend_ms=extend_ms))
         assert self._wake is not None
         self._wake.set()
         return future
@@ -396,23 +362,15 @@ class AIOQueueConsumer:
 
     async def _attempt(self, ranges: Sequence[Coalesced]
                        ) -> list[tuple[BaseException | None, int | None]]:
-        from tidelog.proto import queue_pb2
 
         assert self._coordinator is not None
         self.requests_sent += 1
-        request = queue_pb2.SettleRequest(
-            queue=self.queue, consumer_id=self.consumer_id,
-            timeout_ms=int(self._timeout_s * 1000),
-            settlements=[queue_pb2.Settlement(
-                topic=r.topic, partition=r.partition, first_offset=r.first, last_offset=r.last,
-                delivery_count=r.delivery_count, action=int(r.action), delay_ms=r.delay_ms,
-                reason=r.reason, extend_ms=r.extend_ms) for r in ranges])
+        request = settle_request(self.queue, self.consumer_id, ranges, self._timeout_s)
         try:
             response = await self._coordinator.call("Settle", request, timeout_s=self._timeout_s)
         except errors.TidelogError as exc:
             return [(exc, None)] * len(ranges)
-        results = {res.index: (res.error, res.error_message, res.lock_deadline_ms)
-                   for res in response.results}
+        results = settle_results(response)
         out: list[tuple[BaseException | None, int | None]] = []
         for index, r in enumerate(ranges):
             code, message, deadline = results.get(index, (0, "", 0))
