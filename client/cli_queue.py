@@ -470,11 +470,12 @@ def _config_table(config: Any) -> str:
 def _stats_text(stats: Any) -> str:
     totals = _table(
         ["DEPTH", "IN-FLIGHT", "OLDEST-UNACKED-S", "DELIVERED", "REDELIVERED", "ACKED",
-         "DEAD-LETTERED", "EXPIRED", "DEDUPED", "DLQ-DEPTH", "REDRIVEN", "CONSUMERS"],
+         "DEAD-LETTERED", "DLQ-LOST", "EXPIRED", "DEDUPED", "DLQ-DEPTH", "REDRIVEN",
+         "CONSUMERS"],
         [[stats.depth, stats.in_flight, _seconds(stats.oldest_unacked_age_ms),
           stats.delivered_total, stats.redelivered_total, stats.acked_total,
-          stats.dead_lettered_total, stats.expired_total, stats.deduplicated_total,
-          stats.dlq_depth, stats.redriven_total, stats.consumers]])
+          stats.dead_lettered_total, stats.dead_letters_lost_total, stats.expired_total,
+          stats.deduplicated_total, stats.dlq_depth, stats.redriven_total, stats.consumers]])
     parts = _table(
         ["TOPIC", "PARTITION", "START", "READ", "HIGH-WATERMARK", "DEPTH", "IN-FLIGHT",
          "WAITING", "DLQ-PENDING"],

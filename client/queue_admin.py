@@ -108,6 +108,7 @@ class QueueStats:
     partitions: tuple[QueuePartitionStats, ...]
     now_ms: int
     deduplicated_total: int = 0
+    dead_letters_lost_total: int = 0  # acknowledged by a DLQ partition, then lost by it
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -330,6 +331,7 @@ def stats_info(s: Any) -> QueueStats:
         redelivered_total=s.redelivered_total, dead_lettered_total=s.dead_lettered_total,
         expired_total=s.expired_total, dlq_depth=s.dlq_depth, redriven_total=s.redriven_total,
         consumers=s.consumers, now_ms=s.now_ms, deduplicated_total=s.deduplicated_total,
+        dead_letters_lost_total=s.dead_letters_lost_total,
         partitions=tuple(QueuePartitionStats(
             topic=p.topic, partition=p.partition, start_offset=p.start_offset,
             read_offset=p.read_offset, high_watermark=p.high_watermark, depth=p.depth,

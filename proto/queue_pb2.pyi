@@ -163,7 +163,7 @@ class QueuePartitionStats(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., start_offset: _Optional[int] = ..., read_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., waiting: _Optional[int] = ..., dead_letter_pending: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("depth", "in_flight", "oldest_unacked_age_ms", "acked_total", "delivered_total", "redelivered_total", "dead_lettered_total", "expired_total", "dlq_depth", "redriven_total", "consumers", "partitions", "now_ms", "deduplicated_total")
+    __slots__ = ("depth", "in_flight", "oldest_unacked_age_ms", "acked_total", "delivered_total", "redelivered_total", "dead_lettered_total", "expired_total", "dlq_depth", "redriven_total", "consumers", "partitions", "now_ms", "deduplicated_total", "dead_letters_lost_total")
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     OLDEST_UNACKED_AGE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class QueueStats(_message.Message):
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
     DEDUPLICATED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_LOST_TOTAL_FIELD_NUMBER: _ClassVar[int]
     depth: int
     in_flight: int
     oldest_unacked_age_ms: int
@@ -192,7 +193,8 @@ class QueueStats(_message.Message):
     partitions: _containers.RepeatedCompositeFieldContainer[QueuePartitionStats]
     now_ms: int
     deduplicated_total: int
-    def __init__(self, depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., oldest_unacked_age_ms: _Optional[int] = ..., acked_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., redelivered_total: _Optional[int] = ..., dead_lettered_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., dlq_depth: _Optional[int] = ..., redriven_total: _Optional[int] = ..., consumers: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[QueuePartitionStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., deduplicated_total: _Optional[int] = ...) -> None: ...
+    dead_letters_lost_total: int
+    def __init__(self, depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., oldest_unacked_age_ms: _Optional[int] = ..., acked_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., redelivered_total: _Optional[int] = ..., dead_lettered_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., dlq_depth: _Optional[int] = ..., redriven_total: _Optional[int] = ..., consumers: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[QueuePartitionStats, _Mapping]]] = ..., now_ms: _Optional[int] = ..., deduplicated_total: _Optional[int] = ..., dead_letters_lost_total: _Optional[int] = ...) -> None: ...
 
 class DescribeQueueResponse(_message.Message):
     __slots__ = ("config", "stats", "coordinator_id")

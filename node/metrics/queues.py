@@ -141,6 +141,9 @@ def families(snapshot: dict[str, QueueStats]) -> list[Metric]:
     dead_lettered = CounterMetricFamily(
         "tidelog_queue_dead_lettered", "Messages sent to the dead-letter topic",
         labels=["queue"])
+    dead_letters_lost = CounterMetricFamily(
+        "tidelog_queue_dead_letters_lost",
+        "Dead letters a DLQ partition acknowledged and then lost (data loss)", labels=["queue"])
     dlq_depth = GaugeMetricFamily(
         "tidelog_queue_dlq_depth", "Dead letters after the redrive cursor", labels=["queue"])
     acked = CounterMetricFamily("tidelog_queue_acked", "Messages acked", labels=["queue"])
@@ -151,6 +154,8 @@ def families(snapshot: dict[str, QueueStats]) -> list[Metric]:
         age.add_metric([name], s.oldest_unacked_age_ms / 1000)
         redeliveries.add_metric([name], s.redelivered_total)
         dead_lettered.add_metric([name], s.dead_lettered_total)
+        dead_letters_lost.add_metric([name], s.dead_letters_lost_total)
         dlq_depth.add_metric([name], s.dlq_depth)
         acked.add_metric([name], s.acked_total)
-    return [depth, in_flight, age, redeliveries, dead_lettered, dlq_depth, acked]
+    return [depth, in_flight, age, redeliveries, dead_lettered, dead_letters_lost, dlq_depth,
+            acked]

@@ -127,6 +127,5 @@ class QueueStats:
     partitions: tuple[PartitionStats, ...]
     now_ms: int
     deduplicated_total: int = 0
-    # dead letters a DLQ partition acknowledged and then lost (data loss; dlq_ledger.py); not in
-    # queue.proto yet, so in the log and in this dataclass only
+    # dead letters a DLQ partition acknowledged and then lost (data loss; dlq_ledger.py)
     dead_letters_lost_total: int = 0

@@ -55,7 +55,8 @@ def stats_to_wire(stats: Any) -> qpb.QueueStats:
         dead_lettered_total=stats.dead_lettered_total, expired_total=stats.expired_total,
         dlq_depth=stats.dlq_depth, redriven_total=stats.redriven_total,
         consumers=stats.consumers, now_ms=stats.now_ms,
-        deduplicated_total=stats.deduplicated_total)
+        deduplicated_total=stats.deduplicated_total,
+        dead_letters_lost_total=stats.dead_letters_lost_total)
     for p in stats.partitions:
         out.partitions.append(qpb.QueuePartitionStats(
             topic=p.topic, partition=p.partition, start_offset=p.start_offset,

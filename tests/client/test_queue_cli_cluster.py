@@ -151,7 +151,7 @@ def test_every_queue_action_through_the_cli(cluster) -> None:  # noqa: ANN001 - 
     assert rejected["settled"] == "reject"
     stats = wait_until(lambda: (s := cli.stats("jobs"))["dead_lettered_total"] == 1 and s, 30,
                        "the rejected message dead-lettered")
-    assert stats["depth"] == 9, stats
+    assert stats["depth"] == 9 and stats["dead_letters_lost_total"] == 0, stats
     (letter,) = dead_letters(cluster.bootstrap, "jobs.dlq", 2)
     assert letter.value.decode() == rejected["value"]
     headers = {k: v.decode() for k, v in letter.headers}

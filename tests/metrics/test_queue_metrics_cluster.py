@@ -24,7 +24,7 @@ SENT = 8
 NAMES = ("tidelog_queue_depth", "tidelog_queue_in_flight",
          "tidelog_queue_oldest_unacked_age_seconds", "tidelog_queue_redeliveries_total",
          "tidelog_queue_dead_lettered_total", "tidelog_queue_dlq_depth",
-         "tidelog_queue_acked_total")
+         "tidelog_queue_acked_total", "tidelog_queue_dead_letters_lost_total")
 
 
 @pytest.fixture(scope="module")
@@ -124,5 +124,7 @@ def test_the_coordinator_exports_what_happened_to_its_queue(cluster: LocalCluste
                                        "tidelog_queue_in_flight": 0, "tidelog_queue_depth": 0,
                                        "tidelog_queue_oldest_unacked_age_seconds": 0,
                                        "tidelog_queue_dead_lettered_total": 1,
-                                       "tidelog_queue_dlq_depth": 1}, "all settled")
+                                       "tidelog_queue_dlq_depth": 1,
+                                       "tidelog_queue_dead_letters_lost_total": 0},
+                 "all settled")
         assert set(final) == set(NAMES), sorted(final)

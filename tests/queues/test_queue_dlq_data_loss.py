@@ -10,18 +10,34 @@ when it opens a log); the queue side is the real core, replayed through its delt
 from __future__ import annotations
 
 import pytest
+from tidelog.client.queue_admin import stats_info
 from tidelog.node.errors import OutOfOrderSequenceError
+from tidelog.node.metrics.queues import families
 from tidelog.node.producer_state import ProducerStateTable
 from tidelog.node.queues import deltas as dl
 from tidelog.node.queues.core import QueueCore
 from tidelog.node.queues.dead_letters import expected_sequence
-from tidelog.node.queues.model import DlqBatchJob
+from tidelog.node.queues.model import DlqBatchJob, QueueStats
+from tidelog.node.queues.wire import stats_to_wire
+from tidelog.proto import queue_pb2 as qpb
 from tidelog.proto.batch import BatchHeader, decode_header, encode_batch
 
 from .core_builders import T0
 from .test_queue_core_dlq import DLQ, _dead, _replayed, make
 
 PID, EPOCH = 9, 0
+
+
+def _assert_lost_is_shown(stats: QueueStats, lost: int) -> None:
+    """The count reaches users: DescribeQueue's stats on the wire (serialized and parsed), the
+    client's QueueStats and its JSON form (`tidelog queue stats --output json`), and the
+    coordinator's `tidelog_queue_dead_letters_lost_total` series."""
+    wire = qpb.QueueStats.FromString(stats_to_wire(stats).SerializeToString())
+    assert wire.dead_letters_lost_total == lost
+    assert stats_info(wire).to_dict()["dead_letters_lost_total"] == lost
+    samples = {(s.name, s.labels["queue"]): s.value
+               for family in families({"q": stats}) for s in family.samples}
+    assert samples[("tidelog_queue_dead_letters_lost_total", "q")] == lost
 
 
 def _header(batch: DlqBatchJob, base_offset: int) -> BatchHeader:
@@ -69,6 +85,7 @@ def test_a_partition_that_lost_its_tail_is_resynced_and_the_loss_counted() -> No
         assert [j.offset for j in queue.dead_letter_jobs()] == [4, 5]   # pending again
         assert queue.counters["dlq_lost"] == 2
         assert queue.stats(T0, {}).dead_letters_lost_total == 2
+    _assert_lost_is_shown(core.stats(T0, {}), 2)
     # Planned again from the sequence the partition expects: accepted, appended once.
     core.plan_dlq_batch(DLQ, 0, [(core.partitions[0], o) for o in (4, 5)])
     (again,) = core.dlq_batches()
