@@ -133,7 +133,10 @@ class Metadata:
         response = self.call_any("Metadata", request,
                                  attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX),
                                  hedge_after_s=HEDGE_AFTER_S, timeout_s=timeout_s)
-        description = _description_from(response)
+        return self._learn(_description_from(response))
+
+    def _learn(self, description: ClusterDescription) -> ClusterDescription:
+        """A Metadata answer into the cache (no I/O; the asyncio twin shares it)."""
         now = self._clock()
         with self._lock:
             for node in description.nodes:
@@ -151,10 +154,7 @@ class Metadata:
     def refresh(self, topics: Iterable[str], *, timeout_s: float | None = None) -> None:
         """Refresh these topics unless refreshed within retry_backoff_ms (I/O, bounded by
         `timeout_s` when given)."""
-        names = sorted(set(topics))
-        now = self._clock()
-        with self._lock:
-            due = [n for n in names if now - self._refreshed_at.get(n, -1e18) >= self._backoff_s]
+        due = self._due(topics)
         if not due:
             return
         with self._refresh_lock:
@@ -249,6 +249,13 @@ class Metadata:
 
     # --- helpers -------------------------------------------------------------------------------
 
+    def _due(self, topics: Iterable[str]) -> list[str]:
+        """The topics not refreshed within retry_backoff_ms, sorted."""
+        names = sorted(set(topics))
+        now = self._clock()
+        with self._lock:
+            return [n for n in names if now - self._refreshed_at.get(n, -1e18) >= self._backoff_s]
+
     def _is_old(self, name: str) -> bool:
         refreshed = self._refreshed_at.get(name)
         return refreshed is None or self._clock() - refreshed >= self._max_age_s
@@ -277,9 +284,7 @@ class Metadata:
         answered; ClusterUnreachable instead once bootstrap_timeout_s passed since the first
         call without any node ever answering. Before that, each failed round is logged at INFO
         on the ``tidelog.client`` logger (a CLI shows these retries)."""
-        if self._first_call_at is None:
-            self._first_call_at = self._clock()
-        if not self._reached and method != "Metadata":
+        if self._needs_probe(method):
             # Find a node with a cheap hedged Metadata call first: the bootstrap phase's short
             # attempts must not cut a request that takes long by design (CreateTopics waits
             # for leaders) and may not be sent twice.
@@ -288,31 +293,58 @@ class Metadata:
             self.call_any("Metadata", broker_pb2.MetadataRequest(topics=[]),
                           attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX),
                           hedge_after_s=HEDGE_AFTER_S, timeout_s=timeout_s)
-        budget = min(attempt_s or self._timeout_s,
-                     float("inf") if timeout_s is None else max(0.05, timeout_s))
-        if not self._reached:  # a silent address must leave time for further rounds
-            budget = min(budget, max(0.5, self._bootstrap_timeout_s / 3),
-                         max(0.05, self._bootstrap_deadline() - self._clock()))
+        budget = self._attempt_budget(attempt_s, timeout_s)
         addresses = self._candidates()
         result = first_answer(self._connections, addresses, method, request,
                               attempt_s=budget, hedge_after_s=hedge_after_s, clock=self._clock)
         for address in result.slow:
             self.mark_slow(address)
         if result.address is not None:
-            self._last_good = result.address
-            self._reached = True
+            self._answered(result.address)
             return result.answer
+        raise self._round_failed(method, addresses, result.failures)
+
+    # --- call_any's rules, without the I/O (shared with client/aio/metadata.py) ---------------
+
+    def _needs_probe(self, method: str) -> bool:
+        """Starts the bootstrap clock on the first call. True while no node ever answered and
+        `method` is not Metadata: find a node with a cheap Metadata call first, since the
+        bootstrap phase's short attempts must not cut a request that takes long by design
+        (CreateTopics waits for leaders) and may not be sent twice."""
+        if self._first_call_at is None:
+            self._first_call_at = self._clock()
+        return not self._reached and method != "Metadata"
+
+    def _attempt_budget(self, attempt_s: float | None, timeout_s: float | None) -> float:
+        """One node's time: `attempt_s` (default request_timeout_ms) within `timeout_s`; while
+        bootstrapping, short enough to leave time for further rounds before the deadline."""
+        budget = min(attempt_s or self._timeout_s,
+                     float("inf") if timeout_s is None else max(0.05, timeout_s))
+        if not self._reached:  # a silent address must leave time for further rounds
+            budget = min(budget, max(0.5, self._bootstrap_timeout_s / 3),
+                         max(0.05, self._bootstrap_deadline() - self._clock()))
+        return budget
+
+    def _answered(self, address: str) -> None:
+        self._last_good = address
+        self._reached = True
+
+    def _round_failed(self, method: str, addresses: Iterable[str],
+                      failed: Mapping[str, object]) -> errors.TidelogError:
+        """The error to raise when no node answered a round (`failed`: address -> error):
+        ClusterUnreachable past bootstrap_timeout_s without any node ever answering, else
+        NoBrokersAvailable (retriable), with an INFO retry line while bootstrapping."""
         with self._lock:
-            self._last_errors.update((a, str(e)) for a, e in result.failures.items())
-        failures = "; ".join(f"{a}: {e}" for a, e in result.failures.items())
+            self._last_errors.update((a, str(e)) for a, e in failed.items())
+        failures = "; ".join(f"{a}: {e}" for a, e in failed.items())
         if not self._reached:
             left = self._bootstrap_deadline() - self._clock()
             if left <= 0:
-                raise self._unreachable(self._clock() - self._first_call_at)
+                return self._unreachable(self._clock() - (self._first_call_at or 0.0))
             _client_log.info("no node answers at %s (%s); retrying for up to %.1f s more "
                              "(bootstrap_timeout_s=%g)", ",".join(addresses), failures, left,
                              self._bootstrap_timeout_s)
-        raise errors.NoBrokersAvailable(
+        return errors.NoBrokersAvailable(
             f"no node answered {method}; tried {failures} (check the bootstrap addresses "
             "(--bootstrap / TIDELOG_BOOTSTRAP) and that the cluster is up)")
 

@@ -61,7 +61,8 @@ class AIOAdmin:
             self._metadata = AioMetadata(
                 self._connections, self.config.bootstrap,
                 request_timeout_ms=self.config.request_timeout_ms, max_age_ms=0,
-                retry_backoff_ms=self.config.retry_backoff_ms)
+                retry_backoff_ms=self.config.retry_backoff_ms,
+                bootstrap_timeout_s=self.config.bootstrap_timeout_s)
         return self._metadata
 
     async def close(self) -> None:

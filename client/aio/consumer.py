@@ -75,7 +75,8 @@ class AIOConsumer:
         self._connections = AioConnections(config.security, client_id=config.client_id)
         self._metadata = AioMetadata(
             self._connections, config.bootstrap, request_timeout_ms=config.request_timeout_ms,
-            max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms)
+            max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms,
+            bootstrap_timeout_s=config.bootstrap_timeout_s)
         self._fetcher = AioFetcher(config, self._metadata)
         if config.group_id is not None:
             self._coordinator = AioCoordinator(config.group_id, self._metadata,

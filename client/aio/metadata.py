@@ -2,7 +2,12 @@
 staleness, NOT_LEADER hints: no I/O) with its four I/O methods awaited instead of blocking.
 
 The cache methods (`cached_topic`, `leader_address`, `node_address`, `nodes`, `mark_stale`,
-`stale_topics`) are inherited unchanged; the blocking ones (`describe`, `refresh`, `topic`,
+`stale_topics`, `mark_slow`/`is_slow`) are inherited unchanged, and so are call_any's rules
+(client/metadata.py `_needs_probe`, `_attempt_budget`, `_candidates`, `_answered`,
+`_round_failed`): nodes are asked in the same order (a node that timed out is asked last for
+SLOW_FOR_S), and until some node first answered each failed round is logged at INFO on the
+``tidelog.client`` logger and ClusterUnreachable is raised once bootstrap_timeout_s passed. Nodes
+are asked one after the other (not hedged). The blocking methods (`describe`, `refresh`, `topic`,
 `call_any`) raise, so nothing on the event loop can block on them by mistake.
 """
 
@@ -16,6 +21,7 @@ from typing import Any
 from tidelog.client import errors
 from tidelog.client.aio.connection import AioConnections
 from tidelog.client.metadata import (
+    BOOTSTRAP_TIMEOUT_S,
     ClusterDescription,
     Metadata,
     TopicDescription,
@@ -31,9 +37,11 @@ METADATA_ATTEMPT_S_MAX = 5.0
 
 class AioMetadata(Metadata):
     def __init__(self, connections: AioConnections, bootstrap: tuple[str, ...], *,
-                 request_timeout_ms: int, max_age_ms: int, retry_backoff_ms: int) -> None:
+                 request_timeout_ms: int, max_age_ms: int, retry_backoff_ms: int,
+                 bootstrap_timeout_s: float = BOOTSTRAP_TIMEOUT_S) -> None:
         super().__init__(None, bootstrap, request_timeout_ms=request_timeout_ms,  # type: ignore[arg-type]
-                         max_age_ms=max_age_ms, retry_backoff_ms=retry_backoff_ms)
+                         max_age_ms=max_age_ms, retry_backoff_ms=retry_backoff_ms,
+                         bootstrap_timeout_s=bootstrap_timeout_s)
         self.aio = connections
 
     # --- awaited I/O ------------------------------------------------------------------------------
@@ -45,27 +53,12 @@ class AioMetadata(Metadata):
 
         request = broker_pb2.MetadataRequest(topics=list(topics or ()),
                                              include_internal=include_internal)
-        description = _description_from(await self.call_any_async(
-            "Metadata", request, attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX)))
-        now = self._clock()
-        with self._lock:
-            for node in description.nodes:
-                self._nodes[node.id] = node
-            for topic in description.topics:
-                self._topics[topic.name] = topic
-                self._refreshed_at[topic.name] = now
-                self._stale.discard(topic.name)
-            for name, error in description.topic_errors.items():
-                if isinstance(error, errors.TopicNotFound):
-                    self._topics.pop(name, None)
-                self._refreshed_at[name] = now
-        return description
+        return self._learn(_description_from(await self.call_any_async(
+            "Metadata", request, attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX))))
 
     async def refresh_async(self, topics: Iterable[str]) -> None:
         """Refresh these topics unless refreshed within retry_backoff_ms."""
-        now = self._clock()
-        due = [n for n in sorted(set(topics))
-               if now - self._refreshed_at.get(n, -1e18) >= self._backoff_s]
+        due = self._due(topics)
         if due:
             await self.describe_async(due)
 
@@ -99,24 +92,33 @@ class AioMetadata(Metadata):
 
     async def call_any_async(self, method: str, request: object, *, service: str = "broker",
                              attempt_s: float | None = None) -> Any:
-        """The call on the first node that answers (last good, known alive, bootstrap); each
-        node gets `attempt_s` (default request_timeout_ms)."""
-        failures: list[str] = []
-        for address in self._candidates():
+        """The call on the first node that answers (last good, known alive, bootstrap; slow
+        nodes last); each node gets `attempt_s` (default request_timeout_ms), less while
+        bootstrapping. A node that times out is marked slow. NoBrokersAvailable when none
+        answered, ClusterUnreachable once bootstrap_timeout_s passed with none ever answering
+        (Metadata.call_any's rules)."""
+        if self._needs_probe(method):
+            from tidelog.proto import broker_pb2
+
+            await self.call_any_async("Metadata", broker_pb2.MetadataRequest(topics=[]),
+                                      attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX))
+        budget = self._attempt_budget(attempt_s, None)
+        addresses = self._candidates()
+        failed: dict[str, errors.TidelogError] = {}
+        for address in addresses:
             try:
-                response = await self.aio.call(address, method, request,
-                                               timeout_s=attempt_s or self._timeout_s,
+                response = await self.aio.call(address, method, request, timeout_s=budget,
                                                service=service)
             except errors.TidelogError as exc:
                 if not exc.retriable:
                     raise
-                failures.append(f"{address}: {exc}")
+                if isinstance(exc, errors.Timeout):
+                    self.mark_slow(address)
+                failed[address] = exc
                 continue
-            self._last_good = address
+            self._answered(address)
             return response
-        raise errors.NoBrokersAvailable(
-            f"no node answered {method}; tried " + "; ".join(failures)
-            + " (check the bootstrap addresses and that the cluster is up)")
+        raise self._round_failed(method, addresses, failed)
 
     # --- the blocking twins must not run on the loop --------------------------------------------
 

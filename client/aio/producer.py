@@ -107,7 +107,8 @@ class AIOProducer:
         self._connections = AioConnections(config.security, client_id=config.client_id)
         self._metadata = AioMetadata(
             self._connections, config.bootstrap, request_timeout_ms=config.request_timeout_ms,
-            max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms)
+            max_age_ms=config.metadata_max_age_ms, retry_backoff_ms=config.retry_backoff_ms,
+            bootstrap_timeout_s=config.bootstrap_timeout_s)
         self._sender = AioSender(config, self._accumulator, self._metadata,
                                  transactional_id=self._transactional_id,
                                  on_release=self._space.set)
