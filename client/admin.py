@@ -68,7 +68,6 @@ class OffsetAndMetadata:
     metadata: str = ""
     commit_timestamp_ms: int = 0
 
-_OFFSET_SPECS = {"earliest": offsets.EARLIEST, "latest": offsets.LATEST}
 
 
 class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
@@ -251,15 +250,7 @@ class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
     ) -> dict[TopicPartition, int | None]:
         """{tp: "earliest" | "latest" | timestamp_ms} -> {tp: offset}; None when no record has
         a timestamp at or after the one asked."""
-        wire: dict[TopicPartition, tuple[int, int]] = {}
-        for tp, spec in specs.items():
-            if isinstance(spec, str):
-                if spec not in _OFFSET_SPECS:
-                    raise errors.ConfigError(
-                        f"{tp}: offset spec must be 'earliest', 'latest' or a timestamp in ms")
-                wire[tp] = (_OFFSET_SPECS[spec], 0)
-            else:
-                wire[tp] = (offsets.TIMESTAMP, int(spec))
+        wire = offsets.wire_specs(specs)
         found = offsets.list_offsets(self._metadata, self._connections, wire,
                                      timeout_s=self._timeout_s,
                                      backoff_s=self.config.retry_backoff_ms / 1000)

@@ -26,6 +26,7 @@ from tidelog.client import errors
 from tidelog.client.connection import Connections
 from tidelog.client.metadata import Metadata
 from tidelog.client.records import TopicPartition
+from tidelog.client.routing import result_error
 
 __all__ = ["PartitionLag", "first_record_timestamp", "first_unconsumed"]
 
@@ -128,15 +129,7 @@ def first_unconsumed(
                         done(tp, result.high_watermark, None, True)
                     continue
                 if result.error:
-                    error = errors.from_code(result.error, result.error_message, subject=str(tp),
-                                             leader_id=result.leader_id)
-                    if not error.retriable:
-                        raise error
-                    last_error, stalled = error, True
-                    metadata.mark_stale(tp.topic, partition=tp.partition,
-                                        leader_id=result.leader_id,
-                                        leader_address=metadata.node_address(result.leader_id)
-                                        or "")
+                    last_error, stalled = result_error(metadata, tp, result), True
                     continue
                 end = result.high_watermark
                 if position == committed[tp]:

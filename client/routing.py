@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # metadata.py itself uses `retrying`
     from tidelog.client.records import TopicPartition
 
 __all__ = ["by_leader", "call_metadata_leader", "call_partition_leader", "note_failure",
-           "retrying"]
+           "result_error", "retrying"]
 
 T = TypeVar("T")
 
@@ -90,6 +90,18 @@ def note_failure(metadata: Metadata, tp: TopicPartition, error: errors.TidelogEr
         address = metadata.node_address(hint_id) or ""
     metadata.mark_stale(tp.topic, partition=tp.partition, leader_id=hint_id,
                         leader_address=address)
+
+
+def result_error(metadata: Metadata, tp: TopicPartition, result: Any) -> errors.TidelogError:
+    """A per-partition result's error code (ListOffsets, Fetch): a non-retriable one is raised;
+    a retriable one marks the metadata (note_failure, with the result's leader hint) and is
+    returned, for the caller's "last error"."""
+    error = errors.from_code(result.error, result.error_message, subject=str(tp),
+                             leader_id=result.leader_id)
+    if not error.retriable:
+        raise error
+    note_failure(metadata, tp, error, leader_id=result.leader_id)
+    return error
 
 
 def call_partition_leader(

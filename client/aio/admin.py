@@ -24,13 +24,14 @@ from tidelog.client.group_lag import (
     lag_of,
 )
 from tidelog.client.metadata import ClusterDescription, NodeDescription, TopicDescription
+from tidelog.client.offsets import wire_specs
 from tidelog.client.records import TopicPartition
+from tidelog.client.routing import by_leader, result_error
 from tidelog.client.security import ClientSecurity
 from tidelog.client.throttle import check_client_id
 
 __all__ = ["AIOAdmin"]
 
-_OFFSET_SPECS = {"earliest": offsets.EARLIEST, "latest": offsets.LATEST}
 _OFFSET_OUT_OF_RANGE = 13  # tidelog.v1.ErrorCode OFFSET_OUT_OF_RANGE
 _LAG_FETCH_BYTES_MAX = 1024 * 1024
 
@@ -131,15 +132,7 @@ class AIOAdmin:
     async def list_offsets(self, specs: Mapping[TopicPartition, str | int]
                            ) -> dict[TopicPartition, int | None]:
         """{tp: "earliest" | "latest" | timestamp_ms} -> {tp: offset}; None: no such record."""
-        wire: dict[TopicPartition, tuple[int, int]] = {}
-        for tp, spec in specs.items():
-            if isinstance(spec, str):
-                if spec not in _OFFSET_SPECS:
-                    raise errors.ConfigError(
-                        f"{tp}: offset spec must be 'earliest', 'latest' or a timestamp in ms")
-                wire[tp] = (_OFFSET_SPECS[spec], 0)
-            else:
-                wire[tp] = (offsets.TIMESTAMP, int(spec))
+        wire = wire_specs(specs)
         found = await offsets.list_offsets(self.metadata, wire, timeout_s=self._timeout_s,
                                            backoff_s=self._backoff_s)
         return {tp: (None if off < 0 else off) for tp, off in found.items()}
@@ -188,14 +181,7 @@ class AIOAdmin:
             del positions[tp]
 
         while positions:
-            by_leader: dict[str, list[TopicPartition]] = {}
-            for tp in positions:
-                leader = metadata.leader_address(tp.topic, tp.partition)
-                if leader is None:
-                    metadata.mark_stale(tp.topic)
-                else:
-                    by_leader.setdefault(leader, []).append(tp)
-            for leader, tps in by_leader.items():
+            for leader, tps in by_leader(metadata, positions).items():
                 # one partition per request: the node always answers the first one's batch
                 for tp in tps:
                     request = broker_pb2.FetchRequest(
@@ -223,12 +209,7 @@ class AIOAdmin:
                                 done(tp, result.high_watermark, None, True)
                             continue
                         if result.error:
-                            error = errors.from_code(result.error, result.error_message,
-                                                     subject=str(tp), leader_id=result.leader_id)
-                            if not error.retriable:
-                                raise error
-                            last_error = error
-                            metadata.mark_stale(tp.topic)
+                            last_error = result_error(metadata, tp, result)
                             continue
                         end = result.high_watermark
                         if position >= end:

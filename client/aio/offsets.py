@@ -1,4 +1,6 @@
-"""ListOffsets for the asyncio client: the sync client's client/offsets.py loop, awaited.
+"""ListOffsets for the asyncio client: the sync client's client/offsets.py loop, awaited, with
+its sans-I/O steps (check_partitions, list_offsets_request, apply_list_offsets, not_listed) and
+client/routing.py's by_leader / note_failure.
 
 One request per leader; NOT_LEADER and unreachable leaders refresh the metadata and retry with
 backoff until the timeout. Shared by AIOConsumer (seek_to_*, offsets_for_times,
@@ -13,8 +15,17 @@ from collections.abc import Mapping
 
 from tidelog.client import errors
 from tidelog.client.aio.metadata import AioMetadata
-from tidelog.client.offsets import EARLIEST, LATEST, TIMESTAMP
+from tidelog.client.offsets import (
+    EARLIEST,
+    LATEST,
+    TIMESTAMP,
+    apply_list_offsets,
+    check_partitions,
+    list_offsets_request,
+    not_listed,
+)
 from tidelog.client.records import TopicPartition
+from tidelog.client.routing import by_leader, note_failure
 
 __all__ = ["EARLIEST", "LATEST", "TIMESTAMP", "list_offsets"]
 
@@ -22,8 +33,6 @@ __all__ = ["EARLIEST", "LATEST", "TIMESTAMP", "list_offsets"]
 async def list_offsets(metadata: AioMetadata, specs: Mapping[TopicPartition, tuple[int, int]],
                        *, timeout_s: float, backoff_s: float) -> dict[TopicPartition, int]:
     """{tp: (spec, timestamp_ms)} -> {tp: offset}; -1: no record at/after the timestamp."""
-    from tidelog.proto import broker_pb2
-
     deadline = time.monotonic() + timeout_s
     pending = dict(specs)
     found: dict[TopicPartition, int] = {}
@@ -31,58 +40,28 @@ async def list_offsets(metadata: AioMetadata, specs: Mapping[TopicPartition, tup
     for topic in {tp.topic for tp in pending}:
         await metadata.topic_async(topic, timeout_s=timeout_s)
     while pending:
-        by_leader: dict[str, list[TopicPartition]] = {}
-        for tp in pending:
-            description = metadata.cached_topic(tp.topic)
-            if description is None:
-                raise errors.TopicNotFound(f"topic {tp.topic!r} does not exist")
-            if not 0 <= tp.partition < len(description.partitions):
-                raise errors.TopicNotFound(
-                    f"{tp}: topic {tp.topic!r} has {len(description.partitions)} partitions")
-            leader = metadata.leader_address(tp.topic, tp.partition)
-            if leader is None:
-                metadata.mark_stale(tp.topic)
-                continue
-            by_leader.setdefault(leader, []).append(tp)
+        check_partitions(metadata, pending)
+        grouped = by_leader(metadata, pending)
         calls = {leader: metadata.aio.call(
-            leader, "ListOffsets", broker_pb2.ListOffsetsRequest(partitions=[
-                broker_pb2.ListOffsetsPartition(topic=tp.topic, partition=tp.partition,
-                                                spec=pending[tp][0], timestamp_ms=pending[tp][1])
-                for tp in tps]), timeout_s=max(0.1, deadline - time.monotonic()))
-            for leader, tps in by_leader.items()}
+            leader, "ListOffsets", list_offsets_request(tps, pending),
+            timeout_s=max(0.1, deadline - time.monotonic()))
+            for leader, tps in grouped.items()}
         answers = await asyncio.gather(*calls.values(), return_exceptions=True)
-        for tps, answer in zip(by_leader.values(), answers, strict=True):
+        for tps, answer in zip(grouped.values(), answers, strict=True):
             if isinstance(answer, errors.TidelogError):
                 if not answer.retriable:
                     raise answer
                 last_error = answer
                 for tp in tps:
-                    metadata.mark_stale(tp.topic)
+                    note_failure(metadata, tp, answer)
                 continue
             if isinstance(answer, BaseException):
                 raise answer
-            for result in answer.results:
-                tp = TopicPartition(result.topic, result.partition)
-                if tp not in pending:
-                    continue
-                if result.error:
-                    error = errors.from_code(result.error, result.error_message, subject=str(tp),
-                                             leader_id=result.leader_id)
-                    if not error.retriable:
-                        raise error
-                    last_error = error
-                    metadata.mark_stale(tp.topic, partition=tp.partition,
-                                        leader_id=result.leader_id,
-                                        leader_address=metadata.node_address(result.leader_id)
-                                        or "")
-                    continue
-                found[tp] = result.offset
-                del pending[tp]
+            last_error = apply_list_offsets(metadata, answer, pending, found) or last_error
         if not pending:
             break
         if time.monotonic() >= deadline:
-            raise errors.Timeout(f"ListOffsets for {sorted(map(str, pending))} did not succeed "
-                                 f"within {timeout_s:.1f} s (last error: {last_error})")
+            raise not_listed(pending, timeout_s, last_error)
         await asyncio.sleep(backoff_s)
         try:
             await metadata.refresh_async({tp.topic for tp in pending})
