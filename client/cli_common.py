@@ -19,11 +19,13 @@ itself reports what is wrong more precisely than a probe could.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TextIO
 
@@ -52,6 +54,26 @@ def fail(args: argparse.Namespace | None, message: str, rc: int = 1) -> int:
     """`error()`, then the exit code to return: ``return fail(args, "...")``."""
     error(args, message)
     return rc
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, so a command ends
+    the same way on both (systemd, docker stop and Kubernetes send SIGTERM): consume closes its
+    consumer (final commit, LeaveGroup), produce delivers what it read; main() returns 130.
+    Without it Python dies at once: a group member stays ~45 s, buffered records vanish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def split_bootstrap(bootstrap: str) -> list[str]:

@@ -10,14 +10,11 @@ partitions for the session timeout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from tidelog.client import cli_common
@@ -257,23 +254,9 @@ def _all_done(consumer: Any, stops: dict[Any, int], done: set[Any]) -> bool:
     return all(tp in done for tp in assigned)
 
 
-@contextlib.contextmanager
-def _sigterm_closes() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does: the `with Consumer`
-    block closes the consumer (final commit, LeaveGroup) on the way out and main() returns 130.
-    Without it Python dies at once and the group waits session_timeout_ms (45 s) for the member."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+# SIGTERM ends consume as Ctrl-C does (the consumer closed: final commit, LeaveGroup); a name
+# of this module so tests can plant the old default (tests/client/test_cli_consume_produce_...).
+_sigterm_closes = cli_common.sigterm_as_ctrl_c
 
 
 # `tidelog group reset-offsets --to-time` parses its time with this.

@@ -1,4 +1,8 @@
-"""`tidelog produce TOPIC`: send --value, or one record per stdin line."""
+"""`tidelog produce TOPIC`: send --value, or one record per stdin line.
+
+Ctrl-C and SIGTERM (systemd, docker stop, Kubernetes) end it the same way: the records read so
+far are delivered and reported (--verbose), then rc 130, as `tidelog consume`.
+"""
 
 from __future__ import annotations
 
@@ -73,10 +77,11 @@ def run(args: argparse.Namespace) -> int:
             if args.verbose:
                 print(f"{meta.topic}/{meta.partition}@{meta.offset}")
 
+    interrupted = False
     try:
-        with Producer(args.bootstrap, security=args.security, acks=args.acks,
-                      linger_ms=args.linger_ms,
-                      partitioner=args.partitioner) as producer:
+        with cli_common.sigterm_as_ctrl_c(), \
+                Producer(args.bootstrap, security=args.security, acks=args.acks,
+                         linger_ms=args.linger_ms, partitioner=args.partitioner) as producer:
             try:
                 for key, value in _records(args):
                     pending.append(producer.send(args.topic, value, key=key, headers=headers,
@@ -86,11 +91,17 @@ def run(args: argparse.Namespace) -> int:
                         report(done_only=True)
             except MissingKeySeparator as exc:
                 bad_line = exc  # what was read before it still goes out, and is reported
+            except KeyboardInterrupt:
+                interrupted = True  # Ctrl-C or SIGTERM: what was read still goes out
             producer.flush(args.timeout)
             report(done_only=False)
     except errors.TidelogError as exc:
         cli_common.error(args, str(exc))
         return 1
+    if interrupted:  # as consume: rc 130 (a second Ctrl-C/SIGTERM stops the flush too)
+        cli_common.error(args, f"interrupted: {sent - failures} record(s) read before it were "
+                         "acknowledged")
+        return 130
     if bad_line is not None:
         cli_common.error(args, f"{bad_line}; the {sent - failures} record(s) before it were "
                          "acknowledged, nothing after it was sent (--allow-null-key sends such "

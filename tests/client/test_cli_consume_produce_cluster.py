@@ -1,8 +1,8 @@
 """`tidelog consume` and `tidelog produce` against one real 3-node cluster (module-scoped).
 
 Most calls go through the CLI's main() in this process (the real parser, client and nodes, only
-the interpreter start is saved); the SIGTERM test runs real `tidelog consume` processes, since a
-signal's default action is what it is about. Every consume here ends by itself (-e, a range or
+the interpreter start is saved); the SIGTERM tests run real `tidelog consume`/`produce`
+processes, since a signal's default action is what it is about. Every consume here ends by itself (-e, a range or
 an error): a hang is the bug of issue 15 and fails on the module's timeout.
 """
 
@@ -229,3 +229,53 @@ def test_planted_default_sigterm_leaves_a_ghost_member(cluster: LocalCluster,
                "c._sigterm_closes = contextlib.nullcontext; ")
     _, _, rc, output = _terminated_member_then_reset(cluster, capsys, monkeypatch, prelude)
     assert rc != 0 and "active member" in output, output
+
+
+def _blocked_reading_stdin(process: subprocess.Popen[str]) -> bool:
+    """Every line written was read and handed to the producer: the pipe is empty and the main
+    thread is back in read(0, ...) (/proc/PID/syscall: the syscall number, then fd 0)."""
+    import fcntl
+    import struct
+    import termios
+
+    assert process.stdin is not None
+    unread = struct.unpack("i", fcntl.ioctl(process.stdin.fileno(), termios.FIONREAD,
+                                            b"\0\0\0\0"))[0]
+    read_syscall = {"x86_64": "0", "aarch64": "63"}[os.uname().machine]
+    fields = Path(f"/proc/{process.pid}/syscall").read_text().split()
+    return unread == 0 and fields[:2] == [read_syscall, "0x0"]
+
+
+def test_sigterm_delivers_what_produce_read_and_exits_as_ctrl_c(
+        cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM while produce waits for more stdin (a pipe still open, as under systemd or docker
+    stop): the records read so far sit in the accumulator (a 60 s linger); they must be delivered
+    and reported, rc 130 as consume and Ctrl-C. Python's default SIGTERM dropped them (rc -15)."""
+    topic = new_topic(cluster, capsys, partitions=1)
+    producer = subprocess.Popen(
+        [TIDELOG, "--bootstrap", cluster.bootstrap, "produce", topic, "--key-separator", ":",
+         "--linger-ms", "60000", "--verbose"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert producer.stdin is not None
+        producer.stdin.write("".join(f"k{i}:v{i}\n" for i in range(5)))
+        producer.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not _blocked_reading_stdin(producer):
+            assert producer.poll() is None, producer.communicate()
+            assert time.monotonic() < deadline, "produce never went back to reading stdin"
+            time.sleep(0.02)
+        producer.send_signal(signal.SIGTERM)
+        producer.wait(timeout=30)  # stdin still open: its EOF must not be what ends produce
+        out, err = producer.communicate(timeout=5)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait()
+    assert producer.returncode == 130, (producer.returncode, err)
+    assert out.splitlines() == [f"{topic}/0@{offset}" for offset in range(5)], (out, err)
+    assert "interrupted: 5 record(s) read before it were acknowledged" in err, err
+    rc, out, err = cli(cluster, capsys, "consume", topic, "-o", "start", "-e", "-f", r"%k=%v\n")
+    assert rc == 0, err
+    assert out.splitlines() == [f"k{i}=v{i}" for i in range(5)]
