@@ -32,7 +32,7 @@ from tidelog.client.security import ClientSecurity
 from tidelog.client.sender import Sender
 from tidelog.client.throttle import ThrottleStats, check_client_id
 
-__all__ = ["Producer"]
+__all__ = ["Producer", "check_record_size", "choose_partition"]
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -125,6 +125,29 @@ def _install_exit_hook() -> None:
 
             atexit.register(_close_open_producers)
         _hook_installed = True
+
+
+def choose_partition(topic: str, count: int, key: bytes | None, partition: int | None,
+                     hash_partition: Callable[[bytes, int], int],
+                     sticky: StickyPartitioner) -> int:
+    """The record's partition among `count` (sans-I/O, shared with client/aio/producer.py): the
+    one asked for (TopicNotFound when out of range), else the key's hash, else the sticky one."""
+    if partition is None:
+        return hash_partition(key, count) if key is not None else sticky.partition(topic, count)
+    if not 0 <= partition < count:
+        raise errors.TopicNotFound(
+            f"topic {topic!r} has partitions 0..{count - 1}; there is no partition {partition}")
+    return partition
+
+
+def check_record_size(key: bytes | None, value: bytes | None, headers: Any,
+                      request_bytes_max: int) -> int:
+    """The record's size; MessageTooLarge when it alone exceeds request_bytes_max."""
+    size = record_size(key, value, headers)
+    if size > request_bytes_max:
+        raise errors.MessageTooLarge(
+            f"record of {size} bytes exceeds request_bytes_max ({request_bytes_max})")
+    return size
 
 
 class Producer:
@@ -250,20 +273,11 @@ class Producer:
         cached = self._metadata.cached_topic(topic)
         if tps is None or cached is None or len(cached.partitions) != len(tps):
             tps = self._load_topic(topic)  # first send, or the topic grew (a refresh saw it)
-        count = len(tps)
-        if partition is None:
-            partition = (self._hash(key, count) if key is not None
-                         else self._sticky.partition(topic, count))
-        elif not 0 <= partition < count:
-            raise errors.TopicNotFound(
-                f"topic {topic!r} has partitions 0..{count - 1}; there is no partition {partition}")
+        partition = choose_partition(topic, len(tps), key, partition, self._hash, self._sticky)
         if timestamp is None:
             timestamp = time.time_ns() // 1_000_000
         headers = headers or ()
-        if record_size(key, value, headers) > self.config.request_bytes_max:
-            raise errors.MessageTooLarge(
-                f"record of {record_size(key, value, headers)} bytes exceeds request_bytes_max "
-                f"({self.config.request_bytes_max})")
+        check_record_size(key, value, headers, self.config.request_bytes_max)
         return self._accumulator.append(tps[partition], key, value, headers, timestamp, callback)
 
     def flush(self, timeout: float | None = None) -> None:

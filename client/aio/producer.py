@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from tidelog.client import errors
-from tidelog.client.accumulator import RecordAccumulator, record_size
+from tidelog.client.accumulator import RecordAccumulator
 from tidelog.client.aio.connection import AioConnections
 from tidelog.client.aio.metadata import AioMetadata
 from tidelog.client.aio.sender import AioSender
@@ -31,6 +31,7 @@ from tidelog.client.aio.waiting import wait_event
 from tidelog.client.config import ProducerConfig, parse_bootstrap
 from tidelog.client.future import BatchResult
 from tidelog.client.partitioner import PARTITIONERS, StickyPartitioner
+from tidelog.client.producer import check_record_size, choose_partition
 from tidelog.client.records import RecordMetadata, TopicPartition
 from tidelog.client.security import ClientSecurity
 from tidelog.client.throttle import check_client_id
@@ -138,10 +139,7 @@ class AIOProducer:
         headers = tuple(headers or ())
         if timestamp is None:
             timestamp = time.time_ns() // 1_000_000
-        size = record_size(key, value, headers)
-        if size > self.config.request_bytes_max:
-            raise errors.MessageTooLarge(f"record of {size} bytes exceeds request_bytes_max "
-                                         f"({self.config.request_bytes_max})")
+        size = check_record_size(key, value, headers, self.config.request_bytes_max)
         self._start_now()
         loop = self._loop
         assert self._metadata is not None and loop is not None
@@ -282,13 +280,7 @@ class AIOProducer:
                 value: bytes | None, headers: Headers, partition: int | None,
                 timestamp: int) -> None:
         tps = self._tps[topic]
-        count = len(tps)
-        if partition is None:
-            partition = (self._hash(key, count) if key is not None
-                         else self._sticky.partition(topic, count))
-        elif not 0 <= partition < count:
-            raise errors.TopicNotFound(
-                f"topic {topic!r} has partitions 0..{count - 1}; there is no partition {partition}")
+        partition = choose_partition(topic, len(tps), key, partition, self._hash, self._sticky)
 
         def settle(metadata: RecordMetadata | None, error: BaseException | None) -> None:
             if future.done():
