@@ -43,8 +43,8 @@ from tidelog.client.records import ConsumerRecord, TopicPartition
 from tidelog.client.routing import note_failure
 from tidelog.client.throttle import ThrottleTracker
 
-__all__ = ["FetchPlan", "Fetcher", "PartitionFetchState", "apply_fetch_result", "complete_batches",
-           "decode_fetched", "plan_fetches"]
+__all__ = ["FetchPlan", "Fetcher", "PartitionFetchState", "apply_fetch_result", "assigned",
+           "buffered_bytes", "complete_batches", "decode_fetched", "plan_fetches"]
 
 _log = logging.getLogger(__name__)
 _DEADLINE_MARGIN_S = 5.0
@@ -143,6 +143,23 @@ class PartitionFetchState:
         self.error = None
         self.epoch += 1
         self.inflight = False
+
+    def seek(self, offset: int) -> None:
+        """Read from `offset` on: what is buffered is dropped, replies in flight are stale."""
+        self.clear()
+        self.position = self.fetch_offset = offset
+
+
+def assigned(states: dict[TopicPartition, PartitionFetchState], tps: Iterable[TopicPartition]
+             ) -> dict[TopicPartition, PartitionFetchState]:
+    """The states of a new assignment: a partition kept keeps its state, in the order given."""
+    return {tp: states.get(tp) or PartitionFetchState() for tp in dict.fromkeys(tps)}
+
+
+def buffered_bytes(states: dict[TopicPartition, PartitionFetchState],
+                   reserved: Iterable[int]) -> int:
+    """The prefetch bound's count: wire bytes buffered plus the max_bytes of fetches in flight."""
+    return sum(st.raw_bytes for st in states.values()) + sum(reserved)
 
 
 @dataclass(frozen=True)
@@ -290,17 +307,13 @@ class Fetcher:
     # --- assignment and positions ---------------------------------------------------------------
 
     def assign(self, tps: Iterable[TopicPartition]) -> None:
-        wanted = list(dict.fromkeys(tps))
-        self.states = {tp: self.states.get(tp) or PartitionFetchState() for tp in wanted}
+        self.states = assigned(self.states, tps)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        st = self.states[tp]
-        st.clear()
-        st.position = st.fetch_offset = offset
+        self.states[tp].seek(offset)
 
     def buffered_bytes(self) -> int:
-        return (sum(st.raw_bytes for st in self.states.values())
-                + sum(reserved for reserved, _ in self._inflight.values()))
+        return buffered_bytes(self.states, (reserved for reserved, _ in self._inflight.values()))
 
     # --- fetching ------------------------------------------------------------------------------
 

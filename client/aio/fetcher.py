@@ -25,6 +25,8 @@ from tidelog.client.config import ConsumerConfig
 from tidelog.client.fetcher import (
     PartitionFetchState,
     apply_fetch_result,
+    assigned,
+    buffered_bytes,
     decode_fetched,
     plan_fetches,
 )
@@ -49,17 +51,13 @@ class AioFetcher:
     # --- assignment and positions ---------------------------------------------------------------
 
     def assign(self, tps: Iterable[TopicPartition]) -> None:
-        wanted = list(dict.fromkeys(tps))
-        self.states = {tp: self.states.get(tp) or PartitionFetchState() for tp in wanted}
+        self.states = assigned(self.states, tps)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        st = self.states[tp]
-        st.clear()
-        st.position = st.fetch_offset = offset
+        self.states[tp].seek(offset)
 
     def buffered_bytes(self) -> int:
-        return (sum(st.raw_bytes for st in self.states.values())
-                + sum(reserved for reserved, _ in self._inflight.values()))
+        return buffered_bytes(self.states, (reserved for reserved, _ in self._inflight.values()))
 
     def raise_errors(self) -> None:
         if self._errors:
