@@ -51,10 +51,13 @@ _LEADERSHIP_ERRORS = (errors.NotLeader, errors.LeaderNotAvailable, errors.NodeUn
 # --- sans-I/O steps shared with the asyncio sender (client/aio/sender.py) ---------------------
 
 def batches_to_send(delivery: DeliveryState, accumulator: RecordAccumulator, tp: TopicPartition,
-                    now: float) -> Iterator[tuple[ProducerBatch, bool]]:
+                    now: float, codec: int, request_bytes_max: int,
+                    fail: Callable[[list[Failure]], object]
+                    ) -> Iterator[tuple[ProducerBatch, bool]]:
     """The batches of `tp` to send now, each with True for a retry: the partition's due retry
-    alone (order first), else new batches while delivery.py allows more in flight. Lazy: each
-    next batch is chosen after the caller has sent the one before."""
+    alone (order first), else new batches while delivery.py allows more in flight, encoded (one
+    that cannot be goes to `fail` with what fails with it: encode_for_send). Lazy: each next
+    batch is chosen after the caller has sent the one before."""
     batch = delivery.next_retry(tp, now)
     if batch is not None:
         yield batch, True
@@ -64,7 +67,11 @@ def batches_to_send(delivery: DeliveryState, accumulator: RecordAccumulator, tp:
         if batch is None:
             return
         delivery.assign(batch)
-        yield batch, False
+        failures = encode_for_send(batch, codec, request_bytes_max, delivery)
+        if failures:
+            fail(failures)
+        else:
+            yield batch, False
 
 
 def encode_for_send(batch: ProducerBatch, codec: int, request_bytes_max: int,
@@ -272,13 +279,10 @@ class Sender(threading.Thread):
         if ready_at is not None:  # wait out the node's throttle time (quotas), like Kafka
             self._throttled_until = min(ready_at, self._throttled_until or ready_at)
             return
-        for batch, retry in batches_to_send(self.delivery, self._accumulator, tp, now):
-            if retry:
-                self.retries_sent += 1
-            elif failures := encode_for_send(batch, self._codec, self._config.request_bytes_max,
-                                             self.delivery):
-                self._fail_all(failures)
-                continue
+        for batch, retry in batches_to_send(self.delivery, self._accumulator, tp, now,
+                                            self._codec, self._config.request_bytes_max,
+                                            self._fail_all):
+            self.retries_sent += retry
             self._send(batch, leader)
 
     def _send(self, batch: ProducerBatch, leader: str) -> None:

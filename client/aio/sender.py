@@ -29,7 +29,6 @@ from tidelog.client.records import TopicPartition
 from tidelog.client.sender import (
     attempt_failed,
     batches_to_send,
-    encode_for_send,
     expired_failures,
     produce_request,
     retry_wake,
@@ -151,13 +150,10 @@ class AioSender:
         if leader is None:
             self._metadata.mark_stale(tp.topic)
             return
-        for batch, retry in batches_to_send(self.delivery, self._accumulator, tp, now):
-            if retry:
-                self.retries_sent += 1
-            elif failures := encode_for_send(batch, self._codec, self._config.request_bytes_max,
-                                             self.delivery):
-                self._fail_all(failures)
-                continue
+        for batch, retry in batches_to_send(self.delivery, self._accumulator, tp, now,
+                                            self._codec, self._config.request_bytes_max,
+                                            self._fail_all):
+            self.retries_sent += retry
             self._send(batch, leader)
 
     def _send(self, batch: ProducerBatch, leader: str) -> None:
