@@ -7,10 +7,13 @@ from its leader's own answer (the highest term wins if two claim it), and the no
 answered are the only ones asked anything else this poll. Then, again in parallel:
 
 - groups: ListGroups on every up node (each lists the groups it coordinates), then OffsetFetch
-  at the coordinator that listed the group; lag in records = end offset - committed offset;
-  lag in seconds = now - the timestamp of the record at the committed offset (the first one not
-  yet consumed), read with a small Fetch at the partition's leader. That timestamp never
-  changes for a given offset, so it is cached and only a moving group costs a Fetch;
+  at the coordinator that listed the group; lag in records = end offset - committed offset -
+  the control records between them (a leader's no-op, membership changes: the Fetch answer's
+  control_records, the rule of `tidelog group describe`, client/group_lag.py), kept per
+  (partition, committed) with the end offset it was measured at and asked again when the end
+  moved; lag in seconds = now - the timestamp of the record at the committed offset (the first
+  one not yet consumed), read with the same small Fetch at the partition's leader. That
+  timestamp never changes for a given offset, so it is cached;
 - queues: ListQueues on every up node, then DescribeQueue at the coordinator that listed it
   (depth, in flight, oldest unacked age, DLQ depth, acked total).
 
@@ -85,6 +88,8 @@ class Gatherer:
         self._timestamps: dict[tuple[str, int, int], int] = {}
         # (topic, partition, committed) -> where to read on: its batch held only control records
         self._follow: dict[tuple[str, int, int], int] = {}
+        # (topic, partition, committed) -> (control records from it to the end, that end offset)
+        self._controls: dict[tuple[str, int, int], tuple[int, int]] = {}
         self._failures: dict[str, str] = {}  # address -> why its last Metadata call failed
         self._pool = ThreadPoolExecutor(max_workers=_THREADS_MAX,
                                         thread_name_prefix="tidelog-top")
@@ -237,7 +242,9 @@ class Gatherer:
         worst: dict[tuple[str, int, int], int] = {}
         for g in lags:
             key = (g.topic, g.partition, g.committed)
-            if g.lag_seconds is None and key not in self._timestamps:
+            counted = self._controls.get(key)
+            stale = g.lag_records > 0 and (counted is None or counted[1] != g.end_offset)
+            if (g.lag_seconds is None and key not in self._timestamps) or stale:
                 worst[key] = max(worst.get(key, 0), g.lag_records)
         wanted = sorted(worst, key=lambda k: (-worst[k], k))
         by_leader: dict[str, list[tuple[str, int, int]]] = {}
@@ -260,18 +267,24 @@ class Gatherer:
         if len(self._timestamps) + len(found) > TIMESTAMP_CACHE_MAX:
             self._timestamps.clear()
         self._timestamps.update(found)
+        if len(self._controls) > TIMESTAMP_CACHE_MAX:
+            self._controls.clear()
         out = []
         for g in lags:
             key = (g.topic, g.partition, g.committed)
             stamp = self._timestamps.get(key)
             seconds = g.lag_seconds
-            if seconds is None and stamp is not None:
+            # the control records last counted (an end moved since: those up to that end)
+            records = max(0, g.lag_records - self._controls.get(key, (0, 0))[0])
+            if records == 0:
+                seconds = 0.0
+            elif seconds is None and stamp is not None:
                 seconds = max(0.0, (wall_ms - stamp) / 1000)
             elif seconds is None and key in waiting_none:
                 seconds = 0.0
-            out.append(g if seconds == g.lag_seconds else GroupLag(
+            out.append(g if (seconds, records) == (g.lag_seconds, g.lag_records) else GroupLag(
                 group=g.group, topic=g.topic, partition=g.partition, committed=g.committed,
-                end_offset=g.end_offset, lag_records=g.lag_records, lag_seconds=seconds))
+                end_offset=g.end_offset, lag_records=records, lag_seconds=seconds))
         return out
 
     def _timestamps_at(self, leader: str, keys: list[tuple[str, int, int]]
@@ -295,8 +308,14 @@ class Gatherer:
         out: dict[tuple[str, int, int], int] = {}
         for result in response.partitions:
             key = key_of.get((result.topic, result.partition))
-            if key is None or result.error or not result.batches:
-                continue  # not led there any more, or the answer's budget ran out: next poll
+            if key is None or result.error:
+                continue  # not led there any more: next poll
+            # from the committed offset: the offsets before a followed position are all control
+            # records (their batches held nothing else), then the answer's own count
+            self._controls[key] = (at[key] - key[2] + result.control_records,
+                                   result.high_watermark)
+            if not result.batches:
+                continue  # the answer's budget ran out: the timestamp next poll
             stamp, after = first_record_timestamp(bytes(result.batches), at[key])
             if stamp is not None:
                 out[key] = stamp

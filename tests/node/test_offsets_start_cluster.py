@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tidelog.client import Admin, Producer, TopicPartition
+from tidelog.client.top_data import Gatherer
 from tidelog.node.local_cluster import LocalCluster
 
 from tests.clusters import running_cluster
@@ -95,6 +96,14 @@ def test_lag_counts_records_across_a_restart_of_every_node(cluster: LocalCluster
           f"committed and end: {controls}")
     assert lag.committed == 4 and lag.end_offset == after[-1] + 1
     assert lag.lag == expected
+    assert controls > 0  # the restart's leader no-ops: what top must not count either
+    gatherer = Gatherer(cluster.bootstrap, rpc_timeout_s=5.0)  # `tidelog top`'s poll
+    try:
+        shown = [g for g in gatherer.take().lags if g.group == GROUP]
+    finally:
+        gatherer.close()
+    assert [(g.committed, g.end_offset, g.lag_records) for g in shown] == \
+        [(4, lag.end_offset, expected)], "top and group describe must agree"
     assert _wait_for("the coordinator's lag series", lambda: _metric_lag(cluster) == expected)
 
 
