@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
@@ -661,16 +661,7 @@ class _SettleSender:
         except Exception as exc:  # a bug must fail the futures, not hang them
             _log.exception("settle request failed")
             return [(errors.UnknownError(f"settle failed: {exc!r}"), None)] * len(ranges)
-        out: list[tuple[BaseException | None, int | None]] = []
-        for index, r in enumerate(ranges):
-            code, message, deadline = results.get(index, (0, "", 0))
-            if code:
-                where = f"{r.topic}/{r.partition}@{r.first}" + (
-                    f"..{r.last}" if r.last != r.first else "")
-                out.append((errors.from_code(code, message, subject=where), None))
-            else:
-                out.append((None, deadline if r.action is SettleAction.EXTEND else None))
-        return out
+        return range_outcomes(ranges, results)
 
     def _complete(self, done: Sequence[tuple[_Item, BaseException | None, int | None]],
                   number: int | None = None) -> None:
@@ -806,6 +797,22 @@ def settle_request(queue: str, consumer_id: str, ranges: Sequence[Coalesced],
             topic=r.topic, partition=r.partition, first_offset=r.first, last_offset=r.last,
             delivery_count=r.delivery_count, action=int(r.action), delay_ms=r.delay_ms,
             reason=r.reason, extend_ms=r.extend_ms) for r in ranges])
+
+
+def range_outcomes(ranges: Sequence[Coalesced], results: Mapping[int, tuple[int, str, int]]
+                   ) -> list[tuple[BaseException | None, int | None]]:
+    """Each range's outcome from the Settle results by index: (error, None), or (None, the new
+    lock deadline for an extend, else None). A range the answer left out counts as OK."""
+    out: list[tuple[BaseException | None, int | None]] = []
+    for index, r in enumerate(ranges):
+        code, message, deadline = results.get(index, (0, "", 0))
+        if code:
+            where = f"{r.topic}/{r.partition}@{r.first}" + (
+                f"..{r.last}" if r.last != r.first else "")
+            out.append((errors.from_code(code, message, subject=where), None))
+        else:
+            out.append((None, deadline if r.action is SettleAction.EXTEND else None))
+    return out
 
 
 def settle_results(response: Any) -> dict[int, tuple[int, str, int]]:

@@ -42,6 +42,7 @@ from tidelog.client.queue import (
     coalesce,
     extend_ms,
     nack_delay_ms,
+    range_outcomes,
     received_messages,
     settle_item,
     settle_request,
@@ -370,14 +371,4 @@ class AIOQueueConsumer:
             response = await self._coordinator.call("Settle", request, timeout_s=self._timeout_s)
         except errors.TidelogError as exc:
             return [(exc, None)] * len(ranges)
-        results = settle_results(response)
-        out: list[tuple[BaseException | None, int | None]] = []
-        for index, r in enumerate(ranges):
-            code, message, deadline = results.get(index, (0, "", 0))
-            if code:
-                where = f"{r.topic}/{r.partition}@{r.first}" + (
-                    f"..{r.last}" if r.last != r.first else "")
-                out.append((errors.from_code(code, message, subject=where), None))
-            else:
-                out.append((None, deadline if r.action is SettleAction.EXTEND else None))
-        return out
+        return range_outcomes(ranges, settle_results(response))
