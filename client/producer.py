@@ -24,6 +24,7 @@ from tidelog.client import errors
 from tidelog.client.accumulator import RecordAccumulator, record_size
 from tidelog.client.config import ProducerConfig, parse_bootstrap
 from tidelog.client.connection import Connections
+from tidelog.client.delivery import DeliveryState
 from tidelog.client.future import DeliveryCallback, RecordFuture
 from tidelog.client.metadata import Metadata
 from tidelog.client.partitioner import PARTITIONERS, StickyPartitioner
@@ -32,7 +33,7 @@ from tidelog.client.security import ClientSecurity
 from tidelog.client.sender import Sender
 from tidelog.client.throttle import ThrottleStats, check_client_id
 
-__all__ = ["Producer", "check_record_size", "choose_partition"]
+__all__ = ["Producer", "check_can_send", "check_record_size", "choose_partition"]
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -138,6 +139,16 @@ def choose_partition(topic: str, count: int, key: bytes | None, partition: int |
         raise errors.TopicNotFound(
             f"topic {topic!r} has partitions 0..{count - 1}; there is no partition {partition}")
     return partition
+
+
+def check_can_send(closed: bool, delivery: DeliveryState | None) -> None:
+    """ClientClosed after close(), ProducerFenced once a successor fenced this producer."""
+    if closed:
+        raise errors.ClientClosed("send() after the producer was closed")
+    fenced = delivery.fenced if delivery is not None else None
+    if fenced is not None:
+        raise errors.ProducerFenced(f"this producer was fenced and sends nothing more: "
+                                    f"{fenced}")
 
 
 def check_record_size(key: bytes | None, value: bytes | None, headers: Any,
@@ -255,12 +266,7 @@ class Producer:
         Blocks only to fetch a topic's metadata the first time, or when buffer_memory is full
         (up to max_block_ms, then BufferFull). Raises TopicNotFound for an unknown topic.
         """
-        if self._closed:
-            raise errors.ClientClosed("send() after the producer was closed")
-        fenced = self._sender.delivery.fenced if self._sender is not None else None
-        if fenced is not None:
-            raise errors.ProducerFenced(f"this producer was fenced and sends nothing more: "
-                                        f"{fenced}")
+        check_can_send(self._closed, self._sender.delivery if self._sender is not None else None)
         if self._value_serializer is not None and value is not None:
             value = self._value_serializer(value)
         if self._key_serializer is not None and key is not None:

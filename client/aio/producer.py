@@ -31,7 +31,7 @@ from tidelog.client.aio.waiting import wait_event
 from tidelog.client.config import ProducerConfig, parse_bootstrap
 from tidelog.client.future import BatchResult
 from tidelog.client.partitioner import PARTITIONERS, StickyPartitioner
-from tidelog.client.producer import check_record_size, choose_partition
+from tidelog.client.producer import check_can_send, check_record_size, choose_partition
 from tidelog.client.records import RecordMetadata, TopicPartition
 from tidelog.client.security import ClientSecurity
 from tidelog.client.throttle import check_client_id
@@ -220,12 +220,7 @@ class AIOProducer:
     # --- helpers ---------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise errors.ClientClosed("send() after the producer was closed")
-        fenced = self._sender.delivery.fenced if self._sender is not None else None
-        if fenced is not None:
-            raise errors.ProducerFenced(f"this producer was fenced and sends nothing more: "
-                                        f"{fenced}")
+        check_can_send(self._closed, self._sender.delivery if self._sender is not None else None)
 
     async def _admit_backlog(self) -> None:
         """Queue the waiting records in call order, each once its topic is known and its bytes
