@@ -36,7 +36,8 @@ from tidelog.client.records import TopicPartition
 from tidelog.client.throttle import ThrottleTracker
 
 __all__ = ["Sender", "attempt_failed", "batches_to_send", "encode_for_send",
-           "expired_failures", "produce_request", "retry_wake"]
+           "expired_failures", "fail_batch", "fail_everything", "produce_request",
+           "retry_wake"]
 
 _log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.1
@@ -143,6 +144,27 @@ def expired_failures(accumulator: RecordAccumulator, delivery: DeliveryState,
         f"delivery_timeout_ms ({delivery_timeout_ms} ms) without being "
         "sent (no leader reachable?)")) for batch in accumulator.expire(now)]
     return [*unsent, *delivery.expire(now)]
+
+
+def fail_batch(accumulator: RecordAccumulator, batch: ProducerBatch,
+               error: BaseException) -> None:
+    """The batch's records fail with `error` (with their own timestamps while unencoded) and
+    its buffer memory is released."""
+    timestamps = batch.timestamps_ms if batch.encoded is not None else [
+        r[3] for r in batch.records]
+    batch.result.fail(error, timestamps)
+    accumulator.release(batch)
+
+
+def fail_everything(accumulator: RecordAccumulator, delivery: DeliveryState,
+                    error: BaseException, fail: Callable[[ProducerBatch, BaseException], object]
+                    ) -> None:
+    """Every batch queued, then every one delivery.py tracks, goes to `fail` with `error` (a
+    fenced or closed producer); the caller then cancels its requests in flight."""
+    for batch in accumulator.abort_all():
+        fail(batch, error)
+    for batch, failure in delivery.abort(error):
+        fail(batch, failure)
 
 
 def retry_wake(delivery: DeliveryState, now: float, next_wake: float | None) -> float | None:
@@ -346,20 +368,15 @@ class Sender(threading.Thread):
         self._accumulator.release(batch)
 
     def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
-        timestamps = batch.timestamps_ms if batch.encoded is not None else [
-            r[3] for r in batch.records]
         self.counters.given_up(batch.record_count)
-        batch.result.fail(error, timestamps)
-        self._accumulator.release(batch)
+        fail_batch(self._accumulator, batch, error)
 
     def _fail_all(self, failures: list[Failure]) -> None:
         for batch, error in failures:
             self._fail(batch, error)
 
     def _fail_everything(self, error: BaseException) -> None:
-        for batch in self._accumulator.abort_all():
-            self._fail(batch, error)
-        self._fail_all(self.delivery.abort(error))
+        fail_everything(self._accumulator, self.delivery, error, self._fail)
         for future in list(self._inflight_futures):
             future.cancel()
 

@@ -30,6 +30,8 @@ from tidelog.client.sender import (
     attempt_failed,
     batches_to_send,
     expired_failures,
+    fail_batch,
+    fail_everything,
     produce_request,
     retry_wake,
 )
@@ -192,10 +194,7 @@ class AioSender:
             self._fail_everything(self.delivery.fenced)
 
     def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
-        timestamps = batch.timestamps_ms if batch.encoded is not None else [
-            r[3] for r in batch.records]
-        batch.result.fail(error, timestamps)
-        self._accumulator.release(batch)
+        fail_batch(self._accumulator, batch, error)
         self._on_release()
 
     def _fail_all(self, failures: list[Failure]) -> None:
@@ -203,9 +202,7 @@ class AioSender:
             self._fail(batch, error)
 
     def _fail_everything(self, error: BaseException) -> None:
-        for batch in self._accumulator.abort_all():
-            self._fail(batch, error)
-        self._fail_all(self.delivery.abort(error))
+        fail_everything(self._accumulator, self.delivery, error, self._fail)
         for task in list(self._inflight):
             task.cancel()
 
