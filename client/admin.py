@@ -69,6 +69,13 @@ class OffsetAndMetadata:
     commit_timestamp_ms: int = 0
 
 
+def leaders_ready(description: ClusterDescription, name: str, partitions: int) -> bool:
+    """Whether the topic has at least `partitions` partitions, each with a leader (shared with
+    AIOAdmin: the node answering may apply the metadata change a moment after the commit)."""
+    topic = next((t for t in description.topics if t.name == name), None)
+    return topic is not None and len(topic.partitions) >= partitions and all(
+        p.leader_id >= 0 for p in topic.partitions)
+
 
 class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
     """Manage a Tidelog cluster (queues: tidelog.client.queue_admin).
@@ -393,9 +400,7 @@ class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
         deadline = time.monotonic() + self._timeout_s
         while True:
             description = self._metadata.describe([name])
-            topic = next((t for t in description.topics if t.name == name), None)
-            if topic is not None and len(topic.partitions) >= partitions and all(
-                    p.leader_id >= 0 for p in topic.partitions):
+            if leaders_ready(description, name, partitions):
                 return
             if time.monotonic() >= deadline:
                 raise errors.Timeout(f"topic {name!r} created, but not every partition had a "

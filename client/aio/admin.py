@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
 from tidelog.client import errors
-from tidelog.client.admin import OffsetAndMetadata
+from tidelog.client.admin import OffsetAndMetadata, leaders_ready
 from tidelog.client.aio import offsets
 from tidelog.client.aio.connection import AioConnections
 from tidelog.client.aio.group import AioCoordinator
@@ -263,9 +263,7 @@ class AIOAdmin:
         deadline = time.monotonic() + self._timeout_s
         while True:
             description = await self.metadata.describe_async([name])
-            topic = next((t for t in description.topics if t.name == name), None)
-            if topic is not None and len(topic.partitions) >= partitions and all(
-                    p.leader_id >= 0 for p in topic.partitions):
+            if leaders_ready(description, name, partitions):
                 return
             if time.monotonic() >= deadline:
                 raise errors.Timeout(f"topic {name!r} created, but not every partition had a "
