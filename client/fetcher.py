@@ -44,7 +44,8 @@ from tidelog.client.routing import note_failure
 from tidelog.client.throttle import ThrottleTracker
 
 __all__ = ["FetchPlan", "Fetcher", "PartitionFetchState", "apply_fetch_result", "assigned",
-           "buffered_bytes", "complete_batches", "decode_fetched", "plan_fetches"]
+           "buffered_bytes", "complete_batches", "decode_fetched", "plan_fetches",
+           "take_order", "take_records"]
 
 _log = logging.getLogger(__name__)
 _DEADLINE_MARGIN_S = 5.0
@@ -160,6 +161,64 @@ def buffered_bytes(states: dict[TopicPartition, PartitionFetchState],
                    reserved: Iterable[int]) -> int:
     """The prefetch bound's count: wire bytes buffered plus the max_bytes of fetches in flight."""
     return sum(st.raw_bytes for st in states.values()) + sum(reserved)
+
+
+def take_order(states: dict[TopicPartition, PartitionFetchState], rotation: int
+               ) -> tuple[list[TopicPartition], int]:
+    """The partitions to hand out records from, rotated one further than last time (round
+    robin), and the new rotation: kept by the caller even when take_records then raises, so
+    that a damaged partition does not come first again and hold back the others."""
+    for st in states.values():
+        # Everything below fetch_offset was handed out or was a control batch (a Raft
+        # no-op): the position moves past them, so a committed position reaches the log end.
+        if (not st.ready and not st.raw and st.fetch_offset is not None
+                and st.position is not None and st.fetch_offset > st.position):
+            st.position = st.fetch_offset
+    tps = [tp for tp, st in states.items()
+           if not st.paused and (st.ready or st.raw or st.error is not None)]
+    if not tps:
+        return tps, rotation
+    rotation = (rotation + 1) % len(tps)
+    return tps[rotation:] + tps[: rotation], rotation
+
+
+def take_records(states: dict[TopicPartition, PartitionFetchState], tps: list[TopicPartition],
+                 max_records: int) -> list[ConsumerRecord]:
+    """Up to max_records buffered records from `tps` in that order (sans-I/O, shared by the
+    sync and the asyncio fetchers). A damaged head batch raises CorruptRecordError, and again
+    on the next call until a seek; a partition's error raises once the records before it are
+    handed out."""
+    out: list[ConsumerRecord] = []
+    for tp in tps:
+        st = states[tp]
+        while len(out) < max_records:
+            if not st.ready:
+                if not st.raw:
+                    if st.error is not None and not out:
+                        raise st.error  # again on every poll until a seek clears it
+                    break
+                assert st.position is not None
+                try:
+                    decoded = decode_fetched(tp.topic, tp.partition, st.raw[0], st.position)
+                except (errors.CorruptBatch, errors.InvalidBatch) as exc:
+                    # Kept at the head of the buffer: the next poll raises again.
+                    if out:
+                        break
+                    raise _undecodable(tp, st.raw[0], exc) from None
+                raw = st.raw.popleft()
+                st.raw_bytes -= len(raw)
+                st.ready.extend(decoded)
+                continue
+            want = max_records - len(out)
+            if len(st.ready) <= want:
+                out.extend(st.ready)
+                st.ready.clear()
+            else:
+                out.extend(st.ready.popleft() for _ in range(want))
+            st.position = out[-1].offset + 1
+        if len(out) >= max_records:
+            break
+    return out
 
 
 @dataclass(frozen=True)
@@ -413,48 +472,8 @@ class Fetcher:
 
     def take(self, max_records: int) -> list[ConsumerRecord]:
         """Up to max_records buffered records, round-robin over unpaused partitions."""
-        out: list[ConsumerRecord] = []
-        for st in self.states.values():
-            # Everything below fetch_offset was handed out or was a control batch (a Raft
-            # no-op): the position moves past them, so a committed position reaches the log end.
-            if (not st.ready and not st.raw and st.fetch_offset is not None
-                    and st.position is not None and st.fetch_offset > st.position):
-                st.position = st.fetch_offset
-        tps = [tp for tp, st in self.states.items()
-               if not st.paused and (st.ready or st.raw or st.error is not None)]
-        if not tps:
-            return out
-        self._rotation = (self._rotation + 1) % len(tps)
-        tps = tps[self._rotation:] + tps[: self._rotation]
-        for tp in tps:
-            st = self.states[tp]
-            while len(out) < max_records:
-                if not st.ready:
-                    if not st.raw:
-                        if st.error is not None and not out:
-                            raise st.error  # again on every poll until a seek clears it
-                        break
-                    assert st.position is not None
-                    try:
-                        decoded = decode_fetched(tp.topic, tp.partition, st.raw[0], st.position)
-                    except (errors.CorruptBatch, errors.InvalidBatch) as exc:
-                        # Kept at the head of the buffer: the next poll raises again.
-                        if out:
-                            break
-                        raise _undecodable(tp, st.raw[0], exc) from None
-                    raw = st.raw.popleft()
-                    st.raw_bytes -= len(raw)
-                    st.ready.extend(decoded)
-                    continue
-                want = max_records - len(out)
-                if len(st.ready) <= want:
-                    out.extend(st.ready)
-                    st.ready.clear()
-                else:
-                    out.extend(st.ready.popleft() for _ in range(want))
-                st.position = out[-1].offset + 1
-            if len(out) >= max_records:
-                break
+        tps, self._rotation = take_order(self.states, self._rotation)
+        out = take_records(self.states, tps, max_records)
         if out:
             self.counters.consumed(len(out))
         return out

@@ -27,8 +27,9 @@ from tidelog.client.fetcher import (
     apply_fetch_result,
     assigned,
     buffered_bytes,
-    decode_fetched,
     plan_fetches,
+    take_order,
+    take_records,
 )
 from tidelog.client.records import ConsumerRecord, TopicPartition
 
@@ -116,45 +117,8 @@ class AioFetcher:
     def take(self, max_records: int) -> list[ConsumerRecord]:
         """Up to max_records buffered records, round-robin over unpaused partitions. A damaged
         head batch raises, and raises again on the next call (until a seek)."""
-        out: list[ConsumerRecord] = []
-        for st in self.states.values():
-            if (not st.ready and not st.raw and st.fetch_offset is not None
-                    and st.position is not None and st.fetch_offset > st.position):
-                st.position = st.fetch_offset  # past control batches: commits reach the end
-        tps = [tp for tp, st in self.states.items() if not st.paused and (st.ready or st.raw)]
-        if not tps:
-            return out
-        self._rotation = (self._rotation + 1) % len(tps)
-        tps = tps[self._rotation:] + tps[: self._rotation]
-        for tp in tps:
-            st = self.states[tp]
-            while len(out) < max_records:
-                if not st.ready:
-                    if not st.raw:
-                        break
-                    assert st.position is not None
-                    if out:  # hand out what we have before a possibly damaged batch
-                        try:
-                            decoded = decode_fetched(tp.topic, tp.partition, st.raw[0],
-                                                     st.position)
-                        except errors.TidelogError:
-                            return out
-                    else:
-                        decoded = decode_fetched(tp.topic, tp.partition, st.raw[0], st.position)
-                    raw = st.raw.popleft()
-                    st.raw_bytes -= len(raw)
-                    st.ready.extend(decoded)
-                    continue
-                want = max_records - len(out)
-                if len(st.ready) <= want:
-                    out.extend(st.ready)
-                    st.ready.clear()
-                else:
-                    out.extend(st.ready.popleft() for _ in range(want))
-                st.position = out[-1].offset + 1
-            if len(out) >= max_records:
-                break
-        return out
+        tps, self._rotation = take_order(self.states, self._rotation)
+        return take_records(self.states, tps, max_records)
 
     def out_of_range(self) -> list[tuple[TopicPartition, errors.OffsetOutOfRange]]:
         return [(tp, st.out_of_range) for tp, st in self.states.items() if st.out_of_range]
