@@ -43,8 +43,8 @@ from tidelog.client.records import ConsumerRecord, TopicPartition
 from tidelog.client.routing import note_failure
 from tidelog.client.throttle import ThrottleTracker
 
-__all__ = ["FetchPlan", "Fetcher", "PartitionFetchState", "apply_fetch_result", "assigned",
-           "buffered_bytes", "complete_batches", "decode_fetched", "plan_fetches",
+__all__ = ["FetchPlan", "FetchPositions", "Fetcher", "PartitionFetchState", "apply_fetch_result",
+           "assigned", "buffered_bytes", "complete_batches", "decode_fetched", "plan_fetches",
            "take_order", "take_records"]
 
 _log = logging.getLogger(__name__)
@@ -340,7 +340,28 @@ def apply_fetch_result(tp: TopicPartition, st: PartitionFetchState, result: Any,
     st.fetch_offset = next_offset
 
 
-class Fetcher:
+class FetchPositions:
+    """The per-partition fetch states and the fetches in flight, with the methods on them that
+    do no I/O: the base of the sync Fetcher and of client/aio/fetcher.py's AioFetcher."""
+
+    states: dict[TopicPartition, PartitionFetchState]
+    #: per leader: (prefetch bytes reserved, the request in flight)
+    _inflight: dict[str, tuple[int, Any]]
+
+    def assign(self, tps: Iterable[TopicPartition]) -> None:
+        self.states = assigned(self.states, tps)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.states[tp].seek(offset)
+
+    def buffered_bytes(self) -> int:
+        return buffered_bytes(self.states, (reserved for reserved, _ in self._inflight.values()))
+
+    def out_of_range(self) -> list[tuple[TopicPartition, errors.OffsetOutOfRange]]:
+        return [(tp, st.out_of_range) for tp, st in self.states.items() if st.out_of_range]
+
+
+class Fetcher(FetchPositions):
     """Not thread-safe by itself: the Consumer serialises calls."""
 
     def __init__(
@@ -362,17 +383,6 @@ class Fetcher:
         self.throttle = ThrottleTracker()
         #: Consumer.metrics(): per request, per partition result, per take (client/metrics.py)
         self.counters = ConsumerCounters()
-
-    # --- assignment and positions ---------------------------------------------------------------
-
-    def assign(self, tps: Iterable[TopicPartition]) -> None:
-        self.states = assigned(self.states, tps)
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.states[tp].seek(offset)
-
-    def buffered_bytes(self) -> int:
-        return buffered_bytes(self.states, (reserved for reserved, _ in self._inflight.values()))
 
     # --- fetching ------------------------------------------------------------------------------
 
@@ -477,9 +487,6 @@ class Fetcher:
         if out:
             self.counters.consumed(len(out))
         return out
-
-    def out_of_range(self) -> list[tuple[TopicPartition, errors.OffsetOutOfRange]]:
-        return [(tp, st.out_of_range) for tp, st in self.states.items() if st.out_of_range]
 
     def close(self) -> None:
         for _, future in list(self._inflight.values()):

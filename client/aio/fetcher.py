@@ -16,17 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 
 from tidelog.client import errors
 from tidelog.client.aio.metadata import AioMetadata
 from tidelog.client.aio.waiting import wait_event
 from tidelog.client.config import ConsumerConfig
 from tidelog.client.fetcher import (
+    FetchPositions,
     PartitionFetchState,
     apply_fetch_result,
-    assigned,
-    buffered_bytes,
     plan_fetches,
     take_order,
     take_records,
@@ -39,7 +37,7 @@ _log = logging.getLogger(__name__)
 _DEADLINE_MARGIN_S = 5.0
 
 
-class AioFetcher:
+class AioFetcher(FetchPositions):
     def __init__(self, config: ConsumerConfig, metadata: AioMetadata) -> None:
         self._config = config
         self._metadata = metadata
@@ -49,16 +47,7 @@ class AioFetcher:
         self._errors: list[errors.TidelogError] = []
         self._rotation = 0
 
-    # --- assignment and positions ---------------------------------------------------------------
-
-    def assign(self, tps: Iterable[TopicPartition]) -> None:
-        self.states = assigned(self.states, tps)
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.states[tp].seek(offset)
-
-    def buffered_bytes(self) -> int:
-        return buffered_bytes(self.states, (reserved for reserved, _ in self._inflight.values()))
+    # --- errors (assign / seek / buffered_bytes / out_of_range: FetchPositions) -----------------
 
     def raise_errors(self) -> None:
         if self._errors:
@@ -119,9 +108,6 @@ class AioFetcher:
         head batch raises, and raises again on the next call (until a seek)."""
         tps, self._rotation = take_order(self.states, self._rotation)
         return take_records(self.states, tps, max_records)
-
-    def out_of_range(self) -> list[tuple[TopicPartition, errors.OffsetOutOfRange]]:
-        return [(tp, st.out_of_range) for tp, st in self.states.items() if st.out_of_range]
 
     async def wait(self, timeout_s: float) -> None:
         """Until a reply arrives or timeout_s passes."""
