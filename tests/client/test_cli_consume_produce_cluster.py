@@ -2,8 +2,8 @@
 
 Most calls go through the CLI's main() in this process (the real parser, client and nodes, only
 the interpreter start is saved); the SIGTERM tests run real `tidelog consume`/`produce`
-processes, since a signal's default action is what it is about. Every consume here ends by itself (-e, a range or
-an error): a hang is the bug of issue 15 and fails on the module's timeout.
+processes, since a signal's default action is what it is about. Every consume here ends by
+itself (-e, a range or an error): a hang is the bug of issue 15 and fails on the module's timeout.
 """
 
 from __future__ import annotations
