@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -93,10 +93,6 @@ def _once(gatherer: Gatherer, args: argparse.Namespace) -> int:
     return 0 if current.reachable else 1
 
 
-class _Terminated(Exception):
-    """SIGTERM, raised in the main thread so the `finally` blocks give the terminal back."""
-
-
 def _live(gatherer: Gatherer, interval_s: float) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -105,7 +101,11 @@ def _live(gatherer: Gatherer, interval_s: float) -> int:
 
     poller = _Poller(gatherer, interval_s)
     console = Console(highlight=False)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Ctrl-C and SIGTERM only note the exit code; the loop ends between two frames. Raised in
+    # the middle of a redraw, KeyboardInterrupt cut the frame inside a UTF-8 character.
+    signalled: list[int] = []
+    previous_handlers = {sig: signal.signal(sig, _noting_exit_code(signalled))
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         poller.start()
         with _cbreak(sys.stdin) as keys, Live(
@@ -117,6 +117,8 @@ def _live(gatherer: Gatherer, interval_s: float) -> int:
             while True:
                 if any(k in "qQ" for k in keys(KEY_POLL_S)):
                     return 0
+                if signalled:
+                    return signalled[0]
                 if poller.error is not None and not poller.is_alive():
                     raise poller.error
                 version, pair = poller.latest()
@@ -125,13 +127,12 @@ def _live(gatherer: Gatherer, interval_s: float) -> int:
                 if pair is not None and ((version, size) != shown or now - drawn_at >= 1.0):
                     live.update(render(*pair, height=size.height), refresh=True)
                     shown, drawn_at = (version, size), now
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the handlers were in place
         return EXIT_SIGINT
-    except _Terminated:
-        return EXIT_SIGTERM
     finally:
         poller.stop()
-        signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
 
 
 class _Poller(threading.Thread):
@@ -201,8 +202,12 @@ def _cbreak(stream: Any) -> Iterator[Any]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated()
+def _noting_exit_code(signalled: list[int]) -> Callable[[int, FrameType | None], None]:
+    """A signal handler that appends the exit code the signal stands for (130 for SIGINT, as a
+    shell reports Ctrl-C; 143 for SIGTERM)."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signalled.append(EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+    return handler
 
 
 def _positive(text: str) -> float:
