@@ -98,8 +98,11 @@ def spawn_top(bootstrap: str, *extra: str) -> pexpect.spawn:
     # The trap keeps the shell alive through the Ctrl-C sent to the whole foreground group (a
     # trap with a command, unlike an ignored signal, is not inherited by tidelog).
     script = f"trap 'true' INT; {command}; echo TOP-EXIT=$?; stty -a"
+    # Ctrl-C makes the tty discard output still queued (ISIG without NOFLSH), which can cut a
+    # UTF-8 box character that the program wrote whole: decode what arrives leniently.
     return pexpect.spawn("/bin/sh", ["-c", script],
-                         dimensions=(ROWS, COLUMNS), encoding="utf-8", timeout=20,
+                         dimensions=(ROWS, COLUMNS), encoding="utf-8", codec_errors="replace",
+                         timeout=20,
                          env={"TERM": "xterm-256color", "PATH": "/usr/bin:/bin",
                               "LANG": "C.UTF-8"})
 
