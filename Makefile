@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+# Two workers, each test file (and the chaos and Docker tests as two blocks) on one of them:
+# tests/conftest.py says why. `make test PYTEST_ARGS=` runs everything in one process.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: help venv run test lint proto bench sim-soak chaos-full clean
 

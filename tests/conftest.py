@@ -26,7 +26,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (soaks)")
 
 
+# `make test` runs the suite on two pytest-xdist workers with `--dist loadgroup` (the suite mostly
+# waits on real processes, faults and timeouts: one worker kept 2 cores ~30% busy). Every test
+# gets a group, so a module's tests share one worker and its module-scoped cluster:
+# - "docker": everything that needs the engine, and the README test, whose `make run` cluster
+#   uses fixed ports (9091-9093, peers 19091-19093) that the compose files publish too; one worker
+#   also builds the image once;
+# - "chaos": the fault-injection runs, one after another (network namespaces, LazyFS mounts and
+#   power cuts are heavy, and their availability checks want the machine they measured);
+# - otherwise the test's file.
+DOCKER_GROUP_FILES = frozenset({"tests/test_readme_commands.py"})
+
+
+def xdist_group_of(item: pytest.Item) -> str:
+    """The worker group of one test (see above)."""
+    path = item.nodeid.split("::", 1)[0]
+    if "docker" in item.keywords or path in DOCKER_GROUP_FILES:
+        return "docker"
+    if path.startswith("tests/chaos/"):
+        return "chaos"
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow soak: run with --run-slow")
