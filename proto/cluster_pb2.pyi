@@ -115,3 +115,19 @@ class ProposeMetadataResponse(_message.Message):
     leader_id: int
     not_leader: bool
     def __init__(self, result: _Optional[bytes] = ..., leader_id: _Optional[int] = ..., not_leader: _Optional[bool] = ...) -> None: ...
+
+class MetadataSnapshotRequest(_message.Message):
+    __slots__ = ("min_index",)
+    MIN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    min_index: int
+    def __init__(self, min_index: _Optional[int] = ...) -> None: ...
+
+class MetadataSnapshotChunk(_message.Message):
+    __slots__ = ("data", "total_bytes", "index")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_bytes: int
+    index: int
+    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...

@@ -44,6 +44,11 @@ class ClusterStub:
                 request_serializer=tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataRequest.SerializeToString,
                 response_deserializer=tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataResponse.FromString,
                 _registered_method=True)
+        self.FetchMetadataSnapshot = channel.unary_stream(
+                '/tidelog.v1.Cluster/FetchMetadataSnapshot',
+                request_serializer=tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -62,6 +67,16 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchMetadataSnapshot(self, request, context):
+        """The metadata state machine's snapshot (node/metadata_snapshot.py), for a node whose
+        metadata log was reset to a leader's log start (or whose own snapshots are unusable):
+        the encoded snapshot in chunks, in order. FAILED_PRECONDITION when this node's applied
+        state is below min_index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +89,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.ProposeMetadata,
                     request_deserializer=tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataRequest.FromString,
                     response_serializer=tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataResponse.SerializeToString,
+            ),
+            'FetchMetadataSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchMetadataSnapshot,
+                    request_deserializer=tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +150,33 @@ class Cluster:
             '/tidelog.v1.Cluster/ProposeMetadata',
             tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataRequest.SerializeToString,
             tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchMetadataSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tidelog.v1.Cluster/FetchMetadataSnapshot',
+            tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotRequest.SerializeToString,
+            tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,
