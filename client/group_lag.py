@@ -19,8 +19,9 @@ counted, as Kafka counts them.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tidelog.client import errors
 from tidelog.client.connection import Connections
@@ -28,7 +29,7 @@ from tidelog.client.metadata import Metadata
 from tidelog.client.records import TopicPartition
 from tidelog.client.routing import result_error
 
-__all__ = ["PartitionLag", "first_record_timestamp", "first_unconsumed"]
+__all__ = ["LagSearch", "PartitionLag", "first_record_timestamp", "first_unconsumed"]
 
 FOLLOW_READS_MAX = 4
 EMPTY_ANSWERS_MAX = 16  # a leader's answer with no batch below its end: its byte budget ran out
@@ -70,99 +71,143 @@ def lag_of(committed: int, end_offset: int, timestamp_ms: int | None, found: boo
                         lag_seconds=seconds)
 
 
+class LagSearch:
+    """The sans-I/O part of a group-lag query, shared by Admin and AIOAdmin: which Fetch to send
+    to which leader next (`requests`), and what each answer means (`answered`, `failed`). The
+    caller does the I/O, marks metadata stale for `leaderless` partitions and for failed calls,
+    and backs off then refreshes metadata when `stalled`."""
+
+    def __init__(self, committed: Mapping[TopicPartition, int]) -> None:
+        self.committed = dict(committed)
+        self.positions = dict(committed)  # partitions still looked for, at the offset to read
+        self.out: dict[TopicPartition, PartitionLag] = {}
+        self.last_error: errors.TidelogError | None = None
+        self.stalled = False  # some partition could not be asked: back off, refresh, ask again
+        self._reads = dict.fromkeys(committed, 0)
+        self._empties = dict.fromkeys(committed, 0)
+        self._controls: dict[TopicPartition, int] = {}  # from the answer at the committed offset
+
+    @property
+    def finished(self) -> bool:
+        return not self.positions
+
+    def positions_topics(self) -> set[str]:
+        """The topics of the partitions still looked for (to refresh their metadata)."""
+        return {tp.topic for tp in self.positions}
+
+    def requests(self, leader_of: Callable[[TopicPartition], str | None]
+                 ) -> tuple[list[tuple[str, list[TopicPartition], Any]], list[TopicPartition]]:
+        """([(leader address, its partitions, the FetchRequest)], partitions with no leader);
+        starts a new round (`stalled` is cleared, set again when some partition has no leader)."""
+        from tidelog.proto import broker_pb2
+
+        self.stalled = False
+        by_leader: dict[str, list[TopicPartition]] = {}
+        leaderless = []
+        for tp in self.positions:
+            leader = leader_of(tp)
+            if leader is None:
+                leaderless.append(tp)
+                self.stalled = True
+            else:
+                by_leader.setdefault(leader, []).append(tp)
+        return [(leader, tps, broker_pb2.FetchRequest(
+            max_wait_ms=0, max_bytes=FETCH_BYTES_MAX, partitions=[
+                broker_pb2.FetchPartition(topic=tp.topic, partition=tp.partition,
+                                          offset=self.positions[tp], max_bytes=1)
+                for tp in tps]))
+            for leader, tps in _chunked(by_leader)], leaderless
+
+    def failed(self, exc: errors.TidelogError) -> None:
+        """A call to one leader failed (retriable): its partitions are asked again next round."""
+        self.last_error, self.stalled = exc, True
+
+    def answered(self, metadata: Metadata, response: Any, now_ms: int) -> None:
+        """One leader's Fetch answer; a non-retriable per-partition error is raised."""
+        for result in response.partitions:
+            tp = TopicPartition(result.topic, result.partition)
+            if tp not in self.positions:
+                continue
+            position = self.positions[tp]
+            if result.error == _OFFSET_OUT_OF_RANGE and result.high_watermark >= 0:
+                if position < result.log_start_offset:  # retention: the first kept record
+                    self.positions[tp] = result.log_start_offset
+                else:  # at or past the end (a commit ahead of a new leader's watermark)
+                    self._done(tp, result.high_watermark, None, True, now_ms)
+                continue
+            if result.error:
+                self.last_error, self.stalled = result_error(metadata, tp, result), True
+                continue
+            end = result.high_watermark
+            if position == self.committed[tp]:
+                self._controls[tp] = result.control_records
+            if position >= end:
+                self._done(tp, end, None, True, now_ms)
+                continue
+            if not result.batches:  # the answer's byte budget went to other partitions:
+                self._empties[tp] += 1  # asked again, with fewer partitions beside it
+                if self._empties[tp] >= EMPTY_ANSWERS_MAX:
+                    self._done(tp, end, None, False, now_ms)
+                continue
+            ts, after = first_record_timestamp(bytes(result.batches), position)
+            self._reads[tp] += 1
+            if ts is not None or after >= end:
+                self._done(tp, end, ts, True, now_ms)
+            elif self._reads[tp] >= FOLLOW_READS_MAX:
+                self._done(tp, end, None, False, now_ms)
+            else:
+                self.positions[tp] = after
+
+    def timeout(self, timeout_s: float) -> errors.Timeout:
+        return errors.Timeout(
+            f"Fetch for the lag of {sorted(map(str, self.positions))} did not succeed within "
+            f"{timeout_s:.1f} s (last error: {self.last_error})")
+
+    def _done(self, tp: TopicPartition, end: int, ts: int | None, found: bool,
+              now_ms: int) -> None:
+        self.out[tp] = lag_of(self.committed[tp], end, ts, found, now_ms,
+                              self._controls.get(tp, 0))
+        del self.positions[tp]
+
+
 def first_unconsumed(
     metadata: Metadata, connections: Connections, committed: Mapping[TopicPartition, int], *,
     timeout_s: float, backoff_s: float,
 ) -> dict[TopicPartition, PartitionLag]:
     """{tp: committed offset} -> {tp: PartitionLag}; NOT_LEADER and unreachable leaders refresh
     the metadata and retry with backoff until the timeout (then errors.Timeout)."""
-    from tidelog.proto import broker_pb2
-
     deadline = time.monotonic() + timeout_s
-    positions = dict(committed)
-    reads = dict.fromkeys(committed, 0)
-    empties = dict.fromkeys(committed, 0)
-    controls: dict[TopicPartition, int] = {}  # from the first answer at the committed offset
-    out: dict[TopicPartition, PartitionLag] = {}
-    last_error: errors.TidelogError | None = None
-    for topic in {tp.topic for tp in positions}:
+    search = LagSearch(committed)
+    for topic in {tp.topic for tp in committed}:
         metadata.topic(topic, timeout_s=timeout_s)
-
-    def done(tp: TopicPartition, end: int, ts: int | None, found: bool) -> None:
-        out[tp] = lag_of(committed[tp], end, ts, found, int(time.time() * 1000),
-                         controls.get(tp, 0))
-        del positions[tp]
-
-    while positions:
-        stalled = False  # some partition could not be asked: back off, refresh, ask again
-        by_leader: dict[str, list[TopicPartition]] = {}
-        for tp in positions:
-            leader = metadata.leader_address(tp.topic, tp.partition)
-            if leader is None:
-                metadata.mark_stale(tp.topic)
-                stalled = True
-                continue
-            by_leader.setdefault(leader, []).append(tp)
-        for leader, tps in _chunked(by_leader):
-            request = broker_pb2.FetchRequest(max_wait_ms=0, max_bytes=FETCH_BYTES_MAX, partitions=[
-                broker_pb2.FetchPartition(topic=tp.topic, partition=tp.partition,
-                                          offset=positions[tp], max_bytes=1) for tp in tps])
+    while not search.finished:
+        calls, leaderless = search.requests(
+            lambda tp: metadata.leader_address(tp.topic, tp.partition))
+        for tp in leaderless:
+            metadata.mark_stale(tp.topic)
+        for leader, tps, request in calls:
             try:
                 response = connections.call(leader, "Fetch", request,
                                             timeout_s=max(0.1, deadline - time.monotonic()))
             except errors.TidelogError as exc:
                 if not exc.retriable:
                     raise
-                last_error, stalled = exc, True
+                search.failed(exc)
                 for tp in tps:
                     metadata.mark_stale(tp.topic)
                 continue
-            for result in response.partitions:
-                tp = TopicPartition(result.topic, result.partition)
-                if tp not in positions:
-                    continue
-                position = positions[tp]
-                if result.error == _OFFSET_OUT_OF_RANGE and result.high_watermark >= 0:
-                    if position < result.log_start_offset:  # retention: the first kept record
-                        positions[tp] = result.log_start_offset
-                    else:  # at or past the end (a commit ahead of a new leader's watermark)
-                        done(tp, result.high_watermark, None, True)
-                    continue
-                if result.error:
-                    last_error, stalled = result_error(metadata, tp, result), True
-                    continue
-                end = result.high_watermark
-                if position == committed[tp]:
-                    controls[tp] = result.control_records
-                if position >= end:
-                    done(tp, end, None, True)
-                    continue
-                if not result.batches:  # the answer's byte budget went to other partitions:
-                    empties[tp] += 1    # asked again, with fewer partitions beside it
-                    if empties[tp] >= EMPTY_ANSWERS_MAX:
-                        done(tp, end, None, False)
-                    continue
-                ts, after = first_record_timestamp(bytes(result.batches), position)
-                reads[tp] += 1
-                if ts is not None or after >= end:
-                    done(tp, end, ts, True)
-                elif reads[tp] >= FOLLOW_READS_MAX:
-                    done(tp, end, None, False)
-                else:
-                    positions[tp] = after
-        if not positions:
+            search.answered(metadata, response, int(time.time() * 1000))
+        if search.finished:
             break
         if time.monotonic() >= deadline:
-            raise errors.Timeout(
-                f"Fetch for the lag of {sorted(map(str, positions))} did not succeed within "
-                f"{timeout_s:.1f} s (last error: {last_error})")
-        if stalled:
+            raise search.timeout(timeout_s)
+        if search.stalled:
             time.sleep(backoff_s)
             try:
-                metadata.refresh({tp.topic for tp in positions})
+                metadata.refresh(search.positions_topics())
             except errors.TidelogError as exc:
-                last_error = exc
-    return out
+                search.last_error = exc
+    return search.out
 
 
 def _chunked(by_leader: dict[str, list[TopicPartition]]
@@ -172,23 +217,12 @@ def _chunked(by_leader: dict[str, list[TopicPartition]]
 
 
 def first_record_timestamp(data: bytes, offset: int) -> tuple[int | None, int]:
-    """(timestamp of the first data record at or after `offset` in these whole batches, or None;
-    the offset after the last batch looked at). Only the batch holding it is decoded: its
-    timestamp is the batch's first timestamp plus the record's delta."""
+    """proto/batch.py's first_record_timestamp, its batch errors as the client's errors."""
     from tidelog.proto import batch as codec
 
-    position = offset
     try:
-        for pos, header in codec.iter_batches(data):
-            if header.last_offset < offset:
-                continue
-            if not header.is_control:
-                for record in codec.decode_records(data[pos:pos + header.size]):
-                    if record.offset >= offset:
-                        return record.timestamp, record.offset
-            position = max(position, header.last_offset + 1)
+        return codec.first_record_timestamp(data, offset)
     except codec.CorruptBatchError as exc:
         raise errors.CorruptBatch(f"a fetched batch is damaged: {exc}") from None
     except codec.BatchError as exc:
         raise errors.InvalidBatch(f"a fetched batch is malformed: {exc}") from None
-    return None, position

@@ -71,6 +71,7 @@ __all__ = [
     "decode_verified_header",
     "encode_batch",
     "encode_control_batch",
+    "first_record_timestamp",
     "format_version",
     "iter_batches",
     "stamp",
@@ -430,6 +431,14 @@ def decode_records(
     batch: bytes | bytearray | memoryview, *, decompressed_bytes_max: int = DECOMPRESSED_BYTES_MAX
 ) -> list[Record]:
     """Decode one batch's records with absolute offsets. Validates both checksums first."""
+    header, raw = _checked_record_area(batch, decompressed_bytes_max)
+    return _decode_record_area(raw, header)
+
+
+def _checked_record_area(batch: bytes | bytearray | memoryview, decompressed_bytes_max: int
+                         ) -> tuple[BatchHeader, bytes | memoryview]:
+    """One whole batch's header and decompressed record area, after every check: format,
+    both checksums, length, header semantics, the decompressed size bound."""
     view = memoryview(batch)
     header = decode_header(view)
     if header.magic != MAGIC:
@@ -439,8 +448,7 @@ def decode_records(
         raise CorruptBatchError(f"batch_length says {header.size} bytes, buffer has {len(view)}")
     _check_records_checksum(view, header, 0)
     _check_semantics(header)
-    raw = _decompress(view[HEADER_SIZE:], header.codec, decompressed_bytes_max)
-    return _decode_record_area(raw, header)
+    return header, _decompress(view[HEADER_SIZE:], header.codec, decompressed_bytes_max)
 
 
 _R = TypeVar("_R")
@@ -456,17 +464,28 @@ def decode_records_with(
     """decode_records (same checks), each record built by `make` instead of as a Record: a
     caller with its own record type (the consumer's ConsumerRecord) builds one object per
     record, not two (a frozen dataclass costs about half the decode). Returns the header too."""
-    view = memoryview(batch)
-    header = decode_header(view)
-    if header.magic != MAGIC:
-        _refuse_other_format(view, 0, header)
-    _check_header_checksum(view, header, 0)
-    if header.size != len(view):
-        raise CorruptBatchError(f"batch_length says {header.size} bytes, buffer has {len(view)}")
-    _check_records_checksum(view, header, 0)
-    _check_semantics(header)
-    raw = _decompress(view[HEADER_SIZE:], header.codec, decompressed_bytes_max)
+    header, raw = _checked_record_area(batch, decompressed_bytes_max)
     return header, _decode_record_area(raw, header, make)
+
+
+def first_record_timestamp(data: bytes | bytearray | memoryview, offset: int
+                           ) -> tuple[int | None, int]:
+    """(timestamp of the first data record at or after `offset` in these whole batches, or
+    None; the offset after the last batch looked at). Only the batch holding that record is
+    decoded: its timestamp is the batch's first timestamp plus the record's delta, never the
+    batch's first or max timestamp. Control batches and gaps are passed over. Group lag in
+    seconds, on the node (node/groups/lag.py) and in the client (client/group_lag.py)."""
+    view = memoryview(data)
+    position = offset
+    for pos, header in iter_batches(view):
+        if header.last_offset < offset:
+            continue
+        if not header.is_control:
+            for record in decode_records(view[pos:pos + header.size]):
+                if record.offset >= offset:
+                    return record.timestamp, record.offset
+        position = max(position, header.last_offset + 1)
+    return None, position
 
 
 def upgrade_v1_batch(batch: bytes | bytearray | memoryview) -> bytes:

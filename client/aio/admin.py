@@ -17,23 +17,15 @@ from tidelog.client.aio.group import AioCoordinator
 from tidelog.client.aio.metadata import AioMetadata
 from tidelog.client.config import AdminConfig, parse_bootstrap
 from tidelog.client.group import tps_to_wire
-from tidelog.client.group_lag import (
-    FOLLOW_READS_MAX,
-    PartitionLag,
-    first_record_timestamp,
-    lag_of,
-)
+from tidelog.client.group_lag import LagSearch, PartitionLag
 from tidelog.client.metadata import ClusterDescription, NodeDescription, TopicDescription
 from tidelog.client.offsets import wire_specs
 from tidelog.client.records import TopicPartition
-from tidelog.client.routing import by_leader, result_error
 from tidelog.client.security import ClientSecurity
 from tidelog.client.throttle import check_client_id
 
 __all__ = ["AIOAdmin"]
 
-_OFFSET_OUT_OF_RANGE = 13  # tidelog.v1.ErrorCode OFFSET_OUT_OF_RANGE
-_LAG_FETCH_BYTES_MAX = 1024 * 1024
 
 
 class AIOAdmin:
@@ -165,75 +157,41 @@ class AIOAdmin:
 
     async def _first_unconsumed(self, committed: Mapping[TopicPartition, int]
                                 ) -> dict[TopicPartition, PartitionLag]:
-        from tidelog.proto import broker_pb2
-
+        """The sync Admin's search (client/group_lag.py LagSearch), its calls awaited."""
         metadata = self.metadata
         deadline = time.monotonic() + self._timeout_s
-        positions = dict(committed)
-        reads = dict.fromkeys(committed, 0)
-        out: dict[TopicPartition, PartitionLag] = {}
-        last_error: errors.TidelogError | None = None
-        for topic in {tp.topic for tp in positions}:
+        search = LagSearch(committed)
+        for topic in {tp.topic for tp in committed}:
             await metadata.topic_async(topic, timeout_s=self._timeout_s)
-
-        def done(tp: TopicPartition, end: int, ts: int | None, found: bool) -> None:
-            out[tp] = lag_of(committed[tp], end, ts, found, int(time.time() * 1000))
-            del positions[tp]
-
-        while positions:
-            for leader, tps in by_leader(metadata, positions).items():
-                # one partition per request: the node always answers the first one's batch
-                for tp in tps:
-                    request = broker_pb2.FetchRequest(
-                        max_wait_ms=0, max_bytes=_LAG_FETCH_BYTES_MAX, partitions=[
-                            broker_pb2.FetchPartition(topic=tp.topic, partition=tp.partition,
-                                                      offset=positions[tp], max_bytes=1)])
-                    try:
-                        response = await metadata.aio.call(
-                            leader, "Fetch", request,
-                            timeout_s=max(0.1, deadline - time.monotonic()))
-                    except errors.TidelogError as exc:
-                        if not exc.retriable:
-                            raise
-                        last_error = exc
+        while not search.finished:
+            calls, leaderless = search.requests(
+                lambda tp: metadata.leader_address(tp.topic, tp.partition))
+            for tp in leaderless:
+                metadata.mark_stale(tp.topic)
+            for leader, tps, request in calls:
+                try:
+                    response = await metadata.aio.call(
+                        leader, "Fetch", request,
+                        timeout_s=max(0.1, deadline - time.monotonic()))
+                except errors.TidelogError as exc:
+                    if not exc.retriable:
+                        raise
+                    search.failed(exc)
+                    for tp in tps:
                         metadata.mark_stale(tp.topic)
-                        continue
-                    for result in response.partitions:
-                        if TopicPartition(result.topic, result.partition) != tp:
-                            continue
-                        position = positions[tp]
-                        if result.error == _OFFSET_OUT_OF_RANGE and result.high_watermark >= 0:
-                            if position < result.log_start_offset:
-                                positions[tp] = result.log_start_offset
-                            else:
-                                done(tp, result.high_watermark, None, True)
-                            continue
-                        if result.error:
-                            last_error = result_error(metadata, tp, result)
-                            continue
-                        end = result.high_watermark
-                        if position >= end:
-                            done(tp, end, None, True)
-                            continue
-                        ts, after = first_record_timestamp(bytes(result.batches), position)
-                        reads[tp] += 1
-                        if ts is not None or after >= end:
-                            done(tp, end, ts, True)
-                        elif reads[tp] >= FOLLOW_READS_MAX or not result.batches:
-                            done(tp, end, None, False)
-                        else:
-                            positions[tp] = after
-            if not positions:
+                    continue
+                search.answered(metadata, response, int(time.time() * 1000))
+            if search.finished:
                 break
             if time.monotonic() >= deadline:
-                raise errors.Timeout(f"Fetch for the lag of {sorted(map(str, positions))} did "
-                                     f"not succeed in {self._timeout_s:.1f} s ({last_error})")
-            await asyncio.sleep(self._backoff_s)
-            try:
-                await metadata.refresh_async({tp.topic for tp in positions})
-            except errors.TidelogError as exc:
-                last_error = exc
-        return out
+                raise search.timeout(self._timeout_s)
+            if search.stalled:
+                await asyncio.sleep(self._backoff_s)
+                try:
+                    await metadata.refresh_async(search.positions_topics())
+                except errors.TidelogError as exc:
+                    search.last_error = exc
+        return search.out
 
     async def _retrying(self, method: str, request: object) -> object:
         """Any node; follow a NOT_LEADER hint (metadata changes go to the metadata leader);

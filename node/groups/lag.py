@@ -54,7 +54,7 @@ from tidelog.node.security.channels import peer_channel
 from tidelog.node.topics import partition_group
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
-from tidelog.proto.batch import BatchError, decode_records, iter_batches
+from tidelog.proto.batch import BatchError, first_record_timestamp
 
 __all__ = ["GroupLagRefresher", "PartitionLag", "first_record_timestamp"]
 
@@ -291,22 +291,6 @@ class GroupLagRefresher:
             if position >= end:
                 return True, None
         return False, None
-
-
-def first_record_timestamp(data: bytes, offset: int) -> tuple[int | None, int]:
-    """(timestamp of the first data record at or after `offset` in these whole batches, or None;
-    the offset after the last batch looked at). Only the batch holding that record is decoded;
-    its timestamp is the batch's first timestamp plus the record's delta."""
-    position = offset
-    for pos, header in iter_batches(data, verify=False):
-        if header.last_offset < offset:
-            continue
-        if not header.is_control:
-            for record in decode_records(data[pos:pos + header.size]):
-                if record.offset >= offset:
-                    return record.timestamp, record.offset
-        position = max(position, header.last_offset + 1)
-    return None, position
 
 
 def _chunks(items: list[TopicPartition], size: int) -> Iterable[list[TopicPartition]]:

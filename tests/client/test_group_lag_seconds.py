@@ -70,3 +70,36 @@ def test_node_lag_seconds_is_measured_at_scrape_time() -> None:
     caught_up = PartitionLag(committed=9, end_offset=9, first_unconsumed_ms=None,
                              timestamp_known=True, refreshed_ms=11_000)
     assert (caught_up.lag, caught_up.lag_seconds(now_ms=12_000)) == (0, 0.0)
+
+
+def test_lag_search_counts_records_not_control_offsets_and_retries_a_moved_leader() -> None:
+    """The search both Admin and AIOAdmin drive (AIOAdmin once had its own copy, which counted
+    control records as lag): one answer gives the timestamp and the control-record count; a
+    NOT_LEADER result makes the partition wait for a metadata refresh and be asked again."""
+    from tidelog.client.connection import Connections
+    from tidelog.client.group_lag import LagSearch
+    from tidelog.client.metadata import Metadata
+    from tidelog.client.records import TopicPartition
+    from tidelog.proto import broker_pb2
+
+    # A real metadata cache that never dials: the search only marks it stale.
+    metadata = Metadata(Connections(), ("127.0.0.1:1",), request_timeout_ms=1000,
+                        max_age_ms=60_000, retry_backoff_ms=10)
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    search = LagSearch({a: 10, b: 3})
+    calls, leaderless = search.requests(lambda tp: "n1" if tp == a else None)
+    assert leaderless == [b] and search.stalled
+    assert [(leader, tps) for leader, tps, _ in calls] == [("n1", [a])]
+    assert [(p.partition, p.offset) for p in calls[0][2].partitions] == [(0, 10)]
+    response = broker_pb2.FetchResponse(partitions=[broker_pb2.FetchPartitionResult(
+        topic="t", partition=0, high_watermark=15, control_records=2,
+        batches=data_batch(10, [4_000, 6_000, 7_000]))])
+    search.answered(metadata, response, now_ms=10_000)
+    assert search.out[a].lag == 3 and search.out[a].lag_seconds == 6.0
+    assert not search.finished
+    calls, leaderless = search.requests(lambda tp: "n2")
+    assert not leaderless and not search.stalled
+    moved = broker_pb2.FetchResponse(partitions=[broker_pb2.FetchPartitionResult(
+        topic="t", partition=1, error=broker_pb2.NOT_LEADER, high_watermark=-1)])
+    search.answered(metadata, moved, now_ms=10_000)
+    assert search.stalled and b in search.positions and search.last_error is not None
