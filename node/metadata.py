@@ -20,7 +20,17 @@ from tidelog.node.errors import (
     TopicExistsError,
     UnknownTopicError,
 )
+from tidelog.node.membership_state import (
+    NodeMember,
+    apply_add_node,
+    apply_decommission,
+    apply_remove,
+    check_register,
+    placeable,
+)
+from tidelog.node.membership_state import after_register as _after_register
 from tidelog.node.metadata_commands import (
+    AddNode,
     AllocateProducerId,
     AlterConfigs,
     Command,
@@ -28,11 +38,13 @@ from tidelog.node.metadata_commands import (
     CreateAcls,
     CreatePartitions,
     CreateTopic,
+    DecommissionNode,
     DeleteAcls,
     DeleteTopic,
     DeleteUser,
     InitProducer,
     RegisterNode,
+    RemoveNode,
     RemoveQuota,
     SetQuota,
     UpsertUser,
@@ -89,6 +101,9 @@ class MetadataState:
     #: SCRAM users (node/security): name → credential; never a password.
     users: dict[str, ScramCredential] = field(default_factory=dict)
     acls: set[AclBinding] = field(default_factory=set)  # node/security/acl.py
+    #: admitted and decommissioned nodes with their state (node/membership_state.py); the
+    #: initial --peers nodes are ACTIVE without an entry until decommissioned.
+    members: dict[int, NodeMember] = field(default_factory=dict)
     applied_index: int = -1
 
     def apply_encoded(self, index: int, data: bytes) -> dict[str, Any]:
@@ -134,6 +149,12 @@ class MetadataState:
                     return _create_acls(self, command)
                 case DeleteAcls():
                     return _delete_acls(self, command)
+                case AddNode():
+                    return apply_add_node(self, command)
+                case DecommissionNode():
+                    return apply_decommission(self, command)
+                case RemoveNode():
+                    return apply_remove(self, command)
         except BrokerError as exc:  # handlers check everything before they change anything
             return _error_result(exc)
         raise AssertionError(f"no handler for {command!r}")
@@ -144,7 +165,9 @@ class MetadataState:
     # -- handlers -------------------------------------------------------------------------------
 
     def _register_node(self, command: RegisterNode) -> dict[str, Any]:
+        check_register(self, command)
         self.nodes[command.node_id] = command.address
+        _after_register(self, command.node_id)
         if command.listeners:
             self.listeners[command.node_id] = dict(command.listeners)
         else:
@@ -156,7 +179,8 @@ class MetadataState:
         validate_topic_name(name)
         if name in self.topics:
             raise TopicExistsError(f"topic {name!r} already exists")
-        node_ids = sorted(set(command.node_ids) if command.node_ids is not None else self.nodes)
+        node_ids = placeable(self, set(command.node_ids) if command.node_ids is not None
+                             else set(self.nodes))
         validate_layout(command.partitions, command.replication_factor, len(node_ids))
         configs = validate_configs(dict(command.configs))
         validate_config_relations(configs)
@@ -204,7 +228,8 @@ class MetadataState:
             raise InvalidPartitionsError(
                 f"topic {command.name!r} has {current} partitions; it can only grow (asked for "
                 f"{command.total}): a partition's records cannot be moved to others")
-        node_ids = sorted(set(command.node_ids) if command.node_ids is not None else self.nodes)
+        node_ids = placeable(self, set(command.node_ids) if command.node_ids is not None
+                             else set(self.nodes))
         replication_factor = len(topic.replicas[0])
         validate_layout(command.total, replication_factor, len(node_ids))
         if command.validate_only:

@@ -53,6 +53,36 @@ class RegisterNode:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AddNode:
+    """Admit a new node (node/membership.py, docs/operations.md "Add and remove nodes"): until
+    this commits, the cluster's nodes refuse its Raft streams and its Join. `address` is its
+    client address (as in --peers), `peer_address` its node-to-node listener; with
+    `metadata_voter` it is promoted to a voter of the metadata group once caught up (else it
+    stays a learner)."""
+
+    node_id: int
+    address: str
+    peer_address: str
+    metadata_voter: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecommissionNode:
+    """Mark a node draining: new placements skip it, its leaderships and replicas move away."""
+
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveNode:
+    """A drained node leaves the node set (refused while a replica is still assigned to it,
+    unless `force`); it stops itself when it applies this."""
+
+    node_id: int
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CreateTopic:
     name: str
     partitions: int
@@ -161,7 +191,7 @@ class RemoveQuota:
 
 Command = (RegisterNode | CreateTopic | DeleteTopic | AlterConfigs | AllocateProducerId
            | CreatePartitions | InitProducer | SetQuota | RemoveQuota | UpsertUser | DeleteUser
-           | CreateAcls | DeleteAcls)
+           | CreateAcls | DeleteAcls | AddNode | DecommissionNode | RemoveNode)
 
 _OPS: dict[type, str] = {
     RegisterNode: "register_node",
@@ -177,6 +207,9 @@ _OPS: dict[type, str] = {
     DeleteUser: "delete_user",
     CreateAcls: "create_acls",
     DeleteAcls: "delete_acls",
+    AddNode: "add_node",
+    DecommissionNode: "decommission_node",
+    RemoveNode: "remove_node",
 }
 
 
@@ -225,6 +258,14 @@ def encode_command(command: Command) -> bytes:
             body["name"] = name
         case CreateAcls(acls=acls) | DeleteAcls(acls=acls):
             body["acls"] = [acl.to_wire() for acl in acls]
+        case AddNode():
+            body.update(node_id=command.node_id, address=command.address,
+                        peer_address=command.peer_address,
+                        metadata_voter=command.metadata_voter)
+        case DecommissionNode(node_id=node_id):
+            body["node_id"] = node_id
+        case RemoveNode(node_id=node_id, force=force):
+            body.update(node_id=node_id, force=force)
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     if len(data) > COMMAND_BYTES_MAX:
         raise CommandError(f"metadata command of {len(data)} bytes; the maximum is "
@@ -294,10 +335,31 @@ def decode_command(data: bytes) -> Command:
             command = CreateAcls(acls=_decode_acls(fields))
         case "delete_acls":
             command = DeleteAcls(acls=_decode_acls(fields))
+        case "add_node":
+            command = AddNode(
+                node_id=fields.integer("node_id", 1, NODE_ID_MAX),
+                address=fields.string("address", ADDRESS_CHARS_MAX),
+                peer_address=fields.string("peer_address", ADDRESS_CHARS_MAX),
+                metadata_voter=fields.boolean("metadata_voter"))
+            _check_address(command.address, "address")
+            _check_address(command.peer_address, "peer_address")
+        case "decommission_node":
+            command = DecommissionNode(node_id=fields.integer("node_id", 1, NODE_ID_MAX))
+        case "remove_node":
+            command = RemoveNode(node_id=fields.integer("node_id", 1, NODE_ID_MAX),
+                                 force=fields.boolean("force"))
         case _:
             raise CommandError(f"unknown metadata command {op!r}")
     fields.no_more(op)
     return command
+
+
+def _check_address(text: str, key: str) -> None:
+    """HOST:PORT, as --peers takes it (a DNS name or an IP literal; no scheme, no spaces)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or any(c.isspace() for c in host) or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise CommandError(f"{key!r} must be HOST:PORT, got {text[:80]!r}")
 
 
 class _Fields:
