@@ -3,6 +3,13 @@
     python benchmarks/client_bench.py                      # starts a 3-node local cluster
     python benchmarks/client_bench.py --bootstrap H:P,...  # uses a running cluster
     python benchmarks/client_bench.py --codec-only
+    python benchmarks/client_bench.py --table --bootstrap H:P,...  # issue 16's producer table
+
+``--table`` runs the issue-16 producer workloads through the public Producer API only (so the
+same script measures an older client too, e.g. with PYTHONPATH pointing at an exported tree):
+100 B and 1 KiB records with 1000 in flight (a window of futures, like NATS's publish_async) on
+1 partition and keyed over 12, then one record at a time with the default settings and with
+linger_ms=0. It prints one JSON line per figure (``--label`` tags them) and a table.
 
 Figures are records/s (and MB/s of raw record values). Everything shares this machine's cores:
 compare with peers measured in the same run (/work/shared/peers/BASELINES.md), not across machines.
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import statistics
 import sys
@@ -113,6 +121,83 @@ def bench_consumer(bootstrap: str, topic: str, partitions: int, expected: int) -
           f"({n:,} records)")
 
 
+def windowed_produce(bootstrap: str, topic: str, *, count: int, value_bytes: int,
+                     keyed: bool, window: int = 1000) -> dict[str, float]:
+    """`count` records through Producer.send with at most `window` unacknowledged (the oldest
+    future is waited for before the next send): records/s and MB/s of values."""
+    from tidelog.client import Producer
+
+    value = (b"v" * value_bytes)
+    keys = [b"key-%d" % i for i in range(997)] if keyed else [None]
+    with Producer(bootstrap, buffer_memory=64 * 1024 * 1024) as producer:
+        for p in range(len(producer.partitions_for(topic))):  # metadata + leaders warm
+            producer.send(topic, b"warm-up", partition=p).result(60)
+        send = producer.send
+        futures = []
+        started = time.perf_counter()
+        for i in range(count):
+            if i >= window:
+                futures[i - window].result(60)
+            futures.append(send(topic, value, key=keys[i % len(keys)]))
+        producer.flush(300)
+        elapsed = time.perf_counter() - started
+        failed = sum(1 for f in futures if f.exception(0) is not None)
+        requests = producer.metrics()["requests_sent"]
+    return {"records_s": count / elapsed, "mb_s": count * value_bytes / elapsed / 1e6,
+            "records_per_request": count / max(1, requests), "failed": failed}
+
+
+def one_at_a_time(bootstrap: str, topic: str, count: int, **options: float) -> dict[str, float]:
+    """send, wait for the acknowledgement, repeat: p50/p99 in ms."""
+    from tidelog.client import Producer
+
+    latencies = []
+    with Producer(bootstrap, **options) as producer:  # type: ignore[arg-type]
+        producer.send(topic, b"warm-up", partition=0).result(60)
+        for _ in range(count):
+            started = time.perf_counter()
+            producer.send(topic, b"x" * 100, partition=0).result(30)
+            latencies.append((time.perf_counter() - started) * 1000)
+    latencies.sort()
+    return {"p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)], "records_s":
+            count / (sum(latencies) / 1000)}
+
+
+def producer_table(bootstrap: str, *, count: int, label: str, repeat: int = 1) -> None:
+    """Issue 16's client-side producer figures (see the module docstring)."""
+    from tidelog.client import Admin
+
+    suffix = uuid.uuid4().hex[:6]
+    one, twelve = f"bench1-{suffix}", f"bench12-{suffix}"
+    with Admin(bootstrap) as admin:
+        admin.create_topic(one, partitions=1, replication_factor=3)
+        admin.create_topic(twelve, partitions=12, replication_factor=3)
+    cases = [
+        ("100 B, 1000 in flight, 1 partition", lambda: windowed_produce(
+            bootstrap, one, count=count, value_bytes=100, keyed=False)),
+        ("100 B, 1000 in flight, keyed over 12", lambda: windowed_produce(
+            bootstrap, twelve, count=count, value_bytes=100, keyed=True)),
+        ("1 KiB, 1000 in flight, 1 partition", lambda: windowed_produce(
+            bootstrap, one, count=count // 2, value_bytes=1024, keyed=False)),
+        ("1 KiB, 1000 in flight, keyed over 12", lambda: windowed_produce(
+            bootstrap, twelve, count=count // 2, value_bytes=1024, keyed=True)),
+        ("100 B one at a time, defaults", lambda: one_at_a_time(bootstrap, one, 300)),
+        ("100 B one at a time, linger_ms=0", lambda: one_at_a_time(
+            bootstrap, one, 300, linger_ms=0)),
+    ]
+    print(f"| {label} | records/s | MB/s | records/request | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for _ in range(repeat):
+        for name, run in cases:
+            result = run()
+            print(json.dumps({"label": label, "case": name, **result}), file=sys.stderr)
+            print(f"| {name} | {result['records_s']:,.0f} | {result.get('mb_s', 0):.1f} | "
+                  f"{result.get('records_per_request', 0):,.0f} | "
+                  f"{result.get('p50_ms', 0):.2f} | {result.get('p99_ms', 0):.2f} |",
+                  flush=True)
+
+
 @contextlib.contextmanager
 def cluster(bootstrap: str | None) -> Iterator[str | None]:
     if bootstrap:
@@ -139,7 +224,17 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=200_000, help="records per producer run")
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--table", action="store_true",
+                        help="only issue 16's producer table (see the docstring)")
+    parser.add_argument("--label", default="this client")
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
+
+    if args.table:
+        with cluster(args.bootstrap) as bootstrap:
+            assert bootstrap is not None, "--table needs --bootstrap or tidelog.node"
+            producer_table(bootstrap, count=args.count, label=args.label, repeat=args.repeat)
+        return 0
 
     bench_codec(1000, args.value_bytes, 1.0)
     bench_send_only(args.value_bytes, 200_000)
