@@ -4,9 +4,17 @@ Theory of operation
 -------------------
 ``append`` (any user thread) adds a record to the last batch of its partition, or opens a new batch
 when that one would grow past ``batch_size`` raw bytes. A batch is *ready* when it is not the last
-of its partition (so it is closed: full), when it has lingered ``linger_ms`` since it was opened,
-or when a flush or close is under way. The sender thread asks ``ready(now)`` and takes batches
-with ``drain(tp)`` in order; a drained batch is closed for appends.
+of its partition (so it is closed: full), when its partition has no request in flight, when it
+has lingered ``linger_ms`` since it was opened, or when a flush or close is under way. The sender
+thread asks ``ready(now, lingering)`` and takes batches with ``drain(tp, now, lingering)`` in
+order; a drained batch is closed for appends.
+
+Adaptive linger: ``lingering(tp)`` (the sender passes "tp has a request in flight") says whether
+an open batch waits at all. A lone record on a quiet partition leaves at once, as with
+``linger_ms=0``; while a request of the partition is in flight, the records sent meanwhile build
+up one batch behind it, which leaves when that request is answered (the partition is quiet
+again) or after ``linger_ms``, whichever comes first. So ``linger_ms`` is the most a record
+waits behind an in-flight request, and under load batches stay as large as before.
 
 Memory: every appended record reserves its estimated raw size (``record_size``); the reservation
 is released when its batch completes (acknowledged or failed), not when it is sent, so the bound
@@ -92,6 +100,10 @@ class ProducerBatch:
     def __repr__(self) -> str:
         return (f"ProducerBatch({self.tp}, records={len(self.records)}, "
                 f"seq={self.base_sequence}, attempts={self.attempts})")
+
+
+def _always(tp: TopicPartition) -> bool:
+    return True
 
 
 class RecordAccumulator:
@@ -195,8 +207,11 @@ class RecordAccumulator:
 
     # --- the sender thread -------------------------------------------------------------------
 
-    def ready(self, now: float) -> tuple[list[TopicPartition], float | None]:
-        """Partitions with a batch to send now, and when the next lingering batch gets ready."""
+    def ready(self, now: float, lingering: Callable[[TopicPartition], bool] = _always
+              ) -> tuple[list[TopicPartition], float | None]:
+        """Partitions with a batch to send now, and when the next lingering batch gets ready.
+        `lingering(tp)`: whether tp's open batch may wait linger_ms (see the module docstring;
+        by default every one does)."""
         ready: list[TopicPartition] = []
         next_s: float | None = None
         with self._lock:
@@ -205,7 +220,7 @@ class RecordAccumulator:
                 if not queue:
                     continue
                 head = queue[0]
-                if hurry or len(queue) > 1:
+                if hurry or len(queue) > 1 or not lingering(tp):
                     ready.append(tp)
                     continue
                 due = head.created_s + self._linger_s
@@ -215,14 +230,17 @@ class RecordAccumulator:
                     next_s = due
         return ready, next_s
 
-    def drain(self, tp: TopicPartition, now: float) -> ProducerBatch | None:
-        """Take the head batch of tp if it is ready (closing it if it was the open one)."""
+    def drain(self, tp: TopicPartition, now: float, lingering: bool = True
+              ) -> ProducerBatch | None:
+        """Take the head batch of tp if it is ready (closing it if it was the open one);
+        `lingering`: as ready()'s for tp."""
         with self._lock:
             queue = self._batches.get(tp)
             if not queue:
                 return None
             hurry = self._flushes > 0 or self._closed
-            if not hurry and len(queue) == 1 and queue[0].created_s + self._linger_s > now:
+            if (lingering and not hurry and len(queue) == 1
+                    and queue[0].created_s + self._linger_s > now):
                 return None
             batch = queue.popleft()
             if not queue:

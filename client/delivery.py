@@ -204,6 +204,12 @@ class DeliveryState:
     def idle(self) -> bool:
         return all(st.outstanding() == 0 for st in self.partitions.values())
 
+    def has_inflight(self, tp: TopicPartition) -> bool:
+        """A request of tp is in flight (adaptive linger: only then does its open batch wait
+        linger_ms, client/accumulator.py)."""
+        st = self.partitions.get(tp)
+        return st is not None and bool(st.inflight)
+
     # --- helpers -----------------------------------------------------------------------------
 
     def _should_retry(

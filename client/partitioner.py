@@ -7,7 +7,7 @@
   Java client computes it, so keys land on the same partition numbers as in a Kafka cluster with
   the same partition count). Either way the mapping changes when the partition count changes.
 * A keyless record is *sticky*: it goes to one partition until that partition's batch is closed
-  (full, or sent after linger_ms), then the next keyless record picks another partition at random
+  (full, or taken by the sender), then the next keyless record picks another partition at random
   (never the same one twice in a row when there are several). This fills batches instead of
   spreading single records over every partition, which is what makes batching pay.
 """

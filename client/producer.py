@@ -164,6 +164,12 @@ def check_record_size(key: bytes | None, value: bytes | None, headers: Any,
 class Producer:
     """Send records to Tidelog topics.
 
+    Batching is adaptive: a record for a partition with no request in flight is sent at once
+    (one record at a time costs one round trip, not linger_ms more); records sent while a
+    request of their partition is in flight build up one batch behind it, which leaves when that
+    request is answered or after ``linger_ms``, whichever is first. So ``linger_ms`` is the most
+    a record waits behind an in-flight request, and under load batches stay large.
+
     >>> with Producer("127.0.0.1:9091") as producer:
     ...     future = producer.send("events", b"hello", key=b"user-1")
     ...     print(future.result().offset)

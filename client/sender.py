@@ -64,7 +64,8 @@ def batches_to_send(delivery: DeliveryState, accumulator: RecordAccumulator, tp:
         yield batch, True
         return
     while delivery.can_send_new(tp, now):
-        batch = accumulator.drain(tp, now)
+        # adaptive linger: a partition with nothing in flight sends its open batch at once
+        batch = accumulator.drain(tp, now, lingering=delivery.has_inflight(tp))
         if batch is None:
             return
         delivery.assign(batch)
@@ -275,7 +276,7 @@ class Sender(threading.Thread):
                                                 name="tidelog-producer-metadata", daemon=True)
             self._refreshing.start()
         now = self._clock()
-        ready, next_linger = self._accumulator.ready(now)
+        ready, next_linger = self._accumulator.ready(now, self.delivery.has_inflight)
         with_retries = [tp for tp, st in self.delivery.partitions.items() if st.retry]
         next_wake = next_linger
         self._throttled_until = None

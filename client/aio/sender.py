@@ -128,7 +128,7 @@ class AioSender:
         if stale and not self._forced and (self._refresh_task is None
                                            or self._refresh_task.done()):
             self._refresh_task = asyncio.get_running_loop().create_task(self._refresh(stale))
-        ready, next_wake = self._accumulator.ready(now)
+        ready, next_wake = self._accumulator.ready(now, self.delivery.has_inflight)
         if not self._forced:
             with_retries = [tp for tp, st in self.delivery.partitions.items() if st.retry]
             for tp in dict.fromkeys([*with_retries, *ready]):
