@@ -52,6 +52,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.client.cli_top",  # tidelog top (live view)
     "tidelog.client.cli_profile",  # tidelog profile create|use|list|show|delete
     "tidelog.client.cli_completion",  # tidelog completion bash|zsh|fish
+    "tidelog.client.cli_bench",  # tidelog bench produce|consume|e2e
 )
 
 # Commands (and "command action"s) that are no cluster client: no global client options, no
