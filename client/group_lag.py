@@ -19,7 +19,7 @@ counted, as Kafka counts them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,19 +95,18 @@ class LagSearch:
         """The topics of the partitions still looked for (to refresh their metadata)."""
         return {tp.topic for tp in self.positions}
 
-    def requests(self, leader_of: Callable[[TopicPartition], str | None]
-                 ) -> tuple[list[tuple[str, list[TopicPartition], Any]], list[TopicPartition]]:
-        """([(leader address, its partitions, the FetchRequest)], partitions with no leader);
-        starts a new round (`stalled` is cleared, set again when some partition has no leader)."""
+    def requests(self, metadata: Metadata) -> list[tuple[str, list[TopicPartition], Any]]:
+        """[(leader address, its partitions, the FetchRequest)] from the metadata cache (no I/O);
+        starts a new round: `stalled` is set again when some partition has no known leader (its
+        topic is marked stale)."""
         from tidelog.proto import broker_pb2
 
         self.stalled = False
         by_leader: dict[str, list[TopicPartition]] = {}
-        leaderless = []
         for tp in self.positions:
-            leader = leader_of(tp)
+            leader = metadata.leader_address(tp.topic, tp.partition)
             if leader is None:
-                leaderless.append(tp)
+                metadata.mark_stale(tp.topic)
                 self.stalled = True
             else:
                 by_leader.setdefault(leader, []).append(tp)
@@ -116,11 +115,17 @@ class LagSearch:
                 broker_pb2.FetchPartition(topic=tp.topic, partition=tp.partition,
                                           offset=self.positions[tp], max_bytes=1)
                 for tp in tps]))
-            for leader, tps in _chunked(by_leader)], leaderless
+            for leader, tps in _chunked(by_leader)]
 
-    def failed(self, exc: errors.TidelogError) -> None:
-        """A call to one leader failed (retriable): its partitions are asked again next round."""
+    def failed(self, metadata: Metadata, tps: list[TopicPartition],
+               exc: errors.TidelogError) -> None:
+        """The call to these partitions' leader failed: raised again unless retriable; else
+        their topics are marked stale and they are asked again next round."""
+        if not exc.retriable:
+            raise exc
         self.last_error, self.stalled = exc, True
+        for tp in tps:
+            metadata.mark_stale(tp.topic)
 
     def answered(self, metadata: Metadata, response: Any, now_ms: int) -> None:
         """One leader's Fetch answer; a non-retriable per-partition error is raised."""
@@ -181,20 +186,12 @@ def first_unconsumed(
     for topic in {tp.topic for tp in committed}:
         metadata.topic(topic, timeout_s=timeout_s)
     while not search.finished:
-        calls, leaderless = search.requests(
-            lambda tp: metadata.leader_address(tp.topic, tp.partition))
-        for tp in leaderless:
-            metadata.mark_stale(tp.topic)
-        for leader, tps, request in calls:
+        for leader, tps, request in search.requests(metadata):
             try:
                 response = connections.call(leader, "Fetch", request,
                                             timeout_s=max(0.1, deadline - time.monotonic()))
             except errors.TidelogError as exc:
-                if not exc.retriable:
-                    raise
-                search.failed(exc)
-                for tp in tps:
-                    metadata.mark_stale(tp.topic)
+                search.failed(metadata, tps, exc)
                 continue
             search.answered(metadata, response, int(time.time() * 1000))
         if search.finished:

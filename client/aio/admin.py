@@ -164,21 +164,13 @@ class AIOAdmin:
         for topic in {tp.topic for tp in committed}:
             await metadata.topic_async(topic, timeout_s=self._timeout_s)
         while not search.finished:
-            calls, leaderless = search.requests(
-                lambda tp: metadata.leader_address(tp.topic, tp.partition))
-            for tp in leaderless:
-                metadata.mark_stale(tp.topic)
-            for leader, tps, request in calls:
+            for leader, tps, request in search.requests(metadata):  # type: ignore[arg-type]
                 try:
                     response = await metadata.aio.call(
                         leader, "Fetch", request,
                         timeout_s=max(0.1, deadline - time.monotonic()))
                 except errors.TidelogError as exc:
-                    if not exc.retriable:
-                        raise
-                    search.failed(exc)
-                    for tp in tps:
-                        metadata.mark_stale(tp.topic)
+                    search.failed(metadata, tps, exc)  # type: ignore[arg-type]
                     continue
                 search.answered(metadata, response, int(time.time() * 1000))
             if search.finished:

@@ -87,8 +87,19 @@ def test_lag_search_counts_records_not_control_offsets_and_retries_a_moved_leade
                         max_age_ms=60_000, retry_backoff_ms=10)
     a, b = TopicPartition("t", 0), TopicPartition("t", 1)
     search = LagSearch({a: 10, b: 3})
-    calls, leaderless = search.requests(lambda tp: "n1" if tp == a else None)
-    assert leaderless == [b] and search.stalled
+    from tidelog.client.metadata import _description_from
+
+    def learn(leader_of_b: int) -> None:  # a Metadata answer: a led by node 1, b by leader_of_b
+        metadata._learn(_description_from(broker_pb2.MetadataResponse(
+            nodes=[broker_pb2.NodeInfo(id=i, address=f"n{i}") for i in (1, 2)],
+            topics=[broker_pb2.TopicMetadata(name="t", partitions=[
+                broker_pb2.PartitionMetadata(partition=0, leader_id=1, replicas=[1, 2]),
+                broker_pb2.PartitionMetadata(partition=1, leader_id=leader_of_b,
+                                             replicas=[1, 2])])])))
+
+    learn(leader_of_b=-1)
+    calls = search.requests(metadata)
+    assert search.stalled
     assert [(leader, tps) for leader, tps, _ in calls] == [("n1", [a])]
     assert [(p.partition, p.offset) for p in calls[0][2].partitions] == [(0, 10)]
     response = broker_pb2.FetchResponse(partitions=[broker_pb2.FetchPartitionResult(
@@ -97,8 +108,9 @@ def test_lag_search_counts_records_not_control_offsets_and_retries_a_moved_leade
     search.answered(metadata, response, now_ms=10_000)
     assert search.out[a].lag == 3 and search.out[a].lag_seconds == 6.0
     assert not search.finished
-    calls, leaderless = search.requests(lambda tp: "n2")
-    assert not leaderless and not search.stalled
+    learn(leader_of_b=2)
+    calls = search.requests(metadata)
+    assert [(leader, tps) for leader, tps, _ in calls] == [("n2", [b])] and not search.stalled
     moved = broker_pb2.FetchResponse(partitions=[broker_pb2.FetchPartitionResult(
         topic="t", partition=1, error=broker_pb2.NOT_LEADER, high_watermark=-1)])
     search.answered(metadata, moved, now_ms=10_000)
