@@ -92,6 +92,11 @@ class NodeConfig:
     metrics_listen: str = ""
     # Named client listeners besides the default one (node/listeners.py), e.g. one per network.
     listeners: tuple[Listener, ...] = ()
+    # Snapshot the metadata state every this many applied metadata log entries and truncate the
+    # log below the previous snapshot (node/metadata_snapshot.py); 0 = never (TIDELOG_METADATA_
+    # SNAPSHOT_EVERY, read here so every way of building a node's config honours it).
+    metadata_snapshot_every: int = field(default_factory=lambda: int(
+        env_default("metadata_snapshot_every", "1000") or "1000"))
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -104,6 +109,8 @@ class NodeConfig:
         parse_address(self.advertise)
         if not 0 < self.heartbeat_ticks < self.election_ticks:
             raise ConfigError("heartbeat ticks must be >= 1 and below the election ticks")
+        if self.metadata_snapshot_every < 0:
+            raise ConfigError("TIDELOG_METADATA_SNAPSHOT_EVERY must be >= 0 (0: never)")
         if self.tick_ms < 10:
             raise ConfigError("--tick-ms must be at least 10")
         if self.batch_bytes_max < 1024:

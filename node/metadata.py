@@ -9,7 +9,7 @@ gets a precise answer, all replicas stay identical, and no record can stop a rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tidelog.node.errors import (
@@ -158,6 +158,13 @@ class MetadataState:
         except BrokerError as exc:  # handlers check everything before they change anything
             return _error_result(exc)
         raise AssertionError(f"no handler for {command!r}")
+
+    def restore(self, other: MetadataState) -> None:
+        """Become `other` (a loaded or received snapshot, node/metadata_snapshot.py) in place,
+        field by field in one synchronous step: whoever holds this object sees the old state or
+        the new one, never a mix."""
+        for f in fields(MetadataState):
+            setattr(self, f.name, getattr(other, f.name))
 
     def topic_by_id(self, topic_id: int) -> TopicInfo | None:
         return next((t for t in self.topics.values() if t.topic_id == topic_id), None)

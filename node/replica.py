@@ -20,7 +20,7 @@ import errno
 import functools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,6 +104,7 @@ class Replica:
         send: Callable[[str, Message], None],
         on_soft_state: Callable[[Replica], None] = lambda r: None,
         apply: Callable[[Replica, Entry], None] | None = None,
+        before_log_reset: Callable[[int, int], Awaitable[None]] | None = None,
         seed: int | None = None,
         fs: FileSystem = OS_FS,
         clock: Clock = SYSTEM_CLOCK,
@@ -111,7 +112,10 @@ class Replica:
         disk_full_retry_s: float = DISK_FULL_RETRY_S,
     ) -> None:
         """``fs``/``clock``: the seams the simulator replaces with its twins (tidelog.node.sim);
-        ``core_factory``: tests pass a RaftCore subclass with a planted bug."""
+        ``core_factory``: tests pass a RaftCore subclass with a planted bug;
+        ``before_log_reset(start, term)``: awaited before a log reset (INSTALL_LOG_START) is
+        recorded, so a state machine can first make durable the state of the entries the reset
+        drops (the metadata group fetches the leader's snapshot: node/metadata_service.py)."""
         self.group = group
         self.directory = directory
         self._fs = fs
@@ -147,6 +151,7 @@ class Replica:
         self._send = send
         self._on_soft_state = on_soft_state
         self._apply = apply
+        self._before_log_reset = before_log_reset
         self.producers = ProducerStateTable()
         self._producers_upto = -1  # producer table reflects the log up to this offset
         # Base offsets of the control batches (Raft NOOP, CONFIG; one offset each) in the log,
@@ -526,6 +531,8 @@ class Replica:
         is finished on restart (_finish_log_start)."""
         start = rd.reset_log_to
         assert start is not None
+        if self._before_log_reset is not None:
+            await self._before_log_reset(int(start.start), int(start.term))
         hs = rd.hard_state or self.core_hard_state()
         await self._write_state(
             term=int(hs.term), vote=hs.vote, membership=rd.membership or self._state.membership,

@@ -176,6 +176,9 @@ class ForwardedProposals(Protocol):
     async def serve_forwarded(
         self, request: cpb.ProposeMetadataRequest) -> cpb.ProposeMetadataResponse: ...
 
+    def snapshot_chunk(
+        self, request: cpb.MetadataSnapshotRequest) -> cpb.MetadataSnapshotChunk: ...
+
 
 class BrokerService(broker_pb2_grpc.BrokerServicer):
     def __init__(self, api: ClientApi, groups: GroupCoordinator) -> None:
@@ -296,3 +299,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     @_unary
     async def ProposeMetadata(self, request, context):  # noqa: N802
         return await self.proposals.serve_forwarded(request)
+
+    @_unary
+    async def FetchMetadataSnapshot(self, request, context):  # noqa: N802
+        return self.proposals.snapshot_chunk(request)

@@ -117,17 +117,23 @@ class ProposeMetadataResponse(_message.Message):
     def __init__(self, result: _Optional[bytes] = ..., leader_id: _Optional[int] = ..., not_leader: _Optional[bool] = ...) -> None: ...
 
 class MetadataSnapshotRequest(_message.Message):
-    __slots__ = ("min_index",)
+    __slots__ = ("min_index", "index", "offset")
     MIN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     min_index: int
-    def __init__(self, min_index: _Optional[int] = ...) -> None: ...
+    index: int
+    offset: int
+    def __init__(self, min_index: _Optional[int] = ..., index: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class MetadataSnapshotChunk(_message.Message):
-    __slots__ = ("data", "total_bytes", "index")
+    __slots__ = ("data", "total_bytes", "index", "offset")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     total_bytes: int
     index: int
-    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
+    offset: int
+    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., index: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...

@@ -44,7 +44,7 @@ class ClusterStub:
                 request_serializer=tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataRequest.SerializeToString,
                 response_deserializer=tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataResponse.FromString,
                 _registered_method=True)
-        self.FetchMetadataSnapshot = channel.unary_stream(
+        self.FetchMetadataSnapshot = channel.unary_unary(
                 '/tidelog.v1.Cluster/FetchMetadataSnapshot',
                 request_serializer=tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotRequest.SerializeToString,
                 response_deserializer=tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotChunk.FromString,
@@ -69,9 +69,11 @@ class ClusterServicer:
 
     def FetchMetadataSnapshot(self, request, context):
         """The metadata state machine's snapshot (node/metadata_snapshot.py), for a node whose
-        metadata log was reset to a leader's log start (or whose own snapshots are unusable):
-        the encoded snapshot in chunks, in order. FAILED_PRECONDITION when this node's applied
-        state is below min_index.
+        metadata log was reset to a leader's log start (or whose own snapshots are unusable), one
+        chunk per call: the first call (no index) encodes this node's applied state and names its
+        index; the next calls ask for the same index from an offset. Refused (LEADER_NOT_AVAILABLE,
+        retriable: ask another node) when this node's applied state is below min_index or it no
+        longer holds the named snapshot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,7 +92,7 @@ def add_ClusterServicer_to_server(servicer, server):
                     request_deserializer=tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataRequest.FromString,
                     response_serializer=tidelog_dot_proto_dot_cluster__pb2.ProposeMetadataResponse.SerializeToString,
             ),
-            'FetchMetadataSnapshot': grpc.unary_stream_rpc_method_handler(
+            'FetchMetadataSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.FetchMetadataSnapshot,
                     request_deserializer=tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotRequest.FromString,
                     response_serializer=tidelog_dot_proto_dot_cluster__pb2.MetadataSnapshotChunk.SerializeToString,
@@ -171,7 +173,7 @@ class Cluster:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
+        return grpc.experimental.unary_unary(
             request,
             target,
             '/tidelog.v1.Cluster/FetchMetadataSnapshot',
