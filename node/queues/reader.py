@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from tidelog.node import errors as E
@@ -34,7 +34,13 @@ from tidelog.node.storage import StorageError
 from tidelog.node.topics import partition_group
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import broker_pb2_grpc
-from tidelog.proto.batch import BatchError, Record, decode_records, iter_batches
+from tidelog.proto.batch import (
+    BatchError,
+    Record,
+    decode_records,
+    decode_records_with,
+    iter_batches,
+)
 
 __all__ = [
     "DELIVER_AT_HEADER",
@@ -327,13 +333,6 @@ def _read_local(replica: Replica, offset: int, max_bytes: int) -> ReadResult:
     return ReadResult(data, start, hw)
 
 
-def _header_value(record: Record, name: str) -> bytes | None:
-    for key, value in record.headers:
-        if key == name:
-            return value
-    return None
-
-
 def _deliver_at_ms(raw: bytes | None) -> int:
     """The header's ASCII decimal ms; anything else is ignored (delivered without delay)."""
     if not raw:
@@ -349,6 +348,10 @@ def decode_offered(data: bytes, from_offset: int) -> tuple[list[OfferedRecord], 
     """The records at or after `from_offset` in whole batches, as the core takes them, and the
     offset after the last position examined (control batches and compaction gaps included).
 
+    Each record is built as an OfferedRecord straight from the decoded fields
+    (`decode_records_with`, the same checks as decode_records): building a Record first, then
+    the OfferedRecord, was half the cost of a read (the coordinator decodes every record once).
+
     A batch that fails its checksum ends the decoding early (it is read again next time and
     the node's log reports the damage); records before it are offered."""
     records: list[OfferedRecord] = []
@@ -358,20 +361,32 @@ def decode_offered(data: bytes, from_offset: int) -> tuple[list[OfferedRecord], 
             if header.last_offset < from_offset:
                 continue
             if not header.is_control:
-                for record in decode_records(data[pos:pos + header.size]):
-                    if record.offset < from_offset:
-                        continue
-                    deliver_at = (_deliver_at_ms(_header_value(record, DELIVER_AT_HEADER))
-                                  if record.headers else 0)
-                    message_id = (_header_value(record, MESSAGE_ID_HEADER)
-                                  if record.headers else None)
-                    records.append(OfferedRecord(
-                        offset=record.offset, timestamp_ms=record.timestamp, key=record.key,
-                        deliver_at_ms=deliver_at, message_id=message_id))
+                _, batch = decode_records_with(data[pos:pos + header.size], _offered)
+                if header.base_offset < from_offset:
+                    batch = [r for r in batch if r.offset >= from_offset]
+                records += batch
             read_to = max(read_to, header.last_offset + 1)
     except BatchError as exc:
         log.warning("queue read stopped at a damaged batch after offset %d: %s", read_to, exc)
     return records, read_to
+
+
+def _offered(offset: int, timestamp: int, key: bytes | None, _value: bytes | None,
+             headers: tuple[tuple[str, bytes | None], ...]) -> OfferedRecord:
+    if not headers:
+        return OfferedRecord(offset, timestamp, key)
+    deliver_at = message_id = _ABSENT
+    for name, value in headers:   # the first one of each name counts
+        if name == DELIVER_AT_HEADER and deliver_at is _ABSENT:
+            deliver_at = value
+        elif name == MESSAGE_ID_HEADER and message_id is _ABSENT:
+            message_id = value
+    return OfferedRecord(offset, timestamp, key,
+                         0 if deliver_at is _ABSENT else _deliver_at_ms(deliver_at),
+                         None if message_id is _ABSENT else message_id)
+
+
+_ABSENT: Any = object()
 
 
 def find_record(data: bytes, offset: int) -> Record | None:

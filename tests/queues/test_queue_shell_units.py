@@ -58,6 +58,14 @@ def test_decode_offered_reads_the_deliver_at_and_message_id_headers() -> None:
     assert second.deliver_at_ms == 0, "a header that is not decimal ms is ignored"
 
 
+def test_decode_offered_takes_the_first_header_of_each_name() -> None:
+    data = batch(0, [b"x"], [("other", None), ("tidelog-message-id", b"m-1"),
+                             ("tidelog-deliver-at-ms", b"1700000005000"),
+                             ("tidelog-message-id", b"m-2"), ("tidelog-deliver-at-ms", b"9")])
+    ((record,), _) = decode_offered(data, 0)
+    assert (record.message_id, record.deliver_at_ms) == (b"m-1", 1_700_000_005_000)
+
+
 def test_only_control_batches_still_move_the_read_offset() -> None:
     assert decode_offered(control(7), 7) == ([], 8)
 
