@@ -38,7 +38,8 @@ from tidelog.client.errors import (
 )
 from tidelog.client.security import ClientSecurity
 from tidelog.node.local_cluster import LocalCluster
-from tidelog.node.security.certs import make_dev_certs
+
+from tests.clusters import dev_certs, running_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -50,21 +51,13 @@ ENV = {"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS"
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("aio") / "certs"
-    make_dev_certs(directory, [1, 2, 3], clients=["alice"])
-    return directory
+    return dev_certs(tmp_path_factory, "aio")
 
 
 @pytest.fixture(scope="module")
 def cluster(certs: Path) -> Iterator[LocalCluster]:
-    running = LocalCluster(3, certs.parent / "cluster", env=ENV, tls_dir=certs,
-                           tls_client_auth="required")
-    running.start()
-    try:
-        running.wait_healthy(timeout_s=60)
+    with running_cluster(certs.parent, ENV, tls_dir=certs, tls_client_auth="required") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ from tidelog.node.security.certs import issue_node, load_or_make_ca, make_dev_ce
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto import cluster_pb2_grpc
 
+from tests.clusters import dev_certs, running_cluster
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 ENV = {"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "2"}
@@ -36,21 +38,13 @@ ENV = {"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS"
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tls") / "certs"
-    make_dev_certs(directory, [1, 2, 3], clients=["alice"])
-    return directory
+    return dev_certs(tmp_path_factory, "tls")
 
 
 @pytest.fixture(scope="module")
 def cluster(certs: Path) -> Iterator[LocalCluster]:
-    running = LocalCluster(3, certs.parent / "cluster", env=ENV, tls_dir=certs,
-                           tls_client_auth="required")
-    running.start()
-    try:
-        running.wait_healthy(timeout_s=60)
+    with running_cluster(certs.parent, ENV, tls_dir=certs, tls_client_auth="required") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def alice(certs: Path, **changes: object) -> ClientSecurity:
