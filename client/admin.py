@@ -21,6 +21,7 @@ from tidelog.client.metadata import (
 )
 from tidelog.client.queue_admin import QueueAdmin
 from tidelog.client.quota_admin import QuotaAdmin
+from tidelog.client.reassignment_admin import ReassignmentAdmin
 from tidelog.client.records import TopicPartition
 from tidelog.client.routing import call_metadata_leader
 from tidelog.client.security import ClientSecurity
@@ -77,7 +78,7 @@ def leaders_ready(description: ClusterDescription, name: str, partitions: int) -
         p.leader_id >= 0 for p in topic.partitions)
 
 
-class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin):
+class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin, ReassignmentAdmin):
     """Manage a Tidelog cluster (queues: tidelog.client.queue_admin).
 
     >>> with Admin("127.0.0.1:9091") as admin:

@@ -42,6 +42,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.client.cli_produce",
     "tidelog.client.cli_consume",
     "tidelog.client.cli_topic",
+    "tidelog.client.cli_partition",  # tidelog partition reassign
     "tidelog.client.cli_group",
     "tidelog.client.cli_queue",
     "tidelog.chaos.cli",

@@ -30,6 +30,7 @@ from tidelog.node.metrics.produce import record_committed, record_produced
 from tidelog.node.produce_validation import ProduceLimits, validate_produce
 from tidelog.node.producer_state import Duplicate
 from tidelog.node.raft import NotLeader, ProposalDropped
+from tidelog.node.reassignment_api import ReassignmentApi
 from tidelog.node.replica import Replica, ReplicaLostLeadership
 from tidelog.node.replica_manager import LeaderHint
 from tidelog.node.storage import StorageError
@@ -79,6 +80,7 @@ class ClientApi:
         self.id = config.node_id
         self._metadata = metadata
         self._replicas = replicas
+        self.reassignments = ReassignmentApi(metadata=metadata, replicas=replicas)
 
     def address_for_client(self, node_id: int, fallback: str | None = None) -> str:
         """Node `node_id`'s address for the client of the current call: its address on the

@@ -33,8 +33,10 @@ from tidelog.node.metadata_commands import (
     AddNode,
     AllocateProducerId,
     AlterConfigs,
+    AlterPartitionReassignment,
     Command,
     CommandError,
+    CompletePartitionReassignment,
     CreateAcls,
     CreatePartitions,
     CreateTopic,
@@ -49,6 +51,12 @@ from tidelog.node.metadata_commands import (
     SetQuota,
     UpsertUser,
     decode_command,
+)
+from tidelog.node.reassignment_state import (
+    PartitionReassignment,
+    alter_reassignment,
+    complete_reassignment,
+    drop_reassignments,
 )
 from tidelog.node.security.acl import AclBinding
 from tidelog.node.security.quotas import QuotaEntity, QuotaKind
@@ -101,6 +109,8 @@ class MetadataState:
     #: SCRAM users (node/security): name → credential; never a password.
     users: dict[str, ScramCredential] = field(default_factory=dict)
     acls: set[AclBinding] = field(default_factory=set)  # node/security/acl.py
+    #: partition group → its reassignment in progress (node/reassignment_state.py)
+    reassignments: dict[str, PartitionReassignment] = field(default_factory=dict)
     #: admitted and decommissioned nodes with their state (node/membership_state.py); the
     #: initial --peers nodes are ACTIVE without an entry until decommissioned.
     members: dict[int, NodeMember] = field(default_factory=dict)
@@ -149,6 +159,10 @@ class MetadataState:
                     return _create_acls(self, command)
                 case DeleteAcls():
                     return _delete_acls(self, command)
+                case AlterPartitionReassignment():
+                    return alter_reassignment(self, command)
+                case CompletePartitionReassignment():
+                    return complete_reassignment(self, command)
                 case AddNode():
                     return apply_add_node(self, command)
                 case DecommissionNode():
@@ -209,6 +223,7 @@ class MetadataState:
         if topic is None:
             raise UnknownTopicError(f"topic {command.name!r} does not exist")
         self.deleted_topic_ids.add(topic.topic_id)
+        drop_reassignments(self, topic.topic_id)
         return {"topic_id": topic.topic_id}
 
     def _alter_configs(self, command: AlterConfigs) -> dict[str, Any]:

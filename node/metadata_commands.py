@@ -36,6 +36,7 @@ INT32_MAX = 2**31 - 1
 PRODUCER_ID_MAX = 2**63 - 1
 EPOCH_MAX = 2**15 - 1
 TRANSACTIONAL_ID_CHARS_MAX = 1024
+THROTTLE_BYTES_PER_S_MAX = 2**40  # node/reassignment_state.py
 
 
 class CommandError(ValueError):
@@ -133,6 +134,29 @@ class InitProducer:
     transactional_id: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlterPartitionReassignment:
+    """Move a partition's replicas to `target` (first = preferred leader), or with `cancel` back
+    to the replicas it had when its reassignment began (node/reassignment_state.py). The
+    partition's leader then changes its Raft group one server at a time."""
+
+    topic: str
+    partition: int
+    target: tuple[int, ...] = ()  # empty with cancel
+    cancel: bool = False
+    throttle_bytes_per_s: int = 0  # catch-up bytes/s per learner; 0: unthrottled
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletePartitionReassignment:
+    """Proposed by the partition's leader once the group's committed membership is `target`:
+    the replica list becomes `target` (refused if the reassignment's target is another)."""
+
+    topic_id: int
+    partition: int
+    target: tuple[int, ...]
+
+
 # -- users and ACLs (node/security; docs/security.md) ------------------------------------------
 
 USER_NAME_CHARS_MAX = 128
@@ -192,8 +216,12 @@ class RemoveQuota:
 Command = (RegisterNode | CreateTopic | DeleteTopic | AlterConfigs | AllocateProducerId
            | CreatePartitions | InitProducer | SetQuota | RemoveQuota | UpsertUser | DeleteUser
            | CreateAcls | DeleteAcls | AddNode | DecommissionNode | RemoveNode)
+# Partition reassignment (node/reassignment_state.py), kept on a line of its own:
+Command = Command | AlterPartitionReassignment | CompletePartitionReassignment
 
 _OPS: dict[type, str] = {
+    AlterPartitionReassignment: "alter_partition_reassignment",
+    CompletePartitionReassignment: "complete_partition_reassignment",
     RegisterNode: "register_node",
     CreateTopic: "create_topic",
     DeleteTopic: "delete_topic",
@@ -240,6 +268,13 @@ def encode_command(command: Command) -> bytes:
                         validate_only=command.validate_only)
             if command.node_ids is not None:
                 body["node_ids"] = list(command.node_ids)
+        case AlterPartitionReassignment():
+            body.update(topic=command.topic, partition=command.partition,
+                        target=list(command.target), cancel=command.cancel,
+                        throttle_bytes_per_s=command.throttle_bytes_per_s)
+        case CompletePartitionReassignment():
+            body.update(topic_id=command.topic_id, partition=command.partition,
+                        target=list(command.target))
         case AllocateProducerId():
             pass
         case InitProducer():
@@ -315,6 +350,24 @@ def decode_command(data: bytes) -> Command:
                 total=fields.integer("total", -INT32_MAX, INT32_MAX),
                 node_ids=tuple(node_ids) if node_ids is not None else None,
                 validate_only=fields.boolean("validate_only"))
+        case "alter_partition_reassignment":
+            command = AlterPartitionReassignment(
+                topic=fields.string("topic", NAME_CHARS_MAX),
+                partition=fields.integer("partition", 0, INT32_MAX),
+                target=tuple(fields.int_list("target", 1, NODE_ID_MAX, NODE_IDS_MAX) or ()),
+                cancel=fields.boolean("cancel"),
+                throttle_bytes_per_s=fields.integer("throttle_bytes_per_s", 0,
+                                                    THROTTLE_BYTES_PER_S_MAX))
+            if command.cancel == bool(command.target):
+                raise CommandError("alter_partition_reassignment needs a target, or cancel "
+                                   "without one")
+        case "complete_partition_reassignment":
+            command = CompletePartitionReassignment(
+                topic_id=fields.integer("topic_id", 1, INT32_MAX),
+                partition=fields.integer("partition", 0, INT32_MAX),
+                target=tuple(fields.int_list("target", 1, NODE_ID_MAX, NODE_IDS_MAX) or ()))
+            if not command.target:
+                raise CommandError("complete_partition_reassignment needs a target")
         case "allocate_producer_id":
             command = AllocateProducerId()
         case "init_producer":

@@ -22,17 +22,21 @@ from typing import Protocol
 
 from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
+from tidelog.node.learner_throttle import LearnerThrottle
 from tidelog.node.log_events import CatchUpWatch, group_label
 from tidelog.node.metadata import MetadataState, TopicInfo
 from tidelog.node.metadata_service import METADATA_GROUP
 from tidelog.node.metrics.raft import RaftObserver
-from tidelog.node.raft import Message, NodeId, RemoteProtocolError
+from tidelog.node.raft import Message, NodeId, RaftConfig, RemoteProtocolError
 from tidelog.node.raft_validation import MalformedRaftMessage, decode_raft_message
 from tidelog.node.raft_wire import to_wire
+from tidelog.node.reassignment import learner_rate
+from tidelog.node.reassignment_state import nodes_running, preferred_leader
 from tidelog.node.replica import Replica
 from tidelog.node.replica_configs import log_config, raft_config
 from tidelog.node.security.keyring import with_at_rest_encryption
 from tidelog.node.storage import StorageError
+from tidelog.node.storage.dirs import remove_directory
 from tidelog.node.topics import partition_group
 from tidelog.node.transport import Transport
 from tidelog.proto import cluster_pb2 as cpb
@@ -81,6 +85,10 @@ class ReplicaManager:
         self._delete_tasks: set[asyncio.Task[None]] = set()
         self.catch_up = CatchUpWatch(config.tick_ms)  # "replica ... caught up" log lines
         self.raft_metrics = RaftObserver()  # elections, leader changes, append round trips
+        # Catch-up of reassignment learners, paced (node/learner_throttle.py).
+        self.learner_throttle = LearnerThrottle(
+            self._send_now, lambda group, node: learner_rate(
+                self.state, self.partitions.get(group), node))
 
     # ------------------------------------------------------------------ queries
 
@@ -148,6 +156,7 @@ class ReplicaManager:
         self.reconcile()
 
     async def close(self) -> None:
+        self.learner_throttle.close()
         await self.transport.close()
         if self._delete_tasks:
             await asyncio.gather(*self._delete_tasks, return_exceptions=True)
@@ -163,21 +172,26 @@ class ReplicaManager:
                 asyncio.get_running_loop().call_soon(self.reconcile)
 
     def reconcile(self) -> None:
-        """Start replicas the metadata assigns here; delete only those of deleted topics."""
+        """Start replicas the metadata assigns here (a reassignment's target included);
+        delete those of deleted topics and those moved away (node/reassignment_state.py)."""
         self._reconcile_pending = False
         wanted: dict[str, tuple[TopicInfo, int]] = {}
+        kept: set[str] = set()  # may keep its replica: still involved in a reassignment
         for topic in self.state.topics.values():
             for partition, replicas in enumerate(topic.replicas):
-                if self.id in replicas:
+                run, keep = nodes_running(self.state, topic.topic_id, partition, replicas)
+                if self.id in run:
                     wanted[partition_group(topic.topic_id, partition)] = (topic, partition)
+                if self.id in keep:
+                    kept.add(partition_group(topic.topic_id, partition))
         for group, (topic, partition) in wanted.items():
             if group not in self.partitions:
                 self._start_partition(topic, partition)
         for group in list(self.partitions):
-            if group in wanted:
+            if group in wanted or group in kept:
                 continue
             topic_id = int(group.split("/")[0])
-            if topic_id in self.state.deleted_topic_ids:
+            if topic_id in self.state.deleted_topic_ids or self.topic_of(group) is not None:
                 replica = self.partitions.pop(group)
                 self._deleting.add(replica.directory.name)
                 task = asyncio.get_running_loop().create_task(
@@ -200,11 +214,28 @@ class ReplicaManager:
             if topic_id is not None and topic_id in self.state.deleted_topic_ids:
                 shutil.rmtree(entry, ignore_errors=True)
                 log.info("deleted %s: its topic was deleted while this node was away", entry.name)
+            elif self._moved_away(entry.name):
+                remove_directory(entry)
+                log.info("deleted %s: its partition moved to other nodes while this node was "
+                         "away", entry.name)
             elif ((topic_id is None or topic_id < self.state.next_topic_id)
                   and entry.name not in self._reported_dirs):
                 self._reported_dirs.add(entry.name)
                 log.warning("quarantined %s: no topic in the committed metadata accounts for "
                             "it; left on disk untouched for an operator", entry.name)
+
+    def _moved_away(self, name: str) -> bool:
+        """A replica directory of a live partition that no longer involves this node."""
+        stem, _, suffix = name.rpartition(".")
+        _, _, partition = stem.rpartition("-")
+        topic = self.state.topic_by_id(int(suffix)) if suffix.isdigit() else None
+        if topic is None or not partition.isdigit() or int(partition) >= topic.partitions:
+            return False
+        if self._partition_dir(topic, int(partition)).name != name:
+            return False
+        _, keep = nodes_running(self.state, topic.topic_id, int(partition),
+                                topic.replicas[int(partition)])
+        return self.id not in keep
 
     def _partition_dir(self, topic: TopicInfo, partition: int) -> Path:
         return self.data_dir / "partitions" / f"{topic.name}-{partition}.{topic.topic_id}"
@@ -216,7 +247,7 @@ class ReplicaManager:
                 group=group, directory=self._partition_dir(topic, partition),
                 log_config=with_at_rest_encryption(log_config(self.config, topic.configs),
                                                    self.config.security.encryption_keyring),
-                raft_config=raft_config(self.config, topic.replicas[partition]),
+                raft_config=self._replica_raft_config(topic, partition),
                 committer=self._committer, send=self.send_raft,
                 on_soft_state=self.on_soft_state,
             )
@@ -229,12 +260,26 @@ class ReplicaManager:
         log.info("started replica of %s-%d (group %s, replicas %s)",
                  topic.name, partition, group, topic.replicas[partition])
 
+    def _replica_raft_config(self, topic: TopicInfo, partition: int) -> RaftConfig:
+        """A replica of the replica list starts as one of its voters. A node only in a
+        reassignment's target starts as a LEARNER (it must not vote or campaign until the
+        leader promotes it); it learns the real membership from the CONFIG entries it is
+        sent, and until then accepts Raft messages from every node of the list or the
+        target (the leader may be either)."""
+        replicas = topic.replicas[partition]
+        if self.id in replicas:
+            return raft_config(self.config, replicas)
+        r = self.state.reassignments.get(partition_group(topic.topic_id, partition))
+        others = [n for n in [*replicas, *(r.target if r else ())] if n != self.id]
+        return raft_config(self.config, list(dict.fromkeys(others)), [self.id])
+
     async def _delete_replica(self, replica: Replica) -> None:
         try:
             await replica.close()
             await asyncio.get_running_loop().run_in_executor(
-                None, shutil.rmtree, replica.directory, True)
-            log.info("deleted replica %s (its topic was deleted)", replica.directory.name)
+                None, remove_directory, replica.directory)  # durably: fsync the parent
+            log.info("deleted replica %s (its topic was deleted or the partition moved away)",
+                     replica.directory.name)
         except (OSError, StorageError) as exc:  # a failed fsync at close is a StorageError
             log.error("could not delete replica %s: %s; left on disk", replica.directory, exc)
         finally:
@@ -245,6 +290,9 @@ class ReplicaManager:
     # ------------------------------------------------------------------ raft plumbing
 
     def send_raft(self, group: str, message: Message) -> None:
+        self.learner_throttle.send(group, message)
+
+    def _send_now(self, group: str, message: Message) -> None:
         self.raft_metrics.sent(group, message)
         self.transport.send(message.to, to_wire(group, message))
 
@@ -361,7 +409,9 @@ class ReplicaManager:
             await asyncio.sleep(self.config.leader_balance_interval_ms / 1000)
             for group, replica in list(self.partitions.items()):
                 topic = self.topic_of(group)
-                preferred = topic.replicas[int(group.split("/")[1])][0] if topic else None
+                partition = int(group.split("/")[1])
+                preferred = preferred_leader(self.state, topic.topic_id, partition,
+                                             topic.replicas[partition]) if topic else None
                 if (preferred is None or preferred == self.id or not replica.is_leader
                         or replica.core.lead_transferee is not None):
                     continue

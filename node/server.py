@@ -44,6 +44,7 @@ from tidelog.node.metrics.exporter import MetricsExporter
 from tidelog.node.queues.coordinator import QueueCoordinator
 from tidelog.node.queues.host import NodeQueueHost
 from tidelog.node.queues.service import QueuesService
+from tidelog.node.reassignment import ReassignmentDriver
 from tidelog.node.replica import Replica
 from tidelog.node.replica_manager import ReplicaManager
 from tidelog.node.retention import run_retention
@@ -83,6 +84,8 @@ class Node:
         self.replicas = ReplicaManager(config, data_dir=self.data_dir, committer=committer,
                                        metadata=self.metadata, on_soft_state=self._on_soft_state)
         self.api = ClientApi(config, metadata=self.metadata, replicas=self.replicas)
+        # Leaders move their partitions' groups to reassignment targets.
+        self.reassignments = ReassignmentDriver(self.replicas, self.metadata.propose)
         self.groups = GroupCoordinator(_GroupsHost(self.metadata, self.replicas, config))
         self.queues = QueueCoordinator(
             NodeQueueHost(self.metadata, self.replicas, self.api, config))
@@ -149,6 +152,7 @@ class Node:
             loop.create_task(self.metadata.register_loop(), name="register"),
             loop.create_task(self.replicas.announce_loop(), name="announce"),
             loop.create_task(self.replicas.balance_loop(), name="balance"),
+            loop.create_task(self.reassignments.run(), name="reassignments"),
             loop.create_task(self.groups.run(), name="groups"),
             loop.create_task(self.queues.run(), name="queues"),
             loop.create_task(run_cleaner(self.replicas), name="cleaner"),

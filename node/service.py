@@ -258,6 +258,16 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
     async def DeleteGroups(self, request, context):  # noqa: N802
         return await self.groups.delete_groups(request)
 
+    # -- partition reassignment: node/reassignment_api.py
+
+    @_unary
+    async def AlterPartitionReassignments(self, request, context):  # noqa: N802
+        return await self.api.reassignments.alter(request)
+
+    @_unary
+    async def ListPartitionReassignments(self, request, context):  # noqa: N802
+        return self.api.reassignments.list(request)
+
 
 class ClusterService(cluster_pb2_grpc.ClusterServicer):
     def __init__(self, inbox: RaftInbox, proposals: ForwardedProposals) -> None:

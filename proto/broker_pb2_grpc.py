@@ -119,6 +119,16 @@ class BrokerStub:
                 request_serializer=tidelog_dot_proto_dot_broker__pb2.DeleteGroupsRequest.SerializeToString,
                 response_deserializer=tidelog_dot_proto_dot_broker__pb2.DeleteGroupsResponse.FromString,
                 _registered_method=True)
+        self.AlterPartitionReassignments = channel.unary_unary(
+                '/tidelog.v1.Broker/AlterPartitionReassignments',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.AlterPartitionReassignmentsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.AlterPartitionReassignmentsResponse.FromString,
+                _registered_method=True)
+        self.ListPartitionReassignments = channel.unary_unary(
+                '/tidelog.v1.Broker/ListPartitionReassignments',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.ListPartitionReassignmentsRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.ListPartitionReassignmentsResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -238,6 +248,24 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AlterPartitionReassignments(self, request, context):
+        """Partition reassignment (docs/operations.md "Reassignment"): set (or cancel) partitions'
+        target replica lists; each partition's leader then moves its Raft group there one server at
+        a time (a new replica joins as a learner, catches up under the throttle, is promoted; the
+        old ones are removed). Answers once the targets are committed, not when the moves end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPartitionReassignments(self, request, context):
+        """The reassignments in progress; a node adds the live progress of those it leads (a client
+        asks every node and keeps the leader's answer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +353,16 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.DeleteGroups,
                     request_deserializer=tidelog_dot_proto_dot_broker__pb2.DeleteGroupsRequest.FromString,
                     response_serializer=tidelog_dot_proto_dot_broker__pb2.DeleteGroupsResponse.SerializeToString,
+            ),
+            'AlterPartitionReassignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterPartitionReassignments,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.AlterPartitionReassignmentsRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.AlterPartitionReassignmentsResponse.SerializeToString,
+            ),
+            'ListPartitionReassignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPartitionReassignments,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.ListPartitionReassignmentsRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.ListPartitionReassignmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -786,6 +824,60 @@ class Broker:
             '/tidelog.v1.Broker/DeleteGroups',
             tidelog_dot_proto_dot_broker__pb2.DeleteGroupsRequest.SerializeToString,
             tidelog_dot_proto_dot_broker__pb2.DeleteGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterPartitionReassignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/AlterPartitionReassignments',
+            tidelog_dot_proto_dot_broker__pb2.AlterPartitionReassignmentsRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.AlterPartitionReassignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPartitionReassignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/ListPartitionReassignments',
+            tidelog_dot_proto_dot_broker__pb2.ListPartitionReassignmentsRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.ListPartitionReassignmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

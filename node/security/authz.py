@@ -127,6 +127,9 @@ REQUIREMENTS: dict[str, Requirement] = {
     "/tidelog.v1.Broker/ListGroups": _none,  # the answer is filtered (DESCRIBE per group)
     "/tidelog.v1.Broker/DescribeGroups": _on(G, DE, lambda r: r.group_ids),
     "/tidelog.v1.Broker/DeleteGroups": _on(G, D, lambda r: r.group_ids),
+    # moving replicas alters the cluster; listing the moves describes it
+    "/tidelog.v1.Broker/AlterPartitionReassignments": _cluster(A),
+    "/tidelog.v1.Broker/ListPartitionReassignments": _cluster(DE),
     # Queues
     # creating a queue starts with finding its coordinator: CREATE is enough for that too
     "/tidelog.v1.Queues/FindQueueCoordinator": lambda r, p, s: [(
