@@ -56,7 +56,7 @@ def commands() -> list[mc.Command]:
                        configs=(("retention.ms", "60000"),)),
         mc.CreateTopic(name="gone", partitions=1, replication_factor=1),
         mc.DeleteTopic(name="gone"),
-        mc.AlterConfigs(name="orders", set=(("segment.bytes", "1048576"),),
+        mc.AlterConfigs(name="orders", set=(("retention.bytes", "1000000"),),
                         delete=("retention.ms",)),
         mc.CreatePartitions(name="orders", total=5),
         mc.AllocateProducerId(),
@@ -73,7 +73,11 @@ def commands() -> list[mc.Command]:
         mc.DeleteUser(name="bob"),
         mc.CreateAcls(acls=(_acl("User:alice", "orders"), _acl("User:bob", "orders"))),
         mc.DeleteAcls(acls=(_acl("User:bob", "orders"),)),
-        mc.CreateTopic(name="bad name", partitions=1, replication_factor=1),  # a refused one
+        mc.AlterPartitionReassignment(topic="orders", partition=0, target=(3, 1),
+                                      throttle_bytes_per_s=1000),
+        mc.AlterPartitionReassignment(topic="orders", partition=1, target=(2, 3, 1)),
+        mc.CompletePartitionReassignment(topic_id=1, partition=1, target=(2, 3, 1)),
+        mc.CreateTopic(name="bad name", partitions=1, replication_factor=1),  # refused
     ]
 
 
@@ -93,6 +97,13 @@ def test_every_command_kind_is_exercised() -> None:
     missing = kinds - {type(c) for c in commands()}
     names = sorted(k.__name__ for k in missing)
     assert not missing, f"add a command of each kind to commands(): {names}"
+
+
+def test_every_command_but_the_refused_one_takes_effect() -> None:
+    state, cmds = MetadataState(), commands()
+    errors = [(c, r) for i, c in enumerate(cmds)
+              if "error" in (r := state.apply_encoded(i, mc.encode_command(c)))]
+    assert [c for c, _ in errors] == [cmds[-1]], errors
 
 
 def test_every_state_field_is_away_from_its_default() -> None:
@@ -130,7 +141,7 @@ def test_restore_replaces_the_state_in_place() -> None:
 
 
 def _valid() -> bytes:
-    return encode_snapshot(MetadataSnapshot(index=20, term=2, state=replay(commands())))
+    return encode_snapshot(MetadataSnapshot(index=50, term=2, state=replay(commands())))
 
 
 @pytest.mark.parametrize(("damage", "says"), [
@@ -177,10 +188,10 @@ def test_load_falls_back_to_the_older_snapshot_when_the_newest_is_damaged(tmp_pa
                                                                          caplog) -> None:
     old, new = replay(commands()[:5]), replay(commands())
     write_snapshot_file(tmp_path, encode_snapshot(MetadataSnapshot(index=4, term=1, state=old)), 4)
-    write_snapshot_file(tmp_path, encode_snapshot(MetadataSnapshot(index=20, term=1, state=new)),
-                        20)
+    write_snapshot_file(tmp_path, encode_snapshot(MetadataSnapshot(index=50, term=1, state=new)),
+                        50)
     assert load_newest(tmp_path, covers=3).state == new
-    path = snapshot_path(tmp_path, 20)
+    path = snapshot_path(tmp_path, 50)
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x10
     path.write_bytes(bytes(data))
@@ -247,7 +258,7 @@ def test_power_loss_during_a_snapshot_write_leaves_the_old_or_the_new_one() -> N
     one, whole; and once the write returned, the new one survives."""
     old, new = replay(commands()[:6]), replay(commands())
     old_data = encode_snapshot(MetadataSnapshot(index=5, term=1, state=old))
-    new_data = encode_snapshot(MetadataSnapshot(index=20, term=2, state=new))
+    new_data = encode_snapshot(MetadataSnapshot(index=50, term=2, state=new))
     directory = Path("/data/metadata")
     seen = set()
     for seed in range(8):
@@ -261,7 +272,7 @@ def test_power_loss_during_a_snapshot_write_leaves_the_old_or_the_new_one() -> N
             fs.armed = step
             finished = cut = False
             try:
-                write_snapshot_file(directory, new_data, 20, fs=fs)
+                write_snapshot_file(directory, new_data, 50, fs=fs)
                 finished = True
                 prune_snapshots(directory, fs=fs, keep=1)
             except _PowerCut:
@@ -270,11 +281,11 @@ def test_power_loss_during_a_snapshot_write_leaves_the_old_or_the_new_one() -> N
             fs.power_loss(random.Random(seed * 1000 + step))
             loaded = load_newest(directory, covers=5, fs=fs)
             assert loaded is not None, f"seed {seed} step {step}: no snapshot survived"
-            assert (loaded.index, loaded.state) in ((5, old), (20, new)), (seed, step)
+            assert (loaded.index, loaded.state) in ((5, old), (50, new)), (seed, step)
             if finished:
-                assert loaded.index == 20, f"seed {seed} step {step}: a written snapshot was lost"
+                assert loaded.index == 50, f"seed {seed} step {step}: a written snapshot was lost"
             seen.add(loaded.index)
             if not cut:  # the whole sequence ran: every step has been cut once
                 break
             step += 1
-    assert seen == {5, 20}
+    assert seen == {5, 50}
