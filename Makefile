@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # tests/conftest.py says why. `make test PYTEST_ARGS=` runs everything in one process.
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: help venv run test lint proto bench sim-soak chaos-full clean
+.PHONY: help venv run test lint proto bench bench-peers sim-soak chaos-full clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench: $(STAMP)  ## run every benchmark script and print its figures (no asserti
 	$(PY) benchmarks/raft_bench.py
 	$(PY) benchmarks/client_bench.py
 	$(PY) benchmarks/e2e_bench.py
+
+bench-peers: $(STAMP)  ## Tidelog vs NATS JetStream R3 and a RabbitMQ quorum queue, one table (BENCH_PEERS_ARGS=--quick)
+	$(PY) benchmarks/bench_peers.py $(BENCH_PEERS_ARGS)
 
 sim-soak: $(STAMP)  ## long Raft simulator soak (100,000 seeds)
 	$(VENV)/bin/tidelog sim --seeds 100000 --jobs 2
