@@ -9,8 +9,10 @@ the reply on a queue and wake the thread, so no state is shared with gRPC's thre
    partitions that need the new id, never replies or the partitions that still have one;
 3. refresh metadata for topics found stale (NOT_LEADER, unreachable node, age), also on a helper
    thread (one at a time): sends go on with the cached leaders meanwhile;
-4. for each partition with a retry or a ready batch whose leader is known: send what the delivery
-   rules allow (retries first, then new batches, up to max_in_flight per partition);
+4. for each partition with a retry or a ready batch whose leader is known: take what the delivery
+   rules allow (retries first, then new batches, up to max_in_flight per partition), then send
+   them as one request per leader (ProduceMany: at most one batch per partition per request, up
+   to request_bytes_max; a lone batch, or a node without ProduceMany, gets a plain Produce);
 5. expire batches past delivery_timeout_ms;
 6. sleep until the next linger deadline, backoff end, reply, or new batch (at most 100 ms).
 """
@@ -36,8 +38,8 @@ from tidelog.client.records import TopicPartition
 from tidelog.client.throttle import ThrottleTracker
 
 __all__ = ["Sender", "attempt_failed", "batches_to_send", "encode_for_send",
-           "expired_failures", "fail_batch", "fail_everything", "produce_request",
-           "retry_wake"]
+           "expired_failures", "fail_batch", "fail_everything", "many_outcomes",
+           "produce_many_request", "produce_request", "request_groups", "retry_wake"]
 
 _log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.1
@@ -121,6 +123,73 @@ def produce_request(batch: ProducerBatch, acks: int, request_timeout_ms: int,
     ), timeout_ms
 
 
+def request_groups(batches: list[ProducerBatch], request_bytes_max: int
+                   ) -> list[list[ProducerBatch]]:
+    """`batches` (all for one leader, in the order taken) cut into requests: a request holds at
+    most one batch per partition (a partition's batches stay in order: the k-th of a partition
+    goes in the k-th request that has it) and, past its first batch, no more than
+    request_bytes_max of batch bytes."""
+    groups: list[list[ProducerBatch]] = []
+    sizes: list[int] = []
+    last: dict[TopicPartition, int] = {}  # the request the partition's previous batch went in
+    for batch in batches:
+        size = len(batch.encoded or b"")
+        i = last.get(batch.tp, -1) + 1
+        while i < len(groups) and sizes[i] + size > request_bytes_max:
+            i += 1
+        if i == len(groups):
+            groups.append([])
+            sizes.append(0)
+        groups[i].append(batch)
+        sizes[i] += size
+        last[batch.tp] = i
+    return groups
+
+
+def produce_many_request(batches: list[ProducerBatch], acks: int, request_timeout_ms: int,
+                         now: float) -> tuple[Any, int]:
+    """The ProduceManyRequest for encoded batches of distinct partitions, and its timeout in ms
+    (as produce_request's, for the batch with the nearest delivery deadline)."""
+    from tidelog.proto import broker_pb2
+
+    remaining_s = min(batch.deadline_s for batch in batches) - now
+    timeout_ms = max(1, int(min(request_timeout_ms, remaining_s * 1000)))
+    return broker_pb2.ProduceManyRequest(
+        acks=acks, timeout_ms=timeout_ms,
+        partitions=[broker_pb2.ProducePartitionData(
+            topic=b.tp.topic, partition=b.tp.partition, batches=b.encoded) for b in batches],
+    ), timeout_ms
+
+
+def many_outcomes(batches: list[ProducerBatch], response: Any
+                  ) -> list[tuple[ProducerBatch, Any, errors.TidelogError | None]]:
+    """Each batch of a ProduceMany with its ProduceResponse (written) or its error. Checked
+    against the request: a result missing or for another partition is a retriable error (an
+    idempotent retry of a batch that was written is answered as a duplicate)."""
+    results = list(response.results)
+    out: list[tuple[ProducerBatch, Any, errors.TidelogError | None]] = []
+    for i, batch in enumerate(batches):
+        result = results[i] if i < len(results) else None
+        if result is None or (result.topic, result.partition) != (batch.tp.topic,
+                                                                  batch.tp.partition):
+            error = errors.UnknownError(
+                f"{batch.tp}: the ProduceMany answer has no result for this partition at "
+                f"position {i} ({len(results)} results for {len(batches)} partitions)")
+            error.retriable = True
+            out.append((batch, None, error))
+        elif result.error.code == 0:
+            out.append((batch, result.response, None))
+        else:
+            detail = result.error
+            error = errors.from_code(detail.code, result.error_message, subject=str(batch.tp),
+                                     leader_id=detail.leader_id,
+                                     leader_address=detail.leader_address)
+            if detail.retriable:
+                error.retriable = True
+            out.append((batch, None, error))
+    return out
+
+
 def attempt_failed(delivery: DeliveryState, metadata: Any, batch: ProducerBatch,
                    error: errors.TidelogError, now: float) -> list[Failure]:
     """A Produce attempt failed: a leadership error marks the partition stale (NOT_LEADER's
@@ -193,7 +262,8 @@ class Sender(threading.Thread):
             retries=config.retries, retry_backoff_ms=config.retry_backoff_ms,
             retry_backoff_ms_max=config.retry_backoff_ms_max,
         )
-        self._replies: queue.SimpleQueue[tuple[ProducerBatch, str, grpc.Future]] = (
+        #: (the request's batches, leader, its future, "Produce" | "ProduceMany")
+        self._replies: queue.SimpleQueue[tuple[list[ProducerBatch], str, grpc.Future, str]] = (
             queue.SimpleQueue())
         self._wakeup = threading.Event()
         self._stopping = False  # finish what is queued, then exit
@@ -209,6 +279,8 @@ class Sender(threading.Thread):
         self._codec = None
         self._acks = None
         self._inflight_futures: set[grpc.Future] = set()
+        #: leaders that answered ProduceMany with UNIMPLEMENTED (older nodes): Produce only
+        self._no_produce_many: set[str] = set()
         #: counters for benchmarks and tests
         self.requests_sent = 0
         self.retries_sent = 0
@@ -281,8 +353,12 @@ class Sender(threading.Thread):
         next_wake = next_linger
         self._throttled_until = None
         if not self._forced:
+            taken: dict[str, list[ProducerBatch]] = {}
             for tp in dict.fromkeys([*with_retries, *ready]):
-                self._send_partition(tp, now)
+                self._take_partition(tp, now, taken)
+            for leader, batches in taken.items():
+                for group in request_groups(batches, self._config.request_bytes_max):
+                    self._send(group, leader)
         self._fail_all(expired_failures(self._accumulator, self.delivery,
                                         self._config.delivery_timeout_ms, now))
         if self._throttled_until is not None:
@@ -293,7 +369,9 @@ class Sender(threading.Thread):
             return _IDLE_WAIT_S
         return max(0.0, min(_IDLE_WAIT_S, next_wake - self._clock()))
 
-    def _send_partition(self, tp: TopicPartition, now: float) -> None:
+    def _take_partition(self, tp: TopicPartition, now: float,
+                        taken: dict[str, list[ProducerBatch]]) -> None:
+        """Add what tp may send now to its leader's list in `taken` (each marked sent)."""
         leader = self._metadata.leader_address(tp.topic, tp.partition)
         if leader is None:
             self._metadata.mark_stale(tp.topic)
@@ -306,26 +384,39 @@ class Sender(threading.Thread):
                                             self._codec, self._config.request_bytes_max,
                                             self._fail_all):
             self.retries_sent += retry
-            self._send(batch, leader)
+            self.delivery.sent(batch)  # before the next one is taken (in-flight window)
+            taken.setdefault(leader, []).append(batch)
 
-    def _send(self, batch: ProducerBatch, leader: str) -> None:
-        request, timeout_ms = produce_request(batch, self._acks, self._config.request_timeout_ms,
-                                              self._clock())
-        self.delivery.sent(batch)
+    def _send(self, batches: list[ProducerBatch], leader: str) -> None:
+        """One request: Produce for a lone batch (or a node without ProduceMany), else
+        ProduceMany. The batches are already marked sent."""
+        if len(batches) == 1 or leader in self._no_produce_many:
+            for batch in batches:
+                request, timeout_ms = produce_request(
+                    batch, self._acks, self._config.request_timeout_ms, self._clock())
+                self._call(leader, "Produce", request, timeout_ms, [batch])
+            return
+        request, timeout_ms = produce_many_request(batches, self._acks,
+                                                   self._config.request_timeout_ms, self._clock())
+        self._call(leader, "ProduceMany", request, timeout_ms, batches)
+
+    def _call(self, leader: str, method: str, request: Any, timeout_ms: int,
+              batches: list[ProducerBatch]) -> None:
         self.requests_sent += 1
         sent_at = self._clock()
         try:
             future = self._connections.call_async(
-                leader, "Produce", request, timeout_s=timeout_ms / 1000 + _DEADLINE_MARGIN_S)
+                leader, method, request, timeout_s=timeout_ms / 1000 + _DEADLINE_MARGIN_S)
         except errors.TidelogError as exc:  # closed pool
-            self._fail_all(self.delivery.failed(batch, exc, self._clock()))
+            for batch in batches:
+                self._fail_all(self.delivery.failed(batch, exc, self._clock()))
             return
         self._inflight_futures.add(future)
-        self.counters.request_sent(batch.record_count)
+        self.counters.request_sent(sum(b.record_count for b in batches))
 
-        def done(f: grpc.Future, batch: ProducerBatch = batch, leader: str = leader) -> None:
+        def done(f: grpc.Future) -> None:
             self.counters.latency.observe(self._clock() - sent_at)
-            self._replies.put((batch, leader, f))
+            self._replies.put((batches, leader, f, method))
             self._wakeup.set()
 
         future.add_done_callback(done)
@@ -335,29 +426,49 @@ class Sender(threading.Thread):
     def _handle_replies(self) -> None:
         while True:
             try:
-                batch, leader, future = self._replies.get_nowait()
+                batches, leader, future, method = self._replies.get_nowait()
             except queue.Empty:
                 return
             self._inflight_futures.discard(future)
+            records = sum(b.record_count for b in batches)
             try:
                 response = future.result()
             except grpc.FutureCancelledError:
                 error: errors.TidelogError = errors.ClientClosed(
-                    f"{batch.tp}: request cancelled by close(); the batch may or may not "
-                    "have been written")
-                self.counters.request_answered(batch.record_count, error)
-                self._fail_all(self.delivery.failed(batch, error, float("inf")))
+                    "request cancelled by close(); the batch may or may not have been written")
+                self.counters.request_answered(records, error)
+                for batch in batches:
+                    self._fail_all(self.delivery.failed(batch, error, float("inf")))
                 continue
             except grpc.RpcError as exc:
-                error = errors.from_rpc_error(exc, subject=str(batch.tp), address=leader)
-                self.counters.request_answered(batch.record_count, error)
-                self._on_error(batch, error)
+                if method == "ProduceMany" and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    # an older node: nothing was written; the same batches go as Produce calls
+                    self.counters.request_answered(records, None)
+                    self._no_produce_many.add(leader)
+                    self._send(batches, leader)
+                    continue
+                self.counters.request_answered(records, errors.from_rpc_error(
+                    exc, subject=str(batches[0].tp), address=leader))
+                for batch in batches:
+                    self._on_error(batch, errors.from_rpc_error(exc, subject=str(batch.tp),
+                                                                address=leader))
                 continue
             self.throttle.record(leader, response.throttle_time_ms, self._clock())
-            self.delivery.succeeded(batch)
-            self.counters.request_answered(batch.record_count, None)
-            self.counters.acknowledged(batch.record_count, len(batch.encoded or b""))
-            self._complete(batch, response.base_offset)
+            self.counters.request_answered(records, None)
+            if method == "Produce":
+                self._succeeded(batches[0], response)
+                continue
+            for batch, result, error in many_outcomes(batches, response):
+                if error is None:
+                    self._succeeded(batch, result)
+                else:
+                    self.counters.errors.add(error)
+                    self._on_error(batch, error)
+
+    def _succeeded(self, batch: ProducerBatch, response: Any) -> None:
+        self.delivery.succeeded(batch)
+        self.counters.acknowledged(batch.record_count, len(batch.encoded or b""))
+        self._complete(batch, response.base_offset)
 
     def _on_error(self, batch: ProducerBatch, error: errors.TidelogError) -> None:
         self._fail_all(attempt_failed(self.delivery, self._metadata, batch, error, self._clock()))

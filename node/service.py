@@ -31,6 +31,7 @@ from tidelog.node.errors import (
     StorageRequestError,
 )
 from tidelog.node.metrics.produce import observed_fetch, observed_produce
+from tidelog.node.produce_many import produce_many
 from tidelog.node.security.cert_auth import forged_from_node
 from tidelog.node.security.principal import current_principal
 from tidelog.node.storage import StorageError
@@ -212,6 +213,10 @@ class BrokerService(broker_pb2_grpc.BrokerServicer):
     @_unary
     async def Produce(self, request, context):  # noqa: N802
         return await observed_produce(self.api.produce, request)
+
+    @_unary
+    async def ProduceMany(self, request, context):  # noqa: N802 - node/produce_many.py
+        return await produce_many(self.api.produce, request)
 
     @_unary
     async def Fetch(self, request, context):  # noqa: N802

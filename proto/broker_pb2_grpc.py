@@ -69,6 +69,11 @@ class BrokerStub:
                 request_serializer=tidelog_dot_proto_dot_broker__pb2.ProduceRequest.SerializeToString,
                 response_deserializer=tidelog_dot_proto_dot_broker__pb2.ProduceResponse.FromString,
                 _registered_method=True)
+        self.ProduceMany = channel.unary_unary(
+                '/tidelog.v1.Broker/ProduceMany',
+                request_serializer=tidelog_dot_proto_dot_broker__pb2.ProduceManyRequest.SerializeToString,
+                response_deserializer=tidelog_dot_proto_dot_broker__pb2.ProduceManyResponse.FromString,
+                _registered_method=True)
         self.Fetch = channel.unary_unary(
                 '/tidelog.v1.Broker/Fetch',
                 request_serializer=tidelog_dot_proto_dot_broker__pb2.FetchRequest.SerializeToString,
@@ -175,6 +180,16 @@ class BrokerServicer:
 
     def Produce(self, request, context):
         """Append record batches to one partition; must reach its leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProduceMany(self, request, context):
+        """Append to several partitions in one call (Kafka's ProduceRequest: one per broker, many
+        partitions). Each partition is produced exactly as by Produce, all of them concurrently, and
+        answered on its own: one partition's error (not its leader here, unknown, invalid batch...)
+        fails that partition only. A node without this call answers UNIMPLEMENTED: use Produce.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,6 +318,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.Produce,
                     request_deserializer=tidelog_dot_proto_dot_broker__pb2.ProduceRequest.FromString,
                     response_serializer=tidelog_dot_proto_dot_broker__pb2.ProduceResponse.SerializeToString,
+            ),
+            'ProduceMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProduceMany,
+                    request_deserializer=tidelog_dot_proto_dot_broker__pb2.ProduceManyRequest.FromString,
+                    response_serializer=tidelog_dot_proto_dot_broker__pb2.ProduceManyResponse.SerializeToString,
             ),
             'Fetch': grpc.unary_unary_rpc_method_handler(
                     servicer.Fetch,
@@ -554,6 +574,33 @@ class Broker:
             '/tidelog.v1.Broker/Produce',
             tidelog_dot_proto_dot_broker__pb2.ProduceRequest.SerializeToString,
             tidelog_dot_proto_dot_broker__pb2.ProduceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProduceMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidelog.v1.Broker/ProduceMany',
+            tidelog_dot_proto_dot_broker__pb2.ProduceManyRequest.SerializeToString,
+            tidelog_dot_proto_dot_broker__pb2.ProduceManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

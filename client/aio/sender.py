@@ -6,8 +6,9 @@ Everything runs on the event loop, so no state is shared with another thread. Ea
 1. get a producer id if idempotent and there is none (a task of its own: a slow node does not
    hold up the sends of partitions whose leaders answer);
 2. refresh stale metadata (a task of its own, one at a time);
-3. for each partition with a retry or a ready batch whose leader is known: send what the delivery
-   rules allow (retries first, then new batches);
+3. for each partition with a retry or a ready batch whose leader is known: take what the delivery
+   rules allow (retries first, then new batches) and send it as one request per leader
+   (ProduceMany; Produce for a lone batch or a node without it), as the sync sender does;
 4. expire batches past delivery_timeout_ms;
 5. wait for the next linger deadline, backoff end, reply or new batch (at most 100 ms).
 """
@@ -17,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+import grpc
 from tidelog.client import errors
 from tidelog.client.accumulator import ProducerBatch, RecordAccumulator
 from tidelog.client.aio.metadata import METADATA_ATTEMPT_S_MAX, AioMetadata
@@ -32,7 +35,10 @@ from tidelog.client.sender import (
     expired_failures,
     fail_batch,
     fail_everything,
+    many_outcomes,
+    produce_many_request,
     produce_request,
+    request_groups,
     retry_wake,
 )
 
@@ -69,6 +75,8 @@ class AioSender:
         self._pid_retry_at = 0.0
         self._refresh_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        #: leaders that answered ProduceMany with UNIMPLEMENTED (older nodes): Produce only
+        self._no_produce_many: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.requests_sent = 0
         self.retries_sent = 0
@@ -131,8 +139,12 @@ class AioSender:
         ready, next_wake = self._accumulator.ready(now, self.delivery.has_inflight)
         if not self._forced:
             with_retries = [tp for tp, st in self.delivery.partitions.items() if st.retry]
+            taken: dict[str, list[ProducerBatch]] = {}
             for tp in dict.fromkeys([*with_retries, *ready]):
-                self._send_partition(tp, now)
+                self._take_partition(tp, now, taken)
+            for leader, batches in taken.items():
+                for group in request_groups(batches, self._config.request_bytes_max):
+                    self._send(group, leader)
         self._fail_all(expired_failures(self._accumulator, self.delivery,
                                         self._config.delivery_timeout_ms, now))
         next_wake = retry_wake(self.delivery, now, next_wake)
@@ -147,7 +159,8 @@ class AioSender:
             _log.info("metadata refresh failed: %s", exc)
         self.wake()
 
-    def _send_partition(self, tp: TopicPartition, now: float) -> None:
+    def _take_partition(self, tp: TopicPartition, now: float,
+                        taken: dict[str, list[ProducerBatch]]) -> None:
         leader = self._metadata.leader_address(tp.topic, tp.partition)
         if leader is None:
             self._metadata.mark_stale(tp.topic)
@@ -156,12 +169,21 @@ class AioSender:
                                             self._codec, self._config.request_bytes_max,
                                             self._fail_all):
             self.retries_sent += retry
-            self._send(batch, leader)
+            self.delivery.sent(batch)  # before the next one is taken (in-flight window)
+            taken.setdefault(leader, []).append(batch)
 
-    def _send(self, batch: ProducerBatch, leader: str) -> None:
-        self.delivery.sent(batch)
+    def _send(self, batches: list[ProducerBatch], leader: str) -> None:
+        """One request task; the batches are already marked sent."""
         self.requests_sent += 1
-        task = asyncio.get_running_loop().create_task(self._produce(batch, leader))
+        if len(batches) == 1 or leader in self._no_produce_many:
+            self.requests_sent += len(batches) - 1
+            for batch in batches:
+                self._start(self._produce(batch, leader))
+        else:
+            self._start(self._produce_many(batches, leader))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -175,17 +197,50 @@ class AioSender:
         except errors.TidelogError as exc:
             self._on_error(batch, exc)
         except asyncio.CancelledError:
+            self._cancelled([batch])
+            raise
+        else:
+            self._succeeded(batch, response)
+        finally:
+            self.wake()
+
+    async def _produce_many(self, batches: list[ProducerBatch], leader: str) -> None:
+        request, timeout_ms = produce_many_request(
+            batches, self._acks, self._config.request_timeout_ms, time.monotonic())
+        try:
+            response = await self._metadata.aio.call(
+                leader, "ProduceMany", request,
+                timeout_s=timeout_ms / 1000 + _DEADLINE_MARGIN_S, subject=str(batches[0].tp))
+        except errors.TidelogError as exc:
+            if _unimplemented(exc):  # an older node: nothing was written; use Produce
+                self._no_produce_many.add(leader)
+                self._send(batches, leader)
+                return
+            for batch in batches:
+                self._on_error(batch, exc)
+        except asyncio.CancelledError:
+            self._cancelled(batches)
+            raise
+        else:
+            for batch, result, error in many_outcomes(batches, response):
+                if error is None:
+                    self._succeeded(batch, result)
+                else:
+                    self._on_error(batch, error)
+        finally:
+            self.wake()
+
+    def _succeeded(self, batch: ProducerBatch, response: Any) -> None:
+        self.delivery.succeeded(batch)
+        batch.result.complete(response.base_offset, batch.timestamps_ms)
+        self._accumulator.release(batch)
+        self._on_release()
+
+    def _cancelled(self, batches: list[ProducerBatch]) -> None:
+        for batch in batches:
             self._fail_all(self.delivery.failed(batch, errors.ClientClosed(
                 f"{batch.tp}: request cancelled by close(); the batch may or may not have "
                 "been written"), float("inf")))
-            raise
-        else:
-            self.delivery.succeeded(batch)
-            batch.result.complete(response.base_offset, batch.timestamps_ms)
-            self._accumulator.release(batch)
-            self._on_release()
-        finally:
-            self.wake()
 
     def _on_error(self, batch: ProducerBatch, error: errors.TidelogError) -> None:
         self._fail_all(attempt_failed(self.delivery, self._metadata, batch, error,
@@ -220,3 +275,10 @@ class AioSender:
             return
         self.delivery.set_producer_id(response.producer_id, response.producer_epoch)
         self.wake()
+
+
+def _unimplemented(error: errors.TidelogError) -> bool:
+    """The call failed with UNIMPLEMENTED (AioConnections.call raises the typed error from the
+    grpc one, which stays its __context__)."""
+    cause = error.__cause__ or error.__context__
+    return isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -113,6 +113,7 @@ REQUIREMENTS: dict[str, Requirement] = {
     "/tidelog.v1.Broker/AlterConfigs": _on(T, A, lambda r: [r.topic]),
     "/tidelog.v1.Broker/CreatePartitions": _on(T, A, lambda r: [t.topic for t in r.topics]),
     "/tidelog.v1.Broker/Produce": _on(T, W, lambda r: [r.topic]),
+    "/tidelog.v1.Broker/ProduceMany": _on(T, W, lambda r: [p.topic for p in r.partitions]),
     "/tidelog.v1.Broker/Fetch": _on(T, R, lambda r: [p.topic for p in r.partitions]),
     "/tidelog.v1.Broker/ListOffsets": _on(T, DE, lambda r: [p.topic for p in r.partitions]),
     "/tidelog.v1.Broker/InitProducerId": _none,  # checked by _init_producer_allowed

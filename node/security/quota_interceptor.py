@@ -36,6 +36,7 @@ from tidelog.node.security.quotas import (
 __all__ = ["PRODUCE_METHOD", "FETCH_METHOD", "QuotaInterceptor", "quota_window_from_env"]
 
 PRODUCE_METHOD = "/tidelog.v1.Broker/Produce"
+PRODUCE_MANY_METHOD = "/tidelog.v1.Broker/ProduceMany"  # node/produce_many.py
 FETCH_METHOD = "/tidelog.v1.Broker/Fetch"
 _EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 #: a hold ends this long before the caller's deadline, so the held call is still answered
@@ -110,7 +111,7 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):
         if not quotas or principal.kind is PrincipalKind.NODE:
             return []
         kinds = [QuotaKind.REQUEST_RATE]
-        if method == PRODUCE_METHOD:
+        if method in (PRODUCE_METHOD, PRODUCE_MANY_METHOD):
             kinds.append(QuotaKind.PRODUCER_BYTE_RATE)
         elif method == FETCH_METHOD:
             kinds.append(QuotaKind.CONSUMER_BYTE_RATE)
@@ -140,7 +141,7 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):
                 case QuotaKind.REQUEST_RATE:
                     self.tracker.record(match, 1, now_ms)
                 case QuotaKind.PRODUCER_BYTE_RATE:
-                    self.tracker.record(match, len(getattr(request, "batches", b"")), now_ms)
+                    self.tracker.record(match, _produce_bytes(request), now_ms)
                 case QuotaKind.CONSUMER_BYTE_RATE:
                     continue  # known once served
                 case _:
@@ -161,6 +162,13 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):
             if this_ms > throttle_ms:
                 throttle_ms, worst = this_ms, match
         return throttle_ms, worst
+
+
+def _produce_bytes(request: Any) -> int:
+    """The batch bytes of a Produce, or of every partition of a ProduceMany."""
+    if hasattr(request, "partitions"):
+        return sum(len(p.batches) for p in request.partitions)
+    return len(getattr(request, "batches", b""))
 
 
 def _client_id(metadata: Any) -> str | None:
