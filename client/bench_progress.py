@@ -30,7 +30,7 @@ class Progress:
     """`with Progress("produce", counters):` shows the rate until the block ends."""
 
     def __init__(self, label: str, counters: Counters, *, stream: TextIO | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, interval_s: float | None = None) -> None:
         self.label = label
         self.counters = counters
         self.stream = stream or sys.stderr
@@ -39,6 +39,7 @@ class Progress:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._width = 0
+        self.interval_s = interval_s or (TTY_INTERVAL_S if self.tty else LOG_INTERVAL_S)
 
     def __enter__(self) -> Progress:
         if self.enabled:
@@ -55,8 +56,7 @@ class Progress:
                 self.stream.flush()
 
     def _run(self) -> None:
-        interval = TTY_INTERVAL_S if self.tty else LOG_INTERVAL_S
-        while not self._stop.wait(interval):
+        while not self._stop.wait(self.interval_s):
             line = progress_line(self.label, *self.counters.snapshot())
             if self.tty:
                 self.stream.write("\r" + line.ljust(self._width))

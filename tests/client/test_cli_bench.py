@@ -8,6 +8,7 @@ counts are small so the module stays within a few seconds of cluster time.
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 from tidelog.client import Admin, Consumer, TopicPartition
+from tidelog.client.bench_progress import Progress
 from tidelog.client.bench_stats import LatencyKind, Percentiles, nearest_rank
+from tidelog.client.bench_workloads import Counters
 from tidelog.client.cli import main
 from tidelog.node.local_cluster import LocalCluster
 
@@ -162,9 +165,39 @@ def test_bad_flags_are_refused_clearly(cluster: LocalCluster, capsys: pytest.Cap
     assert set(topics(cluster)) == before
 
 
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_redraws_on_a_terminal_and_logs_lines_otherwise(tty: bool) -> None:
+    counters = Counters()
+    stream = FakeTerminal() if tty else io.StringIO()
+    with Progress("produce", counters, stream=stream, interval_s=0.02):
+        counters.add(1234, 1234 * 100)
+        deadline = time.monotonic() + 10
+        while stream.getvalue().count("1,234 msgs") < 2:
+            assert time.monotonic() < deadline, stream.getvalue()
+            time.sleep(0.01)
+    text = stream.getvalue()
+    if tty:
+        assert "\n" not in text and text.startswith("\rproduce: 1,234 msgs")
+        assert text.endswith("\r"), "the line is wiped at the end: the table starts clean"
+    else:
+        assert "\r" not in text
+        assert text.splitlines()[0].startswith("tidelog bench: produce: 1,234 msgs ")
+        assert "msg/s" in text and "MB/s" in text and "elapsed" in text
+
+
 def test_missing_topic_is_a_clear_error(cluster: LocalCluster,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = bench(cluster, capsys, "produce", "--topic", "no-such-topic", "--count", "5")
+                                        capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster is found through TIDELOG_BOOTSTRAP, as by every command."""
+    monkeypatch.setenv("TIDELOG_BOOTSTRAP", cluster.bootstrap)
+    capsys.readouterr()
+    rc = main(["bench", "produce", "--topic", "no-such-topic", "--count", "5"])
+    out, err = capsys.readouterr()
     assert rc == 1 and out == ""
     assert err.startswith("tidelog bench produce: ") and "no-such-topic" in err, err
 
