@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import struct
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -138,12 +140,19 @@ FIELD_SINCE: dict[str, int] = {}
 
 def state_fields() -> dict[str, Any]:
     """MetadataState's fields and their resolved types, in declaration order."""
-    hints = typing.get_type_hints(MetadataState)
-    return {f.name: hints[f.name] for f in fields(MetadataState)}
+    return _field_types(MetadataState)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """A dataclass's fields and their resolved types (resolving is slow: once per class)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
 
 
 def encode_state(state: MetadataState) -> dict[str, Any]:
-    return {name: _encode(getattr(state, name), hint) for name, hint in state_fields().items()}
+    return {name: _encoder(hint)(getattr(state, name))
+            for name, hint in state_fields().items()}
 
 
 def decode_state(value: Any, version: int = SNAPSHOT_VERSION) -> MetadataState:
@@ -154,85 +163,145 @@ def decode_state(value: Any, version: int = SNAPSHOT_VERSION) -> MetadataState:
     state = MetadataState()  # fields added after `version` keep their defaults
     for name, hint in expected.items():
         try:
-            setattr(state, name, _decode(doc[name], hint))
+            setattr(state, name, _decoder(hint)(doc[name]))
         except SnapshotError as exc:
             raise SnapshotError(f"field {name!r}: {exc}") from None
     return state
 
 
-def _encode(value: Any, hint: Any) -> Any:
+# Each type's encoder and decoder is built once from its annotation (interpreting the type for
+# every value made a 10,000-quota state take seconds) and cached.
+
+Codec = Callable[[Any], Any]
+
+
+@functools.cache
+def _encoder(hint: Any) -> Codec:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is dict:
-        pairs = [[_encode(k, args[0]), _encode(v, args[1])] for k, v in value.items()]
-        return sorted(pairs, key=_sort_key)
+        key, val = _encoder(args[0]), _encoder(args[1])
+        return lambda v: _sorted([[key(k), val(x)] for k, x in v.items()])
     if origin in (set, frozenset):
-        return sorted((_encode(v, args[0]) for v in value), key=_sort_key)
+        item = _encoder(args[0])
+        return lambda v: _sorted([item(x) for x in v])
     if origin in (typing.Union, types.UnionType):
-        return None if value is None else _encode(value, _optional(hint))
+        inner = _encoder(_optional(hint))
+        return lambda v: None if v is None else inner(v)
     if origin in (list, tuple):
-        return [_encode(v, t) for v, t in zip(value, _item_types(hint, len(value)), strict=True)]
+        if _homogeneous(hint):
+            item = _encoder(args[0])
+            return lambda v: [item(x) for x in v]
+        items = [_encoder(a) for a in args]
+        return lambda v: [f(x) for f, x in zip(items, v, strict=True)]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return value.value
+        return lambda v: v.value
     if hint is bytes:
-        return value.hex()
+        return lambda v: v.hex()
     if hint in (int, str, bool):
-        assert type(value) is hint, (value, hint)
-        return value
+        return lambda v: v
     if dataclasses.is_dataclass(hint):
-        hints = typing.get_type_hints(hint)
-        return {f.name: _encode(getattr(value, f.name), hints[f.name])
-                for f in fields(hint)}
-    raise AssertionError(f"no snapshot codec for type {hint!r}: add it to _encode/_decode in "
+        parts = [(name, _encoder(t)) for name, t in _field_types(hint).items()]
+        return lambda v: {name: f(getattr(v, name)) for name, f in parts}
+    raise AssertionError(f"no snapshot codec for type {hint!r}: add it to _encoder/_decoder in "
                          "node/metadata_snapshot.py")
 
 
-def _decode(value: Any, hint: Any) -> Any:
+@functools.cache
+def _decoder(hint: Any) -> Codec:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is dict:
-        pairs = [(_decode(k, args[0]), _decode(v, args[1])) for k, v in _pairs(value)]
+        return _dict_decoder(_decoder(args[0]), _decoder(args[1]))
+    if origin in (set, frozenset):
+        return _set_decoder(_decoder(args[0]), origin)
+    if origin in (typing.Union, types.UnionType):
+        inner = _decoder(_optional(hint))
+        return lambda v: None if v is None else inner(v)
+    if origin in (list, tuple):
+        return _sequence_decoder(hint)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum_decoder(hint)
+    if hint is bytes:
+        return _hex
+    if hint in (int, str, bool):
+        return functools.partial(_typed, kind=hint)
+    if dataclasses.is_dataclass(hint):
+        return _dataclass_decoder(hint)
+    raise AssertionError(f"no snapshot codec for type {hint!r}")
+
+
+def _dict_decoder(key: Codec, val: Codec) -> Codec:
+    def decode(value: Any) -> dict[Any, Any]:
+        pairs = [(key(k), val(v)) for k, v in _pairs(value)]
         result = dict(pairs)
         if len(result) != len(pairs):
             raise SnapshotError("a map holds a key twice")
         return result
-    if origin in (set, frozenset):
-        items = [_decode(v, args[0]) for v in _list(value)]
+    return decode
+
+
+def _set_decoder(item: Codec, kind: type) -> Codec:
+    def decode(value: Any) -> Any:
+        items = [item(v) for v in _list(value)]
         if len(set(items)) != len(items):
             raise SnapshotError("a set holds an item twice")
-        return origin(items)
-    if origin in (typing.Union, types.UnionType):
-        return None if value is None else _decode(value, _optional(hint))
-    if origin in (list, tuple):
+        return kind(items)
+    return decode
+
+
+def _sequence_decoder(hint: Any) -> Codec:
+    args, is_list = typing.get_args(hint), typing.get_origin(hint) is list
+    if _homogeneous(hint):
+        item = _decoder(args[0])
+
+        def decode(value: Any) -> Any:
+            items = [item(v) for v in _list(value)]
+            return items if is_list else tuple(items)
+        return decode
+    items = [_decoder(a) for a in args]
+
+    def decode_fixed(value: Any) -> Any:
         raw = _list(value)
+        if len(raw) != len(items):
+            raise SnapshotError(f"expected {len(items)} items, got {len(raw)}")
+        return tuple(f(v) for f, v in zip(items, raw, strict=True))
+    return decode_fixed
+
+
+def _enum_decoder(kind: type[enum.Enum]) -> Codec:
+    def decode(value: Any) -> enum.Enum:
         try:
-            items = [_decode(v, t) for v, t in zip(raw, _item_types(hint, len(raw)), strict=True)]
-        except ValueError as exc:
-            if isinstance(exc, SnapshotError):
-                raise
-            raise SnapshotError(f"a tuple of the wrong length: {exc}") from None
-        return items if origin is list else tuple(items)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
+            return kind(value)
         except ValueError:
-            raise SnapshotError(f"unknown {hint.__name__} {value!r}") from None
-    if hint is bytes:
-        try:
-            return bytes.fromhex(_typed(value, str))
-        except ValueError:
-            raise SnapshotError(f"expected hex bytes, got {str(value)[:40]!r}") from None
-    if hint in (int, str, bool):
-        return _typed(value, hint)
-    if dataclasses.is_dataclass(hint):
-        hints = typing.get_type_hints(hint)
-        names = [f.name for f in fields(hint)]
-        doc = _obj(value, set(names))
+            raise SnapshotError(f"unknown {kind.__name__} {value!r}") from None
+    return decode
+
+
+def _hex(value: Any) -> bytes:
+    try:
+        return bytes.fromhex(_typed(value, str))
+    except ValueError:
+        raise SnapshotError(f"expected hex bytes, got {str(value)[:40]!r}") from None
+
+
+def _dataclass_decoder(kind: type) -> Codec:
+    parts = [(name, _decoder(t)) for name, t in _field_types(kind).items()]
+    names = {name for name, _ in parts}
+
+    def decode(value: Any) -> Any:
+        doc = _obj(value, names)
         try:  # the dataclass's own checks (__post_init__) run too
-            return hint(**{n: _decode(doc[n], hints[n]) for n in names})
+            return kind(**{name: f(doc[name]) for name, f in parts})
         except (TypeError, ValueError) as exc:
             if isinstance(exc, SnapshotError):
                 raise
-            raise SnapshotError(f"{hint.__name__}: {exc}") from None
-    raise AssertionError(f"no snapshot codec for type {hint!r}")
+            raise SnapshotError(f"{kind.__name__}: {exc}") from None
+    return decode
+
+
+def _homogeneous(hint: Any) -> bool:
+    """list[X] and tuple[X, ...] (vs tuple[X, Y]: one type per position)."""
+    args = typing.get_args(hint)
+    return typing.get_origin(hint) is list or (len(args) == 2 and args[1] is Ellipsis)
 
 
 def _optional(hint: Any) -> Any:
@@ -242,12 +311,13 @@ def _optional(hint: Any) -> Any:
     return rest[0]
 
 
-def _item_types(hint: Any, count: int) -> list[Any]:
-    """list[X] and tuple[X, ...]: X for every item; tuple[X, Y]: one type per position."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is list or (len(args) == 2 and args[1] is Ellipsis):
-        return [args[0]] * count
-    return list(args)
+def _sorted(items: list[Any]) -> list[Any]:
+    """Sorted so that equal states encode to equal bytes: plain keys directly, others by their
+    JSON text."""
+    try:
+        return sorted(items)
+    except TypeError:  # dicts, or mixed types
+        return sorted(items, key=_sort_key)
 
 
 def _sort_key(item: Any) -> str:
