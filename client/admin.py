@@ -13,6 +13,7 @@ from tidelog.client.config import AdminConfig, parse_bootstrap
 from tidelog.client.connection import Connections
 from tidelog.client.group import CoordinatorClient, tps_from_wire, tps_to_wire
 from tidelog.client.group_lag import PartitionLag, first_unconsumed
+from tidelog.client.membership_admin import MembershipAdmin
 from tidelog.client.metadata import (
     ClusterDescription,
     Metadata,
@@ -78,7 +79,7 @@ def leaders_ready(description: ClusterDescription, name: str, partitions: int) -
         p.leader_id >= 0 for p in topic.partitions)
 
 
-class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin, ReassignmentAdmin):
+class Admin(QueueAdmin, QuotaAdmin, SecurityAdmin, ReassignmentAdmin, MembershipAdmin):
     """Manage a Tidelog cluster (queues: tidelog.client.queue_admin).
 
     >>> with Admin("127.0.0.1:9091") as admin:

@@ -35,6 +35,7 @@ from tidelog.client.security import ClientSecurity
 # (when parsing fails) instead of breaking every other command.
 _COMMAND_MODULES: tuple[str, ...] = (
     "tidelog.node.cli",
+    "tidelog.client.cli_cluster_members",  # tidelog cluster add-node|decommission|members
     "tidelog.node.storage_cli",
     "tidelog.client.cli_demo",
     "tidelog.node.sim.cli",

@@ -180,15 +180,37 @@ def gather_status(bootstrap: str, topics: list[str], security: object = None, *,
             break
     if first is None:
         raise ConnectionError(f"no node answered at {bootstrap}")
-    return merge_views(first, {n.id: ask(n.address) for n in first.nodes})
+    views = {n.id: ask(n.address) for n in first.nodes}
+    return merge_views(first, views, states=member_states(
+        [n.address for n in first.nodes if views.get(n.id) is not None], security, timeout_s))
 
 
-def merge_views(first: Any, views: dict[int, Any]) -> dict:
+def member_states(addresses: list[str], security: object, timeout_s: float) -> dict[int, str]:
+    """node id → joining | active | draining | removed, from the first node that answers
+    DescribeMembership (node/membership_service.py); empty when none does."""
+    import grpc
+    from tidelog.node.security.channels import blocking_channel
+    from tidelog.proto import membership_pb2 as mpb
+    from tidelog.proto import membership_pb2_grpc
+
+    for address in addresses:
+        try:
+            with blocking_channel(address, security) as channel:  # type: ignore[arg-type]
+                answer = membership_pb2_grpc.NodeMembershipStub(channel).DescribeMembership(
+                    mpb.DescribeMembershipRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            continue
+        return {m.node_id: m.state for m in answer.members}
+    return {}
+
+
+def merge_views(first: Any, views: dict[int, Any], states: dict[int, str] | None = None) -> dict:
     """The status document from the first Metadata answer (nodes, topics, leaders) and each
     node's own answer (None: it did not answer); a partition's in-sync set and offsets come
     from its leader's answer."""
     nodes = [{"id": n.id, "address": n.address, "voter": n.voter,
-              "healthy": views.get(n.id) is not None} for n in first.nodes]
+              "healthy": views.get(n.id) is not None,
+              "state": (states or {}).get(n.id, "active")} for n in first.nodes]
     partitions = []
     for topic in first.topics:
         for p in topic.partitions:
@@ -243,8 +265,8 @@ def cluster_status(args: argparse.Namespace) -> int:
     from tidelog.node.tables import render_table
 
     print(render_table(
-        ["node", "address", "health", "metadata"],
-        [[n["id"], n["address"], "up" if n["healthy"] else "DOWN",
+        ["node", "address", "state", "health", "metadata"],
+        [[n["id"], n["address"], n["state"], "up" if n["healthy"] else "DOWN",
           ("leader" if n["id"] == status["metadata_leader"] else
            "voter" if n["voter"] else "observer")] for n in status["nodes"]]))
     if status["partitions"]:

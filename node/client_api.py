@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from tidelog.node import errors as E
 from tidelog.node.config import NodeConfig
 from tidelog.node.listeners import address_for_client
+from tidelog.node.membership import member_ids, placement_nodes
 from tidelog.node.metadata import INTERNAL_TOPIC_PREFIX, MetadataState, TopicInfo
 from tidelog.node.metadata_commands import (
     AlterConfigs,
@@ -94,10 +95,12 @@ class ClientApi:
         leader = self._metadata.leader_id
         response = pb.MetadataResponse(cluster_id=self.config.cluster_id,
                                        metadata_leader_id=leader if leader is not None else -1)
-        voters = set(self.config.metadata_voters)
-        for node_id, peer_address in sorted(self.config.peers.items()):
+        voters = self._metadata_voters()
+        state = self._metadata.state
+        for node_id in sorted(member_ids(self.config, state)):  # joined nodes too
             response.nodes.append(pb.NodeInfo(
-                id=node_id, address=self.address_for_client(node_id, peer_address),
+                id=node_id, address=self.address_for_client(
+                    node_id, self.config.peers.get(node_id, "")),
                 alive=self._replicas.alive(node_id),
                 voter=node_id in voters))
         names = topics or sorted(self._metadata.state.topics)
@@ -112,6 +115,14 @@ class ClientApi:
                 continue
             response.topics.append(self._topic_metadata(topic))
         return response
+
+    def _metadata_voters(self) -> set[int]:
+        """The metadata group's voters as this node's replica knows them (they change when a
+        node joins with --metadata-voter or a voter is removed); --peers' first ones before."""
+        replica = getattr(self._metadata, "replica", None)
+        if replica is None:
+            return set(self.config.metadata_voters)
+        return {int(v) for v in replica.core.membership.voters}
 
     def _topic_metadata(self, topic: TopicInfo) -> pb.TopicMetadata:
         out = pb.TopicMetadata(name=topic.name, configs=effective_configs(topic.configs),
@@ -144,7 +155,7 @@ class ClientApi:
                     name=spec.name, partitions=spec.partitions,
                     replication_factor=spec.replication_factor,
                     configs=tuple(sorted(spec.configs.items())),
-                    node_ids=tuple(sorted(self.config.peers)),
+                    node_ids=tuple(placement_nodes(self.config, self._metadata.state)),
                     validate_only=request.validate_only,
                 ), timeout_s)
             except (E.InvalidRequestError, E.PolicyViolationError) as exc:
@@ -202,7 +213,7 @@ class ClientApi:
                 _refuse_internal(spec.topic, "given partitions")
                 result = await self._metadata.propose(CreatePartitions(
                     name=spec.topic, total=spec.total,
-                    node_ids=tuple(sorted(self.config.peers)),
+                    node_ids=tuple(placement_nodes(self.config, self._metadata.state)),
                     validate_only=request.validate_only), timeout_s)
             except (E.InvalidRequestError, E.PolicyViolationError) as exc:
                 result = {"error": type(exc).__name__, "code": exc.code, "message": exc.message}

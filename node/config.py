@@ -84,6 +84,9 @@ class NodeConfig:
     leader_balance_interval_ms: int = 3000
     shutdown_transfer_ms_max: int = 3000
     cluster_id: str = "tidelog"
+    # --join: client addresses (HOST:PORT, DNS names welcome) of members of a running cluster
+    # this new node asks to be let in (node/membership.py); `peers` then holds only this node.
+    join: tuple[str, ...] = ()
     peer_listen: str = ""  # empty: the --listen host, port + peer_port_offset
     peer_port_offset: int = PEER_PORT_OFFSET
     security: SecurityConfig = field(default_factory=SecurityConfig)  # docs/security.md
@@ -107,6 +110,8 @@ class NodeConfig:
             )
         parse_address(self.listen)
         parse_address(self.advertise)
+        for seed in self.join:
+            parse_address(seed)
         if not 0 < self.heartbeat_ticks < self.election_ticks:
             raise ConfigError("heartbeat ticks must be >= 1 and below the election ticks")
         if self.metadata_snapshot_every < 0:

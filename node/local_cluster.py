@@ -135,6 +135,8 @@ class LocalCluster:
             )
             for i, port in enumerate(ports)
         ]
+        self.initial = len(self.nodes)  # the --peers set; later nodes join (add_node)
+        self.join_seeds: dict[int, str] = {}  # node id → its --join, for the nodes added
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
         self.tls_client_auth = tls_client_auth
         self.security: TlsClientFiles | None = None
@@ -147,7 +149,29 @@ class LocalCluster:
 
     @property
     def peers(self) -> str:
-        return ",".join(f"{n.id}={n.address}" for n in self.nodes)
+        """The initial node set (--peers); nodes added later are not in it: they joined."""
+        return ",".join(f"{n.id}={n.address}" for n in self.nodes[:self.initial])
+
+    def add_node(self, *, host: str = HOST, seeds: list[int] | None = None,
+                 start: bool = True) -> LocalNode:
+        """One more node (the next id), started with `--join` (the client addresses of the
+        `seeds`, default every initial node) and advertised as `host`:port, e.g. a DNS name
+        as a pod's. It waits until admitted (`tidelog cluster add-node`, Admin.add_node)."""
+        (port,) = free_ports(1)
+        node_id = len(self.nodes) + 1
+        node = LocalNode(id=node_id, address=f"{host}:{port}",
+                         data_dir=self.data_dir / f"node-{node_id}",
+                         log_path=self.data_dir / f"node-{node_id}.log")
+        self.nodes.append(node)
+        self.join_seeds[node_id] = ",".join(
+            self.node(i).address for i in (seeds or range(1, self.initial + 1)))
+        if self.tls_dir is not None:
+            from tidelog.node.security.certs import make_dev_certs
+
+            make_dev_certs(self.tls_dir, [node_id], clients=[])
+        if start:
+            self.start(node_id)
+        return node
 
     def node(self, node_id: int) -> LocalNode:
         return self.nodes[node_id - 1]
@@ -158,7 +182,8 @@ class LocalCluster:
             "--id", str(node.id),
             "--listen", node.address,
             "--advertise", node.address,
-            "--peers", self.peers,
+            *(("--join", self.join_seeds[node.id]) if node.id in self.join_seeds
+              else ("--peers", self.peers)),
             "--data-dir", str(node.data_dir),
             *self.tls_args(node),
             *self.extra_args,

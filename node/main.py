@@ -54,6 +54,11 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ID=HOST:PORT,... of every node including this one: client "
                              "addresses as nodes reach each other; the peer port is derived "
                              "(env TIDELOG_PEERS)")
+    parser.add_argument("--join", default=env("join", ""),
+                        help="HOST:PORT,... client addresses of members of a running cluster "
+                             "this NEW node joins, instead of --peers; it waits until admitted "
+                             "with `tidelog cluster add-node` (env TIDELOG_JOIN; "
+                             "docs/operations.md)")
     parser.add_argument("--data-dir", default=env("data_dir", "./data"),
                         help="where logs and Raft state live (env TIDELOG_DATA_DIR; "
                              "default %(default)s)")
@@ -115,11 +120,18 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.id is None:
         raise ConfigError("--id (or TIDELOG_ID) is required")
-    if not args.peers:
-        raise ConfigError("--peers (or TIDELOG_PEERS) is required, e.g. 1=127.0.0.1:9091")
+    join = tuple(s.strip() for s in (args.join or "").split(",") if s.strip())
+    if not args.peers and not join:
+        raise ConfigError("--peers (or TIDELOG_PEERS) is required, e.g. 1=127.0.0.1:9091; or "
+                          "--join HOST:PORT for a node joining a running cluster")
+    if args.peers and join:
+        raise ConfigError("give --peers (a node of the initial set) or --join (a new node), "
+                          "not both")
+    advertise = args.advertise or args.listen
     return NodeConfig(
-        node_id=int(args.id), listen=args.listen, advertise=args.advertise or args.listen,
-        peers=parse_peers(args.peers), data_dir=Path(args.data_dir), fsync=args.fsync,
+        node_id=int(args.id), listen=args.listen, advertise=advertise, join=join,
+        peers=parse_peers(args.peers) if args.peers else {int(args.id): advertise},
+        data_dir=Path(args.data_dir), fsync=args.fsync,
         tick_ms=args.tick_ms, election_ticks=args.election_ticks,
         peer_listen=args.peer_listen or "", peer_port_offset=args.peer_port_offset,
         security=security_from_args(args), metrics_listen=args.metrics_listen or "",

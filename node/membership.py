@@ -506,17 +506,3 @@ class MembershipController:
             return
         self._on_removed()
 
-
-class NoReplicaMover:
-    """Until a partition reassignment executor is wired in: a draining node's replicas stay
-    where they are and the drain waits (logged), so decommission can only finish for a node
-    that holds no replica."""
-
-    def __init__(self) -> None:
-        self._said: set[int] = set()
-
-    async def move_off(self, node_id: int) -> None:
-        if node_id not in self._said:
-            self._said.add(node_id)
-            log.warning("node %d is draining but this build cannot move its replicas; "
-                        "reassign them by hand (or lower their replication factor)", node_id)

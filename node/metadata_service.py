@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from tidelog.node import errors as E
@@ -56,6 +56,9 @@ from tidelog.node.state_replay import local_batches
 from tidelog.proto import cluster_pb2 as cpb
 from tidelog.proto import cluster_pb2_grpc
 from tidelog.proto.batch import Codec, decode_records, encode_batch, validate_batch
+
+if TYPE_CHECKING:
+    from tidelog.node.raft import Membership
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +102,21 @@ class MetadataService:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self, data_dir: Path) -> None:
+    def open(self, data_dir: Path, bootstrap: Membership | None = None) -> None:
+        """`bootstrap`: the metadata group a joining node's seed named, with the node a learner
+        (node/membership.py); None: the first voters of --peers, the other nodes learners. A
+        membership persisted in raft.state wins over either."""
         voters = list(self.config.metadata_voters)
         learners = [n for n in sorted(self.config.peers) if n not in voters]
+        group = raft_config(self.config, voters, learners)
+        if bootstrap is not None:
+            group = group.with_membership(bootstrap)
         self._directory = data_dir / "metadata"
         self.replica = Replica(
             group=METADATA_GROUP, directory=self._directory,
             log_config=with_at_rest_encryption(metadata_log_config(self.config),
                                                self.config.security.encryption_keyring),
-            raft_config=raft_config(self.config, voters, learners),
+            raft_config=group,
             committer=self._committer, send=self._send, on_soft_state=self._on_soft_state,
             apply=self._apply_entry, before_log_reset=self._before_log_reset,
         )

@@ -24,6 +24,7 @@ from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.learner_throttle import LearnerThrottle
 from tidelog.node.log_events import CatchUpWatch, group_label
+from tidelog.node.membership_state import NodeState, node_state
 from tidelog.node.metadata import MetadataState, TopicInfo
 from tidelog.node.metadata_service import METADATA_GROUP
 from tidelog.node.metrics.raft import RaftObserver
@@ -67,8 +68,11 @@ class ReplicaManager:
     """Owned by the event loop."""
 
     def __init__(self, config: NodeConfig, *, data_dir: Path, committer: GroupCommitter,
-                 metadata: MetadataView, on_soft_state: Callable[[Replica], None]) -> None:
+                 metadata: MetadataView, on_soft_state: Callable[[Replica], None],
+                 is_member: Callable[[int], bool] | None = None) -> None:
         self.config = config
+        # Who may open a Raft stream to us (node/membership.py); default: the --peers.
+        self._is_member = is_member or (lambda node_id: node_id in config.peers)
         self.id = config.node_id
         self.data_dir = data_dir
         self.transport = Transport(self.id, config.peer_addresses, self._on_unreachable)
@@ -108,7 +112,7 @@ class ReplicaManager:
 
     def is_peer(self, node_id: int) -> bool:
         """A node of this cluster other than this one (who may open a Raft stream to us)."""
-        return node_id in self.config.peers and node_id != self.id
+        return node_id != self.id and self._is_member(node_id)
 
     def alive(self, node_id: int) -> bool:
         return self.transport.alive(node_id, within_s=self._liveness_s())
@@ -418,7 +422,8 @@ class ReplicaManager:
                 progress = replica.core.progress.get(NodeId(preferred))
                 if progress is None or progress.match < replica.commit_index:
                     continue
-                if not self.alive(preferred):
+                if not self.alive(preferred) or node_state(self.state, preferred) in (
+                        NodeState.DRAINING, NodeState.REMOVED):  # leaving: never back to it
                     continue
                 log.info("moving leadership of %s to preferred leader %d",
                          self.group_name(group), preferred)

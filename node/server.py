@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,15 @@ from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.groups.coordinator import GroupCoordinator
 from tidelog.node.listeners import ListenerInterceptor
+from tidelog.node.membership import (
+    LiveNodeIds,
+    MembershipController,
+    join_cluster,
+    load_join_record,
+    store_join_record,
+)
+from tidelog.node.membership_drain import ReassignmentMover
+from tidelog.node.membership_service import NodeMembershipPeerService, NodeMembershipService
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command
 from tidelog.node.metadata_service import METADATA_GROUP, MetadataService
@@ -59,6 +69,7 @@ from tidelog.node.service import BrokerService, ClusterService, add_servicer
 from tidelog.node.storage import ensure_directory
 from tidelog.proto import broker_pb2 as pb
 from tidelog.proto import cluster_pb2 as cpb
+from tidelog.proto import membership_pb2 as mpb
 from tidelog.proto import queue_pb2 as qpb
 
 __all__ = ["METADATA_GROUP", "REPLICAS_HEALTH_SERVICE", "Node"]
@@ -82,11 +93,20 @@ class Node:
             on_soft_state=lambda replica: self.replicas.on_soft_state(replica),
             on_applied=lambda: self.replicas.schedule_reconcile())
         self.replicas = ReplicaManager(config, data_dir=self.data_dir, committer=committer,
-                                       metadata=self.metadata, on_soft_state=self._on_soft_state)
+                                       metadata=self.metadata, on_soft_state=self._on_soft_state,
+                                       is_member=lambda node_id: self.membership.is_member(
+                                           node_id))
+        # The node set, joining, draining and leaving (node/membership.py).
+        self._stopping = asyncio.Event()
+        self.membership = MembershipController(
+            config, metadata=self.metadata, replicas=self.replicas,
+            mover=ReassignmentMover(self.metadata, lambda: self.membership.placement_nodes()),
+            on_removed=self._stopping.set)
         self.api = ClientApi(config, metadata=self.metadata, replicas=self.replicas)
         # Leaders move their partitions' groups to reassignment targets.
         self.reassignments = ReassignmentDriver(self.replicas, self.metadata.propose)
-        self.groups = GroupCoordinator(_GroupsHost(self.metadata, self.replicas, config))
+        self.groups = GroupCoordinator(_GroupsHost(self.metadata, self.replicas, config,
+                                                   self.membership.placement_nodes))
         self.queues = QueueCoordinator(
             NodeQueueHost(self.metadata, self.replicas, self.api, config))
         self._server: grpc.aio.Server | None = None  # clients: Broker, Health
@@ -95,10 +115,10 @@ class Node:
         self._health_servicer = health.aio.HealthServicer()
         self.metrics = MetricsExporter(config)  # GET /metrics (docs/metrics.md)
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
         # Every node-to-node channel (Raft, forwarded proposals, queue produce/fetch) dials the
         # peer listener through this dialer (node/security/channels.py).
-        self._peer_dialer = PeerDialer(config, nodes=lambda: self.metadata.state.nodes)
+        self._peer_dialer = PeerDialer(config, nodes=lambda: self.metadata.state.nodes,
+                                       peers=self.membership.peer_addresses)
         if config.security.tls:
             client_listener_requires_cert(config.security)  # a ConfigError before anything runs
         install_peer_dialer(self._peer_dialer)
@@ -113,17 +133,25 @@ class Node:
         # Durably (defect 8): each new directory's name is fsynced in its parent, so a power loss
         # right after start cannot take the whole data directory with it.
         ensure_directory(self.data_dir / "partitions")
-        self.metadata.open(self.data_dir)
+        await self._join_if_new()
+        joined = self.membership.joined
+        self.metadata.open(self.data_dir,
+                           bootstrap=joined.bootstrap_membership(self.id) if joined else None)
+        self.membership.refresh_links()
         # Peer-only RPCs (Raft streams, metadata forwarding) never share the client port. The
         # Broker is served there too, to nodes only (Node:<id>, no client interceptors): the
         # queue coordinator's produce and fetch to partition leaders need no user or ACL.
         security = self.config.security
         self._peer_server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[
-            PeerAuthInterceptor(self.config.peers, tls=security.tls)])
+            PeerAuthInterceptor(LiveNodeIds(lambda: self.membership.member_ids() | {self.id}),
+                                tls=security.tls)])
         add_servicer(self._peer_server, ClusterService(self.replicas, self.metadata),
                      cpb.DESCRIPTOR.services_by_name["Cluster"])
         add_servicer(self._peer_server, BrokerService(self.api, self.groups),
                      pb.DESCRIPTOR.services_by_name["Broker"])
+        add_servicer(self._peer_server, NodeMembershipPeerService(
+            self.config, self.metadata, self.membership),
+            mpb.DESCRIPTOR.services_by_name["NodeMembershipPeer"])
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._peer_server)
         # The default client listener (--listen), then one server per named listener
         # (node/listeners.py): the same services and interceptors, each call marked with its
@@ -152,6 +180,7 @@ class Node:
             loop.create_task(self.metadata.register_loop(), name="register"),
             loop.create_task(self.replicas.announce_loop(), name="announce"),
             loop.create_task(self.replicas.balance_loop(), name="balance"),
+            loop.create_task(self.membership.run(), name="membership"),
             loop.create_task(self.reassignments.run(), name="reassignments"),
             loop.create_task(self.groups.run(), name="groups"),
             loop.create_task(self.queues.run(), name="queues"),
@@ -169,6 +198,19 @@ class Node:
                  "TLS" if security.tls else "plaintext",
                  ",".join(f"{k}={v}" for k, v in sorted(self.config.peers.items())), self.data_dir)
 
+    async def _join_if_new(self) -> None:
+        """A node started with --join: the seed's answer from an earlier start (join.json), or
+        ask the seeds now, waiting until this node is admitted (node/membership.py)."""
+        if not self.config.join:
+            return
+        record = load_join_record(self.data_dir)
+        if record is None:
+            log.info("node %d joins the cluster of %s", self.id, ",".join(self.config.join))
+            record = await join_cluster(self.config, self.config.join,
+                                        self._peer_dialer.channel_to_address)
+            store_join_record(self.data_dir, record)
+        self.membership.joined = record
+
     def _client_server(self, interceptors: list[grpc.aio.ServerInterceptor],
                        address: str) -> grpc.aio.Server:
         """A server of the client services (Broker, Queues, Quotas, Security, Health) bound to
@@ -179,6 +221,9 @@ class Node:
         add_servicer(server, QueuesService(self.queues),
                      qpb.DESCRIPTOR.services_by_name["Queues"])
         add_quotas_service(server, self.metadata)
+        add_servicer(server, NodeMembershipService(self.config, self.metadata, self.replicas,
+                                                   self.membership),
+                     mpb.DESCRIPTOR.services_by_name["NodeMembership"])
         add_security_service(server, self.config, self.metadata)
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
         if self._peer_dialer.tls is None:
@@ -244,19 +289,19 @@ class _GroupsHost:
     """The group coordinator's view of the node (groups.coordinator.CoordinatorHost)."""
 
     def __init__(self, metadata: MetadataService, replicas: ReplicaManager,
-                 config: NodeConfig) -> None:
+                 config: NodeConfig, node_ids: Callable[[], list[int]]) -> None:
         self._metadata = metadata
         self._replicas = replicas
         self.node_id = config.node_id
         self.batch_bytes_max = config.batch_bytes_max
-        self._node_ids = sorted(config.peers)
+        self._node_ids = node_ids  # where new replicas may go (node/membership.py)
 
     @property
     def state(self) -> MetadataState:
         return self._metadata.state
 
     def node_ids(self) -> list[int]:
-        return list(self._node_ids)
+        return list(self._node_ids())
 
     def leader_of(self, group: str) -> tuple[int, str] | None:
         return self._replicas.leader_of(group)

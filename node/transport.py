@@ -52,6 +52,7 @@ class PeerLink:
         self._channel: grpc.aio.Channel | None = None
         self.stats = LinkStats()
         self.connected = False
+        self._refusal_logged = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -85,7 +86,12 @@ class PeerLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.connected:
+                if _refused(exc):
+                    if not self._refusal_logged:  # once per link: the reason does not change
+                        self._refusal_logged = True
+                        log.warning("link to node %d (%s) refused: %s", self.peer_id,
+                                    self.address, _short(exc))
+                elif self.connected:
                     log.warning("link to node %d (%s) broke: %s", self.peer_id, self.address,
                                 _short(exc))
                 self.connected = False
@@ -117,8 +123,11 @@ class PeerLink:
                         message = self._queue.popleft()
                         size += sum(len(e.data) for e in message.entries) + 64
                         batch.messages.append(message)
-                    await call.write(batch)
-                    if not self.connected:
+                    try:
+                        await call.write(batch)
+                    except asyncio.InvalidStateError:  # the peer ended the stream: say why
+                        raise StreamEnded(await call.code(), await call.details()) from None
+                    if not self.connected and not self._refusal_logged:
                         log.info("link to node %d (%s) up", self.peer_id, self.address)
                     self.connected = True
                     self.stats.sent_batches += 1
@@ -133,19 +142,44 @@ class Transport:
     def __init__(self, self_id: int, peers: dict[int, str],
                  on_unreachable: Callable[[int], None]) -> None:
         self.self_id = self_id
+        self._on_unreachable = on_unreachable
         self.links = {
             peer_id: PeerLink(self_id, peer_id, address, on_unreachable)
             for peer_id, address in peers.items()
             if peer_id != self_id
         }
         self.last_heard_s: dict[int, float] = {}
+        self._started = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
+        self._started = True
         for link in self.links.values():
             link.start()
 
+    def set_peers(self, peers: dict[int, str]) -> None:
+        """The node set changed (node/membership.py): open a link to each new node, close the
+        link of each node that left, reopen one whose address changed."""
+        for peer_id in [p for p, link in self.links.items()
+                        if peers.get(p) != link.address]:
+            link = self.links.pop(peer_id)
+            log.info("link to node %d (%s) closed: %s", peer_id, link.address,
+                     "it left the cluster" if peer_id not in peers else
+                     f"its address is now {peers[peer_id]}")
+            task = asyncio.get_running_loop().create_task(link.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        for peer_id, address in peers.items():
+            if peer_id == self.self_id or peer_id in self.links:
+                continue
+            link = PeerLink(self.self_id, peer_id, address, self._on_unreachable)
+            self.links[peer_id] = link
+            if self._started:
+                link.start()
+                log.info("link to node %d (%s) opened: it joined the cluster", peer_id, address)
+
     async def close(self) -> None:
-        await asyncio.gather(*(link.close() for link in self.links.values()))
+        await asyncio.gather(*(link.close() for link in self.links.values()), *self._closing)
 
     def send(self, to: int, message: cpb.RaftMessage) -> None:
         link = self.links.get(to)
@@ -166,7 +200,24 @@ class Transport:
         return heard is not None and time.monotonic() - heard < within_s
 
 
+class StreamEnded(Exception):
+    """The peer ended our stream with a status (a write found the call finished)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str | None) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+
+
+def _refused(exc: BaseException) -> bool:
+    """The peer answered and said no (we are not a member there, or our certificate is not)."""
+    code = exc.code if isinstance(exc, StreamEnded) else \
+        exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+    return code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
 def _short(exc: BaseException) -> str:
+    if isinstance(exc, StreamEnded):
+        return str(exc)
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
     return f"{type(exc).__name__}: {exc}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tidelog.node.membership import placement_nodes
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command
 from tidelog.node.replica import Replica
@@ -20,14 +21,15 @@ class NodeQueueHost:
         self._api = api
         self.node_id: int = config.node_id
         self.batch_bytes_max: int = config.batch_bytes_max
-        self._node_ids = sorted(config.peers)
+        self._config = config
 
     @property
     def state(self) -> MetadataState:
         return self._metadata.state
 
     def node_ids(self) -> list[int]:
-        return list(self._node_ids)
+        """Where new replicas may go: not joining, draining or removed (node/membership.py)."""
+        return placement_nodes(self._config, self._metadata.state)
 
     def leader_of(self, group: str) -> tuple[int, str] | None:
         return self._replicas.leader_of(group)

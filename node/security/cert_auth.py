@@ -75,7 +75,7 @@ class PeerAuthInterceptor(grpc.aio.ServerInterceptor):
     """Peer listener: only the cluster's nodes, each as `Node:<id>` from its certificate."""
 
     def __init__(self, node_ids: Collection[int], *, tls: bool) -> None:
-        self._node_ids = frozenset(node_ids)
+        self._node_ids = node_ids  # may be live (node/membership.py LiveNodeIds)
         self._tls = tls
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:

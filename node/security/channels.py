@@ -53,21 +53,29 @@ class PeerDialer:
     """Maps a node id or client address to the node's peer listener and dials it."""
 
     def __init__(self, config: NodeConfig, nodes: Callable[[], Mapping[int, str]] = dict,
-                 tls: TlsFiles | None = None) -> None:
+                 tls: TlsFiles | None = None,
+                 peers: Callable[[], Mapping[int, str]] = dict) -> None:
         self._config = config
         self._nodes = nodes  # node id → advertised client address, from the metadata
+        # node id → peer listener of the nodes not in --peers (node/membership.py: admitted
+        # and joined nodes, learned from the metadata)
+        self._peers = peers
         self.tls = tls if tls is not None or not config.security.tls \
             else TlsFiles.from_config(config.security)
 
     def peer_address(self, target: int | str) -> str:
         node_id = target if isinstance(target, int) else self._node_of(target)
-        address = self._config.peer_addresses.get(node_id)
+        address = self._config.peer_addresses.get(node_id) or self._peers().get(node_id)
         if address is None:
-            raise ConfigError(f"node {node_id} is not in --peers: no peer listener to dial")
+            raise ConfigError(f"node {node_id} is not a member of this cluster: no peer "
+                              "listener to dial")
         return address
 
     def channel(self, target: int | str) -> grpc.aio.Channel:
-        address = self.peer_address(target)
+        return self.channel_to_address(self.peer_address(target))
+
+    def channel_to_address(self, address: str) -> grpc.aio.Channel:
+        """A channel to a peer listener known only by its address (a joining node's seeds)."""
         if self.tls is None:
             return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         return _ReloadingChannel(address, self.tls)

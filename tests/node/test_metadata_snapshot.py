@@ -77,6 +77,12 @@ def commands() -> list[mc.Command]:
                                       throttle_bytes_per_s=1000),
         mc.AlterPartitionReassignment(topic="orders", partition=1, target=(2, 3, 1)),
         mc.CompletePartitionReassignment(topic_id=1, partition=1, target=(2, 3, 1)),
+        mc.AddNode(node_id=4, address="127.0.0.1:4", peer_address="127.0.0.1:10004",
+                   metadata_voter=True),
+        mc.RegisterNode(node_id=4, address="127.0.0.1:4"),
+        mc.AddNode(node_id=5, address="h5:9091", peer_address="h5:19091"),
+        mc.DecommissionNode(node_id=5),
+        mc.RemoveNode(node_id=5),
         mc.CreateTopic(name="bad name", partitions=1, replication_factor=1),  # refused
     ]
 
