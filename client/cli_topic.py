@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="return K to its default (repeatable)")
     alter.add_argument("--partitions", type=int, metavar="N",
                        help="grow the topic to N partitions in all (more than it has)")
+    alter.add_argument("--replication-factor", type=int, metavar="N",
+                       help="N replicas per partition: a reassignment of every partition "
+                            "(docs/operations.md; follow it with `topic describe`)")
+    alter.add_argument("--throttle", type=int, default=0, metavar="BYTES/S",
+                       help="with --replication-factor: catch-up bytes/s per new replica")
     alter.set_defaults(func=_alter)
 
     for sub in (create, listing, describe, delete, alter):
@@ -181,9 +186,10 @@ def _alter(args: argparse.Namespace) -> int:
 
     def action(admin: Any) -> None:
         configs = _configs(args.config)
-        if not configs and not args.delete_config and args.partitions is None:
-            raise _Usage("nothing to change: give --config K=V, --delete-config K or "
-                         "--partitions N")
+        if not configs and not args.delete_config and args.partitions is None \
+                and args.replication_factor is None:
+            raise _Usage("nothing to change: give --config K=V, --delete-config K, "
+                         "--partitions N or --replication-factor N")
         done = []
         if args.partitions is not None:
             try:
@@ -196,6 +202,12 @@ def _alter(args: argparse.Namespace) -> int:
         if configs or args.delete_config:
             admin.alter_topic_configs(args.name, configs, args.delete_config)
             done.append("configs changed")
+        if args.replication_factor is not None:
+            plan = admin.alter_replication_factor(args.name, args.replication_factor,
+                                                  throttle_bytes_per_s=args.throttle)
+            done.append(f"replication factor -> {args.replication_factor} "
+                        f"({len(plan)} partitions reassigning)" if plan
+                        else f"replication factor already {args.replication_factor}")
         print(f"altered topic {args.name!r}: {', '.join(done)}")
 
     return _run(args, action)

@@ -7,9 +7,12 @@ that copy competes with the producers' replication for the disk and the network 
 the shell may hold messages back: each (group, learner) stream is a FIFO (order kept, so an
 empty append never overtakes the entries it follows and sends the learner into a probe), and a
 message leaves only once the bucket holds its entries' bytes ("pay before send": the bytes on
-the wire over any window are at most rate × window + one burst). Messages without entries
-(heartbeats, probes) cost nothing but wait their turn. Voters are never throttled: the throttle
-can slow a move, never the commit of produced records.
+the wire over any window are at most rate × window + one burst). An append of many entries is
+split at entry boundaries into appends of about `chunk_s` seconds of bytes each (each a valid
+append: the previous chunk's last entry is its prev), so the learner advances, and acknowledges,
+steadily rather than once per 1 MiB. Messages without entries (heartbeats, probes) cost nothing
+but wait their turn. Voters are never throttled: the throttle can slow a move, never the commit
+of produced records.
 
 Bounds: at most `queued_bytes_max` bytes wait per stream; a message beyond that is dropped (the
 leader resends after the learner's next answer: Raft's loss tolerance); the bucket holds at most
@@ -20,18 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tidelog.node.raft import Message
+from tidelog.node.raft import Entry, LogIndex, Message
 
 log = logging.getLogger(__name__)
 
 QUEUED_BYTES_MAX = 8 * 1024 * 1024
 BURST_S = 0.05
+CHUNK_S = 0.1
+CHUNK_BYTES_MIN = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -48,6 +54,29 @@ class _Stream:
 
 def entry_bytes(message: Message) -> int:
     return sum(len(e.data) for e in message.entries)
+
+
+def split_append(message: Message, chunk_bytes: int) -> list[Message]:
+    """The message as appends of at most `chunk_bytes` of entries each (one entry at least),
+    each one's prev being the last entry of the one before: what the leader would have sent
+    with a smaller max_append_bytes."""
+    if len(message.entries) < 2 or entry_bytes(message) <= chunk_bytes:
+        return [message]
+    parts: list[Message] = []
+    prev_index, prev_term = message.index, message.log_term
+    chunk: list[Entry] = []
+    size = 0
+    for entry in message.entries:
+        if chunk and size + len(entry.data) > chunk_bytes:
+            parts.append(dataclasses.replace(message, index=prev_index, log_term=prev_term,
+                                             entries=tuple(chunk)))
+            prev_index, prev_term = LogIndex(chunk[-1].last), chunk[-1].term
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += len(entry.data)
+    parts.append(dataclasses.replace(message, index=prev_index, log_term=prev_term,
+                                     entries=tuple(chunk)))
+    return parts
 
 
 class LearnerThrottle:
@@ -79,12 +108,13 @@ class LearnerThrottle:
             log.info("throttling catch-up of %s to learner %d at %d bytes/s", group,
                      message.to, rate)
         stream.rate = rate
-        cost = entry_bytes(message)
-        if cost and stream.queued_bytes + cost > self._queued_bytes_max:
-            stream.dropped += 1  # the leader resends after the learner's next answer
-            return
-        stream.queue.append((message, cost))
-        stream.queued_bytes += cost
+        for part in split_append(message, max(CHUNK_BYTES_MIN, int(rate * CHUNK_S))):
+            cost = entry_bytes(part)
+            if cost and stream.queued_bytes + cost > self._queued_bytes_max:
+                stream.dropped += 1  # the leader resends after the learner's next answer
+                break  # the rest would only leave a gap the learner refuses
+            stream.queue.append((part, cost))
+            stream.queued_bytes += cost
         self._pump(key)
 
     def sent_bytes(self, group: str, node: int) -> int:

@@ -30,6 +30,10 @@ from tidelog.node.replica import Replica
 log = logging.getLogger(__name__)
 
 ROUND_S = 0.1  # how often a leader looks at its reassigning partitions
+# The Raft core's own promote check (RaftConfig.promote_lag_max, in offsets) for partition
+# replicas: a safety net only; the driver's rule (caught up to the commit of one round ago,
+# reassignment_steps) decides. Kept far above what one round of produce adds.
+PROMOTE_LAG_MAX = 1_000_000
 COMPLETE_TIMEOUT_S = 10.0
 
 
@@ -48,7 +52,8 @@ class ReassignmentHost(Protocol):
 Propose = Callable[[Command, float], Awaitable[dict[str, Any]]]
 
 
-def group_view(replica: Replica) -> GroupView:
+def group_view(replica: Replica, caught_up_at: int | None = None) -> GroupView:
+    """`caught_up_at`: the commit index one round ago (None: the commit index now)."""
     core = replica.core
     membership = core.membership
     match = {int(n): int(p.match) for n, p in core.progress.items()}
@@ -57,7 +62,9 @@ def group_view(replica: Replica) -> GroupView:
                      learners=frozenset(int(n) for n in membership.learners),
                      # CONFIG entries above the commit index (the core applies one at commit)
                      change_pending=bool(core._pending_configs),
-                     commit=int(core.commit), match=match)
+                     commit=int(core.commit), match=match,
+                     caught_up_at=min(int(core.commit), caught_up_at if caught_up_at is not None
+                                      else int(core.commit)))
 
 
 def learner_rate(state: MetadataState, replica: Replica | None, node: int) -> int:
@@ -79,6 +86,9 @@ class ReassignmentDriver:
         self._propose = propose
         self._completing: dict[str, asyncio.Task[None]] = {}
         self._last_step: dict[str, str] = {}  # group → the step last logged (log once each)
+        # group → (term, commit index) at the previous round: the "caught up" bar of a learner
+        # (soft: lost at a failover, which only delays a promotion by one round)
+        self._previous_commit: dict[str, tuple[int, int]] = {}
 
     def last_step(self, group: str) -> str:
         """The step this node last chose for the group ('' when it does not lead it)."""
@@ -93,12 +103,18 @@ class ReassignmentDriver:
         state = self._host.state
         for group in [g for g in self._last_step if g not in state.reassignments]:
             del self._last_step[group]
+        for group in [g for g in self._previous_commit if g not in state.reassignments]:
+            del self._previous_commit[group]
         for group, reassignment in list(state.reassignments.items()):
             replica = self._host.partitions.get(group)
             if replica is None or replica.error is not None or not replica.is_leader:
                 self._last_step.pop(group, None)
+                self._previous_commit.pop(group, None)
                 continue
-            step = next_step(group_view(replica), reassignment.target)
+            term, commit = self._previous_commit.get(group, (replica.term, replica.commit_index))
+            self._previous_commit[group] = (replica.term, replica.commit_index)
+            bar = commit if term == replica.term else None
+            step = next_step(group_view(replica, bar), reassignment.target)
             self._note(group, step)
             self._take(replica, reassignment, step)
 

@@ -11,7 +11,10 @@ Order, one single-server change at a time (Raft's rule, node/raft/core.py):
 1. wait while a membership change is pending (uncommitted);
 2. remove a learner that is not in the target (a changed or cancelled target);
 3. add the first target node that is no member yet, as a LEARNER (it neither votes nor counts);
-4. promote a learner of the target once its match has reached the commit index; while none has,
+4. promote a learner of the target once it has caught up: its match has reached `caught_up_at`,
+   the commit index as it was one driver round ago (under a steady produce load the match of a
+   learner is never EXACTLY the commit index for long, so "reached the commit of a moment ago"
+   is the rule, as Kafka's ISR join is "fetched up to the high watermark"); while none has,
    wait (the replication factor never drops below the original's during a move);
 5. remove a voter that is not in the target, the leader itself last;
 6. if the leader is not in the target, transfer leadership to a caught-up target voter (the new
@@ -46,6 +49,7 @@ class GroupView:
     change_pending: bool  # a CONFIG entry above the commit index
     commit: int  # the commit index (an offset)
     match: Mapping[int, int]  # member → highest offset it acknowledged (the leader's view)
+    caught_up_at: int  # a learner whose match reached this (<= commit) may be promoted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,11 +82,11 @@ def next_step(view: GroupView, target: Sequence[int]) -> Step:
     if joining:
         lags = ", ".join(f"{n} at {view.match.get(n, -1)}" for n in joining)
         return Step(kind=StepKind.WAIT,
-                    reason=f"learner {lags} catching up to commit {view.commit}")
+                    reason=f"learner {lags} catching up to {view.caught_up_at}")
     for node in sorted(view.voters - wanted - {view.leader}):
         return Step(kind=StepKind.REMOVE, node=node)
     if view.leader not in wanted:
-        ready = [n for n in target if n in view.voters and _caught_up(view, n)]
+        ready = [n for n in target if n in view.voters and view.match.get(n, -1) >= view.commit]
         if not ready:
             return Step(kind=StepKind.WAIT, reason="no caught-up target voter to lead")
         return Step(kind=StepKind.TRANSFER, node=ready[0],
@@ -92,4 +96,4 @@ def next_step(view: GroupView, target: Sequence[int]) -> Step:
 
 
 def _caught_up(view: GroupView, node: int) -> bool:
-    return view.match.get(node, -1) >= view.commit
+    return view.match.get(node, -1) >= view.caught_up_at

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -31,7 +32,7 @@ from tidelog.node.metrics.raft import RaftObserver
 from tidelog.node.raft import Message, NodeId, RaftConfig, RemoteProtocolError
 from tidelog.node.raft_validation import MalformedRaftMessage, decode_raft_message
 from tidelog.node.raft_wire import to_wire
-from tidelog.node.reassignment import learner_rate
+from tidelog.node.reassignment import PROMOTE_LAG_MAX, learner_rate
 from tidelog.node.reassignment_state import nodes_running, preferred_leader
 from tidelog.node.replica import Replica
 from tidelog.node.replica_configs import log_config, raft_config
@@ -272,10 +273,12 @@ class ReplicaManager:
         target (the leader may be either)."""
         replicas = topic.replicas[partition]
         if self.id in replicas:
-            return raft_config(self.config, replicas)
-        r = self.state.reassignments.get(partition_group(topic.topic_id, partition))
-        others = [n for n in [*replicas, *(r.target if r else ())] if n != self.id]
-        return raft_config(self.config, list(dict.fromkeys(others)), [self.id])
+            config = raft_config(self.config, replicas)
+        else:
+            r = self.state.reassignments.get(partition_group(topic.topic_id, partition))
+            others = [n for n in [*replicas, *(r.target if r else ())] if n != self.id]
+            config = raft_config(self.config, list(dict.fromkeys(others)), [self.id])
+        return dataclasses.replace(config, promote_lag_max=PROMOTE_LAG_MAX)
 
     async def _delete_replica(self, replica: Replica) -> None:
         try:

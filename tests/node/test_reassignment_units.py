@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 
 import pytest
 from tidelog.node.errors import InvalidReplicationFactorError
-from tidelog.node.learner_throttle import LearnerThrottle
+from tidelog.node.learner_throttle import LearnerThrottle, split_append
 from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import (
     AlterPartitionReassignment,
@@ -156,7 +157,7 @@ class ModelGroup:
             match[n] = self.commit - 10 * rounds
         return GroupView(leader=self.leader, voters=frozenset(self.voters),
                          learners=frozenset(self.learners), change_pending=False,
-                         commit=self.commit, match=match)
+                         commit=self.commit, match=match, caught_up_at=self.commit)
 
     def round(self, target: tuple[int, ...]) -> StepKind:
         step = next_step(self.view(), target)
@@ -209,12 +210,16 @@ def test_steps_reach_any_target_through_failovers(seed: int) -> None:
 
 def test_a_pending_change_waits_and_a_lagging_learner_is_not_promoted() -> None:
     view = GroupView(leader=1, voters=frozenset({1, 2, 3}), learners=frozenset({4}),
-                     change_pending=True, commit=50, match={1: 50, 2: 50, 3: 50, 4: 10})
+                     change_pending=True, commit=50, match={1: 50, 2: 50, 3: 50, 4: 10},
+                     caught_up_at=45)
     assert next_step(view, (1, 2, 4)).kind is StepKind.WAIT
     lagging = GroupView(leader=1, voters=view.voters, learners=view.learners,
-                        change_pending=False, commit=50, match=view.match)
+                        change_pending=False, commit=50, match=view.match, caught_up_at=45)
     step = next_step(lagging, (1, 2, 4))
     assert step.kind is StepKind.WAIT and "learner 4 at 10" in step.describe()
+    # caught up to where the commit was a round ago (45), though not to the commit now (50)
+    near = dataclasses.replace(lagging, match={**view.match, 4: 46})
+    assert next_step(near, (1, 2, 4)).kind is StepKind.PROMOTE
 
 
 # -- plans -------------------------------------------------------------------------------------
@@ -317,3 +322,18 @@ def test_throttle_drops_beyond_its_bound_and_drains_when_lifted() -> None:
     before, after = asyncio.run(run())
     assert before == []
     assert after == [0, 1, 5]  # indexes are prev (index - 1); 3, 4, 5 were dropped
+
+
+def test_a_long_append_to_a_learner_is_split_into_valid_chunks() -> None:
+    entries = tuple(Entry(term=Term(2), index=LogIndex(10 + i), count=1, kind=EntryKind.DATA,
+                          data=b"x" * 30_000) for i in range(7))
+    message = Message(type=MessageType.APPEND, frm=NodeId(1), to=NodeId(4), term=Term(2),
+                      index=LogIndex(9), log_term=Term(1), entries=entries, commit=LogIndex(16))
+    parts = split_append(message, 100_000)
+    assert [len(p.entries) for p in parts] == [3, 3, 1]
+    assert [e for p in parts for e in p.entries] == list(entries)
+    assert (parts[0].index, parts[0].log_term) == (9, 1)  # the original prev
+    for before, after in zip(parts, parts[1:], strict=False):
+        assert (after.index, after.log_term) == (before.entries[-1].last, Term(2))
+    assert all(p.commit == 16 and p.term == 2 for p in parts)
+    assert split_append(message, 10**9) == [message]
