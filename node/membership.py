@@ -57,7 +57,11 @@ JOIN_FILE = "join.json"
 JOIN_RETRY_S = 1.0
 CONTROL_INTERVAL_S = 0.25
 REFUSAL_LOG_INTERVAL_S = 30.0
-REMOVED_STOP_WAIT_S = 15.0  # a removed node stops at the latest this long after RemoveNode
+# A removed node stops once out of the metadata group or at the latest this long after applying
+# RemoveNode: it rarely learns that the CONFIG entry removing it committed (the leader stops
+# sending to it), and stopping is safe anyway: the change needs a majority of the old voters,
+# which decommission checked were up.
+REMOVED_STOP_WAIT_S = 3.0
 METADATA_VOTERS_MIN = 3
 
 
@@ -473,8 +477,8 @@ class MembershipController:
         """On the metadata leader: move each draining node's replicas away; once none is left,
         commit its removal."""
         replica = self._metadata.replica
-        if replica is None or not replica.is_leader:
-            return
+        if replica is None or not replica.is_leader or replica.core.lead_transferee is not None:
+            return  # (a leader handing over leaves the drain to the next one)
         for member in list(self.state.members.values()):
             if member.state is not NodeState.DRAINING:
                 continue
