@@ -42,4 +42,5 @@ def raft_config(config: NodeConfig, voters: Sequence[int],
         election_ticks=config.election_ticks,
         heartbeat_ticks=config.heartbeat_ticks,
         noop_on_committed_log=False,  # a fresh topic starts at offset 0 (docs/raft.md)
+        quiesce=True,  # idle groups sleep; node/liveness.py wakes them (docs/raft.md)
     )

@@ -6,6 +6,13 @@ message is the peer's fault and dropped, an exception while stepping a valid one
 stops that replica), keeps the leader of every group as announced over the peer streams, ticks
 every replica, moves leadership back to preferred leaders, and hands it over at shutdown.
 It sees the metadata only through `MetadataView`.
+
+Idle groups quiesce (docs/raft.md, "Quiescence"): a sleeping replica is not ticked, and one
+liveness beat per node pair (`NodeLiveness`, node/liveness.py) replaces the per-group
+heartbeats; a peer silent for an election timeout, or whose link goes down, has every sleeping
+group it is a member of woken. A replica stopped by a local error is announced to the peers on
+every beat (a LeaderInfo with leader_id RESIGNED), which wakes their replicas of that group: a
+stopped leader on a live node would otherwise leave its sleeping followers asleep.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +32,7 @@ from typing import Protocol
 from tidelog.node.config import NodeConfig
 from tidelog.node.group_commit import GroupCommitter
 from tidelog.node.learner_throttle import LearnerThrottle
+from tidelog.node.liveness import Heard, NodeLiveness, wake_groups
 from tidelog.node.log_events import CatchUpWatch, group_label
 from tidelog.node.membership_state import NodeState, node_state
 from tidelog.node.metadata import MetadataState, TopicInfo
@@ -47,6 +56,7 @@ log = logging.getLogger(__name__)
 
 LEADER_ANNOUNCE_INTERVAL_S = 2.0
 LEADERS_POLL_S = 0.05
+RESIGNED = -1  # LeaderInfo.leader_id: "my replica of this group stopped; wake yours"
 
 
 class MetadataView(Protocol):
@@ -76,7 +86,10 @@ class ReplicaManager:
         self._is_member = is_member or (lambda node_id: node_id in config.peers)
         self.id = config.node_id
         self.data_dir = data_dir
-        self.transport = Transport(self.id, config.peer_addresses, self._on_unreachable)
+        # Random per process start, on every batch we send: peers see a restart (node/liveness.py).
+        self.incarnation = random.getrandbits(63)
+        self.transport = Transport(self.id, config.peer_addresses, self._on_unreachable,
+                                   incarnation=self.incarnation)
         self.partitions: dict[str, Replica] = {}  # group → local replica
         self.leader_hints: dict[str, LeaderHint] = {}
         self._metadata = metadata
@@ -90,6 +103,9 @@ class ReplicaManager:
         self._delete_tasks: set[asyncio.Task[None]] = set()
         self.catch_up = CatchUpWatch(config.tick_ms)  # "replica ... caught up" log lines
         self.raft_metrics = RaftObserver()  # elections, leader changes, append round trips
+        self.liveness = NodeLiveness([p for p in config.peers if p != self.id],
+                                     timeout_ticks=config.election_ticks,
+                                     beat_ticks=config.heartbeat_ticks)
         # Catch-up of reassignment learners, paced (node/learner_throttle.py).
         self.learner_throttle = LearnerThrottle(
             self._send_now, lambda group, node: learner_rate(
@@ -311,9 +327,19 @@ class ReplicaManager:
         replica stops with the real reason (issue 11, defect 12)."""
         sender = batch.from_node
         self.transport.heard_from(sender)
+        heard = self.liveness.heard(sender, batch.incarnation)
+        if heard is Heard.BACK:
+            log.info("node %d is heard from again", sender)
+        elif heard is Heard.RESTARTED:
+            self._peer_lost(sender, "restarted")
         for info in batch.leaders:
             if info.leader_id == sender and info.term >= 0 and self._known_group(info.group):
                 self._note_leader(info.group, info.leader_id, info.term)
+            elif info.leader_id == RESIGNED:
+                replica = (self._metadata.replica if info.group == METADATA_GROUP
+                           else self.partitions.get(info.group))
+                if replica is not None and replica.error is None:
+                    replica.core.wake()
         for wire in batch.messages:
             replica = (self._metadata.replica if wire.group == METADATA_GROUP
                        else self.partitions.get(wire.group))
@@ -363,6 +389,14 @@ class ReplicaManager:
         self.raft_metrics.unreachable(peer)
         for replica in self.all_replicas():
             replica.report_unreachable(peer)
+        self._peer_lost(peer, "its link went down")
+
+    def _peer_lost(self, peer: int, why: str) -> None:
+        """Wake every sleeping group `peer` is a member of: its followers here campaign if it
+        led them, and groups led here check their quorum again."""
+        woken = wake_groups(self.all_replicas(), peer)
+        if woken:
+            log.info("woke %d quiesced groups: node %d %s", woken, peer, why)
 
     def on_soft_state(self, replica: Replica) -> None:
         """A replica's role or leader changed: remember and announce it, then tell the node."""
@@ -397,10 +431,23 @@ class ReplicaManager:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             if time.monotonic() - next_at > 5 * interval:
                 next_at = time.monotonic()  # we were paused; don't replay missed ticks
-            for replica in self.all_replicas():
-                if replica.error is None:
+            replicas = self.all_replicas()
+            for replica in replicas:
+                if replica.error is None and not replica.core.quiesced:
                     replica.tick()
-            self.catch_up.tick(self.all_replicas(), self.log_label, self.id)
+            self._tick_liveness(replicas)
+            self.catch_up.tick(replicas, self.log_label, self.id)
+
+    def _tick_liveness(self, replicas: list[Replica]) -> None:
+        tick = self.liveness.tick()
+        if tick.beat:
+            for replica in replicas:  # rare: a replica stopped by a local error
+                if replica.error is not None:
+                    self.transport.broadcast_leader(cpb.LeaderInfo(
+                        group=replica.group, leader_id=RESIGNED, term=replica.term))
+            self.transport.beat()
+        for peer in tick.lost:
+            self._peer_lost(peer, "was silent for an election timeout")
 
     async def announce_loop(self) -> None:
         while True:

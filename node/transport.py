@@ -40,13 +40,15 @@ class PeerLink:
     """Outbound stream to one peer."""
 
     def __init__(self, self_id: int, peer_id: int, address: str,
-                 on_unreachable: Callable[[int], None]) -> None:
+                 on_unreachable: Callable[[int], None], incarnation: int = 0) -> None:
         self.self_id = self_id
+        self.incarnation = incarnation  # on every batch: the peer sees when we restarted
         self.peer_id = peer_id
         self.address = address
         self._on_unreachable = on_unreachable
         self._queue: deque[cpb.RaftMessage] = deque()
         self._leaders: dict[str, cpb.LeaderInfo] = {}
+        self._beat = False  # a node-level liveness beat is due (node/liveness.py)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -76,6 +78,12 @@ class PeerLink:
     def send_leader(self, info: cpb.LeaderInfo) -> None:
         """Leadership news: only the latest per group is kept, so this queue is bounded too."""
         self._leaders[info.group] = info
+        self._wake.set()
+
+    def send_beat(self) -> None:
+        """Node-level liveness: a batch goes out even if it carries nothing (quiesced groups
+        send no heartbeats; the peer counts any batch as hearing from us)."""
+        self._beat = True
         self._wake.set()
 
     async def _run(self) -> None:
@@ -113,8 +121,9 @@ class PeerLink:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._queue or self._leaders:
-                    batch = cpb.RaftBatch(from_node=self.self_id)
+                while self._queue or self._leaders or self._beat:
+                    self._beat = False
+                    batch = cpb.RaftBatch(from_node=self.self_id, incarnation=self.incarnation)
                     if self._leaders:
                         batch.leaders.extend(self._leaders.values())
                         self._leaders = {}
@@ -140,11 +149,12 @@ class Transport:
     """All outbound links of this node, and the bookkeeping of who we heard from recently."""
 
     def __init__(self, self_id: int, peers: dict[int, str],
-                 on_unreachable: Callable[[int], None]) -> None:
+                 on_unreachable: Callable[[int], None], incarnation: int = 0) -> None:
         self.self_id = self_id
         self._on_unreachable = on_unreachable
+        self.incarnation = incarnation
         self.links = {
-            peer_id: PeerLink(self_id, peer_id, address, on_unreachable)
+            peer_id: PeerLink(self_id, peer_id, address, on_unreachable, incarnation)
             for peer_id, address in peers.items()
             if peer_id != self_id
         }
@@ -172,7 +182,8 @@ class Transport:
         for peer_id, address in peers.items():
             if peer_id == self.self_id or peer_id in self.links:
                 continue
-            link = PeerLink(self.self_id, peer_id, address, self._on_unreachable)
+            link = PeerLink(self.self_id, peer_id, address, self._on_unreachable,
+                            self.incarnation)
             self.links[peer_id] = link
             if self._started:
                 link.start()
@@ -185,6 +196,11 @@ class Transport:
         link = self.links.get(to)
         if link is not None:
             link.send(message)
+
+    def beat(self) -> None:
+        """One liveness beat to every peer (node/liveness.py)."""
+        for link in self.links.values():
+            link.send_beat()
 
     def broadcast_leader(self, info: cpb.LeaderInfo) -> None:
         for link in self.links.values():

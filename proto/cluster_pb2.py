@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btidelog/proto/cluster.proto\x12\ntidelog.v1\"j\n\tRaftEntry\x12\x0c\n\x04term\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.tidelog.v1.EntryKind\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"L\n\nMembership\x12\x0e\n\x06voters\x18\x01 \x03(\x05\x12\x10\n\x08learners\x18\x02 \x03(\x05\x12\x12\n\x05index\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_index\"\xa5\x02\n\x0bRaftMessage\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0b\n\x03\x66rm\x18\x03 \x01(\x05\x12\n\n\x02to\x18\x04 \x01(\x05\x12\x0c\n\x04term\x18\x05 \x01(\x03\x12\r\n\x05index\x18\x06 \x01(\x03\x12\x10\n\x08log_term\x18\x07 \x01(\x03\x12&\n\x07\x65ntries\x18\x08 \x03(\x0b\x32\x15.tidelog.v1.RaftEntry\x12\x0e\n\x06\x63ommit\x18\t \x01(\x03\x12\x0e\n\x06reject\x18\n \x01(\x08\x12\x13\n\x0breject_hint\x18\x0b \x01(\x03\x12\x10\n\x08transfer\x18\x0c \x01(\x08\x12*\n\nmembership\x18\r \x01(\x0b\x32\x16.tidelog.v1.Membership\x12\x16\n\x0ehas_membership\x18\x0e \x01(\x08\"<\n\nLeaderInfo\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x0c\n\x04term\x18\x03 \x01(\x03\"r\n\tRaftBatch\x12\x11\n\tfrom_node\x18\x01 \x01(\x05\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.tidelog.v1.RaftMessage\x12\'\n\x07leaders\x18\x03 \x03(\x0b\x32\x16.tidelog.v1.LeaderInfo\"\"\n\x0f\x45xchangeSummary\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x03\"=\n\x16ProposeMetadataRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\"P\n\x17ProposeMetadataResponse\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x12\n\nnot_leader\x18\x03 \x01(\x08\"Z\n\x17MetadataSnapshotRequest\x12\x11\n\tmin_index\x18\x01 \x01(\x03\x12\x12\n\x05index\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x42\x08\n\x06_index\"Y\n\x15MetadataSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\r\n\x05index\x18\x03 \x01(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03*=\n\tEntryKind\x12\x0e\n\nENTRY_DATA\x10\x00\x12\x0e\n\nENTRY_NOOP\x10\x01\x12\x10\n\x0c\x45NTRY_CONFIG\x10\x02\x32\x88\x02\n\x07\x43luster\x12@\n\x08\x45xchange\x12\x15.tidelog.v1.RaftBatch\x1a\x1b.tidelog.v1.ExchangeSummary(\x01\x12Z\n\x0fProposeMetadata\x12\".tidelog.v1.ProposeMetadataRequest\x1a#.tidelog.v1.ProposeMetadataResponse\x12_\n\x15\x46\x65tchMetadataSnapshot\x12#.tidelog.v1.MetadataSnapshotRequest\x1a!.tidelog.v1.MetadataSnapshotChunkb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btidelog/proto/cluster.proto\x12\ntidelog.v1\"j\n\tRaftEntry\x12\x0c\n\x04term\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.tidelog.v1.EntryKind\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"L\n\nMembership\x12\x0e\n\x06voters\x18\x01 \x03(\x05\x12\x10\n\x08learners\x18\x02 \x03(\x05\x12\x12\n\x05index\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_index\"\xa5\x02\n\x0bRaftMessage\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0b\n\x03\x66rm\x18\x03 \x01(\x05\x12\n\n\x02to\x18\x04 \x01(\x05\x12\x0c\n\x04term\x18\x05 \x01(\x03\x12\r\n\x05index\x18\x06 \x01(\x03\x12\x10\n\x08log_term\x18\x07 \x01(\x03\x12&\n\x07\x65ntries\x18\x08 \x03(\x0b\x32\x15.tidelog.v1.RaftEntry\x12\x0e\n\x06\x63ommit\x18\t \x01(\x03\x12\x0e\n\x06reject\x18\n \x01(\x08\x12\x13\n\x0breject_hint\x18\x0b \x01(\x03\x12\x10\n\x08transfer\x18\x0c \x01(\x08\x12*\n\nmembership\x18\r \x01(\x0b\x32\x16.tidelog.v1.Membership\x12\x16\n\x0ehas_membership\x18\x0e \x01(\x08\"<\n\nLeaderInfo\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x0c\n\x04term\x18\x03 \x01(\x03\"\x87\x01\n\tRaftBatch\x12\x11\n\tfrom_node\x18\x01 \x01(\x05\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.tidelog.v1.RaftMessage\x12\'\n\x07leaders\x18\x03 \x03(\x0b\x32\x16.tidelog.v1.LeaderInfo\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\"\"\n\x0f\x45xchangeSummary\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x03\"=\n\x16ProposeMetadataRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\"P\n\x17ProposeMetadataResponse\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x12\n\nnot_leader\x18\x03 \x01(\x08\"Z\n\x17MetadataSnapshotRequest\x12\x11\n\tmin_index\x18\x01 \x01(\x03\x12\x12\n\x05index\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x42\x08\n\x06_index\"Y\n\x15MetadataSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\r\n\x05index\x18\x03 \x01(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03*=\n\tEntryKind\x12\x0e\n\nENTRY_DATA\x10\x00\x12\x0e\n\nENTRY_NOOP\x10\x01\x12\x10\n\x0c\x45NTRY_CONFIG\x10\x02\x32\x88\x02\n\x07\x43luster\x12@\n\x08\x45xchange\x12\x15.tidelog.v1.RaftBatch\x1a\x1b.tidelog.v1.ExchangeSummary(\x01\x12Z\n\x0fProposeMetadata\x12\".tidelog.v1.ProposeMetadataRequest\x1a#.tidelog.v1.ProposeMetadataResponse\x12_\n\x15\x46\x65tchMetadataSnapshot\x12#.tidelog.v1.MetadataSnapshotRequest\x1a!.tidelog.v1.MetadataSnapshotChunkb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tidelog.proto.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRYKIND']._serialized_start=1067
-  _globals['_ENTRYKIND']._serialized_end=1128
+  _globals['_ENTRYKIND']._serialized_start=1089
+  _globals['_ENTRYKIND']._serialized_end=1150
   _globals['_RAFTENTRY']._serialized_start=43
   _globals['_RAFTENTRY']._serialized_end=149
   _globals['_MEMBERSHIP']._serialized_start=151
@@ -41,18 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAFTMESSAGE']._serialized_end=523
   _globals['_LEADERINFO']._serialized_start=525
   _globals['_LEADERINFO']._serialized_end=585
-  _globals['_RAFTBATCH']._serialized_start=587
-  _globals['_RAFTBATCH']._serialized_end=701
-  _globals['_EXCHANGESUMMARY']._serialized_start=703
-  _globals['_EXCHANGESUMMARY']._serialized_end=737
-  _globals['_PROPOSEMETADATAREQUEST']._serialized_start=739
-  _globals['_PROPOSEMETADATAREQUEST']._serialized_end=800
-  _globals['_PROPOSEMETADATARESPONSE']._serialized_start=802
-  _globals['_PROPOSEMETADATARESPONSE']._serialized_end=882
-  _globals['_METADATASNAPSHOTREQUEST']._serialized_start=884
-  _globals['_METADATASNAPSHOTREQUEST']._serialized_end=974
-  _globals['_METADATASNAPSHOTCHUNK']._serialized_start=976
-  _globals['_METADATASNAPSHOTCHUNK']._serialized_end=1065
-  _globals['_CLUSTER']._serialized_start=1131
-  _globals['_CLUSTER']._serialized_end=1395
+  _globals['_RAFTBATCH']._serialized_start=588
+  _globals['_RAFTBATCH']._serialized_end=723
+  _globals['_EXCHANGESUMMARY']._serialized_start=725
+  _globals['_EXCHANGESUMMARY']._serialized_end=759
+  _globals['_PROPOSEMETADATAREQUEST']._serialized_start=761
+  _globals['_PROPOSEMETADATAREQUEST']._serialized_end=822
+  _globals['_PROPOSEMETADATARESPONSE']._serialized_start=824
+  _globals['_PROPOSEMETADATARESPONSE']._serialized_end=904
+  _globals['_METADATASNAPSHOTREQUEST']._serialized_start=906
+  _globals['_METADATASNAPSHOTREQUEST']._serialized_end=996
+  _globals['_METADATASNAPSHOTCHUNK']._serialized_start=998
+  _globals['_METADATASNAPSHOTCHUNK']._serialized_end=1087
+  _globals['_CLUSTER']._serialized_start=1153
+  _globals['_CLUSTER']._serialized_end=1417
 # @@protoc_insertion_point(module_scope)

@@ -83,14 +83,16 @@ class LeaderInfo(_message.Message):
     def __init__(self, group: _Optional[str] = ..., leader_id: _Optional[int] = ..., term: _Optional[int] = ...) -> None: ...
 
 class RaftBatch(_message.Message):
-    __slots__ = ("from_node", "messages", "leaders")
+    __slots__ = ("from_node", "messages", "leaders", "incarnation")
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     LEADERS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     from_node: int
     messages: _containers.RepeatedCompositeFieldContainer[RaftMessage]
     leaders: _containers.RepeatedCompositeFieldContainer[LeaderInfo]
-    def __init__(self, from_node: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[RaftMessage, _Mapping]]] = ..., leaders: _Optional[_Iterable[_Union[LeaderInfo, _Mapping]]] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, from_node: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[RaftMessage, _Mapping]]] = ..., leaders: _Optional[_Iterable[_Union[LeaderInfo, _Mapping]]] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ExchangeSummary(_message.Message):
     __slots__ = ("batches",)

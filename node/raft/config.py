@@ -37,6 +37,13 @@ class RaftConfig:
     entry of an older term may still need committing, so a fresh topic starts at offset 0 and
     an idle leader change adds no offset (docs/raft.md, "The leader's no-op")."""
 
+    quiesce: bool = False
+    """A leader whose group is idle (everything committed, applied here, matched by every
+    follower, each heard from recently) sends QUIESCE and stops heartbeating; followers stop
+    their election timers. Any message, proposal, transfer or membership change wakes the group;
+    the runtime calls ``RaftCore.wake`` when the leader's node stops answering (docs/raft.md,
+    "Quiescence"). Off by default (the paper tests and transcripts); on for the node's replicas."""
+
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1:
             raise ValueError("heartbeat_ticks must be >= 1")

@@ -13,10 +13,11 @@ message type that ends in ``assert_never``. Time is counted in ticks; the random
 timeout comes from the injected ``random.Random``.
 
 Deviations from the paper, each for a reason written beside the code: PreVote and CheckQuorum
-(Ongaro §9.6, §6.2), membership applied at commit (etcd) with single-server changes and the
-"commit an entry of your own term first" rule, positions as record offsets, and the
-damaged-log recovery rule (a replica that lost acknowledged entries neither votes nor campaigns
-until a leader elected by others has given them back).
+(Ongaro §9.6, §6.2), quiescence of idle groups (CockroachDB's; ``config.quiesce``), membership
+applied at commit (etcd) with single-server changes and the "commit an entry of your own term
+first" rule, positions as record offsets, and the damaged-log recovery rule (a replica that lost
+acknowledged entries neither votes nor campaigns until a leader elected by others has given them
+back).
 """
 
 from __future__ import annotations
@@ -137,12 +138,16 @@ class RaftCore:
         self._prev_soft = self.soft_state()
         self._prev_membership = self.membership
         self._outstanding: Ready | None = None
+        self._quiesced = False
         self._become_follower(self.term, None)
 
     # ------------------------------------------------------------------ public inputs
 
     def tick(self) -> None:
-        """One unit of logical time passed."""
+        """One unit of logical time passed. A quiesced group's time stands still: the leader
+        sends no heartbeats and followers run no election timer until something wakes them."""
+        if self._quiesced:
+            return
         if self.role == Role.LEADER:
             self._tick_heartbeat()
         else:
@@ -155,6 +160,8 @@ class RaftCore:
         sends (see ``_check_remote``); the runtime drops it and logs it."""
         assert m.to == self.id, f"message for {m.to} stepped into {self.id}"
         self._check_remote(m)
+        if self._quiesced and m.type != MessageType.QUIESCE:
+            self._unquiesce()  # any message wakes the group (a campaign, a reply, an append)
         if m.term > self.term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE) and self._in_lease(m):
                 return  # CheckQuorum lease: a live leader exists; ignore disruptive campaigns
@@ -166,12 +173,13 @@ class RaftCore:
                 MessageType.APPEND,
                 MessageType.HEARTBEAT,
                 MessageType.INSTALL_LOG_START,
+                MessageType.QUIESCE,
             ):
                 self._become_follower(m.term, m.frm)
             else:
                 self._become_follower(m.term, None)
         elif m.term < self.term:
-            if m.type in (MessageType.APPEND, MessageType.HEARTBEAT):
+            if m.type in (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.QUIESCE):
                 # Tell a stale leader (e.g. returning from a partition) about the newer term, so
                 # it steps down; with PreVote it would otherwise never learn (Ongaro §9.6).
                 self._send(MessageType.APPEND_RESP, m.frm)
@@ -226,6 +234,7 @@ class RaftCore:
             raise RaftError(f"node {to} is not a voter; cannot transfer leadership to it")
         if self._lead_transferee == to:
             return
+        self._wake_if_quiesced()
         self._lead_transferee = to
         self._election_elapsed = 0
         if self.progress[to].match == self.log.last_index():
@@ -278,6 +287,7 @@ class RaftCore:
         pr = self.progress.get(peer)
         if self.role != Role.LEADER or pr is None:
             return
+        self._wake_if_quiesced()  # heartbeats again: CheckQuorum must see whether it still leads
         match pr.state:
             case ProgressState.REPLICATE:
                 pr.become_probe()
@@ -287,6 +297,12 @@ class RaftCore:
                 pass
             case _:
                 assert_never(pr.state)
+
+    def wake(self) -> None:
+        """The runtime's node-level liveness says this group may need its timers again (the
+        node of a member stopped answering, or its link went down): resume ticking. A no-op
+        unless quiesced. Followers then campaign as usual if the leader is really gone."""
+        self._wake_if_quiesced()
 
     # ------------------------------------------------------------------ Ready / advance
 
@@ -357,6 +373,11 @@ class RaftCore:
         return self._recover_to is not None
 
     @property
+    def quiesced(self) -> bool:
+        """Idle and asleep: ``tick`` does nothing until a message, a proposal or ``wake``."""
+        return self._quiesced
+
+    @property
     def applied(self) -> LogIndex:
         return self._applied
 
@@ -382,6 +403,7 @@ class RaftCore:
         self._votes = {}
         self._lead_transferee = None
         self._bcast_pending = False
+        self._quiesced = False
 
     def _become_follower(self, term: Term, leader: NodeId | None) -> None:
         self._reset(term)
@@ -440,7 +462,12 @@ class RaftCore:
                 if pr is not None:
                     pr.recent_active = True
                     self._handle_heartbeat_resp(m, pr)
-            case MessageType.APPEND | MessageType.HEARTBEAT | MessageType.INSTALL_LOG_START:
+            case (
+                MessageType.APPEND
+                | MessageType.HEARTBEAT
+                | MessageType.INSTALL_LOG_START
+                | MessageType.QUIESCE
+            ):
                 raise AssertionError("unreachable: _check_remote refuses a second leader")
             case (
                 MessageType.PRE_VOTE_RESP
@@ -464,6 +491,9 @@ class RaftCore:
             case MessageType.INSTALL_LOG_START:
                 self._become_follower(m.term, m.frm)
                 self._handle_install_log_start(m)
+            case MessageType.QUIESCE:
+                self._become_follower(m.term, m.frm)
+                self._handle_quiesce(m)
             case MessageType.PRE_VOTE_RESP | MessageType.VOTE_RESP:
                 wanted = (
                     MessageType.PRE_VOTE_RESP
@@ -507,6 +537,9 @@ class RaftCore:
             case MessageType.INSTALL_LOG_START:
                 self._election_elapsed, self.leader = 0, m.frm
                 self._handle_install_log_start(m)
+            case MessageType.QUIESCE:
+                self._election_elapsed, self.leader = 0, m.frm
+                self._handle_quiesce(m)
             case MessageType.TIMEOUT_NOW:
                 # Leadership transfer: campaign at once, skipping PreVote and the lease (§3.10).
                 if self._promotable():
@@ -545,8 +578,69 @@ class RaftCore:
         self._tick_installs()
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
+            if self._can_quiesce():
+                self._quiesce()
+                return
             for p, pr in self.progress.items():
                 self._send(MessageType.HEARTBEAT, p, commit=LogIndex(min(pr.match, self.commit)))
+
+    # ------------------------------------------------------------------ quiescence
+
+    def _can_quiesce(self) -> bool:
+        """Idle (docs/raft.md, "Quiescence"): every entry committed, durable and applied here,
+        every follower matched to our last entry with nothing in flight and heard from in this
+        CheckQuorum window (a silent follower keeps the group awake), no transfer or membership
+        change under way, nothing waiting to be sent."""
+        if not self.config.quiesce or self._lead_transferee is not None:
+            return False
+        if self._pending_configs or self._bcast_pending or self._msgs:
+            return False
+        last = self.log.last_index()
+        if (self.commit != last or self.log.persisted_index() != last
+                or self._applied < last or self.log.has_unpersisted()):
+            return False
+        return all(
+            pr.match == last and pr.state == ProgressState.REPLICATE and not len(pr.inflights)
+            and pr.recent_active
+            for pr in self.progress.values()
+        )
+
+    def _quiesce(self) -> None:
+        """One QUIESCE per follower (our last entry and the commit index, which equal), then
+        sleep. A lost QUIESCE is harmless: that follower times out, and its campaign wakes us."""
+        last = self.log.last_index()
+        term = self.log.term_at(last)
+        assert term is not None
+        for p in sorted(self.progress):
+            self._send(MessageType.QUIESCE, p, index=last, log_term=term, commit=self.commit)
+        self._quiesced = True
+
+    def _handle_quiesce(self, m: Message) -> None:
+        """A follower sleeps only when its log holds the leader's last entry (then it commits to
+        the leader's commit, as an empty append would). Otherwise it answers as to an empty
+        append; that answer wakes the leader, which repairs this log as usual."""
+        if m.index >= self.commit and self.log.matches(m.index, m.log_term):
+            self._commit_to(self.log.boundary_at_or_before(LogIndex(min(m.commit, m.index))))
+            if self._recover_to is not None:
+                self._handle_append(dataclasses.replace(m, type=MessageType.APPEND))
+                return  # a recovering replica answers (and stays awake) until it is repaired
+            self._quiesced = True
+            return
+        self._handle_append(dataclasses.replace(m, type=MessageType.APPEND))
+
+    def _wake_if_quiesced(self) -> None:
+        if self._quiesced:
+            self._unquiesce()
+
+    def _unquiesce(self) -> None:
+        """Time runs again from zero: a follower waits a full election timeout for the leader's
+        heartbeats, and a leader must hear from a majority within the next CheckQuorum window
+        (it heard nothing while asleep, so no one counts as recently active)."""
+        self._quiesced = False
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        for pr in self.progress.values():
+            pr.recent_active = False
 
     def _tick_installs(self) -> None:
         # A dropped INSTALL_LOG_START gets no reply and no transport error; without this bound
@@ -632,6 +726,7 @@ class RaftCore:
         self._append_own([Entry(term=self.term, index=nxt, count=1, kind=EntryKind.NOOP)])
 
     def _append_own(self, entries: list[Entry]) -> None:
+        self._wake_if_quiesced()  # a proposal, a no-op or a membership change
         self.log.append(entries)
         self._note_configs(entries)
         self._bcast_pending = True
@@ -860,6 +955,7 @@ class RaftCore:
             MessageType.APPEND,
             MessageType.HEARTBEAT,
             MessageType.INSTALL_LOG_START,
+            MessageType.QUIESCE,
         ):
             return f"a second leader in our term (we, {self.id}, lead it)"
         if self.role == Role.LEADER and m.type == MessageType.APPEND_RESP and not m.reject:

@@ -14,9 +14,13 @@ HEARTBEAT          -                            -                           comm
 HEARTBEAT_RESP     -                            -                           -
 TIMEOUT_NOW        -                            -                           -
 INSTALL_LOG_START  leader's log_start - 1       term at that index          membership, commit
+QUIESCE            leader's last index          term at that index          commit
 =================  ===========================  ==========================  =====================
 
 The reply to INSTALL_LOG_START is an APPEND_RESP (its index is the follower's new match).
+QUIESCE is a leader's last heartbeat of an idle group (docs/raft.md, "Quiescence"): a follower
+whose log matches at ``index`` commits up to ``commit`` and stops its election timer; one whose
+log does not answers as to an empty APPEND, which wakes the leader.
 Its ``membership`` is the leader's current (committed) one with ``Membership.index``, the offset of
 the CONFIG entry it comes from, which may lie above the log start: the follower applies only
 CONFIG entries above that index (issue 11, defect 3).
@@ -42,6 +46,7 @@ class MessageType(Enum):
     HEARTBEAT_RESP = "heartbeat_resp"
     TIMEOUT_NOW = "timeout_now"
     INSTALL_LOG_START = "install_log_start"
+    QUIESCE = "quiesce"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +87,7 @@ class Message:
         elif self.type == MessageType.APPEND_RESP:
             rej = f" REJ hint={self.reject_hint}" if self.reject else ""
             parts.append(f"idx={self.index}{rej}")
-        elif self.type == MessageType.HEARTBEAT:
+        elif self.type in (MessageType.HEARTBEAT, MessageType.QUIESCE):
             parts.append(f"c={self.commit}")
         if self.type in (MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP):
             parts.append("REJ" if self.reject else "OK")

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--steps", type=int, default=None,
                    help="events per seed (default 1000, as the CI gate runs)")
     p.add_argument("--stop", action="store_true", help="stop at the first failing seed")
+    p.add_argument("--quiesce", action="store_true",
+                   help="idle groups quiesce, nodes send liveness beats; the client pauses now "
+                        "and then (docs/raft.md, Quiescence)")
     p.add_argument("--verbose", action="store_true", help="--seed: print the trace even on success")
     p.add_argument("--jobs", type=int, default=1, help="--seeds: worker processes (default 1)")
     p.add_argument("--output", choices=("text", "json"), default="text",
@@ -41,6 +44,7 @@ def _main(args: argparse.Namespace) -> int:
         DEFAULT_STEPS,
         SeedResult,
         format_failure,
+        quiesce_options,
         result_json,
         run_seed,
         run_seeds,
@@ -48,7 +52,8 @@ def _main(args: argparse.Namespace) -> int:
 
     steps = args.steps or DEFAULT_STEPS
     if args.seed is not None:
-        r = run_seed(args.seed, nodes=args.nodes, steps=steps)
+        r = run_seed(args.seed, nodes=args.nodes, steps=steps,
+                     options=quiesce_options() if args.quiesce else None)
         if args.output == "json":
             print(json.dumps(result_json(r, trace=args.verbose)))
             return 0 if r.violation is None else 1
@@ -89,7 +94,7 @@ def _main(args: argparse.Namespace) -> int:
 
     s = run_seeds(
         seeds, nodes=args.nodes, steps=steps, stop_on_failure=args.stop, on_result=progress,
-        jobs=max(1, args.jobs),
+        jobs=max(1, args.jobs), options=quiesce_options if args.quiesce else None,
     )
     elapsed = time.monotonic() - started
     if args.output == "json":

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tidelog.node.group_commit import GroupCommitter
+from tidelog.node.liveness import Heard, NodeLiveness, wake_groups
 from tidelog.node.raft import (
     Entry,
     EntryKind,
@@ -103,6 +104,13 @@ class SimOptions:
     core_cls: type[RaftCore] = RaftCore
     replica_cls: type[Replica] = Replica
     """Tests pass a Replica subclass with a planted persist-order bug."""
+    quiesce: bool = False
+    """Run the node's quiescence: idle groups sleep (RaftConfig.quiesce) and each node sends
+    node-level liveness beats (tidelog.node.liveness), which wake the groups of a silent peer."""
+    idle_p: float = 0.0
+    """Chance that the client pauses after a request for 100 ms..``idle_ms_max``, so that the
+    group goes idle (and quiesces) while faults continue."""
+    idle_ms_max: int = 1500
 
 
 @dataclass(slots=True, kw_only=True)
@@ -152,6 +160,7 @@ class SimNode:
         self.boot = boot
         self.replica: Replica | None = None
         self.incarnation = 0
+        self.liveness: NodeLiveness | None = None  # per incarnation, with SimOptions.quiesce
         self.ever_started = False
         self.damaged = False  # bit-flipped and not yet seen repaired by a live incarnation
 
@@ -302,6 +311,7 @@ class Cluster:
             pre_vote=self.opt.pre_vote, check_quorum=self.opt.check_quorum,
             max_committed_bytes=self._max_committed_bytes, promote_lag_max=self._promote_lag_max,
             noop_on_committed_log=False,  # as the node's replicas (replica_configs.raft_config)
+            quiesce=self.opt.quiesce,
         )
 
     def _start(self, node: SimNode) -> None:
@@ -325,6 +335,10 @@ class Cluster:
                                        f"{type(exc).__name__}: {exc}")
             return
         node.replica = replica
+        if self.opt.quiesce:
+            node.liveness = NodeLiveness(
+                [int(i) for i in self.nodes if i != node.id],
+                timeout_ticks=self.opt.election_ticks, beat_ticks=self.opt.heartbeat_ticks)
         core = replica.core
         given = self._raft_config(node)
         runs = dataclasses.replace(core.config, voters=given.voters, learners=given.learners,
@@ -385,7 +399,34 @@ class Cluster:
             self._at(0, self._replica_failed, node, replica)
             return
         replica.tick()
+        if node.liveness is not None:
+            self._tick_liveness(node, node.liveness, replica)
         self.loop.call_later(self._tick_s(), self._tick, node, replica)
+
+    def _tick_liveness(self, node: SimNode, liveness: NodeLiveness, replica: Replica) -> None:
+        """The node's liveness tick (ReplicaManager.tick_loop does the same): beats out, and
+        the quiesced groups of a peer silent for an election timeout woken."""
+        tick = liveness.tick()
+        if tick.beat:
+            for peer in self.nodes:
+                if peer != node.id:
+                    for delay in self.net.link_delays_ms(node.id, peer):
+                        self._at(delay, self._deliver_beat, node.id, node.incarnation, peer)
+        for peer in tick.lost:
+            if wake_groups([replica], peer):
+                self.trace.append(f"{self.now_ms:>7} n{node.id} lost n{peer}: woke the group")
+
+    def _deliver_beat(self, frm: NodeId, incarnation: int, to: NodeId) -> None:
+        node = self.nodes[to]
+        if node.replica is not None and node.liveness is not None:
+            self._heard(node, node.liveness, node.replica, frm, incarnation)
+
+    def _heard(self, node: SimNode, liveness: NodeLiveness, replica: Replica, frm: NodeId,
+               incarnation: int) -> None:
+        """As ReplicaManager.receive_raft: a peer's new incarnation wakes its groups."""
+        if (liveness.heard(int(frm), incarnation) is Heard.RESTARTED
+                and wake_groups([replica], int(frm))):
+            self.trace.append(f"{self.now_ms:>7} n{node.id} saw n{frm} restart: woke the group")
 
     def _replica_failed(self, node: SimNode, replica: Replica) -> None:
         """A storage error stopped the replica (a failed fsync fences the log). The node would
@@ -399,10 +440,12 @@ class Cluster:
 
     def _send(self, node: SimNode, m: Message) -> None:
         for delay in self.net.delivery_delays_ms(m):
-            self._at(delay, self._deliver, m)
+            self._at(delay, self._deliver, m, node.incarnation)
         replica = node.replica
         if (m.frm, m.to) in self.net.blocked and replica is not None and self.rng.random() < 0.1:
-            replica.report_unreachable(int(m.to))
+            replica.report_unreachable(int(m.to))  # as ReplicaManager._on_unreachable:
+            if node.liveness is not None:  # the link is down, so wake that peer's groups
+                wake_groups([replica], int(m.to))
         if (m.type is MessageType.VOTE_RESP and not m.reject and self.opt.faults
                 and self.rng.random() < self.opt.reboot_after_vote_p):
             self.stats.fault("reboot after vote")
@@ -421,13 +464,15 @@ class Cluster:
         self._kill(node, why, power=True)
         self._at(self.rng.randint(1, 5), self._start, node)
 
-    def _deliver(self, m: Message) -> None:
+    def _deliver(self, m: Message, incarnation: int) -> None:
         self.stats.steps += 1
         node = self.nodes.get(m.to)
         if node is None or node.replica is None or node.replica.error is not None:
             return
         self.trace.append(f"{self.now_ms:>7} recv {m}")
         replica = node.replica
+        if node.liveness is not None:
+            self._heard(node, node.liveness, replica, m.frm, incarnation)
         self.loop.run_as(node.tag, replica.step, m)
 
     def _on_soft_state(self, node: SimNode, replica: Replica) -> None:
@@ -485,7 +530,10 @@ class Cluster:
 
     def _client(self) -> None:
         self.stats.steps += 1
-        self._at(self.rng.randint(1, self.opt.client_interval_ms_max), self._client)
+        if self.opt.idle_p and self.rng.random() < self.opt.idle_p:
+            self._at(self.rng.randint(100, self.opt.idle_ms_max), self._client)
+        else:
+            self._at(self.rng.randint(1, self.opt.client_interval_ms_max), self._client)
         leaders = [n for n in self.nodes.values() if n.replica is not None
                    and n.replica.error is None and n.replica.is_leader]
         if not leaders:

@@ -29,7 +29,12 @@ class SimNetwork:
 
     def delivery_delays_ms(self, m: Message) -> list[int]:
         """Delays (ms) of the copies of ``m`` that will arrive; empty if lost."""
-        if (m.frm, m.to) in self.blocked:
+        return self.link_delays_ms(m.frm, m.to)
+
+    def link_delays_ms(self, frm: NodeId, to: NodeId) -> list[int]:
+        """Delays (ms) of the copies of one message from ``frm`` to ``to`` (a Raft message or a
+        node-level liveness beat: both travel the same links); empty if lost."""
+        if (frm, to) in self.blocked:
             self.dropped += 1
             return []
         c = self.conditions

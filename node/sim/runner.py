@@ -19,6 +19,13 @@ from tidelog.node.sim.cluster import Cluster, SimOptions
 
 DEFAULT_STEPS = 1000  # what the CI gate runs per seed: `tidelog sim --seed N` replays it
 LIVENESS_DEADLINE_MS = 5000  # after healing: 25 maximal election timeouts (200 ms each)
+QUIESCE_IDLE_P = 0.1  # `--quiesce`: the client pauses after one request in ten
+
+
+def quiesce_options() -> SimOptions:
+    """`tidelog sim --quiesce`: the node's quiescence and liveness beats, with idle periods in
+    the workload so the group sleeps while faults go on (module level: picklable for jobs)."""
+    return SimOptions(quiesce=True, idle_p=QUIESCE_IDLE_P)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -32,9 +39,12 @@ class SeedResult:
     sim_time_ms: int
     violation: Violation | None
     trace: list[str] = field(default_factory=list)
+    quiesce: bool = False
 
     def replay_command(self, steps_default: int = DEFAULT_STEPS) -> str:
         cmd = f"tidelog sim --seed {self.seed}"
+        if self.quiesce:
+            cmd += " --quiesce"
         if self.nodes != 3:
             cmd += f" --nodes {self.nodes}"
         if self.steps != steps_default:
@@ -103,6 +113,7 @@ def _run(seed: int, steps: int, opt: SimOptions) -> SeedResult:
         sim_time_ms=cluster.now_ms,
         violation=violation,
         trace=list(cluster.trace),
+        quiesce=opt.quiesce,
     )
 
 
