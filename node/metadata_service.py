@@ -68,6 +68,7 @@ FORWARDED_TIMEOUT_S_MAX = 60.0
 SNAPSHOT_CHUNK_BYTES = 1 << 20      # per FetchMetadataSnapshot answer (gRPC's limit is 4 MiB)
 SNAPSHOT_FETCH_TIMEOUT_S = 10.0     # per chunk call
 SNAPSHOT_FETCH_RETRY_S = 0.5        # after every peer refused or failed
+SERVED_SNAPSHOTS_MAX = 2            # encoded snapshots kept for peers fetching them in chunks
 
 
 class MetadataService:
@@ -97,7 +98,8 @@ class MetadataService:
         # snapshot covers the log start): entries are not applied until a peer's snapshot is in.
         self._needs_snapshot_from: int | None = None
         self._catch_up_task: asyncio.Task[None] | None = None
-        self._served: tuple[int, bytes] | None = None  # the snapshot being sent to peers
+        # Snapshots being sent to peers, by index (several peers may fetch at once).
+        self._served: dict[int, bytes] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -298,8 +300,10 @@ class MetadataService:
         in full (decode_snapshot) before it is trusted. None: nobody served one."""
         me = self.config.node_id
         leader = self.leader_id
+        # The leader first: a joining node knows no other node yet (its --peers is itself).
         peers = [n for n in sorted(set(self.config.peers) | set(self.state.nodes)) if n != me]
-        order = ([leader] if leader in peers else []) + [n for n in peers if n != leader]
+        order = ([leader] if leader is not None and leader != me else []) + [
+            n for n in peers if n != leader]
         for node_id in order:
             try:
                 data = await self._fetch_from(node_id, min_index)
@@ -344,14 +348,19 @@ class MetadataService:
                 f"node {self.config.node_id} has applied the metadata log only up to {index} "
                 f"(asked for {request.min_index}): ask another node")
         if not request.HasField("index"):
-            data = encode_snapshot(MetadataSnapshot(index=index, term=self._applied_entry[1],
-                                                    state=self.state))
-            self._served = (index, data)
-        elif self._served is None or self._served[0] != request.index:
+            served_index = index
+            if index not in self._served:
+                self._served[index] = encode_snapshot(MetadataSnapshot(
+                    index=index, term=self._applied_entry[1], state=self.state))
+                while len(self._served) > SERVED_SNAPSHOTS_MAX:  # the oldest goes
+                    del self._served[min(self._served)]
+        elif request.index in self._served:
+            served_index = request.index
+        else:
             raise E.LeaderNotAvailableError(
                 f"node {self.config.node_id} no longer holds the metadata snapshot at "
                 f"{request.index}: start again")
-        served_index, data = self._served
+        data = self._served[served_index]
         if not 0 <= request.offset < len(data):
             raise E.InvalidRequestError(f"offset {request.offset} outside the snapshot's "
                                         f"{len(data)} bytes")

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pytest
 from tidelog.client import Admin
+from tidelog.client.security_admin import AclEntry
 from tidelog.node.local_cluster import LocalCluster, LocalNode, metadata
+from tidelog.node.metadata_service import SNAPSHOT_CHUNK_BYTES
 from tidelog.node.metadata_snapshot import list_snapshots
 from tidelog.node.replica_state import read_state
 
 from tests.clusters import running_cluster
 
 EVERY = 20
+BIG_ACL_COMMANDS, BIG_ACLS_PER_COMMAND = 24, 45
 WAIT_S = 30.0
 
 
@@ -48,6 +51,17 @@ def set_quotas(cluster: LocalCluster, first: int, count: int) -> None:
     with Admin(cluster.bootstrap) as admin:
         for i in range(first, first + count):
             admin.set_quota(client_id=f"c{i}", producer_byte_rate=1000 + i)
+
+
+def big_acls(cluster: LocalCluster) -> None:
+    """ACLs with long resource names: ~1.2 MB of snapshot in a few commands (authorization is
+    off in this cluster, so they change nothing else)."""
+    with Admin(cluster.bootstrap) as admin:
+        for c in range(BIG_ACL_COMMANDS):
+            admin.create_acls([
+                AclEntry(principal="User:big", resource_type="topic", operation="read",
+                         resource_name=f"t{c}-{i}-" + "x" * 1000)
+                for i in range(BIG_ACLS_PER_COMMAND)])
 
 
 def quotas_on(cluster: LocalCluster, node: LocalNode) -> dict[str, int]:
@@ -100,6 +114,7 @@ def test_a_follower_behind_the_truncated_log_catches_up_by_snapshot_transfer(
     applied = last_applied(node)
     try:
         set_quotas(cluster, 1000, 4 * EVERY)
+        big_acls(cluster)  # the snapshot outgrows one FetchMetadataSnapshot chunk (1 MiB)
         others = [n for n in cluster.nodes if n.id != node.id]
         starts = {n.id: 0 for n in others}
 
@@ -117,7 +132,12 @@ def test_a_follower_behind_the_truncated_log_catches_up_by_snapshot_transfer(
     took = wait_for("the follower's quotas equal the leader's",
                     lambda: quotas_on(cluster, node) == expected, timeout_s=60)
     print(f"node {node.id} caught up {took:.1f} s after its restart")
-    assert "metadata state installed from a peer's snapshot" in node.log_path.read_text()
+    installed = re.findall(r"metadata state installed from a peer's snapshot at \d+ \((\d+) "
+                           r"bytes\)", node.log_path.read_text())
+    assert installed and int(installed[-1]) > SNAPSHOT_CHUNK_BYTES, installed
+    with Admin(cluster.bootstrap) as admin:
+        assert len(admin.list_acls(node_address=node.address)) == \
+            BIG_ACL_COMMANDS * BIG_ACLS_PER_COMMAND
     # It keeps applying new commands after the install.
     set_quotas(cluster, 5000, 2)
     wait_for("a new command applied on the follower",
