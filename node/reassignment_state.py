@@ -26,6 +26,7 @@ from tidelog.node.errors import (
     InvalidRequestError,
     UnknownTopicError,
 )
+from tidelog.node.membership_state import placeable
 from tidelog.node.topics import partition_group
 
 if TYPE_CHECKING:
@@ -120,7 +121,14 @@ def alter_reassignment(state: MetadataState, command: AlterPartitionReassignment
         state.reassignments[group] = replace(current, target=current.original, cancelled=True)
         return {"target": list(current.original), "cancelled": True}
     target = tuple(command.target)
-    check_target(target, state.nodes, f"{command.topic}-{command.partition}")
+    where = f"{command.topic}-{command.partition}"
+    check_target(target, state.nodes, where)
+    new_nodes = set(target) - set(replicas) - set(current.involved if current else ())
+    draining = sorted(set(new_nodes) - set(placeable(state, new_nodes)))
+    if draining:
+        raise InvalidRequestError(
+            f"{where}: node {', '.join(map(str, draining))} is being decommissioned; no new "
+            "replica is placed on it")
     if current is None and target == replicas:
         return {"target": list(target), "noop": True}  # already there: nothing to do
     original = current.original if current is not None else replicas

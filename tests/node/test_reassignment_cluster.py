@@ -269,6 +269,14 @@ def test_cli_plan_execute_verify(cluster: LocalCluster, admin: Admin, tmp_path: 
     assert [r["state"] for r in rows] == ["done"] * len(plan["partitions"])
     assert cli_main([*boot, "partition", "reassign", "--verify", str(plan_file)]) == 0
     assert f"all {len(plan['partitions'])} partitions done" in capsys.readouterr().out
+    # --rebalance: 2 partitions x 2 replicas over 4 nodes: one replica on each node
+    assert cli_main([*boot, "partition", "reassign", "--plan", "-", "--rebalance",
+                     "--topics", "cli"]) == 0
+    moves = json.loads(capsys.readouterr().out)["partitions"]
+    layout = {**admin.current_assignment(["cli"]),
+              **{(e["topic"], e["partition"]): tuple(e["replicas"]) for e in moves}}
+    assert sorted(n for r in layout.values() for n in r) == list(NODES), layout
+    assert len({r[0] for r in layout.values()}) == 2  # two different preferred leaders
 
 
 def test_a_plan_naming_an_unknown_node_or_topic_is_refused(

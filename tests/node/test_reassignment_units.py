@@ -17,6 +17,7 @@ from tidelog.node.metadata_commands import (
     CommandError,
     CompletePartitionReassignment,
     CreateTopic,
+    DecommissionNode,
     DeleteTopic,
     RegisterNode,
     decode_command,
@@ -113,6 +114,11 @@ def test_refusals_name_what_is_wrong() -> None:
     assert twice["code"] == InvalidReplicationFactorError.code
     assert "no reassignment in progress" in _apply(state, AlterPartitionReassignment(
         topic="t", partition=0, cancel=True))["message"]
+    assert not state.reassignments
+    _apply(state, DecommissionNode(node_id=4))
+    draining = _apply(state, AlterPartitionReassignment(topic="t", partition=0,
+                                                        target=(1, 2, 4)))
+    assert "node 4 is being decommissioned" in draining["message"]
     assert not state.reassignments
 
 
@@ -337,3 +343,33 @@ def test_a_long_append_to_a_learner_is_split_into_valid_chunks() -> None:
         assert (after.index, after.log_term) == (before.entries[-1].last, Term(2))
     assert all(p.commit == 16 and p.term == 2 for p in parts)
     assert split_append(message, 10**9) == [message]
+
+
+# -- authorization -----------------------------------------------------------------------------
+
+
+def test_moving_replicas_needs_alter_and_listing_moves_describe_on_the_cluster() -> None:
+    from tidelog.node.security.acl import AclBinding
+    from tidelog.node.security.authz import first_denial
+    from tidelog.node.security.principal import Principal, PrincipalKind
+    from tidelog.proto import broker_pb2 as pb
+
+    alice = Principal(PrincipalKind.USER, "alice")
+
+    def denial(method: str, request: object, *ops: str) -> str | None:
+        state = MetadataState()
+        state.acls = {AclBinding.from_wire({
+            "principal": "User:alice", "resource_type": "cluster", "pattern_type": "literal",
+            "resource_name": "cluster", "operation": op, "permission": "allow"}) for op in ops}
+        return first_denial(f"/tidelog.v1.Broker/{method}", request, alice, state,
+                            frozenset())
+
+    alter = pb.AlterPartitionReassignmentsRequest(
+        partitions=[pb.PartitionReassignmentSpec(topic="t", partition=0, target=[1])])
+    listing = pb.ListPartitionReassignmentsRequest()
+    refused = denial("AlterPartitionReassignments", alter)
+    assert refused is not None and "alter" in refused.lower() and "cluster" in refused.lower()
+    assert denial("AlterPartitionReassignments", alter, "describe") is not None
+    assert denial("AlterPartitionReassignments", alter, "alter") is None
+    assert denial("ListPartitionReassignments", listing) is not None
+    assert denial("ListPartitionReassignments", listing, "describe") is None
