@@ -279,7 +279,8 @@ def _print(args: argparse.Namespace, target: Target, results: list[BenchResult],
     if target.created:
         made = ", created, kept" if args.keep else ", created and deleted"
     keyed = f", keyed over {args.keys:,} keys" if args.keyed else ""
-    summary = (f"topic {target.topic} ({target.partitions} partitions, RF "
+    plural = "" if target.partitions == 1 else "s"
+    summary = (f"topic {target.topic} ({target.partitions} partition{plural}, RF "
                f"{target.replication_factor}{made}); {args.size} B values, acks={args.acks}, "
                f"linger {args.linger_ms:g} ms, {args.in_flight:,} in flight{keyed}")
     if interrupted:
