@@ -135,10 +135,12 @@ class RecordAccumulator:
     def append(
         self, tp: TopicPartition, key: bytes | None, value: bytes | None,
         headers: Sequence[tuple[str, bytes | None]], timestamp_ms: int,
-        callback: DeliveryCallback | None = None,
+        callback: DeliveryCallback | None = None, size: int = -1,
     ) -> RecordFuture:
-        """Queue one record; blocks up to max_block_ms for buffer space (see module docstring)."""
-        size = record_size(key, value, headers)
+        """Queue one record; blocks up to max_block_ms for buffer space (see module docstring).
+        `size`: the record's record_size when the caller computed it already."""
+        if size < 0:
+            size = record_size(key, value, headers)
         if size > self.buffer_memory:
             raise errors.MessageTooLarge(
                 f"record of {size} bytes is larger than buffer_memory ({self.buffer_memory} "

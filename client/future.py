@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from tidelog.client import errors
-from tidelog.client.records import RecordMetadata
+from tidelog.client.records import RecordMetadata, record_metadata
 
 __all__ = ["BatchResult", "DeliveryCallback", "RecordFuture"]
 
@@ -54,10 +54,8 @@ class BatchResult:
         self._finish(-1, error, timestamps)
 
     def metadata(self, index: int) -> RecordMetadata:
-        return RecordMetadata(
-            topic=self.topic, partition=self.partition, offset=self.base_offset + index,
-            timestamp=self._timestamps[index],
-        )
+        return record_metadata(self.topic, self.partition, self.base_offset + index,
+                               self._timestamps[index])
 
     def add_callback(self, index: int, fn: Callable[..., object], *, record_style: bool) -> None:
         """record_style: fn(metadata, error); else fn(RecordFuture)."""
@@ -105,11 +103,13 @@ class RecordFuture:
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
         """Wait up to `timeout` seconds (None: forever); raise the delivery error if it failed."""
-        if not self._batch.wait(timeout):
+        batch = self._batch
+        # is_set() first: Event.wait takes its condition's lock even when already set
+        if not batch._done.is_set() and not batch.wait(timeout):
             raise errors.Timeout(f"record not acknowledged within {timeout} s (still pending)")
-        if self._batch.error is not None:
-            raise self._batch.error
-        return self._batch.metadata(self._index)
+        if batch.error is not None:
+            raise batch.error
+        return batch.metadata(self._index)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self._batch.wait(timeout):

@@ -289,8 +289,9 @@ class Producer:
         if timestamp is None:
             timestamp = time.time_ns() // 1_000_000
         headers = headers or ()
-        check_record_size(key, value, headers, self.config.request_bytes_max)
-        return self._accumulator.append(tps[partition], key, value, headers, timestamp, callback)
+        size = check_record_size(key, value, headers, self.config.request_bytes_max)
+        return self._accumulator.append(tps[partition], key, value, headers, timestamp, callback,
+                                        size)
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued now (ignoring linger_ms) and wait until each record sent before

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["ConsumerRecord", "RecordMetadata", "TopicPartition"]
+__all__ = ["ConsumerRecord", "RecordMetadata", "TopicPartition", "record_metadata"]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -32,6 +32,25 @@ class RecordMetadata:
     @property
     def topic_partition(self) -> TopicPartition:
         return TopicPartition(self.topic, self.partition)
+
+
+_new = object.__new__
+_set_topic = RecordMetadata.topic.__set__  # type: ignore[attr-defined]
+_set_partition = RecordMetadata.partition.__set__  # type: ignore[attr-defined]
+_set_offset = RecordMetadata.offset.__set__  # type: ignore[attr-defined]
+_set_timestamp = RecordMetadata.timestamp.__set__  # type: ignore[attr-defined]
+
+
+def record_metadata(topic: str, partition: int, offset: int, timestamp: int) -> RecordMetadata:
+    """RecordMetadata(topic=..., ...) at about half the cost: the producer builds one per record
+    (RecordFuture.result), and a frozen dataclass's __init__ goes through object.__setattr__
+    per field. The same object: its slots are set directly, once, before anyone sees it."""
+    metadata = _new(RecordMetadata)
+    _set_topic(metadata, topic)
+    _set_partition(metadata, partition)
+    _set_offset(metadata, offset)
+    _set_timestamp(metadata, timestamp)
+    return metadata
 
 
 class ConsumerRecord(NamedTuple):
