@@ -130,7 +130,8 @@ def node_config(ordinal: int, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     args = node_parser().parse_args(["node", *argv])
-    return args, config_from_args(args) if args.peers else None
+    joins = bool(getattr(args, "join", ""))
+    return args, config_from_args(args) if args.peers or joins else None
 
 
 def headless_name(ordinal: int) -> str:
@@ -210,10 +211,12 @@ def test_a_pod_added_by_scaling_up_joins(monkeypatch: pytest.MonkeyPatch) -> Non
     assert argv[:2] == ["--id", "4"] and "--peers" not in argv
     assert env["TIDELOG_JOIN"].split(",") == [f"{headless_name(i)}:9091" for i in range(3)]
     assert env["TIDELOG_ADVERTISE"] == f"{headless_name(3)}:9091"
-    args, _ = node_config(3, monkeypatch)
+    args, config = node_config(3, monkeypatch)
     assert args.id == 4
     if hasattr(args, "join"):  # the node's --join (issue 17, membership) reads TIDELOG_JOIN
         assert args.join == env["TIDELOG_JOIN"]
+        assert config.node_id == 4 and config.advertise == f"{headless_name(3)}:9091"
+        assert list(config.join) == [f"{headless_name(i)}:9091" for i in range(3)]
 
 
 def test_probes_ask_the_health_service_on_the_port_the_node_serves(
