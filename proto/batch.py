@@ -99,6 +99,10 @@ _COVERED = struct.Struct(">qiqbhiiqqqhiQ")  # [0, 69): what header_checksum cove
 _HEADER = struct.Struct(">qiqbhiiqqqhiQQ")
 _UINT64 = struct.Struct(">Q")
 _RECORD_FIXED = struct.Struct(">ibiii")  # length, attributes, offset_delta, ts_delta, key_length
+#: the same, then the value length, for a record with no key (one pack instead of two)
+_RECORD_FIXED_NO_KEY = struct.Struct(">ibiiii")
+#: a record's tail when it has no headers: the header count 0
+_NO_HEADERS = b"\x00\x00"
 _INT32 = struct.Struct(">i")
 _UINT16 = struct.Struct(">H")
 _LZ4_SIZE = struct.Struct("<I")  # lz4.block store_size prefix is little-endian
@@ -244,6 +248,12 @@ def encode_batch(
                 f"record {offset_delta}: timestamp {timestamp} is more than 2^31 ms away from "
                 f"the batch's first timestamp {first_timestamp}"
             )
+        if key is None and value is not None and not headers:  # the common case, fast
+            append(_RECORD_FIXED_NO_KEY.pack(19 + len(value), 0, offset_delta, timestamp_delta,
+                                             -1, len(value)))
+            append(value)
+            append(_NO_HEADERS)
+            continue
         body = _encode_record_tail(value, headers)
         key_length = -1 if key is None else len(key)
         length = 1 + 4 + 4 + 4 + max(key_length, 0) + len(body)
