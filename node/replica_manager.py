@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 LEADER_ANNOUNCE_INTERVAL_S = 2.0
 LEADERS_POLL_S = 0.05
 RESIGNED = -1  # LeaderInfo.leader_id: "my replica of this group stopped; wake yours"
+FIRST_CAMPAIGN_TICKS = 2  # a new group's preferred leader campaigns this soon (_first_election)
 
 
 class MetadataView(Protocol):
@@ -278,8 +279,28 @@ class ReplicaManager:
             return
         self.partitions[group] = replica
         replica.start()
+        self._first_election(replica, topic, partition)
         log.info("started replica of %s-%d (group %s, replicas %s)",
                  topic.name, partition, group, topic.replicas[partition])
+
+    def _first_election(self, replica: Replica, topic: TopicInfo, partition: int) -> None:
+        """A group created a moment ago (term 0, empty log) elects its preferred leader first:
+        it campaigns after FIRST_CAMPAIGN_TICKS (and again as often while the other nodes are
+        still creating their replicas: its pre-votes change nothing), the others only after
+        several election timeouts. Each of a new topic's partitions then elects once, where
+        the balancer would move it anyway, instead of electing at random and being moved (two
+        elections, each a raft.state fsync on every replica: with 1,000 partitions, minutes
+        under load)."""
+        core = replica.core
+        if core.term != 0 or core.log.last_index() != -1:
+            return
+        preferred = preferred_leader(self.state, topic.topic_id, partition,
+                                     topic.replicas[partition])
+        if preferred is None:
+            return
+        ticks = self.config.election_ticks
+        core.campaign_after(FIRST_CAMPAIGN_TICKS if preferred == self.id
+                            else 3 * ticks + random.randrange(ticks))
 
     def _replica_raft_config(self, topic: TopicInfo, partition: int) -> RaftConfig:
         """A replica of the replica list starts as one of its voters. A node only in a

@@ -298,6 +298,16 @@ class RaftCore:
             case _:
                 assert_never(pr.state)
 
+    def campaign_after(self, ticks: int) -> None:
+        """Run the next election timeout as ``ticks`` ticks instead of a random one (a follower
+        only). Timing only, so always safe. The node uses it for a group created a moment
+        ago: its preferred leader (the first replica) campaigns after a tick or two and the
+        others wait several timeouts, so a topic of 1,000 partitions elects each leader once,
+        where it belongs, instead of a random one that the leader balancer then moves."""
+        if self.role == Role.FOLLOWER and ticks >= 1:
+            self._election_elapsed = 0
+            self._randomized_election_ticks = ticks
+
     def wake(self) -> None:
         """The runtime's node-level liveness says this group may need its timers again (the
         node of a member stopped answering, or its link went down): resume ticking. A no-op

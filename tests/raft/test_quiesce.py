@@ -285,3 +285,15 @@ def test_planted_follower_that_never_wakes_is_caught() -> None:
     caught = [seed for seed in SEEDS if not leader_crash(seed, NeverWakes)[0]]
     print(f"NeverWakes caught by seeds {caught}")
     assert caught, "a follower that ignores the liveness wake survived every seed"
+
+
+def test_campaign_after_elects_the_chosen_replica_first() -> None:
+    """What the node does for a new group (ReplicaManager._first_election): the preferred
+    replica campaigns after two ticks, the others wait several timeouts."""
+    h = Harness(3, election_ticks=10)
+    h.cores[NodeId(3)].campaign_after(2)
+    for i in (1, 2):
+        h.cores[NodeId(i)].campaign_after(35)
+    h.tick_all(3)
+    assert h.cores[NodeId(3)].role == Role.LEADER
+    assert [c.role for i, c in h.cores.items() if i != 3] == [Role.FOLLOWER, Role.FOLLOWER]
