@@ -4,14 +4,19 @@ The coordinator of queue Q is the leader of `__queue_state` partition `xxh3_64(Q
 the cores of every queue of the partitions it leads. For each request, in this order:
 
     leadership + loaded check → read data (I/O, awaits) → core inputs (offer, acquire, settle...;
-    synchronous: they mutate memory and return deltas) → propose the deltas as ONE batch to the
-    partition's Raft group, in the same synchronous step → wait until committed → answer.
+    synchronous: they mutate memory and return deltas) → add the deltas to the partition's
+    pending writes, in the same synchronous step → wait until committed → answer.
 
-Invariant (what makes replay exact): every in-memory change of a core is proposed before the
-event loop runs anything else, so the log order of the state records is the order the changes
-were made in, and a snapshot (taken at propose time) covers exactly the deltas with seq <= its
-seq. A write that fails because leadership moved drops every core of the partition (the memory
-may be ahead of the log); the new leader replays.
+Group commit (node/queues/state_writes.py): the pending writes of one event-loop pass, from
+every request of the pass, are proposed as ONE batch (one record per queue) by a flush the
+first of them schedules for the next pass; so N concurrent settles cost one Raft entry, not N.
+
+Invariant (what makes replay exact): every in-memory change of a core is added to the pending
+writes before the event loop runs anything else, and the flush proposes them in that order, so
+the log order of the state records is the order the changes were made in, and a snapshot
+(taken at the flush) covers exactly the deltas with seq <= its seq. A write that fails because
+leadership moved drops every core of the partition (the memory may be ahead of the log) and
+fails every request waiting on it; the new leader replays.
 
 Becoming leader of a partition: wait until the new term's first entry is committed (the log then
 holds everything ever acknowledged), replay the partition (`QueueReplay`), then serve; until then
@@ -58,6 +63,7 @@ from tidelog.node.queues.dead_letters import (
 from tidelog.node.queues.dlq_depth import DlqCount, count_dead_letters, high_watermarks
 from tidelog.node.queues.model import Acquired, OfferedRecord, QueueStats, Settle, SettleKind
 from tidelog.node.queues.reader import PartitionReader, decode_offered
+from tidelog.node.queues.state_writes import PendingWrites, StateGroup
 from tidelog.node.queues.wire import (
     WRITE_TIMEOUT_S,
     check_consumer,
@@ -87,6 +93,10 @@ QUEUE_STATE_PARTITIONS = int(os.environ.get("TIDELOG_QUEUE_STATE_PARTITIONS", "1
 QUEUE_STATE_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": str(16 * 1024 * 1024),
                        "segment.ms": str(3600 * 1000)}
 SNAPSHOT_EVERY = sl.SNAPSHOT_EVERY  # delta records between snapshots at most (compaction)
+# State batches of one partition proposed and not yet committed, at most; the writes made
+# meanwhile wait and go out together when the oldest commits (group commit under load: one
+# batch per Raft round instead of one per request; without load each write goes at once).
+FLUSHES_IN_FLIGHT = int(os.environ.get("TIDELOG_QUEUE_FLUSHES_IN_FLIGHT", "2"))
 TICK_INTERVAL_S = 0.1
 TOPICS_CHECK_INTERVAL_S = 2.0
 FILL_READ_BYTES = 256 * 1024
@@ -97,6 +107,16 @@ RECEIVE_BYTES_DEFAULT = 4 * 1024 * 1024
 SETTLEMENTS_MAX = 10_000
 PEEK_MESSAGES_MAX = 10_000
 DEDUP_CLOCK_SLACK_MS = 60_000   # ids read back from this much before the window (clock skew)
+
+
+# What a write's caller waits for: (last offset, term), or the pass's flush that gives it.
+Waiter = tuple[int, int] | asyncio.Future[tuple[int, int]]
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A failed flush nobody awaited (its request failed before) is not an unhandled error."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _now_ms() -> int:
@@ -182,6 +202,13 @@ class _Partition:
     # already changed in memory but proposed by an earlier request (a retried settlement
     # answered from the memory of recent ones) waits for it to commit first.
     last_proposed: tuple[int, int] | None = None
+    # Group commit (node/queues/state_writes.py): the writes of this event-loop pass, proposed
+    # as one batch by a flush scheduled for the next pass; `flushed` resolves to its
+    # (last offset, term) for every request that added to it.
+    pending: PendingWrites = field(default_factory=PendingWrites)
+    flushed: asyncio.Future[tuple[int, int]] | None = field(default=None, repr=False)
+    flush_scheduled: bool = False
+    uncommitted: int = 0    # flushes proposed and not committed yet (at most FLUSHES_IN_FLIGHT)
 
 
 class QueueCoordinator:
@@ -192,6 +219,7 @@ class QueueCoordinator:
         self._dead_letters = DeadLetterDriver(host, self.reader, self.writer, self._write,
                                               self._ensure_dlq_topic)
         self._partitions: dict[int, _Partition] = {}
+        self._flush_tasks: set[asyncio.Task[None]] = set()
         self._creating: asyncio.Task[None] | None = None
 
     # ============================================================== leadership (soft state)
@@ -219,6 +247,9 @@ class QueueCoordinator:
             return
         if entry.task is not None and not entry.task.done():
             entry.task.cancel()
+        self._fail_pending(entry, NotCoordinatorError(
+            f"node {self.host.node_id} lost leadership of {QUEUE_STATE_TOPIC}-{partition} "
+            "before writing; find the coordinator again"))
         for queue in (entry.queues or {}).values():
             queue.deleted = True
             if queue.dlq_task is not None and not queue.dlq_task.done():
@@ -778,57 +809,138 @@ class QueueCoordinator:
         return entry, queue
 
     def _propose(self, entry: _Partition, queue: _Queue, deltas: Sequence[Any],
-                 snapshot: bool = False) -> tuple[int, int] | None:
-        """Synchronous: the deltas (or a snapshot that covers them) as one proposed batch.
-        Returns (last offset, term) to wait for, or None when there was nothing to write."""
+                 snapshot: bool = False) -> Waiter | None:
+        """Synchronous: the deltas (or a snapshot that covers them) join this pass's write of
+        the partition (group commit). Returns what to wait for, None when nothing to write."""
         if not deltas and not snapshot:
             return None
-        queue.seq += 1
-        if snapshot or queue.since_snapshot + 1 >= SNAPSHOT_EVERY:
-            records = [(sl.snapshot_key(queue.name),
-                        sl.encode_snapshot(queue.seq, queue.core.snapshot()))]
-            queue.since_snapshot = 0
-        else:
-            records = [(sl.delta_key(queue.name, queue.seq),
-                        sl.encode_deltas(queue.seq, deltas))]
-            queue.since_snapshot += 1
-        return self._propose_records(entry, records)
+        entry.pending.add(queue, deltas, snapshot)
+        return self._flush_soon(entry)
 
     def _propose_records(self, entry: _Partition, records: Sequence[tuple[bytes, bytes | None]]
-                         ) -> tuple[int, int]:
+                         ) -> Waiter:
+        entry.pending.add_records(records)
+        return self._flush_soon(entry)
+
+    def _flush_soon(self, entry: _Partition) -> asyncio.Future[tuple[int, int]]:
+        """The flush the writes just added go out with: at the end of this pass, or, while
+        FLUSHES_IN_FLIGHT earlier ones are not committed yet, when the oldest of them is."""
+        if entry.flushed is None:
+            entry.flushed = asyncio.get_running_loop().create_future()
+            entry.flushed.add_done_callback(_retrieved)
+        self._schedule_flush(entry)
+        return entry.flushed
+
+    def _schedule_flush(self, entry: _Partition) -> None:
+        if entry.flush_scheduled or entry.flushed is None \
+                or entry.uncommitted >= FLUSHES_IN_FLIGHT:
+            return
+        entry.flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush, entry)
+
+    async def _flush_committed(self, entry: _Partition, last: int, term: int) -> None:
+        """Counts a flush out of the ones in flight once it commits (or can no longer: its
+        waiters see why), and lets the writes that waited behind it go."""
+        try:
+            await entry.replica.wait_committed(last, term, WRITE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - the requests waiting on it report the failure
+            pass
+        finally:
+            entry.uncommitted -= 1
+            if self._partitions.get(entry.partition) is entry:
+                self._schedule_flush(entry)
+
+    def _flush(self, entry: _Partition) -> None:
+        """The writes pending as one proposed batch, in the order they were made."""
+        entry.flush_scheduled = False
+        future, entry.flushed = entry.flushed, None
+        if future is None or future.done():
+            return
+        groups = entry.pending.take()
+        if not groups:
+            future.set_exception(CoordinatorNotAvailableError("nothing to write; retry"))
+            return
         replica = entry.replica
-        now = _now_ms()
         term = replica.term
         try:
-            batch = encode_batch([(k, v, (), now) for k, v in records], codec=Codec.LZ4)
-            header = validate_batch(batch, max_bytes=self.host.batch_bytes_max)
-            ((_, last),) = replica.propose([(batch, header)])
-            entry.last_proposed = (last, term)
+            last = self._propose_groups(entry, groups)
         except (NotLeader, ProposalDropped):
-            self._lost(entry)
+            error: Exception = NotCoordinatorError(
+                f"node {self.host.node_id} lost leadership of {QUEUE_STATE_TOPIC}-"
+                f"{entry.partition} while writing; find the coordinator again")
+            if self._partitions.get(entry.partition) is entry:
+                self._drop(entry.partition)
+            future.set_exception(error)
+            return
         except Exception as exc:
             # The cores are ahead of the log now (and a seq would be missing): reload them.
             log.exception("%s-%d: a state write could not be proposed; reloading",
                           QUEUE_STATE_TOPIC, entry.partition)
-            self._drop(entry.partition)
-            if replica.is_leader:
-                self.on_soft_state(replica)
-            raise CoordinatorNotAvailableError(
+            future.set_exception(CoordinatorNotAvailableError(
                 f"{QUEUE_STATE_TOPIC}-{entry.partition}: state write failed ({exc}); the "
-                "coordinator is reloading, retry shortly") from None
-        return last, term
+                "coordinator is reloading, retry shortly"))
+            if self._partitions.get(entry.partition) is entry:
+                self._drop(entry.partition)
+                if replica.is_leader:
+                    self.on_soft_state(replica)
+            return
+        entry.last_proposed = (last, term)
+        entry.uncommitted += 1
+        task = asyncio.get_running_loop().create_task(
+            self._flush_committed(entry, last, term), name=f"queue-state-flush-{entry.partition}")
+        self._flush_tasks.add(task)   # the loop keeps only a weak reference
+        task.add_done_callback(self._flush_tasks.discard)
+        future.set_result((last, term))
+
+    def _propose_groups(self, entry: _Partition, groups: Sequence[StateGroup]) -> int:
+        records: list[tuple[bytes, bytes | None]] = []
+        for group in groups:
+            queue = group.queue
+            if queue is None:
+                records.extend(group.records)
+                continue
+            queue.seq += 1
+            if group.last_of_queue and (group.snapshot
+                                        or queue.since_snapshot + 1 >= SNAPSHOT_EVERY):
+                records.append((sl.snapshot_key(queue.name),
+                                sl.encode_snapshot(queue.seq, queue.core.snapshot())))
+                queue.since_snapshot = 0
+            else:
+                records.append((sl.delta_key(queue.name, queue.seq),
+                                sl.encode_deltas(queue.seq, group.deltas)))
+                queue.since_snapshot += 1
+        now = _now_ms()
+        limit = self.host.batch_bytes_max
+        batch = encode_batch([(k, v, (), now) for k, v in records], codec=Codec.LZ4)
+        if len(batch) <= limit or len(records) == 1:
+            batches = [batch]
+        else:  # too big together: one batch per record, still one proposal
+            batches = [encode_batch([(k, v, (), now)], codec=Codec.LZ4) for k, v in records]
+        proposed = [(b, validate_batch(b, max_bytes=limit)) for b in batches]
+        return entry.replica.propose(proposed)[-1][1]
+
+    def _fail_pending(self, entry: _Partition, error: Exception) -> None:
+        future, entry.flushed = entry.flushed, None
+        entry.pending.take()
+        if future is not None and not future.done():
+            future.set_exception(error)
 
     @staticmethod
-    def _not_committed(entry: _Partition) -> tuple[int, int] | None:
-        """The newest write proposed in this term, if it is not committed yet (a committed one
-        needs no wait, and its entry may since have been compacted)."""
+    def _not_committed(entry: _Partition) -> Waiter | None:
+        """This pass's write if there is one, else the newest write proposed in this term if
+        it is not committed yet (a committed one needs no wait, and its entry may since have
+        been compacted)."""
+        if entry.flushed is not None:
+            return entry.flushed
         last = entry.last_proposed
         return last if last is not None and entry.replica.commit_index < last[0] else None
 
-    async def _await_commit(self, entry: _Partition, waiter: tuple[int, int] | None,
+    async def _await_commit(self, entry: _Partition, waiter: Waiter | None,
                             timeout_s: float = WRITE_TIMEOUT_S) -> None:
         if waiter is None:
             return
+        if isinstance(waiter, asyncio.Future):
+            waiter = await asyncio.shield(waiter)   # proposed at the end of this pass
         last, term = waiter
         try:
             await entry.replica.wait_committed(last, term, timeout_s)

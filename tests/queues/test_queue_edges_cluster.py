@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -251,3 +253,61 @@ def test_a_retry_answered_from_memory_waits_for_the_first_attempts_commit(
     assert "OK" not in outcomes, f"answered before a majority had it: {outcomes}"
     final = queues.call("Settle", request, "commit-q", timeout_s=60)
     assert not final.results, final
+
+
+def _state_records(cluster: LocalCluster, partition: int, queue: str) -> int:
+    prefix = b"Q\x00" + queue.encode() + b"\x00"
+    return sum(1 for r in read_topic(cluster, "__queue_state", partition)
+               if r.key is not None and r.key.startswith(prefix))
+
+
+def test_settles_made_while_the_state_write_waits_are_applied_by_one_proposal(
+        cluster: LocalCluster, admin: Admin, queues: Queues) -> None:
+    """Group commit. Both followers of the queue's __queue_state partition are SIGSTOPped, so no
+    state write commits; 10 Settle calls (one ack each, on 10 threads) reach the coordinator.
+    The first 2 are proposed at once (FLUSHES_IN_FLIGHT), the other 8 wait and, once the
+    followers are back and the first write commits, go out as ONE state record: 3 records for
+    10 settles, read back from the partition's log (before: 10, one proposal per Settle). Every
+    ack is answered OK and nothing is delivered again."""
+    count = 10
+    admin.create_topic("grouped", partitions=1, replication_factor=3)
+    create_queue(queues, "grouped-q", ["grouped"])
+    produce(cluster, "grouped", [(None, b"m%d" % i, []) for i in range(count)])
+    msgs = receive_until(queues, "grouped-q", "c", count, ack=False)
+    found = queues.coordinator("grouped-q")
+    leader = cluster.settled_leader_of("__queue_state", found.partition)
+    stub = queues.stub(cluster.node(leader).address)
+    before = _state_records(cluster, found.partition, "grouped-q")
+    answers: list[str] = []
+
+    def ack(m: Any) -> None:
+        request = qpb.SettleRequest(queue="grouped-q", consumer_id="c", settlements=[
+            qpb.Settlement(topic=m.topic, partition=m.partition, first_offset=m.offset,
+                           last_offset=m.offset, delivery_count=m.delivery_count,
+                           action=qpb.ACK)])
+        try:
+            response = stub.Settle(request, timeout=20)
+            answers.append("OK" if not response.results else str(response.results))
+        except grpc.RpcError as exc:
+            answers.append(exc.code().name)  # type: ignore[attr-defined]
+
+    followers = [n.id for n in cluster.nodes if n.id != leader]
+    for node_id in followers:
+        cluster.pause(node_id)
+    threads = [threading.Thread(target=ack, args=(m,)) for m in msgs]
+    try:
+        for t in threads:
+            t.start()
+        # Nothing observable changes while no write can commit: give the 10 calls time to
+        # reach the coordinator, well within its CheckQuorum (one election timeout).
+        time.sleep(0.4)
+    finally:
+        for node_id in followers:
+            cluster.resume(node_id)
+    for t in threads:
+        t.join(30)
+    assert answers == ["OK"] * count, answers
+    written = _state_records(cluster, found.partition, "grouped-q") - before
+    # 2 + 1; or 1 + 1 when the first two calls reached the coordinator in one event-loop pass
+    assert 2 <= written <= 3, f"{count} settles took {written} state records (expected 2 + 1)"
+    assert receive(queues, "grouped-q", "d", wait_ms=200) == []
