@@ -5,7 +5,8 @@ partitioners and delivery rules (idempotence, sequence numbers, retries in order
 an asyncio task (client/aio/sender.py), not a thread. ``await send(...)`` returns the record's
 RecordMetadata once acknowledged (acks=all by default); ``send_nowait(...)`` queues the record and
 returns an asyncio future at once, so many records share batches (linger_ms, batch_size) and
-``flush()`` waits for all of them.
+``flush()`` waits for all of them. Batching is adaptive as in the sync Producer: a partition
+with no request in flight sends at once; linger_ms bounds the wait behind one in flight.
 
 A full buffer does not block the loop: the record waits (``await``) for space up to
 max_block_ms, then BufferFull. Records are queued in call order: a record whose topic metadata
@@ -147,7 +148,7 @@ class AIOProducer:
         if (not self._backlog and topic in self._tps
                 and self._metadata.cached_topic(topic) is not None
                 and self._accumulator.used_bytes + size <= self._accumulator.buffer_memory):
-            self._append(future, topic, key, value, headers, partition, timestamp)
+            self._append(future, topic, key, value, headers, partition, timestamp, size)
             return future
         self._backlog.append(_Waiting(topic, key, value, headers, partition, timestamp, size,
                                       future))
@@ -234,7 +235,7 @@ class AIOProducer:
                     await self._load_topic(item.topic)
                 await self._wait_for_space(item.size)
                 self._append(item.future, item.topic, item.key, item.value, item.headers,
-                             item.partition, item.timestamp)
+                             item.partition, item.timestamp, item.size)
             except Exception as exc:  # the record's own outcome
                 if not item.future.done():
                     item.future.set_exception(exc)
@@ -273,7 +274,7 @@ class AIOProducer:
 
     def _append(self, future: asyncio.Future[RecordMetadata], topic: str, key: bytes | None,
                 value: bytes | None, headers: Headers, partition: int | None,
-                timestamp: int) -> None:
+                timestamp: int, size: int) -> None:
         tps = self._tps[topic]
         partition = choose_partition(topic, len(tps), key, partition, self._hash, self._sticky)
 
@@ -285,7 +286,7 @@ class AIOProducer:
             else:
                 future.set_result(metadata)  # type: ignore[arg-type]
 
-        self._accumulator.append(tps[partition], key, value, headers, timestamp, settle)
+        self._accumulator.append(tps[partition], key, value, headers, timestamp, settle, size)
 
     async def _load_topic(self, topic: str) -> list[TopicPartition]:
         assert self._metadata is not None
