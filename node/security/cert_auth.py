@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = ["UNVERIFIED_NODE", "CertAuthInterceptor", "PeerAuthInterceptor",
 log = logging.getLogger(__name__)
 
 UNVERIFIED_NODE = Principal(PrincipalKind.NODE, "unverified")
+REFUSAL_LOG_INTERVAL_S = 30.0
 _LOGGED_SUBJECTS_MAX = 1000
 
 Check = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
@@ -77,6 +79,7 @@ class PeerAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, node_ids: Collection[int], *, tls: bool) -> None:
         self._node_ids = node_ids  # may be live (node/membership.py LiveNodeIds)
         self._tls = tls
+        self._refused_at: dict[str, float] = {}  # who → when last logged (bounded)
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
@@ -90,11 +93,24 @@ class PeerAuthInterceptor(grpc.aio.ServerInterceptor):
         node_id = None if cert is None else node_id_of_certificate(cert)
         if node_id is None or node_id not in self._node_ids:
             who = "no certificate" if cert is None else f"certificate {subject_of(cert)}"
+            self._log_refusal(who, context.peer())
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"peer listener: {who} names no node of this cluster (node certificates carry "
                 f"the URI SAN tidelog://node/<id>; cluster nodes {sorted(self._node_ids)})")
         current_principal.set(Principal(PrincipalKind.NODE, str(node_id)))
+
+    def _log_refusal(self, who: str, peer: str) -> None:
+        """Every 30 s at most per certificate: a node that is not (or no longer) a member keeps
+        retrying, and an operator must see who and why (docs/operations.md)."""
+        now = time.monotonic()
+        if now - self._refused_at.get(who, -1e9) < REFUSAL_LOG_INTERVAL_S:
+            return
+        if len(self._refused_at) >= _LOGGED_SUBJECTS_MAX:
+            self._refused_at.clear()
+        self._refused_at[who] = now
+        log.warning("peer listener refused %s from %s: it names no node of this cluster (not "
+                    "admitted, or removed)", who, peer)
 
 
 def forged_from_node(caller: Principal, from_node: int) -> str | None:

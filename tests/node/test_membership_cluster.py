@@ -198,6 +198,8 @@ def check_strangers_refused(cluster: LocalCluster,
     with Admin(cluster.bootstrap) as admin:
         _, members = admin.describe_members()
     assert {m.node_id for m in members} == {1, 2, 3, 4}
+    # Every member opened its link to node 4 from the metadata (no --peers names it).
+    assert all(logged(n.log_path, f"link to node 4 ({NAME}:") for n in cluster.nodes[:3])
     assert joiner.poll() is None  # still waiting, and not serving
     assert not _healthy_at(joiner.args[joiner.args.index("--listen") + 1])
 
@@ -228,6 +230,9 @@ def test_a_decommissioned_node_drains_under_load_and_leaves(cluster: LocalCluste
     answer = node_metadata(cluster.node(1).address, [TOPIC])
     assert all(3 not in p.replicas and p.leader_id != 3 for p in answer.topics[0].partitions)
     assert 3 not in {n.id for n in answer.nodes}
+    wait_for(lambda: all(logged(n.log_path, "link to node 3 (") and logged(
+        n.log_path, "closed: it left the cluster") for n in (cluster.node(1), cluster.node(4))),
+        10, "the links to node 3 to be closed")
     with Admin(cluster.bootstrap) as admin:
         leader, members = admin.describe_members()
     gone = next(m for m in members if m.node_id == 3)
