@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
+from tidelog.node.membership import member_ids
 from tidelog.node.metrics.on_loop import MetricsFunction
 from tidelog.node.topics import partition_group
 
@@ -122,12 +123,13 @@ def _families(replicas: ReplicaManager, held: Iterable[_Held],
 
 
 def _cluster_families(replicas: ReplicaManager, metadata: MetadataService) -> Iterator[Metric]:
-    """The metadata leader's view of the whole cluster. Nodes: those of `--peers` (every one a
-    metadata voter or learner); alive: heard from within the liveness window (3 election timeouts,
+    """The metadata leader's view of the whole cluster. Nodes: the members (the `--peers` and
+    the nodes admitted since, not the removed ones: node/membership.py);
+    alive: heard from within the liveness window (3 election timeouts,
     3 s by default; this node always). A partition is offline when fewer than a majority of its
     assigned replicas are on alive nodes: Raft can elect no leader for it (all of them down is
     the case no node's `tidelog_partitions_offline` shows). Internal topics are included."""
-    nodes = set(replicas.config.peers)
+    nodes = member_ids(replicas.config, metadata.state)
     alive = {node_id for node_id in nodes if replicas.alive(node_id)}
     offline = 0
     for topic in metadata.state.topics.values():
