@@ -210,12 +210,12 @@ def test_a_move_completes_after_its_leader_is_killed(cluster: LocalCluster,
     target = (outside, *current[1:])
     values = produce_backlog(cluster, "crash", 300)
     backlog = log_bytes(cluster, current[1], "crash", 0)
-    leader = cluster.leader_of("crash", 0)
     admin.alter_partition_reassignments({("crash", 0): target}, throttle_bytes_per_s=150_000)
     deadline = time.monotonic() + 20
     while (arrived := log_bytes(cluster, outside, "crash", 0)) < backlog * 0.3:
         assert time.monotonic() < deadline, "the learner is not catching up"
         time.sleep(0.02)
+    leader = cluster.leader_of("crash", 0)  # the driver of the move (the balancer stays away)
     cluster.kill(leader)  # mid catch-up: the throttle lets no more than 150 KB/s through
     print(f"killed leader {leader} with the learner at {arrived} of {backlog} bytes")
     try:
@@ -277,6 +277,12 @@ def test_cli_plan_execute_verify(cluster: LocalCluster, admin: Admin, tmp_path: 
               **{(e["topic"], e["partition"]): tuple(e["replicas"]) for e in moves}}
     assert sorted(n for r in layout.values() for n in r) == list(NODES), layout
     assert len({r[0] for r in layout.values()}) == 2  # two different preferred leaders
+    if moves:  # executed, then verified done
+        rebalance = tmp_path / "rebalance.json"
+        rebalance.write_text(json.dumps({"version": 1, "partitions": moves}))
+        assert cli_main([*boot, "partition", "reassign", "--execute", str(rebalance)]) == 0
+        wait_moved(admin, "cli", {p: layout[("cli", p)] for _, p in layout})
+        assert cli_main([*boot, "partition", "reassign", "--verify", str(rebalance)]) == 0
 
 
 def test_a_plan_naming_an_unknown_node_or_topic_is_refused(
