@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reassign.add_argument("--topics", metavar="T1,T2",
                           help="--plan: the topics whose partitions move")
     reassign.add_argument("--brokers", metavar="1,2,4",
-                          help="--plan: the nodes to place them on (default: every node)")
+                          help="--plan: the nodes to place them on (default: every live node)")
     reassign.add_argument("--replication-factor", type=int, metavar="N",
                           help="--plan: N replicas each (default: as many as now)")
     reassign.add_argument("--rebalance", action="store_true",
@@ -110,7 +110,9 @@ def _ids(text: str | None, what: str) -> list[int] | None:
 def _plan(admin: Any, args: argparse.Namespace) -> int:
     from tidelog.node.reassignment_plan import move_plan, rebalance_plan
 
-    nodes = sorted(n.id for n in admin.describe_cluster().nodes)
+    described = admin.describe_cluster().nodes
+    nodes = sorted(n.id for n in described)
+    live = sorted(n.id for n in described if n.alive) or nodes  # the default placement
     brokers = _ids(args.brokers, "--brokers")
     if brokers is not None:
         unknown = sorted(set(brokers) - set(nodes))
@@ -120,12 +122,12 @@ def _plan(admin: Any, args: argparse.Namespace) -> int:
     topics = [t for t in (args.topics or "").split(",") if t]
     if args.rebalance:
         current = admin.current_assignment(topics or None)
-        plan = rebalance_plan(current, brokers or nodes)
+        plan = rebalance_plan(current, brokers or live)
     else:
         if not topics:
             raise _Usage("--plan needs --topics T1,T2 (or --rebalance)")
         current = admin.current_assignment(topics)  # TopicNotFound for an unknown one
-        plan = move_plan(current, [tp for tp in current if tp[0] in topics], brokers or nodes,
+        plan = move_plan(current, [tp for tp in current if tp[0] in topics], brokers or live,
                          args.replication_factor)
     document = plan_document(plan, current)
     text = json.dumps(document, indent=2) + "\n"

@@ -121,13 +121,14 @@ class ReassignmentAdmin:
                                  nodes: Sequence[int] | None = None
                                  ) -> dict[TopicPartition, tuple[int, ...]]:
         """Give every partition of `topic` `replication_factor` replicas (on `nodes`, default
-        every node of the cluster): a reassignment of each partition; returns the plan (empty:
-        nothing to change). Raises InvalidReplicationFactor when it cannot be placed."""
+        the live nodes): a reassignment of each partition; returns the plan (empty: nothing to
+        change). Raises InvalidReplicationFactor when it cannot be placed."""
         from tidelog.node.reassignment_plan import PlanError, replication_factor_plan
 
         current = self.current_assignment([topic])
-        if nodes is None:
-            nodes = sorted(n.id for n in self._metadata.describe([]).nodes)
+        if nodes is None:  # the live nodes (all of them if none is known to be alive)
+            described = self._metadata.describe([]).nodes
+            nodes = sorted(n.id for n in described if n.alive) or sorted(n.id for n in described)
         try:
             plan = replication_factor_plan(current, topic, replication_factor, nodes)
         except PlanError as exc:
