@@ -79,10 +79,19 @@ def apply_add_node(state: MetadataState, command: AddNode) -> dict[str, Any]:
             "admitted again (its old data could come back with it): give the new node another "
             "id")
     if known is not None:
-        if (known.address, known.peer_address) != (command.address, command.peer_address):
+        same = (known.address, known.peer_address) == (command.address, command.peer_address)
+        if not same and known.state is NodeState.JOINING:
+            # Not registered yet, so no data of it exists anywhere: a mistyped address is fixed
+            # by admitting it again (the links move to the new address).
+            state.members[command.node_id] = replace(
+                known, address=command.address, peer_address=command.peer_address,
+                metadata_voter=command.metadata_voter)
+            return {"state": NodeState.JOINING.value, "moved_from": known.address}
+        if not same:
             raise InvalidRequestError(
                 f"node {command.node_id} is already a member at {known.address} (peer "
-                f"{known.peer_address}); remove it first to move it")
+                f"{known.peer_address}); decommission it, then admit the new node under "
+                "another id")
         return {"state": known.state.value, "already": True}
     if command.node_id in state.nodes:
         raise InvalidRequestError(f"node {command.node_id} is already a member (at "

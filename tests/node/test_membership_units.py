@@ -131,6 +131,11 @@ def test_add_node_is_idempotent_but_refuses_another_address_or_a_known_node() ->
     add = AddNode(node_id=4, address="h4:9091", peer_address="h4:19091")
     log(add)
     assert log(add)["already"] is True
+    # Still joining (never registered): admitting it again fixes a mistyped address.
+    assert log(AddNode(node_id=4, address="h44:9091", peer_address="h44:19091"))[
+        "moved_from"] == "h4:9091"
+    assert log.state.members[4].address == "h44:9091"
+    log(RegisterNode(node_id=4, address="h44:9091"))
     assert log(AddNode(node_id=4, address="elsewhere:9091", peer_address="h4:19091"))["code"] \
         == pb.INVALID_REQUEST
     assert log(AddNode(node_id=2, address="h2:9091", peer_address="h2:19091"))["code"] == \
