@@ -206,3 +206,21 @@ def test_removing_a_voter_is_refused_below_three_voters_or_without_a_live_majori
     assert voter_removal_problem([1, 2, 3], 3, alive=up, force=True) is None
     problem = voter_removal_problem([1, 2, 3, 4, 5], 5, alive=lambda n: n in (1, 5), force=True)
     assert problem is not None and "majority" in problem
+
+
+def test_the_drain_moves_every_partition_off_the_node_except_those_already_moving() -> None:
+    from tidelog.node.membership_drain import drain_moves
+    from tidelog.node.metadata_commands import AlterPartitionReassignment
+
+    log = three_nodes()
+    log(AddNode(node_id=4, address="h4:9091", peer_address="h4:19091"))
+    log(RegisterNode(node_id=4, address="h4:9091"))
+    log(CreateTopic(name="t", partitions=4, replication_factor=3, node_ids=(1, 2, 3)))
+    log(DecommissionNode(node_id=3))
+    moves = drain_moves(log.state, 3, placement_nodes(config(), log.state))
+    # Every partition had node 3; its slot goes to node 4, the others keep their places.
+    assert moves == {("t", p): (*[n for n in r if n != 3], 4)
+                     for p, r in enumerate(log.state.topics["t"].replicas)}
+    first = sorted(moves)[0]
+    log(AlterPartitionReassignment(topic="t", partition=first[1], target=moves[first]))
+    assert first not in drain_moves(log.state, 3, placement_nodes(config(), log.state))
