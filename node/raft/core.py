@@ -139,6 +139,7 @@ class RaftCore:
         self._prev_membership = self.membership
         self._outstanding: Ready | None = None
         self._quiesced = False
+        self._timeout_overridden = False  # campaign_after: for the next timeout only
         self._become_follower(self.term, None)
 
     # ------------------------------------------------------------------ public inputs
@@ -307,6 +308,7 @@ class RaftCore:
         if self.role == Role.FOLLOWER and ticks >= 1:
             self._election_elapsed = 0
             self._randomized_election_ticks = ticks
+            self._timeout_overridden = True
 
     def wake(self) -> None:
         """The runtime's node-level liveness says this group may need its timers again (the
@@ -572,6 +574,13 @@ class RaftCore:
         self._election_elapsed += 1
         if self._promotable() and self._election_elapsed >= self._randomized_election_ticks:
             self._election_elapsed = 0
+            if self._timeout_overridden:
+                # campaign_after set this timeout only: a pre-candidate campaigns again after a
+                # random timeout as usual (at 2 ticks, a pre-vote round slower than that under
+                # load would restart forever: 33 leaders of 1,000 after 2 min at load ~25).
+                self._timeout_overridden = False
+                self._randomized_election_ticks = self.config.election_ticks + \
+                    self._rng.randrange(self.config.election_ticks)
             self._campaign(pre_vote=self.config.pre_vote, transfer=False)
 
     def _tick_heartbeat(self) -> None:
