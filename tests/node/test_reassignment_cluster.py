@@ -311,3 +311,33 @@ def test_a_plan_naming_an_unknown_node_or_topic_is_refused(
     assert result.error is not None and "node 9 is not a node" in str(result.error)
     assert admin.current_assignment(["refuse"]) == before
     assert not admin.list_partition_reassignments(["refuse"])
+
+
+def test_cancel_mid_catch_up_goes_back_and_deletes_the_learner(
+        cluster: LocalCluster, admin: Admin, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    admin.create_topic("cancel", partitions=1, replication_factor=1)
+    (current,) = admin.current_assignment(["cancel"]).values()
+    joining = next(n for n in NODES if n not in current)
+    values = produce_backlog(cluster, "cancel", 300)
+    plan = tmp_path / "cancel.json"
+    plan.write_text(json.dumps({"version": 1, "partitions": [
+        {"topic": "cancel", "partition": 0, "replicas": [*current, joining]}]}))
+    boot = ["--bootstrap", cluster.bootstrap]
+    assert cli_main([*boot, "partition", "reassign", "--execute", str(plan),
+                     "--throttle", "100000"]) == 0
+    deadline = time.monotonic() + 20
+    while log_bytes(cluster, joining, "cancel", 0) == 0:  # 300 KB at 100 KB/s: 3 s to go
+        assert time.monotonic() < deadline, "the learner got nothing"
+        time.sleep(0.02)
+    capsys.readouterr()
+    assert cli_main([*boot, "partition", "reassign", "--cancel", str(plan)]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    wait_moved(admin, "cancel", {0: current})
+    deadline = time.monotonic() + 15
+    while replica_dir(cluster, joining, "cancel", 0) is not None:
+        assert time.monotonic() < deadline, "the cancelled learner kept its replica"
+        time.sleep(0.05)
+    assert cli_main([*boot, "partition", "reassign", "--verify", str(plan)]) == 1
+    assert "not started" in capsys.readouterr().out  # back where it began: the plan is undone
+    assert [v for _, v in read_all(cluster, "cancel")] == values
