@@ -181,13 +181,19 @@ def gather_status(bootstrap: str, topics: list[str], security: object = None, *,
     if first is None:
         raise ConnectionError(f"no node answered at {bootstrap}")
     views = {n.id: ask(n.address) for n in first.nodes}
-    return merge_views(first, views, states=member_states(
-        [n.address for n in first.nodes if views.get(n.id) is not None], security, timeout_s))
+    members = member_states([n.address for n in first.nodes if views.get(n.id) is not None],
+                            security, timeout_s)
+    status = merge_views(first, views, states={i: s for i, (s, _) in members.items()})
+    listed = {n["id"] for n in status["nodes"]}  # Metadata lists no removed node: add them
+    status["nodes"] += [{"id": i, "address": a, "voter": False, "healthy": False, "state": s}
+                        for i, (s, a) in sorted(members.items()) if i not in listed]
+    return status
 
 
-def member_states(addresses: list[str], security: object, timeout_s: float) -> dict[int, str]:
-    """node id → joining | active | draining | removed, from the first node that answers
-    DescribeMembership (node/membership_service.py); empty when none does."""
+def member_states(addresses: list[str], security: object,
+                  timeout_s: float) -> dict[int, tuple[str, str]]:
+    """node id → (joining | active | draining | removed, its address), from the first node that
+    answers DescribeMembership (node/membership_service.py); empty when none does."""
     import grpc
     from tidelog.node.security.channels import blocking_channel
     from tidelog.proto import membership_pb2 as mpb
@@ -200,7 +206,7 @@ def member_states(addresses: list[str], security: object, timeout_s: float) -> d
                     mpb.DescribeMembershipRequest(), timeout=timeout_s)
         except grpc.RpcError:
             continue
-        return {m.node_id: m.state for m in answer.members}
+        return {m.node_id: (m.state, m.address) for m in answer.members}
     return {}
 
 
@@ -233,7 +239,8 @@ def status_problems(status: dict) -> list[str]:
     """Why the cluster is degraded (empty: healthy). Under-replicated: the leader counts fewer
     replicas in sync than the partition has (a follower down or behind), or no leader
     answered with its in-sync set."""
-    problems = [f"node {n['id']} is down" for n in status["nodes"] if not n["healthy"]]
+    problems = [f"node {n['id']} is down" for n in status["nodes"]
+                if not n["healthy"] and n.get("state") not in ("removed", "joining")]
     for p in status["partitions"]:
         name = f"{p['topic']}-{p['partition']}"
         if p["leader"] < 0:
@@ -266,9 +273,10 @@ def cluster_status(args: argparse.Namespace) -> int:
 
     print(render_table(
         ["node", "address", "state", "health", "metadata"],
-        [[n["id"], n["address"], n["state"], "up" if n["healthy"] else "DOWN",
-          ("leader" if n["id"] == status["metadata_leader"] else
-           "voter" if n["voter"] else "observer")] for n in status["nodes"]]))
+        [[n["id"], n["address"], n["state"], "up" if n["healthy"] else
+          "-" if n["state"] in ("removed", "joining") else "DOWN",
+          ("leader" if n["id"] == status["metadata_leader"] else "voter" if n["voter"] else
+           "-" if n["state"] == "removed" else "observer")] for n in status["nodes"]]))
     if status["partitions"]:
         print()
         print(render_table(

@@ -100,7 +100,8 @@ class ClientApi:
         for node_id in sorted(member_ids(self.config, state)):  # joined nodes too
             response.nodes.append(pb.NodeInfo(
                 id=node_id, address=self.address_for_client(
-                    node_id, self.config.peers.get(node_id, "")),
+                    node_id, self.config.peers.get(node_id) or (
+                        m.address if (m := state.members.get(node_id)) else "")),
                 alive=self._replicas.alive(node_id),
                 voter=node_id in voters))
         names = topics or sorted(self._metadata.state.topics)

@@ -240,6 +240,10 @@ def test_a_decommissioned_node_drains_under_load_and_leaves(cluster: LocalCluste
     assert leader != 3
     status = cli(cluster, "cluster", "decommission", "--status", "--output", "json")
     assert [m["node_id"] for m in json.loads(status.stdout)["members"]] == [3]
+    overall = json.loads(cli(cluster, "cluster", "status", "--output", "json").stdout)
+    assert {n["id"]: n["state"] for n in overall["nodes"]} == {
+        1: "active", 2: "active", 3: "removed", 4: "active"}
+    assert not [p for p in overall["problems"] if p.startswith("node ")], overall["problems"]
     gap = load.longest_gap_s()
     print(f"\ndecommission of node 3 under load: {took_s:.1f} s, {len(acked)} records "
           f"acknowledged, 0 lost; longest gap between acknowledgements {gap:.3f} s")
