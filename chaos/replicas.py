@@ -113,9 +113,12 @@ def _digest_group(data_dirs: Mapping[str, Path], replica_dir: Callable[[Path], P
         ends = [end for _, end in opened.values()]
         upto = min([*ends, hw] if hw is not None else ends or [0])
         bound = f"of high watermark {hw}" if hw is not None else "(the metadata log)"
+        # Log starts differ where a replica cut its prefix on its own (retention; the metadata
+        # log below each node's own snapshot): compare from the largest.
+        start = max((log.log_start_offset for log, _ in opened.values()), default=0)
         for node, (log, committed_end) in opened.items():
             try:
-                digest = _digest(log, upto)
+                digest = _digest(log, upto, start)
             except StorageError as exc:  # damaged stored bytes: refused, never hashed
                 events.append(unreadable(node, f"cannot read [0,{upto}): {exc!r}"))
                 continue
@@ -129,9 +132,10 @@ def _digest_group(data_dirs: Mapping[str, Path], replica_dir: Callable[[Path], P
     return events
 
 
-def _digest(log: PartitionLog, upto: int) -> str:
-    """Digest of the batches in `[0, upto)` (`committed_prefix_digest` takes the last offset)."""
-    return committed_prefix_digest(log, upto - 1)
+def _digest(log: PartitionLog, upto: int, start: int = 0) -> str:
+    """Digest of the batches in `[start, upto)` (`committed_prefix_digest` takes the last
+    offset)."""
+    return committed_prefix_digest(log, upto - 1, from_offset=start)
 
 
 def _commit_hint(directory: Path) -> int:

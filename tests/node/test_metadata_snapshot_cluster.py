@@ -1,8 +1,10 @@
 """Metadata snapshots on a real 3-node cluster (issue 17): snapshot + truncation + restart, and a
 follower that was down while the others truncated catching up through snapshot transfer.
 
-One module-scoped cluster; TIDELOG_METADATA_SNAPSHOT_EVERY=20 so that a few dozen quota commands
-(cheap metadata commands: no partitions to create) make several snapshots and cuts.
+Damaged snapshot files on a stopped node: the newest refused (the older one serves), then all of
+them (a peer's serves). One module-scoped cluster; TIDELOG_METADATA_SNAPSHOT_EVERY=10 so that a
+few dozen quota commands (cheap metadata commands: no partitions) make several snapshots and
+cuts.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from tidelog.client import Admin
 from tidelog.client.security_admin import AclEntry
 from tidelog.node.local_cluster import LocalCluster, LocalNode, metadata
 from tidelog.node.metadata_service import SNAPSHOT_CHUNK_BYTES
-from tidelog.node.metadata_snapshot import list_snapshots
+from tidelog.node.metadata_snapshot import list_snapshots, snapshot_path
 from tidelog.node.replica_state import read_state
 
 from tests.clusters import running_cluster
 
-EVERY = 20
+EVERY = 10
 BIG_ACL_COMMANDS, BIG_ACLS_PER_COMMAND = 24, 45
 WAIT_S = 30.0
 
@@ -70,6 +72,13 @@ def quotas_on(cluster: LocalCluster, node: LocalNode) -> dict[str, int]:
                 for q in admin.describe_quotas(node_address=node.address)}
 
 
+def damage(path: Path) -> None:
+    """One byte changed (never back: damaging twice changes it again)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] = (data[len(data) // 2] + 1) & 0xFF
+    path.write_bytes(bytes(data))
+
+
 def metadata_dir(node: LocalNode) -> Path:
     return node.data_dir / "metadata"
 
@@ -100,11 +109,36 @@ def test_a_restarted_node_starts_from_its_snapshot_with_a_truncated_log(
     print(f"node {node.id}: snapshots {snapshots}, metadata log start {log_start}")
     assert len(snapshots) == 2 and log_start > 0
     assert log_start - 1 <= min(snapshots)  # the older snapshot still covers the log start
+    damage(snapshot_path(metadata_dir(node), max(snapshots)))  # a real bit flip on disk
+    seen = len(node.log_path.read_text())
     cluster.start(node.id)
     cluster.wait_healthy(timeout_s=60, node_ids=[node.id])
     wait_for("the same quotas after the restart", lambda: quotas_on(cluster, node) == expected)
-    text = node.log_path.read_text()
-    assert f"metadata snapshot at {max(snapshots)} loaded" in text
+    text = node.log_path.read_text()[seen:]
+    # The damaged newest is refused, saying why; the older one and the log after it serve.
+    assert "refusing metadata snapshot" in text and "checksum mismatch" in text
+    assert f"metadata snapshot at {min(snapshots)} loaded" in text
+
+
+def test_a_node_whose_snapshots_are_all_damaged_gets_one_from_a_peer(
+        cluster: LocalCluster) -> None:
+    """Its log starts above 0, so the log alone cannot rebuild the state: it must neither load
+    half a state nor replay a partial log, but fetch a peer's snapshot first."""
+    node = not_the_metadata_leader(cluster)
+    expected = quotas_on(cluster, node)
+    cluster.terminate(node.id)
+    snapshots = list_snapshots(metadata_dir(node))
+    assert snapshots and read_state(metadata_dir(node)).log_start > 0
+    for index in snapshots:
+        damage(snapshot_path(metadata_dir(node), index))
+    seen = len(node.log_path.read_text())
+    cluster.start(node.id)
+    cluster.wait_healthy(timeout_s=60, node_ids=[node.id])
+    wait_for("the same quotas from a peer's snapshot",
+             lambda: quotas_on(cluster, node) == expected)
+    text = node.log_path.read_text()[seen:]
+    assert "no usable metadata snapshot covers the metadata log start" in text
+    assert "metadata state installed from a peer's snapshot" in text
 
 
 def test_a_follower_behind_the_truncated_log_catches_up_by_snapshot_transfer(
