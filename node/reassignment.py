@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -24,15 +25,22 @@ from tidelog.node.metadata import MetadataState
 from tidelog.node.metadata_commands import Command, CompletePartitionReassignment
 from tidelog.node.raft import ConfigChangeRejected, NotLeader, ProposalDropped, RaftError
 from tidelog.node.reassignment_state import PartitionReassignment
-from tidelog.node.reassignment_steps import GroupView, Step, StepKind, next_step
+from tidelog.node.reassignment_steps import (
+    CommitHistory,
+    GroupView,
+    Step,
+    StepKind,
+    next_step,
+)
 from tidelog.node.replica import Replica
 
 log = logging.getLogger(__name__)
 
 ROUND_S = 0.1  # how often a leader looks at its reassigning partitions
+PROMOTE_LAG_S = 1.0  # a learner holding what was committed this long ago is caught up
 # The Raft core's own promote check (RaftConfig.promote_lag_max, in offsets) for partition
-# replicas: a safety net only; the driver's rule (caught up to the commit of one round ago,
-# reassignment_steps) decides. Kept far above what one round of produce adds.
+# replicas: a safety net only; the driver's rule (caught up to the commit of PROMOTE_LAG_S ago,
+# reassignment_steps) decides. Kept far above what a second of produce adds.
 PROMOTE_LAG_MAX = 1_000_000
 COMPLETE_TIMEOUT_S = 10.0
 
@@ -53,7 +61,7 @@ Propose = Callable[[Command, float], Awaitable[dict[str, Any]]]
 
 
 def group_view(replica: Replica, caught_up_at: int | None = None) -> GroupView:
-    """`caught_up_at`: the commit index one round ago (None: the commit index now)."""
+    """`caught_up_at`: the bar of a learner's catch-up (None: the commit index now)."""
     core = replica.core
     membership = core.membership
     match = {int(n): int(p.match) for n, p in core.progress.items()}
@@ -81,14 +89,17 @@ def learner_rate(state: MetadataState, replica: Replica | None, node: int) -> in
 class ReassignmentDriver:
     """Owned by the event loop."""
 
-    def __init__(self, host: ReassignmentHost, propose: Propose) -> None:
+    def __init__(self, host: ReassignmentHost, propose: Propose, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._host = host
         self._propose = propose
         self._completing: dict[str, asyncio.Task[None]] = {}
         self._last_step: dict[str, str] = {}  # group → the step last logged (log once each)
-        # group → (term, commit index) at the previous round: the "caught up" bar of a learner
-        # (soft: lost at a failover, which only delays a promotion by one round)
-        self._previous_commit: dict[str, tuple[int, int]] = {}
+        # group → its recent commit indexes: a learner whose match reached the commit index of
+        # PROMOTE_LAG_S ago is caught up (soft state: lost at a failover, which only delays a
+        # promotion by PROMOTE_LAG_S)
+        self._commits: dict[str, CommitHistory] = {}
+        self._clock = clock
 
     def last_step(self, group: str) -> str:
         """The step this node last chose for the group ('' when it does not lead it)."""
@@ -103,20 +114,25 @@ class ReassignmentDriver:
         state = self._host.state
         for group in [g for g in self._last_step if g not in state.reassignments]:
             del self._last_step[group]
-        for group in [g for g in self._previous_commit if g not in state.reassignments]:
-            del self._previous_commit[group]
+        for group in [g for g in self._commits if g not in state.reassignments]:
+            del self._commits[group]
         for group, reassignment in list(state.reassignments.items()):
             replica = self._host.partitions.get(group)
             if replica is None or replica.error is not None or not replica.is_leader:
                 self._last_step.pop(group, None)
-                self._previous_commit.pop(group, None)
+                self._commits.pop(group, None)
                 continue
-            term, commit = self._previous_commit.get(group, (replica.term, replica.commit_index))
-            self._previous_commit[group] = (replica.term, replica.commit_index)
-            bar = commit if term == replica.term else None
-            step = next_step(group_view(replica, bar), reassignment.target)
+            step = next_step(group_view(replica, self._caught_up_bar(group, replica)),
+                             reassignment.target)
             self._note(group, step)
             self._take(replica, reassignment, step)
+
+    def _caught_up_bar(self, group: str, replica: Replica) -> int:
+        """The commit index of PROMOTE_LAG_S ago: under load a learner's match trails the commit
+        index by its round trip however caught up it is, and "the commit index now" is rarely
+        met (seen: a promotion delayed 9 s at load average 33)."""
+        history = self._commits.setdefault(group, CommitHistory())
+        return history.bar(self._clock(), replica.term, replica.commit_index, PROMOTE_LAG_S)
 
     def _take(self, replica: Replica, reassignment: PartitionReassignment, step: Step) -> None:
         node = step.node

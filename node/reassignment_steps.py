@@ -12,13 +12,14 @@ Order, one single-server change at a time (Raft's rule, node/raft/core.py):
 2. remove a learner that is not in the target (a changed or cancelled target);
 3. add the first target node that is no member yet, as a LEARNER (it neither votes nor counts);
 4. promote a learner of the target once it has caught up: its match has reached `caught_up_at`,
-   the commit index as it was one driver round ago (under a steady produce load the match of a
-   learner is never EXACTLY the commit index for long, so "reached the commit of a moment ago"
-   is the rule, as Kafka's ISR join is "fetched up to the high watermark"); while none has,
+   the commit index as it was a moment ago (the driver's PROMOTE_LAG_S: under a steady produce
+   load a learner's match trails the commit index by its round trip, so "holds what was
+   committed a second ago" is the rule, as Kafka's in-sync rule is a time lag); while none has,
    wait (the replication factor never drops below the original's during a move);
 5. remove a voter that is not in the target, the leader itself last;
-6. if the leader is not in the target, transfer leadership to a caught-up target voter (the new
-   leader then removes the old one at step 5);
+6. if the leader is not in the target, transfer leadership to a caught-up target voter (the
+   core's transfer catches it up the rest of the way before its TimeoutNow; the new leader then
+   removes the old one at step 5);
 7. the committed membership is the target, no learners: complete (the metadata's replica list
    becomes the target; nodes outside it then delete their replica).
 """
@@ -26,8 +27,9 @@ Order, one single-server change at a time (Raft's rule, node/raft/core.py):
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class StepKind(enum.Enum):
@@ -86,7 +88,7 @@ def next_step(view: GroupView, target: Sequence[int]) -> Step:
     for node in sorted(view.voters - wanted - {view.leader}):
         return Step(kind=StepKind.REMOVE, node=node)
     if view.leader not in wanted:
-        ready = [n for n in target if n in view.voters and view.match.get(n, -1) >= view.commit]
+        ready = [n for n in target if n in view.voters and _caught_up(view, n)]
         if not ready:
             return Step(kind=StepKind.WAIT, reason="no caught-up target voter to lead")
         return Step(kind=StepKind.TRANSFER, node=ready[0],
@@ -97,3 +99,20 @@ def next_step(view: GroupView, target: Sequence[int]) -> Step:
 
 def _caught_up(view: GroupView, node: int) -> bool:
     return view.match.get(node, -1) >= view.caught_up_at
+
+
+@dataclass(slots=True)
+class CommitHistory:
+    """A leader's recent (time, term, commit index), for the bar of step 4: `bar(now, term,
+    commit, lag_s)` is the commit index of `lag_s` ago in this term (the oldest noted in it when
+    the term is younger). Bounded: entries older than the bar are dropped."""
+
+    _seen: deque[tuple[float, int, int]] = field(default_factory=deque)
+
+    def bar(self, now: float, term: int, commit: int, lag_s: float) -> int:
+        if self._seen and self._seen[-1][1] != term:
+            self._seen.clear()  # a new term: what an older leader committed says nothing here
+        self._seen.append((now, term, commit))
+        while len(self._seen) > 1 and self._seen[1][0] <= now - lag_s:
+            self._seen.popleft()
+        return self._seen[0][2]

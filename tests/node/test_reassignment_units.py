@@ -32,7 +32,7 @@ from tidelog.node.reassignment_plan import (
     replication_factor_plan,
 )
 from tidelog.node.reassignment_state import PartitionReassignment, decode_reassignments
-from tidelog.node.reassignment_steps import GroupView, StepKind, next_step
+from tidelog.node.reassignment_steps import CommitHistory, GroupView, StepKind, next_step
 
 # -- commands ----------------------------------------------------------------------------------
 
@@ -373,3 +373,13 @@ def test_moving_replicas_needs_alter_and_listing_moves_describe_on_the_cluster()
     assert denial("AlterPartitionReassignments", alter, "alter") is None
     assert denial("ListPartitionReassignments", listing) is not None
     assert denial("ListPartitionReassignments", listing, "describe") is None
+
+
+def test_the_catch_up_bar_is_the_commit_index_of_a_second_ago_in_this_term() -> None:
+    history = CommitHistory()
+    assert history.bar(0.0, 3, 100, 1.0) == 100  # nothing older: the commit now
+    assert history.bar(0.5, 3, 150, 1.0) == 100
+    assert history.bar(1.1, 3, 210, 1.0) == 100  # at 1.1 s, 0.0 s is the newest >= 1 s old
+    assert history.bar(1.6, 3, 250, 1.0) == 150  # and at 1.6 s, 0.5 s
+    assert history.bar(2.2, 3, 300, 1.0) == 210
+    assert history.bar(2.3, 4, 305, 1.0) == 305  # a new term starts over
