@@ -383,3 +383,16 @@ def test_the_catch_up_bar_is_the_commit_index_of_a_second_ago_in_this_term() -> 
     assert history.bar(1.6, 3, 250, 1.0) == 150  # and at 1.6 s, 0.5 s
     assert history.bar(2.2, 3, 300, 1.0) == 210
     assert history.bar(2.3, 4, 305, 1.0) == 305  # a new term starts over
+
+
+@pytest.mark.parametrize("name", ["reassignment_steps.py", "reassignment_plan.py",
+                                  "reassignment_state.py"])
+def test_the_planning_and_stepping_modules_are_sans_io(name: str) -> None:
+    import ast
+    import pathlib
+
+    from tests.raft.test_tidy import FORBIDDEN, _runtime_imports
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "node" / name
+    imported = _runtime_imports(ast.parse(path.read_text()))
+    assert not imported & FORBIDDEN, f"{name} imports {sorted(imported & FORBIDDEN)}"
