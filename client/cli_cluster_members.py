@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     dec.add_argument("--status", action="store_true", help="show draining nodes and progress")
     dec.add_argument("--force", action="store_true",
                      help="allow leaving fewer than 3 metadata voters")
+    dec.add_argument("--cancel", action="store_true",
+                     help="recommission a draining node: it is active again (moves already "
+                          "started go on; `tidelog partition reassign --cancel` stops them)")
     dec.add_argument("--wait", action="store_true", help="wait until the node is removed")
     dec.add_argument("--timeout", type=float, default=600.0, metavar="S",
                      help="with --wait: give up after S seconds (default %(default)g)")
@@ -103,6 +106,11 @@ def _decommission(args: argparse.Namespace) -> int:
     def action(admin: Any) -> None:
         from tidelog.client.cli_tables import emit
 
+        if args.cancel:
+            state = admin.recommission_node(args.node_id)
+            emit(args, {"node_id": args.node_id, "state": state},
+                 f"node {args.node_id}: {state} (decommission cancelled)")
+            return
         state = admin.decommission_node(args.node_id, force=args.force)
         if args.wait:
             info = admin.wait_member_state(args.node_id, ("removed",), timeout_s=args.timeout)

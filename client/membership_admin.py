@@ -72,6 +72,18 @@ class MembershipAdmin:
                                              timeout_ms=int(self._timeout_s * 1000)))
         return str(response.state)
 
+    def recommission_node(self, node_id: int) -> str:
+        """Cancel the decommission of a draining node: it is active again (reassignments the
+        drain started go on; `alter_partition_reassignments` with cancel stops them). Returns
+        'active'."""
+        from tidelog.proto import membership_pb2
+
+        response = self._membership_call("DecommissionNode",
+                                         membership_pb2.DecommissionNodeRequest(
+                                             node_id=node_id, cancel=True,
+                                             timeout_ms=int(self._timeout_s * 1000)))
+        return str(response.state)
+
     def describe_members(self, *, node_address: str | None = None
                          ) -> tuple[int, list[MemberInfo]]:
         """(metadata leader id or -1, every node the answering node knows, removed included)."""

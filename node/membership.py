@@ -451,6 +451,7 @@ class MembershipController:
     def _move_own_leaderships(self) -> None:
         """A draining node hands every partition it leads to a caught-up voter."""
         if node_state(self.state, self.id) is not NodeState.DRAINING:
+            self._draining_said = False  # (a decommission cancelled: say it again next time)
             return
         if not self._draining_said:
             self._draining_said = True

@@ -18,7 +18,7 @@ from tidelog.node.config import NodeConfig, peer_address
 from tidelog.node.membership import MembershipController, voter_removal_problem
 from tidelog.node.membership_state import NodeState, node_state, replicas_on
 from tidelog.node.metadata import MetadataState
-from tidelog.node.metadata_commands import AddNode, DecommissionNode
+from tidelog.node.metadata_commands import AddNode, DecommissionNode, RecommissionNode
 from tidelog.node.metadata_service import METADATA_GROUP, raise_result
 from tidelog.node.service import _unary as unary
 from tidelog.proto import membership_pb2 as mpb
@@ -64,6 +64,11 @@ class NodeMembershipService(membership_pb2_grpc.NodeMembershipServicer):
 
     @unary
     async def DecommissionNode(self, request, context):  # noqa: N802
+        if request.cancel:
+            result = await self._metadata.propose(RecommissionNode(node_id=request.node_id),
+                                                  _timeout_s(request.timeout_ms))
+            raise_result(result)
+            return mpb.DecommissionNodeResponse(state=result.get("state", ""))
         membership = self._controller.metadata_membership()
         voters = set(membership.voters) if membership is not None else set()
         problem = voter_removal_problem(voters, request.node_id, alive=self._replicas.alive,

@@ -7,6 +7,7 @@ A node's life (docs/operations.md "Add and remove nodes"):
 
     (not a member) --AddNode--> JOINING --RegisterNode--> ACTIVE --DecommissionNode--> DRAINING
     DRAINING --RemoveNode--> REMOVED (final: the id is never admitted again)
+    DRAINING --RecommissionNode--> ACTIVE (a decommission cancelled)
 
 The nodes the cluster was started with (`--peers`) are ACTIVE members without an entry in
 `MetadataState.members` until one of them is decommissioned; only AddNode admits anyone else.
@@ -25,7 +26,13 @@ from tidelog.node.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from tidelog.node.metadata import MetadataState
-    from tidelog.node.metadata_commands import AddNode, DecommissionNode, RegisterNode, RemoveNode
+    from tidelog.node.metadata_commands import (
+        AddNode,
+        DecommissionNode,
+        RecommissionNode,
+        RegisterNode,
+        RemoveNode,
+    )
 
 
 class NodeState(enum.Enum):
@@ -136,6 +143,20 @@ def apply_decommission(state: MetadataState, command: DecommissionNode) -> dict[
                               else NodeMember(node_id=node_id, address=state.nodes[node_id],
                                               peer_address="", state=NodeState.DRAINING))
     return {"state": NodeState.DRAINING.value}
+
+
+def apply_recommission(state: MetadataState, command: RecommissionNode) -> dict[str, Any]:
+    """DRAINING → ACTIVE (placements may use it again; JOINING for one that never registered);
+    a node not draining is refused."""
+    member = state.members.get(command.node_id)
+    if member is None or member.state is not NodeState.DRAINING:
+        current = node_state(state, command.node_id)
+        raise InvalidRequestError(
+            f"node {command.node_id} is {current.value if current else 'not a member'}; only a "
+            "draining node can be recommissioned")
+    back = NodeState.ACTIVE if command.node_id in state.nodes else NodeState.JOINING
+    state.members[command.node_id] = replace(member, state=back)
+    return {"state": back.value}
 
 
 def apply_remove(state: MetadataState, command: RemoveNode) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from tidelog.node.membership_state import (
     NodeMember,
     apply_add_node,
     apply_decommission,
+    apply_recommission,
     apply_remove,
     check_register,
     placeable,
@@ -45,6 +46,7 @@ from tidelog.node.metadata_commands import (
     DeleteTopic,
     DeleteUser,
     InitProducer,
+    RecommissionNode,
     RegisterNode,
     RemoveNode,
     RemoveQuota,
@@ -169,6 +171,8 @@ class MetadataState:
                     return apply_decommission(self, command)
                 case RemoveNode():
                     return apply_remove(self, command)
+                case RecommissionNode():
+                    return apply_recommission(self, command)
         except BrokerError as exc:  # handlers check everything before they change anything
             return _error_result(exc)
         raise AssertionError(f"no handler for {command!r}")

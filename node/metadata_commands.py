@@ -75,6 +75,14 @@ class DecommissionNode:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecommissionNode:
+    """Cancel a decommission: a draining node is active again (reassignments the drain already
+    started go on; cancel them with `tidelog partition reassign --cancel`)."""
+
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RemoveNode:
     """A drained node leaves the node set (refused while a replica is still assigned to it,
     unless `force`); it stops itself when it applies this."""
@@ -215,7 +223,7 @@ class RemoveQuota:
 
 Command = (RegisterNode | CreateTopic | DeleteTopic | AlterConfigs | AllocateProducerId
            | CreatePartitions | InitProducer | SetQuota | RemoveQuota | UpsertUser | DeleteUser
-           | CreateAcls | DeleteAcls | AddNode | DecommissionNode | RemoveNode)
+           | CreateAcls | DeleteAcls | AddNode | DecommissionNode | RemoveNode | RecommissionNode)
 # Partition reassignment (node/reassignment_state.py), kept on a line of its own:
 Command = Command | AlterPartitionReassignment | CompletePartitionReassignment
 
@@ -238,6 +246,7 @@ _OPS: dict[type, str] = {
     AddNode: "add_node",
     DecommissionNode: "decommission_node",
     RemoveNode: "remove_node",
+    RecommissionNode: "recommission_node",
 }
 
 
@@ -297,7 +306,7 @@ def encode_command(command: Command) -> bytes:
             body.update(node_id=command.node_id, address=command.address,
                         peer_address=command.peer_address,
                         metadata_voter=command.metadata_voter)
-        case DecommissionNode(node_id=node_id):
+        case DecommissionNode(node_id=node_id) | RecommissionNode(node_id=node_id):
             body["node_id"] = node_id
         case RemoveNode(node_id=node_id, force=force):
             body.update(node_id=node_id, force=force)
@@ -398,6 +407,8 @@ def decode_command(data: bytes) -> Command:
             _check_address(command.peer_address, "peer_address")
         case "decommission_node":
             command = DecommissionNode(node_id=fields.integer("node_id", 1, NODE_ID_MAX))
+        case "recommission_node":
+            command = RecommissionNode(node_id=fields.integer("node_id", 1, NODE_ID_MAX))
         case "remove_node":
             command = RemoveNode(node_id=fields.integer("node_id", 1, NODE_ID_MAX),
                                  force=fields.boolean("force"))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etidelog/proto/membership.proto\x12\ntidelog.v1\"t\n\x0e\x41\x64\x64NodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\x12\x16\n\x0emetadata_voter\x18\x04 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x05 \x01(\x05\"G\n\x0f\x41\x64\x64NodeResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07\x61lready\x18\x02 \x01(\x08\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\"M\n\x17\x44\x65\x63ommissionNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x05\":\n\x18\x44\x65\x63ommissionNodeResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07\x61lready\x18\x02 \x01(\x08\"\x1b\n\x19\x44\x65scribeMembershipRequest\"\xbf\x01\n\nMemberInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rmetadata_role\x18\x05 \x01(\t\x12\r\n\x05\x61live\x18\x06 \x01(\x08\x12\x10\n\x08replicas\x18\x07 \x01(\x05\x12\x13\n\x0bleaderships\x18\x08 \x01(\x05\x12\x1d\n\x15metadata_voter_wanted\x18\t \x01(\x08\"a\n\x1a\x44\x65scribeMembershipResponse\x12\'\n\x07members\x18\x01 \x03(\x0b\x32\x16.tidelog.v1.MemberInfo\x12\x1a\n\x12metadata_leader_id\x18\x02 \x01(\x05\"C\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"B\n\x08JoinPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\"\x95\x01\n\x0cJoinResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12#\n\x05peers\x18\x02 \x03(\x0b\x32\x14.tidelog.v1.JoinPeer\x12\x17\n\x0fmetadata_voters\x18\x03 \x03(\x05\x12\x19\n\x11metadata_learners\x18\x04 \x03(\x05\x12\x18\n\x10membership_index\x18\x05 \x01(\x03\x32\x98\x02\n\x0eNodeMembership\x12\x42\n\x07\x41\x64\x64Node\x12\x1a.tidelog.v1.AddNodeRequest\x1a\x1b.tidelog.v1.AddNodeResponse\x12]\n\x10\x44\x65\x63ommissionNode\x12#.tidelog.v1.DecommissionNodeRequest\x1a$.tidelog.v1.DecommissionNodeResponse\x12\x63\n\x12\x44\x65scribeMembership\x12%.tidelog.v1.DescribeMembershipRequest\x1a&.tidelog.v1.DescribeMembershipResponse2O\n\x12NodeMembershipPeer\x12\x39\n\x04Join\x12\x17.tidelog.v1.JoinRequest\x1a\x18.tidelog.v1.JoinResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etidelog/proto/membership.proto\x12\ntidelog.v1\"t\n\x0e\x41\x64\x64NodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\x12\x16\n\x0emetadata_voter\x18\x04 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x05 \x01(\x05\"G\n\x0f\x41\x64\x64NodeResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07\x61lready\x18\x02 \x01(\x08\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\"]\n\x17\x44\x65\x63ommissionNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x05\x12\x0e\n\x06\x63\x61ncel\x18\x04 \x01(\x08\":\n\x18\x44\x65\x63ommissionNodeResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07\x61lready\x18\x02 \x01(\x08\"\x1b\n\x19\x44\x65scribeMembershipRequest\"\xbf\x01\n\nMemberInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rmetadata_role\x18\x05 \x01(\t\x12\r\n\x05\x61live\x18\x06 \x01(\x08\x12\x10\n\x08replicas\x18\x07 \x01(\x05\x12\x13\n\x0bleaderships\x18\x08 \x01(\x05\x12\x1d\n\x15metadata_voter_wanted\x18\t \x01(\x08\"a\n\x1a\x44\x65scribeMembershipResponse\x12\'\n\x07members\x18\x01 \x03(\x0b\x32\x16.tidelog.v1.MemberInfo\x12\x1a\n\x12metadata_leader_id\x18\x02 \x01(\x05\"C\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"B\n\x08JoinPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\"\x95\x01\n\x0cJoinResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12#\n\x05peers\x18\x02 \x03(\x0b\x32\x14.tidelog.v1.JoinPeer\x12\x17\n\x0fmetadata_voters\x18\x03 \x03(\x05\x12\x19\n\x11metadata_learners\x18\x04 \x03(\x05\x12\x18\n\x10membership_index\x18\x05 \x01(\x03\x32\x98\x02\n\x0eNodeMembership\x12\x42\n\x07\x41\x64\x64Node\x12\x1a.tidelog.v1.AddNodeRequest\x1a\x1b.tidelog.v1.AddNodeResponse\x12]\n\x10\x44\x65\x63ommissionNode\x12#.tidelog.v1.DecommissionNodeRequest\x1a$.tidelog.v1.DecommissionNodeResponse\x12\x63\n\x12\x44\x65scribeMembership\x12%.tidelog.v1.DescribeMembershipRequest\x1a&.tidelog.v1.DescribeMembershipResponse2O\n\x12NodeMembershipPeer\x12\x39\n\x04Join\x12\x17.tidelog.v1.JoinRequest\x1a\x18.tidelog.v1.JoinResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDNODERESPONSE']._serialized_start=164
   _globals['_ADDNODERESPONSE']._serialized_end=235
   _globals['_DECOMMISSIONNODEREQUEST']._serialized_start=237
-  _globals['_DECOMMISSIONNODEREQUEST']._serialized_end=314
-  _globals['_DECOMMISSIONNODERESPONSE']._serialized_start=316
-  _globals['_DECOMMISSIONNODERESPONSE']._serialized_end=374
-  _globals['_DESCRIBEMEMBERSHIPREQUEST']._serialized_start=376
-  _globals['_DESCRIBEMEMBERSHIPREQUEST']._serialized_end=403
-  _globals['_MEMBERINFO']._serialized_start=406
-  _globals['_MEMBERINFO']._serialized_end=597
-  _globals['_DESCRIBEMEMBERSHIPRESPONSE']._serialized_start=599
-  _globals['_DESCRIBEMEMBERSHIPRESPONSE']._serialized_end=696
-  _globals['_JOINREQUEST']._serialized_start=698
-  _globals['_JOINREQUEST']._serialized_end=765
-  _globals['_JOINPEER']._serialized_start=767
-  _globals['_JOINPEER']._serialized_end=833
-  _globals['_JOINRESPONSE']._serialized_start=836
-  _globals['_JOINRESPONSE']._serialized_end=985
-  _globals['_NODEMEMBERSHIP']._serialized_start=988
-  _globals['_NODEMEMBERSHIP']._serialized_end=1268
-  _globals['_NODEMEMBERSHIPPEER']._serialized_start=1270
-  _globals['_NODEMEMBERSHIPPEER']._serialized_end=1349
+  _globals['_DECOMMISSIONNODEREQUEST']._serialized_end=330
+  _globals['_DECOMMISSIONNODERESPONSE']._serialized_start=332
+  _globals['_DECOMMISSIONNODERESPONSE']._serialized_end=390
+  _globals['_DESCRIBEMEMBERSHIPREQUEST']._serialized_start=392
+  _globals['_DESCRIBEMEMBERSHIPREQUEST']._serialized_end=419
+  _globals['_MEMBERINFO']._serialized_start=422
+  _globals['_MEMBERINFO']._serialized_end=613
+  _globals['_DESCRIBEMEMBERSHIPRESPONSE']._serialized_start=615
+  _globals['_DESCRIBEMEMBERSHIPRESPONSE']._serialized_end=712
+  _globals['_JOINREQUEST']._serialized_start=714
+  _globals['_JOINREQUEST']._serialized_end=781
+  _globals['_JOINPEER']._serialized_start=783
+  _globals['_JOINPEER']._serialized_end=849
+  _globals['_JOINRESPONSE']._serialized_start=852
+  _globals['_JOINRESPONSE']._serialized_end=1001
+  _globals['_NODEMEMBERSHIP']._serialized_start=1004
+  _globals['_NODEMEMBERSHIP']._serialized_end=1284
+  _globals['_NODEMEMBERSHIPPEER']._serialized_start=1286
+  _globals['_NODEMEMBERSHIPPEER']._serialized_end=1365
 # @@protoc_insertion_point(module_scope)

@@ -31,14 +31,16 @@ class AddNodeResponse(_message.Message):
     def __init__(self, state: _Optional[str] = ..., already: _Optional[bool] = ..., peer_address: _Optional[str] = ...) -> None: ...
 
 class DecommissionNodeRequest(_message.Message):
-    __slots__ = ("node_id", "force", "timeout_ms")
+    __slots__ = ("node_id", "force", "timeout_ms", "cancel")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     force: bool
     timeout_ms: int
-    def __init__(self, node_id: _Optional[int] = ..., force: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    cancel: bool
+    def __init__(self, node_id: _Optional[int] = ..., force: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., cancel: _Optional[bool] = ...) -> None: ...
 
 class DecommissionNodeResponse(_message.Message):
     __slots__ = ("state", "already")

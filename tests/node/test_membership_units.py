@@ -24,6 +24,7 @@ from tidelog.node.metadata_commands import (
     AddNode,
     CreateTopic,
     DecommissionNode,
+    RecommissionNode,
     RegisterNode,
     RemoveNode,
     decode_command,
@@ -61,7 +62,7 @@ def config(node_id: int = 1) -> NodeConfig:
 @pytest.mark.parametrize("command", [
     AddNode(node_id=4, address="tidelog-3.tidelog:9091", peer_address="tidelog-3.tidelog:19091",
             metadata_voter=True),
-    DecommissionNode(node_id=3), RemoveNode(node_id=3, force=True)])
+    DecommissionNode(node_id=3), RemoveNode(node_id=3, force=True), RecommissionNode(node_id=3)])
 def test_membership_commands_round_trip_through_the_strict_decoder(command: object) -> None:
     assert decode_command(encode_command(command)) == command  # type: ignore[arg-type]
 
@@ -224,3 +225,17 @@ def test_the_drain_moves_every_partition_off_the_node_except_those_already_movin
     first = sorted(moves)[0]
     log(AlterPartitionReassignment(topic="t", partition=first[1], target=moves[first]))
     assert first not in drain_moves(log.state, 3, placement_nodes(config(), log.state))
+
+
+def test_a_cancelled_decommission_makes_the_node_placeable_again() -> None:
+    log = three_nodes()
+    log(AddNode(node_id=4, address="h4:9091", peer_address="h4:19091"))
+    log(RegisterNode(node_id=4, address="h4:9091"))
+    assert log(RecommissionNode(node_id=4))["code"] == pb.INVALID_REQUEST  # not draining
+    log(DecommissionNode(node_id=4))
+    assert 4 not in placement_nodes(config(), log.state)
+    assert log(RecommissionNode(node_id=4)) == {"state": "active"}
+    assert placement_nodes(config(), log.state) == [1, 2, 3, 4]
+    log(DecommissionNode(node_id=4))
+    log(RemoveNode(node_id=4))
+    assert log(RecommissionNode(node_id=4))["code"] == pb.INVALID_REQUEST  # removed is final

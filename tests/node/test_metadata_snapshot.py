@@ -83,6 +83,8 @@ def commands() -> list[mc.Command]:
         mc.AddNode(node_id=5, address="h5:9091", peer_address="h5:19091"),
         mc.DecommissionNode(node_id=5),
         mc.RemoveNode(node_id=5),
+        mc.DecommissionNode(node_id=4),
+        mc.RecommissionNode(node_id=4),
         mc.CreateTopic(name="bad name", partitions=1, replication_factor=1),  # refused
     ]
 
