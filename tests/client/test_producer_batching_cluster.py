@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,66 @@ def test_a_dropped_produce_many_reply_is_retried_without_a_duplicate(
     for p, meta in zip((p0, p1), metas, strict=True):
         assert [v for _, v in records[p]] == [b"before", payload, b"after"], p
         assert meta.partition == p
+
+
+class OlderNode:
+    """A real gRPC server in front of a real node that serves every method but ProduceMany (as
+    a node from before it answers: UNIMPLEMENTED), passing the bytes through unchanged."""
+
+    def __init__(self, target: str) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self.refused = 0
+        node = self
+
+        class Passthrough(grpc.GenericRpcHandler):
+            def service(self, details: Any) -> Any:
+                method = details.method
+                if method.endswith("/ProduceMany"):
+                    node.refused += 1
+                    return None
+                forward = node._channel.unary_unary(method)
+
+                def call(request: bytes, context: Any) -> bytes:
+                    return forward(request, timeout=context.time_remaining(),
+                                   metadata=context.invocation_metadata())
+
+                return grpc.unary_unary_rpc_method_handler(call)
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self._server.add_generic_rpc_handlers((Passthrough(),))
+        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+        self._server.start()
+
+    def close(self) -> None:
+        self._server.stop(grace=None)
+        self._channel.close()
+
+
+def test_a_node_without_produce_many_gets_produce_calls(batching_cluster: LocalCluster) -> None:
+    """Its UNIMPLEMENTED answer means nothing was written: the same batches go again as one
+    Produce each, once, and the producer stays on Produce for that node."""
+    topic = new_topic(batching_cluster, 6)
+    leaders = {p: batching_cluster.settled_leader_of(topic, p) for p in range(6)}
+    node_id = max(set(leaders.values()), key=list(leaders.values()).count)
+    mine = [p for p, n in leaders.items() if n == node_id]
+    assert len(mine) >= 2, f"no node leads two of 6 partitions: {leaders}"
+    leader = next(n.address for n in batching_cluster.nodes if n.id == node_id)
+    older = OlderNode(leader)
+    try:
+        with Producer(batching_cluster.bootstrap) as producer:
+            producer._connections.redirect(leader, older.address)
+            for round_ in range(3):
+                interval = sys.getswitchinterval()
+                sys.setswitchinterval(1.0)  # all of a round's sends before the sender runs
+                try:
+                    futures_ = [producer.send(topic, b"%d" % round_, partition=p) for p in mine]
+                finally:
+                    sys.setswitchinterval(interval)
+                for future in futures_:
+                    future.result(timeout=30)
+        assert older.refused == 1  # asked once, then Produce only
+    finally:
+        older.close()
+    records = read_all(batching_cluster.bootstrap, topic, 6, 3 * len(mine))
+    for p in mine:
+        assert [v for _, v in records[p]] == [b"0", b"1", b"2"], p
