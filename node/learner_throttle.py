@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tidelog.node.metrics.reassignment import THROTTLED_BYTES
 from tidelog.node.raft import Entry, LogIndex, Message
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class LearnerThrottle:
             stream.queue.popleft()
             stream.queued_bytes -= cost
             stream.sent_bytes += cost
+            if cost:
+                THROTTLED_BYTES.inc(cost)
             self._send(key[0], message)
         cap = stream.rate * self._burst_s
         stream.tokens = min(stream.tokens, cap)

@@ -10,6 +10,7 @@ from tidelog.node.metrics.groups import group_metrics
 from tidelog.node.metrics.on_loop import MetricsFunction
 from tidelog.node.metrics.partitions import partitions_collector
 from tidelog.node.metrics.queues import queue_collector
+from tidelog.node.metrics.reassignment import reassignment_metrics
 from tidelog.node.metrics.storage import disk_metrics
 
 if TYPE_CHECKING:
@@ -23,4 +24,5 @@ def node_collectors(node: Node) -> list[tuple[str, MetricsFunction]]:
     collectors.append(("disk", lambda: disk_metrics(node.data_dir)))
     collectors.append(("groups", lambda: group_metrics(node.groups)))  # groups coordinated here
     collectors.append(("partitions", partitions_collector(node.replicas, node.metadata)))
+    collectors.append(("reassignments", lambda: reassignment_metrics(node.replicas)))
     return collectors

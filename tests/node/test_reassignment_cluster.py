@@ -56,6 +56,17 @@ def log_bytes(cluster: LocalCluster, node: int, topic: str, partition: int) -> i
     return total
 
 
+def scrape(cluster: LocalCluster, node: int, name: str) -> float:
+    """The sum of a metric's samples on one node's /metrics."""
+    import urllib.request
+
+    url = f"http://{cluster.node(node).metrics_address}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
 def wait_moved(admin: Admin, topic: str, targets: dict[int, tuple[int, ...]],
                timeout_s: float = 40.0) -> None:
     deadline = time.monotonic() + timeout_s
@@ -161,6 +172,10 @@ def test_move_onto_the_empty_node_under_acks_all_load(cluster: LocalCluster,
     assert rate <= throttle * 1.1, "the catch-up went faster than the throttle"
     assert rate >= throttle * 0.25, "the catch-up crawled far below the throttle"
     assert writer.acked, "the producer got nothing acknowledged during the move"
+    throttled = sum(scrape(cluster, n, "tidelog_reassignment_throttled_bytes_total")
+                    for n in NODES)
+    assert throttled >= 0.9 * backlog, (throttled, backlog)  # the copy went through the bucket
+    assert all(scrape(cluster, n, "tidelog_partition_reassignments") == 0 for n in NODES)
     records = read_all(cluster, "moves")
     seen: dict[str, list[int]] = {}
     for key, value in records:
@@ -218,6 +233,8 @@ def test_a_move_completes_after_its_leader_is_killed(cluster: LocalCluster,
         assert time.monotonic() < deadline, "the learner is not catching up"
         time.sleep(0.02)
     leader = cluster.leader_of("crash", 0)  # the driver of the move (the balancer stays away)
+    assert scrape(cluster, leader, "tidelog_reassignment_learner_lag_offsets") > 0
+    assert scrape(cluster, leader, "tidelog_partition_reassignments") >= 1
     cluster.kill(leader)  # mid catch-up: the throttle lets no more than 150 KB/s through
     print(f"killed leader {leader} with the learner at {arrived} of {backlog} bytes")
     try:
