@@ -64,6 +64,7 @@ class Capability(enum.Enum):
     DELAY = "delay"  # delayed links (tc netem)
     DISK = "disk"  # a node's data directory can fill up
     POWER = "power"  # power cut: kill -9 and lose every write not fsynced (LazyFS data dirs)
+    MEMBERSHIP = "membership"  # spare node slots: start one with --join; retire a removed node
 
 
 class BackendError(RuntimeError):
@@ -74,7 +75,9 @@ class Backend(Protocol):
     """What the nemesis and the workload need from a place that runs nodes."""
 
     name: str
-    nodes: tuple[str, ...]  # "n1".."nN"; node id = index + 1
+    # The CURRENT members, "n1".."nN" at start (node id = the number); a backend with
+    # Capability.MEMBERSHIP adds admitted spares and drops retired (removed) nodes.
+    nodes: tuple[str, ...]
     capabilities: frozenset[Capability]
     description: str  # one line for the report: how nodes run and how faults are made
 
@@ -120,6 +123,7 @@ class LocalBackend:
         node_count: int,
         work_dir: Path,
         *,
+        spares: int = 0,
         use_netns: bool | None = None,
         disk_bytes_max: int | None = None,
         power_loss: bool = False,
@@ -129,12 +133,22 @@ class LocalBackend:
         security: ChaosSecurity | None = None,
     ) -> None:
         """`security`: TLS, SCRAM and ACLs on every node (`chaos run --secure`); the
-        certificates are made at `start`, once the nodes' addresses are known."""
+        certificates are made at `start`, once the nodes' addresses are known. `spares`: node
+        slots beyond the first `node_count` (addresses, namespaces and data dirs made at start,
+        no process): `start_spare` starts one with `--join`, `admit` makes it a member once
+        the cluster admitted it, `retire` drops a decommissioned node from the members."""
         from tidelog.chaos.netns import netns_unavailable_reason
 
         if node_count < 1:
             raise ValueError("need at least one node")
-        self.nodes = node_names(node_count)
+        if spares < 0:
+            raise ValueError("spares must be >= 0")
+        self.slots = node_names(node_count + spares)
+        self.nodes = self.slots[:node_count]
+        self.initial = self.nodes
+        self._spares = list(self.slots[node_count:])
+        self._join_seeds: dict[str, str] = {}  # started with --join: the seeds it was given
+        self._retired: set[str] = set()  # removed from the cluster: never started again
         self.work_dir = Path(work_dir)
         self._node_module = node_module
         self._node_args = tuple(node_args)
@@ -153,7 +167,7 @@ class LocalBackend:
         self._lazy: dict[str, LazyMount] = {}
         self._lazy_supervisor = Supervisor()  # stopped after the nodes, so mounts outlive them
         self._control_dir: Path | None = None
-        caps = {Capability.PROCESS}
+        caps = {Capability.PROCESS, Capability.MEMBERSHIP}
         if self.use_netns:
             caps |= {Capability.PARTITION, Capability.LOSS}
         if self.disk_bytes_max:
@@ -174,9 +188,9 @@ class LocalBackend:
             if self.use_netns:
                 from tidelog.chaos.netns import Topology
 
-                self._topology = Topology(list(self.nodes))
+                self._topology = Topology(list(self.slots))
                 self._topology.create()
-                for n in self.nodes:
+                for n in self.slots:
                     self._addresses[n] = f"{self._topology.address(n)}:{NODE_PORT}"
                 if self._topology.netem_available():
                     self.capabilities = self.capabilities | {Capability.DELAY}
@@ -189,12 +203,14 @@ class LocalBackend:
             else:
                 from tidelog.node.local_cluster import free_ports
 
-                for n, port in zip(self.nodes, free_ports(len(self.nodes)), strict=True):
+                for n, port in zip(self.slots, free_ports(len(self.slots)), strict=True):
                     self._addresses[n] = f"127.0.0.1:{port}"
                 self.description = (
                     f"local: {len(self.nodes)} node processes on 127.0.0.1; NETWORK FAULTS "
                     f"UNAVAILABLE ({self.netns_reason}): process faults only")
-            for n in self.nodes:
+            if self._spares:
+                self.description += f"; {len(self._spares)} spare node slot(s) for add-node"
+            for n in self.slots:
                 data = self._data_dir(n)
                 data.mkdir(parents=True, exist_ok=True)
                 disk = self._disk_dir(n)
@@ -211,7 +227,8 @@ class LocalBackend:
                 self.description += ("; data dirs on LazyFS (FUSE): a power cut loses every "
                                      "write and name change not fsynced")
             if self.security is not None:
-                self.security.make_certs([a.rsplit(":", 1)[0] for a in self._addresses.values()])
+                self.security.make_certs([self._addresses[n].rsplit(":", 1)[0]
+                                          for n in self.slots])
                 self.description += "; secure: TLS + mTLS, SCRAM, ACLs"
             for n in self.nodes:
                 self.start_node(n)
@@ -253,7 +270,7 @@ class LocalBackend:
         return self._addresses[node]
 
     def log_paths(self) -> dict[str, Path]:
-        return {n: self.work_dir / f"{n}.log" for n in self.nodes}
+        return {n: self.work_dir / f"{n}.log" for n in self.slots}
 
     def data_dir(self, node: str) -> Path:
         return self._data_dir(node)
@@ -265,16 +282,60 @@ class LocalBackend:
             return False
 
     def start_node(self, node: str) -> None:
-        if self.is_running(node):
+        """Start (or restart) a node: an initial one with `--peers` (the initial set), one
+        started by `start_spare` with `--join` (a restart reads its join.json). A retired node
+        is never started again (it would stop itself anyway: it was removed)."""
+        if self.is_running(node) or node in self._retired:
             return
-        peers = ",".join(f"{node_id(n)}={self._addresses[n]}" for n in self.nodes)
+        seeds = self._join_seeds.get(node)
+        if seeds is not None:
+            membership: tuple[str, ...] = ("--join", seeds)
+        else:
+            membership = ("--peers", ",".join(f"{node_id(n)}={self._addresses[n]}"
+                                              for n in self.initial))
         argv = (sys.executable, "-m", self._node_module, "--id", str(node_id(node)),
                 "--listen", self._addresses[node], "--advertise", self._addresses[node],
-                "--peers", peers, "--data-dir", str(self._data_dir(node)), *self._node_args,
+                *membership, "--data-dir", str(self._data_dir(node)), *self._node_args,
                 *(self.security.node_args(node_id(node)) if self.security is not None else ()))
         netns = self._topology.nodes[node].netns if self._topology is not None else None
         self._supervisor.start(ProcessSpec(name=node, argv=argv, log_path=self.log_paths()[node],
                                            env=self._env, netns=netns))
+
+    # --- membership (spare slots) ---------------------------------------------------------------
+
+    def spare(self) -> str | None:
+        """The next spare slot (never started), or None when none is left."""
+        return self._spares[0] if self._spares else None
+
+    def start_spare(self, node: str) -> None:
+        """Start spare `node` with `--join` (the current members' client addresses): it asks
+        them until the cluster admits it (Admin.add_node). Not a member until `admit`."""
+        if node not in self._spares:
+            raise BackendError(f"{node} is not a spare slot")
+        self._spares.remove(node)
+        self._join_seeds[node] = ",".join(self._addresses[n] for n in self.nodes)
+        self.start_node(node)
+
+    def admit(self, node: str) -> None:
+        """The cluster admitted `node`: a member from now on (faults, heal-all, the replica
+        comparison include it)."""
+        if node not in self.nodes:
+            self.nodes = (*self.nodes, node)
+
+    def retire(self, node: str, *, exit_timeout_s: float = STOP_GRACE_S) -> int | None:
+        """`node` was removed from the cluster (or never admitted): no longer a member, never
+        started again, its data not compared. Returns its exit code (a removed node stops
+        itself with 0), or None when it had to be stopped (SIGTERM, then SIGKILL)."""
+        self._retired.add(node)
+        self.nodes = tuple(n for n in self.nodes if n != node)
+        try:
+            p = self._supervisor.get(node)
+        except KeyError:
+            return None
+        code = p.wait(exit_timeout_s)
+        if code is None:
+            self.terminate(node)
+        return code
 
     def kill(self, node: str) -> None:
         p = self._supervisor.get(node)

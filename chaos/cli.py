@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--backend", choices=["local", "docker"], default="local",
                      help="local: node processes here (own network namespaces as root); "
                           "docker: the compose deployment (default %(default)s)")
-    run.add_argument("--nodes", type=int, choices=[3, 5], default=3)
+    run.add_argument("--nodes", type=int, choices=[3, 5, 7], default=3)
     run.add_argument("--duration", type=float, default=60.0, metavar="S",
                      help="seconds of workload, faults included (default %(default)s)")
     run.add_argument("--rate", type=float, default=200.0, metavar="MSGS_PER_S",
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     suite = sub.add_parser("suite", help="run every scenario available here in turn; exit 1 "
                                          "when any check of any run fails")
     suite.add_argument("--backend", choices=["local", "docker"], default="local")
-    suite.add_argument("--nodes", type=int, choices=[3, 5], default=5)
+    suite.add_argument("--nodes", type=int, choices=[3, 5, 7], default=5)
     suite.add_argument("--duration", type=float, default=300.0, metavar="S")
     suite.add_argument("--rate", type=float, default=200.0, metavar="MSGS_PER_S")
     suite.add_argument("--seed", type=int, default=None)

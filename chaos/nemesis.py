@@ -18,6 +18,13 @@ Power cuts (backends with `Capability.POWER`: data dirs on LazyFS) kill the node
 write and name change it had not fsynced; a seeded half of them are torn (each file keeps a
 seeded, page-aligned prefix of its unsynced pages). What each cut dropped is recorded with the
 executed fault (`power_cut` in run.json).
+
+Membership episodes (`add-node`, `decommission`, `reassign`; backends with
+`Capability.MEMBERSHIP`: spare node slots) are operator changes rather than faults
+(membership_ops.py): they run one at a time, in schedule order (each waits for the previous to
+finish), while process and network faults go on around them; what each did and how it ended is
+`outcome` in its executed entry. Targets, heal-all and the minority count use the backend's
+CURRENT members (`Backend.nodes`), which follow the adds and removals.
 """
 
 from __future__ import annotations
@@ -30,11 +37,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tidelog.chaos import grudge
 from tidelog.chaos.backend import Backend, Capability
 from tidelog.chaos.history import FaultStart, FaultStop
+from tidelog.chaos.membership_ops import MembershipOps, NoCandidate
 from tidelog.chaos.workload import ClusterView, Recorder
+
+if TYPE_CHECKING:
+    from tidelog.client.security import ClientSecurity
 
 __all__ = ["Episode", "FaultKind", "Nemesis", "NoTarget", "describe_fault_detail", "requires"]
 
@@ -66,12 +78,19 @@ class FaultKind(enum.Enum):
     POWER_CUT_LEADER = "power-cut-leader"
     POWER_CUT_ALL = "power-cut-all"
     POWER_CUT_PARTITION = "power-cut-partition"  # isolate a leader, then cut the majority's power
+    ADD_NODE = "add-node"  # start a spare with --join, admit it (a metadata voter)
+    DECOMMISSION = "decommission"  # drain and remove a member, wait until it has left
+    REASSIGN = "reassign"  # move one partition's replicas (onto the newest member if it can)
+
+
+MEMBERSHIP_KINDS = (FaultKind.ADD_NODE, FaultKind.REASSIGN, FaultKind.DECOMMISSION)
 
 
 class _Class(enum.Enum):
     PROCESS = "process"  # occupies its target nodes
     NETWORK = "network"  # one at a time
     EXCLUSIVE = "exclusive"  # nothing else at the same time
+    MEMBERSHIP = "membership"  # one at a time among themselves; faults may overlap them
 
 
 _NEEDS: dict[FaultKind, Capability] = {
@@ -86,6 +105,7 @@ _NEEDS: dict[FaultKind, Capability] = {
     FaultKind.POWER_CUT_LEADER: Capability.POWER,
     FaultKind.POWER_CUT_ALL: Capability.POWER,
     FaultKind.POWER_CUT_PARTITION: Capability.POWER,
+    **{k: Capability.MEMBERSHIP for k in MEMBERSHIP_KINDS},
 }
 _ALSO_NEEDS: dict[FaultKind, frozenset[Capability]] = {
     FaultKind.POWER_CUT_PARTITION: frozenset({Capability.PARTITION}),
@@ -99,6 +119,7 @@ _CLASS: dict[FaultKind, _Class] = {
     **{k: _Class.NETWORK for k in (FaultKind.ISOLATE_RANDOM, FaultKind.ISOLATE_LEADER,
                                    FaultKind.MAJORITY_MINORITY, FaultKind.BRIDGE,
                                    FaultKind.ONE_WAY, FaultKind.FLAKY)},
+    **{k: _Class.MEMBERSHIP for k in MEMBERSHIP_KINDS},
 }
 
 
@@ -147,7 +168,8 @@ class Nemesis:
     """Executes a schedule against a backend, recording fault edges in the history."""
 
     def __init__(self, backend: Backend, view: ClusterView, recorder: Recorder,
-                 *, partitions: int, on_change: Callable[[], None] | None = None) -> None:
+                 *, partitions: int, on_change: Callable[[], None] | None = None,
+                 topic: str = "", security: ClientSecurity | None = None) -> None:
         self._backend = backend
         self._view = view
         self._rec = recorder
@@ -160,6 +182,8 @@ class Nemesis:
         self.executed: list[dict[str, object]] = []
         self.skipped: list[str] = []
         self._on_change = on_change or (lambda: None)
+        self._membership = MembershipOps(backend, view, topic=topic, security=security)
+        self._membership_lock = threading.Lock()  # membership episodes run one at a time
 
     def run(self, schedule: tuple[Episode, ...], t0: float) -> None:
         """Start each episode at t0 + start_s in its own thread (returns when all have started)."""
@@ -198,10 +222,18 @@ class Nemesis:
     # --- one episode ----------------------------------------------------------------------------
 
     def _episode(self, number: int, ep: Episode, t0: float) -> None:
+        if fault_class(ep.kind) == _Class.MEMBERSHIP.value:
+            with self._membership_lock:
+                if not self._abort.is_set():
+                    self._one_episode(number, ep, t0)
+            return
+        self._one_episode(number, ep, t0)
+
+    def _one_episode(self, number: int, ep: Episode, t0: float) -> None:
         rng = random.Random(ep.pick)
         try:
             active = self._inject(ep.kind, rng, ep.duration_s)
-        except NoTarget as exc:
+        except (NoTarget, NoCandidate) as exc:
             self.skipped.append(f"{ep.kind.value} at {ep.start_s:.1f}s: {exc}")
             return
         except Exception as exc:  # an injection that failed half-way: heal what we can
@@ -238,6 +270,8 @@ class Nemesis:
         b = self._backend
         nodes = list(b.nodes)
         name = kind.value
+        if kind in MEMBERSHIP_KINDS:
+            return self._membership_op(kind, rng)
         match kind:
             case FaultKind.POWER_CUT_FOLLOWER | FaultKind.POWER_CUT_LEADER:
                 node = self._claim(self._target(kind, rng))
@@ -293,6 +327,30 @@ class Nemesis:
                 cut, targets = self._grudge(kind, rng, nodes)
                 b.partition(cut)
                 return _Active(name=name, targets=targets, heal=b.heal_partitions)
+
+    def _membership_op(self, kind: FaultKind, rng: random.Random) -> _Active:
+        """Resolve the operation's subject now; `during` carries it out (blocking)."""
+        ops = self._membership
+        detail: dict[str, object] = {}
+        with self._lock:
+            busy = set(self._busy)
+        match kind:
+            case FaultKind.ADD_NODE:
+                node = ops.next_spare()
+                return _Active(name=kind.value, targets=(node,), heal=_nothing, detail=detail,
+                               during=lambda: ops.add_node(node, detail))
+            case FaultKind.DECOMMISSION:
+                node = ops.decommission_target(rng, busy)
+                ops.leaving.add(node)  # before fault_start: no kill may claim it meanwhile
+                return _Active(name=kind.value, targets=(node,), heal=_nothing, detail=detail,
+                               during=lambda: ops.decommission(node, detail))
+            case FaultKind.REASSIGN:
+                partition, current, target = ops.reassign_target(rng, self._partitions,
+                                                                 busy)
+                detail.update(partition=partition, replicas=list(current), target=list(target))
+                return _Active(name=kind.value, targets=target, heal=_nothing, detail=detail,
+                               during=lambda: ops.reassign(partition, target, detail))
+        raise AssertionError(kind)
 
     def _grudge(self, kind: FaultKind, rng: random.Random,
                 nodes: list[str]) -> tuple[grudge.Grudge, tuple[str, ...]]:
@@ -361,6 +419,8 @@ class Nemesis:
         with self._lock:
             if node in self._busy:
                 raise NoTarget(f"{node} is already under a fault")
+            if node in self._membership.leaving:
+                raise NoTarget(f"{node} is being decommissioned")
             if len(self._busy) + 1 > (len(self._backend.nodes) - 1) // 2:
                 raise NoTarget("a minority of nodes is already down")
             self._busy.add(node)
@@ -412,7 +472,12 @@ class Nemesis:
 
 def describe_fault_detail(executed: dict[str, object]) -> str:
     """What an executed fault did beyond hitting its targets, for the report's fault list:
-    for a power cut, what each node's file system dropped ("" for other faults)."""
+    for a power cut, what each node's file system dropped; for a membership operation, how it
+    ended ("" for other faults)."""
+    if "outcome" in executed:
+        move = (f"p{executed['partition']} {','.join(executed['replicas'])} -> "  # type: ignore[arg-type]
+                f"{','.join(executed['target'])}; " if "partition" in executed else "")  # type: ignore[arg-type]
+        return f"  ({move}{executed['outcome']} after {executed.get('took_s', '?')} s)"
     cuts = executed.get("power_cut")
     if not isinstance(cuts, dict):
         return ""
@@ -422,6 +487,10 @@ def describe_fault_detail(executed: dict[str, object]) -> str:
         parts.append(f"{node} dropped {c['dropped_bytes']} B in {c['files']} files, "
                      f"{c['undone_names']} names undone{torn}")
     return "  (" + "; ".join(parts) + ")"
+
+
+def _nothing() -> None:
+    """A membership operation has nothing to heal: it is undone by no one."""
 
 
 def _torn_seed(rng: random.Random) -> int | None:

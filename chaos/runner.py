@@ -45,7 +45,13 @@ from tidelog.chaos.queue_workload import QueueWorkload, QueueWorkloadConfig, cre
 from tidelog.chaos.replicas import digest_replicas
 from tidelog.chaos.report import write_report
 from tidelog.chaos.results import Results, RunVerdict, Verdict, results_to_dict, verdict_line
-from tidelog.chaos.scenarios import SCENARIOS, missing_capability, needs_power, schedule
+from tidelog.chaos.scenarios import (
+    SCENARIOS,
+    membership_spares,
+    missing_capability,
+    needs_power,
+    schedule,
+)
 from tidelog.chaos.secure import ChaosSecurity
 from tidelog.chaos.workload import (
     ClusterView,
@@ -108,8 +114,11 @@ class RunConfig:
                              "them")
         if self.backend not in ("local", "docker"):
             raise ValueError("backend must be 'local' or 'docker'")
-        if self.nodes not in (3, 5):
-            raise ValueError("nodes must be 3 or 5")
+        fixed = SCENARIOS[self.scenario].nodes
+        if fixed is not None:  # membership-5, membership-7: the scenario says how many
+            object.__setattr__(self, "nodes", fixed)
+        if self.nodes not in (3, 5, 7):
+            raise ValueError("nodes must be 3, 5 or 7")
         if not 5 <= self.duration_s <= 24 * 3600:
             raise ValueError("duration must be 5 s .. 24 h")
         FsyncPolicy.parse(self.fsync)  # ValueError names what is wrong
@@ -146,6 +155,7 @@ class RunOutcome:
     skipped: tuple[str, ...]
     queue_results: QueueResults | None = None  # a queue run's second checker
     security: str = ""  # how the run was secured (`--secure`); "" = plaintext, no login
+    members: tuple[str, ...] = ()  # the backend's members at the end (membership scenarios)
 
     @property
     def verdict(self) -> RunVerdict:
@@ -193,9 +203,10 @@ class ChaosRun:
         report_dir = cfg.report_dir or Path(tempfile.mkdtemp(
             prefix=f"tidelog-chaos-{cfg.scenario}-{cfg.seed}-"))
         report_dir.mkdir(parents=True, exist_ok=True)
+        spares = membership_spares(scenario, cfg.duration_s)
         security = (ChaosSecurity(directory=report_dir / "cluster" / "certs",
-                                  node_count=cfg.nodes) if cfg.secure else None)
-        backend = self._backend(scenario.name, report_dir / "cluster", security)
+                                  node_count=cfg.nodes + spares) if cfg.secure else None)
+        backend = self._backend(scenario.name, report_dir / "cluster", security, spares)
         why = missing_capability(scenario, backend.capabilities)
         if why:
             raise ScenarioUnavailable(f"scenario {cfg.scenario} {why}, which the {cfg.backend} "
@@ -215,22 +226,26 @@ class ChaosRun:
                       f"({cfg.backend} backend); report in {report_dir}")
             backend.start()
             self._out(f"chaos: {backend.description}")
-            addresses = {n: backend.client_address(n) for n in backend.nodes}
+            # Every slot, spares included (the view and the final read map node ids to
+            # addresses); clients bootstrap from the initial members.
+            addresses = {n: backend.client_address(n)
+                         for n in getattr(backend, "slots", backend.nodes)}
+            bootstrap = [addresses[n] for n in backend.nodes]
             client = None
             if security is not None:
                 self._out(f"chaos: creating user {security.username} (secure run)")
                 try:
-                    security.create_user(list(addresses.values()), timeout_s=STARTUP_S_MAX)
+                    security.create_user(bootstrap, timeout_s=STARTUP_S_MAX)
                 except TimeoutError as exc:
                     raise BackendError(str(exc)) from None
                 client = security.client_security()
             view = ClusterView(addresses, wl.topic, security=client)
-            _create_topic(list(addresses.values()), wl, security=client)
+            _create_topic(bootstrap, wl, security=client)
             if security is not None:
                 passed, detail = security.probe(addresses[backend.nodes[0]], wl.topic)
                 harness.append(HarnessCheck(name="security", detail=detail,
                                             verdict=Verdict.PASS if passed else Verdict.FAIL))
-            created = (create_queue(list(addresses.values()), cfg.queue, wl.topic,
+            created = (create_queue(bootstrap, cfg.queue, wl.topic,
                                     security=client) if cfg.queue is not None else None)
             episodes = schedule(scenario, duration_s=cfg.duration_s, seed=cfg.seed,
                                 capabilities=backend.capabilities)
@@ -239,13 +254,14 @@ class ChaosRun:
                   "pick": e.pick} for e in episodes], indent=1) + "\n")
             recorder = Recorder(report_dir / "history.jsonl")  # time 0: the workload starts
             if cfg.queue is not None and created is not None:
-                queue = QueueWorkload(cfg.queue, created, list(addresses.values()), addresses,
+                queue = QueueWorkload(cfg.queue, created, bootstrap, addresses,
                                       path=report_dir / "queue-history.jsonl",
                                       clock_ms=recorder.now_ms, seed=cfg.seed, security=client)
             # A queue run aims "the leader" faults at the queue's coordinator.
             nemesis = Nemesis(backend, queue.nemesis_view(wl.partitions) if queue else view,
-                              recorder, partitions=wl.partitions)
-            workload = Workload(wl, list(addresses.values()), recorder, view, seed=cfg.seed,
+                              recorder, partitions=wl.partitions, topic=wl.topic,
+                              security=client)
+            workload = Workload(wl, bootstrap, recorder, view, seed=cfg.seed,
                                 duration_s=cfg.duration_s, security=client)
             t0 = time.monotonic()
             workload.start()
@@ -303,7 +319,8 @@ class ChaosRun:
             backend_description=backend.description,
             executed=tuple(nemesis.executed if nemesis else ()),
             skipped=tuple(nemesis.skipped if nemesis else ()), queue_results=queue_results,
-            security=security.describe() if security is not None else "")
+            security=security.describe() if security is not None else "",
+            members=tuple(backend.nodes))
         preamble = render_preamble(outcome)
         write_report(report_dir, history, results, preamble=preamble,
                      queue_history=queue.history() if queue is not None else None)
@@ -313,6 +330,7 @@ class ChaosRun:
             "replay": cfg.replay_command(), "backend_description": backend.description,
             "valid": outcome.valid, "verdict": outcome.verdict.value,
             "executed": list(outcome.executed),
+            "members": list(backend.nodes),  # at the end: spares admitted, removed nodes gone
             "skipped": list(outcome.skipped),
             "harness": [{"name": h.name, "verdict": h.verdict.value, "detail": h.detail}
                         for h in outcome.harness],
@@ -371,7 +389,7 @@ class ChaosRun:
                                    "replica-consistency)")
 
     def _backend(self, scenario: str, work_dir: Path,
-                 security: ChaosSecurity | None) -> Backend:
+                 security: ChaosSecurity | None, spares: int = 0) -> Backend:
         cfg = self.config
         uses_disk = scenario in ("disk-full", "mixed")
         if cfg.backend == "docker":
@@ -379,7 +397,8 @@ class ChaosRun:
 
             return DockerBackend(cfg.nodes, work_dir)
         try:
-            return LocalBackend(cfg.nodes, work_dir, use_netns=cfg.network_namespaces,
+            return LocalBackend(cfg.nodes, work_dir, spares=spares,
+                                use_netns=cfg.network_namespaces,
                                 disk_bytes_max=DISK_BYTES_MAX if uses_disk else None,
                                 power_loss=needs_power(SCENARIOS[scenario]),
                                 node_args=("--fsync", cfg.fsync),
@@ -476,6 +495,9 @@ def render_preamble(outcome: RunOutcome) -> str:
             f"{cfg.queue.nack_share:g}/{cfg.queue.reject_share:g}/{cfg.queue.release_share:g}/"
             f"{cfg.queue.late_share:g}; \"leader\" faults hit the queue's coordinator; drain, "
             "then the whole DLQ read"]),
+        *([] if not SCENARIOS[cfg.scenario].membership else [
+            f"members:  {cfg.nodes} at start (+ spare slots for add-node); at the end: "
+            + ",".join(outcome.members)]),
         "",
         "harness checks:",
         *[f"  {h.name:<13} {h.verdict.value.upper():<5} {h.detail}" for h in outcome.harness],

@@ -8,6 +8,12 @@ starts a random kind every few seconds, overlapping (see nemesis.py for what may
 The power-cut scenarios need a backend whose data directories lose unsynced writes (local, as
 root, with FUSE: the runner mounts LazyFS for them); `mixed` draws power cuts only from such a
 backend, and the runner gives it none (its disk faults use a tmpfs).
+
+The membership scenarios (`membership`, `membership-5`, `membership-7`) need spare node slots
+(`Capability.MEMBERSHIP`): they cycle add-node, reassign, decommission back to back, and start
+one of their faults (kill the leader; with partitions, a majority/minority split too) in the
+middle of each, so every operation runs while a node is down or cut off. `membership_spares`
+says how many spare slots a run needs (one per add-node).
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ import random
 from dataclasses import dataclass
 
 from tidelog.chaos.backend import Capability
-from tidelog.chaos.nemesis import Episode, FaultKind, fault_class, requires
+from tidelog.chaos.nemesis import MEMBERSHIP_KINDS, Episode, FaultKind, fault_class, requires
 
-__all__ = ["SCENARIOS", "Scenario", "missing_capability", "needs_power", "schedule"]
+__all__ = ["SCENARIOS", "Scenario", "membership_spares", "missing_capability", "needs_power",
+           "schedule"]
+
+SPARES_MAX = 4  # spare slots a membership run starts with at most (one per add-node)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,6 +37,9 @@ class Scenario:
     kinds: tuple[FaultKind, ...]  # for `mixed`: those it draws from (the available ones)
     fault_s_max: float = 15.0  # one episode lasts at most this long
     fault_s_min: float = 3.0
+    nodes: int | None = None  # a node count the scenario fixes (None: the run's --nodes)
+    # Membership scenarios: their operations, in cycle order (the faults are `kinds`).
+    membership: tuple[FaultKind, ...] = ()
 
 
 _K = FaultKind
@@ -69,8 +81,21 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(name="power-cut-partition", kinds=(_K.POWER_CUT_PARTITION,), fault_s_min=6.0,
              summary="isolate a partition's leader, then cut power to a node of the majority "
                      "side and restart it while the partition lasts"),
-    Scenario(name="mixed", kinds=tuple(k for k in FaultKind), fault_s_min=2.0, fault_s_max=8.0,
+    Scenario(name="mixed", kinds=tuple(k for k in FaultKind if k not in MEMBERSHIP_KINDS),
+             fault_s_min=2.0, fault_s_max=8.0,
              summary="random faults of every available kind at seeded times, overlapping"),
+    Scenario(name="membership", kinds=(_K.KILL_LEADER,), membership=MEMBERSHIP_KINDS,
+             fault_s_min=4.0, fault_s_max=12.0,
+             summary="add a spare node (--join + add-node), move a partition onto it, "
+                     "decommission an old node, in a cycle, each while a leader is killed"),
+    Scenario(name="membership-5", nodes=5, kinds=(_K.KILL_LEADER, _K.MAJORITY_MINORITY),
+             membership=MEMBERSHIP_KINDS, fault_s_min=4.0, fault_s_max=12.0,
+             summary="membership on 5 nodes + spares, faults alternating kill-leader and a "
+                     "majority/minority split"),
+    Scenario(name="membership-7", nodes=7, kinds=(_K.KILL_LEADER, _K.MAJORITY_MINORITY),
+             membership=MEMBERSHIP_KINDS, fault_s_min=4.0, fault_s_max=12.0,
+             summary="membership on 7 nodes + spares, faults alternating kill-leader and a "
+                     "majority/minority split"),
 )}
 
 
@@ -78,7 +103,7 @@ def missing_capability(scenario: Scenario, capabilities: frozenset[Capability]) 
     """Why this scenario cannot run on a backend with these capabilities (None: it can)."""
     if scenario.name == "mixed":
         return None if available_kinds(scenario, capabilities) else "no fault kind available"
-    wanted = {c.value for k in scenario.kinds for c in requires(k)}
+    wanted = {c.value for k in (*scenario.kinds, *scenario.membership) for c in requires(k)}
     lacking = sorted(wanted - {c.value for c in capabilities})
     return f"needs {', '.join(lacking)} faults" if lacking else None
 
@@ -112,6 +137,8 @@ def schedule(scenario: Scenario, *, duration_s: float, seed: int,
     lo, hi = scenario.fault_s_min, scenario.fault_s_max
     base = min(hi, max(lo, 0.15 * duration_s))
     episodes: list[Episode] = []
+    if scenario.membership:
+        return _membership_schedule(scenario, kinds, rng, warmup, last_end, base)
     if scenario.name != "mixed":
         gap = min(10.0, max(3.0, 0.1 * duration_s))
         t = warmup
@@ -140,6 +167,40 @@ def schedule(scenario: Scenario, *, duration_s: float, seed: int,
                                 pick=rng.getrandbits(32)))
         t += rng.uniform(1.0, 4.0)
     return tuple(episodes)
+
+
+def membership_spares(scenario: Scenario, duration_s: float) -> int:
+    """Spare node slots a run of this scenario starts with: one per add-node it schedules."""
+    if not scenario.membership:
+        return 0
+    episodes = schedule(scenario, duration_s=duration_s, seed=0,
+                        capabilities=frozenset(Capability))
+    return min(SPARES_MAX, max(1, sum(e.kind is FaultKind.ADD_NODE for e in episodes)))
+
+
+def _membership_schedule(scenario: Scenario, kinds: tuple[FaultKind, ...], rng: random.Random,
+                         warmup: float, last_end: float, base: float) -> tuple[Episode, ...]:
+    """Operations back to back (add, reassign, decommission, add, ...), the number of adds
+    bounded by SPARES_MAX; a fault (the kinds in turn) starts a third into each operation and
+    lasts half as long. Operations that overrun wait for the previous one (nemesis.py)."""
+    episodes: list[Episode] = []
+    t = warmup
+    adds = 0
+    for i in range(10_000):
+        op = scenario.membership[i % len(scenario.membership)]
+        length = min(scenario.fault_s_max, max(scenario.fault_s_min,
+                                               base * rng.uniform(0.9, 1.1)))
+        if t + length > last_end or (op is FaultKind.ADD_NODE and adds == SPARES_MAX):
+            break
+        adds += op is FaultKind.ADD_NODE
+        episodes.append(Episode(kind=op, start_s=round(t, 2), duration_s=round(length, 2),
+                                pick=rng.getrandbits(32)))
+        fault = kinds[i % len(kinds)]
+        episodes.append(Episode(kind=fault, start_s=round(t + length / 3, 2),
+                                duration_s=round(max(1.5, length / 2), 2),
+                                pick=rng.getrandbits(32)))
+        t += length + 0.5
+    return tuple(sorted(episodes, key=lambda e: e.start_s))
 
 
 def _conflicts(kind: FaultKind, start: float, end: float, episodes: list[Episode]) -> bool:

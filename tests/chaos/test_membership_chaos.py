@@ -1,0 +1,109 @@
+"""The membership nemesis against main: add a spare node, move a partition onto it, decommission
+an old node, each while a leader is killed; 0 lost, 0 inconsistent, and every operation really
+happened (a nemesis that silently does nothing fails here).
+
+The short 3 + 1 run is in CI; the 5- and 7-node runs are `slow` (`--run-slow`), as the other
+long chaos runs (`make chaos-full`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tidelog.chaos.backend import Capability
+from tidelog.chaos.history import FaultStart, History, ReplicaDigest
+from tidelog.chaos.nemesis import FaultKind
+from tidelog.chaos.results import CheckName, Verdict
+from tidelog.chaos.runner import ChaosRun, RunConfig, RunOutcome
+from tidelog.chaos.scenarios import SCENARIOS, membership_spares, missing_capability, schedule
+from tidelog.chaos.workload import WorkloadConfig
+
+SEED = 8
+OPS = ("add-node", "reassign", "decommission")
+
+
+def _run(tmp_path: Path, scenario: str, duration_s: float) -> RunOutcome:
+    print(f"chaos {scenario} seed {SEED}, {duration_s:g} s")
+    config = RunConfig(scenario=scenario, duration_s=duration_s, rate_per_s=150.0, seed=SEED,
+                       report_dir=tmp_path / "report", progress=False,
+                       workload=WorkloadConfig(partitions=4))
+    return ChaosRun(config, out=print).execute()
+
+
+def _check(outcome: RunOutcome) -> dict[str, object]:
+    summary = (outcome.report_dir / "summary.txt").read_text()
+    r = outcome.results
+    assert r is not None and r.acked > 0, summary
+    assert (r.lost, r.duplicated, r.inconsistent, r.divergent) == (0, 0, 0, 0), summary
+    assert outcome.valid, summary
+    replicas = r.check(CheckName.REPLICAS)
+    assert replicas.verdict is Verdict.PASS and replicas.count("offsets-compared") > 0, summary
+    ok = {op: [e for e in outcome.executed if e["fault"] == op and e.get("outcome") == "ok"]
+          for op in OPS}
+    assert all(ok.values()), f"an operation never succeeded: {ok}\n{summary}"
+    assert any(e["fault"] == "kill-leader" for e in outcome.executed), summary
+    # The history holds each operation as a fault edge; the summary says how each ended.
+    started = {e.name for e in _events(outcome) if isinstance(e, FaultStart)}
+    assert set(OPS) <= started, started
+    assert "ok after" in summary
+    run = json.loads((outcome.report_dir / "run.json").read_text())
+    added = {t for e in ok["add-node"] for t in e["targets"]}  # type: ignore[union-attr]
+    removed = {t for e in ok["decommission"] for t in e["targets"]}  # type: ignore[union-attr]
+    assert added <= set(run["members"]) and not removed & set(run["members"]), run["members"]
+    assert all(e["exit_code"] == 0 for e in ok["decommission"]), ok["decommission"]
+    moved = ok["reassign"][0]
+    assert set(moved["target"]) != set(moved["replicas"]), moved  # type: ignore[arg-type]
+    # Compared: the current members' replicas only (a removed node holds none, and its data
+    # directory is not read).
+    digested = {e.node for e in _events(outcome) if isinstance(e, ReplicaDigest)}
+    assert digested <= set(run["members"]) and not digested & removed, digested
+    return run
+
+
+def _events(outcome: RunOutcome) -> History:
+    return History.load(outcome.report_dir / "history.jsonl")
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_membership_3_plus_1_loses_nothing_and_every_operation_happens(tmp_path: Path) -> None:
+    run = _check(_run(tmp_path, "membership", 24.0))
+    assert len(run["members"]) == 3 and "n4" in run["members"], run["members"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("scenario", ["membership-5", "membership-7"])
+def test_membership_on_5_and_7_nodes_loses_nothing(tmp_path: Path, scenario: str) -> None:
+    if missing_capability(SCENARIOS[scenario], frozenset({Capability.PROCESS,
+                                                          Capability.MEMBERSHIP})):
+        from tidelog.chaos.netns import netns_unavailable_reason
+
+        if reason := netns_unavailable_reason():
+            pytest.skip(f"{scenario} needs network faults: {reason}")
+    _check(_run(tmp_path, scenario, 120.0))
+
+
+# --- without a cluster ---------------------------------------------------------------------------
+
+
+def test_membership_schedules_cycle_the_operations_and_overlap_faults() -> None:
+    caps = frozenset(Capability)
+    episodes = schedule(SCENARIOS["membership"], duration_s=24, seed=SEED, capabilities=caps)
+    ops = [e.kind.value for e in episodes if e.kind.value in OPS]
+    assert ops == ["add-node", "reassign", "decommission"], ops
+    for op in (e for e in episodes if e.kind.value in OPS):  # a kill inside each operation
+        assert any(e.kind is FaultKind.KILL_LEADER and op.start_s < e.start_s < op.end_s
+                   for e in episodes), op
+    assert membership_spares(SCENARIOS["membership"], 24) == 1
+    assert membership_spares(SCENARIOS["membership-5"], 300) == 4
+    five = schedule(SCENARIOS["membership-5"], duration_s=120, seed=SEED, capabilities=caps)
+    assert FaultKind.MAJORITY_MINORITY in {e.kind for e in five}
+    assert RunConfig(scenario="membership-5").nodes == 5
+    assert missing_capability(SCENARIOS["membership"], frozenset({Capability.PROCESS})) == \
+        "needs membership faults"
+    mixed = schedule(SCENARIOS["mixed"], duration_s=600, seed=1, capabilities=caps)
+    assert not {e.kind.value for e in mixed} & set(OPS)
