@@ -26,7 +26,8 @@ def log_config(config: NodeConfig, configs: Mapping[str, str] | None = None) -> 
     )
 
 
-METADATA_SEGMENT_BYTES = 1024 * 1024
+METADATA_SEGMENT_BYTES = 256 * 1024  # ~1,000 commands: about one snapshot interval
+METADATA_BATCH_BYTES_MAX = 128 * 1024  # a command is at most 64 KiB (COMMAND_BYTES_MAX)
 
 
 def metadata_log_config(config: NodeConfig) -> LogConfig:
@@ -34,13 +35,13 @@ def metadata_log_config(config: NodeConfig) -> LogConfig:
     controllers do): topics, producer epochs and node registrations are few, small and
     everything else depends on them, so losing one to a power cut under fsync=interval would
     make the nodes disagree about the cluster itself (seen in power-cut-all under interval).
-    Its segments are 1 MiB (a command is at most 64 KiB): the log is cut below each metadata
-    snapshot (node/metadata_snapshot.py), and only whole sealed segments leave the disk, so with
-    128 MiB ones the whole history stayed in the active segment, which every start scans
+    Its segments are 256 KiB: the log is cut below each metadata snapshot
+    (node/metadata_snapshot.py) and only whole sealed segments leave the disk; with 128 MiB ones
+    the whole history stayed in the active segment, which every start scans in full
     (benchmarks/README.md "Metadata start")."""
     return dataclasses.replace(log_config(config), fsync=FsyncPolicy.always(),
                                segment_bytes_max=METADATA_SEGMENT_BYTES,
-                               batch_bytes_max=METADATA_SEGMENT_BYTES)
+                               batch_bytes_max=METADATA_BATCH_BYTES_MAX)
 
 
 def raft_config(config: NodeConfig, voters: Sequence[int],
