@@ -223,9 +223,11 @@ class Nemesis:
 
     def _episode(self, number: int, ep: Episode, t0: float) -> None:
         if fault_class(ep.kind) == _Class.MEMBERSHIP.value:
+            # Even after the abort (the run's end): an operation waiting for the previous one
+            # still runs, bounded by its own timeout, and the runner waits for it (the workload
+            # goes on meanwhile); skipping it would make a run that changed nothing.
             with self._membership_lock:
-                if not self._abort.is_set():
-                    self._one_episode(number, ep, t0)
+                self._one_episode(number, ep, t0)
             return
         self._one_episode(number, ep, t0)
 

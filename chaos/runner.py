@@ -74,6 +74,7 @@ CONVERGE_S_MAX = 60.0
 # `tidelog chaos run` exits with these (2: the scenario cannot run here, or bad arguments).
 EXIT_CODES = {RunVerdict.VALID: 0, RunVerdict.INVALID: 1, RunVerdict.VACUOUS: 3}
 STARTUP_S_MAX = 60.0
+MEMBERSHIP_JOIN_S = 240.0  # more, for operations still running or queued at the run's end
 
 
 class ScenarioUnavailable(RuntimeError):
@@ -274,7 +275,8 @@ class ChaosRun:
                            extra=queue.progress if queue else None)
             nemesis.abort()  # every episode ended by now, except one overrunning: heal it
             nemesis_thread.join(10)
-            nemesis.join(60)
+            # Membership operations run to their end (each bounded by its own timeout).
+            nemesis.join(60 + (MEMBERSHIP_JOIN_S if scenario.membership else 0))
             nemesis.heal_all()
             self._out("chaos: faults healed; draining producers")
             workload.stop_producers()

@@ -85,7 +85,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              fault_s_min=2.0, fault_s_max=8.0,
              summary="random faults of every available kind at seeded times, overlapping"),
     Scenario(name="membership", kinds=(_K.KILL_LEADER,), membership=MEMBERSHIP_KINDS,
-             fault_s_min=4.0, fault_s_max=12.0,
+             fault_s_min=3.0, fault_s_max=12.0,
              summary="add a spare node (--join + add-node), move a partition onto it, "
                      "decommission an old node, in a cycle, each while a leader is killed"),
     Scenario(name="membership-5", nodes=5, kinds=(_K.KILL_LEADER, _K.MAJORITY_MINORITY),
