@@ -142,17 +142,20 @@ def test_move_onto_the_empty_node_under_acks_all_load(cluster: LocalCluster,
     outside = next(n for n in NODES if n not in current)
     target = (outside, *current[1:])
     produce_backlog(cluster, "moves", 800)  # about 800 KB to copy
-    backlog = max(log_bytes(cluster, n, "moves", 0) for n in current)
-    assert backlog > 700_000
+    deadline = time.monotonic() + 5
+    while (backlog := max((sizes := {n: log_bytes(cluster, n, "moves", 0)
+                                     for n in current}).values())) <= 700_000:
+        assert time.monotonic() < deadline, f"the replicas' log bytes after the backlog: {sizes}"
+        time.sleep(0.05)
     throttle = 400_000
     writer = KeyedProducer(cluster, "moves")
     writer.start()
     try:
         time.sleep(0.2)
         t0 = time.monotonic()
-        (result,) = admin.alter_partition_reassignments({("moves", 0): target},
-                                                         throttle_bytes_per_s=throttle)
-        assert result.error is None and not result.noop
+        results = admin.alter_partition_reassignments({("moves", 0): target},
+                                                       throttle_bytes_per_s=throttle)
+        assert len(results) == 1 and results[0].error is None and not results[0].noop, results
         arrived, t1 = 0, None
         while time.monotonic() - t0 < 30:
             arrived = log_bytes(cluster, outside, "moves", 0)
