@@ -26,7 +26,7 @@ from tidelog.node.errors import (
     InvalidRequestError,
     UnknownTopicError,
 )
-from tidelog.node.membership_state import placeable
+from tidelog.node.membership_state import NodeState, placeable
 from tidelog.node.topics import partition_group
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def alter_reassignment(state: MetadataState, command: AlterPartitionReassignment
         return {"target": list(current.original), "cancelled": True}
     target = tuple(command.target)
     where = f"{command.topic}-{command.partition}"
-    check_target(target, state.nodes, where)
+    check_target(target, known_nodes(state), where)
     new_nodes = set(target) - set(replicas) - set(current.involved if current else ())
     draining = sorted(set(new_nodes) - set(placeable(state, new_nodes)))
     if draining:
@@ -140,6 +140,17 @@ def alter_reassignment(state: MetadataState, command: AlterPartitionReassignment
     return {"target": list(target)}
 
 
+def known_nodes(state: MetadataState) -> set[int]:
+    """Nodes a replica may be placed on as far as the metadata knows: registered ones, admitted
+    ones (node/membership_state.py: joining, active, draining), and every node some replica
+    list names (a node of the initial --peers that has not registered YET is a valid member:
+    topics are placed on --peers, and a node registers a moment after it starts)."""
+    known = set(state.nodes)
+    known |= {n for n, m in state.members.items() if m.state is not NodeState.REMOVED}
+    known |= {n for t in state.topics.values() for r in t.replicas for n in r}
+    return known - {n for n, m in state.members.items() if m.state is NodeState.REMOVED}
+
+
 def check_target(target: tuple[int, ...], nodes: Iterable[int], where: str) -> None:
     """A target replica list names each known node at most once (the operator's fault)."""
     known = set(nodes)
@@ -153,7 +164,7 @@ def check_target(target: tuple[int, ...], nodes: Iterable[int], where: str) -> N
         raise InvalidRequestError(
             f"{where}: node{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(map(str, unknown))} {'are' if len(unknown) > 1 else 'is'} not a node "
-            f"of this cluster (registered nodes: {', '.join(map(str, sorted(known)))})")
+            f"of this cluster (known nodes: {', '.join(map(str, sorted(known)))})")
 
 
 def complete_reassignment(state: MetadataState, command: CompletePartitionReassignment

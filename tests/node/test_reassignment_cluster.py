@@ -37,6 +37,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="module")
 def admin(cluster: LocalCluster) -> Iterator[Admin]:
     with Admin(cluster.bootstrap, request_timeout_ms=20_000) as a:
+        # Every node in some replica list: the metadata knows each node as a target even before
+        # its registration is committed (a node registers a moment after it is healthy; seen
+        # once as "node 3 is not a node of this cluster" right after the start).
+        a.create_topic("everywhere", partitions=1, replication_factor=len(NODES))
         yield a
 
 

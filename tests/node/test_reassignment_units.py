@@ -396,3 +396,18 @@ def test_the_planning_and_stepping_modules_are_sans_io(name: str) -> None:
     path = pathlib.Path(__file__).resolve().parents[2] / "node" / name
     imported = _runtime_imports(ast.parse(path.read_text()))
     assert not imported & FORBIDDEN, f"{name} imports {sorted(imported & FORBIDDEN)}"
+
+
+def test_a_node_placed_on_but_not_registered_yet_is_a_valid_target() -> None:
+    """Topics are placed on --peers; a node registers a moment after it starts. A reassignment
+    right after the start must not call it unknown (seen on the test cluster), node 9 still is."""
+    state = MetadataState()
+    for n in (1, 2, 3):
+        _apply(state, RegisterNode(node_id=n, address=f"h:{n}"))
+    _apply(state, CreateTopic(name="t", partitions=1, replication_factor=1, node_ids=(1,)))
+    _apply(state, CreateTopic(name="u", partitions=4, replication_factor=1,
+                              node_ids=(1, 2, 3, 4)))
+    assert "error" not in _apply(state, AlterPartitionReassignment(topic="t", partition=0,
+                                                                   target=(1, 4)))
+    refused = _apply(state, AlterPartitionReassignment(topic="u", partition=0, target=(9,)))
+    assert "node 9 is not a node of this cluster (known nodes: 1, 2, 3, 4)" in refused["message"]
