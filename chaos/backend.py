@@ -134,9 +134,10 @@ class LocalBackend:
     ) -> None:
         """`security`: TLS, SCRAM and ACLs on every node (`chaos run --secure`); the
         certificates are made at `start`, once the nodes' addresses are known. `spares`: node
-        slots beyond the first `node_count` (addresses, namespaces and data dirs made at start,
-        no process): `start_spare` starts one with `--join`, `admit` makes it a member once
-        the cluster admitted it, `retire` drops a decommissioned node from the members."""
+        slots beyond the first `node_count` (addresses, namespaces and data dirs made, and a
+        process started with `--join` that waits to be admitted): `start_spare` takes one,
+        `admit` makes it a member once the cluster admitted it, `retire` drops a
+        decommissioned node from the members."""
         from tidelog.chaos.netns import netns_unavailable_reason
 
         if node_count < 1:
@@ -232,6 +233,12 @@ class LocalBackend:
                 self.description += "; secure: TLS + mTLS, SCRAM, ACLs"
             for n in self.nodes:
                 self.start_node(n)
+            # Spares start now too, with --join, and wait to be admitted (the order of start
+            # and add-node does not matter, docs/operations.md): a Python start under load
+            # takes seconds, which add-node would otherwise wait for.
+            for n in self._spares:
+                self._join_seeds[n] = ",".join(self._addresses[m] for m in self.initial)
+                self.start_node(n)
         except BaseException:
             self.stop()
             raise
@@ -308,12 +315,12 @@ class LocalBackend:
         return self._spares[0] if self._spares else None
 
     def start_spare(self, node: str) -> None:
-        """Start spare `node` with `--join` (the current members' client addresses): it asks
-        them until the cluster admits it (Admin.add_node). Not a member until `admit`."""
+        """Take spare `node` for an add-node: it runs with `--join` since `start` (started
+        again here if it died), asking the seeds until the cluster admits it
+        (Admin.add_node). Not a member until `admit`."""
         if node not in self._spares:
             raise BackendError(f"{node} is not a spare slot")
         self._spares.remove(node)
-        self._join_seeds[node] = ",".join(self._addresses[n] for n in self.nodes)
         self.start_node(node)
 
     def admit(self, node: str) -> None:
