@@ -169,12 +169,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--in-flight", type=int, default=16, help="concurrent produce requests")
     parser.add_argument("--bootstrap", help="use a running cluster instead of starting one")
+    parser.add_argument("--node-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="added to every started node's environment (e.g. a PYTHONPATH "
+                             "with a sitecustomize for an A/B run)")
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.node_env)
     if args.bootstrap:
         asyncio.run(run(args.bootstrap, args.seconds, args.in_flight))
         return 0
     with tempfile.TemporaryDirectory(prefix="tidelog-bench-") as tmp:
-        cluster = LocalCluster(3, Path(tmp))
+        cluster = LocalCluster(3, Path(tmp), env=env)
         with cluster:
             cluster.wait_healthy(60)
             print(f"started 3 nodes: {cluster.bootstrap}", flush=True)
