@@ -41,13 +41,19 @@ class GroupCommitter:
         self.synced_logs = 0
 
     async def sync(self, target: Syncable) -> None:
+        await self.submit(target)
+
+    def submit(self, target: Syncable) -> asyncio.Future[None]:
+        """Ask for `target`'s fsync without waiting: the future is done once it is durable. A
+        replica starts its fsync this way while it is still stepping the message that asked
+        for it (node/replica.py, "starting a Ready at once")."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending[id(target)] = target
         self._waiters.append(future)
         if not self._flushing:
             self._start(loop)
-        await future
+        return future
 
     async def run(self, work: Callable[[], object]) -> object:
         """Run blocking work (an atomic metadata write) off the loop."""

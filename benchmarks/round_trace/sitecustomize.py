@@ -2,11 +2,12 @@
 
 Put this directory on a node's PYTHONPATH and set TIDELOG_ROUND_TRACE=/tmp/trace; each node then
 appends one line per event to /tmp/trace.<pid>: ``<CLOCK_MONOTONIC µs> <event> <fields...>``.
-Events: P (a leader proposes: group, last offset), H0/H1 (a Ready's handling starts: group,
-role, entries, last entry, commit index, messages / ends: group, commit), S0/S1 (the fsync step
-of a Ready starts / ends), T0/T1/T2 (inside the group-commit job: start, log fsynced, marker
-written), SEND (group, type, to, index, entries), RB (a batch from a peer: from, group:type:index
-of each message), AC (a leader answers writes while stepping: group, commit).
+Events: P (a leader proposes: group, last offset), H0/H1 (a Ready is taken — by the drive task
+or at once by step/propose — : group, role, entries, last entry, commit index, messages / its
+handling ends: group, commit), S0/S1 (the fsync of a Ready is asked for / done, on the loop),
+T0/T1/T2 (inside the group-commit job: start, log fsynced, marker written), SEND (group, type,
+to, index, entries), RB (a batch from a peer: from, group:type:index of each message), AC (a
+leader answers writes while stepping: group, commit).
 `benchmarks/round_trace_report.py` turns the files into the phase table of benchmarks/README.md.
 The hooks wrap private methods of node/replica.py and node/transport.py: update them with those.
 """
@@ -27,8 +28,9 @@ def _install(prefix: str) -> None:
 
     out = open(f"{prefix}.{os.getpid()}", "w", buffering=1 << 16)  # noqa: SIM115 - process-long
 
-    def emit(*fields: object) -> None:
-        out.write(f"{time.monotonic_ns() // 1000} " + " ".join(map(str, fields)) + "\n")
+    def emit(*fields: object, at_us: int | None = None) -> None:
+        at_us = time.monotonic_ns() // 1000 if at_us is None else at_us
+        out.write(f"{at_us} " + " ".join(map(str, fields)) + "\n")
 
     def flusher() -> None:
         while True:
@@ -41,24 +43,42 @@ def _install(prefix: str) -> None:
     propose = replica_cls.propose
 
     def traced_propose(self, batches):  # type: ignore[no-untyped-def]
+        started_us = time.monotonic_ns() // 1000  # propose may take its Ready itself
         offsets = propose(self, batches)
-        emit("P", self.group, offsets[-1][1])
+        emit("P", self.group, offsets[-1][1], at_us=started_us)
         return offsets
 
-    handle = replica_cls._handle
+    handle = replica_cls._handle_until_done
+    core_cls = replica_mod.RaftCore
+    ready = core_cls.ready
 
-    async def traced_handle(self, rd):  # type: ignore[no-untyped-def]
-        emit("H0", self.group, self.core.role.value, len(rd.entries),
-             rd.entries[-1].last if rd.entries else -1, rd.commit_index, len(rd.messages))
-        await handle(self, rd)
+    def traced_ready(self):  # type: ignore[no-untyped-def]
+        rd = ready(self)
+        group = groups.get(id(self))
+        if rd is not None and group is not None:
+            emit("H0", group, self.role.value, len(rd.entries),
+                 rd.entries[-1].last if rd.entries else -1, rd.commit_index, len(rd.messages))
+        return rd
+
+    groups: dict[int, str] = {}
+    init = replica_cls.__init__
+
+    def traced_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        groups[id(self.core)] = self.group
+
+    async def traced_handle(self, rd, started=None):  # type: ignore[no-untyped-def]
+        await handle(self, rd, started)
         emit("H1", self.group, rd.commit_index)
 
     sync_step = replica_cls._sync_log_and_marker
 
-    async def traced_sync_step(self, rd):  # type: ignore[no-untyped-def]
+    def traced_sync_step(self, rd):  # type: ignore[no-untyped-def]
         emit("S0", self.group)
-        await sync_step(self, rd)
-        emit("S1", self.group)
+        future = sync_step(self, rd)
+        group = self.group
+        future.add_done_callback(lambda _f: emit("S1", group))  # on the loop, as the waiter
+        return future
 
     answer = getattr(replica_cls, "_answer_committed", None)
 
@@ -94,7 +114,9 @@ def _install(prefix: str) -> None:
         receive(self, batch)
 
     replica_cls.propose = traced_propose
-    replica_cls._handle = traced_handle
+    replica_cls._handle_until_done = traced_handle
+    replica_cls.__init__ = traced_init
+    core_cls.ready = traced_ready
     replica_cls._sync_log_and_marker = traced_sync_step
     if answer is not None:
         replica_cls._answer_committed = traced_answer

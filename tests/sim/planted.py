@@ -20,6 +20,8 @@ class StateBeforeLog(Replica):
     depends on, as the old drive loop did. A crash between the two writes restarts the replica
     with a commit index over entries that never committed here."""
 
+    _start_at_once = False  # the defect is in _handle: every Ready goes through it
+
     async def _handle(self, rd: Ready) -> None:
         if rd.hard_state is not None:
             hs = rd.hard_state
@@ -42,6 +44,8 @@ class LazyCommitOverState(Replica):
     """Defect 6: a commit-only change renames an un-fsynced temp file over raft.state (at most
     every 50 ms here): a power cut can leave a raft.state that fails its checksum."""
 
+    _start_at_once = False  # the defect is in _handle: every Ready goes through it
+
     _lazy_written_ms = 0
 
     async def _handle(self, rd: Ready) -> None:
@@ -57,6 +61,10 @@ class LazyCommitOverState(Replica):
 class StateReplacedBeforeWrite(Replica):
     """Defect 7: the in-memory saved state is replaced before the write; when the disk is full
     the write fails, and the retry sees nothing to write and sends the vote anyway."""
+
+    # The defect is in _write_state, which both ways of taking a Ready reach through the drive
+    # task; the seed search that catches it was measured with the drive task taking every Ready.
+    _start_at_once = False
 
     async def _write_state(self, **changes: Any) -> None:
         new = dataclasses.replace(self._state, **changes)
