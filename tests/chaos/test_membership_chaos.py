@@ -109,3 +109,68 @@ def test_membership_schedules_cycle_the_operations_and_overlap_faults() -> None:
         "needs membership faults"
     mixed = schedule(SCENARIOS["mixed"], duration_s=600, seed=1, capabilities=caps)
     assert not {e.kind.value for e in mixed} & set(OPS)
+
+
+# --- the defect the membership run found (node/, open) -------------------------------------------
+
+
+def _moved(admin, topic: str, target: tuple[int, ...], timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    admin.alter_partition_reassignments({(topic, 0): list(target)})
+    while True:
+        moving = admin.list_partition_reassignments([topic])
+        if not moving and admin.current_assignment([topic])[(topic, 0)] == target:
+            return
+        assert time.monotonic() < deadline, f"{topic}-0 not moved to {target}: {moving}"
+        time.sleep(0.3)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_a_replica_down_during_a_move_catches_up_from_a_leader_it_never_knew(
+        tmp_path: Path) -> None:
+    """The membership run's failure reduced (seed 8, docs/chaos.md "Found"): node 2 is down
+    while partition 0 moves [1,2,3] -> [4,2,3]; it restarts with its old configuration
+    {1,2,3} and the partition is led by node 4, which that configuration does not contain.
+    It must catch up (in the chaos runs it stayed at match -1 for over 60 s; once such a stale
+    replica was then elected with the vote of a re-added empty replica: a split brain)."""
+    import time
+
+    from tidelog.client.admin import Admin
+    from tidelog.client.producer import Producer
+
+    from tests.clusters import running_cluster
+
+    env = {"TIDELOG_OFFSETS_TOPIC_PARTITIONS": "2", "TIDELOG_QUEUE_STATE_PARTITIONS": "2"}
+    with running_cluster(tmp_path, env, nodes=4) as cluster, \
+            Admin(cluster.bootstrap, request_timeout_ms=20_000) as admin:
+        admin.create_topic("stale", partitions=1, replication_factor=3)
+        _moved(admin, "stale", (1, 2, 3))
+        with Producer(cluster.bootstrap, linger_ms=5) as producer:
+            for i in range(50):
+                producer.send("stale", f"before-{i}".encode(), partition=0)
+            producer.flush(30)
+        cluster.kill(2)
+        _moved(admin, "stale", (4, 2, 3))
+        leader = cluster.settled_leader_of("stale", 0, timeout_s=60)
+        if leader != 4:  # the balancer moves it to the preferred leader; else make it so
+            cluster.kill(leader)
+            cluster.start(leader)
+            leader = cluster.settled_leader_of("stale", 0, timeout_s=60)
+        assert leader == 4, f"could not get node 4 to lead (leader {leader})"
+        with Producer(cluster.bootstrap, linger_ms=5) as producer:
+            for i in range(50):
+                producer.send("stale", f"after-{i}".encode(), partition=0)
+            producer.flush(30)
+        cluster.start(2)
+        deadline = time.monotonic() + 30
+        in_sync: tuple[int, ...] = ()
+        while time.monotonic() < deadline:
+            (topic,) = admin.describe_topics_from_leaders(["stale"])
+            in_sync = tuple(topic.partitions[0].in_sync)
+            if 2 in in_sync:
+                break
+            time.sleep(0.5)
+        assert 2 in in_sync, f"node 2 never caught up from leader 4 (in sync: {in_sync})"
