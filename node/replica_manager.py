@@ -400,10 +400,17 @@ class ReplicaManager:
                        else self.partitions.get(wire.group))
             if replica is None or replica.error is not None:
                 continue  # not created here yet (metadata still applying), or stopped
+            # A replica that was down while its group's membership changed still holds the old
+            # membership, which may not name the new leader: it must hear that leader to learn
+            # the change from the log (Raft accepts a leader's messages whatever the receiver's
+            # configuration; a vote only counts among the counter's voters). Any node of the
+            # cluster may therefore speak in any group; a removed node may not.
+            members = replica.core.membership.members
+            if sender not in members and self.is_peer(sender):
+                members = members | {NodeId(sender)}
             try:
                 message = decode_raft_message(
-                    wire, self_id=self.id, from_node=sender,
-                    members=replica.core.membership.members)
+                    wire, self_id=self.id, from_node=sender, members=members)
             except MalformedRaftMessage as exc:
                 log.warning("dropped a malformed raft message from node %d for %s: %s",
                             sender, wire.group, exc)
