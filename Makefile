@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # tests/conftest.py says why. `make test PYTEST_ARGS=` runs everything in one process.
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: help venv run test lint proto bench bench-peers sim-soak chaos-full clean
+.PHONY: help venv run test lint proto bench bench-peers sim-soak chaos-full chaos-membership clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ sim-soak: $(STAMP)  ## long Raft simulator soak (100,000 seeds)
 
 chaos-full: $(STAMP)  ## every chaos scenario, 5 nodes, 5 min each (root for network faults)
 	$(VENV)/bin/tidelog chaos suite --nodes 5 --duration 300 --report chaos-reports
+
+chaos-membership: $(STAMP)  ## the membership nemesis on 5 and 7 nodes, 2 min each (root for network faults)
+	$(VENV)/bin/tidelog chaos run membership-5 --duration 120 --report chaos-reports/membership-5
+	$(VENV)/bin/tidelog chaos run membership-7 --duration 120 --report chaos-reports/membership-7
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

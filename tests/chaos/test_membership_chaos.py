@@ -2,8 +2,8 @@
 an old node, each while a leader is killed; 0 lost, 0 inconsistent, and every operation really
 happened (a nemesis that silently does nothing fails here).
 
-The short 3 + 1 run is in CI; the 5- and 7-node runs are `slow` (`--run-slow`), as the other
-long chaos runs (`make chaos-full`).
+The short 3 + 1 run is in CI; the 5- and 7-node runs are `make chaos-membership` (2 min each,
+root for the network splits), as the other long chaos runs (`make chaos-full`).
 """
 
 from __future__ import annotations
@@ -73,20 +73,6 @@ def test_membership_3_plus_1_loses_nothing_and_every_operation_happens(tmp_path:
     # takes what it takes, the run waits for it); 2 partitions: fewer moves in the drain.
     run = _check(_run(tmp_path, "membership", 20.0, partitions=2))
     assert len(run["members"]) == 3 and "n4" in run["members"], run["members"]
-
-
-@pytest.mark.slow
-@pytest.mark.cluster
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("scenario", ["membership-5", "membership-7"])
-def test_membership_on_5_and_7_nodes_loses_nothing(tmp_path: Path, scenario: str) -> None:
-    if missing_capability(SCENARIOS[scenario], frozenset({Capability.PROCESS,
-                                                          Capability.MEMBERSHIP})):
-        from tidelog.chaos.netns import netns_unavailable_reason
-
-        if reason := netns_unavailable_reason():
-            pytest.skip(f"{scenario} needs network faults: {reason}")
-    _check(_run(tmp_path, scenario, 120.0))
 
 
 # --- without a cluster ---------------------------------------------------------------------------
