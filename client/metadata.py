@@ -170,6 +170,9 @@ class Metadata:
             return cached
         def attempt(left_s: float) -> TopicDescription:
             description = self.describe([name], timeout_s=left_s)
+            leader = self.not_found_to_confirm(description, name)
+            if leader is not None:
+                description = self._confirmed_by(leader, name, description, left_s)
             error = description.topic_errors.get(name)
             if error is not None:
                 raise error  # TopicNotFound is final; a retriable one is tried again
@@ -180,6 +183,31 @@ class Metadata:
 
         return retrying(attempt, what=f"metadata of topic {name!r}", timeout_s=timeout_s,
                         backoff_s=self._backoff_s, clock=self._clock)
+
+    def _confirmed_by(self, leader: str, name: str, answer: ClusterDescription,
+                      timeout_s: float) -> ClusterDescription:
+        """The metadata leader's answer for `name` (I/O); `answer` when it cannot be asked."""
+        from tidelog.proto import broker_pb2
+
+        try:
+            response = self._connections.call(
+                leader, "Metadata", broker_pb2.MetadataRequest(topics=[name]),
+                timeout_s=min(timeout_s, self._timeout_s, METADATA_ATTEMPT_S_MAX))
+        except errors.TidelogError:
+            return answer
+        return self._learn(_description_from(response))
+
+    def not_found_to_confirm(self, description: ClusterDescription, name: str) -> str | None:
+        """The metadata leader's address when the answer says `name` does not exist (no I/O).
+
+        Any node answers Metadata from its own copy of the metadata, which may lag the metadata
+        leader's by a moment: a topic another client has just created is then "not found" there
+        (Kafka makes UNKNOWN_TOPIC_OR_PARTITION retriable for the same reason). A "not found" is
+        final only once the metadata leader, which applies each change first, says so too."""
+        if not isinstance(description.topic_errors.get(name), errors.TopicNotFound):
+            return None
+        leader = description.metadata_leader_id
+        return self.node_address(leader) if leader >= 0 else None
 
     # --- cache reads (no I/O) ------------------------------------------------------------------
 

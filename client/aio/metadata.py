@@ -56,6 +56,19 @@ class AioMetadata(Metadata):
         return self._learn(_description_from(await self.call_any_async(
             "Metadata", request, attempt_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX))))
 
+    async def _confirmed_by_async(self, leader: str, name: str,
+                                  answer: ClusterDescription) -> ClusterDescription:
+        """Metadata._confirmed_by, awaited."""
+        from tidelog.proto import broker_pb2
+
+        try:
+            response = await self.aio.call(
+                leader, "Metadata", broker_pb2.MetadataRequest(topics=[name]),
+                timeout_s=min(self._timeout_s, METADATA_ATTEMPT_S_MAX))
+        except errors.TidelogError:
+            return answer
+        return self._learn(_description_from(response))
+
     async def refresh_async(self, topics: Iterable[str]) -> None:
         """Refresh these topics unless refreshed within retry_backoff_ms."""
         due = self._due(topics)
@@ -73,6 +86,9 @@ class AioMetadata(Metadata):
         while True:
             try:
                 description = await self.describe_async([name])
+                leader = self.not_found_to_confirm(description, name)
+                if leader is not None:  # a lagging node's "not found": ask the metadata leader
+                    description = await self._confirmed_by_async(leader, name, description)
             except errors.TidelogError as exc:
                 if not exc.retriable:
                     raise
