@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from tidelog.client import errors
+from tidelog.client.routing import call_first_answering
 
 if TYPE_CHECKING:
     from tidelog.client.config import AdminConfig
@@ -122,22 +122,9 @@ class MembershipAdmin:
         node takes a change: it forwards it to the metadata leader)."""
         from tidelog.proto import membership_pb2_grpc
 
-        deadline = time.monotonic() + self._timeout_s
-        while True:
-            failures: list[str] = []
-            candidates = [address] if address else list(dict.fromkeys(
-                [*self.config.bootstrap, *(n.address for n in self._metadata.nodes())]))
-            for candidate in candidates:
-                stub = membership_pb2_grpc.NodeMembershipStub(self._connections.channel(candidate))
-                try:
-                    return getattr(stub, method)(
-                        request, timeout=max(0.1, deadline - time.monotonic()))
-                except grpc.RpcError as exc:
-                    error = errors.from_rpc_error(exc, subject="membership", address=candidate)
-                    if not error.retriable:
-                        raise error from None
-                    failures.append(f"{candidate}: {error}")
-            if time.monotonic() >= deadline:
-                raise errors.Timeout(f"{method} did not succeed within {self._timeout_s:.1f} s: "
-                                     + "; ".join(failures))
-            time.sleep(self.config.retry_backoff_ms / 1000)
+        return call_first_answering(
+            self._connections, membership_pb2_grpc.NodeMembershipStub, method, request,
+            candidates=lambda: [address] if address else list(dict.fromkeys(
+                [*self.config.bootstrap, *(n.address for n in self._metadata.nodes())])),
+            subject="membership", timeout_s=self._timeout_s,
+            backoff_s=self.config.retry_backoff_ms / 1000)

@@ -8,12 +8,11 @@ second: producer_byte_rate and consumer_byte_rate in bytes, request_rate in requ
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from tidelog.client import errors
+from tidelog.client.routing import call_first_answering
 
 if TYPE_CHECKING:
     from tidelog.client.config import AdminConfig
@@ -116,25 +115,12 @@ class QuotaAdmin:
         node takes a change: it forwards it to the metadata leader)."""
         from tidelog.proto import quota_pb2_grpc
 
-        deadline = time.monotonic() + self._timeout_s
-        while True:
-            failures: list[str] = []
-            candidates = [address] if address else list(dict.fromkeys(
-                [*(n.address for n in self._metadata.nodes()), *self.config.bootstrap]))
-            for candidate in candidates:
-                stub = quota_pb2_grpc.QuotasStub(self._connections.channel(candidate))
-                try:
-                    return getattr(stub, method)(
-                        request, timeout=max(0.1, deadline - time.monotonic()))
-                except grpc.RpcError as exc:
-                    error = errors.from_rpc_error(exc, subject="quotas", address=candidate)
-                    if not error.retriable:
-                        raise error from None
-                    failures.append(f"{candidate}: {error}")
-            if time.monotonic() >= deadline:
-                raise errors.Timeout(f"{method} did not succeed within {self._timeout_s:.1f} s: "
-                                     + "; ".join(failures))
-            time.sleep(self.config.retry_backoff_ms / 1000)
+        return call_first_answering(
+            self._connections, quota_pb2_grpc.QuotasStub, method, request,
+            candidates=lambda: [address] if address else list(dict.fromkeys(
+                [*(n.address for n in self._metadata.nodes()), *self.config.bootstrap])),
+            subject="quotas", timeout_s=self._timeout_s,
+            backoff_s=self.config.retry_backoff_ms / 1000)
 
 
 def _entity(user: str, client_id: str, user_default: bool, client_id_default: bool) -> Any:

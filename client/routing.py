@@ -11,6 +11,8 @@ one did not; one backed off exponentially, the others not at all). Three layers:
 * :func:`call_partition_leader` — one request to a partition's leader (Produce-like calls).
 * :func:`call_metadata_leader` — a request any node accepts but only the metadata leader
   executes (CreateTopics, AlterConfigs...): NOT_LEADER's hint is followed at once.
+* :func:`call_first_answering` — a request to another service (Quotas, Security,
+  NodeMembership) on the first of some nodes that answers, each round retried until a deadline.
 * :func:`by_leader` and :func:`note_failure` — the two steps of loops that batch many partitions
   per leader (ListOffsets, Fetch): group by the cached leader, and after a failure mark the
   metadata stale, applying a NOT_LEADER hint at once.
@@ -29,8 +31,8 @@ if TYPE_CHECKING:  # metadata.py itself uses `retrying`
     from tidelog.client.metadata import Metadata
     from tidelog.client.records import TopicPartition
 
-__all__ = ["by_leader", "call_metadata_leader", "call_partition_leader", "note_failure",
-           "result_error", "retrying"]
+__all__ = ["by_leader", "call_first_answering", "call_metadata_leader", "call_partition_leader",
+           "note_failure", "result_error", "retrying"]
 
 T = TypeVar("T")
 
@@ -144,3 +146,33 @@ def call_metadata_leader(
 
     return retrying(attempt, what=method, timeout_s=timeout_s, backoff_s=backoff_s,
                     on_retriable=on_retriable)
+
+
+def call_first_answering(
+    connections: Connections, stub_of: Callable[[Any], Any], method: str, request: object, *,
+    candidates: Callable[[], list[str]], subject: str, timeout_s: float, backoff_s: float,
+) -> Any:
+    """`method` of the stub `stub_of(channel)` on the first of `candidates()` (asked again each
+    round) that answers; a non-retriable failure is raised at once, retriable ones are tried on
+    the next candidate, then the round again after `backoff_s`, until `timeout_s` (then Timeout
+    with every candidate's last failure). For services beside Broker, whose changes any node
+    takes (it forwards them to the metadata leader)."""
+    import grpc
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        failures: list[str] = []
+        for candidate in candidates():
+            stub = stub_of(connections.channel(candidate))
+            try:
+                return getattr(stub, method)(request,
+                                             timeout=max(0.1, deadline - time.monotonic()))
+            except grpc.RpcError as exc:
+                error = errors.from_rpc_error(exc, subject=subject, address=candidate)
+                if not error.retriable:
+                    raise error from None
+                failures.append(f"{candidate}: {error}")
+        if time.monotonic() >= deadline:
+            raise errors.Timeout(f"{method} did not succeed within {timeout_s:.1f} s: "
+                                 + "; ".join(failures))
+        time.sleep(backoff_s)

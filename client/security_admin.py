@@ -12,13 +12,11 @@ created before anyone can log in (the first-user path, from a node's own host).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import grpc
-from tidelog.client import errors
 from tidelog.client.auth import ITERATIONS_DEFAULT, new_credential
+from tidelog.client.routing import call_first_answering
 
 if TYPE_CHECKING:
     from tidelog.client.config import AdminConfig
@@ -145,20 +143,8 @@ class SecurityAdmin:
         timeout."""
         from tidelog.proto import security_pb2_grpc
 
-        deadline = time.monotonic() + self._timeout_s
-        while True:
-            failures: list[str] = []
-            for candidate in [address] if address else list(self.config.bootstrap):
-                stub = security_pb2_grpc.SecurityStub(self._connections.channel(candidate))
-                try:
-                    return getattr(stub, method)(
-                        request, timeout=max(0.1, deadline - time.monotonic()))
-                except grpc.RpcError as exc:
-                    error = errors.from_rpc_error(exc, subject=method, address=candidate)
-                    if not error.retriable:
-                        raise error from None
-                    failures.append(f"{candidate}: {error}")
-            if time.monotonic() >= deadline:
-                raise errors.Timeout(f"{method} did not succeed within {self._timeout_s:.1f} s: "
-                                     + "; ".join(failures))
-            time.sleep(self.config.retry_backoff_ms / 1000)
+        return call_first_answering(
+            self._connections, security_pb2_grpc.SecurityStub, method, request,
+            candidates=lambda: [address] if address else list(self.config.bootstrap),
+            subject=method, timeout_s=self._timeout_s,
+            backoff_s=self.config.retry_backoff_ms / 1000)
