@@ -853,7 +853,7 @@ class PartitionLog:
             self._finish_reset(self._log_start_offset)
         # Whatever survived in the page cache (a process crash, not a machine crash) is made
         # durable now, so durable_end_offset can start at the log end.
-        self._make_surviving_tail_durable(cut=bool(notes.truncated or notes.cuts))
+        self._make_surviving_tail_durable()
         if self._active.size_bytes:
             self._active.rolling_since_ms = self._now_ms()
         self._durable_end_offset = self.log_end_offset
@@ -866,11 +866,8 @@ class PartitionLog:
             emptied_below_start=notes.emptied_below_start,
             cut_from_offset=notes.cut_from_offset, quarantined=tuple(notes.quarantined))
 
-    def _make_surviving_tail_durable(self, *, cut: bool) -> None:
+    def _make_surviving_tail_durable(self) -> None:
         """Rewrite what the active segment holds above the recovery point, then fdatasync it.
-        Nothing above it and nothing cut by this open (a clean close, an idle replica): all of
-        it was fdatasynced before the recovery point was recorded, so no fdatasync at all (it
-        was one per replica at every start: 1,000 replicas, 1,000 fdatasyncs on the loop).
 
         After a process crash that part may be in the page cache only, and a plain fsync is
         not enough: if a write-back of those pages failed before (a failed fsync whose process
@@ -888,8 +885,6 @@ class PartitionLog:
             position, _ = self._locate(active, self._recovery_point)
         if position < active.size_bytes:
             active.rewrite_from(position)
-        elif not cut and self._recovery_point >= active.end_offset:
-            return
         active.sync()
 
     def _prune_below_start(self, bases: list[int], start: int, notes: _RecoveryNotes) -> list[int]:
