@@ -11,6 +11,7 @@ build is a failure, not a skip.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,6 +37,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 #   power cuts are heavy, and their availability checks want the machine they measured);
 # - otherwise the test's file.
 DOCKER_GROUP_FILES = frozenset({"tests/test_readme_commands.py"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An xdist worker runs with SIGINT ignored, and an ignored signal stays ignored across exec:
+    # every process a test started (a CLI it sends Ctrl-C to, a node) would ignore Ctrl-C too.
+    # With a handler here, children start with the default disposition, as from a shell.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def xdist_group_of(item: pytest.Item) -> str:
