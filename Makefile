@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Two workers, each test file (and the chaos and Docker tests as two blocks) on one of them:
 # tests/conftest.py says why. `make test PYTEST_ARGS=` runs everything in one process.
-PYTEST_ARGS ?= -n 2 --dist loadgroup
+PYTEST_ARGS ?= -n 2
 
 .PHONY: help venv run test lint proto bench bench-peers sim-soak chaos-full chaos-membership clean
 

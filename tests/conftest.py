@@ -27,41 +27,50 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (soaks)")
 
 
-# `make test` runs the suite on two pytest-xdist workers with `--dist loadgroup` (the suite mostly
-# waits on real processes, faults and timeouts: one worker kept 2 cores ~30% busy). Every test
-# gets a group, so a module's tests share one worker and its module-scoped cluster:
-# - "docker": everything that needs the engine, and the README test, whose `make run` cluster
-#   uses fixed ports (9091-9093, peers 19091-19093) that the compose files publish too; one worker
-#   also builds the image once;
+# `make test` runs the suite on two pytest-xdist workers (the suite mostly waits on real
+# processes, faults and timeouts: one worker kept 2 cores ~30% busy). The scheduler below hands
+# out whole groups, so a module's tests share one worker and its module-scoped cluster:
+# - "docker": tests/deploy (the engine's tests; one worker builds the image once) and the README
+#   test, whose `make run` cluster uses fixed ports (9091-9093, peers 19091-19093) that the
+#   compose files publish too;
 # - "chaos": the fault-injection runs, one after another (network namespaces, LazyFS mounts and
 #   power cuts are heavy, and their availability checks want the machine they measured);
 # - otherwise the test's file.
-DOCKER_GROUP_FILES = frozenset({"tests/test_readme_commands.py"})
+# (xdist's own `--dist loadgroup` marks do not take effect with pytest 9: the worker renames
+# items through an attribute pytest no longer reads, so modules were split over both workers.)
+DOCKER_GROUP_PATHS = ("tests/deploy/", "tests/test_readme_commands.py")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # An xdist worker runs with SIGINT ignored, and an ignored signal stays ignored across exec:
-    # every process a test started (a CLI it sends Ctrl-C to, a node) would ignore Ctrl-C too.
-    # With a handler here, children start with the default disposition, as from a shell.
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def xdist_group_of(item: pytest.Item) -> str:
+def xdist_group_of(nodeid: str) -> str:
     """The worker group of one test (see above)."""
-    path = item.nodeid.split("::", 1)[0]
-    if "docker" in item.keywords or path in DOCKER_GROUP_FILES:
+    path = nodeid.split("::", 1)[0]
+    if path.startswith(DOCKER_GROUP_PATHS):
         return "docker"
     if path.startswith("tests/chaos/"):
         return "chaos"
     return path
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+@pytest.hookimpl(optionalhook=True)  # only with pytest-xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group_of(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started with SIGINT ignored (a background job of a non-interactive shell) would
+    # pass that on across exec to every process a test starts (a CLI it sends Ctrl-C to, a
+    # node). With a handler here, children start with the default disposition, as from a shell.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow soak: run with --run-slow")
