@@ -83,7 +83,7 @@ class MembershipOps:
         live = [n for n in self._b.nodes if n in snap.answered and n not in busy
                 and n not in self.leaving]
         partition = rng.randrange(partitions)
-        current = snap.replicas.get(partition, ((), ()))[0]
+        current = snap.replicas.get(partition, ((), ()))[0] or self._assigned(partition)
         if not current:
             raise NoCandidate(f"replicas of partition {partition} unknown")
         newest = self._b.nodes[-1]
@@ -169,6 +169,16 @@ class MembershipOps:
             _done(detail, start, _failure(exc))
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _assigned(self, partition: int) -> tuple[str, ...]:
+        """The partition's replicas as the metadata says, when the view has not seen them yet
+        (early in a run, or while its poll is behind): () when the cluster cannot tell."""
+        try:
+            with self._admin() as admin:
+                ids = admin.current_assignment([self._topic]).get((self._topic, partition), ())
+        except Exception:  # noqa: BLE001 - any failure: the operation waits for its next slot
+            return ()
+        return tuple(f"n{i}" for i in ids)
 
     def _admin(self) -> Admin:
         from tidelog.client import Admin
