@@ -693,8 +693,10 @@ def test_a_dead_letter_lands_once_when_its_coordinator_dies_before_committing_it
         (once,) = copies["once-q"]
         assert (once.key, once.value) == (b"wk", b"window body")
         assert dlq_headers(once)["tidelog-dlq-reason"] == b"poison"
-        assert len(copies["twice-q"]) == 2, "planted bug not caught: without the DLQ tail scan " \
-            "the dead letter should have been written twice"
+        # Without the tail scan every coordinator that takes over writes the dead letter again:
+        # twice, or more when leadership moved once more before it settled (a CI run saw 3).
+        assert len(copies["twice-q"]) >= 2, "planted bug not caught: without the DLQ tail " \
+            "scan the dead letter should have been written again by the next coordinator"
     finally:
         queues.close()
         whole_again(cluster)
